@@ -1,0 +1,159 @@
+//! Command-line interface. Every setting of `config/default.toml` has a flag on
+//! `serve`; flags override environment variables, which override files.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{
+    ConfigError, ExecutionProvider, LogFormat, OptimizationLevel, Overrides, Settings,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "distilserve",
+    version,
+    about = "Serve last hidden states and classification heads of BERT-family encoders"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve(Box<SettingsArgs>),
+    /// Print the OpenAPI document (JSON) of the HTTP API.
+    Openapi,
+    /// Print the effective settings (JSON) after files, environment and flags.
+    Config(Box<SettingsArgs>),
+}
+
+/// Settings flags. Each names its config key; the environment variable is
+/// DISTILSERVE_<SECTION>__<KEY> (e.g. DISTILSERVE_SERVER__PORT).
+#[derive(Debug, Args, Default)]
+pub struct SettingsArgs {
+    /// Extra TOML settings file, applied over the defaults (config/default.toml).
+    #[arg(long, env = "DISTILSERVE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// server.host: address to listen on.
+    #[arg(long, help_heading = "Server")]
+    pub host: Option<String>,
+    /// server.port: port to listen on (0 picks a free one).
+    #[arg(long, help_heading = "Server")]
+    pub port: Option<u16>,
+    /// server.max_body_bytes: largest request body (413 above).
+    #[arg(long, help_heading = "Server")]
+    pub max_body_bytes: Option<usize>,
+    /// server.request_timeout_ms: deadline per request, queueing included (504 past it).
+    #[arg(long, help_heading = "Server")]
+    pub request_timeout_ms: Option<u64>,
+    /// server.shutdown_timeout_ms: how long in-flight requests may finish after SIGTERM.
+    #[arg(long, help_heading = "Server")]
+    pub shutdown_timeout_ms: Option<u64>,
+
+    /// model.dir: folder with model.onnx, tokenizer.json, config.json, manifest.json.
+    #[arg(long, help_heading = "Model")]
+    pub model_dir: Option<PathBuf>,
+    /// model.file: ONNX file inside the folder (model.onnx or model.int8.onnx).
+    #[arg(long, help_heading = "Model")]
+    pub model_file: Option<String>,
+    /// model.name: name reported by /info (default: from the manifest).
+    #[arg(long, help_heading = "Model")]
+    pub model_name: Option<String>,
+    /// model.onnxruntime_library: path of libonnxruntime.so.
+    #[arg(long, help_heading = "Model")]
+    pub onnxruntime_library: Option<String>,
+    /// model.execution_provider: cpu or cuda.
+    #[arg(long, value_enum, help_heading = "Model")]
+    pub execution_provider: Option<ExecutionProvider>,
+    /// model.cuda_device_id: GPU to use with cuda.
+    #[arg(long, help_heading = "Model")]
+    pub cuda_device_id: Option<i32>,
+    /// model.allow_cpu_fallback: run on the CPU when CUDA cannot be registered.
+    #[arg(long, help_heading = "Model")]
+    pub allow_cpu_fallback: Option<bool>,
+    /// model.intra_threads: ONNX Runtime threads per session (0 = all cores).
+    #[arg(long, help_heading = "Model")]
+    pub intra_threads: Option<usize>,
+    /// model.inter_threads: ONNX Runtime inter-op threads.
+    #[arg(long, help_heading = "Model")]
+    pub inter_threads: Option<usize>,
+    /// model.optimization_level: graph optimisation level.
+    #[arg(long, value_enum, help_heading = "Model")]
+    pub optimization_level: Option<OptimizationLevel>,
+    /// model.max_tokens: longest input in tokens (0 = the model's maximum).
+    #[arg(long, help_heading = "Model")]
+    pub max_tokens: Option<usize>,
+    /// model.verify_checksums: check model files against manifest.json at startup.
+    #[arg(long, help_heading = "Model")]
+    pub verify_checksums: Option<bool>,
+
+    /// batching.max_batch_size: most sequences per model call.
+    #[arg(long, help_heading = "Batching")]
+    pub max_batch_size: Option<usize>,
+    /// batching.max_batch_tokens: most padded tokens per model call.
+    #[arg(long, help_heading = "Batching")]
+    pub max_batch_tokens: Option<usize>,
+    /// batching.max_wait_ms: how long to wait for a batch to fill.
+    #[arg(long, help_heading = "Batching")]
+    pub max_wait_ms: Option<u64>,
+    /// batching.queue_capacity: sequences allowed to wait (503 beyond).
+    #[arg(long, help_heading = "Batching")]
+    pub queue_capacity: Option<usize>,
+    /// batching.sessions: model sessions running at once.
+    #[arg(long, help_heading = "Batching")]
+    pub sessions: Option<usize>,
+
+    /// limits.max_inputs: most texts per request (413 beyond).
+    #[arg(long, help_heading = "Limits")]
+    pub max_inputs: Option<usize>,
+
+    /// logging.format: json, text or auto.
+    #[arg(long, value_enum, help_heading = "Logging")]
+    pub log_format: Option<LogFormat>,
+    /// logging.filter: tracing filter, e.g. "info,ort=warn".
+    #[arg(long, help_heading = "Logging")]
+    pub log_filter: Option<String>,
+}
+
+impl SettingsArgs {
+    pub fn overrides(&self) -> Overrides {
+        let mut o = Overrides::default();
+        o.set("server.host", self.host.clone())
+            .set("server.port", self.port)
+            .set("server.max_body_bytes", self.max_body_bytes)
+            .set("server.request_timeout_ms", self.request_timeout_ms)
+            .set("server.shutdown_timeout_ms", self.shutdown_timeout_ms)
+            .set("model.dir", self.model_dir.clone())
+            .set("model.file", self.model_file.clone())
+            .set("model.name", self.model_name.clone())
+            .set(
+                "model.onnxruntime_library",
+                self.onnxruntime_library.clone(),
+            )
+            .set("model.execution_provider", self.execution_provider)
+            .set("model.cuda_device_id", self.cuda_device_id)
+            .set("model.allow_cpu_fallback", self.allow_cpu_fallback)
+            .set("model.intra_threads", self.intra_threads)
+            .set("model.inter_threads", self.inter_threads)
+            .set("model.optimization_level", self.optimization_level)
+            .set("model.max_tokens", self.max_tokens)
+            .set("model.verify_checksums", self.verify_checksums)
+            .set("batching.max_batch_size", self.max_batch_size)
+            .set("batching.max_batch_tokens", self.max_batch_tokens)
+            .set("batching.max_wait_ms", self.max_wait_ms)
+            .set("batching.queue_capacity", self.queue_capacity)
+            .set("batching.sessions", self.sessions)
+            .set("limits.max_inputs", self.max_inputs)
+            .set("logging.format", self.log_format)
+            .set("logging.filter", self.log_filter.clone());
+        o
+    }
+
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        Settings::load(self.config.as_deref(), &self.overrides())
+    }
+}

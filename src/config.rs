@@ -1,0 +1,335 @@
+//! Typed settings: `config/default.toml` (compiled in), then an optional file
+//! (`--config` / `DISTILSERVE_CONFIG`), then `DISTILSERVE_<SECTION>__<KEY>`
+//! environment variables, then command-line flags. Errors name the key.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The defaults, identical to `config/default.toml` in the repository.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const ENV_PREFIX: &str = "DISTILSERVE_";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub model: ModelSettings,
+    pub batching: BatchingSettings,
+    pub limits: LimitSettings,
+    pub logging: LoggingSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub max_body_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    pub dir: PathBuf,
+    pub file: String,
+    pub name: String,
+    pub onnxruntime_library: String,
+    pub execution_provider: ExecutionProvider,
+    pub cuda_device_id: i32,
+    pub allow_cpu_fallback: bool,
+    pub intra_threads: usize,
+    pub inter_threads: usize,
+    pub optimization_level: OptimizationLevel,
+    pub max_tokens: usize,
+    pub verify_checksums: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    Cpu,
+    Cuda,
+}
+
+impl ExecutionProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionProvider::Cpu => "cpu",
+            ExecutionProvider::Cuda => "cuda",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizationLevel {
+    Disable,
+    Basic,
+    Extended,
+    All,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingSettings {
+    pub max_batch_size: usize,
+    pub max_batch_tokens: usize,
+    pub max_wait_ms: u64,
+    pub queue_capacity: usize,
+    pub sessions: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub max_inputs: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+    Auto,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Parse(String),
+    #[error("configuration: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        // figment's message names the key path and the offending value; keep
+        // every error of a multi-error report.
+        ConfigError::Parse(
+            e.into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    }
+}
+
+/// Overrides from the command line, as a nested `section.key -> value` map.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides(serde_json::Map<String, serde_json::Value>);
+
+impl Overrides {
+    /// Sets `section.key` when `value` is present.
+    pub fn set<T: Serialize>(&mut self, dotted_key: &str, value: Option<T>) -> &mut Self {
+        if let Some(value) = value {
+            let (section, key) = dotted_key.split_once('.').expect("section.key");
+            let value = serde_json::to_value(value).expect("serializable override");
+            let entry = self
+                .0
+                .entry(section.to_string())
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            entry
+                .as_object_mut()
+                .expect("sections are objects")
+                .insert(key.to_string(), value);
+        }
+        self
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file`, then the process environment, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, overrides, Env::prefixed(ENV_PREFIX))
+    }
+
+    fn load_with_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: Env,
+    ) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::Parse(format!(
+                    "config file {} not found",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        // Only DISTILSERVE_SECTION__KEY variables are settings; others with the same
+        // prefix (DISTILSERVE_CONFIG, DISTILSERVE_CACHE for the set-up scripts) are not.
+        let env = env.filter(|key| key.as_str().contains("__")).split("__");
+        figment = figment
+            .merge(env)
+            .merge(Serialized::defaults(serde_json::Value::Object(
+                overrides.0.clone(),
+            )));
+        let settings: Settings = figment.extract()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The defaults alone, as `config/default.toml` gives them.
+    pub fn defaults() -> Settings {
+        Self::load_with_env(
+            None,
+            &Overrides::default(),
+            Env::prefixed("DISTILSERVE_UNUSED_PREFIX_"),
+        )
+        .expect("the compiled-in defaults are valid")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn positive(key: &'static str, v: usize) -> Result<(), ConfigError> {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: "must be at least 1".into(),
+                });
+            }
+            Ok(())
+        }
+        positive("server.max_body_bytes", self.server.max_body_bytes)?;
+        positive(
+            "server.request_timeout_ms",
+            self.server.request_timeout_ms as usize,
+        )?;
+        positive("batching.max_batch_size", self.batching.max_batch_size)?;
+        positive("batching.max_batch_tokens", self.batching.max_batch_tokens)?;
+        positive("batching.queue_capacity", self.batching.queue_capacity)?;
+        positive("batching.sessions", self.batching.sessions)?;
+        positive("limits.max_inputs", self.limits.max_inputs)?;
+        if self.model.file.contains('/') || self.model.file.contains("..") {
+            return Err(ConfigError::Invalid {
+                key: "model.file",
+                problem: format!(
+                    "must be a file name inside model.dir, got {:?}",
+                    self.model.file
+                ),
+            });
+        }
+        if self.model.max_tokens != 0 && self.model.max_tokens < 2 {
+            return Err(ConfigError::Invalid {
+                key: "model.max_tokens",
+                problem: "must be 0 (the model's maximum) or at least 2".into(),
+            });
+        }
+        if self.model.max_tokens > self.batching.max_batch_tokens {
+            return Err(ConfigError::Invalid {
+                key: "batching.max_batch_tokens",
+                problem: format!(
+                    "({}) must be at least model.max_tokens ({})",
+                    self.batching.max_batch_tokens, self.model.max_tokens
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(vars: &[(&str, &str)]) -> Env {
+        // figment's Env reads the real environment; tests use a unique prefix so
+        // they do not interfere with each other or with the developer's shell.
+        let prefix = format!("DSTEST{}_", rand::random::<u32>());
+        for (k, v) in vars {
+            std::env::set_var(format!("{prefix}{k}"), v);
+        }
+        Env::prefixed(&prefix)
+    }
+
+    #[test]
+    fn defaults_match_the_documented_file() {
+        let s = Settings::defaults();
+        assert_eq!(s.server.port, 8080);
+        assert_eq!(s.model.dir, PathBuf::from("models/all-minilm-l6-v2"));
+        assert_eq!(s.model.execution_provider, ExecutionProvider::Cpu);
+        assert_eq!(s.logging.filter, "info,ort=warn");
+    }
+
+    #[test]
+    fn environment_overrides_file_and_flags_override_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[server]\nport = 9001\nhost = \"127.0.0.1\"\n").unwrap();
+        let env = env_of(&[
+            ("SERVER__PORT", "9002"),
+            ("BATCHING__SESSIONS", "2"),
+            ("CACHE", "/x"),
+        ]);
+        let s = Settings::load_with_env(Some(&file), &Overrides::default(), env.clone()).unwrap();
+        assert_eq!((s.server.port, s.server.host.as_str()), (9002, "127.0.0.1"));
+        assert_eq!(s.batching.sessions, 2);
+
+        let mut flags = Overrides::default();
+        flags
+            .set("server.port", Some(9003u16))
+            .set("model.file", None::<String>);
+        let s = Settings::load_with_env(Some(&file), &flags, env).unwrap();
+        assert_eq!(s.server.port, 9003);
+        assert_eq!(s.model.file, "model.onnx");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let env = env_of(&[("SERVER__PORT", "eighty")]);
+        let err = Settings::load_with_env(None, &Overrides::default(), env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.port"), "{err}");
+
+        let env = env_of(&[("MODEL__EXECUTION_PROVIDER", "tpu")]);
+        let err = Settings::load_with_env(None, &Overrides::default(), env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("execution_provider") && err.contains("tpu"),
+            "{err}"
+        );
+
+        let env = env_of(&[("SERVER__PROT", "1")]);
+        let err = Settings::load_with_env(None, &Overrides::default(), env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prot"), "{err}");
+
+        let mut flags = Overrides::default();
+        flags.set("batching.sessions", Some(0usize));
+        let err = Settings::load_with_env(None, &flags, env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("batching.sessions") && err.contains("at least 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let err = Settings::load_with_env(
+            Some(Path::new("/nonexistent/x.toml")),
+            &Overrides::default(),
+            env_of(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent/x.toml"), "{err}");
+    }
+}

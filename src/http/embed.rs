@@ -1,0 +1,183 @@
+//! `POST /embed`: last hidden states, per token or pooled, as JSON or `.npy`.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::error::{ApiError, ApiJson, ErrorResponse};
+use super::types::{EmbedRequest, EmbedResponse, Embeddings};
+use super::AppState;
+use crate::npy;
+use crate::pooling::{normalize, pool, Pooling};
+
+pub const NPY_MEDIA_TYPE: &str = "application/x-npy";
+/// Header carrying the per-text token counts of a `.npy` answer (comma-separated).
+pub const TOKEN_COUNTS_HEADER: &str = "x-token-counts";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Npy,
+}
+
+/// Picks the response format from `Accept`: `.npy` when asked for, JSON for
+/// JSON, wildcards or no header, 406 otherwise.
+pub fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let Some(accept) = headers.get(header::ACCEPT) else {
+        return Ok(Format::Json);
+    };
+    let accept = accept.to_str().unwrap_or("").to_ascii_lowercase();
+    let types: Vec<&str> = accept
+        .split(',')
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .collect();
+    if types.contains(&NPY_MEDIA_TYPE) {
+        return Ok(Format::Npy);
+    }
+    if types
+        .iter()
+        .any(|t| matches!(*t, "" | "*/*" | "application/*" | "application/json"))
+    {
+        return Ok(Format::Json);
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_ACCEPTABLE,
+        "not_acceptable",
+        format!("cannot answer with {accept:?}: accept application/json or {NPY_MEDIA_TYPE}"),
+    ))
+}
+
+/// Checks a request's texts: at least one, none empty, at most `max_inputs`.
+pub fn validate_inputs(texts: Vec<String>, max_inputs: usize) -> Result<Vec<String>, ApiError> {
+    if texts.is_empty() {
+        return Err(ApiError::invalid(
+            "empty_input",
+            "inputs is an empty list: send at least one text",
+        ));
+    }
+    if texts.len() > max_inputs {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_inputs",
+            format!(
+                "{} inputs in one request; the limit is {max_inputs}",
+                texts.len()
+            ),
+        ));
+    }
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        return Err(ApiError::invalid(
+            "empty_input",
+            format!("input {i} is empty"),
+        ));
+    }
+    Ok(texts)
+}
+
+#[utoipa::path(
+    post,
+    path = "/embed",
+    tag = "inference",
+    request_body = EmbedRequest,
+    responses(
+        (status = 200, description = "Hidden states as JSON; with `Accept: application/x-npy`, a NumPy array \
+            (`[n, hidden]` pooled, `[n, max_tokens, hidden]` zero-padded for `none`, token counts in `x-token-counts`)",
+            content((EmbedResponse = "application/json"), (Vec<u8> = "application/x-npy"))),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 406, description = "Unsupported Accept", body = ErrorResponse),
+        (status = 413, description = "Body or input count over the limit", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
+        (status = 422, description = "Invalid field, empty input, or input too long with truncate=false", body = ErrorResponse),
+        (status = 503, description = "Queue full or shutting down; retry after the Retry-After seconds", body = ErrorResponse),
+        (status = 504, description = "Deadline passed", body = ErrorResponse),
+    )
+)]
+pub async fn embed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<EmbedRequest>,
+) -> Result<Response, ApiError> {
+    let format = negotiate(&headers)?;
+    let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
+    let encoded = state
+        .inference
+        .encode(texts, request.truncate, state.deadline())
+        .await?;
+    let hidden = state.inference.info.hidden_size;
+    let token_counts: Vec<usize> = encoded.rows.iter().map(|r| r.rows).collect();
+
+    let mut rows = encoded.rows;
+    if request.normalize {
+        // Normalising per token for `none`, per text otherwise (below).
+        if request.pooling == Pooling::None {
+            for r in rows.iter_mut() {
+                r.data.chunks_exact_mut(hidden).for_each(normalize);
+            }
+        }
+    }
+    let pooled: Option<Vec<Vec<f32>>> = (request.pooling != Pooling::None).then(|| {
+        rows.iter()
+            .map(|r| {
+                let mut v = pool(r, request.pooling).expect("pooled");
+                if request.normalize {
+                    normalize(&mut v);
+                }
+                v
+            })
+            .collect()
+    });
+
+    match format {
+        Format::Npy => {
+            let (shape, data) = match &pooled {
+                Some(vectors) => (vec![vectors.len(), hidden], vectors.concat()),
+                None => {
+                    let longest = token_counts.iter().copied().max().unwrap_or(0);
+                    let mut data = vec![0f32; rows.len() * longest * hidden];
+                    for (i, r) in rows.iter().enumerate() {
+                        let start = i * longest * hidden;
+                        data[start..start + r.data.len()].copy_from_slice(&r.data);
+                    }
+                    (vec![rows.len(), longest, hidden], data)
+                }
+            };
+            let counts = token_counts
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut response = npy::encode(&shape, &data).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(NPY_MEDIA_TYPE),
+            );
+            headers.insert(
+                TOKEN_COUNTS_HEADER,
+                HeaderValue::from_str(&counts).expect("digits and commas"),
+            );
+            Ok(response)
+        }
+        Format::Json => {
+            let embeddings = match pooled {
+                Some(vectors) => Embeddings::Pooled(vectors),
+                None => Embeddings::PerToken(
+                    rows.iter()
+                        .map(|r| r.data.chunks_exact(hidden).map(<[f32]>::to_vec).collect())
+                        .collect(),
+                ),
+            };
+            let body = EmbedResponse {
+                model: state.inference.info.name.clone(),
+                pooling: request.pooling,
+                normalized: request.normalize,
+                dimensions: hidden,
+                token_counts,
+                embeddings,
+                tokens: request.return_tokens.then_some(encoded.tokens),
+            };
+            Ok(Json(body).into_response())
+        }
+    }
+}

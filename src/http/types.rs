@@ -1,0 +1,149 @@
+//! Request and response bodies of every route, with their OpenAPI schemas.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+use crate::pooling::Pooling;
+
+/// One text or a list of texts.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Inputs {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Inputs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A hand-written message: serde's untagged-enum error names no types.
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Inputs::One(s)),
+            serde_json::Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    serde_json::Value::String(s) => Ok(s),
+                    other => Err(serde::de::Error::custom(format!(
+                        "inputs[{i}] must be a string, found {}",
+                        json_type(&other)
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Inputs::Many),
+            other => Err(serde::de::Error::custom(format!(
+                "inputs must be a string or a list of strings, found {}",
+                json_type(&other)
+            ))),
+        }
+    }
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+impl Inputs {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Inputs::One(s) => vec![s],
+            Inputs::Many(v) => v,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /embed`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedRequest {
+    /// Text or texts to encode (each non-empty).
+    #[schema(example = json!(["a gripping, funny film", "dull"]))]
+    pub inputs: Inputs,
+    /// `none`: every real token's last hidden state; `cls`: the first token's; `mean`: average over real tokens.
+    #[serde(default)]
+    pub pooling: Pooling,
+    /// Scale each returned vector to unit L2 norm.
+    #[serde(default)]
+    pub normalize: bool,
+    /// Cut texts longer than the model's maximum (true) or answer 422 (false).
+    #[serde(default = "yes")]
+    #[schema(default = true)]
+    pub truncate: bool,
+    /// Also return the word pieces, to line vectors up with tokens.
+    #[serde(default)]
+    pub return_tokens: bool,
+}
+
+/// Vectors: one per text when pooled, one per real token of each text for `pooling: none`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Embeddings {
+    Pooled(Vec<Vec<f32>>),
+    PerToken(Vec<Vec<Vec<f32>>>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EmbedResponse {
+    pub model: String,
+    pub pooling: Pooling,
+    pub normalized: bool,
+    /// Length of every vector (the hidden size).
+    pub dimensions: usize,
+    /// Real tokens per text, special tokens included, after truncation.
+    pub token_counts: Vec<usize>,
+    pub embeddings: Embeddings,
+    /// Word pieces per text, when `return_tokens` was set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Vec<Vec<String>>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthResponse {
+    /// `ok`, or `draining` during shutdown.
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelDescription {
+    pub name: String,
+    pub architecture: String,
+    pub task: String,
+    pub hidden_size: usize,
+    pub max_tokens: usize,
+    pub inputs: Vec<String>,
+    pub output: String,
+    pub file: String,
+    /// Identifies graph and tokenizer; heads record it.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LimitsDescription {
+    pub max_inputs: usize,
+    pub max_body_bytes: usize,
+    pub max_batch_size: usize,
+    pub max_batch_tokens: usize,
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InfoResponse {
+    pub service: String,
+    pub version: String,
+    pub model: ModelDescription,
+    /// `cpu` or `cuda`: the provider actually in use.
+    pub execution_provider: String,
+    pub onnxruntime_library: String,
+    pub onnxruntime_api: String,
+    pub limits: LimitsDescription,
+}

@@ -1,0 +1,90 @@
+//! Text in, model rows out: tokenization off the async threads, then the
+//! batching queue. Shared by every route that runs the encoder.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::batching::{BatchError, Batcher, BatcherConfig};
+use crate::model::{Model, ModelInfo, Rows};
+use crate::tokenize::{TextTokenizer, TokenizeError, Tokenized};
+
+pub struct Inference {
+    pub info: Arc<ModelInfo>,
+    pub tokenizer: Arc<TextTokenizer>,
+    batcher: Batcher,
+}
+
+/// One request's results: per input, its word pieces, character offsets and model rows.
+pub struct Encoded {
+    pub tokens: Vec<Vec<String>>,
+    pub offsets: Vec<Vec<(usize, usize)>>,
+    pub rows: Vec<Rows>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    #[error(transparent)]
+    Tokenize(#[from] TokenizeError),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+}
+
+impl Inference {
+    pub fn start(model: Model, config: BatcherConfig) -> Inference {
+        let batcher = Batcher::start(model.sessions, model.info.clone(), config);
+        Inference {
+            info: model.info,
+            tokenizer: model.tokenizer,
+            batcher,
+        }
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.batcher.queue_depth()
+    }
+
+    /// Stops taking new work and waits for queued work to finish.
+    pub fn shutdown(&self) {
+        self.batcher.join();
+    }
+
+    /// Tokenizes on the blocking pool (a long text can take milliseconds).
+    pub async fn tokenize(
+        &self,
+        texts: Vec<String>,
+        truncate: bool,
+    ) -> Result<Vec<Tokenized>, TokenizeError> {
+        let tokenizer = self.tokenizer.clone();
+        tokio::task::spawn_blocking(move || tokenizer.encode_all(&texts, truncate))
+            .await
+            .unwrap_or_else(|join_error| {
+                Err(TokenizeError::Failed {
+                    index: 0,
+                    message: format!("tokenizer task failed: {join_error}"),
+                })
+            })
+    }
+
+    pub async fn encode(
+        &self,
+        texts: Vec<String>,
+        truncate: bool,
+        deadline: Instant,
+    ) -> Result<Encoded, InferenceError> {
+        let mut seqs = self.tokenize(texts, truncate).await?;
+        let tokens = seqs
+            .iter_mut()
+            .map(|s| std::mem::take(&mut s.tokens))
+            .collect();
+        let offsets = seqs
+            .iter_mut()
+            .map(|s| std::mem::take(&mut s.offsets))
+            .collect();
+        let rows = self.batcher.run(seqs, deadline).await?;
+        Ok(Encoded {
+            tokens,
+            offsets,
+            rows,
+        })
+    }
+}

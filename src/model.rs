@@ -1,0 +1,547 @@
+//! The model runtime: the ONNX Runtime library, a model folder (manifest,
+//! tokenizer, graph), sessions on the configured execution provider, and the
+//! forward pass that pads a batch and returns each sequence's real-token rows.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{anyhow, bail, Context};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue};
+use ort::value::TensorRef;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::{ExecutionProvider, ModelSettings, OptimizationLevel};
+use crate::tokenize::{TextTokenizer, Tokenized};
+
+/// `manifest.json` as written by `scripts/export_model.py`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub name: String,
+    #[serde(default = "default_task")]
+    pub task: String,
+    #[serde(default)]
+    pub architecture: String,
+    pub hidden_size: usize,
+    pub max_tokens: usize,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub files: BTreeMap<String, ManifestFile>,
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    #[serde(default)]
+    pub source: serde_json::Value,
+}
+
+fn default_task() -> String {
+    "feature-extraction".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ManifestFile {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// What the service knows about the loaded model; reported by `/info`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub dir: PathBuf,
+    pub file: String,
+    /// `feature-extraction` (output `last_hidden_state`) or `sequence-classification` (`logits`).
+    pub task: String,
+    pub architecture: String,
+    /// Width of each output row: hidden size, or number of labels for logits.
+    pub hidden_size: usize,
+    pub max_tokens: usize,
+    pub inputs: Vec<String>,
+    pub output: String,
+    pub uses_token_type_ids: bool,
+    pub execution_provider: String,
+    pub labels: Option<Vec<String>>,
+    /// sha256 over the graph's and the tokenizer's sha256: heads trained on one
+    /// model are refused by another.
+    pub fingerprint: String,
+    pub onnxruntime_library: PathBuf,
+}
+
+/// A loaded model: shared description and tokenizer, plus one session per worker.
+pub struct Model {
+    pub info: Arc<ModelInfo>,
+    pub tokenizer: Arc<TextTokenizer>,
+    pub sessions: Vec<Session>,
+}
+
+/// One sequence's output rows: the real tokens' last hidden states
+/// (`rows` = tokens, `cols` = hidden size), or one row of logits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Rows {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+/// The process-wide ONNX Runtime environment (ONNX Runtime allows one).
+static ORT_ENV: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> =
+    OnceLock::new();
+
+/// Where to load ONNX Runtime from: the setting, `$ORT_DYLIB_PATH`, the copy the
+/// set-up script installs, or a copy beside the executable.
+pub fn onnxruntime_library_path(configured: &str) -> PathBuf {
+    if !configured.is_empty() {
+        return PathBuf::from(configured);
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let vendored = PathBuf::from("vendor/onnxruntime/libonnxruntime.so");
+    if vendored.exists() {
+        return vendored;
+    }
+    if let Some(beside) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("libonnxruntime.so")))
+    {
+        if beside.exists() {
+            return beside;
+        }
+    }
+    vendored
+}
+
+fn ort_environment(configured: &str) -> anyhow::Result<&'static ort::environment::Environment> {
+    let result = ORT_ENV.get_or_init(|| {
+        let path = onnxruntime_library_path(configured);
+        if !path.exists() {
+            return Err(format!(
+                "ONNX Runtime library not found at {}: run scripts/setup.sh, or point model.onnxruntime_library \
+                 (or ORT_DYLIB_PATH) at libonnxruntime.so",
+                path.display()
+            ));
+        }
+        let builder = ort::init_from(&path)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
+        let env = builder
+            .with_name("distilserve")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))?;
+        Ok((env, path))
+    });
+    match result {
+        Ok((env, _)) => Ok(env),
+        Err(message) => Err(anyhow!(message.clone())),
+    }
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+fn read_manifest(dir: &Path) -> anyhow::Result<Option<Manifest>> {
+    let path = dir.join("manifest.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let manifest: Manifest = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a valid manifest", path.display()))?;
+            if manifest.format_version != 1 {
+                bail!(
+                    "{}: format_version {} is not supported (expected 1)",
+                    path.display(),
+                    manifest.format_version
+                );
+            }
+            Ok(Some(manifest))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// sha256 of a model file: from the manifest (checked when `verify`), else computed.
+fn file_digest(
+    dir: &Path,
+    file: &str,
+    manifest: Option<&Manifest>,
+    verify: bool,
+) -> anyhow::Result<String> {
+    let path = dir.join(file);
+    let meta = std::fs::metadata(&path).with_context(|| {
+        format!(
+            "model file {} is missing: run scripts/setup.sh or export the model",
+            path.display()
+        )
+    })?;
+    match manifest.and_then(|m| m.files.get(file)) {
+        Some(entry) => {
+            if meta.len() != entry.bytes {
+                bail!(
+                    "{} has {} bytes but manifest.json says {}: the file is truncated or was replaced; re-export the model",
+                    path.display(),
+                    meta.len(),
+                    entry.bytes
+                );
+            }
+            if verify {
+                let actual = sha256_file(&path)?;
+                if actual != entry.sha256 {
+                    bail!(
+                        "{} does not match the sha256 in manifest.json: re-export the model",
+                        path.display()
+                    );
+                }
+            }
+            Ok(entry.sha256.clone())
+        }
+        None => sha256_file(&path),
+    }
+}
+
+fn max_positions_from_config(dir: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    value
+        .get("max_position_embeddings")?
+        .as_u64()
+        .map(|v| v as usize)
+}
+
+impl Model {
+    /// Loads the model folder and builds `sessions` sessions. Errors are one
+    /// clear sentence naming the file or setting and the fix.
+    pub fn load(settings: &ModelSettings, sessions: usize) -> anyhow::Result<Model> {
+        let dir = &settings.dir;
+        if !dir.is_dir() {
+            bail!(
+                "model folder {} does not exist: run scripts/setup.sh, or set model.dir",
+                dir.display()
+            );
+        }
+        let manifest = read_manifest(dir)?;
+        let model_sha = file_digest(
+            dir,
+            &settings.file,
+            manifest.as_ref(),
+            settings.verify_checksums,
+        )?;
+        let tokenizer_sha = file_digest(
+            dir,
+            "tokenizer.json",
+            manifest.as_ref(),
+            settings.verify_checksums,
+        )?;
+        let fingerprint = format!(
+            "{:x}",
+            Sha256::digest(format!("{model_sha}:{tokenizer_sha}").as_bytes())
+        );
+
+        let env = ort_environment(&settings.onnxruntime_library)?;
+        let model_path = dir.join(&settings.file);
+        let mut built = Vec::with_capacity(sessions);
+        let mut provider = settings.execution_provider.as_str().to_string();
+        for _ in 0..sessions {
+            let (session, used) = build_session(env, &model_path, settings)?;
+            provider = used;
+            built.push(session);
+        }
+        let first = &built[0];
+
+        let inputs: Vec<String> = first
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
+        for required in ["input_ids", "attention_mask"] {
+            if !inputs.iter().any(|i| i == required) {
+                bail!("{} has no `{required}` input (inputs: {inputs:?}); is it a BERT-family encoder?", model_path.display());
+            }
+        }
+        for known in &inputs {
+            if !matches!(
+                known.as_str(),
+                "input_ids" | "attention_mask" | "token_type_ids"
+            ) {
+                bail!(
+                    "{} has an input `{known}` that distilserve cannot feed",
+                    model_path.display()
+                );
+            }
+        }
+        for input in first.inputs() {
+            if input.dtype().tensor_type() != Some(ort::value::TensorElementType::Int64) {
+                bail!(
+                    "{}: input `{}` is {}, expected int64",
+                    model_path.display(),
+                    input.name(),
+                    input.dtype()
+                );
+            }
+        }
+        let outputs: Vec<&str> = first.outputs().iter().map(|o| o.name()).collect();
+        let output = ["last_hidden_state", "logits"]
+            .into_iter()
+            .find(|n| outputs.contains(n))
+            .or_else(|| outputs.first().copied())
+            .ok_or_else(|| anyhow!("{} has no outputs", model_path.display()))?
+            .to_string();
+        let out_outlet = first
+            .outputs()
+            .iter()
+            .find(|o| o.name() == output)
+            .expect("found above");
+        let graph_width = out_outlet
+            .dtype()
+            .tensor_shape()
+            .and_then(|s| s.last().copied())
+            .filter(|&d| d > 0)
+            .map(|d| d as usize);
+        let hidden_size = graph_width
+            .or(manifest.as_ref().map(|m| m.hidden_size))
+            .ok_or_else(|| {
+                anyhow!(
+                    "cannot tell the hidden size of {}: add a manifest.json",
+                    model_path.display()
+                )
+            })?;
+
+        let model_max = manifest
+            .as_ref()
+            .map(|m| m.max_tokens)
+            .or_else(|| max_positions_from_config(dir))
+            .unwrap_or(512);
+        let max_tokens = match settings.max_tokens {
+            0 => model_max,
+            n if n > model_max => {
+                bail!("model.max_tokens ({n}) is larger than the model's maximum ({model_max})")
+            }
+            n => n,
+        };
+        let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), max_tokens)?;
+
+        let name = if !settings.name.is_empty() {
+            settings.name.clone()
+        } else if let Some(m) = &manifest {
+            m.name.clone()
+        } else {
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into())
+        };
+        let task = if output == "logits" {
+            "sequence-classification".to_string()
+        } else {
+            "feature-extraction".to_string()
+        };
+        let info = ModelInfo {
+            name,
+            dir: dir.clone(),
+            file: settings.file.clone(),
+            task,
+            architecture: manifest
+                .as_ref()
+                .map(|m| m.architecture.clone())
+                .unwrap_or_default(),
+            hidden_size,
+            max_tokens,
+            uses_token_type_ids: inputs.iter().any(|i| i == "token_type_ids"),
+            inputs,
+            output,
+            execution_provider: provider,
+            labels: manifest.as_ref().and_then(|m| m.labels.clone()),
+            fingerprint,
+            onnxruntime_library: ORT_ENV
+                .get()
+                .and_then(|r| r.as_ref().ok())
+                .map(|(_, p)| p.clone())
+                .unwrap_or_default(),
+        };
+        Ok(Model {
+            info: Arc::new(info),
+            tokenizer: Arc::new(tokenizer),
+            sessions: built,
+        })
+    }
+}
+
+fn optimization(level: OptimizationLevel) -> GraphOptimizationLevel {
+    match level {
+        OptimizationLevel::Disable => GraphOptimizationLevel::Disable,
+        OptimizationLevel::Basic => GraphOptimizationLevel::Level1,
+        OptimizationLevel::Extended => GraphOptimizationLevel::Level2,
+        OptimizationLevel::All => GraphOptimizationLevel::All,
+    }
+}
+
+/// Builds one session; returns it with the execution provider actually used.
+fn build_session(
+    env: &ort::environment::Environment,
+    path: &Path,
+    settings: &ModelSettings,
+) -> anyhow::Result<(Session, String)> {
+    let cpu = || -> Result<Session, String> { session_with(env, path, settings, false) };
+    match settings.execution_provider {
+        ExecutionProvider::Cpu => Ok((cpu().map_err(|e| anyhow!(e))?, "cpu".into())),
+        ExecutionProvider::Cuda => match session_with(env, path, settings, true) {
+            Ok(session) => Ok((session, "cuda".into())),
+            Err(e) if settings.allow_cpu_fallback => {
+                tracing::error!(
+                    error = %e,
+                    "CUDA execution provider unavailable: FALLING BACK TO CPU (model.allow_cpu_fallback = true)"
+                );
+                Ok((cpu().map_err(|e| anyhow!(e))?, "cpu".into()))
+            }
+            Err(e) => Err(anyhow!(
+                "{e}; set model.execution_provider = \"cpu\", or model.allow_cpu_fallback = true to run on the CPU instead"
+            )),
+        },
+    }
+}
+
+fn session_with(
+    env: &ort::environment::Environment,
+    path: &Path,
+    s: &ModelSettings,
+    cuda: bool,
+) -> Result<Session, String> {
+    let threads = if s.intra_threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        s.intra_threads
+    };
+    let builder = Session::builder(env).map_err(|e| e.to_string())?;
+    let builder = builder
+        .with_intra_threads(threads)
+        .map_err(|e| e.to_string())?
+        .with_inter_threads(s.inter_threads.max(1))
+        .map_err(|e| e.to_string())?
+        .with_optimization_level(optimization(s.optimization_level))
+        .map_err(|e| e.to_string())?;
+    let mut builder = if cuda {
+        with_cuda(builder, s.cuda_device_id)?
+    } else {
+        builder
+    };
+    builder
+        .commit_from_file(path)
+        .map_err(|e| format!("cannot load model {}: {e}", path.display()))
+}
+
+#[cfg(feature = "cuda")]
+fn with_cuda(
+    builder: ort::session::builder::SessionBuilder,
+    device_id: i32,
+) -> Result<ort::session::builder::SessionBuilder, String> {
+    builder
+        .with_execution_providers([ort::ep::CUDA::default().with_device_id(device_id).build().error_on_failure()])
+        .map_err(|e| {
+            format!(
+                "CUDA execution provider could not be registered on device {device_id}: {e} \
+                 (needs an NVIDIA GPU and the GPU build of ONNX Runtime, onnxruntime-gpu, with CUDA 13 and cuDNN 9)"
+            )
+        })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn with_cuda(
+    _builder: ort::session::builder::SessionBuilder,
+    _device_id: i32,
+) -> Result<ort::session::builder::SessionBuilder, String> {
+    Err(
+        "model.execution_provider = \"cuda\" but this binary was built without CUDA support \
+         (rebuild with `cargo build --release --features cuda`)"
+            .into(),
+    )
+}
+
+/// Runs one padded batch through `session`. Returns, per sequence, its real
+/// rows only: padding positions never leave this function.
+pub fn forward(
+    session: &mut Session,
+    info: &ModelInfo,
+    batch: &[&Tokenized],
+) -> anyhow::Result<Vec<Rows>> {
+    let b = batch.len();
+    if b == 0 {
+        return Ok(Vec::new());
+    }
+    let s = batch.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
+    let mut ids = vec![0i64; b * s];
+    let mut mask = vec![0i64; b * s];
+    let mut type_ids = vec![0i64; b * s];
+    for (i, t) in batch.iter().enumerate() {
+        let row = i * s;
+        ids[row..row + t.len()].copy_from_slice(&t.ids);
+        mask[row..row + t.len()].fill(1);
+        type_ids[row..row + t.len()].copy_from_slice(&t.type_ids);
+    }
+    fn tensor(shape: [usize; 2], data: &[i64]) -> anyhow::Result<SessionInputValue<'_>> {
+        Ok(TensorRef::from_array_view((shape, data))
+            .map_err(|e| anyhow!("{e}"))?
+            .into())
+    }
+    let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> = vec![
+        ("input_ids".into(), tensor([b, s], &ids)?),
+        ("attention_mask".into(), tensor([b, s], &mask)?),
+    ];
+    if info.uses_token_type_ids {
+        inputs.push(("token_type_ids".into(), tensor([b, s], &type_ids)?));
+    }
+    let outputs = session
+        .run(inputs)
+        .map_err(|e| anyhow!("inference failed: {e}"))?;
+    let value = outputs
+        .get(&info.output)
+        .ok_or_else(|| anyhow!("the model returned no `{}` output", info.output))?;
+    let (shape, data) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| anyhow!("unexpected output: {e}"))?;
+    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    match dims.as_slice() {
+        [ob, os, h] if *ob == b && *os == s => Ok(batch
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let start = i * s * h;
+                Rows {
+                    rows: t.len(),
+                    cols: *h,
+                    data: data[start..start + t.len() * h].to_vec(),
+                }
+            })
+            .collect()),
+        [ob, c] if *ob == b => Ok((0..b)
+            .map(|i| Rows {
+                rows: 1,
+                cols: *c,
+                data: data[i * c..(i + 1) * c].to_vec(),
+            })
+            .collect()),
+        _ => bail!("unexpected output shape {dims:?} for a batch of {b} x {s}"),
+    }
+}

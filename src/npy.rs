@@ -1,0 +1,160 @@
+//! NumPy `.npy` (format 1.0) writing and reading, for float32 and int64 arrays:
+//! what `numpy.load` reads and `numpy.save` writes for C-ordered arrays.
+
+use std::fmt::Write as _;
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+
+/// Element types we write.
+pub trait Element: Copy {
+    const DESCR: &'static str;
+    fn write_le(self, out: &mut Vec<u8>);
+    fn read_le(bytes: &[u8]) -> Self;
+}
+
+impl Element for f32 {
+    const DESCR: &'static str = "<f4";
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn read_le(b: &[u8]) -> Self {
+        f32::from_le_bytes(b.try_into().expect("4 bytes"))
+    }
+}
+
+impl Element for i64 {
+    const DESCR: &'static str = "<i8";
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn read_le(b: &[u8]) -> Self {
+        i64::from_le_bytes(b.try_into().expect("8 bytes"))
+    }
+}
+
+fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
+    let mut dims = String::new();
+    for d in shape {
+        let _ = write!(dims, "{d}, ");
+    }
+    let dims = match shape.len() {
+        0 => String::new(),
+        1 => dims.trim_end().to_string(), // "(3,)"
+        _ => dims.trim_end_matches(", ").to_string(),
+    };
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({dims}), }}");
+    // magic (6) + version (2) + header length (2) + dict + padding + '\n' is a multiple of 64.
+    let unpadded = MAGIC.len() + 2 + 2 + dict.len() + 1;
+    let padding = (64 - unpadded % 64) % 64;
+    let header_len = dict.len() + padding + 1;
+    let mut out = Vec::with_capacity(unpadded + padding);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&(header_len as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out.extend(std::iter::repeat_n(b' ', padding));
+    out.push(b'\n');
+    out
+}
+
+/// Encodes a C-ordered array; `data.len()` must equal the product of `shape`.
+pub fn encode<T: Element>(shape: &[usize], data: &[T]) -> Vec<u8> {
+    assert_eq!(
+        shape.iter().product::<usize>(),
+        data.len(),
+        "npy shape does not match the data"
+    );
+    let mut out = header(T::DESCR, shape);
+    out.reserve(std::mem::size_of_val(data));
+    for &v in data {
+        v.write_le(&mut out);
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("not a valid .npy array: {0}")]
+pub struct NpyError(pub String);
+
+/// Decodes an array written by [`encode`] (or by `numpy.save` for a C-ordered
+/// array of that type). Returns the shape and the data.
+pub fn decode<T: Element>(bytes: &[u8]) -> Result<(Vec<usize>, Vec<T>), NpyError> {
+    let err = |m: &str| NpyError(m.to_string());
+    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+        return Err(err("missing magic string"));
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(NpyError(format!("unsupported version {v}"))),
+    };
+    let dict = bytes
+        .get(start..start + header_len)
+        .ok_or_else(|| err("truncated header"))?;
+    let dict = std::str::from_utf8(dict).map_err(|_| err("header is not text"))?;
+    if !dict.contains(&format!("'descr': '{}'", T::DESCR)) {
+        return Err(NpyError(format!(
+            "expected dtype {} in header {dict:?}",
+            T::DESCR
+        )));
+    }
+    if !dict.contains("'fortran_order': False") {
+        return Err(err("Fortran-ordered arrays are not supported"));
+    }
+    let shape_text = dict
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .ok_or_else(|| err("no shape in header"))?;
+    let shape = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| NpyError(format!("bad dimension {s:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let count: usize = shape.iter().product();
+    let size = std::mem::size_of::<T>();
+    let body = &bytes[start + header_len..];
+    if body.len() != count * size {
+        return Err(NpyError(format!(
+            "expected {} data bytes for shape {shape:?}, found {}",
+            count * size,
+            body.len()
+        )));
+    }
+    Ok((shape, body.chunks_exact(size).map(T::read_le).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_is_aligned_and_round_trips() {
+        for shape in [vec![2usize, 3], vec![4], vec![1, 2, 2], vec![0, 384]] {
+            let n = shape.iter().product::<usize>();
+            let data: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+            let bytes = encode(&shape, &data);
+            let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+            assert_eq!((10 + header_len) % 64, 0);
+            assert_eq!(decode::<f32>(&bytes).unwrap(), (shape, data));
+        }
+        let bytes = encode(&[3], &[1i64, -2, 3]);
+        assert!(String::from_utf8_lossy(&bytes).contains("'shape': (3,)"));
+        assert_eq!(decode::<i64>(&bytes).unwrap(), (vec![3], vec![1, -2, 3]));
+    }
+
+    #[test]
+    fn decode_rejects_wrong_type_and_truncation() {
+        let bytes = encode(&[2], &[1.0f32, 2.0]);
+        assert!(decode::<i64>(&bytes).is_err());
+        assert!(decode::<f32>(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode::<f32>(b"not numpy").is_err());
+    }
+}

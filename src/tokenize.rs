@@ -1,0 +1,126 @@
+//! Text to token ids with the model's `tokenizer.json`: truncation at the model's
+//! maximum (or an error naming the token count), no padding (batches are padded
+//! to their longest member by the model runtime).
+
+use std::path::Path;
+
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// One tokenized text: what the model needs, plus what a user may ask to see.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tokenized {
+    pub ids: Vec<i64>,
+    pub type_ids: Vec<i64>,
+    /// Word pieces, special tokens included, one per id.
+    pub tokens: Vec<String>,
+    /// Character offsets (start, end) into the text, one per id; (0, 0) for special tokens.
+    pub offsets: Vec<(usize, usize)>,
+}
+
+impl Tokenized {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TokenizeError {
+    #[error("input {index} has {tokens} tokens, more than the model's maximum of {max}; send shorter text or set \"truncate\": true")]
+    TooLong {
+        index: usize,
+        tokens: usize,
+        max: usize,
+    },
+    #[error("input {index} could not be tokenized: {message}")]
+    Failed { index: usize, message: String },
+}
+
+pub struct TextTokenizer {
+    truncating: Tokenizer,
+    untruncated: Tokenizer,
+    max_tokens: usize,
+}
+
+impl TextTokenizer {
+    pub fn from_file(path: &Path, max_tokens: usize) -> anyhow::Result<Self> {
+        let load = || {
+            Tokenizer::from_file(path)
+                .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))
+        };
+        let mut truncating = load()?;
+        let mut untruncated = load()?;
+        // A baked-in padding (e.g. Fixed(128)) would make every text pay for the longest.
+        truncating.with_padding(None);
+        untruncated.with_padding(None);
+        truncating
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?;
+        untruncated
+            .with_truncation(None)
+            .map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?;
+        Ok(Self {
+            truncating,
+            untruncated,
+            max_tokens,
+        })
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Tokenizes `text` (input number `index` of a request, for error messages).
+    /// With `truncate` false, a text over the maximum is an error naming its length.
+    pub fn encode(
+        &self,
+        index: usize,
+        text: &str,
+        truncate: bool,
+    ) -> Result<Tokenized, TokenizeError> {
+        let failed = |e: tokenizers::Error| TokenizeError::Failed {
+            index,
+            message: e.to_string(),
+        };
+        let encoding = self.truncating.encode(text, true).map_err(failed)?;
+        if !truncate && !encoding.get_overflowing().is_empty() {
+            let full = self.untruncated.encode(text, true).map_err(failed)?;
+            return Err(TokenizeError::TooLong {
+                index,
+                tokens: full.len(),
+                max: self.max_tokens,
+            });
+        }
+        Ok(Tokenized {
+            ids: encoding.get_ids().iter().map(|&i| i64::from(i)).collect(),
+            type_ids: encoding
+                .get_type_ids()
+                .iter()
+                .map(|&i| i64::from(i))
+                .collect(),
+            tokens: encoding.get_tokens().to_vec(),
+            offsets: encoding.get_offsets().to_vec(),
+        })
+    }
+
+    /// Tokenizes several texts; the first failure wins.
+    pub fn encode_all<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        truncate: bool,
+    ) -> Result<Vec<Tokenized>, TokenizeError> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| self.encode(i, t.as_ref(), truncate))
+            .collect()
+    }
+}
