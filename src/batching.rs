@@ -4,6 +4,7 @@
 //! A full queue refuses work at once; expired or abandoned work is not computed.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -119,6 +120,28 @@ struct Shared {
     wake: Condvar,
     config: BatcherConfig,
     info: Arc<ModelInfo>,
+    stats: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    sequences: AtomicU64,
+    padded_tokens: AtomicU64,
+    skipped: AtomicU64,
+}
+
+/// Totals since start, for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatcherStats {
+    /// Model calls made.
+    pub batches: u64,
+    /// Sequences computed.
+    pub sequences: u64,
+    /// Tokens fed to the model, padding included.
+    pub padded_tokens: u64,
+    /// Sequences dropped without computing: caller gone or deadline passed.
+    pub skipped: u64,
 }
 
 /// Handle to the queue and its workers. Dropping it stops the workers once the
@@ -139,6 +162,7 @@ impl Batcher {
             wake: Condvar::new(),
             config,
             info,
+            stats: Counters::default(),
         });
         let workers = sessions
             .into_iter()
@@ -160,6 +184,16 @@ impl Batcher {
     /// Sequences waiting to be computed.
     pub fn queue_depth(&self) -> usize {
         self.shared.queue.lock().expect("queue lock").items.len()
+    }
+
+    pub fn stats(&self) -> BatcherStats {
+        let c = &self.shared.stats;
+        BatcherStats {
+            batches: c.batches.load(Ordering::Relaxed),
+            sequences: c.sequences.load(Ordering::Relaxed),
+            padded_tokens: c.padded_tokens.load(Ordering::Relaxed),
+            skipped: c.skipped.load(Ordering::Relaxed),
+        }
     }
 
     /// Queues `seqs` and waits for their rows, in the same order. Refuses at once
@@ -234,6 +268,10 @@ fn worker_loop(shared: &Shared, mut session: Session) {
         let now = Instant::now();
         let (live, dead): (Vec<Item>, Vec<Item>) =
             batch.into_iter().partition(|item| item.job.is_wanted(now));
+        shared
+            .stats
+            .skipped
+            .fetch_add(dead.len() as u64, Ordering::Relaxed);
         for item in dead {
             // The caller is gone or its deadline passed: answer (if anyone listens) without computing.
             item.job.fail(BatchError::DeadlineExceeded);
@@ -242,6 +280,16 @@ fn worker_loop(shared: &Shared, mut session: Session) {
             continue;
         }
         let seqs: Vec<&Tokenized> = live.iter().map(|item| &item.job.seqs[item.index]).collect();
+        let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .sequences
+            .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        shared
+            .stats
+            .padded_tokens
+            .fetch_add((longest * seqs.len()) as u64, Ordering::Relaxed);
         match forward(&mut session, &shared.info, &seqs) {
             Ok(rows) => {
                 for (item, rows) in live.iter().zip(rows) {

@@ -115,14 +115,30 @@ pub enum ConfigError {
 
 impl From<figment::Error> for ConfigError {
     fn from(e: figment::Error) -> Self {
-        // figment's message names the key path and the offending value; keep
-        // every error of a multi-error report.
-        ConfigError::Parse(
-            e.into_iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
+        // Name the key as written in the TOML file (environment keys arrive
+        // upper-case) and where the bad value came from; keep every error.
+        let messages: Vec<String> = e
+            .into_iter()
+            .map(|e| {
+                let key = e
+                    .path
+                    .iter()
+                    .map(|p| p.to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(".");
+                let source = e
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.name.to_string())
+                    .unwrap_or_default();
+                match (key.is_empty(), source.is_empty()) {
+                    (true, _) => e.kind.to_string(),
+                    (false, true) => format!("`{key}`: {}", e.kind),
+                    (false, false) => format!("`{key}` (from {source}): {}", e.kind),
+                }
+            })
+            .collect();
+        ConfigError::Parse(messages.join("; "))
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::batching::{BatchError, Batcher, BatcherConfig};
+use crate::batching::{BatchError, Batcher, BatcherConfig, BatcherStats};
 use crate::model::{Model, ModelInfo, Rows};
 use crate::tokenize::{TextTokenizer, TokenizeError, Tokenized};
 
@@ -41,6 +41,10 @@ impl Inference {
 
     pub fn queue_depth(&self) -> usize {
         self.batcher.queue_depth()
+    }
+
+    pub fn batch_stats(&self) -> BatcherStats {
+        self.batcher.stats()
     }
 
     /// Stops taking new work and waits for queued work to finish.

@@ -1,0 +1,152 @@
+//! Helpers shared by the integration tests: fixture paths, settings for a test
+//! server, and a real server on a loopback port.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use distilserve::config::Settings;
+use distilserve::startup::Application;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo_path("tests/fixtures").join(name)
+}
+
+/// The default model set up by scripts/setup.sh; a clear failure when missing.
+pub fn default_model_dir() -> PathBuf {
+    let dir = repo_path("models/all-minilm-l6-v2");
+    assert!(
+        dir.join("manifest.json").is_file() && dir.join("reference.json").is_file(),
+        "the default model is not set up in {}: run `make setup` (scripts/setup.sh) first",
+        dir.display()
+    );
+    dir
+}
+
+/// Defaults with the given model, a free loopback port and one thread per session.
+pub fn settings_for(model_dir: &Path) -> Settings {
+    let mut s = Settings::defaults();
+    s.server.host = "127.0.0.1".into();
+    s.server.port = 0;
+    s.model.dir = model_dir.to_path_buf();
+    s.model.intra_threads = 1;
+    s
+}
+
+/// Python onnxruntime's outputs for a fixture or the default model (scripts/reference.py).
+#[derive(Debug, Deserialize)]
+pub struct Reference {
+    pub items: Vec<ReferenceItem>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReferenceItem {
+    pub text: String,
+    pub ids: Vec<i64>,
+    pub tokens: Vec<String>,
+    pub last_hidden_state: Option<Vec<Vec<f32>>>,
+    pub logits: Option<Vec<f32>>,
+}
+
+pub fn reference(path: &Path) -> Reference {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("reference JSON")
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length differs");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// A real server on 127.0.0.1, stopped (gracefully) when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(settings: Settings) -> TestServer {
+        let app = Application::build(settings)
+            .await
+            .expect("application starts");
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Stops the server and waits until it has drained.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Reads an error body and checks its shape; returns (code, message).
+pub async fn error_of(response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("error body is JSON");
+    let code = body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_string();
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("error.message")
+        .to_string();
+    (status, code, message)
+}

@@ -1,0 +1,103 @@
+//! The model runtime against Python onnxruntime on the committed tiny graphs: a
+//! real DistilBERT graph (no token_type_ids), a BERT graph (with them), and a
+//! DistilBERT sequence classifier. Batched and padded, the real-token rows must
+//! equal the unpadded reference within 1e-4.
+
+mod common;
+
+use common::{fixture, max_abs_diff, reference, settings_for};
+use distilserve::model::{forward, Model};
+
+fn check_against_reference(name: &str) -> Model {
+    let dir = fixture(name);
+    let mut model = Model::load(&settings_for(&dir).model, 1).expect("fixture loads");
+    let reference = reference(&dir.join("expected.json"));
+    let texts: Vec<&str> = reference.items.iter().map(|i| i.text.as_str()).collect();
+    let seqs = model.tokenizer.encode_all(&texts, true).expect("tokenizes");
+    for (seq, item) in seqs.iter().zip(&reference.items) {
+        assert_eq!(seq.ids, item.ids, "token ids of {:?}", item.text);
+        assert_eq!(seq.tokens, item.tokens, "word pieces of {:?}", item.text);
+    }
+    // One padded batch of all texts, lengths 3..64: padding must not leak.
+    let refs: Vec<_> = seqs.iter().collect();
+    let info = model.info.clone();
+    let rows = forward(&mut model.sessions[0], &info, &refs).expect("forward");
+    for (rows, item) in rows.iter().zip(&reference.items) {
+        match (&item.last_hidden_state, &item.logits) {
+            (Some(expected), _) => {
+                assert_eq!(rows.rows, expected.len(), "rows of {:?}", item.text);
+                let diff = max_abs_diff(&rows.data, &expected.concat());
+                assert!(diff < 1e-4, "{name}: {:?} differs by {diff}", item.text);
+            }
+            (None, Some(logits)) => {
+                let diff = max_abs_diff(&rows.data, logits);
+                assert!(
+                    diff < 1e-4,
+                    "{name}: logits of {:?} differ by {diff}",
+                    item.text
+                );
+            }
+            _ => panic!("reference item without outputs"),
+        }
+    }
+    model
+}
+
+#[test]
+fn distilbert_graph_matches_python_onnxruntime() {
+    let model = check_against_reference("tiny-distilbert");
+    assert!(
+        !model.info.uses_token_type_ids,
+        "DistilBERT takes no token_type_ids"
+    );
+    assert_eq!(model.info.inputs, vec!["input_ids", "attention_mask"]);
+    assert_eq!(model.info.hidden_size, 32);
+    assert_eq!(model.info.architecture, "DistilBertModel");
+}
+
+#[test]
+fn bert_graph_with_token_type_ids_matches_python_onnxruntime() {
+    let model = check_against_reference("tiny-bert");
+    assert!(model.info.uses_token_type_ids);
+    assert_eq!(model.info.output, "last_hidden_state");
+}
+
+#[test]
+fn sequence_classifier_logits_match_python_onnxruntime() {
+    let model = check_against_reference("tiny-distilbert-sst2");
+    assert_eq!(model.info.task, "sequence-classification");
+    assert_eq!(model.info.hidden_size, 2);
+    assert_eq!(
+        model.info.labels.as_deref(),
+        Some(&["NEGATIVE".to_string(), "POSITIVE".to_string()][..])
+    );
+}
+
+#[test]
+fn long_text_is_truncated_to_the_model_maximum_or_refused() {
+    let model = Model::load(&settings_for(&fixture("tiny-distilbert")).model, 1).unwrap();
+    let long = "the movie is good ".repeat(40);
+    let cut = model.tokenizer.encode(0, &long, true).unwrap();
+    assert_eq!(cut.len(), 64);
+    assert_eq!(cut.tokens.last().map(String::as_str), Some("[SEP]"));
+    let err = model.tokenizer.encode(3, &long, false).unwrap_err();
+    assert_eq!(
+        err,
+        distilserve::tokenize::TokenizeError::TooLong {
+            index: 3,
+            tokens: 162,
+            max: 64
+        }
+    );
+}
+
+#[test]
+fn configured_max_tokens_above_the_model_maximum_is_refused() {
+    let mut settings = settings_for(&fixture("tiny-distilbert"));
+    settings.model.max_tokens = 65;
+    let err = Model::load(&settings.model, 1)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("max_tokens") && err.contains("64"), "{err}");
+}
