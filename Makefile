@@ -1,0 +1,31 @@
+# The two commands a fresh clone needs:
+#   make run    set up (ONNX Runtime, data set, default model) and serve on :8080
+#   make test   set up and run the whole test suite
+# Set-up is idempotent and cached (~/.cache/distilserve); see scripts/setup.sh.
+
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: setup run test check-cuda fixtures latency
+
+setup:
+	scripts/setup.sh
+
+run: setup
+	$(CARGO) run --release -- serve $(ARGS)
+
+test: setup
+	DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test
+
+# The CUDA execution provider must compile even where no GPU is present.
+check-cuda:
+	$(CARGO) check --features cuda
+
+# Regenerate the committed tiny model fixtures (needs the set-up venv).
+fixtures:
+	"$$(scripts/python-env.sh)" scripts/make_fixtures.py
+
+# Startup time and single-request latency of a release build (bench/latency.sh).
+latency: setup
+	$(CARGO) build --release
+	bench/latency.sh

@@ -1,0 +1,209 @@
+//! Labelled text data sets on disk: a folder with `<split>.jsonl` (one
+//! `{"text": ..., "label": ...}` per line) or `<split>.csv` (header with `text`
+//! and `label` columns), and optionally `meta.json` naming the labels in order.
+//! Labels may be indices into those names or the names themselves.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub name: String,
+    pub texts: Vec<String>,
+    /// Index into [`Dataset::labels`] for each text.
+    pub labels: Vec<usize>,
+    /// sha256 of the split file and the label names: keys feature caches.
+    pub fingerprint: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub dir: PathBuf,
+    pub labels: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    labels: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawLabel {
+    Index(usize),
+    Name(String),
+}
+
+struct RawRow {
+    text: String,
+    label: RawLabel,
+}
+
+impl Dataset {
+    /// Opens a data set folder. Label names come from `meta.json`, else from the
+    /// string labels of the train split (sorted), else from the largest index.
+    pub fn open(dir: &Path) -> anyhow::Result<Dataset> {
+        if !dir.is_dir() {
+            bail!("data set folder {} does not exist (for Rotten Tomatoes: scripts/setup.sh)", dir.display());
+        }
+        let meta = dir.join("meta.json");
+        let labels = if meta.is_file() {
+            let text = std::fs::read_to_string(&meta).with_context(|| format!("cannot read {}", meta.display()))?;
+            let meta: Meta = serde_json::from_str(&text).with_context(|| format!("{} is not valid", meta.display()))?;
+            meta.labels
+        } else {
+            let rows = read_rows(&split_path(dir, "train")?)?;
+            let names: BTreeSet<String> = rows
+                .iter()
+                .filter_map(|r| match &r.label {
+                    RawLabel::Name(n) => Some(n.clone()),
+                    RawLabel::Index(_) => None,
+                })
+                .collect();
+            if !names.is_empty() {
+                names.into_iter().collect()
+            } else {
+                let max = rows.iter().filter_map(|r| if let RawLabel::Index(i) = r.label { Some(i) } else { None }).max();
+                (0..=max.unwrap_or(0)).map(|i| i.to_string()).collect()
+            }
+        };
+        if labels.len() < 2 {
+            bail!("{}: a classification data set needs at least 2 labels, found {:?}", dir.display(), labels);
+        }
+        Ok(Dataset { dir: dir.to_path_buf(), labels })
+    }
+
+    pub fn has_split(&self, name: &str) -> bool {
+        split_path(&self.dir, name).is_ok()
+    }
+
+    pub fn split(&self, name: &str) -> anyhow::Result<Split> {
+        let path = split_path(&self.dir, name)?;
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut hasher = Sha256::new();
+        hasher.update(&bytes);
+        hasher.update(self.labels.join("\n").as_bytes());
+        let fingerprint = format!("{:x}", hasher.finalize());
+        let rows = read_rows(&path)?;
+        let mut texts = Vec::with_capacity(rows.len());
+        let mut labels = Vec::with_capacity(rows.len());
+        for (line, row) in rows.into_iter().enumerate() {
+            let index = match &row.label {
+                RawLabel::Index(i) if *i < self.labels.len() => *i,
+                RawLabel::Name(n) => self.labels.iter().position(|l| l == n).ok_or_else(|| {
+                    anyhow!("{} row {}: label {n:?} is not one of {:?}", path.display(), line + 1, self.labels)
+                })?,
+                RawLabel::Index(i) => {
+                    bail!("{} row {}: label {i} is out of range for {} labels", path.display(), line + 1, self.labels.len())
+                }
+            };
+            texts.push(row.text);
+            labels.push(index);
+        }
+        if texts.is_empty() {
+            bail!("{} has no rows", path.display());
+        }
+        Ok(Split { name: name.to_string(), texts, labels, fingerprint, path })
+    }
+}
+
+fn split_path(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        bail!("invalid split name {name:?}");
+    }
+    for ext in ["jsonl", "csv"] {
+        let p = dir.join(format!("{name}.{ext}"));
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("no split {name:?} in {} (expected {name}.jsonl or {name}.csv)", dir.display())
+}
+
+fn read_rows(path: &Path) -> anyhow::Result<Vec<RawRow>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {} as UTF-8", path.display()))?;
+    if path.extension().is_some_and(|e| e == "csv") {
+        read_csv(path, &text)
+    } else {
+        read_jsonl(path, &text)
+    }
+}
+
+fn read_jsonl(path: &Path, text: &str) -> anyhow::Result<Vec<RawRow>> {
+    #[derive(Deserialize)]
+    struct Row {
+        text: String,
+        label: RawLabel,
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            let row: Row = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: expected {{\"text\": string, \"label\": int or string}}", path.display(), i + 1))?;
+            Ok(RawRow { text: row.text, label: row.label })
+        })
+        .collect()
+}
+
+fn read_csv(path: &Path, text: &str) -> anyhow::Result<Vec<RawRow>> {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader.headers().with_context(|| format!("{}: no header row", path.display()))?.clone();
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| anyhow!("{}: no `{name}` column in the header", path.display()))
+    };
+    let (text_col, label_col) = (column("text")?, column("label")?);
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("{} row {}", path.display(), i + 2))?;
+        let text = record.get(text_col).unwrap_or_default().to_string();
+        let raw = record.get(label_col).unwrap_or_default().trim();
+        let label = raw.parse::<usize>().map(RawLabel::Index).unwrap_or_else(|_| RawLabel::Name(raw.to_string()));
+        rows.push(RawRow { text, label });
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_with_meta_and_csv_with_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("meta.json"), r#"{"labels": ["neg", "pos"]}"#).unwrap();
+        std::fs::write(dir.path().join("train.jsonl"), "{\"text\": \"good\", \"label\": 1}\n{\"text\": \"bad\", \"label\": \"neg\"}\n").unwrap();
+        std::fs::write(dir.path().join("test.csv"), "label,text\npos,\"great, really\"\n0,awful\n").unwrap();
+        let ds = Dataset::open(dir.path()).unwrap();
+        assert_eq!(ds.labels, vec!["neg", "pos"]);
+        let train = ds.split("train").unwrap();
+        assert_eq!((train.texts.clone(), train.labels.clone()), (vec!["good".to_string(), "bad".to_string()], vec![1, 0]));
+        let test = ds.split("test").unwrap();
+        assert_eq!(test.texts, vec!["great, really", "awful"]);
+        assert_eq!(test.labels, vec![1, 0]);
+        assert!(!ds.has_split("validation"));
+    }
+
+    #[test]
+    fn label_names_from_strings_and_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("train.jsonl"), "{\"text\": \"a\", \"label\": \"b\"}\n{\"text\": \"c\", \"label\": \"a\"}\n").unwrap();
+        let ds = Dataset::open(dir.path()).unwrap();
+        assert_eq!(ds.labels, vec!["a", "b"]);
+        std::fs::write(dir.path().join("bad.jsonl"), "{\"text\": \"a\", \"label\": \"zzz\"}\n").unwrap();
+        let err = ds.split("bad").unwrap_err().to_string();
+        assert!(err.contains("zzz") && err.contains("row 1"), "{err}");
+        std::fs::write(dir.path().join("broken.jsonl"), "{\"text\": 1}\n").unwrap();
+        let err = format!("{:#}", ds.split("broken").unwrap_err());
+        assert!(err.contains("line 1"), "{err}");
+        assert!(ds.split("../etc").is_err());
+    }
+}
