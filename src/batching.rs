@@ -80,11 +80,7 @@ impl Job {
         state.rows[index] = Some(rows);
         state.remaining -= 1;
         if state.remaining == 0 {
-            let rows = state
-                .rows
-                .iter_mut()
-                .map(|r| r.take().expect("every row done"))
-                .collect();
+            let rows = state.rows.iter_mut().map(|r| r.take().expect("every row done")).collect();
             if let Some(reply) = state.reply.take() {
                 let _ = reply.send(Ok(rows));
             }
@@ -155,10 +151,7 @@ impl Batcher {
     /// Starts one worker thread per session.
     pub fn start(sessions: Vec<Session>, info: Arc<ModelInfo>, config: BatcherConfig) -> Batcher {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                items: VecDeque::new(),
-                closed: false,
-            }),
+            queue: Mutex::new(Queue { items: VecDeque::new(), closed: false }),
             wake: Condvar::new(),
             config,
             info,
@@ -175,10 +168,7 @@ impl Batcher {
                     .expect("spawn inference worker")
             })
             .collect();
-        Batcher {
-            shared,
-            workers: Mutex::new(workers),
-        }
+        Batcher { shared, workers: Mutex::new(workers) }
     }
 
     /// Sequences waiting to be computed.
@@ -198,11 +188,7 @@ impl Batcher {
 
     /// Queues `seqs` and waits for their rows, in the same order. Refuses at once
     /// when the queue cannot take them all; gives up at `deadline`.
-    pub async fn run(
-        &self,
-        seqs: Vec<Tokenized>,
-        deadline: Instant,
-    ) -> Result<Vec<Rows>, BatchError> {
+    pub async fn run(&self, seqs: Vec<Tokenized>, deadline: Instant) -> Result<Vec<Rows>, BatchError> {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
@@ -211,11 +197,7 @@ impl Batcher {
         let job = Arc::new(Job {
             seqs,
             deadline,
-            state: Mutex::new(JobState {
-                rows: vec![None; n],
-                remaining: n,
-                reply: Some(tx),
-            }),
+            state: Mutex::new(JobState { rows: vec![None; n], remaining: n, reply: Some(tx) }),
         });
         {
             let mut queue = self.shared.queue.lock().expect("queue lock");
@@ -226,10 +208,7 @@ impl Batcher {
             if queue.items.len() + n > capacity {
                 return Err(BatchError::QueueFull { capacity });
             }
-            queue.items.extend((0..n).map(|index| Item {
-                job: job.clone(),
-                index,
-            }));
+            queue.items.extend((0..n).map(|index| Item { job: job.clone(), index }));
         }
         self.shared.wake.notify_all();
         let timeout = deadline.saturating_duration_since(Instant::now());
@@ -266,12 +245,8 @@ impl Drop for Batcher {
 fn worker_loop(shared: &Shared, mut session: Session) {
     while let Some(batch) = next_batch(shared) {
         let now = Instant::now();
-        let (live, dead): (Vec<Item>, Vec<Item>) =
-            batch.into_iter().partition(|item| item.job.is_wanted(now));
-        shared
-            .stats
-            .skipped
-            .fetch_add(dead.len() as u64, Ordering::Relaxed);
+        let (live, dead): (Vec<Item>, Vec<Item>) = batch.into_iter().partition(|item| item.job.is_wanted(now));
+        shared.stats.skipped.fetch_add(dead.len() as u64, Ordering::Relaxed);
         for item in dead {
             // The caller is gone or its deadline passed: answer (if anyone listens) without computing.
             item.job.fail(BatchError::DeadlineExceeded);
@@ -282,14 +257,8 @@ fn worker_loop(shared: &Shared, mut session: Session) {
         let seqs: Vec<&Tokenized> = live.iter().map(|item| &item.job.seqs[item.index]).collect();
         let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
         shared.stats.batches.fetch_add(1, Ordering::Relaxed);
-        shared
-            .stats
-            .sequences
-            .fetch_add(seqs.len() as u64, Ordering::Relaxed);
-        shared
-            .stats
-            .padded_tokens
-            .fetch_add((longest * seqs.len()) as u64, Ordering::Relaxed);
+        shared.stats.sequences.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        shared.stats.padded_tokens.fetch_add((longest * seqs.len()) as u64, Ordering::Relaxed);
         match forward(&mut session, &shared.info, &seqs) {
             Ok(rows) => {
                 for (item, rows) in live.iter().zip(rows) {
@@ -333,8 +302,7 @@ fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     let mut longest = 0;
     while let Some(next) = queue.items.front() {
         let len = next.len().max(longest);
-        let fits = batch.len() < config.max_batch_size
-            && len * (batch.len() + 1) <= config.max_batch_tokens;
+        let fits = batch.len() < config.max_batch_size && len * (batch.len() + 1) <= config.max_batch_tokens;
         if !fits && !batch.is_empty() {
             break;
         }

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{
-    ConfigError, ExecutionProvider, LogFormat, OptimizationLevel, Overrides, Settings,
-};
+use crate::config::{ConfigError, ExecutionProvider, LogFormat, OptimizationLevel, Overrides, PoolingChoice, Settings};
+use crate::features::FeaturePooling;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,10 +23,79 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP service.
     Serve(Box<SettingsArgs>),
+    /// Extract pooled last hidden states of a data set to X.npy / y.npy per split.
+    Extract(Box<ExtractArgs>),
+    /// Train a logistic-regression head on extracted features and write it to disk.
+    Train(Box<TrainArgs>),
+    /// Evaluate a head on a split against baselines; write a JSON report and a confusion matrix picture.
+    Evaluate(Box<EvaluateArgs>),
     /// Print the OpenAPI document (JSON) of the HTTP API.
     Openapi,
     /// Print the effective settings (JSON) after files, environment and flags.
     Config(Box<SettingsArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct ExtractArgs {
+    /// Data set folder (<split>.jsonl or .csv with text and label).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Split to extract (repeatable); default: train, validation and test where present.
+    #[arg(long = "split")]
+    pub splits: Vec<String>,
+    /// Pooling of the last hidden states.
+    #[arg(long, value_enum, default_value = "cls")]
+    pub pooling: FeaturePooling,
+    /// Output folder: <out>/<split>/X.npy (float32) and y.npy (int64), <out>/meta.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Head name; its [heads.<name>] settings apply, flags below override them.
+    #[arg(long)]
+    pub head: String,
+    /// Data set folder.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Pooling, or auto to choose it on the validation split.
+    #[arg(long, value_enum)]
+    pub pooling: Option<PoolingChoice>,
+    /// L2 penalties to try, comma-separated (chosen on the validation split).
+    #[arg(long, value_delimiter = ',')]
+    pub alphas: Option<Vec<f64>>,
+    /// Optimiser iterations per fit.
+    #[arg(long)]
+    pub max_iterations: Option<u64>,
+    /// Cross-validation folds on train for the search (0: use the validation split).
+    #[arg(long)]
+    pub cv_folds: Option<usize>,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// Head to evaluate (read from classify.heads_dir).
+    #[arg(long)]
+    pub head: String,
+    /// Data set folder; default: the one the head was trained on.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Split to evaluate on.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Folder for <head>-<split>.json and <head>-<split>-confusion.svg.
+    #[arg(long, default_value = "reports")]
+    pub report_dir: PathBuf,
+    /// Pre-trained ONNX heads to compare (repeatable); default: every configured onnx head.
+    #[arg(long)]
+    pub compare: Vec<String>,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
 }
 
 /// Settings flags. Each names its config key; the environment variable is
@@ -130,10 +198,7 @@ impl SettingsArgs {
             .set("model.dir", self.model_dir.clone())
             .set("model.file", self.model_file.clone())
             .set("model.name", self.model_name.clone())
-            .set(
-                "model.onnxruntime_library",
-                self.onnxruntime_library.clone(),
-            )
+            .set("model.onnxruntime_library", self.onnxruntime_library.clone())
             .set("model.execution_provider", self.execution_provider)
             .set("model.cuda_device_id", self.cuda_device_id)
             .set("model.allow_cpu_fallback", self.allow_cpu_fallback)

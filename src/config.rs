@@ -2,6 +2,7 @@
 //! (`--config` / `DISTILSERVE_CONFIG`), then `DISTILSERVE_<SECTION>__<KEY>`
 //! environment variables, then command-line flags. Errors name the key.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -20,6 +21,100 @@ pub struct Settings {
     pub batching: BatchingSettings,
     pub limits: LimitSettings,
     pub logging: LoggingSettings,
+    pub classify: ClassifySettings,
+    #[serde(default)]
+    pub heads: BTreeMap<String, HeadSettings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifySettings {
+    pub serve: Vec<String>,
+    pub default_head: String,
+    pub heads_dir: PathBuf,
+    pub feature_cache_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadKind {
+    /// Logistic regression on pooled hidden states, trained by distilserve.
+    Logistic,
+    /// A pre-trained ONNX sequence classifier (logits output).
+    Onnx,
+}
+
+/// Pooling of a logistic head: fixed, or chosen on the validation split.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolingChoice {
+    Auto,
+    Cls,
+    Mean,
+    ClsMean,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeadSettings {
+    pub kind: HeadKind,
+    // logistic
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    #[serde(default = "default_pooling_choice")]
+    pub pooling: PoolingChoice,
+    #[serde(default = "default_alphas")]
+    pub alphas: Vec<f64>,
+    #[serde(default = "default_max_iterations")]
+    pub max_iterations: u64,
+    /// Folds of the cross-validation on train that chooses pooling and alpha;
+    /// 0 chooses on the validation split instead.
+    #[serde(default = "default_cv_folds")]
+    pub cv_folds: usize,
+    #[serde(default)]
+    pub train_on_startup: bool,
+    // onnx
+    #[serde(default)]
+    pub model_dir: Option<PathBuf>,
+    #[serde(default = "default_model_file")]
+    pub model_file: String,
+    /// The model's label names mapped to ours; empty: the model's own labels.
+    #[serde(default)]
+    pub label_map: BTreeMap<String, String>,
+}
+
+fn default_pooling_choice() -> PoolingChoice {
+    PoolingChoice::Auto
+}
+fn default_alphas() -> Vec<f64> {
+    vec![1.0, 10.0, 100.0, 1000.0, 10000.0]
+}
+fn default_cv_folds() -> usize {
+    3
+}
+fn default_max_iterations() -> u64 {
+    300
+}
+fn default_model_file() -> String {
+    "model.onnx".into()
+}
+
+impl HeadSettings {
+    /// A logistic head on `data` with the default search.
+    pub fn logistic(data: PathBuf) -> Self {
+        HeadSettings {
+            kind: HeadKind::Logistic,
+            data: Some(data),
+            pooling: PoolingChoice::Auto,
+            alphas: default_alphas(),
+            max_iterations: default_max_iterations(),
+            cv_folds: default_cv_folds(),
+            train_on_startup: false,
+            model_dir: None,
+            model_file: default_model_file(),
+            label_map: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -120,17 +215,8 @@ impl From<figment::Error> for ConfigError {
         let messages: Vec<String> = e
             .into_iter()
             .map(|e| {
-                let key = e
-                    .path
-                    .iter()
-                    .map(|p| p.to_lowercase())
-                    .collect::<Vec<_>>()
-                    .join(".");
-                let source = e
-                    .metadata
-                    .as_ref()
-                    .map(|m| m.name.to_string())
-                    .unwrap_or_default();
+                let key = e.path.iter().map(|p| p.to_lowercase()).collect::<Vec<_>>().join(".");
+                let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
                 match (key.is_empty(), source.is_empty()) {
                     (true, _) => e.kind.to_string(),
                     (false, true) => format!("`{key}`: {}", e.kind),
@@ -152,14 +238,9 @@ impl Overrides {
         if let Some(value) = value {
             let (section, key) = dotted_key.split_once('.').expect("section.key");
             let value = serde_json::to_value(value).expect("serializable override");
-            let entry = self
-                .0
-                .entry(section.to_string())
-                .or_insert_with(|| serde_json::Value::Object(Default::default()));
-            entry
-                .as_object_mut()
-                .expect("sections are objects")
-                .insert(key.to_string(), value);
+            let entry =
+                self.0.entry(section.to_string()).or_insert_with(|| serde_json::Value::Object(Default::default()));
+            entry.as_object_mut().expect("sections are objects").insert(key.to_string(), value);
         }
         self
     }
@@ -171,29 +252,18 @@ impl Settings {
         Self::load_with_env(file, overrides, Env::prefixed(ENV_PREFIX))
     }
 
-    fn load_with_env(
-        file: Option<&Path>,
-        overrides: &Overrides,
-        env: Env,
-    ) -> Result<Settings, ConfigError> {
+    fn load_with_env(file: Option<&Path>, overrides: &Overrides, env: Env) -> Result<Settings, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(file) = file {
             if !file.is_file() {
-                return Err(ConfigError::Parse(format!(
-                    "config file {} not found",
-                    file.display()
-                )));
+                return Err(ConfigError::Parse(format!("config file {} not found", file.display())));
             }
             figment = figment.merge(Toml::file(file));
         }
         // Only DISTILSERVE_SECTION__KEY variables are settings; others with the same
         // prefix (DISTILSERVE_CONFIG, DISTILSERVE_CACHE for the set-up scripts) are not.
         let env = env.filter(|key| key.as_str().contains("__")).split("__");
-        figment = figment
-            .merge(env)
-            .merge(Serialized::defaults(serde_json::Value::Object(
-                overrides.0.clone(),
-            )));
+        figment = figment.merge(env).merge(Serialized::defaults(serde_json::Value::Object(overrides.0.clone())));
         let settings: Settings = figment.extract()?;
         settings.validate()?;
         Ok(settings)
@@ -201,29 +271,19 @@ impl Settings {
 
     /// The defaults alone, as `config/default.toml` gives them.
     pub fn defaults() -> Settings {
-        Self::load_with_env(
-            None,
-            &Overrides::default(),
-            Env::prefixed("DISTILSERVE_UNUSED_PREFIX_"),
-        )
-        .expect("the compiled-in defaults are valid")
+        Self::load_with_env(None, &Overrides::default(), Env::prefixed("DISTILSERVE_UNUSED_PREFIX_"))
+            .expect("the compiled-in defaults are valid")
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         fn positive(key: &'static str, v: usize) -> Result<(), ConfigError> {
             if v == 0 {
-                return Err(ConfigError::Invalid {
-                    key,
-                    problem: "must be at least 1".into(),
-                });
+                return Err(ConfigError::Invalid { key, problem: "must be at least 1".into() });
             }
             Ok(())
         }
         positive("server.max_body_bytes", self.server.max_body_bytes)?;
-        positive(
-            "server.request_timeout_ms",
-            self.server.request_timeout_ms as usize,
-        )?;
+        positive("server.request_timeout_ms", self.server.request_timeout_ms as usize)?;
         positive("batching.max_batch_size", self.batching.max_batch_size)?;
         positive("batching.max_batch_tokens", self.batching.max_batch_tokens)?;
         positive("batching.queue_capacity", self.batching.queue_capacity)?;
@@ -232,11 +292,44 @@ impl Settings {
         if self.model.file.contains('/') || self.model.file.contains("..") {
             return Err(ConfigError::Invalid {
                 key: "model.file",
+                problem: format!("must be a file name inside model.dir, got {:?}", self.model.file),
+            });
+        }
+        for name in &self.classify.serve {
+            if !self.heads.contains_key(name) {
+                return Err(ConfigError::Invalid {
+                    key: "classify.serve",
+                    problem: format!("names head {name:?}, which has no [heads.{name}] table"),
+                });
+            }
+        }
+        if !self.classify.default_head.is_empty() && !self.classify.serve.contains(&self.classify.default_head) {
+            return Err(ConfigError::Invalid {
+                key: "classify.default_head",
                 problem: format!(
-                    "must be a file name inside model.dir, got {:?}",
-                    self.model.file
+                    "{:?} is not one of classify.serve {:?}",
+                    self.classify.default_head, self.classify.serve
                 ),
             });
+        }
+        for (name, head) in &self.heads {
+            if crate::heads::logistic::validate_head_name(name).is_err() {
+                return Err(ConfigError::Invalid {
+                    key: "heads",
+                    problem: format!("head name {name:?} must be 1-64 letters, digits, '_' or '-'"),
+                });
+            }
+            let missing = match head.kind {
+                HeadKind::Logistic if head.data.is_none() => Some("data"),
+                HeadKind::Onnx if head.model_dir.is_none() => Some("model_dir"),
+                _ => None,
+            };
+            if let Some(field) = missing {
+                return Err(ConfigError::Invalid {
+                    key: "heads",
+                    problem: format!("heads.{name}.{field} is required for a head of kind {:?}", head.kind),
+                });
+            }
         }
         if self.model.max_tokens != 0 && self.model.max_tokens < 2 {
             return Err(ConfigError::Invalid {
@@ -285,19 +378,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "[server]\nport = 9001\nhost = \"127.0.0.1\"\n").unwrap();
-        let env = env_of(&[
-            ("SERVER__PORT", "9002"),
-            ("BATCHING__SESSIONS", "2"),
-            ("CACHE", "/x"),
-        ]);
+        let env = env_of(&[("SERVER__PORT", "9002"), ("BATCHING__SESSIONS", "2"), ("CACHE", "/x")]);
         let s = Settings::load_with_env(Some(&file), &Overrides::default(), env.clone()).unwrap();
         assert_eq!((s.server.port, s.server.host.as_str()), (9002, "127.0.0.1"));
         assert_eq!(s.batching.sessions, 2);
 
         let mut flags = Overrides::default();
-        flags
-            .set("server.port", Some(9003u16))
-            .set("model.file", None::<String>);
+        flags.set("server.port", Some(9003u16)).set("model.file", None::<String>);
         let s = Settings::load_with_env(Some(&file), &flags, env).unwrap();
         assert_eq!(s.server.port, 9003);
         assert_eq!(s.model.file, "model.onnx");
@@ -306,46 +393,28 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let env = env_of(&[("SERVER__PORT", "eighty")]);
-        let err = Settings::load_with_env(None, &Overrides::default(), env)
-            .unwrap_err()
-            .to_string();
+        let err = Settings::load_with_env(None, &Overrides::default(), env).unwrap_err().to_string();
         assert!(err.contains("server.port"), "{err}");
 
         let env = env_of(&[("MODEL__EXECUTION_PROVIDER", "tpu")]);
-        let err = Settings::load_with_env(None, &Overrides::default(), env)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("execution_provider") && err.contains("tpu"),
-            "{err}"
-        );
+        let err = Settings::load_with_env(None, &Overrides::default(), env).unwrap_err().to_string();
+        assert!(err.contains("execution_provider") && err.contains("tpu"), "{err}");
 
         let env = env_of(&[("SERVER__PROT", "1")]);
-        let err = Settings::load_with_env(None, &Overrides::default(), env)
-            .unwrap_err()
-            .to_string();
+        let err = Settings::load_with_env(None, &Overrides::default(), env).unwrap_err().to_string();
         assert!(err.contains("prot"), "{err}");
 
         let mut flags = Overrides::default();
         flags.set("batching.sessions", Some(0usize));
-        let err = Settings::load_with_env(None, &flags, env_of(&[]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("batching.sessions") && err.contains("at least 1"),
-            "{err}"
-        );
+        let err = Settings::load_with_env(None, &flags, env_of(&[])).unwrap_err().to_string();
+        assert!(err.contains("batching.sessions") && err.contains("at least 1"), "{err}");
     }
 
     #[test]
     fn missing_config_file_is_an_error() {
-        let err = Settings::load_with_env(
-            Some(Path::new("/nonexistent/x.toml")),
-            &Overrides::default(),
-            env_of(&[]),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = Settings::load_with_env(Some(Path::new("/nonexistent/x.toml")), &Overrides::default(), env_of(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/x.toml"), "{err}");
     }
 }

@@ -68,7 +68,8 @@ impl Dataset {
             if !names.is_empty() {
                 names.into_iter().collect()
             } else {
-                let max = rows.iter().filter_map(|r| if let RawLabel::Index(i) = r.label { Some(i) } else { None }).max();
+                let max =
+                    rows.iter().filter_map(|r| if let RawLabel::Index(i) = r.label { Some(i) } else { None }).max();
                 (0..=max.unwrap_or(0)).map(|i| i.to_string()).collect()
             }
         };
@@ -99,7 +100,12 @@ impl Dataset {
                     anyhow!("{} row {}: label {n:?} is not one of {:?}", path.display(), line + 1, self.labels)
                 })?,
                 RawLabel::Index(i) => {
-                    bail!("{} row {}: label {i} is out of range for {} labels", path.display(), line + 1, self.labels.len())
+                    bail!(
+                        "{} row {}: label {i} is out of range for {} labels",
+                        path.display(),
+                        line + 1,
+                        self.labels.len()
+                    )
                 }
             };
             texts.push(row.text);
@@ -144,8 +150,9 @@ fn read_jsonl(path: &Path, text: &str) -> anyhow::Result<Vec<RawRow>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, line)| {
-            let row: Row = serde_json::from_str(line)
-                .with_context(|| format!("{} line {}: expected {{\"text\": string, \"label\": int or string}}", path.display(), i + 1))?;
+            let row: Row = serde_json::from_str(line).with_context(|| {
+                format!("{} line {}: expected {{\"text\": string, \"label\": int or string}}", path.display(), i + 1)
+            })?;
             Ok(RawRow { text: row.text, label: row.label })
         })
         .collect()
@@ -180,12 +187,19 @@ mod tests {
     fn jsonl_with_meta_and_csv_with_names() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("meta.json"), r#"{"labels": ["neg", "pos"]}"#).unwrap();
-        std::fs::write(dir.path().join("train.jsonl"), "{\"text\": \"good\", \"label\": 1}\n{\"text\": \"bad\", \"label\": \"neg\"}\n").unwrap();
+        std::fs::write(
+            dir.path().join("train.jsonl"),
+            "{\"text\": \"good\", \"label\": 1}\n{\"text\": \"bad\", \"label\": \"neg\"}\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("test.csv"), "label,text\npos,\"great, really\"\n0,awful\n").unwrap();
         let ds = Dataset::open(dir.path()).unwrap();
         assert_eq!(ds.labels, vec!["neg", "pos"]);
         let train = ds.split("train").unwrap();
-        assert_eq!((train.texts.clone(), train.labels.clone()), (vec!["good".to_string(), "bad".to_string()], vec![1, 0]));
+        assert_eq!(
+            (train.texts.clone(), train.labels.clone()),
+            (vec!["good".to_string(), "bad".to_string()], vec![1, 0])
+        );
         let test = ds.split("test").unwrap();
         assert_eq!(test.texts, vec!["great, really", "awful"]);
         assert_eq!(test.labels, vec![1, 0]);
@@ -195,7 +209,11 @@ mod tests {
     #[test]
     fn label_names_from_strings_and_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("train.jsonl"), "{\"text\": \"a\", \"label\": \"b\"}\n{\"text\": \"c\", \"label\": \"a\"}\n").unwrap();
+        std::fs::write(
+            dir.path().join("train.jsonl"),
+            "{\"text\": \"a\", \"label\": \"b\"}\n{\"text\": \"c\", \"label\": \"a\"}\n",
+        )
+        .unwrap();
         let ds = Dataset::open(dir.path()).unwrap();
         assert_eq!(ds.labels, vec!["a", "b"]);
         std::fs::write(dir.path().join("bad.jsonl"), "{\"text\": \"a\", \"label\": \"zzz\"}\n").unwrap();

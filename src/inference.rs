@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::batching::{BatchError, Batcher, BatcherConfig, BatcherStats};
+use crate::features::RowSource;
 use crate::model::{Model, ModelInfo, Rows};
 use crate::tokenize::{TextTokenizer, TokenizeError, Tokenized};
 
@@ -32,11 +33,7 @@ pub enum InferenceError {
 impl Inference {
     pub fn start(model: Model, config: BatcherConfig) -> Inference {
         let batcher = Batcher::start(model.sessions, model.info.clone(), config);
-        Inference {
-            info: model.info,
-            tokenizer: model.tokenizer,
-            batcher,
-        }
+        Inference { info: model.info, tokenizer: model.tokenizer, batcher }
     }
 
     pub fn queue_depth(&self) -> usize {
@@ -53,20 +50,16 @@ impl Inference {
     }
 
     /// Tokenizes on the blocking pool (a long text can take milliseconds).
-    pub async fn tokenize(
-        &self,
-        texts: Vec<String>,
-        truncate: bool,
-    ) -> Result<Vec<Tokenized>, TokenizeError> {
+    pub async fn tokenize(&self, texts: Vec<String>, truncate: bool) -> Result<Vec<Tokenized>, TokenizeError> {
         let tokenizer = self.tokenizer.clone();
-        tokio::task::spawn_blocking(move || tokenizer.encode_all(&texts, truncate))
-            .await
-            .unwrap_or_else(|join_error| {
-                Err(TokenizeError::Failed {
-                    index: 0,
-                    message: format!("tokenizer task failed: {join_error}"),
-                })
-            })
+        tokio::task::spawn_blocking(move || tokenizer.encode_all(&texts, truncate)).await.unwrap_or_else(|join_error| {
+            Err(TokenizeError::Failed { index: 0, message: format!("tokenizer task failed: {join_error}") })
+        })
+    }
+
+    /// Runs already tokenized sequences through the queue.
+    pub async fn run(&self, seqs: Vec<Tokenized>, deadline: Instant) -> Result<Vec<Rows>, BatchError> {
+        self.batcher.run(seqs, deadline).await
     }
 
     pub async fn encode(
@@ -76,19 +69,34 @@ impl Inference {
         deadline: Instant,
     ) -> Result<Encoded, InferenceError> {
         let mut seqs = self.tokenize(texts, truncate).await?;
-        let tokens = seqs
-            .iter_mut()
-            .map(|s| std::mem::take(&mut s.tokens))
-            .collect();
-        let offsets = seqs
-            .iter_mut()
-            .map(|s| std::mem::take(&mut s.offsets))
-            .collect();
+        let tokens = seqs.iter_mut().map(|s| std::mem::take(&mut s.tokens)).collect();
+        let offsets = seqs.iter_mut().map(|s| std::mem::take(&mut s.offsets)).collect();
         let rows = self.batcher.run(seqs, deadline).await?;
-        Ok(Encoded {
-            tokens,
-            offsets,
-            rows,
-        })
+        Ok(Encoded { tokens, offsets, rows })
+    }
+}
+
+/// Feeds batch jobs (training at startup) through the service's queue, so that
+/// they share the model sessions with live requests. Call from a blocking thread.
+pub struct QueueSource<'a> {
+    pub inference: &'a Inference,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl RowSource for QueueSource<'_> {
+    fn rows(&mut self, batch: &[Tokenized]) -> anyhow::Result<Vec<Rows>> {
+        // A generous deadline: batch work waits behind live requests, it is not one.
+        let deadline = Instant::now() + std::time::Duration::from_secs(600);
+        let mut attempt = 0;
+        loop {
+            match self.runtime.block_on(self.inference.run(batch.to_vec(), deadline)) {
+                Ok(rows) => return Ok(rows),
+                Err(BatchError::QueueFull { .. }) if attempt < 600 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }

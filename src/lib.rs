@@ -3,17 +3,24 @@
 //!
 //! Where things are: `config` (settings), `model` (ONNX Runtime, forward pass),
 //! `tokenize`, `batching` (queue and workers), `inference` (text to rows),
-//! `pooling`, `npy`, `http` (routes, types, errors), `startup` (serve and
-//! drain), `telemetry` (logs), `cli`.
+//! `pooling`, `npy`, `data` (labelled data sets), `features` (batch
+//! extraction and cache), `heads` (logistic and ONNX classifiers), `http` (routes, types, errors), `startup` (serve and
+//! drain), `telemetry` (logs), `cli` and `commands` (extract, train,
+//! evaluate), `report`.
 
 pub mod batching;
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod data;
+pub mod features;
+pub mod heads;
 pub mod http;
 pub mod inference;
 pub mod model;
 pub mod npy;
 pub mod pooling;
+pub mod report;
 pub mod startup;
 pub mod telemetry;
 pub mod tokenize;

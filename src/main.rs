@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use distilserve::cli::{Cli, Command};
+use distilserve::cli::{Cli, Command, SettingsArgs};
+use distilserve::commands;
 use distilserve::http::ApiDoc;
 use distilserve::startup::{shutdown_signal, Application};
 use utoipa::OpenApi;
@@ -10,10 +11,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
-        Command::Openapi => ApiDoc::openapi()
-            .to_pretty_json()
-            .map(|json| println!("{json}"))
-            .map_err(anyhow::Error::from),
+        Command::Extract(args) => batch_job(&args.settings, || commands::extract(&args)),
+        Command::Train(args) => batch_job(&args.settings, || commands::train_command(&args)),
+        Command::Evaluate(args) => batch_job(&args.settings, || commands::evaluate(&args)),
+        Command::Openapi => {
+            ApiDoc::openapi().to_pretty_json().map(|json| println!("{json}")).map_err(anyhow::Error::from)
+        }
         Command::Config(args) => args
             .settings()
             .map_err(anyhow::Error::from)
@@ -28,14 +31,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: &distilserve::cli::SettingsArgs) -> anyhow::Result<()> {
+/// Batch jobs log in text unless told otherwise: a person is usually watching.
+fn batch_job(args: &SettingsArgs, job: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let mut logging = args.settings()?.logging;
+    if args.log_format.is_none() {
+        logging.format = distilserve::config::LogFormat::Text;
+    }
+    distilserve::telemetry::init(&logging);
+    job()
+}
+
+fn serve(args: &SettingsArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
     distilserve::telemetry::init(&settings.logging);
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            let app = Application::build(settings).await?;
-            app.run_until(shutdown_signal()).await
-        })
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
+        let app = Application::build(settings).await?;
+        app.run_until(shutdown_signal()).await
+    })
 }

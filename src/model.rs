@@ -93,8 +93,7 @@ impl Rows {
 }
 
 /// The process-wide ONNX Runtime environment (ONNX Runtime allows one).
-static ORT_ENV: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> =
-    OnceLock::new();
+static ORT_ENV: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> = OnceLock::new();
 
 /// Where to load ONNX Runtime from: the setting, `$ORT_DYLIB_PATH`, the copy the
 /// set-up script installs, or a copy beside the executable.
@@ -109,10 +108,7 @@ pub fn onnxruntime_library_path(configured: &str) -> PathBuf {
     if vendored.exists() {
         return vendored;
     }
-    if let Some(beside) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("libonnxruntime.so")))
-    {
+    if let Some(beside) = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("libonnxruntime.so"))) {
         if beside.exists() {
             return beside;
         }
@@ -130,8 +126,8 @@ fn ort_environment(configured: &str) -> anyhow::Result<&'static ort::environment
                 path.display()
             ));
         }
-        let builder = ort::init_from(&path)
-            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
+        let builder =
+            ort::init_from(&path).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
         let env = builder
             .with_name("distilserve")
             .with_telemetry(false)
@@ -146,14 +142,11 @@ fn ort_environment(configured: &str) -> anyhow::Result<&'static ort::environment
 }
 
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let n = file.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -166,14 +159,10 @@ fn read_manifest(dir: &Path) -> anyhow::Result<Option<Manifest>> {
     let path = dir.join("manifest.json");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let manifest: Manifest = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a valid manifest", path.display()))?;
+            let manifest: Manifest =
+                serde_json::from_str(&text).with_context(|| format!("{} is not a valid manifest", path.display()))?;
             if manifest.format_version != 1 {
-                bail!(
-                    "{}: format_version {} is not supported (expected 1)",
-                    path.display(),
-                    manifest.format_version
-                );
+                bail!("{}: format_version {} is not supported (expected 1)", path.display(), manifest.format_version);
             }
             Ok(Some(manifest))
         }
@@ -183,18 +172,10 @@ fn read_manifest(dir: &Path) -> anyhow::Result<Option<Manifest>> {
 }
 
 /// sha256 of a model file: from the manifest (checked when `verify`), else computed.
-fn file_digest(
-    dir: &Path,
-    file: &str,
-    manifest: Option<&Manifest>,
-    verify: bool,
-) -> anyhow::Result<String> {
+fn file_digest(dir: &Path, file: &str, manifest: Option<&Manifest>, verify: bool) -> anyhow::Result<String> {
     let path = dir.join(file);
     let meta = std::fs::metadata(&path).with_context(|| {
-        format!(
-            "model file {} is missing: run scripts/setup.sh or export the model",
-            path.display()
-        )
+        format!("model file {} is missing: run scripts/setup.sh or export the model", path.display())
     })?;
     match manifest.and_then(|m| m.files.get(file)) {
         Some(entry) => {
@@ -209,10 +190,7 @@ fn file_digest(
             if verify {
                 let actual = sha256_file(&path)?;
                 if actual != entry.sha256 {
-                    bail!(
-                        "{} does not match the sha256 in manifest.json: re-export the model",
-                        path.display()
-                    );
+                    bail!("{} does not match the sha256 in manifest.json: re-export the model", path.display());
                 }
             }
             Ok(entry.sha256.clone())
@@ -224,10 +202,7 @@ fn file_digest(
 fn max_positions_from_config(dir: &Path) -> Option<usize> {
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
     let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value
-        .get("max_position_embeddings")?
-        .as_u64()
-        .map(|v| v as usize)
+    value.get("max_position_embeddings")?.as_u64().map(|v| v as usize)
 }
 
 impl Model {
@@ -236,28 +211,12 @@ impl Model {
     pub fn load(settings: &ModelSettings, sessions: usize) -> anyhow::Result<Model> {
         let dir = &settings.dir;
         if !dir.is_dir() {
-            bail!(
-                "model folder {} does not exist: run scripts/setup.sh, or set model.dir",
-                dir.display()
-            );
+            bail!("model folder {} does not exist: run scripts/setup.sh, or set model.dir", dir.display());
         }
         let manifest = read_manifest(dir)?;
-        let model_sha = file_digest(
-            dir,
-            &settings.file,
-            manifest.as_ref(),
-            settings.verify_checksums,
-        )?;
-        let tokenizer_sha = file_digest(
-            dir,
-            "tokenizer.json",
-            manifest.as_ref(),
-            settings.verify_checksums,
-        )?;
-        let fingerprint = format!(
-            "{:x}",
-            Sha256::digest(format!("{model_sha}:{tokenizer_sha}").as_bytes())
-        );
+        let model_sha = file_digest(dir, &settings.file, manifest.as_ref(), settings.verify_checksums)?;
+        let tokenizer_sha = file_digest(dir, "tokenizer.json", manifest.as_ref(), settings.verify_checksums)?;
+        let fingerprint = format!("{:x}", Sha256::digest(format!("{model_sha}:{tokenizer_sha}").as_bytes()));
 
         let env = ort_environment(&settings.onnxruntime_library)?;
         let model_path = dir.join(&settings.file);
@@ -270,35 +229,23 @@ impl Model {
         }
         let first = &built[0];
 
-        let inputs: Vec<String> = first
-            .inputs()
-            .iter()
-            .map(|i| i.name().to_string())
-            .collect();
+        let inputs: Vec<String> = first.inputs().iter().map(|i| i.name().to_string()).collect();
         for required in ["input_ids", "attention_mask"] {
             if !inputs.iter().any(|i| i == required) {
-                bail!("{} has no `{required}` input (inputs: {inputs:?}); is it a BERT-family encoder?", model_path.display());
-            }
-        }
-        for known in &inputs {
-            if !matches!(
-                known.as_str(),
-                "input_ids" | "attention_mask" | "token_type_ids"
-            ) {
                 bail!(
-                    "{} has an input `{known}` that distilserve cannot feed",
+                    "{} has no `{required}` input (inputs: {inputs:?}); is it a BERT-family encoder?",
                     model_path.display()
                 );
             }
         }
+        for known in &inputs {
+            if !matches!(known.as_str(), "input_ids" | "attention_mask" | "token_type_ids") {
+                bail!("{} has an input `{known}` that distilserve cannot feed", model_path.display());
+            }
+        }
         for input in first.inputs() {
             if input.dtype().tensor_type() != Some(ort::value::TensorElementType::Int64) {
-                bail!(
-                    "{}: input `{}` is {}, expected int64",
-                    model_path.display(),
-                    input.name(),
-                    input.dtype()
-                );
+                bail!("{}: input `{}` is {}, expected int64", model_path.display(), input.name(), input.dtype());
             }
         }
         let outputs: Vec<&str> = first.outputs().iter().map(|o| o.name()).collect();
@@ -308,31 +255,15 @@ impl Model {
             .or_else(|| outputs.first().copied())
             .ok_or_else(|| anyhow!("{} has no outputs", model_path.display()))?
             .to_string();
-        let out_outlet = first
-            .outputs()
-            .iter()
-            .find(|o| o.name() == output)
-            .expect("found above");
-        let graph_width = out_outlet
-            .dtype()
-            .tensor_shape()
-            .and_then(|s| s.last().copied())
-            .filter(|&d| d > 0)
-            .map(|d| d as usize);
+        let out_outlet = first.outputs().iter().find(|o| o.name() == output).expect("found above");
+        let graph_width =
+            out_outlet.dtype().tensor_shape().and_then(|s| s.last().copied()).filter(|&d| d > 0).map(|d| d as usize);
         let hidden_size = graph_width
             .or(manifest.as_ref().map(|m| m.hidden_size))
-            .ok_or_else(|| {
-                anyhow!(
-                    "cannot tell the hidden size of {}: add a manifest.json",
-                    model_path.display()
-                )
-            })?;
+            .ok_or_else(|| anyhow!("cannot tell the hidden size of {}: add a manifest.json", model_path.display()))?;
 
-        let model_max = manifest
-            .as_ref()
-            .map(|m| m.max_tokens)
-            .or_else(|| max_positions_from_config(dir))
-            .unwrap_or(512);
+        let model_max =
+            manifest.as_ref().map(|m| m.max_tokens).or_else(|| max_positions_from_config(dir)).unwrap_or(512);
         let max_tokens = match settings.max_tokens {
             0 => model_max,
             n if n > model_max => {
@@ -347,24 +278,16 @@ impl Model {
         } else if let Some(m) = &manifest {
             m.name.clone()
         } else {
-            dir.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "model".into())
+            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
         };
-        let task = if output == "logits" {
-            "sequence-classification".to_string()
-        } else {
-            "feature-extraction".to_string()
-        };
+        let task =
+            if output == "logits" { "sequence-classification".to_string() } else { "feature-extraction".to_string() };
         let info = ModelInfo {
             name,
             dir: dir.clone(),
             file: settings.file.clone(),
             task,
-            architecture: manifest
-                .as_ref()
-                .map(|m| m.architecture.clone())
-                .unwrap_or_default(),
+            architecture: manifest.as_ref().map(|m| m.architecture.clone()).unwrap_or_default(),
             hidden_size,
             max_tokens,
             uses_token_type_ids: inputs.iter().any(|i| i == "token_type_ids"),
@@ -379,11 +302,7 @@ impl Model {
                 .map(|(_, p)| p.clone())
                 .unwrap_or_default(),
         };
-        Ok(Model {
-            info: Arc::new(info),
-            tokenizer: Arc::new(tokenizer),
-            sessions: built,
-        })
+        Ok(Model { info: Arc::new(info), tokenizer: Arc::new(tokenizer), sessions: built })
     }
 }
 
@@ -428,9 +347,7 @@ fn session_with(
     cuda: bool,
 ) -> Result<Session, String> {
     let threads = if s.intra_threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     } else {
         s.intra_threads
     };
@@ -442,14 +359,8 @@ fn session_with(
         .map_err(|e| e.to_string())?
         .with_optimization_level(optimization(s.optimization_level))
         .map_err(|e| e.to_string())?;
-    let mut builder = if cuda {
-        with_cuda(builder, s.cuda_device_id)?
-    } else {
-        builder
-    };
-    builder
-        .commit_from_file(path)
-        .map_err(|e| format!("cannot load model {}: {e}", path.display()))
+    let mut builder = if cuda { with_cuda(builder, s.cuda_device_id)? } else { builder };
+    builder.commit_from_file(path).map_err(|e| format!("cannot load model {}: {e}", path.display()))
 }
 
 #[cfg(feature = "cuda")]
@@ -472,20 +383,14 @@ fn with_cuda(
     _builder: ort::session::builder::SessionBuilder,
     _device_id: i32,
 ) -> Result<ort::session::builder::SessionBuilder, String> {
-    Err(
-        "model.execution_provider = \"cuda\" but this binary was built without CUDA support \
+    Err("model.execution_provider = \"cuda\" but this binary was built without CUDA support \
          (rebuild with `cargo build --release --features cuda`)"
-            .into(),
-    )
+        .into())
 }
 
 /// Runs one padded batch through `session`. Returns, per sequence, its real
 /// rows only: padding positions never leave this function.
-pub fn forward(
-    session: &mut Session,
-    info: &ModelInfo,
-    batch: &[&Tokenized],
-) -> anyhow::Result<Vec<Rows>> {
+pub fn forward(session: &mut Session, info: &ModelInfo, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
     let b = batch.len();
     if b == 0 {
         return Ok(Vec::new());
@@ -501,26 +406,16 @@ pub fn forward(
         type_ids[row..row + t.len()].copy_from_slice(&t.type_ids);
     }
     fn tensor(shape: [usize; 2], data: &[i64]) -> anyhow::Result<SessionInputValue<'_>> {
-        Ok(TensorRef::from_array_view((shape, data))
-            .map_err(|e| anyhow!("{e}"))?
-            .into())
+        Ok(TensorRef::from_array_view((shape, data)).map_err(|e| anyhow!("{e}"))?.into())
     }
-    let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> = vec![
-        ("input_ids".into(), tensor([b, s], &ids)?),
-        ("attention_mask".into(), tensor([b, s], &mask)?),
-    ];
+    let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> =
+        vec![("input_ids".into(), tensor([b, s], &ids)?), ("attention_mask".into(), tensor([b, s], &mask)?)];
     if info.uses_token_type_ids {
         inputs.push(("token_type_ids".into(), tensor([b, s], &type_ids)?));
     }
-    let outputs = session
-        .run(inputs)
-        .map_err(|e| anyhow!("inference failed: {e}"))?;
-    let value = outputs
-        .get(&info.output)
-        .ok_or_else(|| anyhow!("the model returned no `{}` output", info.output))?;
-    let (shape, data) = value
-        .try_extract_tensor::<f32>()
-        .map_err(|e| anyhow!("unexpected output: {e}"))?;
+    let outputs = session.run(inputs).map_err(|e| anyhow!("inference failed: {e}"))?;
+    let value = outputs.get(&info.output).ok_or_else(|| anyhow!("the model returned no `{}` output", info.output))?;
+    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("unexpected output: {e}"))?;
     let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
     match dims.as_slice() {
         [ob, os, h] if *ob == b && *os == s => Ok(batch
@@ -528,20 +423,12 @@ pub fn forward(
             .enumerate()
             .map(|(i, t)| {
                 let start = i * s * h;
-                Rows {
-                    rows: t.len(),
-                    cols: *h,
-                    data: data[start..start + t.len() * h].to_vec(),
-                }
+                Rows { rows: t.len(), cols: *h, data: data[start..start + t.len() * h].to_vec() }
             })
             .collect()),
-        [ob, c] if *ob == b => Ok((0..b)
-            .map(|i| Rows {
-                rows: 1,
-                cols: *c,
-                data: data[i * c..(i + 1) * c].to_vec(),
-            })
-            .collect()),
+        [ob, c] if *ob == b => {
+            Ok((0..b).map(|i| Rows { rows: 1, cols: *c, data: data[i * c..(i + 1) * c].to_vec() }).collect())
+        }
         _ => bail!("unexpected output shape {dims:?} for a batch of {b} x {s}"),
     }
 }

@@ -59,11 +59,7 @@ fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
 
 /// Encodes a C-ordered array; `data.len()` must equal the product of `shape`.
 pub fn encode<T: Element>(shape: &[usize], data: &[T]) -> Vec<u8> {
-    assert_eq!(
-        shape.iter().product::<usize>(),
-        data.len(),
-        "npy shape does not match the data"
-    );
+    assert_eq!(shape.iter().product::<usize>(), data.len(), "npy shape does not match the data");
     let mut out = header(T::DESCR, shape);
     out.reserve(std::mem::size_of_val(data));
     for &v in data {
@@ -85,21 +81,13 @@ pub fn decode<T: Element>(bytes: &[u8]) -> Result<(Vec<usize>, Vec<T>), NpyError
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         v => return Err(NpyError(format!("unsupported version {v}"))),
     };
-    let dict = bytes
-        .get(start..start + header_len)
-        .ok_or_else(|| err("truncated header"))?;
+    let dict = bytes.get(start..start + header_len).ok_or_else(|| err("truncated header"))?;
     let dict = std::str::from_utf8(dict).map_err(|_| err("header is not text"))?;
     if !dict.contains(&format!("'descr': '{}'", T::DESCR)) {
-        return Err(NpyError(format!(
-            "expected dtype {} in header {dict:?}",
-            T::DESCR
-        )));
+        return Err(NpyError(format!("expected dtype {} in header {dict:?}", T::DESCR)));
     }
     if !dict.contains("'fortran_order': False") {
         return Err(err("Fortran-ordered arrays are not supported"));
@@ -113,10 +101,7 @@ pub fn decode<T: Element>(bytes: &[u8]) -> Result<(Vec<usize>, Vec<T>), NpyError
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| NpyError(format!("bad dimension {s:?}")))
-        })
+        .map(|s| s.parse::<usize>().map_err(|_| NpyError(format!("bad dimension {s:?}"))))
         .collect::<Result<Vec<_>, _>>()?;
     let count: usize = shape.iter().product();
     let size = std::mem::size_of::<T>();

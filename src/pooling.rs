@@ -7,19 +7,7 @@ use crate::model::Rows;
 
 /// How token vectors become the answer: `none` keeps every real token's
 /// vector, `cls` takes the first token's ([CLS]), `mean` averages the real tokens.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Default,
-    Serialize,
-    Deserialize,
-    ToSchema,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     #[default]
@@ -58,11 +46,7 @@ pub fn pool(rows: &Rows, pooling: Pooling) -> Option<Vec<f32>> {
 
 /// Scales `v` to unit L2 norm (a zero vector stays zero).
 pub fn normalize(v: &mut [f32]) {
-    let norm = v
-        .iter()
-        .map(|x| f64::from(*x) * f64::from(*x))
-        .sum::<f64>()
-        .sqrt();
+    let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
     if norm > 0.0 {
         for x in v.iter_mut() {
             *x = (f64::from(*x) / norm) as f32;
@@ -75,11 +59,7 @@ mod tests {
     use super::*;
 
     fn rows() -> Rows {
-        Rows {
-            rows: 3,
-            cols: 2,
-            data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 9.0],
-        }
+        Rows { rows: 3, cols: 2, data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 9.0] }
     }
 
     #[test]

@@ -11,13 +11,18 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::config::Settings;
+use crate::features::FeatureCache;
+use crate::heads::training::{train_head, Extraction};
+use crate::heads::{load_configured, Head, Heads};
 use crate::http::{router, AppState};
-use crate::inference::Inference;
+use crate::inference::{Inference, QueueSource};
 use crate::model::Model;
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// Heads missing on disk, to train before the service reports ready.
+    to_train: Vec<String>,
 }
 
 impl Application {
@@ -39,21 +44,27 @@ impl Application {
             load_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
+        let startup_heads = {
+            let (settings, info) = (settings.clone(), model.info.clone());
+            tokio::task::spawn_blocking(move || load_configured(&settings, &info))
+                .await
+                .context("head loading task failed")??
+        };
+        let heads = Heads::new(default_head(&settings), settings.classify.serve.clone());
+        for head in startup_heads.loaded {
+            heads.insert(head);
+        }
+        heads.set_pending(startup_heads.to_train.len());
         let inference = Inference::start(model, (&settings.batching).into());
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address)
             .await
             .with_context(|| format!("cannot listen on {address} (server.host, server.port)"))?;
-        Ok(Application {
-            listener,
-            state: AppState::new(inference, settings),
-        })
+        Ok(Application { listener, state: AppState::new(inference, heads, settings), to_train: startup_heads.to_train })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     pub fn state(&self) -> AppState {
@@ -63,26 +74,39 @@ impl Application {
     /// Serves until `shutdown` completes, then marks the service draining, stops
     /// accepting, lets in-flight requests finish (bounded by
     /// `server.shutdown_timeout_ms`) and stops the inference workers.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let state = self.state;
         let drain = Duration::from_millis(state.settings.server.shutdown_timeout_ms);
         let draining = Arc::new(Notify::new());
+        // A head that fails to train at startup stops the service with its error.
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+        let failure = Arc::new(std::sync::Mutex::new(None::<anyhow::Error>));
+        if !self.to_train.is_empty() {
+            let (state, names) = (state.clone(), self.to_train);
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = train_missing_heads(&state, &names, runtime) {
+                    let _ = failed_tx.send(e);
+                }
+            });
+        }
         let signal = {
-            let state = state.clone();
-            let draining = draining.clone();
+            let (state, draining, failure) = (state.clone(), draining.clone(), failure.clone());
             async move {
-                shutdown.await;
+                tokio::select! {
+                    _ = shutdown => {}
+                    Ok(e) = failed_rx => {
+                        tracing::error!(error = %format!("{e:#}"), "startup training failed");
+                        *failure.lock().expect("failure lock") = Some(e);
+                    }
+                }
                 state.draining.store(true, Ordering::Relaxed);
                 tracing::info!("shutting down: finishing in-flight requests");
                 draining.notify_one();
             }
         };
         tracing::info!(address = %self.listener.local_addr()?, "listening");
-        let serve =
-            axum::serve(self.listener, router(state.clone())).with_graceful_shutdown(signal);
+        let serve = axum::serve(self.listener, router(state.clone())).with_graceful_shutdown(signal);
         let serve = std::future::IntoFuture::into_future(serve);
         tokio::pin!(serve);
         tokio::select! {
@@ -93,12 +117,46 @@ impl Application {
             },
         }
         let state_for_join = state.clone();
-        tokio::task::spawn_blocking(move || state_for_join.inference.shutdown())
-            .await
-            .ok();
+        tokio::task::spawn_blocking(move || state_for_join.inference.shutdown()).await.ok();
         tracing::info!("stopped");
-        Ok(())
+        let failed = failure.lock().expect("failure lock").take();
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
+}
+
+fn default_head(settings: &Settings) -> String {
+    if settings.classify.default_head.is_empty() {
+        settings.classify.serve.first().cloned().unwrap_or_default()
+    } else {
+        settings.classify.default_head.clone()
+    }
+}
+
+/// Trains the heads missing at startup through the service's own queue; each
+/// joins the registry when done, and the service is ready after the last.
+fn train_missing_heads(state: &AppState, names: &[String], runtime: tokio::runtime::Handle) -> anyhow::Result<()> {
+    let settings = &state.settings;
+    let cache = FeatureCache::new(&settings.classify.feature_cache_dir);
+    let mut source = QueueSource { inference: &state.inference, runtime };
+    let mut extraction = Extraction {
+        source: &mut source,
+        info: &state.inference.info,
+        tokenizer: &state.inference.tokenizer,
+        cache: &cache,
+        max_batch_size: settings.batching.max_batch_size,
+        max_batch_tokens: settings.batching.max_batch_tokens,
+    };
+    for name in names {
+        tracing::info!(head = %name, "head file missing: training it before reporting ready");
+        let head = train_head(name, &settings.heads[name], &settings.classify.heads_dir, &mut extraction)
+            .with_context(|| format!("training head {name} at startup"))?;
+        state.heads.finish_pending(Head::Logistic(head));
+    }
+    tracing::info!("all heads ready");
+    Ok(())
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -10,10 +10,7 @@ use crate::config::{LogFormat, LoggingSettings};
 /// Installs the global subscriber once; later calls (tests) are no-ops.
 pub fn init(settings: &LoggingSettings) {
     let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|e| {
-        eprintln!(
-            "warning: logging.filter {:?} is invalid ({e}); using \"info,ort=warn\"",
-            settings.filter
-        );
+        eprintln!("warning: logging.filter {:?} is invalid ({e}); using \"info,ort=warn\"", settings.filter);
         EnvFilter::new("info,ort=warn")
     });
     let json = match settings.format {
@@ -23,12 +20,7 @@ pub fn init(settings: &LoggingSettings) {
     };
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init()
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
     } else {
         builder.try_init()
     };

@@ -30,11 +30,7 @@ impl Tokenized {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TokenizeError {
     #[error("input {index} has {tokens} tokens, more than the model's maximum of {max}; send shorter text or set \"truncate\": true")]
-    TooLong {
-        index: usize,
-        tokens: usize,
-        max: usize,
-    },
+    TooLong { index: usize, tokens: usize, max: usize },
     #[error("input {index} could not be tokenized: {message}")]
     Failed { index: usize, message: String },
 }
@@ -47,10 +43,8 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_file(path: &Path, max_tokens: usize) -> anyhow::Result<Self> {
-        let load = || {
-            Tokenizer::from_file(path)
-                .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))
-        };
+        let load =
+            || Tokenizer::from_file(path).map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()));
         let mut truncating = load()?;
         let mut untruncated = load()?;
         // A baked-in padding (e.g. Fixed(128)) would make every text pay for the longest.
@@ -64,14 +58,8 @@ impl TextTokenizer {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?;
-        untruncated
-            .with_truncation(None)
-            .map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?;
-        Ok(Self {
-            truncating,
-            untruncated,
-            max_tokens,
-        })
+        untruncated.with_truncation(None).map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?;
+        Ok(Self { truncating, untruncated, max_tokens })
     }
 
     pub fn max_tokens(&self) -> usize {
@@ -80,47 +68,23 @@ impl TextTokenizer {
 
     /// Tokenizes `text` (input number `index` of a request, for error messages).
     /// With `truncate` false, a text over the maximum is an error naming its length.
-    pub fn encode(
-        &self,
-        index: usize,
-        text: &str,
-        truncate: bool,
-    ) -> Result<Tokenized, TokenizeError> {
-        let failed = |e: tokenizers::Error| TokenizeError::Failed {
-            index,
-            message: e.to_string(),
-        };
+    pub fn encode(&self, index: usize, text: &str, truncate: bool) -> Result<Tokenized, TokenizeError> {
+        let failed = |e: tokenizers::Error| TokenizeError::Failed { index, message: e.to_string() };
         let encoding = self.truncating.encode(text, true).map_err(failed)?;
         if !truncate && !encoding.get_overflowing().is_empty() {
             let full = self.untruncated.encode(text, true).map_err(failed)?;
-            return Err(TokenizeError::TooLong {
-                index,
-                tokens: full.len(),
-                max: self.max_tokens,
-            });
+            return Err(TokenizeError::TooLong { index, tokens: full.len(), max: self.max_tokens });
         }
         Ok(Tokenized {
             ids: encoding.get_ids().iter().map(|&i| i64::from(i)).collect(),
-            type_ids: encoding
-                .get_type_ids()
-                .iter()
-                .map(|&i| i64::from(i))
-                .collect(),
+            type_ids: encoding.get_type_ids().iter().map(|&i| i64::from(i)).collect(),
             tokens: encoding.get_tokens().to_vec(),
             offsets: encoding.get_offsets().to_vec(),
         })
     }
 
     /// Tokenizes several texts; the first failure wins.
-    pub fn encode_all<S: AsRef<str>>(
-        &self,
-        texts: &[S],
-        truncate: bool,
-    ) -> Result<Vec<Tokenized>, TokenizeError> {
-        texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| self.encode(i, t.as_ref(), truncate))
-            .collect()
+    pub fn encode_all<S: AsRef<str>>(&self, texts: &[S], truncate: bool) -> Result<Vec<Tokenized>, TokenizeError> {
+        texts.iter().enumerate().map(|(i, t)| self.encode(i, t.as_ref(), truncate)).collect()
     }
 }

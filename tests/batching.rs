@@ -15,26 +15,12 @@ use serde_json::json;
 
 fn batcher(config: BatcherConfig) -> (Arc<Batcher>, Vec<Tokenized>) {
     let model = Model::load(&settings_for(&fixture("tiny-distilbert")).model, 1).unwrap();
-    let seqs = model
-        .tokenizer
-        .encode_all(
-            &["a gripping, funny film", "dull", "the plot is too slow"],
-            true,
-        )
-        .unwrap();
-    (
-        Arc::new(Batcher::start(model.sessions, model.info, config)),
-        seqs,
-    )
+    let seqs = model.tokenizer.encode_all(&["a gripping, funny film", "dull", "the plot is too slow"], true).unwrap();
+    (Arc::new(Batcher::start(model.sessions, model.info, config)), seqs)
 }
 
 fn config() -> BatcherConfig {
-    BatcherConfig {
-        max_batch_size: 8,
-        max_batch_tokens: 512,
-        max_wait: Duration::ZERO,
-        queue_capacity: 16,
-    }
+    BatcherConfig { max_batch_size: 8, max_batch_tokens: 512, max_wait: Duration::ZERO, queue_capacity: 16 }
 }
 
 #[tokio::test]
@@ -42,10 +28,7 @@ async fn results_come_back_in_order_and_are_counted() {
     let (batcher, seqs) = batcher(config());
     let deadline = Instant::now() + Duration::from_secs(10);
     let rows = batcher.run(seqs.clone(), deadline).await.unwrap();
-    assert_eq!(
-        rows.iter().map(|r| r.rows).collect::<Vec<_>>(),
-        seqs.iter().map(|s| s.len()).collect::<Vec<_>>()
-    );
+    assert_eq!(rows.iter().map(|r| r.rows).collect::<Vec<_>>(), seqs.iter().map(|s| s.len()).collect::<Vec<_>>());
     let stats = batcher.stats();
     assert_eq!((stats.sequences, stats.skipped), (3, 0));
     assert!(stats.batches >= 1);
@@ -53,15 +36,9 @@ async fn results_come_back_in_order_and_are_counted() {
 
 #[tokio::test]
 async fn a_full_queue_refuses_at_once() {
-    let (batcher, seqs) = batcher(BatcherConfig {
-        queue_capacity: 2,
-        ..config()
-    });
+    let (batcher, seqs) = batcher(BatcherConfig { queue_capacity: 2, ..config() });
     let started = Instant::now();
-    let err = batcher
-        .run(seqs, Instant::now() + Duration::from_secs(10))
-        .await
-        .unwrap_err();
+    let err = batcher.run(seqs, Instant::now() + Duration::from_secs(10)).await.unwrap_err();
     assert_eq!(err, BatchError::QueueFull { capacity: 2 });
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(batcher.stats().sequences, 0);
@@ -70,14 +47,8 @@ async fn a_full_queue_refuses_at_once() {
 #[tokio::test]
 async fn work_past_its_deadline_is_not_computed() {
     // The worker waits 300 ms to fill a batch, so the 50 ms deadline passes first.
-    let (batcher, seqs) = batcher(BatcherConfig {
-        max_wait: Duration::from_millis(300),
-        ..config()
-    });
-    let err = batcher
-        .run(seqs, Instant::now() + Duration::from_millis(50))
-        .await
-        .unwrap_err();
+    let (batcher, seqs) = batcher(BatcherConfig { max_wait: Duration::from_millis(300), ..config() });
+    let err = batcher.run(seqs, Instant::now() + Duration::from_millis(50)).await.unwrap_err();
     assert_eq!(err, BatchError::DeadlineExceeded);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stats = batcher.stats();
@@ -86,13 +57,9 @@ async fn work_past_its_deadline_is_not_computed() {
 
 #[tokio::test]
 async fn work_of_a_caller_that_left_is_dropped() {
-    let (batcher, seqs) = batcher(BatcherConfig {
-        max_wait: Duration::from_millis(300),
-        ..config()
-    });
+    let (batcher, seqs) = batcher(BatcherConfig { max_wait: Duration::from_millis(300), ..config() });
     let b = batcher.clone();
-    let caller =
-        tokio::spawn(async move { b.run(seqs, Instant::now() + Duration::from_secs(10)).await });
+    let caller = tokio::spawn(async move { b.run(seqs, Instant::now() + Duration::from_secs(10)).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     caller.abort(); // what axum does to a handler whose client disconnected
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -105,20 +72,12 @@ async fn a_full_queue_answers_503_with_retry_after() {
     let mut settings = settings_for(&fixture("tiny-distilbert"));
     settings.batching.queue_capacity = 2;
     let server = TestServer::start(settings).await;
-    let response = server
-        .post_json("/embed", json!({"inputs": ["a", "b", "c"]}))
-        .await;
+    let response = server.post_json("/embed", json!({"inputs": ["a", "b", "c"]})).await;
     assert_eq!(response.headers()["retry-after"], "1");
     let (status, code, _) = error_of(response).await;
     assert_eq!((status, code.as_str()), (503, "overloaded"));
     // Work that fits is still served.
-    assert_eq!(
-        server
-            .post_json("/embed", json!({"inputs": ["a", "b"]}))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(server.post_json("/embed", json!({"inputs": ["a", "b"]})).await.status(), 200);
     server.stop().await;
 }
 
@@ -128,8 +87,7 @@ async fn a_passed_deadline_answers_504() {
     settings.server.request_timeout_ms = 20;
     settings.batching.max_wait_ms = 300;
     let server = TestServer::start(settings).await;
-    let (status, code, _) =
-        error_of(server.post_json("/embed", json!({"inputs": "a"})).await).await;
+    let (status, code, _) = error_of(server.post_json("/embed", json!({"inputs": "a"})).await).await;
     assert_eq!((status, code.as_str()), (504, "deadline_exceeded"));
     server.stop().await;
 }

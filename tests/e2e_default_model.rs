@@ -24,12 +24,8 @@ async fn hidden_states_match_python_onnxruntime() {
     assert!(reference.items.len() >= 8);
     let server = TestServer::start(settings_for(&dir)).await;
     let texts: Vec<&str> = reference.items.iter().map(|i| i.text.as_str()).collect();
-    let body: Value = server
-        .post_json("/embed", json!({"inputs": texts, "return_tokens": true}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value =
+        server.post_json("/embed", json!({"inputs": texts, "return_tokens": true})).await.json().await.unwrap();
     assert_eq!(body["dimensions"], 384);
     let mut worst = 0f32;
     for (i, item) in reference.items.iter().enumerate() {
@@ -48,11 +44,7 @@ async fn hidden_states_match_python_onnxruntime() {
 async fn npy_answer_loads_in_numpy() {
     let dir = default_model_dir();
     let server = TestServer::start(settings_for(&dir)).await;
-    let texts = [
-        "a gripping, funny film",
-        "dull",
-        "the acting is wooden and the plot goes nowhere",
-    ];
+    let texts = ["a gripping, funny film", "dull", "the acting is wooden and the plot goes nowhere"];
     let tmp = tempfile::tempdir().unwrap();
     for (pooling, want_shape) in [("mean", "(3, 384)"), ("none", "(3, 11, 384)")] {
         let response = server
@@ -64,28 +56,14 @@ async fn npy_answer_loads_in_numpy() {
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        let counts = response.headers()["x-token-counts"]
-            .to_str()
-            .unwrap()
-            .to_string();
+        let counts = response.headers()["x-token-counts"].to_str().unwrap().to_string();
         let path = tmp.path().join(format!("{pooling}.npy"));
         std::fs::write(&path, response.bytes().await.unwrap()).unwrap();
         let script = "import io, sys, numpy as np; a = np.load(io.BytesIO(open(sys.argv[1], 'rb').read())); \
                       print(a.shape, a.dtype, bool(np.isfinite(a).all()))";
-        let out = Command::new(python())
-            .args(["-c", script])
-            .arg(&path)
-            .output()
-            .expect("python runs");
-        assert!(
-            out.status.success(),
-            "numpy failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            format!("{want_shape} float32 True")
-        );
+        let out = Command::new(python()).args(["-c", script]).arg(&path).output().expect("python runs");
+        assert!(out.status.success(), "numpy failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{want_shape} float32 True"));
         assert_eq!(counts, "7,3,11");
     }
     server.stop().await;

@@ -31,11 +31,7 @@ fn check_against_reference(name: &str) -> Model {
             }
             (None, Some(logits)) => {
                 let diff = max_abs_diff(&rows.data, logits);
-                assert!(
-                    diff < 1e-4,
-                    "{name}: logits of {:?} differ by {diff}",
-                    item.text
-                );
+                assert!(diff < 1e-4, "{name}: logits of {:?} differ by {diff}", item.text);
             }
             _ => panic!("reference item without outputs"),
         }
@@ -46,10 +42,7 @@ fn check_against_reference(name: &str) -> Model {
 #[test]
 fn distilbert_graph_matches_python_onnxruntime() {
     let model = check_against_reference("tiny-distilbert");
-    assert!(
-        !model.info.uses_token_type_ids,
-        "DistilBERT takes no token_type_ids"
-    );
+    assert!(!model.info.uses_token_type_ids, "DistilBERT takes no token_type_ids");
     assert_eq!(model.info.inputs, vec!["input_ids", "attention_mask"]);
     assert_eq!(model.info.hidden_size, 32);
     assert_eq!(model.info.architecture, "DistilBertModel");
@@ -67,10 +60,7 @@ fn sequence_classifier_logits_match_python_onnxruntime() {
     let model = check_against_reference("tiny-distilbert-sst2");
     assert_eq!(model.info.task, "sequence-classification");
     assert_eq!(model.info.hidden_size, 2);
-    assert_eq!(
-        model.info.labels.as_deref(),
-        Some(&["NEGATIVE".to_string(), "POSITIVE".to_string()][..])
-    );
+    assert_eq!(model.info.labels.as_deref(), Some(&["NEGATIVE".to_string(), "POSITIVE".to_string()][..]));
 }
 
 #[test]
@@ -81,23 +71,13 @@ fn long_text_is_truncated_to_the_model_maximum_or_refused() {
     assert_eq!(cut.len(), 64);
     assert_eq!(cut.tokens.last().map(String::as_str), Some("[SEP]"));
     let err = model.tokenizer.encode(3, &long, false).unwrap_err();
-    assert_eq!(
-        err,
-        distilserve::tokenize::TokenizeError::TooLong {
-            index: 3,
-            tokens: 162,
-            max: 64
-        }
-    );
+    assert_eq!(err, distilserve::tokenize::TokenizeError::TooLong { index: 3, tokens: 162, max: 64 });
 }
 
 #[test]
 fn configured_max_tokens_above_the_model_maximum_is_refused() {
     let mut settings = settings_for(&fixture("tiny-distilbert"));
     settings.model.max_tokens = 65;
-    let err = Model::load(&settings.model, 1)
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = Model::load(&settings.model, 1).err().expect("refused").to_string();
     assert!(err.contains("max_tokens") && err.contains("64"), "{err}");
 }

@@ -25,9 +25,7 @@ async fn per_token_states_match_python_onnxruntime() {
     let server = server().await;
     let reference = expected();
     let texts: Vec<&str> = reference.items.iter().map(|i| i.text.as_str()).collect();
-    let response = server
-        .post_json("/embed", json!({"inputs": texts, "return_tokens": true}))
-        .await;
+    let response = server.post_json("/embed", json!({"inputs": texts, "return_tokens": true})).await;
     assert_eq!(response.status(), 200);
     assert!(response.headers().contains_key("x-request-id"));
     let body: Value = response.json().await.unwrap();
@@ -38,11 +36,7 @@ async fn per_token_states_match_python_onnxruntime() {
         let want = item.last_hidden_state.as_ref().unwrap();
         assert_eq!(got.len(), want.len());
         assert_eq!(body["token_counts"][i], want.len());
-        assert!(
-            max_abs_diff(&got.concat(), &want.concat()) < 1e-4,
-            "{:?}",
-            item.text
-        );
+        assert!(max_abs_diff(&got.concat(), &want.concat()) < 1e-4, "{:?}", item.text);
         assert_eq!(body["tokens"][i], json!(item.tokens));
     }
     server.stop().await;
@@ -54,32 +48,19 @@ async fn pooling_cls_mean_and_normalize() {
     let item = &expected().items[0];
     let states = item.last_hidden_state.as_ref().unwrap();
     let n = states.len() as f32;
-    let mean: Vec<f32> = (0..32)
-        .map(|j| states.iter().map(|r| r[j]).sum::<f32>() / n)
-        .collect();
+    let mean: Vec<f32> = (0..32).map(|j| states.iter().map(|r| r[j]).sum::<f32>() / n).collect();
 
-    let body: Value = server
-        .post_json("/embed", json!({"inputs": item.text, "pooling": "cls"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value =
+        server.post_json("/embed", json!({"inputs": item.text, "pooling": "cls"})).await.json().await.unwrap();
     assert!(body.get("tokens").is_none());
     assert!(max_abs_diff(&as_matrix(&body["embeddings"])[0], &states[0]) < 1e-4);
 
-    let body: Value = server
-        .post_json("/embed", json!({"inputs": [item.text], "pooling": "mean"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value =
+        server.post_json("/embed", json!({"inputs": [item.text], "pooling": "mean"})).await.json().await.unwrap();
     assert!(max_abs_diff(&as_matrix(&body["embeddings"])[0], &mean) < 1e-4);
 
     let body: Value = server
-        .post_json(
-            "/embed",
-            json!({"inputs": [item.text], "pooling": "mean", "normalize": true}),
-        )
+        .post_json("/embed", json!({"inputs": [item.text], "pooling": "mean", "normalize": true}))
         .await
         .json()
         .await
@@ -112,12 +93,7 @@ async fn npy_output_for_pooled_and_per_token() {
     assert_eq!(response.headers()["x-token-counts"], "7,3");
     let (shape, data) = npy::decode::<f32>(&response.bytes().await.unwrap()).unwrap();
     assert_eq!(shape, vec![2, 32]);
-    assert!(
-        max_abs_diff(
-            &data[..32],
-            &reference.items[0].last_hidden_state.as_ref().unwrap()[0]
-        ) < 1e-4
-    );
+    assert!(max_abs_diff(&data[..32], &reference.items[0].last_hidden_state.as_ref().unwrap()[0]) < 1e-4);
 
     let response = server
         .client
@@ -131,16 +107,7 @@ async fn npy_output_for_pooled_and_per_token() {
     assert_eq!(shape, vec![2, 7, 32]);
     // The shorter text is zero-padded after its 3 real tokens.
     let second = &data[7 * 32..];
-    assert!(
-        max_abs_diff(
-            &second[..3 * 32],
-            &reference.items[1]
-                .last_hidden_state
-                .as_ref()
-                .unwrap()
-                .concat()
-        ) < 1e-4
-    );
+    assert!(max_abs_diff(&second[..3 * 32], &reference.items[1].last_hidden_state.as_ref().unwrap().concat()) < 1e-4);
     assert!(second[3 * 32..].iter().all(|&x| x == 0.0));
     server.stop().await;
 }
@@ -152,10 +119,7 @@ async fn info_and_health_describe_the_model() {
     assert_eq!(info["model"]["name"], "tiny-distilbert");
     assert_eq!(info["model"]["hidden_size"], 32);
     assert_eq!(info["model"]["max_tokens"], 64);
-    assert_eq!(
-        info["model"]["inputs"],
-        json!(["input_ids", "attention_mask"])
-    );
+    assert_eq!(info["model"]["inputs"], json!(["input_ids", "attention_mask"]));
     assert_eq!(info["execution_provider"], "cpu");
     let health = server.get("/health").await;
     assert_eq!(health.status(), 200);
@@ -170,125 +134,48 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
     settings.server.max_body_bytes = 4096;
     let server = TestServer::start(settings).await;
     let post_raw = |body: &'static str, content_type: &'static str| {
-        server
-            .client
-            .post(server.url("/embed"))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
+        server.client.post(server.url("/embed")).header("content-type", content_type).body(body).send()
     };
 
     let cases: Vec<(reqwest::Response, u16, &str, &str)> = vec![
-        (
-            post_raw("{\"inputs\": [", "application/json")
-                .await
-                .unwrap(),
-            400,
-            "invalid_json",
-            "parse",
-        ),
-        (
-            post_raw("", "application/json").await.unwrap(),
-            400,
-            "invalid_json",
-            "EOF",
-        ),
+        (post_raw("{\"inputs\": [", "application/json").await.unwrap(), 400, "invalid_json", "parse"),
+        (post_raw("", "application/json").await.unwrap(), 400, "invalid_json", "EOF"),
         (
             post_raw("{\"inputs\": \"x\"}", "text/plain").await.unwrap(),
             415,
             "unsupported_media_type",
             "application/json",
         ),
+        (server.post_json("/embed", json!({})).await, 422, "invalid_request", "inputs"),
+        (server.post_json("/embed", json!({"inputs": 3})).await, 422, "invalid_request", "string or a list"),
+        (server.post_json("/embed", json!({"inputs": ["a", 2]})).await, 422, "invalid_request", "inputs[1]"),
+        (server.post_json("/embed", json!({"inputs": "a", "pooling": "max"})).await, 422, "invalid_request", "pooling"),
         (
-            server.post_json("/embed", json!({})).await,
-            422,
-            "invalid_request",
-            "inputs",
-        ),
-        (
-            server.post_json("/embed", json!({"inputs": 3})).await,
-            422,
-            "invalid_request",
-            "string or a list",
-        ),
-        (
-            server
-                .post_json("/embed", json!({"inputs": ["a", 2]}))
-                .await,
-            422,
-            "invalid_request",
-            "inputs[1]",
-        ),
-        (
-            server
-                .post_json("/embed", json!({"inputs": "a", "pooling": "max"}))
-                .await,
-            422,
-            "invalid_request",
-            "pooling",
-        ),
-        (
-            server
-                .post_json("/embed", json!({"inputs": "a", "normalise": true}))
-                .await,
+            server.post_json("/embed", json!({"inputs": "a", "normalise": true})).await,
             422,
             "invalid_request",
             "normalise",
         ),
+        (server.post_json("/embed", json!({"inputs": []})).await, 422, "empty_input", "empty list"),
+        (server.post_json("/embed", json!({"inputs": ["ok", ""]})).await, 422, "empty_input", "input 1"),
+        (server.post_json("/embed", json!({"inputs": "   "})).await, 422, "empty_input", "input 0"),
         (
-            server.post_json("/embed", json!({"inputs": []})).await,
-            422,
-            "empty_input",
-            "empty list",
-        ),
-        (
-            server
-                .post_json("/embed", json!({"inputs": ["ok", ""]}))
-                .await,
-            422,
-            "empty_input",
-            "input 1",
-        ),
-        (
-            server.post_json("/embed", json!({"inputs": "   "})).await,
-            422,
-            "empty_input",
-            "input 0",
-        ),
-        (
-            server
-                .post_json("/embed", json!({"inputs": ["a", "b", "c", "d", "e"]}))
-                .await,
+            server.post_json("/embed", json!({"inputs": ["a", "b", "c", "d", "e"]})).await,
             413,
             "too_many_inputs",
             "limit is 4",
         ),
         (
             server
-                .post_json(
-                    "/embed",
-                    json!({"inputs": ["fine", "the movie is good ".repeat(40)], "truncate": false}),
-                )
+                .post_json("/embed", json!({"inputs": ["fine", "the movie is good ".repeat(40)], "truncate": false}))
                 .await,
             422,
             "input_too_long",
             "input 1 has 162 tokens",
         ),
-        (
-            server
-                .post_json("/embed", json!({"inputs": "x".repeat(5000)}))
-                .await,
-            413,
-            "payload_too_large",
-            "limit",
-        ),
+        (server.post_json("/embed", json!({"inputs": "x".repeat(5000)})).await, 413, "payload_too_large", "limit"),
         (server.get("/nowhere").await, 404, "not_found", "route"),
-        (
-            server.get("/embed").await,
-            405,
-            "method_not_allowed",
-            "method",
-        ),
+        (server.get("/embed").await, 405, "method_not_allowed", "method"),
         (
             server
                 .client
@@ -304,31 +191,15 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
         ),
     ];
     for (response, status, code, fragment) in cases {
-        assert_eq!(
-            response
-                .headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap()),
-            Some("application/json")
-        );
+        assert_eq!(response.headers().get("content-type").map(|v| v.to_str().unwrap()), Some("application/json"));
         let (got_status, got_code, message) = error_of(response).await;
-        assert_eq!(
-            (got_status, got_code.as_str()),
-            (status, code),
-            "message: {message}"
-        );
-        assert!(
-            message.contains(fragment),
-            "{code}: {message:?} lacks {fragment:?}"
-        );
+        assert_eq!((got_status, got_code.as_str()), (status, code), "message: {message}");
+        assert!(message.contains(fragment), "{code}: {message:?} lacks {fragment:?}");
     }
 
     // Truncation is the default: the same long text is accepted and cut to 64 tokens.
     let body: Value = server
-        .post_json(
-            "/embed",
-            json!({"inputs": "the movie is good ".repeat(40), "pooling": "mean"}),
-        )
+        .post_json("/embed", json!({"inputs": "the movie is good ".repeat(40), "pooling": "mean"}))
         .await
         .json()
         .await
@@ -345,13 +216,8 @@ async fn concurrent_requests_each_get_their_own_results_in_order() {
     for round in 0..24 {
         // Each request asks for a rotation of the texts, so that batches mix lengths.
         let k = round % reference.items.len();
-        let order: Vec<usize> = (0..reference.items.len())
-            .map(|i| (i + k) % reference.items.len())
-            .collect();
-        let texts: Vec<String> = order
-            .iter()
-            .map(|&i| reference.items[i].text.clone())
-            .collect();
+        let order: Vec<usize> = (0..reference.items.len()).map(|i| (i + k) % reference.items.len()).collect();
+        let texts: Vec<String> = order.iter().map(|&i| reference.items[i].text.clone()).collect();
         let client = server.client.clone();
         let url = server.url("/embed");
         tasks.push(tokio::spawn(async move {
@@ -372,10 +238,7 @@ async fn concurrent_requests_each_get_their_own_results_in_order() {
         let got = as_matrix(&body["embeddings"]);
         for (slot, &i) in order.iter().enumerate() {
             let want = &reference.items[i].last_hidden_state.as_ref().unwrap()[0];
-            assert!(
-                max_abs_diff(&got[slot], want) < 1e-4,
-                "slot {slot} should hold text {i}"
-            );
+            assert!(max_abs_diff(&got[slot], want) < 1e-4, "slot {slot} should hold text {i}");
         }
     }
     server.stop().await;

@@ -9,9 +9,7 @@ use common::fixture;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_distilserve"));
-    cmd.arg("serve")
-        .args(["--host", "127.0.0.1", "--port", "0", "--log-format", "text"])
-        .args(args);
+    cmd.arg("serve").args(["--host", "127.0.0.1", "--port", "0", "--log-format", "text"]).args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -22,10 +20,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
 }
 
 fn error_line(stderr: &str) -> &str {
-    stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line in {stderr:?}"))
+    stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line in {stderr:?}"))
 }
 
 #[test]
@@ -33,69 +28,34 @@ fn missing_model_folder() {
     let (code, stderr) = run(&["--model-dir", "/nonexistent/model"], &[]);
     assert_eq!(code, 1);
     let line = error_line(&stderr);
-    assert!(
-        line.contains("/nonexistent/model") && line.contains("scripts/setup.sh"),
-        "{line}"
-    );
+    assert!(line.contains("/nonexistent/model") && line.contains("scripts/setup.sh"), "{line}");
 }
 
 #[test]
 fn missing_model_file() {
     let dir = fixture("tiny-distilbert");
-    let (code, stderr) = run(
-        &[
-            "--model-dir",
-            dir.to_str().unwrap(),
-            "--model-file",
-            "model.int8.onnx",
-        ],
-        &[],
-    );
+    let (code, stderr) = run(&["--model-dir", dir.to_str().unwrap(), "--model-file", "model.int8.onnx"], &[]);
     assert_eq!(code, 1);
-    assert!(
-        error_line(&stderr).contains("model.int8.onnx is missing"),
-        "{stderr}"
-    );
+    assert!(error_line(&stderr).contains("model.int8.onnx is missing"), "{stderr}");
 }
 
 #[test]
 fn missing_onnxruntime_library() {
     let dir = fixture("tiny-distilbert");
-    let (code, stderr) = run(
-        &[
-            "--model-dir",
-            dir.to_str().unwrap(),
-            "--onnxruntime-library",
-            "/nonexistent/libonnxruntime.so",
-        ],
-        &[],
-    );
+    let (code, stderr) =
+        run(&["--model-dir", dir.to_str().unwrap(), "--onnxruntime-library", "/nonexistent/libonnxruntime.so"], &[]);
     assert_eq!(code, 1);
     let line = error_line(&stderr);
-    assert!(
-        line.contains("/nonexistent/libonnxruntime.so") && line.contains("scripts/setup.sh"),
-        "{line}"
-    );
+    assert!(line.contains("/nonexistent/libonnxruntime.so") && line.contains("scripts/setup.sh"), "{line}");
 }
 
 #[test]
 fn cuda_without_a_gpu_is_a_clear_error_or_an_announced_fallback() {
     let dir = fixture("tiny-distilbert");
-    let (code, stderr) = run(
-        &[
-            "--model-dir",
-            dir.to_str().unwrap(),
-            "--execution-provider",
-            "cuda",
-        ],
-        &[],
-    );
+    let (code, stderr) = run(&["--model-dir", dir.to_str().unwrap(), "--execution-provider", "cuda"], &[]);
     assert_eq!(code, 1);
     let line = error_line(&stderr);
-    assert!(
-        line.contains("CUDA") && line.contains("allow_cpu_fallback"),
-        "{line}"
-    );
+    assert!(line.contains("CUDA") && line.contains("allow_cpu_fallback"), "{line}");
 }
 
 #[test]
@@ -103,21 +63,13 @@ fn bad_environment_setting_names_the_key() {
     let (code, stderr) = run(&[], &[("DISTILSERVE_BATCHING__MAX_BATCH_SIZE", "lots")]);
     assert_eq!(code, 1);
     let line = error_line(&stderr);
-    assert!(
-        line.contains("batching.max_batch_size") && line.contains("lots"),
-        "{line}"
-    );
+    assert!(line.contains("batching.max_batch_size") && line.contains("lots"), "{line}");
 }
 
 #[test]
 fn corrupt_model_file_is_refused_before_loading() {
     let tmp = tempfile::tempdir().unwrap();
-    for f in [
-        "model.onnx",
-        "tokenizer.json",
-        "config.json",
-        "manifest.json",
-    ] {
+    for f in ["model.onnx", "tokenizer.json", "config.json", "manifest.json"] {
         std::fs::copy(fixture("tiny-distilbert").join(f), tmp.path().join(f)).unwrap();
     }
     let model = tmp.path().join("model.onnx");

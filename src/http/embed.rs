@@ -28,17 +28,11 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
         return Ok(Format::Json);
     };
     let accept = accept.to_str().unwrap_or("").to_ascii_lowercase();
-    let types: Vec<&str> = accept
-        .split(',')
-        .map(|t| t.split(';').next().unwrap_or("").trim())
-        .collect();
+    let types: Vec<&str> = accept.split(',').map(|t| t.split(';').next().unwrap_or("").trim()).collect();
     if types.contains(&NPY_MEDIA_TYPE) {
         return Ok(Format::Npy);
     }
-    if types
-        .iter()
-        .any(|t| matches!(*t, "" | "*/*" | "application/*" | "application/json"))
-    {
+    if types.iter().any(|t| matches!(*t, "" | "*/*" | "application/*" | "application/json")) {
         return Ok(Format::Json);
     }
     Err(ApiError::new(
@@ -51,26 +45,17 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
 /// Checks a request's texts: at least one, none empty, at most `max_inputs`.
 pub fn validate_inputs(texts: Vec<String>, max_inputs: usize) -> Result<Vec<String>, ApiError> {
     if texts.is_empty() {
-        return Err(ApiError::invalid(
-            "empty_input",
-            "inputs is an empty list: send at least one text",
-        ));
+        return Err(ApiError::invalid("empty_input", "inputs is an empty list: send at least one text"));
     }
     if texts.len() > max_inputs {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_inputs",
-            format!(
-                "{} inputs in one request; the limit is {max_inputs}",
-                texts.len()
-            ),
+            format!("{} inputs in one request; the limit is {max_inputs}", texts.len()),
         ));
     }
     if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-        return Err(ApiError::invalid(
-            "empty_input",
-            format!("input {i} is empty"),
-        ));
+        return Err(ApiError::invalid("empty_input", format!("input {i} is empty")));
     }
     Ok(texts)
 }
@@ -100,10 +85,7 @@ pub async fn embed(
 ) -> Result<Response, ApiError> {
     let format = negotiate(&headers)?;
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
-    let encoded = state
-        .inference
-        .encode(texts, request.truncate, state.deadline())
-        .await?;
+    let encoded = state.inference.encode(texts, request.truncate, state.deadline()).await?;
     let hidden = state.inference.info.hidden_size;
     let token_counts: Vec<usize> = encoded.rows.iter().map(|r| r.rows).collect();
 
@@ -142,30 +124,18 @@ pub async fn embed(
                     (vec![rows.len(), longest, hidden], data)
                 }
             };
-            let counts = token_counts
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
+            let counts = token_counts.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
             let mut response = npy::encode(&shape, &data).into_response();
             let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(NPY_MEDIA_TYPE),
-            );
-            headers.insert(
-                TOKEN_COUNTS_HEADER,
-                HeaderValue::from_str(&counts).expect("digits and commas"),
-            );
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(NPY_MEDIA_TYPE));
+            headers.insert(TOKEN_COUNTS_HEADER, HeaderValue::from_str(&counts).expect("digits and commas"));
             Ok(response)
         }
         Format::Json => {
             let embeddings = match pooled {
                 Some(vectors) => Embeddings::Pooled(vectors),
                 None => Embeddings::PerToken(
-                    rows.iter()
-                        .map(|r| r.data.chunks_exact(hidden).map(<[f32]>::to_vec).collect())
-                        .collect(),
+                    rows.iter().map(|r| r.data.chunks_exact(hidden).map(<[f32]>::to_vec).collect()).collect(),
                 ),
             };
             let body = EmbedResponse {

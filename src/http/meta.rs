@@ -14,26 +14,16 @@ use super::AppState;
     path = "/health",
     tag = "service",
     responses(
-        (status = 200, description = "Model loaded, serving", body = HealthResponse),
-        (status = 503, description = "Shutting down", body = HealthResponse),
+        (status = 200, description = "Model and heads loaded, serving", body = HealthResponse),
+        (status = 503, description = "Heads still training at startup (`starting`), or shutting down (`draining`)", body = HealthResponse),
     )
 )]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
     // Never runs the model: a probe must stay cheap when the encoder is saturated.
     if state.draining.load(Ordering::Relaxed) {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(HealthResponse {
-                status: "draining".into(),
-            }),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: "draining".into() }))
     } else {
-        (
-            StatusCode::OK,
-            Json(HealthResponse {
-                status: "ok".into(),
-            }),
-        )
+        (StatusCode::OK, Json(HealthResponse { status: "ok".into() }))
     }
 }
 

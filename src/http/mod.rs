@@ -1,6 +1,7 @@
 //! HTTP surface: shared state, the router with its middleware, and the
 //! OpenAPI document. Handlers live in one file per concern.
 
+pub mod classify;
 pub mod embed;
 pub mod error;
 pub mod meta;
@@ -21,11 +22,13 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
 use crate::config::Settings;
+use crate::heads::Heads;
 use crate::inference::Inference;
 use error::ApiError;
 
 pub struct AppInner {
     pub inference: Inference,
+    pub heads: Heads,
     pub settings: Settings,
     /// Set on shutdown: health answers 503 so load balancers stop sending.
     pub draining: AtomicBool,
@@ -36,12 +39,8 @@ pub struct AppInner {
 pub struct AppState(Arc<AppInner>);
 
 impl AppState {
-    pub fn new(inference: Inference, settings: Settings) -> Self {
-        AppState(Arc::new(AppInner {
-            inference,
-            settings,
-            draining: AtomicBool::new(false),
-        }))
+    pub fn new(inference: Inference, heads: Heads, settings: Settings) -> Self {
+        AppState(Arc::new(AppInner { inference, heads, settings, draining: AtomicBool::new(false) }))
     }
 
     /// When a request arriving now must be answered by.
@@ -60,7 +59,7 @@ impl Deref for AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "distilserve", description = "Last hidden states and classification heads of BERT-family encoders"),
-    paths(embed::embed, meta::health, meta::info),
+    paths(embed::embed, classify::classify, classify::list_heads, classify::get_head, meta::health, meta::info),
     components(schemas(error::ErrorResponse)),
     tags((name = "inference", description = "Model passes"), (name = "service", description = "Health and description"))
 )]
@@ -73,6 +72,9 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.settings.server.max_body_bytes;
     Router::new()
         .route("/embed", post(embed::embed))
+        .route("/classify", post(classify::classify))
+        .route("/heads", get(classify::list_heads))
+        .route("/heads/{name}", get(classify::get_head))
         .route("/health", get(meta::health))
         .route("/info", get(meta::info))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))

@@ -1,5 +1,7 @@
 //! Request and response bodies of every route, with their OpenAPI schemas.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
@@ -109,7 +111,7 @@ pub struct EmbedResponse {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HealthResponse {
-    /// `ok`, or `draining` during shutdown.
+    /// `ok`; `starting` while heads train at startup; `draining` during shutdown.
     pub status: String,
 }
 
@@ -146,4 +148,79 @@ pub struct InfoResponse {
     pub onnxruntime_library: String,
     pub onnxruntime_api: String,
     pub limits: LimitsDescription,
+}
+
+/// `POST /classify`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyRequest {
+    /// Text or texts to classify (each non-empty).
+    #[schema(example = json!(["a gripping, funny film"]))]
+    pub inputs: Inputs,
+    /// Head to use; the default head when omitted (see `GET /heads`).
+    #[serde(default)]
+    pub head: Option<String>,
+    /// Cut texts longer than the model's maximum (true) or answer 422 (false).
+    #[serde(default = "yes")]
+    #[schema(default = true)]
+    pub truncate: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Prediction {
+    /// The most probable label.
+    pub label: String,
+    /// Its probability.
+    pub probability: f32,
+    /// Every label's probability.
+    pub probabilities: BTreeMap<String, f32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClassifyResponse {
+    pub head: String,
+    /// One per input, in input order.
+    pub predictions: Vec<Prediction>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeadSummary {
+    pub name: String,
+    /// `logistic` or `onnx`.
+    pub kind: String,
+    pub labels: Vec<String>,
+    pub default: bool,
+    /// Pooling of the encoder's hidden states (logistic heads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_accuracy: Option<f64>,
+    /// Unix time the head was trained (logistic heads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_unix: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeadsResponse {
+    pub default_head: String,
+    pub heads: Vec<HeadSummary>,
+    /// Configured heads still training at startup.
+    pub pending: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeadDetail {
+    #[serde(flatten)]
+    pub summary: HeadSummary,
+    /// The encoder the head was trained on (logistic heads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<serde_json::Value>,
+    /// Training record: data, selection, search candidates, chosen alpha.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub training: Option<serde_json::Value>,
+    /// Metrics on train, validation and test, with confusion matrices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<serde_json::Value>,
 }

@@ -29,9 +29,12 @@ pub fn default_model_dir() -> PathBuf {
     dir
 }
 
-/// Defaults with the given model, a free loopback port and one thread per session.
+/// Defaults with the given model, a free loopback port, one thread per session
+/// and no heads.
 pub fn settings_for(model_dir: &Path) -> Settings {
     let mut s = Settings::defaults();
+    s.classify.serve.clear();
+    s.classify.default_head.clear();
     s.server.host = "127.0.0.1".into();
     s.server.port = 0;
     s.model.dir = model_dir.to_path_buf();
@@ -61,10 +64,7 @@ pub fn reference(path: &Path) -> Reference {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length differs");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// A real server on 127.0.0.1, stopped (gracefully) when dropped.
@@ -77,20 +77,13 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(settings: Settings) -> TestServer {
-        let app = Application::build(settings)
-            .await
-            .expect("application starts");
+        let app = Application::build(settings).await.expect("application starts");
         let addr = app.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
-        TestServer {
-            addr,
-            client: reqwest::Client::new(),
-            stop: Some(stop),
-            handle: Some(handle),
-        }
+        TestServer { addr, client: reqwest::Client::new(), stop: Some(stop), handle: Some(handle) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -98,20 +91,11 @@ impl TestServer {
     }
 
     pub async fn post_json(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .expect("request sent")
+        self.client.post(self.url(path)).json(&body).send().await.expect("request sent")
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request sent")
+        self.client.get(self.url(path)).send().await.expect("request sent")
     }
 
     /// Stops the server and waits until it has drained.
@@ -120,10 +104,7 @@ impl TestServer {
             let _ = stop.send(());
         }
         if let Some(handle) = self.handle.take() {
-            handle
-                .await
-                .expect("server task")
-                .expect("server stopped cleanly");
+            handle.await.expect("server task").expect("server stopped cleanly");
         }
     }
 }
@@ -140,13 +121,35 @@ impl Drop for TestServer {
 pub async fn error_of(response: reqwest::Response) -> (u16, String, String) {
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.expect("error body is JSON");
-    let code = body["error"]["code"]
-        .as_str()
-        .expect("error.code")
-        .to_string();
-    let message = body["error"]["message"]
-        .as_str()
-        .expect("error.message")
-        .to_string();
+    let code = body["error"]["code"].as_str().expect("error.code").to_string();
+    let message = body["error"]["message"].as_str().expect("error.message").to_string();
     (status, code, message)
+}
+
+/// A small synthetic sentiment data set in the fixtures' vocabulary, written to
+/// `dir` as train/validation/test JSONL with meta.json: texts made only of
+/// positive or only of negative words, so that even the random-weight tiny
+/// encoder's features separate them.
+pub fn synthetic_dataset(dir: &Path) {
+    let positive = ["good", "great", "fun", "love", "best", "happy"];
+    let negative = ["bad", "dull", "boring", "hate", "worst", "sad"];
+    let mut rows: Vec<(String, usize)> = Vec::new();
+    // Three words of one sentiment per text, every split with both labels.
+    for i in 0..36 {
+        let pick =
+            |words: &[&str; 6]| format!("{} {} {}", words[i % 6], words[(i / 6 + i + 1) % 6], words[(i * 5 + 2) % 6]);
+        rows.push((pick(&positive), 1));
+        rows.push((pick(&negative), 0));
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("meta.json"), r#"{"labels": ["neg", "pos"]}"#).unwrap();
+    let write = |name: &str, rows: &[(String, usize)]| {
+        let text: String =
+            rows.iter().map(|(t, l)| serde_json::json!({"text": t, "label": l}).to_string() + "\n").collect();
+        std::fs::write(dir.join(format!("{name}.jsonl")), text).unwrap();
+    };
+    // 72 rows: 48 train, 12 validation, 12 test, both labels in each.
+    write("train", &rows[..48]);
+    write("validation", &rows[48..60]);
+    write("test", &rows[60..]);
 }

@@ -1,0 +1,297 @@
+//! The notebook's batch work from the command line: `extract` features to
+//! `.npy`, `train` a head, `evaluate` it against baselines.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+use crate::cli::{EvaluateArgs, ExtractArgs, TrainArgs};
+use crate::config::{HeadKind, HeadSettings, Settings};
+use crate::data::Dataset;
+use crate::features::{write_atomic, FeatureCache, FeaturePooling, Progress, SessionSource};
+use crate::heads::logistic::{head_path, train, EncoderStamp, LabelledFeatures, LogisticHead, TrainConfig};
+use crate::heads::metrics::Metrics;
+use crate::heads::onnx::map_labels;
+use crate::heads::training::{train_head, Extraction};
+use crate::model::Model;
+use crate::npy;
+use crate::report::{confusion_svg, Report, Row};
+
+/// The encoder for a batch job: one session with every configured thread.
+fn load_model(settings: &Settings) -> anyhow::Result<Model> {
+    Model::load(&settings.model, 1)
+}
+
+fn with_extraction<T>(
+    settings: &Settings,
+    model: &mut Model,
+    job: impl FnOnce(&mut Extraction<'_>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let cache = FeatureCache::new(&settings.classify.feature_cache_dir);
+    let info = model.info.clone();
+    let tokenizer = model.tokenizer.clone();
+    let mut source = SessionSource { session: &mut model.sessions[0], info: &info };
+    let mut extraction = Extraction {
+        source: &mut source,
+        info: &info,
+        tokenizer: &tokenizer,
+        cache: &cache,
+        max_batch_size: settings.batching.max_batch_size,
+        max_batch_tokens: settings.batching.max_batch_tokens,
+    };
+    job(&mut extraction)
+}
+
+pub fn extract(args: &ExtractArgs) -> anyhow::Result<()> {
+    let settings = args.settings.settings()?;
+    let dataset = Dataset::open(&args.data)?;
+    let splits: Vec<String> = if args.splits.is_empty() {
+        ["train", "validation", "test"].iter().filter(|s| dataset.has_split(s)).map(|s| s.to_string()).collect()
+    } else {
+        args.splits.clone()
+    };
+    let mut model = load_model(&settings)?;
+    let data_name = args.data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut written = BTreeMap::new();
+    with_extraction(&settings, &mut model, |extraction| {
+        for name in &splits {
+            let split = dataset.split(name)?;
+            let features = extraction.features(&data_name, &split)?.get(args.pooling);
+            let dir = args.out.join(name);
+            let x: Vec<f32> = features.iter().copied().collect();
+            let y: Vec<i64> = split.labels.iter().map(|&l| l as i64).collect();
+            write_atomic(&dir.join("X.npy"), &npy::encode(&[features.nrows(), features.ncols()], &x))?;
+            write_atomic(&dir.join("y.npy"), &npy::encode(&[y.len()], &y))?;
+            println!("{}: X {:?} float32, y ({},) int64", dir.display(), features.dim(), y.len());
+            written.insert(name.clone(), y.len());
+        }
+        Ok(())
+    })?;
+    let meta = serde_json::json!({
+        "labels": dataset.labels,
+        "pooling": args.pooling,
+        "model": model.info.name,
+        "model_fingerprint": model.info.fingerprint,
+        "max_tokens": model.info.max_tokens,
+        "data": args.data,
+        "splits": written,
+    });
+    write_atomic(&args.out.join("meta.json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    Ok(())
+}
+
+/// The head's settings: its config table, or a logistic head on `--data`, with flags on top.
+fn head_settings(settings: &Settings, args: &TrainArgs) -> anyhow::Result<HeadSettings> {
+    let mut head = match (settings.heads.get(&args.head), &args.data) {
+        (Some(h), _) => h.clone(),
+        (None, Some(data)) => HeadSettings::logistic(data.clone()),
+        (None, None) => {
+            bail!("head {:?} is not configured ([heads.{}]); give --data to train it", args.head, args.head)
+        }
+    };
+    if head.kind != HeadKind::Logistic {
+        bail!("head {:?} is of kind {:?}: only logistic heads are trained", args.head, head.kind);
+    }
+    if let Some(d) = &args.data {
+        head.data = Some(d.clone());
+    }
+    if let Some(p) = args.pooling {
+        head.pooling = p;
+    }
+    if let Some(a) = &args.alphas {
+        head.alphas = a.clone();
+    }
+    if let Some(m) = args.max_iterations {
+        head.max_iterations = m;
+    }
+    if let Some(k) = args.cv_folds {
+        head.cv_folds = k;
+    }
+    Ok(head)
+}
+
+pub fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
+    let settings = args.settings.settings()?;
+    let head_settings = head_settings(&settings, args)?;
+    let mut model = load_model(&settings)?;
+    let head = with_extraction(&settings, &mut model, |extraction| {
+        train_head(&args.head, &head_settings, &settings.classify.heads_dir, extraction)
+    })?;
+    println!("head {} written to {}", head.name, head_path(&settings.classify.heads_dir, &head.name)?.display());
+    println!(
+        "pooling {}, alpha {} (chosen by {}), {:.1} s",
+        head.pooling, head.training.alpha, head.training.selection, head.training.seconds
+    );
+    for (split, m) in
+        [("train", &head.metrics.train), ("validation", &head.metrics.validation), ("test", &head.metrics.test)]
+    {
+        if let Some(m) = m {
+            println!("{split:<10} accuracy {:.4}  macro-F1 {:.4}  ({} texts)", m.accuracy, m.macro_f1, m.examples);
+        }
+    }
+    Ok(())
+}
+
+pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
+    let settings = args.settings.settings()?;
+    let path = head_path(&settings.classify.heads_dir, &args.head)?;
+    let head = LogisticHead::load(&path)?;
+    let mut model = load_model(&settings)?;
+    head.check_encoder(&path, &model.info)?;
+    let data_dir = args.data.clone().unwrap_or_else(|| PathBuf::from(&head.training.data_dir));
+    let dataset = Dataset::open(&data_dir)?;
+    if dataset.labels != head.labels {
+        bail!("head labels {:?} differ from the data set's {:?}", head.labels, dataset.labels);
+    }
+    let data_name = data_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let split = dataset.split(&args.split)?;
+    let train_split = dataset.split("train")?;
+    let validation = if dataset.has_split("validation") { Some(dataset.split("validation")?) } else { None };
+    let labels = dataset.labels.clone();
+    let mut rows = Vec::new();
+
+    with_extraction(&settings, &mut model, |extraction| {
+        let features = extraction.features(&data_name, &split)?;
+        let predicted = head.predict(&features.get(head.pooling));
+        rows.push(Row {
+            name: head.name.clone(),
+            description: format!("this head: logistic, {} pooling, alpha {}", head.pooling, head.training.alpha),
+            metrics: Metrics::compute(&labels, &split.labels, &predicted),
+        });
+
+        // (a) The majority class of the train split.
+        let mut counts = vec![0usize; labels.len()];
+        train_split.labels.iter().for_each(|&l| counts[l] += 1);
+        let majority = (0..labels.len()).max_by_key(|&l| (counts[l], std::cmp::Reverse(l))).unwrap_or(0);
+        rows.push(Row {
+            name: "majority".into(),
+            description: format!("always {:?}, the most frequent train label", labels[majority]),
+            metrics: Metrics::compute(&labels, &split.labels, &vec![majority; split.labels.len()]),
+        });
+
+        // (b) The other poolings, searched and fitted the same way as the head.
+        let train_features = extraction.features(&data_name, &train_split)?;
+        let validation_features = match &validation {
+            Some(v) => Some(extraction.features(&data_name, v)?),
+            None => None,
+        };
+        let mut alphas: Vec<f64> = head.training.candidates.iter().map(|c| c.alpha).collect();
+        alphas.sort_by(f64::total_cmp);
+        alphas.dedup();
+        if alphas.is_empty() {
+            alphas.push(head.training.alpha);
+        }
+        for pooling in FeaturePooling::ALL.into_iter().filter(|p| *p != head.pooling) {
+            let other = train(
+                &format!("{}-{pooling}", head.name),
+                &labels,
+                EncoderStamp::of(extraction.info),
+                LabelledFeatures { features: &train_features, labels: &train_split.labels },
+                validation
+                    .as_ref()
+                    .zip(validation_features.as_ref())
+                    .map(|(s, f)| LabelledFeatures { features: f, labels: &s.labels }),
+                &TrainConfig {
+                    poolings: vec![pooling],
+                    alphas: alphas.clone(),
+                    max_iterations: head.training.max_iterations,
+                    selection: head.training.selection,
+                },
+                &data_dir.display().to_string(),
+                BTreeMap::new(),
+            )?;
+            let predicted = other.predict(&features.get(pooling));
+            rows.push(Row {
+                name: format!("logistic-{pooling}"),
+                description: format!("same search, {pooling} pooling, alpha {}", other.training.alpha),
+                metrics: Metrics::compute(&labels, &split.labels, &predicted),
+            });
+        }
+        Ok(())
+    })?;
+
+    // (c) Pre-trained ONNX classifiers: --compare, else every configured one.
+    let compare: Vec<String> = if args.compare.is_empty() {
+        settings.heads.iter().filter(|(_, h)| h.kind == HeadKind::Onnx).map(|(n, _)| n.clone()).collect()
+    } else {
+        args.compare.clone()
+    };
+    for name in &compare {
+        let Some(h) = settings.heads.get(name) else { bail!("--compare {name:?}: no [heads.{name}] in the settings") };
+        rows.push(evaluate_onnx(name, h, &settings, &labels, &split.texts, &split.labels)?);
+    }
+
+    let report = Report {
+        head: head.name.clone(),
+        data: data_dir.display().to_string(),
+        split: args.split.clone(),
+        examples: split.texts.len(),
+        labels: labels.clone(),
+        rows,
+    };
+    print!("{}", report.to_text());
+    let stem = args.report_dir.join(format!("{}-{}", head.name, args.split));
+    let json_path = stem.with_extension("json");
+    let svg_path = PathBuf::from(format!("{}-confusion.svg", stem.display()));
+    write_atomic(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    let title = format!("{} on {} / {} (normalised by true label)", head.name, data_name, args.split);
+    write_atomic(&svg_path, confusion_svg(&title, &labels, &report.rows[0].metrics.confusion).as_bytes())?;
+    println!("\nreport: {}\nconfusion matrix: {}", json_path.display(), svg_path.display());
+    Ok(())
+}
+
+/// A pre-trained sequence classifier on the split, its labels mapped to ours.
+fn evaluate_onnx(
+    name: &str,
+    head: &HeadSettings,
+    settings: &Settings,
+    labels: &[String],
+    texts: &[String],
+    truth: &[usize],
+) -> anyhow::Result<Row> {
+    let dir = head.model_dir.clone().context("model_dir is required for an onnx head")?;
+    let model_settings = crate::config::ModelSettings {
+        dir: dir.clone(),
+        file: head.model_file.clone(),
+        name: String::new(),
+        max_tokens: 0,
+        ..settings.model.clone()
+    };
+    let mut model = Model::load(&model_settings, 1)?;
+    let model_labels = model.info.labels.clone().unwrap_or_default();
+    let (head_labels, to_label) = map_labels(name, &model_labels, &head.label_map)?;
+    // Our label index for each of the head's labels.
+    let to_ours: Vec<usize> = head_labels
+        .iter()
+        .map(|l| {
+            labels.iter().position(|x| x == l).with_context(|| {
+                format!("head {name} label {l:?} is not a data set label {labels:?}: set heads.{name}.label_map")
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let info = model.info.clone();
+    let tokenizer = model.tokenizer.clone();
+    let mut source = SessionSource { session: &mut model.sessions[0], info: &info };
+    let mut predicted = vec![0usize; texts.len()];
+    let progress = Progress::new(format!("{name} (onnx)"));
+    crate::features::run_sorted_batches(
+        &mut source,
+        &tokenizer,
+        texts,
+        settings.batching.max_batch_size,
+        settings.batching.max_batch_tokens,
+        &progress,
+        |i, rows| {
+            let logits = rows.row(0);
+            let best = (0..logits.len()).fold(0, |b, j| if logits[j] > logits[b] { j } else { b });
+            predicted[i] = to_ours[to_label[best]];
+            Ok(())
+        },
+    )?;
+    Ok(Row {
+        name: name.to_string(),
+        description: format!("pre-trained ONNX classifier {}", dir.display()),
+        metrics: Metrics::compute(labels, truth, &predicted),
+    })
+}

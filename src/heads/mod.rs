@@ -1,0 +1,177 @@
+//! Classification heads: logistic regressions trained on the encoder's pooled
+//! hidden states, and pre-trained ONNX classifiers. The registry holds the
+//! heads being served; heads still training at startup are "pending".
+
+pub mod logistic;
+pub mod metrics;
+pub mod onnx;
+pub mod training;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use anyhow::bail;
+
+use crate::batching::BatcherConfig;
+use crate::config::{HeadKind, Settings};
+use crate::features::features_of;
+use crate::inference::{Inference, InferenceError};
+use crate::model::ModelInfo;
+use logistic::{head_path, LogisticHead};
+use onnx::OnnxHead;
+
+pub enum Head {
+    Logistic(LogisticHead),
+    Onnx(OnnxHead),
+}
+
+impl Head {
+    pub fn name(&self) -> &str {
+        match self {
+            Head::Logistic(h) => &h.name,
+            Head::Onnx(h) => &h.name,
+        }
+    }
+
+    pub fn labels(&self) -> &[String] {
+        match self {
+            Head::Logistic(h) => &h.labels,
+            Head::Onnx(h) => &h.labels,
+        }
+    }
+
+    pub fn kind(&self) -> HeadKind {
+        match self {
+            Head::Logistic(_) => HeadKind::Logistic,
+            Head::Onnx(_) => HeadKind::Onnx,
+        }
+    }
+
+    /// Class probabilities per text, in label order. Logistic heads run on the
+    /// service's encoder; ONNX heads on their own model.
+    pub async fn classify(
+        &self,
+        encoder: &Inference,
+        texts: Vec<String>,
+        truncate: bool,
+        deadline: Instant,
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
+        match self {
+            Head::Logistic(head) => {
+                let encoded = encoder.encode(texts, truncate, deadline).await?;
+                Ok(encoded.rows.iter().map(|r| head.probabilities(&features_of(r, head.pooling))).collect())
+            }
+            Head::Onnx(head) => head.classify(texts, truncate, deadline).await,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    NotFound,
+    /// Configured, still training.
+    NotReady,
+}
+
+/// The heads being served.
+pub struct Heads {
+    map: RwLock<BTreeMap<String, Arc<Head>>>,
+    default: String,
+    pending: AtomicUsize,
+    configured: Vec<String>,
+}
+
+impl Heads {
+    pub fn new(default: String, configured: Vec<String>) -> Heads {
+        Heads { map: RwLock::new(BTreeMap::new()), default, pending: AtomicUsize::new(0), configured }
+    }
+
+    pub fn default_name(&self) -> &str {
+        &self.default
+    }
+
+    pub fn insert(&self, head: Head) {
+        self.map.write().expect("heads lock").insert(head.name().to_string(), Arc::new(head));
+    }
+
+    pub fn set_pending(&self, n: usize) {
+        self.pending.store(n, Ordering::SeqCst);
+    }
+
+    /// Inserts a head that was pending (trained at startup).
+    pub fn finish_pending(&self, head: Head) {
+        self.insert(head);
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// True when every configured head is loaded.
+    pub fn ready(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) == 0
+    }
+
+    pub fn get(&self, name: Option<&str>) -> Result<Arc<Head>, Lookup> {
+        let name = name.unwrap_or(&self.default);
+        if let Some(head) = self.map.read().expect("heads lock").get(name) {
+            return Ok(head.clone());
+        }
+        if self.configured.iter().any(|c| c == name) {
+            Err(Lookup::NotReady)
+        } else {
+            Err(Lookup::NotFound)
+        }
+    }
+
+    pub fn all(&self) -> Vec<Arc<Head>> {
+        self.map.read().expect("heads lock").values().cloned().collect()
+    }
+
+    pub fn configured(&self) -> &[String] {
+        &self.configured
+    }
+}
+
+/// What startup does with the configured heads: load what is on disk (any
+/// damaged or mismatched file is an error), and list the missing logistic
+/// heads to train because `train_on_startup` is set.
+pub struct StartupHeads {
+    pub loaded: Vec<Head>,
+    pub to_train: Vec<String>,
+}
+
+pub fn load_configured(settings: &Settings, info: &ModelInfo) -> anyhow::Result<StartupHeads> {
+    let mut loaded = Vec::new();
+    let mut to_train = Vec::new();
+    for name in &settings.classify.serve {
+        let head = &settings.heads[name];
+        match head.kind {
+            HeadKind::Logistic => {
+                let path = head_path(&settings.classify.heads_dir, name)?;
+                if path.exists() {
+                    let h = LogisticHead::load(&path)?;
+                    h.check_encoder(&path, info)?;
+                    if h.name != *name {
+                        bail!("head file {} holds head {:?}, not {name:?}", path.display(), h.name);
+                    }
+                    tracing::info!(head = %name, path = %path.display(), pooling = %h.pooling, "head loaded");
+                    loaded.push(Head::Logistic(h));
+                } else if head.train_on_startup {
+                    to_train.push(name.clone());
+                } else {
+                    bail!(
+                        "head file {} is missing: run `distilserve train --head {name}`, or set heads.{name}.train_on_startup = true",
+                        path.display()
+                    );
+                }
+            }
+            HeadKind::Onnx => {
+                let config: BatcherConfig = (&settings.batching).into();
+                let h = OnnxHead::load(name, head, &settings.model, config)?;
+                tracing::info!(head = %name, labels = ?h.labels, "ONNX classifier head loaded");
+                loaded.push(Head::Onnx(h));
+            }
+        }
+    }
+    Ok(StartupHeads { loaded, to_train })
+}

@@ -1,0 +1,132 @@
+//! Training a logistic head from its settings: open the data set, extract (or
+//! load cached) features of train, validation and test, search, fit, record
+//! test metrics, write the head file atomically. Used by `distilserve train`
+//! and by the service when a head is missing at startup.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, Context};
+
+use super::logistic::{head_path, train, EncoderStamp, LabelledFeatures, LogisticHead, Selection, TrainConfig};
+use super::metrics::Metrics;
+use crate::config::{HeadSettings, PoolingChoice};
+use crate::data::{Dataset, Split};
+use crate::features::{extract, FeatureCache, FeaturePooling, PooledFeatures, Progress, RowSource};
+use crate::model::ModelInfo;
+use crate::tokenize::TextTokenizer;
+
+/// What feature extraction needs besides the texts.
+pub struct Extraction<'a> {
+    pub source: &'a mut dyn RowSource,
+    pub info: &'a ModelInfo,
+    pub tokenizer: &'a TextTokenizer,
+    pub cache: &'a FeatureCache,
+    pub max_batch_size: usize,
+    pub max_batch_tokens: usize,
+}
+
+impl Extraction<'_> {
+    /// Features of a split: from the cache when valid, else extracted and cached.
+    /// A cache that cannot be written is reported, not fatal.
+    pub fn features(&mut self, data_name: &str, split: &Split) -> anyhow::Result<PooledFeatures> {
+        if let Some(found) = self.cache.load(self.info, &split.fingerprint, split.texts.len()) {
+            tracing::info!(split = %split.name, texts = split.texts.len(), "features loaded from cache");
+            return Ok(found);
+        }
+        let progress = Progress::new(format!("{data_name}/{}", split.name));
+        let features = extract(
+            self.source,
+            self.tokenizer,
+            self.info.hidden_size,
+            &split.texts,
+            self.max_batch_size,
+            self.max_batch_tokens,
+            &progress,
+        )?;
+        if let Err(e) = self.cache.store(self.info, &split.fingerprint, &features) {
+            tracing::warn!(error = %format!("{e:#}"), "could not write the feature cache; continuing without it");
+        }
+        Ok(features)
+    }
+}
+
+pub fn selection_of(cv_folds: usize) -> Selection {
+    if cv_folds == 0 {
+        Selection::Validation
+    } else {
+        Selection::CrossValidation { folds: cv_folds }
+    }
+}
+
+pub fn poolings_of(choice: PoolingChoice) -> Vec<FeaturePooling> {
+    match choice {
+        PoolingChoice::Auto => FeaturePooling::ALL.to_vec(),
+        PoolingChoice::Cls => vec![FeaturePooling::Cls],
+        PoolingChoice::Mean => vec![FeaturePooling::Mean],
+        PoolingChoice::ClsMean => vec![FeaturePooling::ClsMean],
+    }
+}
+
+/// Trains head `name` from `settings` and writes `<heads_dir>/<name>.json`.
+pub fn train_head(
+    name: &str,
+    settings: &HeadSettings,
+    heads_dir: &Path,
+    extraction: &mut Extraction<'_>,
+) -> anyhow::Result<LogisticHead> {
+    let data_dir = settings.data.as_ref().ok_or_else(|| anyhow!("heads.{name}.data is not set"))?;
+    let dataset = Dataset::open(data_dir)?;
+    let data_name = data_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let train_split = dataset.split("train")?;
+    let validation_split = if dataset.has_split("validation") { Some(dataset.split("validation")?) } else { None };
+    let test_split = if dataset.has_split("test") { Some(dataset.split("test")?) } else { None };
+
+    let train_features = extraction.features(&data_name, &train_split)?;
+    let validation_features = match &validation_split {
+        Some(s) => Some(extraction.features(&data_name, s)?),
+        None => None,
+    };
+    let mut fingerprints = BTreeMap::new();
+    for s in [Some(&train_split), validation_split.as_ref(), test_split.as_ref()].into_iter().flatten() {
+        fingerprints.insert(s.name.clone(), s.fingerprint.clone());
+    }
+    let config = TrainConfig {
+        poolings: poolings_of(settings.pooling),
+        alphas: settings.alphas.clone(),
+        max_iterations: settings.max_iterations,
+        selection: selection_of(settings.cv_folds),
+    };
+    let mut head = train(
+        name,
+        &dataset.labels,
+        EncoderStamp::of(extraction.info),
+        LabelledFeatures { features: &train_features, labels: &train_split.labels },
+        validation_split
+            .as_ref()
+            .zip(validation_features.as_ref())
+            .map(|(s, f)| LabelledFeatures { features: f, labels: &s.labels }),
+        &config,
+        &data_dir.display().to_string(),
+        fingerprints,
+    )?;
+    if let Some(test) = &test_split {
+        // Reported for reference only: nothing above looked at the test split.
+        let features = extraction.features(&data_name, test)?;
+        let predicted = head.predict(&features.get(head.pooling));
+        head.metrics.test = Some(Metrics::compute(&dataset.labels, &test.labels, &predicted));
+    }
+    let path = head_path(heads_dir, name)?;
+    head.save(&path).with_context(|| format!("cannot save head {name}"))?;
+    tracing::info!(
+        head = name,
+        path = %path.display(),
+        pooling = %head.pooling,
+        alpha = head.training.alpha,
+        validation_accuracy = head.metrics.validation.as_ref().map(|m| m.accuracy),
+        test_accuracy = head.metrics.test.as_ref().map(|m| m.accuracy),
+        seconds = format!("{:.1}", head.training.seconds),
+        "head trained"
+    );
+    Ok(head)
+}

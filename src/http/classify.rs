@@ -1,0 +1,117 @@
+//! `POST /classify`, `GET /heads`, `GET /heads/{name}`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::embed::validate_inputs;
+use super::error::{ApiError, ApiJson, ErrorResponse};
+use super::types::{ClassifyRequest, ClassifyResponse, HeadDetail, HeadSummary, HeadsResponse, Prediction};
+use super::AppState;
+use crate::heads::{Head, Lookup};
+
+fn lookup(state: &AppState, name: Option<&str>) -> Result<std::sync::Arc<Head>, ApiError> {
+    state.heads.get(name).map_err(|e| {
+        let name = name.unwrap_or(state.heads.default_name());
+        match e {
+            Lookup::NotFound => ApiError::not_found(format!("no head named {name:?}; see GET /heads")),
+            Lookup::NotReady => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!("head {name:?} is still training; retry shortly"),
+            ),
+        }
+    })
+}
+
+#[utoipa::path(
+    post,
+    path = "/classify",
+    tag = "inference",
+    request_body = ClassifyRequest,
+    responses(
+        (status = 200, description = "Per input: top label, its probability, every label's probability", body = ClassifyResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 404, description = "Unknown head", body = ErrorResponse),
+        (status = 413, description = "Body or input count over the limit", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
+        (status = 422, description = "Invalid field, empty input, or input too long with truncate=false", body = ErrorResponse),
+        (status = 503, description = "Queue full, head still training, or shutting down", body = ErrorResponse),
+        (status = 504, description = "Deadline passed", body = ErrorResponse),
+    )
+)]
+pub async fn classify(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<ClassifyRequest>,
+) -> Result<Json<ClassifyResponse>, ApiError> {
+    let head = lookup(&state, request.head.as_deref())?;
+    let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
+    let probabilities = head.classify(&state.inference, texts, request.truncate, state.deadline()).await?;
+    let labels = head.labels();
+    let predictions = probabilities
+        .into_iter()
+        .map(|p| {
+            let best = p.iter().enumerate().fold(0, |b, (i, v)| if *v > p[b] { i } else { b });
+            Prediction {
+                label: labels[best].clone(),
+                probability: p[best],
+                probabilities: labels.iter().cloned().zip(p).collect(),
+            }
+        })
+        .collect();
+    Ok(Json(ClassifyResponse { head: head.name().to_string(), predictions }))
+}
+
+fn summary(state: &AppState, head: &Head) -> HeadSummary {
+    let mut s = HeadSummary {
+        name: head.name().to_string(),
+        kind: format!("{:?}", head.kind()).to_lowercase(),
+        labels: head.labels().to_vec(),
+        default: head.name() == state.heads.default_name(),
+        pooling: None,
+        validation_accuracy: None,
+        test_accuracy: None,
+        created_unix: None,
+    };
+    if let Head::Logistic(h) = head {
+        s.pooling = Some(h.pooling.to_string());
+        s.validation_accuracy = h.metrics.validation.as_ref().map(|m| m.accuracy);
+        s.test_accuracy = h.metrics.test.as_ref().map(|m| m.accuracy);
+        s.created_unix = Some(h.created_unix);
+    }
+    s
+}
+
+#[utoipa::path(
+    get,
+    path = "/heads",
+    tag = "inference",
+    responses((status = 200, description = "Heads served, with their metrics", body = HeadsResponse))
+)]
+pub async fn list_heads(State(state): State<AppState>) -> Json<HeadsResponse> {
+    let heads: Vec<HeadSummary> = state.heads.all().iter().map(|h| summary(&state, h)).collect();
+    let pending = state.heads.configured().iter().filter(|c| !heads.iter().any(|h| &h.name == *c)).cloned().collect();
+    Json(HeadsResponse { default_head: state.heads.default_name().to_string(), heads, pending })
+}
+
+#[utoipa::path(
+    get,
+    path = "/heads/{name}",
+    tag = "inference",
+    params(("name" = String, Path, description = "Head name")),
+    responses(
+        (status = 200, description = "One head: training record and metrics with confusion matrices", body = HeadDetail),
+        (status = 404, description = "Unknown head", body = ErrorResponse),
+        (status = 503, description = "Head still training", body = ErrorResponse),
+    )
+)]
+pub async fn get_head(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<HeadDetail>, ApiError> {
+    let head = lookup(&state, Some(&name))?;
+    let mut detail = HeadDetail { summary: summary(&state, &head), encoder: None, training: None, metrics: None };
+    if let Head::Logistic(h) = &*head {
+        detail.encoder = serde_json::to_value(&h.encoder).ok();
+        detail.training = serde_json::to_value(&h.training).ok();
+        detail.metrics = serde_json::to_value(&h.metrics).ok();
+    }
+    Ok(Json(detail))
+}

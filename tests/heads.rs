@@ -1,0 +1,153 @@
+//! Logistic heads on the tiny DistilBERT fixture: training on a synthetic data
+//! set, the head file (round trip, corruption, truncation, another encoder),
+//! determinism, and the feature cache.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fixture, settings_for, synthetic_dataset};
+use distilserve::config::{HeadSettings, PoolingChoice};
+use distilserve::features::{FeatureCache, SessionSource};
+use distilserve::heads::logistic::{head_path, HeadFileError, LogisticHead};
+use distilserve::heads::training::{train_head, Extraction};
+use distilserve::model::Model;
+
+fn head_settings(data: &Path) -> HeadSettings {
+    let mut h = HeadSettings::logistic(data.to_path_buf());
+    h.alphas = vec![0.1, 1.0, 10.0];
+    h.cv_folds = 3;
+    h
+}
+
+fn train_on(model: &mut Model, settings: &HeadSettings, heads: &Path, cache: &Path) -> LogisticHead {
+    let info = model.info.clone();
+    let tokenizer = model.tokenizer.clone();
+    let cache = FeatureCache::new(cache);
+    let mut source = SessionSource { session: &mut model.sessions[0], info: &info };
+    let mut extraction = Extraction {
+        source: &mut source,
+        info: &info,
+        tokenizer: &tokenizer,
+        cache: &cache,
+        max_batch_size: 16,
+        max_batch_tokens: 1024,
+    };
+    train_head("toy", settings, heads, &mut extraction).expect("training succeeds")
+}
+
+fn tiny_model(name: &str) -> Model {
+    Model::load(&settings_for(&fixture(name)).model, 1).unwrap()
+}
+
+#[test]
+fn a_head_trained_on_a_synthetic_set_classifies_it_and_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_dataset(&data);
+    let mut model = tiny_model("tiny-distilbert");
+    let head = train_on(&mut model, &head_settings(&data), &tmp.path().join("heads"), &tmp.path().join("cache"));
+
+    assert_eq!(head.labels, vec!["neg", "pos"]);
+    assert_eq!(head.training.train_examples, 60, "cross-validation fits train and validation together");
+    assert_eq!(head.training.candidates.len(), 3 * 3, "3 poolings x 3 alphas");
+    let test = head.metrics.test.as_ref().expect("test metrics");
+    assert_eq!(test.examples, 12);
+    assert!(test.accuracy >= 0.9, "test accuracy {}", test.accuracy);
+    assert!(head.training.held_out_accuracy >= 0.8, "held-out accuracy {}", head.training.held_out_accuracy);
+
+    let path = head_path(&tmp.path().join("heads"), "toy").unwrap();
+    let loaded = LogisticHead::load(&path).unwrap();
+    assert_eq!(loaded, head);
+    loaded.check_encoder(&path, &model.info).unwrap();
+    // Probabilities are a distribution.
+    let p = loaded.probabilities(&vec![0.0; loaded.features()]);
+    assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn training_is_reproducible_and_reuses_the_feature_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_dataset(&data);
+    let mut settings = head_settings(&data);
+    settings.pooling = PoolingChoice::Mean;
+    let cache = tmp.path().join("cache");
+    let mut model = tiny_model("tiny-distilbert");
+    let first = train_on(&mut model, &settings, &tmp.path().join("a"), &cache);
+    let entries = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(entries, 3 * 3, "cls, mean and sidecar for each of 3 splits");
+    let second = train_on(&mut model, &settings, &tmp.path().join("b"), &cache);
+    assert_eq!((first.weights.clone(), first.intercept.clone()), (second.weights.clone(), second.intercept.clone()));
+    assert_eq!((first.pooling, first.training.alpha), (second.pooling, second.training.alpha));
+
+    // A damaged cache entry is ignored and rebuilt, with the same result.
+    for entry in std::fs::read_dir(&cache).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "npy") {
+            std::fs::write(&path, b"garbage").unwrap();
+        }
+    }
+    let third = train_on(&mut model, &settings, &tmp.path().join("c"), &cache);
+    assert_eq!(third.weights, first.weights);
+}
+
+#[test]
+fn damaged_or_foreign_head_files_are_refused_with_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_dataset(&data);
+    let mut settings = head_settings(&data);
+    settings.pooling = PoolingChoice::Cls;
+    settings.alphas = vec![1.0];
+    let mut model = tiny_model("tiny-distilbert");
+    let heads = tmp.path().join("heads");
+    train_on(&mut model, &settings, &heads, &tmp.path().join("cache"));
+    let path = head_path(&heads, "toy").unwrap();
+    let good = std::fs::read_to_string(&path).unwrap();
+
+    // Truncated.
+    std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+    let err = LogisticHead::load(&path).unwrap_err();
+    assert!(matches!(err, HeadFileError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains(&path.display().to_string()));
+
+    // One weight changed: the checksum no longer matches.
+    let mut value: serde_json::Value = serde_json::from_str(&good).unwrap();
+    value["weights"][0][0] = serde_json::json!(123.0);
+    std::fs::write(&path, value.to_string()).unwrap();
+    let err = LogisticHead::load(&path).unwrap_err().to_string();
+    assert!(err.contains("checksum"), "{err}");
+
+    // Wrong dimensions, even with a matching checksum, are refused.
+    let mut head: LogisticHead = serde_json::from_str(&good).unwrap();
+    head.weights[0].pop();
+    head.save(&path).unwrap();
+    let err = LogisticHead::load(&path).unwrap_err().to_string();
+    assert!(err.contains("weight row"), "{err}");
+
+    // Not JSON at all, or missing.
+    std::fs::write(&path, b"\x00\x01binary").unwrap();
+    assert!(matches!(LogisticHead::load(&path).unwrap_err(), HeadFileError::Corrupt { .. }));
+    let err = LogisticHead::load(&heads.join("missing.json")).unwrap_err();
+    assert!(matches!(err, HeadFileError::Unreadable { .. }));
+
+    // Trained on DistilBERT, offered to a service running the BERT fixture.
+    std::fs::write(&path, &good).unwrap();
+    let head = LogisticHead::load(&path).unwrap();
+    let bert = tiny_model("tiny-bert");
+    let err = head.check_encoder(&path, &bert.info).unwrap_err().to_string();
+    assert!(
+        err.contains("tiny-distilbert") && err.contains("tiny-bert") && err.contains("distilserve train --head toy"),
+        "{err}"
+    );
+}
+
+#[test]
+fn head_names_cannot_escape_the_heads_folder() {
+    let dir = Path::new("/srv/heads");
+    for bad in ["../etc/passwd", "a/b", "", ".hidden", "-flag", "x".repeat(65).as_str()] {
+        assert!(head_path(dir, bad).is_err(), "{bad:?} accepted");
+    }
+    assert_eq!(head_path(dir, "sentiment_v2-b").unwrap(), dir.join("sentiment_v2-b.json"));
+}
