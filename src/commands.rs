@@ -123,9 +123,10 @@ pub fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         "pooling {}, alpha {} (chosen by {}), {:.1} s",
         head.pooling, head.training.alpha, head.training.selection, head.training.seconds
     );
-    for (split, m) in
-        [("train", &head.metrics.train), ("validation", &head.metrics.validation), ("test", &head.metrics.test)]
-    {
+    println!("held-out accuracy of the chosen candidate during the search: {:.4}", head.training.held_out_accuracy);
+    let splits =
+        [("fitted on", &head.metrics.train), ("validation", &head.metrics.validation), ("test", &head.metrics.test)];
+    for (split, m) in splits {
         if let Some(m) = m {
             println!("{split:<10} accuracy {:.4}  macro-F1 {:.4}  ({} texts)", m.accuracy, m.macro_f1, m.examples);
         }

@@ -51,6 +51,7 @@ pub enum PoolingChoice {
     Auto,
     Cls,
     Mean,
+    #[value(name = "cls_mean")]
     ClsMean,
 }
 

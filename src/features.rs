@@ -25,6 +25,7 @@ pub enum FeaturePooling {
     /// Mean over real tokens.
     Mean,
     /// Both, concatenated.
+    #[value(name = "cls_mean")]
     ClsMean,
 }
 

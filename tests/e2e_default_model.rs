@@ -68,3 +68,85 @@ async fn npy_answer_loads_in_numpy() {
     }
     server.stop().await;
 }
+
+/// The default configuration end to end: the `sentiment` head is missing, so
+/// the service trains it on Rotten Tomatoes at startup (live, not ready), then
+/// classifies; restarted, it loads the head from disk and is ready at once.
+#[tokio::test]
+async fn default_sentiment_head_trains_at_startup_and_classifies() {
+    let dir = default_model_dir();
+    let heads = tempfile::tempdir().unwrap();
+    let mut settings = distilserve::config::Settings::defaults();
+    settings.server.host = "127.0.0.1".into();
+    settings.server.port = 0;
+    settings.model.dir = dir.clone();
+    settings.classify.heads_dir = heads.path().to_path_buf();
+    // Features are cached in the repository's cache folder, as in normal use.
+    settings.classify.feature_cache_dir = common::repo_path("features/cache");
+    for (key, data) in settings.heads.iter_mut() {
+        assert_eq!(key, "sentiment");
+        data.data = Some(common::repo_path("data/rotten_tomatoes"));
+    }
+
+    let server = TestServer::start(settings.clone()).await;
+    let started = std::time::Instant::now();
+    while server.get("/health").await.status() != 200 {
+        assert!(started.elapsed().as_secs() < 900, "the default head did not train within 15 minutes");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    eprintln!("default head trained at startup in {:.1} s", started.elapsed().as_secs_f64());
+
+    let detail: Value = server.get("/heads/sentiment").await.json().await.unwrap();
+    let test_accuracy = detail["metrics"]["test"]["accuracy"].as_f64().unwrap();
+    eprintln!(
+        "sentiment head: pooling {}, alpha {}, held-out (cv) accuracy {:.4}, test accuracy {test_accuracy:.4}",
+        detail["pooling"],
+        detail["training"]["alpha"],
+        detail["training"]["held_out_accuracy"].as_f64().unwrap()
+    );
+    assert_eq!(detail["labels"], json!(["neg", "pos"]));
+    // Measured 0.7730 with the committed search; the [CLS] recipe of the lecture
+    // reaches 0.72 (README). The 0.78 is not reached: see README.
+    assert!(test_accuracy >= 0.77, "test accuracy {test_accuracy}");
+    assert_eq!(detail["metrics"]["test"]["examples"], 1031);
+
+    let body: Value = server
+        .post_json(
+            "/classify",
+            json!({"inputs": ["a gripping, funny and moving film", "a dull, lifeless and boring mess"]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["predictions"][0]["label"], "pos", "{body}");
+    assert_eq!(body["predictions"][1]["label"], "neg", "{body}");
+    server.stop().await;
+
+    // Parity: scikit-learn trained with the head's protocol on the same
+    // features (bench/parity.py) is within 1 point of the head.
+    let out = Command::new(python())
+        .arg(common::repo_path("bench/parity.py"))
+        .args(["--head", heads.path().join("sentiment.json").to_str().unwrap()])
+        .args(["--bin", env!("CARGO_BIN_EXE_distilserve")])
+        .output()
+        .expect("python runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{report}");
+    assert!(out.status.success(), "parity failed:\n{report}\n{}", String::from_utf8_lossy(&out.stderr));
+
+    // Restart: the head comes from disk and the service is ready at once.
+    for head in settings.heads.values_mut() {
+        head.train_on_startup = false;
+    }
+    let server = TestServer::start(settings).await;
+    assert_eq!(server.get("/health").await.status(), 200);
+    let again: Value = server
+        .post_json("/classify", json!({"inputs": "a gripping, funny and moving film"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["predictions"][0], body["predictions"][0]);
+    server.stop().await;
+}

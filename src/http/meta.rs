@@ -22,6 +22,8 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
     // Never runs the model: a probe must stay cheap when the encoder is saturated.
     if state.draining.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: "draining".into() }))
+    } else if !state.heads.ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: "starting".into() }))
     } else {
         (StatusCode::OK, Json(HealthResponse { status: "ok".into() }))
     }

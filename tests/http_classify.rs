@@ -1,0 +1,208 @@
+//! POST /classify, GET /heads and /heads/{name} over a real socket, on the tiny
+//! DistilBERT fixture: a logistic head trained at startup (live but not ready
+//! meanwhile), loaded from disk after a restart, the ONNX classifier head, and
+//! refusal of damaged or missing head files at startup.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{error_of, fixture, reference, settings_for, synthetic_dataset, TestServer};
+use distilserve::config::{HeadKind, HeadSettings, Settings};
+use distilserve::startup::Application;
+use serde_json::{json, Value};
+
+/// Tiny DistilBERT serving one logistic head "toy" on the synthetic data set.
+fn settings_with_toy_head(root: &Path, train_on_startup: bool) -> Settings {
+    let data = root.join("data");
+    if !data.exists() {
+        synthetic_dataset(&data);
+    }
+    let mut s = settings_for(&fixture("tiny-distilbert"));
+    let mut head = HeadSettings::logistic(data);
+    head.alphas = vec![0.1, 1.0];
+    head.train_on_startup = train_on_startup;
+    s.heads.insert("toy".into(), head);
+    s.classify.serve = vec!["toy".into()];
+    s.classify.default_head = "toy".into();
+    s.classify.heads_dir = root.join("heads");
+    s.classify.feature_cache_dir = root.join("cache");
+    s
+}
+
+async fn wait_ready(server: &TestServer) {
+    let started = Instant::now();
+    loop {
+        let response = server.get("/health").await;
+        if response.status() == 200 {
+            return;
+        }
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.json::<Value>().await.unwrap()["status"], "starting");
+        assert!(started.elapsed() < Duration::from_secs(120), "not ready after 2 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_head_trained_at_startup_serves_and_is_loaded_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut settings = settings_with_toy_head(tmp.path(), true);
+    // Slow the queue down so that the training is still running when we look.
+    settings.batching.max_wait_ms = 400;
+    let server = TestServer::start(settings).await;
+
+    // Live but not ready while the head trains; /classify says so, /embed works.
+    let health = server.get("/health").await;
+    assert_eq!(health.status(), 503);
+    assert_eq!(health.json::<Value>().await.unwrap()["status"], "starting");
+    let (status, code, _) = error_of(server.post_json("/classify", json!({"inputs": "good"})).await).await;
+    assert_eq!((status, code.as_str()), (503, "not_ready"));
+    let heads: Value = server.get("/heads").await.json().await.unwrap();
+    assert_eq!(heads["pending"], json!(["toy"]));
+    assert_eq!(server.post_json("/embed", json!({"inputs": "good", "pooling": "cls"})).await.status(), 200);
+
+    wait_ready(&server).await;
+    let body: Value = server
+        .post_json("/classify", json!({"inputs": ["good great fun", "bad dull boring"]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["head"], "toy");
+    let predictions = body["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 2);
+    assert_eq!((predictions[0]["label"].as_str(), predictions[1]["label"].as_str()), (Some("pos"), Some("neg")));
+    for p in predictions {
+        let probabilities: BTreeMap<String, f64> = serde_json::from_value(p["probabilities"].clone()).unwrap();
+        assert_eq!(probabilities.keys().collect::<Vec<_>>(), vec!["neg", "pos"]);
+        assert!((probabilities.values().sum::<f64>() - 1.0).abs() < 1e-5);
+        let top = probabilities.iter().max_by(|a, b| a.1.total_cmp(b.1)).unwrap();
+        assert_eq!((top.0.as_str(), *top.1), (p["label"].as_str().unwrap(), p["probability"].as_f64().unwrap()));
+    }
+    let first = body["predictions"].clone();
+
+    let heads: Value = server.get("/heads").await.json().await.unwrap();
+    assert_eq!(heads["default_head"], "toy");
+    assert_eq!(heads["pending"], json!([]));
+    assert_eq!(heads["heads"][0]["name"], "toy");
+    assert_eq!(heads["heads"][0]["kind"], "logistic");
+    assert!(heads["heads"][0]["test_accuracy"].as_f64().unwrap() >= 0.9);
+    let detail: Value = server.get("/heads/toy").await.json().await.unwrap();
+    assert_eq!(detail["metrics"]["test"]["confusion"].as_array().unwrap().len(), 2);
+    assert_eq!(detail["encoder"]["name"], "tiny-distilbert");
+    assert!(detail["training"]["candidates"].as_array().unwrap().len() >= 2);
+    server.stop().await;
+
+    // Restarted: loaded from disk, ready at once, same answers.
+    let server = TestServer::start(settings_with_toy_head(tmp.path(), false)).await;
+    assert_eq!(server.get("/health").await.status(), 200);
+    let again: Value = server
+        .post_json("/classify", json!({"inputs": ["good great fun", "bad dull boring"], "head": "toy"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["predictions"], first);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn classify_errors_are_json_with_the_right_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings_with_toy_head(tmp.path(), true)).await;
+    wait_ready(&server).await;
+    let cases = vec![
+        (server.post_json("/classify", json!({"inputs": "good", "head": "nope"})).await, 404, "not_found"),
+        (server.post_json("/classify", json!({"inputs": "good", "head": "../etc/passwd"})).await, 404, "not_found"),
+        (server.post_json("/classify", json!({"inputs": []})).await, 422, "empty_input"),
+        (server.post_json("/classify", json!({"inputs": [""]})).await, 422, "empty_input"),
+        (server.post_json("/classify", json!({"text": "good"})).await, 422, "invalid_request"),
+        (
+            server.post_json("/classify", json!({"inputs": "the movie is good ".repeat(40), "truncate": false})).await,
+            422,
+            "input_too_long",
+        ),
+        (server.get("/heads/nope").await, 404, "not_found"),
+        (
+            server
+                .client
+                .post(server.url("/classify"))
+                .header("content-type", "application/json")
+                .body("{")
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "invalid_json",
+        ),
+    ];
+    for (response, status, code) in cases {
+        let (got_status, got_code, message) = error_of(response).await;
+        assert_eq!((got_status, got_code.as_str()), (status, code), "{message}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_pretrained_onnx_classifier_is_served_as_a_head() {
+    let mut settings = settings_for(&fixture("tiny-distilbert"));
+    let mut head = HeadSettings::logistic("unused".into());
+    head.kind = HeadKind::Onnx;
+    head.data = None;
+    head.model_dir = Some(fixture("tiny-distilbert-sst2"));
+    head.label_map =
+        [("NEGATIVE", "neg"), ("POSITIVE", "pos")].into_iter().map(|(a, b)| (a.into(), b.into())).collect();
+    settings.heads.insert("sst2".into(), head);
+    settings.classify.serve = vec!["sst2".into()];
+    settings.classify.default_head = "sst2".into();
+    let server = TestServer::start(settings).await;
+
+    let expected = reference(&fixture("tiny-distilbert-sst2/expected.json"));
+    let texts: Vec<&str> = expected.items.iter().map(|i| i.text.as_str()).collect();
+    let body: Value = server.post_json("/classify", json!({"inputs": texts})).await.json().await.unwrap();
+    for (item, prediction) in expected.items.iter().zip(body["predictions"].as_array().unwrap()) {
+        let logits = item.logits.as_ref().unwrap();
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+        let sum: f32 = exp.iter().sum();
+        let (neg, pos) = (exp[0] / sum, exp[1] / sum);
+        assert!((prediction["probabilities"]["neg"].as_f64().unwrap() as f32 - neg).abs() < 1e-4);
+        assert!((prediction["probabilities"]["pos"].as_f64().unwrap() as f32 - pos).abs() < 1e-4);
+        assert_eq!(prediction["label"], if pos > neg { "pos" } else { "neg" });
+    }
+    let heads: Value = server.get("/heads").await.json().await.unwrap();
+    assert_eq!(heads["heads"][0]["kind"], "onnx");
+    assert_eq!(heads["heads"][0]["labels"], json!(["neg", "pos"]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn damaged_or_missing_head_files_stop_startup_with_the_file_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Train once, then damage the file.
+    let server = TestServer::start(settings_with_toy_head(tmp.path(), true)).await;
+    wait_ready(&server).await;
+    server.stop().await;
+    let path = tmp.path().join("heads/toy.json");
+    let good = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &good[..good.len() - 10]).unwrap();
+    let err = Application::build(settings_with_toy_head(tmp.path(), true)).await.err().expect("refused");
+    let message = format!("{err:#}");
+    assert!(message.contains(&path.display().to_string()) && message.contains("corrupt or truncated"), "{message}");
+
+    // Missing, and not to be trained: the error says how to make it.
+    std::fs::remove_file(&path).unwrap();
+    let err = Application::build(settings_with_toy_head(tmp.path(), false)).await.err().expect("refused");
+    let message = format!("{err:#}");
+    assert!(message.contains("missing") && message.contains("distilserve train --head toy"), "{message}");
+
+    // A head trained on another encoder is refused too.
+    std::fs::write(&path, &good).unwrap();
+    let mut settings = settings_with_toy_head(tmp.path(), false);
+    settings.model.dir = fixture("tiny-bert");
+    let err = Application::build(settings).await.err().expect("refused");
+    assert!(format!("{err:#}").contains("retrain"), "{err:#}");
+}
