@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup run test check-cuda fixtures latency
+.PHONY: setup run test check-cuda fixtures latency parity bench-extraction
 
 setup:
 	scripts/setup.sh
@@ -29,3 +29,14 @@ fixtures:
 latency: setup
 	$(CARGO) build --release
 	bench/latency.sh
+
+# The default head against scikit-learn on the same features (trains the head first if missing).
+parity: setup
+	$(CARGO) build --release
+	test -f models/heads/sentiment.json || target/release/distilserve train --head sentiment
+	"$$(scripts/python-env.sh)" bench/parity.py --bin target/release/distilserve
+
+# Feature-extraction speed against Python onnxruntime (bench/extraction.py).
+bench-extraction: setup
+	$(CARGO) build --release
+	"$$(scripts/python-env.sh)" bench/extraction.py --bin target/release/distilserve
