@@ -99,7 +99,9 @@ pub struct EvaluateArgs {
 }
 
 /// Settings flags. Each names its config key; the environment variable is
-/// DISTILSERVE_<SECTION>__<KEY> (e.g. DISTILSERVE_SERVER__PORT).
+/// DISTILSERVE_<SECTION>__<KEY> (e.g. DISTILSERVE_SERVER__PORT). Per-head
+/// settings ([heads.<name>] tables) come from files or the environment
+/// (DISTILSERVE_HEADS__SENTIMENT__TRAIN_ON_STARTUP=false).
 #[derive(Debug, Args, Default)]
 pub struct SettingsArgs {
     /// Extra TOML settings file, applied over the defaults (config/default.toml).
@@ -179,6 +181,19 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Limits")]
     pub max_inputs: Option<usize>,
 
+    /// classify.serve: heads served by /classify, comma-separated (each needs a [heads.<name>] table).
+    #[arg(long, value_delimiter = ',', help_heading = "Classification")]
+    pub heads: Option<Vec<String>>,
+    /// classify.default_head: head used when a request names none.
+    #[arg(long, help_heading = "Classification")]
+    pub default_head: Option<String>,
+    /// classify.heads_dir: folder of head files.
+    #[arg(long, help_heading = "Classification")]
+    pub heads_dir: Option<PathBuf>,
+    /// classify.feature_cache_dir: folder of the feature cache.
+    #[arg(long, help_heading = "Classification")]
+    pub feature_cache_dir: Option<PathBuf>,
+
     /// logging.format: json, text or auto.
     #[arg(long, value_enum, help_heading = "Logging")]
     pub log_format: Option<LogFormat>,
@@ -213,6 +228,13 @@ impl SettingsArgs {
             .set("batching.queue_capacity", self.queue_capacity)
             .set("batching.sessions", self.sessions)
             .set("limits.max_inputs", self.max_inputs)
+            .set(
+                "classify.serve",
+                self.heads.as_ref().map(|h| h.iter().filter(|n| !n.is_empty()).cloned().collect::<Vec<_>>()),
+            )
+            .set("classify.default_head", self.default_head.clone())
+            .set("classify.heads_dir", self.heads_dir.clone())
+            .set("classify.feature_cache_dir", self.feature_cache_dir.clone())
             .set("logging.format", self.log_format)
             .set("logging.filter", self.log_filter.clone());
         o

@@ -412,6 +412,23 @@ mod tests {
     }
 
     #[test]
+    fn heads_are_checked_against_their_tables() {
+        let mut flags = Overrides::default();
+        flags.set("classify.serve", Some(vec!["sst2"]));
+        let err = Settings::load_with_env(None, &flags, env_of(&[])).unwrap_err().to_string();
+        assert!(err.contains("classify.serve") && err.contains("[heads.sst2]"), "{err}");
+
+        let env = env_of(&[("HEADS__SENTIMENT__TRAIN_ON_STARTUP", "false"), ("HEADS__SENTIMENT__CV_FOLDS", "5")]);
+        let s = Settings::load_with_env(None, &Overrides::default(), env).unwrap();
+        assert!(!s.heads["sentiment"].train_on_startup);
+        assert_eq!(s.heads["sentiment"].cv_folds, 5);
+
+        let env = env_of(&[("HEADS__EXTRA__KIND", "onnx")]);
+        let err = Settings::load_with_env(None, &Overrides::default(), env).unwrap_err().to_string();
+        assert!(err.contains("heads.extra.model_dir"), "{err}");
+    }
+
+    #[test]
     fn missing_config_file_is_an_error() {
         let err = Settings::load_with_env(Some(Path::new("/nonexistent/x.toml")), &Overrides::default(), env_of(&[]))
             .unwrap_err()
