@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup run test check-cuda fixtures latency parity bench-extraction
+.PHONY: setup run test check-cuda fixtures latency parity bench-extraction openapi
 
 setup:
 	scripts/setup.sh
@@ -40,3 +40,7 @@ parity: setup
 bench-extraction: setup
 	$(CARGO) build --release
 	"$$(scripts/python-env.sh)" bench/extraction.py --bin target/release/distilserve
+
+# Regenerate openapi.yaml from the code (tests/openapi.rs fails when it drifts).
+openapi:
+	$(CARGO) run --quiet -- openapi --format yaml > openapi.yaml.tmp && mv openapi.yaml.tmp openapi.yaml

@@ -29,10 +29,20 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Evaluate a head on a split against baselines; write a JSON report and a confusion matrix picture.
     Evaluate(Box<EvaluateArgs>),
-    /// Print the OpenAPI document (JSON) of the HTTP API.
-    Openapi,
+    /// Print the OpenAPI document of the HTTP API (`make openapi` writes openapi.yaml).
+    Openapi {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "yaml")]
+        format: SpecFormat,
+    },
     /// Print the effective settings (JSON) after files, environment and flags.
     Config(Box<SettingsArgs>),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SpecFormat {
+    Yaml,
+    Json,
 }
 
 #[derive(Debug, Args)]

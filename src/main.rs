@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use distilserve::cli::{Cli, Command, SettingsArgs};
+use distilserve::cli::{Cli, Command, SettingsArgs, SpecFormat};
 use distilserve::commands;
 use distilserve::http::ApiDoc;
 use distilserve::startup::{shutdown_signal, Application};
@@ -14,9 +14,7 @@ fn main() -> ExitCode {
         Command::Extract(args) => batch_job(&args.settings, || commands::extract(&args)),
         Command::Train(args) => batch_job(&args.settings, || commands::train_command(&args)),
         Command::Evaluate(args) => batch_job(&args.settings, || commands::evaluate(&args)),
-        Command::Openapi => {
-            ApiDoc::openapi().to_pretty_json().map(|json| println!("{json}")).map_err(anyhow::Error::from)
-        }
+        Command::Openapi { format } => print_openapi(format),
         Command::Config(args) => args
             .settings()
             .map_err(anyhow::Error::from)
@@ -48,4 +46,14 @@ fn serve(args: &SettingsArgs) -> anyhow::Result<()> {
         let app = Application::build(settings).await?;
         app.run_until(shutdown_signal()).await
     })
+}
+
+fn print_openapi(format: SpecFormat) -> anyhow::Result<()> {
+    let spec = ApiDoc::openapi();
+    let text = match format {
+        SpecFormat::Yaml => spec.to_yaml()?,
+        SpecFormat::Json => spec.to_pretty_json()?,
+    };
+    print!("{text}");
+    Ok(())
 }
