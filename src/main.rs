@@ -42,10 +42,15 @@ fn batch_job(args: &SettingsArgs, job: impl FnOnce() -> anyhow::Result<()>) -> a
 fn serve(args: &SettingsArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
     distilserve::telemetry::init(&settings.logging);
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(async {
         let app = Application::build(settings).await?;
         app.run_until(shutdown_signal()).await
-    })
+    });
+    // A head still training at startup runs on a blocking thread: do not wait
+    // for it once the server has drained.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn print_openapi(format: SpecFormat) -> anyhow::Result<()> {
