@@ -13,6 +13,7 @@ use ort::session::Session;
 use tokio::sync::oneshot;
 
 use crate::config::BatchingSettings;
+use crate::metrics::{header, Histogram, BATCH_SIZES, SECONDS, TOKENS};
 use crate::model::{forward, ModelInfo, Rows};
 use crate::tokenize::Tokenized;
 
@@ -47,12 +48,23 @@ impl From<&BatchingSettings> for BatcherConfig {
     }
 }
 
-type Reply = oneshot::Sender<Result<Vec<Rows>, BatchError>>;
+/// A request's rows, with where its time went.
+#[derive(Debug)]
+pub struct Batched {
+    pub rows: Vec<Rows>,
+    /// From queueing to the start of its first model call.
+    pub queue_time: Duration,
+    /// From the start of its first model call to the end of its last.
+    pub inference_time: Duration,
+}
+
+type Reply = oneshot::Sender<Result<Batched, BatchError>>;
 
 /// One request's sequences and where their results go.
 struct Job {
     seqs: Vec<Tokenized>,
     deadline: Instant,
+    queued_at: Instant,
     state: Mutex<JobState>,
 }
 
@@ -60,6 +72,7 @@ struct JobState {
     rows: Vec<Option<Rows>>,
     remaining: usize,
     reply: Option<Reply>,
+    first_start: Option<Instant>,
 }
 
 impl Job {
@@ -72,17 +85,23 @@ impl Job {
         }
     }
 
-    fn complete(&self, index: usize, rows: Rows) {
+    fn complete(&self, index: usize, rows: Rows, batch_start: Instant) {
         let mut state = self.state.lock().expect("job lock");
         if state.reply.is_none() {
             return;
         }
         state.rows[index] = Some(rows);
         state.remaining -= 1;
+        let first = *state.first_start.get_or_insert(batch_start);
         if state.remaining == 0 {
             let rows = state.rows.iter_mut().map(|r| r.take().expect("every row done")).collect();
+            let batched = Batched {
+                rows,
+                queue_time: first.saturating_duration_since(self.queued_at),
+                inference_time: first.elapsed(),
+            };
             if let Some(reply) = state.reply.take() {
-                let _ = reply.send(Ok(rows));
+                let _ = reply.send(Ok(batched));
             }
         }
     }
@@ -119,12 +138,30 @@ struct Shared {
     stats: Counters,
 }
 
-#[derive(Default)]
 struct Counters {
     batches: AtomicU64,
     sequences: AtomicU64,
     padded_tokens: AtomicU64,
     skipped: AtomicU64,
+    queue_wait: Histogram,
+    inference: Histogram,
+    batch_size: Histogram,
+    batch_tokens: Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            batches: AtomicU64::new(0),
+            sequences: AtomicU64::new(0),
+            padded_tokens: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            queue_wait: Histogram::new(SECONDS),
+            inference: Histogram::new(SECONDS),
+            batch_size: Histogram::new(BATCH_SIZES),
+            batch_tokens: Histogram::new(TOKENS),
+        }
+    }
 }
 
 /// Totals since start, for metrics and tests.
@@ -186,18 +223,50 @@ impl Batcher {
         }
     }
 
+    /// Appends this queue's metrics (Prometheus text format); `labels` is `k="v",` or empty.
+    pub fn render_metrics(&self, out: &mut String, labels: &str) {
+        let c = &self.shared.stats;
+        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            header(out, name, "counter", help);
+            let braces =
+                if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.trim_end_matches(',')) };
+            out.push_str(&format!("{name}{braces} {}\n", v.load(Ordering::Relaxed)));
+        };
+        counter(out, "distilserve_batches_total", "Model calls made.", &c.batches);
+        counter(out, "distilserve_sequences_total", "Sequences computed.", &c.sequences);
+        counter(out, "distilserve_padded_tokens_total", "Tokens fed to the model, padding included.", &c.padded_tokens);
+        counter(
+            out,
+            "distilserve_skipped_sequences_total",
+            "Sequences dropped uncomputed: caller gone or deadline passed.",
+            &c.skipped,
+        );
+        header(out, "distilserve_queue_depth", "gauge", "Sequences waiting in the inference queue.");
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.trim_end_matches(',')) };
+        out.push_str(&format!("distilserve_queue_depth{braces} {}\n", self.queue_depth()));
+        header(out, "distilserve_queue_wait_seconds", "histogram", "Time a sequence waited in the queue.");
+        c.queue_wait.render(out, "distilserve_queue_wait_seconds", labels);
+        header(out, "distilserve_inference_seconds", "histogram", "Duration of one model call.");
+        c.inference.render(out, "distilserve_inference_seconds", labels);
+        header(out, "distilserve_batch_size", "histogram", "Sequences per model call.");
+        c.batch_size.render(out, "distilserve_batch_size", labels);
+        header(out, "distilserve_batch_tokens", "histogram", "Padded tokens per model call.");
+        c.batch_tokens.render(out, "distilserve_batch_tokens", labels);
+    }
+
     /// Queues `seqs` and waits for their rows, in the same order. Refuses at once
     /// when the queue cannot take them all; gives up at `deadline`.
-    pub async fn run(&self, seqs: Vec<Tokenized>, deadline: Instant) -> Result<Vec<Rows>, BatchError> {
+    pub async fn run(&self, seqs: Vec<Tokenized>, deadline: Instant) -> Result<Batched, BatchError> {
         if seqs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Batched { rows: Vec::new(), queue_time: Duration::ZERO, inference_time: Duration::ZERO });
         }
         let (tx, rx) = oneshot::channel();
         let n = seqs.len();
         let job = Arc::new(Job {
             seqs,
             deadline,
-            state: Mutex::new(JobState { rows: vec![None; n], remaining: n, reply: Some(tx) }),
+            queued_at: Instant::now(),
+            state: Mutex::new(JobState { rows: vec![None; n], remaining: n, reply: Some(tx), first_start: None }),
         });
         {
             let mut queue = self.shared.queue.lock().expect("queue lock");
@@ -259,10 +328,18 @@ fn worker_loop(shared: &Shared, mut session: Session) {
         shared.stats.batches.fetch_add(1, Ordering::Relaxed);
         shared.stats.sequences.fetch_add(seqs.len() as u64, Ordering::Relaxed);
         shared.stats.padded_tokens.fetch_add((longest * seqs.len()) as u64, Ordering::Relaxed);
-        match forward(&mut session, &shared.info, &seqs) {
+        shared.stats.batch_size.observe(seqs.len() as f64);
+        shared.stats.batch_tokens.observe((longest * seqs.len()) as f64);
+        let batch_start = Instant::now();
+        for item in &live {
+            shared.stats.queue_wait.observe_duration(batch_start.saturating_duration_since(item.job.queued_at));
+        }
+        let result = forward(&mut session, &shared.info, &seqs);
+        shared.stats.inference.observe_duration(batch_start.elapsed());
+        match result {
             Ok(rows) => {
                 for (item, rows) in live.iter().zip(rows) {
-                    item.job.complete(item.index, rows);
+                    item.job.complete(item.index, rows, batch_start);
                 }
             }
             Err(e) => {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::batching::{BatchError, Batcher, BatcherConfig, BatcherStats};
+use crate::batching::{BatchError, Batched, Batcher, BatcherConfig, BatcherStats};
 use crate::features::RowSource;
 use crate::model::{Model, ModelInfo, Rows};
 use crate::tokenize::{TextTokenizer, TokenizeError, Tokenized};
@@ -15,11 +15,20 @@ pub struct Inference {
     batcher: Batcher,
 }
 
-/// One request's results: per input, its word pieces, character offsets and model rows.
+/// One request's results: per input, its word pieces, character offsets and
+/// model rows, and where the time went.
 pub struct Encoded {
     pub tokens: Vec<Vec<String>>,
     pub offsets: Vec<Vec<(usize, usize)>>,
     pub rows: Vec<Rows>,
+    pub timing: Timing,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    pub tokenize: std::time::Duration,
+    pub queue: std::time::Duration,
+    pub inference: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +67,13 @@ impl Inference {
     }
 
     /// Runs already tokenized sequences through the queue.
-    pub async fn run(&self, seqs: Vec<Tokenized>, deadline: Instant) -> Result<Vec<Rows>, BatchError> {
+    pub async fn run(&self, seqs: Vec<Tokenized>, deadline: Instant) -> Result<Batched, BatchError> {
         self.batcher.run(seqs, deadline).await
+    }
+
+    /// Appends the queue's metrics in Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String, labels: &str) {
+        self.batcher.render_metrics(out, labels);
     }
 
     pub async fn encode(
@@ -68,11 +82,14 @@ impl Inference {
         truncate: bool,
         deadline: Instant,
     ) -> Result<Encoded, InferenceError> {
+        let started = Instant::now();
         let mut seqs = self.tokenize(texts, truncate).await?;
+        let tokenize = started.elapsed();
         let tokens = seqs.iter_mut().map(|s| std::mem::take(&mut s.tokens)).collect();
         let offsets = seqs.iter_mut().map(|s| std::mem::take(&mut s.offsets)).collect();
-        let rows = self.batcher.run(seqs, deadline).await?;
-        Ok(Encoded { tokens, offsets, rows })
+        let batched = self.batcher.run(seqs, deadline).await?;
+        let timing = Timing { tokenize, queue: batched.queue_time, inference: batched.inference_time };
+        Ok(Encoded { tokens, offsets, rows: batched.rows, timing })
     }
 }
 
@@ -90,7 +107,7 @@ impl RowSource for QueueSource<'_> {
         let mut attempt = 0;
         loop {
             match self.runtime.block_on(self.inference.run(batch.to_vec(), deadline)) {
-                Ok(rows) => return Ok(rows),
+                Ok(batched) => return Ok(batched.rows),
                 Err(BatchError::QueueFull { .. }) if attempt < 600 => {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(100));

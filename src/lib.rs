@@ -17,6 +17,7 @@ pub mod features;
 pub mod heads;
 pub mod http;
 pub mod inference;
+pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod pooling;

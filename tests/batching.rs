@@ -27,7 +27,7 @@ fn config() -> BatcherConfig {
 async fn results_come_back_in_order_and_are_counted() {
     let (batcher, seqs) = batcher(config());
     let deadline = Instant::now() + Duration::from_secs(10);
-    let rows = batcher.run(seqs.clone(), deadline).await.unwrap();
+    let rows = batcher.run(seqs.clone(), deadline).await.unwrap().rows;
     assert_eq!(rows.iter().map(|r| r.rows).collect::<Vec<_>>(), seqs.iter().map(|s| s.len()).collect::<Vec<_>>());
     let stats = batcher.stats();
     assert_eq!((stats.sequences, stats.skipped), (3, 0));

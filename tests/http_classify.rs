@@ -58,6 +58,7 @@ async fn a_head_trained_at_startup_serves_and_is_loaded_after_a_restart() {
     let health = server.get("/health").await;
     assert_eq!(health.status(), 503);
     assert_eq!(health.json::<Value>().await.unwrap()["status"], "starting");
+    assert_eq!(server.get("/health/live").await.status(), 200, "live while training");
     let (status, code, _) = error_of(server.post_json("/classify", json!({"inputs": "good"})).await).await;
     assert_eq!((status, code.as_str()), (503, "not_ready"));
     let heads: Value = server.get("/heads").await.json().await.unwrap();
@@ -83,6 +84,8 @@ async fn a_head_trained_at_startup_serves_and_is_loaded_after_a_restart() {
         assert_eq!((top.0.as_str(), *top.1), (p["label"].as_str().unwrap(), p["probability"].as_f64().unwrap()));
     }
     let first = body["predictions"].clone();
+    let timed = server.post_json("/classify", json!({"inputs": "good"})).await;
+    assert!(timed.headers().contains_key("x-inference-time-ms"));
 
     let heads: Value = server.get("/heads").await.json().await.unwrap();
     assert_eq!(heads["default_head"], "toy");

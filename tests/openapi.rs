@@ -18,7 +18,9 @@ fn openapi_yaml_is_up_to_date() {
 fn every_route_is_documented() {
     let spec = ApiDoc::openapi();
     let paths: Vec<&str> = spec.paths.paths.keys().map(String::as_str).collect();
-    for route in ["/embed", "/classify", "/heads", "/heads/{name}", "/health", "/info"] {
+    for route in
+        ["/embed", "/classify", "/heads", "/heads/{name}", "/health/live", "/health/ready", "/metrics", "/info"]
+    {
         assert!(paths.contains(&route), "{route} missing from the spec: {paths:?}");
     }
 }

@@ -17,8 +17,8 @@ use anyhow::bail;
 use crate::batching::BatcherConfig;
 use crate::config::{HeadKind, Settings};
 use crate::features::features_of;
-use crate::inference::{Inference, InferenceError};
-use crate::model::ModelInfo;
+use crate::inference::{Inference, InferenceError, Timing};
+use crate::model::{ModelInfo, Rows};
 use logistic::{head_path, LogisticHead};
 use onnx::OnnxHead;
 
@@ -57,14 +57,18 @@ impl Head {
         texts: Vec<String>,
         truncate: bool,
         deadline: Instant,
-    ) -> Result<Vec<Vec<f32>>, InferenceError> {
-        match self {
-            Head::Logistic(head) => {
-                let encoded = encoder.encode(texts, truncate, deadline).await?;
-                Ok(encoded.rows.iter().map(|r| head.probabilities(&features_of(r, head.pooling))).collect())
-            }
-            Head::Onnx(head) => head.classify(texts, truncate, deadline).await,
-        }
+    ) -> Result<(Vec<Vec<f32>>, Timing), InferenceError> {
+        let (encoded, to_probabilities): (_, Box<dyn Fn(&Rows) -> Vec<f32> + '_>) = match self {
+            Head::Logistic(head) => (
+                encoder.encode(texts, truncate, deadline).await?,
+                Box::new(|r: &Rows| head.probabilities(&features_of(r, head.pooling))),
+            ),
+            Head::Onnx(head) => (
+                head.inference.encode(texts, truncate, deadline).await?,
+                Box::new(|r: &Rows| head.probabilities(r.row(0))),
+            ),
+        };
+        Ok((encoded.rows.iter().map(to_probabilities).collect(), encoded.timing))
     }
 }
 

@@ -3,13 +3,12 @@
 //! model runtime and batching queue, logits mapped to our label names.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use anyhow::{anyhow, bail};
 
 use crate::batching::BatcherConfig;
 use crate::config::{HeadSettings, ModelSettings};
-use crate::inference::{Inference, InferenceError};
+use crate::inference::Inference;
 use crate::model::Model;
 
 pub struct OnnxHead {
@@ -45,18 +44,8 @@ impl OnnxHead {
         Ok(OnnxHead { name: name.to_string(), labels, to_label, inference: Inference::start(model, batching) })
     }
 
-    /// Class probabilities per text, in our label order.
-    pub async fn classify(
-        &self,
-        texts: Vec<String>,
-        truncate: bool,
-        deadline: Instant,
-    ) -> Result<Vec<Vec<f32>>, InferenceError> {
-        let encoded = self.inference.encode(texts, truncate, deadline).await?;
-        Ok(encoded.rows.iter().map(|r| self.probabilities(r.row(0))).collect())
-    }
-
-    fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
+    /// Class probabilities of one text's logits, in our label order.
+    pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let exp: Vec<f64> = logits.iter().map(|&v| f64::from(v - max).exp()).collect();
         let sum: f64 = exp.iter().sum();

@@ -7,8 +7,9 @@ use axum::Json;
 use super::embed::validate_inputs;
 use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::types::{ClassifyRequest, ClassifyResponse, HeadDetail, HeadSummary, HeadsResponse, Prediction};
-use super::AppState;
+use super::{timing_headers, AppState};
 use crate::heads::{Head, Lookup};
+use axum::response::IntoResponse;
 
 fn lookup(state: &AppState, name: Option<&str>) -> Result<std::sync::Arc<Head>, ApiError> {
     state.heads.get(name).map_err(|e| {
@@ -43,10 +44,10 @@ fn lookup(state: &AppState, name: Option<&str>) -> Result<std::sync::Arc<Head>, 
 pub async fn classify(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ClassifyRequest>,
-) -> Result<Json<ClassifyResponse>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let head = lookup(&state, request.head.as_deref())?;
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
-    let probabilities = head.classify(&state.inference, texts, request.truncate, state.deadline()).await?;
+    let (probabilities, timing) = head.classify(&state.inference, texts, request.truncate, state.deadline()).await?;
     let labels = head.labels();
     let predictions = probabilities
         .into_iter()
@@ -59,7 +60,7 @@ pub async fn classify(
             }
         })
         .collect();
-    Ok(Json(ClassifyResponse { head: head.name().to_string(), predictions }))
+    Ok((timing_headers(&timing), Json(ClassifyResponse { head: head.name().to_string(), predictions })))
 }
 
 fn summary(state: &AppState, head: &Head) -> HeadSummary {

@@ -7,7 +7,7 @@ use axum::Json;
 
 use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::types::{EmbedRequest, EmbedResponse, Embeddings};
-use super::AppState;
+use super::{timing_headers, AppState};
 use crate::npy;
 use crate::pooling::{normalize, pool, Pooling};
 
@@ -87,6 +87,7 @@ pub async fn embed(
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
     let encoded = state.inference.encode(texts, request.truncate, state.deadline()).await?;
     let hidden = state.inference.info.hidden_size;
+    let timing = timing_headers(&encoded.timing);
     let token_counts: Vec<usize> = encoded.rows.iter().map(|r| r.rows).collect();
 
     let mut rows = encoded.rows;
@@ -129,7 +130,7 @@ pub async fn embed(
             let headers = response.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(NPY_MEDIA_TYPE));
             headers.insert(TOKEN_COUNTS_HEADER, HeaderValue::from_str(&counts).expect("digits and commas"));
-            Ok(response)
+            Ok((timing, response).into_response())
         }
         Format::Json => {
             let embeddings = match pooled {
@@ -147,7 +148,7 @@ pub async fn embed(
                 embeddings,
                 tokens: request.return_tokens.then_some(encoded.tokens),
             };
-            Ok(Json(body).into_response())
+            Ok((timing, Json(body)).into_response())
         }
     }
 }

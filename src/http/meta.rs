@@ -2,23 +2,27 @@
 
 use std::sync::atomic::Ordering;
 
+use std::fmt::Write as _;
+
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::Json;
 
 use super::types::{HealthResponse, InfoResponse, LimitsDescription, ModelDescription};
 use super::AppState;
+use crate::metrics::{header, label};
 
 #[utoipa::path(
     get,
-    path = "/health",
+    path = "/health/ready",
     tag = "service",
     responses(
-        (status = 200, description = "Model and heads loaded, serving", body = HealthResponse),
+        (status = 200, description = "Model and heads loaded, not draining: send traffic (also at `/health`)", body = HealthResponse),
         (status = 503, description = "Heads still training at startup (`starting`), or shutting down (`draining`)", body = HealthResponse),
     )
 )]
-pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
     // Never runs the model: a probe must stay cheap when the encoder is saturated.
     if state.draining.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: "draining".into() }))
@@ -27,6 +31,52 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
     } else {
         (StatusCode::OK, Json(HealthResponse { status: "ok".into() }))
     }
+}
+
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "service",
+    responses((status = 200, description = "The process is up and answering (also while heads train and while draining)", body = HealthResponse))
+)]
+pub async fn live() -> Json<HealthResponse> {
+    Json(HealthResponse { status: "alive".into() })
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    responses((status = 200, description = "Prometheus text format: HTTP requests and latency, queue, batches, model and head info", content_type = "text/plain"))
+)]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut out = String::with_capacity(16 * 1024);
+    state.http_metrics.render(&mut out);
+    state.inference.render_metrics(&mut out, "");
+    let info = &state.inference.info;
+    header(&mut out, "distilserve_model_info", "gauge", "The encoder being served.");
+    let _ = writeln!(
+        out,
+        "distilserve_model_info{{name=\"{}\",file=\"{}\",execution_provider=\"{}\",fingerprint=\"{}\"}} 1",
+        label(&info.name),
+        label(&info.file),
+        label(&info.execution_provider),
+        label(&info.fingerprint)
+    );
+    header(&mut out, "distilserve_head_info", "gauge", "Heads being served.");
+    for head in state.heads.all() {
+        let _ = writeln!(
+            out,
+            "distilserve_head_info{{name=\"{}\",kind=\"{:?}\",labels=\"{}\"}} 1",
+            label(head.name()),
+            head.kind(),
+            label(&head.labels().join(","))
+        );
+    }
+    header(&mut out, "distilserve_ready", "gauge", "1 when ready for traffic.");
+    let ready = state.heads.ready() && !state.draining.load(Ordering::Relaxed);
+    let _ = writeln!(out, "distilserve_ready {}", u8::from(ready));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
 
 #[utoipa::path(

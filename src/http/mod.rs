@@ -12,8 +12,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request, StatusCode};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -23,7 +26,8 @@ use utoipa::OpenApi;
 
 use crate::config::Settings;
 use crate::heads::Heads;
-use crate::inference::Inference;
+use crate::inference::{Inference, Timing};
+use crate::metrics::HttpMetrics;
 use error::ApiError;
 
 pub struct AppInner {
@@ -32,6 +36,7 @@ pub struct AppInner {
     pub settings: Settings,
     /// Set on shutdown: health answers 503 so load balancers stop sending.
     pub draining: AtomicBool,
+    pub http_metrics: HttpMetrics,
 }
 
 /// Cheap to clone; handed to every handler.
@@ -40,7 +45,13 @@ pub struct AppState(Arc<AppInner>);
 
 impl AppState {
     pub fn new(inference: Inference, heads: Heads, settings: Settings) -> Self {
-        AppState(Arc::new(AppInner { inference, heads, settings, draining: AtomicBool::new(false) }))
+        AppState(Arc::new(AppInner {
+            inference,
+            heads,
+            settings,
+            draining: AtomicBool::new(false),
+            http_metrics: HttpMetrics::default(),
+        }))
     }
 
     /// When a request arriving now must be answered by.
@@ -59,13 +70,47 @@ impl Deref for AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "distilserve", description = "Last hidden states and classification heads of BERT-family encoders"),
-    paths(embed::embed, classify::classify, classify::list_heads, classify::get_head, meta::health, meta::info),
+    paths(
+        embed::embed,
+        classify::classify,
+        classify::list_heads,
+        classify::get_head,
+        meta::ready,
+        meta::live,
+        meta::metrics,
+        meta::info
+    ),
     components(schemas(error::ErrorResponse)),
     tags((name = "inference", description = "Model passes"), (name = "service", description = "Health and description"))
 )]
 pub struct ApiDoc;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// `x-tokenize-time-ms`, `x-queue-time-ms`, `x-inference-time-ms` for a response.
+pub fn timing_headers(timing: &Timing) -> [(HeaderName, HeaderValue); 3] {
+    let ms = |d: Duration| HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3)).expect("digits");
+    [
+        (HeaderName::from_static("x-tokenize-time-ms"), ms(timing.tokenize)),
+        (HeaderName::from_static("x-queue-time-ms"), ms(timing.queue)),
+        (HeaderName::from_static("x-inference-time-ms"), ms(timing.inference)),
+    ]
+}
+
+/// Counts every answered request by route template (not raw path, which would
+/// let clients create unbounded label values) and status.
+async fn track_metrics(State(state): State<AppState>, request: Request<Body>, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let response = next.run(request).await;
+    state.http_metrics.record(&method, &route, response.status().as_u16(), started.elapsed());
+    response
+}
 
 /// The whole HTTP application; tests drive it with `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
@@ -75,7 +120,10 @@ pub fn router(state: AppState) -> Router {
         .route("/classify", post(classify::classify))
         .route("/heads", get(classify::list_heads))
         .route("/heads/{name}", get(classify::get_head))
-        .route("/health", get(meta::health))
+        .route("/health", get(meta::ready))
+        .route("/health/ready", get(meta::ready))
+        .route("/health/live", get(meta::live))
+        .route("/metrics", get(meta::metrics))
         .route("/info", get(meta::info))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
@@ -83,6 +131,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track_metrics))
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
             axum::response::IntoResponse::into_response(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
