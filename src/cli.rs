@@ -204,6 +204,16 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Classification")]
     pub feature_cache_dir: Option<PathBuf>,
 
+    /// security.api_key: bearer key required on inference routes (prefer DISTILSERVE_SECURITY__API_KEY).
+    #[arg(long, help_heading = "Security", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// security.protect_operational_routes: require the key on health, metrics, info and the spec too.
+    #[arg(long, help_heading = "Security")]
+    pub protect_operational_routes: Option<bool>,
+    /// security.cors_allowed_origins: origins allowed by CORS, comma-separated ("*" for any).
+    #[arg(long, value_delimiter = ',', help_heading = "Security")]
+    pub cors_allowed_origins: Option<Vec<String>>,
+
     /// logging.format: json, text or auto.
     #[arg(long, value_enum, help_heading = "Logging")]
     pub log_format: Option<LogFormat>,
@@ -245,6 +255,9 @@ impl SettingsArgs {
             .set("classify.default_head", self.default_head.clone())
             .set("classify.heads_dir", self.heads_dir.clone())
             .set("classify.feature_cache_dir", self.feature_cache_dir.clone())
+            .set("security.api_key", self.api_key.clone())
+            .set("security.protect_operational_routes", self.protect_operational_routes)
+            .set("security.cors_allowed_origins", self.cors_allowed_origins.clone())
             .set("logging.format", self.log_format)
             .set("logging.filter", self.log_filter.clone());
         o

@@ -24,6 +24,34 @@ pub struct Settings {
     pub classify: ClassifySettings,
     #[serde(default)]
     pub heads: BTreeMap<String, HeadSettings>,
+    pub security: SecuritySettings,
+    pub openai: OpenAiSettings,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    pub api_key: String,
+    pub protect_operational_routes: bool,
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl std::fmt::Debug for SecuritySettings {
+    // The key never reaches a log line or an error message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecuritySettings")
+            .field("api_key", &if self.api_key.is_empty() { "" } else { "<set>" })
+            .field("protect_operational_routes", &self.protect_operational_routes)
+            .field("cors_allowed_origins", &self.cors_allowed_origins)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiSettings {
+    pub pooling: crate::pooling::Pooling,
+    pub normalize: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -329,6 +357,17 @@ impl Settings {
                 return Err(ConfigError::Invalid {
                     key: "heads",
                     problem: format!("heads.{name}.{field} is required for a head of kind {:?}", head.kind),
+                });
+            }
+        }
+        if self.openai.pooling == crate::pooling::Pooling::None {
+            return Err(ConfigError::Invalid { key: "openai.pooling", problem: "must be cls or mean".into() });
+        }
+        for origin in &self.security.cors_allowed_origins {
+            if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
+                return Err(ConfigError::Invalid {
+                    key: "security.cors_allowed_origins",
+                    problem: format!("{origin:?} is not a valid origin"),
                 });
             }
         }

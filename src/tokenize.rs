@@ -15,6 +15,8 @@ pub struct Tokenized {
     pub tokens: Vec<String>,
     /// Character offsets (start, end) into the text, one per id; (0, 0) for special tokens.
     pub offsets: Vec<(usize, usize)>,
+    /// True for tokens the tokenizer added ([CLS], [SEP]).
+    pub special: Vec<bool>,
 }
 
 impl Tokenized {
@@ -80,6 +82,7 @@ impl TextTokenizer {
             type_ids: encoding.get_type_ids().iter().map(|&i| i64::from(i)).collect(),
             tokens: encoding.get_tokens().to_vec(),
             offsets: encoding.get_offsets().to_vec(),
+            special: encoding.get_special_tokens_mask().iter().map(|&m| m == 1).collect(),
         })
     }
 

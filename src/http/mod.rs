@@ -1,7 +1,9 @@
 //! HTTP surface: shared state, the router with its middleware, and the
 //! OpenAPI document. Handlers live in one file per concern.
 
+pub mod auth;
 pub mod classify;
+pub mod compat;
 pub mod embed;
 pub mod error;
 pub mod meta;
@@ -20,6 +22,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi;
@@ -75,15 +78,37 @@ impl Deref for AppState {
         classify::classify,
         classify::list_heads,
         classify::get_head,
+        compat::tokenize,
+        compat::openai_embeddings,
         meta::ready,
         meta::live,
         meta::metrics,
         meta::info
     ),
     components(schemas(error::ErrorResponse)),
+    modifiers(&BearerAuth),
     tags((name = "inference", description = "Model passes"), (name = "service", description = "Health and description"))
 )]
 pub struct ApiDoc;
+
+/// Documents the optional bearer API key (`security.api_key`).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("Required on inference routes when security.api_key is set"))
+                    .build(),
+            ),
+        );
+    }
+}
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -112,24 +137,61 @@ async fn track_metrics(State(state): State<AppState>, request: Request<Body>, ne
     response
 }
 
+/// CORS: off (no headers) unless origins are configured.
+fn cors(origins: &[String]) -> CorsLayer {
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::ACCEPT,
+        ])
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-token-counts"),
+            HeaderName::from_static("x-inference-time-ms"),
+        ])
+}
+
 /// The whole HTTP application; tests drive it with `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.server.max_body_bytes;
-    Router::new()
+    let require_key = axum::middleware::from_fn_with_state(state.clone(), auth::require_api_key);
+    let inference = Router::new()
         .route("/embed", post(embed::embed))
         .route("/classify", post(classify::classify))
+        .route("/tokenize", post(compat::tokenize))
+        .route("/v1/embeddings", post(compat::openai_embeddings))
         .route("/heads", get(classify::list_heads))
         .route("/heads/{name}", get(classify::get_head))
+        .route_layer(require_key.clone());
+    let mut operational = Router::new()
         .route("/health", get(meta::ready))
         .route("/health/ready", get(meta::ready))
         .route("/health/live", get(meta::live))
         .route("/metrics", get(meta::metrics))
         .route("/info", get(meta::info))
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }));
+    if state.settings.security.protect_operational_routes {
+        operational = operational.route_layer(require_key);
+    }
+    Router::new()
+        .merge(inference)
+        .merge(operational)
         .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
         })
+        .layer(cors(&state.settings.security.cors_allowed_origins))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track_metrics))
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {

@@ -224,3 +224,80 @@ pub struct HeadDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<serde_json::Value>,
 }
+
+/// `POST /tokenize`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeRequest {
+    #[schema(example = json!("a gripping, funny film"))]
+    pub inputs: Inputs,
+    /// Cut at the model's maximum (true) or answer 422 (false).
+    #[serde(default = "yes")]
+    #[schema(default = true)]
+    pub truncate: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    pub id: i64,
+    /// The word piece.
+    pub text: String,
+    /// Added by the tokenizer ([CLS], [SEP]).
+    pub special: bool,
+    /// Character offsets into the input (end exclusive); 0, 0 for special tokens.
+    pub start: usize,
+    pub end: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenizeResponse {
+    /// Per input, its tokens as the model sees them.
+    pub tokens: Vec<Vec<Token>>,
+}
+
+/// `POST /v1/embeddings`, OpenAI's request format.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct OpenAiEmbeddingRequest {
+    /// Text or texts to embed.
+    #[schema(example = json!(["a gripping, funny film"]))]
+    pub input: Inputs,
+    /// Accepted for compatibility; the served model answers whatever is named.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `float` (default) or `base64` (little-endian float32).
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+    /// Accepted for compatibility and ignored.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum OpenAiVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OpenAiEmbedding {
+    /// Always `embedding`.
+    pub object: String,
+    pub index: usize,
+    pub embedding: OpenAiVector,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OpenAiUsage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OpenAiEmbeddingResponse {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<OpenAiEmbedding>,
+    pub model: String,
+    pub usage: OpenAiUsage,
+}

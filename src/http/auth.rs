@@ -1,0 +1,57 @@
+//! Optional bearer API key: required on inference routes when configured (and
+//! on operational routes when asked), compared in constant time.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use super::AppState;
+
+/// Equal digests, compared without an early exit: the time taken does not
+/// depend on where a guess first differs, nor on the key's length.
+fn same_key(given: &str, expected: &str) -> bool {
+    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(expected.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let expected = &state.settings.security.api_key;
+    if expected.is_empty() {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match given {
+        Some(key) if same_key(key, expected) => next.run(request).await,
+        _ => {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid API key is required: send `Authorization: Bearer <key>`",
+            )
+            .into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_key;
+
+    #[test]
+    fn keys_compare_by_content() {
+        assert!(same_key("s3cret", "s3cret"));
+        assert!(!same_key("s3cret", "s3creT"));
+        assert!(!same_key("", "s3cret"));
+        assert!(!same_key("s3cret-and-more", "s3cret"));
+    }
+}

@@ -1,0 +1,113 @@
+//! Routes users of other embedding servers expect: `POST /tokenize` and the
+//! OpenAI-style `POST /v1/embeddings`.
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::Json;
+use base64::Engine as _;
+
+use super::embed::validate_inputs;
+use super::error::{ApiError, ApiJson, ErrorResponse};
+use super::types::{
+    OpenAiEmbedding, OpenAiEmbeddingRequest, OpenAiEmbeddingResponse, OpenAiUsage, OpenAiVector, Token,
+    TokenizeRequest, TokenizeResponse,
+};
+use super::{timing_headers, AppState};
+use crate::pooling::{normalize, pool};
+
+#[utoipa::path(
+    post,
+    path = "/tokenize",
+    tag = "inference",
+    request_body = TokenizeRequest,
+    responses(
+        (status = 200, description = "Ids, word pieces and character offsets per input", body = TokenizeResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 413, description = "Body or input count over the limit", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
+        (status = 422, description = "Invalid field, empty input, or input too long with truncate=false", body = ErrorResponse),
+    )
+)]
+pub async fn tokenize(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<TokenizeRequest>,
+) -> Result<Json<TokenizeResponse>, ApiError> {
+    let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
+    let seqs = state.inference.tokenize(texts, request.truncate).await?;
+    let tokens = seqs
+        .into_iter()
+        .map(|s| {
+            (0..s.ids.len())
+                .map(|i| Token {
+                    id: s.ids[i],
+                    text: s.tokens[i].clone(),
+                    special: s.special[i],
+                    start: s.offsets[i].0,
+                    end: s.offsets[i].1,
+                })
+                .collect()
+        })
+        .collect();
+    Ok(Json(TokenizeResponse { tokens }))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "inference",
+    request_body = OpenAiEmbeddingRequest,
+    responses(
+        (status = 200, description = "One pooled vector per input (openai.pooling, unit length when openai.normalize)", body = OpenAiEmbeddingResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 413, description = "Body or input count over the limit", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
+        (status = 422, description = "Invalid field or empty input", body = ErrorResponse),
+        (status = 503, description = "Queue full or shutting down", body = ErrorResponse),
+        (status = 504, description = "Deadline passed", body = ErrorResponse),
+    )
+)]
+pub async fn openai_embeddings(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<OpenAiEmbeddingRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "invalid_request",
+                format!("encoding_format {other:?} is not supported: use float or base64"),
+            ))
+        }
+    };
+    let texts = validate_inputs(request.input.into_vec(), state.settings.limits.max_inputs)?;
+    // OpenAI's endpoint truncates long inputs rather than refusing them.
+    let encoded = state.inference.encode(texts, true, state.deadline()).await?;
+    let openai = &state.settings.openai;
+    let prompt_tokens = encoded.rows.iter().map(|r| r.rows).sum();
+    let data = encoded
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(index, rows)| {
+            let mut v = pool(rows, openai.pooling).expect("validated: pooling is cls or mean");
+            if openai.normalize {
+                normalize(&mut v);
+            }
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                OpenAiVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                OpenAiVector::Float(v)
+            };
+            OpenAiEmbedding { object: "embedding".into(), index, embedding }
+        })
+        .collect();
+    let body = OpenAiEmbeddingResponse {
+        object: "list".into(),
+        data,
+        model: state.inference.info.name.clone(),
+        usage: OpenAiUsage { prompt_tokens, total_tokens: prompt_tokens },
+    };
+    Ok((timing_headers(&encoded.timing), Json(body)))
+}

@@ -1,0 +1,70 @@
+//! POST /tokenize and the OpenAI-style POST /v1/embeddings over a socket, on
+//! the tiny DistilBERT fixture.
+
+mod common;
+
+use base64::Engine as _;
+use common::{error_of, fixture, max_abs_diff, reference, settings_for, TestServer};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn tokenize_gives_ids_pieces_and_offsets() {
+    let server = TestServer::start(settings_for(&fixture("tiny-distilbert"))).await;
+    let expected = reference(&fixture("tiny-distilbert/expected.json"));
+    let text = &expected.items[0].text; // "a gripping, funny film"
+    let body: Value = server.post_json("/tokenize", json!({"inputs": [text]})).await.json().await.unwrap();
+    let tokens = body["tokens"][0].as_array().unwrap();
+    let ids: Vec<i64> = tokens.iter().map(|t| t["id"].as_i64().unwrap()).collect();
+    let pieces: Vec<&str> = tokens.iter().map(|t| t["text"].as_str().unwrap()).collect();
+    assert_eq!(ids, expected.items[0].ids);
+    assert_eq!(pieces, expected.items[0].tokens.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!((tokens[0]["special"].as_bool(), tokens.last().unwrap()["special"].as_bool()), (Some(true), Some(true)));
+    for t in &tokens[1..tokens.len() - 1] {
+        assert_eq!(t["special"], false);
+        let (start, end) = (t["start"].as_u64().unwrap() as usize, t["end"].as_u64().unwrap() as usize);
+        assert_eq!(&text[start..end], t["text"].as_str().unwrap().trim_start_matches("##"));
+    }
+    let (status, code, _) = error_of(server.post_json("/tokenize", json!({"inputs": ""})).await).await;
+    assert_eq!((status, code.as_str()), (422, "empty_input"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn openai_embeddings_are_normalised_mean_vectors() {
+    let server = TestServer::start(settings_for(&fixture("tiny-distilbert"))).await;
+    let texts = ["a gripping, funny film", "dull"];
+    let openai: Value =
+        server.post_json("/v1/embeddings", json!({"input": texts, "model": "anything"})).await.json().await.unwrap();
+    assert_eq!(openai["object"], "list");
+    assert_eq!(openai["model"], "tiny-distilbert");
+    assert_eq!(openai["usage"]["prompt_tokens"], 7 + 3);
+    let ours: Value = server
+        .post_json("/embed", json!({"inputs": texts, "pooling": "mean", "normalize": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    for i in 0..2 {
+        assert_eq!(openai["data"][i]["index"], i);
+        assert_eq!(openai["data"][i]["object"], "embedding");
+        let v: Vec<f32> = serde_json::from_value(openai["data"][i]["embedding"].clone()).unwrap();
+        let w: Vec<f32> = serde_json::from_value(ours["embeddings"][i].clone()).unwrap();
+        assert!(max_abs_diff(&v, &w) < 1e-6);
+        assert!((v.iter().map(|x| x * x).sum::<f32>().sqrt() - 1.0).abs() < 1e-5);
+    }
+    let b64: Value = server
+        .post_json("/v1/embeddings", json!({"input": "dull", "encoding_format": "base64"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(b64["data"][0]["embedding"].as_str().unwrap()).unwrap();
+    let decoded: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let floats: Vec<f32> = serde_json::from_value(openai["data"][1]["embedding"].clone()).unwrap();
+    assert_eq!(decoded, floats);
+    let (status, code, _) =
+        error_of(server.post_json("/v1/embeddings", json!({"input": "x", "encoding_format": "int8"})).await).await;
+    assert_eq!((status, code.as_str()), (422, "invalid_request"));
+    server.stop().await;
+}

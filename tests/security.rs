@@ -1,0 +1,103 @@
+//! Access: the API key on and off for every route, CORS off by default and
+//! configurable. Tiny DistilBERT fixture over a socket.
+
+mod common;
+
+use common::{error_of, fixture, settings_for, TestServer};
+use serde_json::json;
+
+const INFERENCE: [(&str, &str); 6] = [
+    ("POST", "/embed"),
+    ("POST", "/classify"),
+    ("POST", "/tokenize"),
+    ("POST", "/v1/embeddings"),
+    ("GET", "/heads"),
+    ("GET", "/heads/none"),
+];
+const OPERATIONAL: [&str; 6] = ["/health", "/health/live", "/health/ready", "/metrics", "/info", "/openapi.json"];
+
+async fn call(server: &TestServer, method: &str, path: &str, key: Option<&str>) -> reqwest::Response {
+    let mut request = match method {
+        "POST" => server.client.post(server.url(path)).json(&json!({"inputs": "good", "input": "good"})),
+        _ => server.client.get(server.url(path)),
+    };
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn without_a_key_configured_every_route_is_open() {
+    let server = TestServer::start(settings_for(&fixture("tiny-distilbert"))).await;
+    for (method, path) in INFERENCE {
+        assert_ne!(call(&server, method, path, None).await.status(), 401, "{method} {path}");
+    }
+    for path in OPERATIONAL {
+        assert_eq!(call(&server, "GET", path, None).await.status(), 200, "{path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_key_inference_routes_need_it_and_probes_stay_open() {
+    let mut settings = settings_for(&fixture("tiny-distilbert"));
+    settings.security.api_key = "s3cret-key".into();
+    let server = TestServer::start(settings).await;
+    for (method, path) in INFERENCE {
+        for key in [None, Some("wrong"), Some("s3cret-ke"), Some("")] {
+            let response = call(&server, method, path, key).await;
+            assert_eq!(response.headers()["www-authenticate"], "Bearer", "{method} {path}");
+            let (status, code, message) = error_of(response).await;
+            assert_eq!((status, code.as_str()), (401, "unauthorized"), "{method} {path} with {key:?}");
+            assert!(!message.contains("s3cret"), "the key leaked into {message:?}");
+        }
+        assert_ne!(call(&server, method, path, Some("s3cret-key")).await.status(), 401, "{method} {path}");
+    }
+    for path in OPERATIONAL {
+        assert_eq!(call(&server, "GET", path, None).await.status(), 200, "{path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn operational_routes_can_be_protected_too() {
+    let mut settings = settings_for(&fixture("tiny-distilbert"));
+    settings.security.api_key = "s3cret-key".into();
+    settings.security.protect_operational_routes = true;
+    let server = TestServer::start(settings).await;
+    for path in OPERATIONAL {
+        assert_eq!(call(&server, "GET", path, None).await.status(), 401, "{path}");
+        assert_eq!(call(&server, "GET", path, Some("s3cret-key")).await.status(), 200, "{path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_follows_the_configured_origins() {
+    let server = TestServer::start(settings_for(&fixture("tiny-distilbert"))).await;
+    let response =
+        server.client.get(server.url("/info")).header("origin", "https://app.example.com").send().await.unwrap();
+    assert!(!response.headers().contains_key("access-control-allow-origin"));
+    server.stop().await;
+
+    let mut settings = settings_for(&fixture("tiny-distilbert"));
+    settings.security.cors_allowed_origins = vec!["https://app.example.com".into()];
+    settings.security.api_key = "k".into();
+    let server = TestServer::start(settings).await;
+    let preflight = server
+        .client
+        .request(reqwest::Method::OPTIONS, server.url("/embed"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type,authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 200, "a preflight needs no key");
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://app.example.com");
+    let other =
+        server.client.get(server.url("/info")).header("origin", "https://evil.example.net").send().await.unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+    server.stop().await;
+}
