@@ -130,6 +130,9 @@ pub struct SettingsArgs {
     /// server.request_timeout_ms: deadline per request, queueing included (504 past it).
     #[arg(long, help_heading = "Server")]
     pub request_timeout_ms: Option<u64>,
+    /// server.shutdown_grace_ms: after SIGTERM, keep accepting (readiness 503) this long.
+    #[arg(long, help_heading = "Server")]
+    pub shutdown_grace_ms: Option<u64>,
     /// server.shutdown_timeout_ms: how long in-flight requests may finish after SIGTERM.
     #[arg(long, help_heading = "Server")]
     pub shutdown_timeout_ms: Option<u64>,
@@ -229,6 +232,7 @@ impl SettingsArgs {
             .set("server.port", self.port)
             .set("server.max_body_bytes", self.max_body_bytes)
             .set("server.request_timeout_ms", self.request_timeout_ms)
+            .set("server.shutdown_grace_ms", self.shutdown_grace_ms)
             .set("server.shutdown_timeout_ms", self.shutdown_timeout_ms)
             .set("model.dir", self.model_dir.clone())
             .set("model.file", self.model_file.clone())

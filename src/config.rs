@@ -153,6 +153,7 @@ pub struct ServerSettings {
     pub port: u16,
     pub max_body_bytes: usize,
     pub request_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
     pub shutdown_timeout_ms: u64,
 }
 

@@ -101,7 +101,12 @@ impl Application {
                     }
                 }
                 state.draining.store(true, Ordering::Relaxed);
-                tracing::info!("shutting down: finishing in-flight requests");
+                let grace = Duration::from_millis(state.settings.server.shutdown_grace_ms);
+                if !grace.is_zero() {
+                    tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: not ready, still serving");
+                    tokio::time::sleep(grace).await;
+                }
+                tracing::info!("shutting down: no new connections, finishing in-flight requests");
                 draining.notify_one();
             }
         };
