@@ -209,3 +209,15 @@ async fn damaged_or_missing_head_files_stop_startup_with_the_file_named() {
     let err = Application::build(settings).await.err().expect("refused");
     assert!(format!("{err:#}").contains("retrain"), "{err:#}");
 }
+
+#[tokio::test]
+async fn a_head_that_fails_to_train_at_startup_stops_the_service_with_its_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut settings = settings_with_toy_head(tmp.path(), true);
+    settings.heads.get_mut("toy").unwrap().data = Some(tmp.path().join("no-such-data"));
+    let app = Application::build(settings).await.expect("the head is only missing: training starts after bind");
+    let result = tokio::time::timeout(Duration::from_secs(30), app.run_until(std::future::pending())).await;
+    let err = result.expect("stops by itself").expect_err("fails");
+    let message = format!("{err:#}");
+    assert!(message.contains("training head toy") && message.contains("no-such-data"), "{message}");
+}
