@@ -6,16 +6,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{default_model_dir, max_abs_diff, reference, settings_for, TestServer};
+use common::{default_model_dir, max_abs_diff, python, reference, settings_for, TestServer};
 use serde_json::{json, Value};
-
-/// The Python with NumPy: $DISTILSERVE_PYTHON (set by the Makefile), else the set-up venv.
-fn python() -> String {
-    std::env::var("DISTILSERVE_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/distilserve/venv/bin/python")
-    })
-}
 
 #[tokio::test]
 async fn hidden_states_match_python_onnxruntime() {

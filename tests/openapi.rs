@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fixture, repo_path, settings_for, TestServer};
+use common::{fixture, python, repo_path, settings_for, TestServer};
 use distilserve::http::ApiDoc;
 use utoipa::OpenApi;
 
@@ -12,6 +12,18 @@ fn openapi_yaml_is_up_to_date() {
     let committed = std::fs::read_to_string(repo_path("openapi.yaml")).expect("openapi.yaml exists");
     let generated = ApiDoc::openapi().to_yaml().unwrap();
     assert!(committed == generated, "openapi.yaml is out of date with the code: run `make openapi` and commit it");
+}
+
+#[test]
+fn the_spec_validates_as_openapi_3() {
+    let out = std::process::Command::new(python())
+        .args(["-m", "openapi_spec_validator"])
+        .arg(repo_path("openapi.yaml"))
+        .output()
+        .expect("python runs (set up by scripts/python-env.sh)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(report.contains("OK"), "{report}");
 }
 
 #[test]

@@ -14,6 +14,15 @@ pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
+/// The set-up venv's Python (NumPy, scikit-learn, spec validator):
+/// $DISTILSERVE_PYTHON (set by the Makefile), else ~/.cache/distilserve/venv.
+pub fn python() -> String {
+    std::env::var("DISTILSERVE_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/distilserve/venv/bin/python")
+    })
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     repo_path("tests/fixtures").join(name)
 }
