@@ -130,6 +130,12 @@ pub struct SettingsArgs {
     /// server.request_timeout_ms: deadline per request, queueing included (504 past it).
     #[arg(long, help_heading = "Server")]
     pub request_timeout_ms: Option<u64>,
+    /// server.header_read_timeout_ms: time a client has to send its headers.
+    #[arg(long, help_heading = "Server")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// server.body_read_timeout_ms: time a client has to send its body (408 after).
+    #[arg(long, help_heading = "Server")]
+    pub body_read_timeout_ms: Option<u64>,
     /// server.shutdown_grace_ms: after SIGTERM, keep accepting (readiness 503) this long.
     #[arg(long, help_heading = "Server")]
     pub shutdown_grace_ms: Option<u64>,
@@ -232,6 +238,8 @@ impl SettingsArgs {
             .set("server.port", self.port)
             .set("server.max_body_bytes", self.max_body_bytes)
             .set("server.request_timeout_ms", self.request_timeout_ms)
+            .set("server.header_read_timeout_ms", self.header_read_timeout_ms)
+            .set("server.body_read_timeout_ms", self.body_read_timeout_ms)
             .set("server.shutdown_grace_ms", self.shutdown_grace_ms)
             .set("server.shutdown_timeout_ms", self.shutdown_timeout_ms)
             .set("model.dir", self.model_dir.clone())

@@ -153,6 +153,8 @@ pub struct ServerSettings {
     pub port: u16,
     pub max_body_bytes: usize,
     pub request_timeout_ms: u64,
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
     pub shutdown_timeout_ms: u64,
 }
@@ -314,6 +316,8 @@ impl Settings {
         }
         positive("server.max_body_bytes", self.server.max_body_bytes)?;
         positive("server.request_timeout_ms", self.server.request_timeout_ms as usize)?;
+        positive("server.header_read_timeout_ms", self.server.header_read_timeout_ms as usize)?;
+        positive("server.body_read_timeout_ms", self.server.body_read_timeout_ms as usize)?;
         positive("batching.max_batch_size", self.batching.max_batch_size)?;
         positive("batching.max_batch_tokens", self.batching.max_batch_tokens)?;
         positive("batching.queue_capacity", self.batching.queue_capacity)?;

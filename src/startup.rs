@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 use crate::config::Settings;
 use crate::features::FeatureCache;
@@ -77,7 +76,6 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let state = self.state;
         let drain = Duration::from_millis(state.settings.server.shutdown_timeout_ms);
-        let draining = Arc::new(Notify::new());
         // A head that fails to train at startup stops the service with its error.
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
         let failure = Arc::new(std::sync::Mutex::new(None::<anyhow::Error>));
@@ -91,7 +89,7 @@ impl Application {
             });
         }
         let signal = {
-            let (state, draining, failure) = (state.clone(), draining.clone(), failure.clone());
+            let (state, failure) = (state.clone(), failure.clone());
             async move {
                 tokio::select! {
                     _ = shutdown => {}
@@ -107,20 +105,11 @@ impl Application {
                     tokio::time::sleep(grace).await;
                 }
                 tracing::info!("shutting down: no new connections, finishing in-flight requests");
-                draining.notify_one();
             }
         };
         tracing::info!(address = %self.listener.local_addr()?, "listening");
-        let serve = axum::serve(self.listener, router(state.clone())).with_graceful_shutdown(signal);
-        let serve = std::future::IntoFuture::into_future(serve);
-        tokio::pin!(serve);
-        tokio::select! {
-            result = &mut serve => result.context("server error")?,
-            _ = draining.notified() => match tokio::time::timeout(drain, &mut serve).await {
-                Ok(result) => result.context("server error")?,
-                Err(_) => tracing::warn!(timeout_ms = drain.as_millis() as u64, "drain timeout: closing remaining connections"),
-            },
-        }
+        let header_timeout = Duration::from_millis(state.settings.server.header_read_timeout_ms);
+        serve_connections(self.listener, router(state.clone()), signal, header_timeout, drain).await;
         let state_for_join = state.clone();
         tokio::task::spawn_blocking(move || state_for_join.inference.shutdown()).await.ok();
         tracing::info!("stopped");
@@ -129,6 +118,59 @@ impl Application {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// Accepts connections until `shutdown` completes, then stops accepting and
+/// gives open connections `drain` to finish their requests (idle keep-alive
+/// connections close at once). A client that does not send its request headers
+/// within `header_timeout` is disconnected.
+async fn serve_connections(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()>,
+    header_timeout: Duration,
+    drain: Duration,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::Service;
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    app.clone().call(request.map(axum::body::Body::new))
+                });
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    // Client resets and header timeouts end up here; they are not server errors.
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection closed with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(timeout_ms = drain.as_millis() as u64, "drain timeout: closing remaining connections");
     }
 }
 

@@ -18,7 +18,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, State};
 use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -122,6 +122,36 @@ pub fn timing_headers(timing: &Timing) -> [(HeaderName, HeaderValue); 3] {
     ]
 }
 
+/// Reads the whole request body within `server.body_read_timeout_ms` (408
+/// `body_timeout` after) and at most `server.max_body_bytes` (413), so that a
+/// client trickling its body cannot hold a connection and a handler open.
+async fn read_body_with_deadline(State(state): State<AppState>, request: Request<Body>, next: Next) -> Response {
+    let server = &state.settings.server;
+    let (parts, body) = request.into_parts();
+    let limit = server.max_body_bytes;
+    let deadline = Duration::from_millis(server.body_read_timeout_ms);
+    let bytes = match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_too_large_or_broken)) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body is larger than the limit of {limit} bytes, or was cut off"),
+            )
+            .into_response()
+        }
+        Err(_elapsed) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the request body did not arrive within {} ms", deadline.as_millis()),
+            )
+            .into_response()
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
 /// Counts every answered request by route template (not raw path, which would
 /// let clients create unbounded label values) and status.
 async fn track_metrics(State(state): State<AppState>, request: Request<Body>, next: Next) -> Response {
@@ -193,6 +223,7 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(cors(&state.settings.security.cors_allowed_origins))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), read_body_with_deadline))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track_metrics))
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
             axum::response::IntoResponse::into_response(ApiError::new(
