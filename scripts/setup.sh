@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything a fresh clone needs before it can serve or test, idempotent:
-#   1. ONNX Runtime shared library (PyPI wheel) -> vendor/onnxruntime/
+#   1. ONNX Runtime shared library (PyPI wheel) -> vendor/onnxruntime/,
+#      Swagger UI assets for /docs (npm swagger-ui-dist) -> vendor/swagger-ui/
 #   2. Rotten Tomatoes data set (PyPI sdist)    -> data/rotten_tomatoes/
 #   3. default model, exported to ONNX         -> models/all-minilm-l6-v2/
 #   4. Python onnxruntime reference outputs for the end-to-end test
@@ -8,6 +9,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 start=$(date +%s)
 "$REPO_ROOT/scripts/fetch-onnxruntime.sh"
+"$REPO_ROOT/scripts/fetch-swagger-ui.sh"
 "$REPO_ROOT/scripts/fetch-data.sh"
 "$REPO_ROOT/scripts/fetch-model.sh"
 model="$REPO_ROOT/models/all-minilm-l6-v2"

@@ -136,6 +136,9 @@ pub struct SettingsArgs {
     /// server.body_read_timeout_ms: time a client has to send its body (408 after).
     #[arg(long, help_heading = "Server")]
     pub body_read_timeout_ms: Option<u64>,
+    /// server.docs_dir: Swagger UI assets served at /docs.
+    #[arg(long, help_heading = "Server")]
+    pub docs_dir: Option<PathBuf>,
     /// server.shutdown_grace_ms: after SIGTERM, keep accepting (readiness 503) this long.
     #[arg(long, help_heading = "Server")]
     pub shutdown_grace_ms: Option<u64>,
@@ -240,6 +243,7 @@ impl SettingsArgs {
             .set("server.request_timeout_ms", self.request_timeout_ms)
             .set("server.header_read_timeout_ms", self.header_read_timeout_ms)
             .set("server.body_read_timeout_ms", self.body_read_timeout_ms)
+            .set("server.docs_dir", self.docs_dir.clone())
             .set("server.shutdown_grace_ms", self.shutdown_grace_ms)
             .set("server.shutdown_timeout_ms", self.shutdown_timeout_ms)
             .set("model.dir", self.model_dir.clone())

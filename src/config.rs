@@ -155,6 +155,7 @@ pub struct ServerSettings {
     pub request_timeout_ms: u64,
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
+    pub docs_dir: PathBuf,
     pub shutdown_grace_ms: u64,
     pub shutdown_timeout_ms: u64,
 }

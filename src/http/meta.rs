@@ -114,3 +114,19 @@ pub async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
         },
     })
 }
+
+/// `GET /docs`: Swagger UI on our own spec, with assets served by us (no CDN).
+pub async fn docs(State(state): State<AppState>) -> axum::response::Response {
+    if !state.settings.server.docs_dir.join("swagger-ui-bundle.js").is_file() {
+        return crate::http::error::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "docs_unavailable",
+            format!(
+                "Swagger UI assets are not installed in {}: run scripts/setup.sh (the spec is at /openapi.json)",
+                state.settings.server.docs_dir.display()
+            ),
+        )
+        .into_response();
+    }
+    axum::response::Html(include_str!("assets/docs.html")).into_response()
+}

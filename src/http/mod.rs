@@ -210,7 +210,16 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(meta::live))
         .route("/metrics", get(meta::metrics))
         .route("/info", get(meta::info))
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }));
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/docs", get(meta::docs))
+        .nest_service(
+            "/docs/assets",
+            tower_http::services::ServeDir::new(&state.settings.server.docs_dir).not_found_service(
+                axum::handler::HandlerWithoutStateExt::into_service(|| async {
+                    ApiError::not_found("no such documentation asset")
+                }),
+            ),
+        );
     if state.settings.security.protect_operational_routes {
         operational = operational.route_layer(require_key);
     }
