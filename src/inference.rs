@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::batching::{BatchError, Batched, Batcher, BatcherConfig, BatcherStats};
 use crate::features::RowSource;
+use crate::metrics::{header, Histogram, SECONDS};
 use crate::model::{Model, ModelInfo, Rows};
 use crate::tokenize::{TextTokenizer, TokenizeError, Tokenized};
 
@@ -13,6 +14,7 @@ pub struct Inference {
     pub info: Arc<ModelInfo>,
     pub tokenizer: Arc<TextTokenizer>,
     batcher: Batcher,
+    tokenize_seconds: Histogram,
 }
 
 /// One request's results: per input, its word pieces, character offsets and
@@ -42,7 +44,7 @@ pub enum InferenceError {
 impl Inference {
     pub fn start(model: Model, config: BatcherConfig) -> Inference {
         let batcher = Batcher::start(model.sessions, model.info.clone(), config);
-        Inference { info: model.info, tokenizer: model.tokenizer, batcher }
+        Inference { info: model.info, tokenizer: model.tokenizer, batcher, tokenize_seconds: Histogram::new(SECONDS) }
     }
 
     pub fn queue_depth(&self) -> usize {
@@ -74,6 +76,8 @@ impl Inference {
     /// Appends the queue's metrics in Prometheus text format.
     pub fn render_metrics(&self, out: &mut String, labels: &str) {
         self.batcher.render_metrics(out, labels);
+        header(out, "distilserve_tokenize_seconds", "histogram", "Time to tokenize one request's texts.");
+        self.tokenize_seconds.render(out, "distilserve_tokenize_seconds", labels);
     }
 
     pub async fn encode(
@@ -85,6 +89,7 @@ impl Inference {
         let started = Instant::now();
         let mut seqs = self.tokenize(texts, truncate).await?;
         let tokenize = started.elapsed();
+        self.tokenize_seconds.observe_duration(tokenize);
         let tokens = seqs.iter_mut().map(|s| std::mem::take(&mut s.tokens)).collect();
         let offsets = seqs.iter_mut().map(|s| std::mem::take(&mut s.offsets)).collect();
         let batched = self.batcher.run(seqs, deadline).await?;

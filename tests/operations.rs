@@ -55,11 +55,25 @@ async fn metrics_move_as_requests_are_served() {
     assert!(sample(&after, "distilserve_batches_total") >= 1.0);
     assert!(sample(&after, "distilserve_batch_size_count") >= 1.0);
     assert!(sample(&after, "distilserve_inference_seconds_count") >= 1.0);
+    assert_eq!(sample(&after, "distilserve_tokenize_seconds_count"), 1.0, "the 422 request failed before tokenizing");
     assert_eq!(sample(&after, "distilserve_queue_wait_seconds_count"), 2.0);
     assert!(sample(&after, r#"distilserve_http_request_duration_seconds_count{route="/embed"}"#) >= 2.0);
     assert_eq!(sample(&after, "distilserve_queue_depth"), 0.0);
     assert_eq!(sample(&after, "distilserve_ready"), 1.0);
     assert!(after.contains(r#"distilserve_model_info{name="tiny-distilbert""#), "{after}");
     assert!(after.contains("# TYPE distilserve_inference_seconds histogram"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_or_made() {
+    let server = TestServer::start(settings_for(&fixture("tiny-distilbert"))).await;
+    let given = server.client.get(server.url("/info")).header("x-request-id", "trace-abc-123").send().await.unwrap();
+    assert_eq!(given.headers()["x-request-id"], "trace-abc-123");
+    let made = server.get("/info").await;
+    let id = made.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let other = server.get("/info").await;
+    assert_ne!(other.headers()["x-request-id"].to_str().unwrap(), id);
     server.stop().await;
 }
