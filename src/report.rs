@@ -77,7 +77,9 @@ pub fn confusion_svg(title: &str, labels: &[String], confusion: &[Vec<usize>]) -
     let cell = 90.0;
     let (left, top) = (130.0, 80.0);
     let size = cell * k as f64;
-    let (w, h) = (left + size + 30.0, top + size + 70.0);
+    // Wide enough for the title at about 8 px a character.
+    let w = (left + size + 30.0).max(title.chars().count() as f64 * 8.0 + 40.0);
+    let h = top + size + 70.0;
     let mut svg = String::new();
     let _ = writeln!(
         svg,
