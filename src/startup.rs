@@ -110,8 +110,7 @@ impl Application {
         tracing::info!(address = %self.listener.local_addr()?, "listening");
         let header_timeout = Duration::from_millis(state.settings.server.header_read_timeout_ms);
         serve_connections(self.listener, router(state.clone()), signal, header_timeout, drain).await;
-        let state_for_join = state.clone();
-        tokio::task::spawn_blocking(move || state_for_join.inference.shutdown()).await.ok();
+        tokio::task::spawn_blocking(move || state.inference.shutdown()).await.ok();
         tracing::info!("stopped");
         let failed = failure.lock().expect("failure lock").take();
         match failed {

@@ -18,7 +18,7 @@ use crate::batching::BatcherConfig;
 use crate::config::{HeadKind, Settings};
 use crate::features::features_of;
 use crate::inference::{Inference, InferenceError, Timing};
-use crate::model::{ModelInfo, Rows};
+use crate::model::ModelInfo;
 use logistic::{head_path, LogisticHead};
 use onnx::OnnxHead;
 
@@ -58,17 +58,18 @@ impl Head {
         truncate: bool,
         deadline: Instant,
     ) -> Result<(Vec<Vec<f32>>, Timing), InferenceError> {
-        let (encoded, to_probabilities): (_, Box<dyn Fn(&Rows) -> Vec<f32> + '_>) = match self {
-            Head::Logistic(head) => (
-                encoder.encode(texts, truncate, deadline).await?,
-                Box::new(|r: &Rows| head.probabilities(&features_of(r, head.pooling))),
-            ),
-            Head::Onnx(head) => (
-                head.inference.encode(texts, truncate, deadline).await?,
-                Box::new(|r: &Rows| head.probabilities(r.row(0))),
-            ),
-        };
-        Ok((encoded.rows.iter().map(to_probabilities).collect(), encoded.timing))
+        match self {
+            Head::Logistic(head) => {
+                let encoded = encoder.encode(texts, truncate, deadline).await?;
+                let p = encoded.rows.iter().map(|r| head.probabilities(&features_of(r, head.pooling))).collect();
+                Ok((p, encoded.timing))
+            }
+            Head::Onnx(head) => {
+                let encoded = head.inference.encode(texts, truncate, deadline).await?;
+                let p = encoded.rows.iter().map(|r| head.probabilities(r.row(0))).collect();
+                Ok((p, encoded.timing))
+            }
+        }
     }
 }
 

@@ -231,6 +231,8 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
         })
         .layer(cors(&state.settings.security.cors_allowed_origins))
+        // read_body_with_deadline enforces the limit; this lifts axum's own 2 MiB
+        // default for the JSON extractor to the configured one.
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), read_body_with_deadline))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track_metrics))
