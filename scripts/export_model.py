@@ -11,6 +11,8 @@ Writes into OUT_DIR:
                     when the architecture has them); output last_hidden_state
                     (or logits for --task sequence-classification)
   model.int8.onnx   dynamically quantised copy (QInt8 weights), unless --no-int8
+  model.opt.onnx    fp32 graph with attention, layer norm and GELU fused offline by
+                    onnxruntime.transformers (BERT-family encoders), unless --no-fused
   tokenizer.json    fast tokenizer with padding removed (the service pads each batch
                     to its longest member) and truncation at the model's maximum
   config.json       the model's configuration
@@ -59,7 +61,24 @@ def fix_tokenizer(src: Path, dest: Path, max_tokens: int) -> None:
     atomic_json(dest, tok)
 
 
-def export(source: str, out: Path, name: str, task: str, int8: bool, opset: int,
+def fuse(src: Path, dest: Path, config) -> bool:
+    """Offline graph fusion; False (with a note) where the optimizer does not apply."""
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None)
+    try:
+        from onnxruntime.transformers import optimizer
+        m = optimizer.optimize_model(str(src), model_type="bert", num_heads=int(heads), hidden_size=int(hidden),
+                                     opt_level=0)
+        m.save_model_to_file(str(dest))
+    except Exception as e:  # noqa: BLE001 - any failure just means no fused copy
+        print(f"[export] no fused copy: {e}", file=sys.stderr)
+        return False
+    fused = {k: v for k, v in m.get_fused_operator_statistics().items() if v}
+    print(f"[export] fused operators: {fused}", file=sys.stderr)
+    return True
+
+
+def export(source: str, out: Path, name: str, task: str, int8: bool, fused: bool, opset: int,
            source_info: dict) -> dict:
     import torch
     import transformers
@@ -147,6 +166,10 @@ def export(source: str, out: Path, name: str, task: str, int8: bool, opset: int,
             int8_tmp = tmp / "model.int8.onnx"
             quantize_dynamic(str(fp32_tmp), str(int8_tmp), weight_type=QuantType.QInt8)
             files["model.int8.onnx"] = int8_tmp
+        if fused:
+            opt_tmp = tmp / "model.opt.onnx"
+            if fuse(fp32_tmp, opt_tmp, config):
+                files["model.opt.onnx"] = opt_tmp
 
         fix_tokenizer(tmp / "tok" / "tokenizer.json", tmp / "tokenizer.json", max_tokens)
         files["tokenizer.json"] = tmp / "tokenizer.json"
@@ -196,12 +219,13 @@ def main() -> None:
     p.add_argument("--task", default="feature-extraction",
                    choices=["feature-extraction", "sequence-classification"])
     p.add_argument("--no-int8", action="store_true", help="skip the int8 quantised copy")
+    p.add_argument("--no-fused", action="store_true", help="skip the offline-fused fp32 copy")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--source-info", default=None,
                    help="JSON object recorded as the manifest's source (default: {\"model\": SOURCE})")
     a = p.parse_args()
     info = json.loads(a.source_info) if a.source_info else {"model": a.source}
-    m = export(a.source, a.out, a.name or a.out.name, a.task, not a.no_int8, a.opset, info)
+    m = export(a.source, a.out, a.name or a.out.name, a.task, not a.no_int8, not a.no_fused, a.opset, info)
     print(json.dumps({"name": m["name"], "hidden_size": m["hidden_size"], "inputs": m["inputs"],
                       "files": {k: v["bytes"] for k, v in m["files"].items()}}), file=sys.stderr)
 

@@ -68,7 +68,7 @@ def build_tokenizer(dest: Path):
 def make(name: str, model, hf_dir: Path, task: str) -> None:
     model.save_pretrained(hf_dir)
     out = ROOT / name
-    export(str(hf_dir), out, name, task, int8=False, opset=17,
+    export(str(hf_dir), out, name, task, int8=False, fused=False, opset=17,
            source_info={"generator": "scripts/make_fixtures.py", "weights": "random, seed 0"})
     ref = reference_outputs(out, TEXTS)
     (out / "expected.json").write_text(json.dumps(ref) + "\n")

@@ -35,6 +35,8 @@ pub struct BatcherConfig {
     pub max_batch_tokens: usize,
     pub max_wait: Duration,
     pub queue_capacity: usize,
+    /// Estimated cost of one more model call, in tokens; 0 turns length grouping off.
+    pub call_overhead_tokens: usize,
 }
 
 impl From<&BatchingSettings> for BatcherConfig {
@@ -44,6 +46,7 @@ impl From<&BatchingSettings> for BatcherConfig {
             max_batch_tokens: s.max_batch_tokens,
             max_wait: Duration::from_millis(s.max_wait_ms),
             queue_capacity: s.queue_capacity,
+            call_overhead_tokens: s.call_overhead_tokens,
         }
     }
 }
@@ -136,13 +139,18 @@ struct Shared {
     config: BatcherConfig,
     info: Arc<ModelInfo>,
     stats: Counters,
+    started: Instant,
 }
 
 struct Counters {
     batches: AtomicU64,
     sequences: AtomicU64,
+    tokens: AtomicU64,
     padded_tokens: AtomicU64,
     skipped: AtomicU64,
+    refused: AtomicU64,
+    /// Seconds since start of the last "queue full" warning (0: none yet).
+    last_refusal_warning: AtomicU64,
     queue_wait: Histogram,
     inference: Histogram,
     batch_size: Histogram,
@@ -154,8 +162,11 @@ impl Default for Counters {
         Counters {
             batches: AtomicU64::new(0),
             sequences: AtomicU64::new(0),
+            tokens: AtomicU64::new(0),
             padded_tokens: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            last_refusal_warning: AtomicU64::new(0),
             queue_wait: Histogram::new(SECONDS),
             inference: Histogram::new(SECONDS),
             batch_size: Histogram::new(BATCH_SIZES),
@@ -171,10 +182,14 @@ pub struct BatcherStats {
     pub batches: u64,
     /// Sequences computed.
     pub sequences: u64,
+    /// Real tokens computed (padding excluded).
+    pub tokens: u64,
     /// Tokens fed to the model, padding included.
     pub padded_tokens: u64,
     /// Sequences dropped without computing: caller gone or deadline passed.
     pub skipped: u64,
+    /// Requests refused because the queue was full.
+    pub refused: u64,
 }
 
 /// Handle to the queue and its workers. Dropping it stops the workers once the
@@ -193,6 +208,7 @@ impl Batcher {
             config,
             info,
             stats: Counters::default(),
+            started: Instant::now(),
         });
         let workers = sessions
             .into_iter()
@@ -218,8 +234,10 @@ impl Batcher {
         BatcherStats {
             batches: c.batches.load(Ordering::Relaxed),
             sequences: c.sequences.load(Ordering::Relaxed),
+            tokens: c.tokens.load(Ordering::Relaxed),
             padded_tokens: c.padded_tokens.load(Ordering::Relaxed),
             skipped: c.skipped.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -234,6 +252,7 @@ impl Batcher {
         };
         counter(out, "distilserve_batches_total", "Model calls made.", &c.batches);
         counter(out, "distilserve_sequences_total", "Sequences computed.", &c.sequences);
+        counter(out, "distilserve_tokens_total", "Real tokens computed, padding excluded.", &c.tokens);
         counter(out, "distilserve_padded_tokens_total", "Tokens fed to the model, padding included.", &c.padded_tokens);
         counter(
             out,
@@ -241,6 +260,7 @@ impl Batcher {
             "Sequences dropped uncomputed: caller gone or deadline passed.",
             &c.skipped,
         );
+        counter(out, "distilserve_refused_requests_total", "Requests refused with 503: queue full.", &c.refused);
         header(out, "distilserve_queue_depth", "gauge", "Sequences waiting in the inference queue.");
         let braces = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.trim_end_matches(',')) };
         out.push_str(&format!("distilserve_queue_depth{braces} {}\n", self.queue_depth()));
@@ -275,7 +295,8 @@ impl Batcher {
             }
             let capacity = self.shared.config.queue_capacity;
             if queue.items.len() + n > capacity {
-                return Err(BatchError::QueueFull { capacity });
+                drop(queue);
+                return Err(self.refuse(capacity));
             }
             queue.items.extend((0..n).map(|index| Item { job: job.clone(), index }));
         }
@@ -287,6 +308,36 @@ impl Batcher {
             // Dropping `rx` here marks the job unwanted: workers skip what is left of it.
             Err(_elapsed) => Err(BatchError::DeadlineExceeded),
         }
+    }
+
+    /// Fails the way [`Batcher::run`] would if `n` sequences were queued now;
+    /// lets callers refuse before doing any work for a request.
+    pub fn check_capacity(&self, n: usize) -> Result<(), BatchError> {
+        let queue = self.shared.queue.lock().expect("queue lock");
+        if queue.closed {
+            return Err(BatchError::ShuttingDown);
+        }
+        let capacity = self.shared.config.queue_capacity;
+        if queue.items.len() + n > capacity {
+            return Err(self.refuse(capacity));
+        }
+        Ok(())
+    }
+
+    /// Counts a refusal and warns at most once per interval, with the count:
+    /// under overload a line per refusal would flood the log and cost CPU.
+    fn refuse(&self, capacity: usize) -> BatchError {
+        let c = &self.shared.stats;
+        c.refused.fetch_add(1, Ordering::Relaxed);
+        let now = self.shared.started.elapsed().as_secs();
+        let last = c.last_refusal_warning.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + REFUSAL_WARNING_INTERVAL_S)
+            && c.last_refusal_warning.compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            let refused = c.refused.load(Ordering::Relaxed);
+            tracing::warn!(capacity, refused_total = refused, "inference queue full: refusing requests with 503");
+        }
+        BatchError::QueueFull { capacity }
     }
 
     /// Stops taking new work; queued work is still computed.
@@ -327,6 +378,7 @@ fn worker_loop(shared: &Shared, mut session: Session) {
         let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
         shared.stats.batches.fetch_add(1, Ordering::Relaxed);
         shared.stats.sequences.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        shared.stats.tokens.fetch_add(seqs.iter().map(|s| s.len() as u64).sum(), Ordering::Relaxed);
         shared.stats.padded_tokens.fetch_add((longest * seqs.len()) as u64, Ordering::Relaxed);
         shared.stats.batch_size.observe(seqs.len() as f64);
         shared.stats.batch_tokens.observe((longest * seqs.len()) as f64);
@@ -353,8 +405,7 @@ fn worker_loop(shared: &Shared, mut session: Session) {
 }
 
 /// Blocks until there is work (or the queue is closed and empty), then takes
-/// the oldest sequences that fit the batch size and token budget, sorted by
-/// length so that padding stays small.
+/// the sequences [`plan_batch`] picks, sorted by length.
 fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     let config = &shared.config;
     let mut queue = shared.queue.lock().expect("queue lock");
@@ -375,18 +426,150 @@ fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
             queue = shared.wake.wait_timeout(queue, left).expect("queue lock").0;
         }
     }
-    let mut batch: Vec<Item> = Vec::new();
-    let mut longest = 0;
-    while let Some(next) = queue.items.front() {
-        let len = next.len().max(longest);
-        let fits = batch.len() < config.max_batch_size && len * (batch.len() + 1) <= config.max_batch_tokens;
-        if !fits && !batch.is_empty() {
-            break;
-        }
-        longest = len;
-        batch.push(queue.items.pop_front().expect("front exists"));
-    }
+    let window = queue.items.len().min(config.max_batch_size.saturating_mul(PLAN_WINDOW_BATCHES));
+    let lengths: Vec<usize> = queue.items.iter().take(window).map(Item::len).collect();
+    let mut picked = plan_batch(&lengths, config);
+    // Remove from the back so that earlier positions stay valid.
+    picked.sort_unstable_by(|a, b| b.cmp(a));
+    let mut batch: Vec<Item> =
+        picked.into_iter().map(|pos| queue.items.remove(pos).expect("planned position")).collect();
     drop(queue);
     batch.sort_by_key(Item::len);
     Some(batch)
+}
+
+/// Least seconds between two "queue full" warnings.
+const REFUSAL_WARNING_INTERVAL_S: u64 = 10;
+
+/// How many batches' worth of the oldest queued sequences the planner looks at.
+const PLAN_WINDOW_BATCHES: usize = 4;
+
+/// Picks the next model call from queued sequence lengths (oldest first) and
+/// returns their queue positions. It always includes the oldest sequence, so
+/// nothing starves. With `call_overhead_tokens` 0 it takes the oldest
+/// sequences in order while they fit. Otherwise it sorts the lengths and splits
+/// them into consecutive runs, each within the batch size and token budget,
+/// minimising the estimated cost: for each call `call_overhead_tokens` plus its
+/// padded tokens (size x longest), which is what the model time follows on the
+/// CPU; the run holding the oldest sequence is the batch.
+pub fn plan_batch(lengths: &[usize], config: &BatcherConfig) -> Vec<usize> {
+    let n = lengths.len();
+    let fits = |size: usize, longest: usize| {
+        size == 1 || (size <= config.max_batch_size && size * longest <= config.max_batch_tokens)
+    };
+    if config.call_overhead_tokens == 0 {
+        let mut longest = 0;
+        return (0..n)
+            .take_while(|&i| {
+                longest = longest.max(lengths[i]);
+                fits(i + 1, longest)
+            })
+            .collect();
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (lengths[i], i));
+    // best[i]: least cost of computing order[..i]; cut[i]: where its last run starts.
+    let mut best = vec![usize::MAX; n + 1];
+    let mut cut = vec![0; n + 1];
+    best[0] = 0;
+    for end in 1..=n {
+        let longest = lengths[order[end - 1]];
+        for start in (0..end).rev() {
+            if !fits(end - start, longest) {
+                break;
+            }
+            let cost = best[start] + config.call_overhead_tokens + (end - start) * longest;
+            if cost < best[end] {
+                best[end] = cost;
+                cut[end] = start;
+            }
+        }
+    }
+    let oldest_rank = order.iter().position(|&i| i == 0).expect("the oldest is queued");
+    let mut end = n;
+    loop {
+        let start = cut[end];
+        if start <= oldest_rank {
+            return order[start..end].to_vec();
+        }
+        end = start;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(call_overhead_tokens: usize) -> BatcherConfig {
+        BatcherConfig {
+            max_batch_size: 4,
+            max_batch_tokens: 400,
+            max_wait: Duration::ZERO,
+            queue_capacity: 100,
+            call_overhead_tokens,
+        }
+    }
+
+    fn sorted(mut v: Vec<usize>) -> Vec<usize> {
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn without_grouping_takes_the_oldest_in_order_while_they_fit() {
+        assert_eq!(plan_batch(&[10, 10, 10, 10, 10], &config(0)), vec![0, 1, 2, 3]);
+        // 3 x 150 tokens would pass the budget of 400.
+        assert_eq!(plan_batch(&[10, 150, 10, 10], &config(0)), vec![0, 1]);
+        // A sequence alone always fits.
+        assert_eq!(plan_batch(&[500, 10], &config(0)), vec![0]);
+    }
+
+    #[test]
+    fn groups_by_length_around_the_oldest() {
+        // Padding the short ones to 100 would cost far more than a second call.
+        let lengths = [10, 100, 11, 98, 12, 99];
+        assert_eq!(sorted(plan_batch(&lengths, &config(32))), vec![0, 2, 4]);
+        let lengths = [100, 10, 11, 98, 12, 99];
+        assert_eq!(sorted(plan_batch(&lengths, &config(32))), vec![0, 3, 5]);
+    }
+
+    #[test]
+    fn a_large_call_cost_keeps_batches_whole() {
+        let lengths = [10, 100, 11, 98];
+        assert_eq!(sorted(plan_batch(&lengths, &config(10_000))), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn respects_batch_size_and_token_budget() {
+        let lengths = [10; 9];
+        let batch = plan_batch(&lengths, &config(32));
+        assert!(batch.contains(&0) && batch.len() <= 4, "{batch:?}");
+        let lengths = [150, 150, 150, 150];
+        let batch = plan_batch(&lengths, &config(1_000));
+        assert!(batch.contains(&0) && batch.len() == 2, "{batch:?}");
+        assert_eq!(plan_batch(&[900, 10], &config(32)), vec![0]);
+    }
+
+    #[test]
+    fn always_serves_the_oldest_and_never_loses_a_sequence() {
+        // Pseudo-random lengths; drain the queue plan by plan.
+        let mut seed = 7u64;
+        let mut queue: Vec<(usize, usize)> = (0..200)
+            .map(|id| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (id, 3 + (seed >> 33) as usize % 120)
+            })
+            .collect();
+        let mut served = Vec::new();
+        while !queue.is_empty() {
+            let lengths: Vec<usize> = queue.iter().map(|&(_, len)| len).collect();
+            let mut picked = plan_batch(&lengths, &config(32));
+            assert!(picked.contains(&0));
+            picked.sort_unstable_by(|a, b| b.cmp(a));
+            for pos in picked {
+                served.push(queue.remove(pos).0);
+            }
+        }
+        assert_eq!(sorted(served), (0..200).collect::<Vec<_>>());
+    }
 }

@@ -149,7 +149,7 @@ pub struct SettingsArgs {
     /// model.dir: folder with model.onnx, tokenizer.json, config.json, manifest.json.
     #[arg(long, help_heading = "Model")]
     pub model_dir: Option<PathBuf>,
-    /// model.file: ONNX file inside the folder (model.onnx or model.int8.onnx).
+    /// model.file: ONNX file inside the folder (model.onnx, model.opt.onnx or model.int8.onnx).
     #[arg(long, help_heading = "Model")]
     pub model_file: Option<String>,
     /// model.name: name reported by /info (default: from the manifest).
@@ -170,6 +170,9 @@ pub struct SettingsArgs {
     /// model.intra_threads: ONNX Runtime threads per session (0 = all cores).
     #[arg(long, help_heading = "Model")]
     pub intra_threads: Option<usize>,
+    /// model.intra_op_spinning: ONNX Runtime threads spin between calls (true/false).
+    #[arg(long, help_heading = "Model")]
+    pub intra_op_spinning: Option<bool>,
     /// model.inter_threads: ONNX Runtime inter-op threads.
     #[arg(long, help_heading = "Model")]
     pub inter_threads: Option<usize>,
@@ -198,6 +201,9 @@ pub struct SettingsArgs {
     /// batching.sessions: model sessions running at once.
     #[arg(long, help_heading = "Batching")]
     pub sessions: Option<usize>,
+    /// batching.call_overhead_tokens: cost of one extra model call, in tokens (length grouping).
+    #[arg(long, help_heading = "Batching")]
+    pub call_overhead_tokens: Option<usize>,
 
     /// limits.max_inputs: most texts per request (413 beyond).
     #[arg(long, help_heading = "Limits")]
@@ -255,6 +261,7 @@ impl SettingsArgs {
             .set("model.allow_cpu_fallback", self.allow_cpu_fallback)
             .set("model.intra_threads", self.intra_threads)
             .set("model.inter_threads", self.inter_threads)
+            .set("model.intra_op_spinning", self.intra_op_spinning)
             .set("model.optimization_level", self.optimization_level)
             .set("model.max_tokens", self.max_tokens)
             .set("model.verify_checksums", self.verify_checksums)
@@ -263,6 +270,7 @@ impl SettingsArgs {
             .set("batching.max_wait_ms", self.max_wait_ms)
             .set("batching.queue_capacity", self.queue_capacity)
             .set("batching.sessions", self.sessions)
+            .set("batching.call_overhead_tokens", self.call_overhead_tokens)
             .set("limits.max_inputs", self.max_inputs)
             .set(
                 "classify.serve",

@@ -172,6 +172,7 @@ pub struct ModelSettings {
     pub allow_cpu_fallback: bool,
     pub intra_threads: usize,
     pub inter_threads: usize,
+    pub intra_op_spinning: bool,
     pub optimization_level: OptimizationLevel,
     pub max_tokens: usize,
     pub verify_checksums: bool,
@@ -210,6 +211,7 @@ pub struct BatchingSettings {
     pub max_wait_ms: u64,
     pub queue_capacity: usize,
     pub sessions: usize,
+    pub call_overhead_tokens: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -10,6 +10,9 @@ use crate::metrics::{header, Histogram, SECONDS};
 use crate::model::{Model, ModelInfo, Rows};
 use crate::tokenize::{TextTokenizer, TokenizeError, Tokenized};
 
+/// Requests with at most this much text are tokenized on the async thread.
+const INLINE_TOKENIZE_BYTES: usize = 2048;
+
 pub struct Inference {
     pub info: Arc<ModelInfo>,
     pub tokenizer: Arc<TextTokenizer>,
@@ -60,8 +63,13 @@ impl Inference {
         self.batcher.join();
     }
 
-    /// Tokenizes on the blocking pool (a long text can take milliseconds).
+    /// Tokenizes short inputs in place (tens of microseconds, less than a thread
+    /// hand-off) and longer ones on the blocking pool, where milliseconds of
+    /// tokenizing cannot stall other requests.
     pub async fn tokenize(&self, texts: Vec<String>, truncate: bool) -> Result<Vec<Tokenized>, TokenizeError> {
+        if texts.iter().map(String::len).sum::<usize>() <= INLINE_TOKENIZE_BYTES {
+            return self.tokenizer.encode_all(&texts, truncate);
+        }
         let tokenizer = self.tokenizer.clone();
         tokio::task::spawn_blocking(move || tokenizer.encode_all(&texts, truncate)).await.unwrap_or_else(|join_error| {
             Err(TokenizeError::Failed { index: 0, message: format!("tokenizer task failed: {join_error}") })
@@ -86,6 +94,8 @@ impl Inference {
         truncate: bool,
         deadline: Instant,
     ) -> Result<Encoded, InferenceError> {
+        // Refuse before tokenizing: under overload refusals must cost next to nothing.
+        self.batcher.check_capacity(texts.len())?;
         let started = Instant::now();
         let mut seqs = self.tokenize(texts, truncate).await?;
         let tokenize = started.elapsed();

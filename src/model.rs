@@ -357,6 +357,8 @@ fn session_with(
         .map_err(|e| e.to_string())?
         .with_inter_threads(s.inter_threads.max(1))
         .map_err(|e| e.to_string())?
+        .with_intra_op_spinning(s.intra_op_spinning)
+        .map_err(|e| e.to_string())?
         .with_optimization_level(optimization(s.optimization_level))
         .map_err(|e| e.to_string())?;
     let mut builder = if cuda { with_cuda(builder, s.cuda_device_id)? } else { builder };

@@ -50,7 +50,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // Refusals (503 overloaded, starting, draining) are intended answers, counted in
+        // /metrics and warned about once per interval by the queue, not logged one by one.
+        if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
         let body = ErrorResponse { error: ErrorDetail { code: self.code.to_string(), message: self.message } };

@@ -1,0 +1,717 @@
+//! Throughput benchmark: distilserve against the encoder's in-process ceiling and
+//! against the notebook's way served from Python, on the Rotten Tomatoes test
+//! sentences, over loopback, bounded in time. `make bench` runs it; see
+//! BENCHMARKS.md for a run and what each row means.
+//!
+//!   cargo bench --bench throughput -- --python VENV_PYTHON --hf-model HF_DIR [--seconds 10]
+//!
+//! Phases:
+//! 1. ceiling: the service's ONNX session called in-process with length-sorted
+//!    batches of 32 (sentences/s) and one sentence at a time (latency);
+//! 2. the release binary over HTTP: /embed (mean pooled) and /classify at
+//!    concurrency 1 and 32 with one sentence per request, and 16 per request at
+//!    concurrency 8; requests/s, sentences/s, p50/p99, peak RSS;
+//! 3. bench/notebook_server.py (transformers + torch, [CLS], scikit-learn) under
+//!    the same load;
+//! 4. overload: concurrency 512 against a queue of 64 sequences, then load drops
+//!    to one client: refusals must be fast and recovery immediate;
+//! and prints the ratios. `--sweep` adds an in-process table of runtime settings.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use distilserve::config::{ModelSettings, OptimizationLevel, Settings};
+use distilserve::data::Dataset;
+use distilserve::model::{forward, Model};
+use distilserve::tokenize::Tokenized;
+use serde_json::json;
+
+#[derive(Parser)]
+struct Args {
+    /// The release binary to serve with.
+    #[arg(long, default_value = "target/release/distilserve")]
+    bin: PathBuf,
+    /// Python with torch, transformers and scikit-learn (scripts/python-env.sh); none: skip the baseline.
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// The default model's Hugging Face folder, for the Python baseline.
+    #[arg(long)]
+    hf_model: Option<PathBuf>,
+    /// Data set whose test split is sent.
+    #[arg(long, default_value = "data/rotten_tomatoes")]
+    data: PathBuf,
+    /// Measured seconds per load scenario (after a warm-up of a fifth of it).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Also measure runtime settings in-process (threads, optimisation, model file, sessions).
+    #[arg(long)]
+    sweep: bool,
+    /// Routes loaded (for quick experiments: --routes /embed).
+    #[arg(long, value_delimiter = ',', default_value = "/embed,/classify")]
+    routes: Vec<String>,
+    /// Skip the overload phase.
+    #[arg(long)]
+    no_overload: bool,
+    /// Where the Markdown table and JSON go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Extra flags for `distilserve serve` (e.g. --model-file model.int8.onnx).
+    #[arg(long, allow_hyphen_values = true, num_args = 1..)]
+    serve_flags: Vec<String>,
+    // `cargo bench` passes --bench to every bench target.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let settings = Settings::load(None, &Default::default())?;
+    let texts = Dataset::open(&args.data)?.split("test")?.texts;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    std::fs::create_dir_all(&args.out)?;
+    let mut report = Report::new(&args, threads, texts.len());
+
+    // The service's model settings (config/default.toml), all cores to one session.
+    let mut model_settings = settings.model.clone();
+    model_settings.intra_threads = threads;
+    eprintln!("== ceiling: in-process, sorted batches of 32");
+    report.ceiling.push(ceiling(&model_settings, &texts, 1)?);
+    if args.sweep {
+        report.sweep = sweep(&settings, &texts, threads)?;
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        eprintln!("== distilserve over HTTP");
+        let server = Server::distilserve(&args, &args.serve_flags)?;
+        report.runs.extend(scenarios(&server, "distilserve", &args.routes, &texts, args.seconds).await?);
+        eprintln!("== output formats: 16 sentences, pooling none");
+        for format in ["application/json", "application/x-npy"] {
+            report.formats.push(output_format(&server, &texts, format).await?);
+        }
+        report.server_log_problems = server.log_problems()?;
+        drop(server);
+        // Again, in the same conditions: the machine's speed drifts, ratios use the mean.
+        eprintln!("== ceiling again");
+        report.ceiling.push(ceiling(&model_settings, &texts, 1)?);
+
+        if let (Some(python), Some(hf)) = (&args.python, &args.hf_model) {
+            eprintln!("== notebook-style Python server");
+            let server = Server::notebook(python, hf, &args.data, threads)?;
+            report.runs.extend(scenarios(&server, "python", &args.routes, &texts, args.seconds).await?);
+        }
+
+        if args.no_overload {
+            return anyhow::Ok(());
+        }
+        eprintln!("== overload: concurrency 512 against a queue of 64 sequences");
+        let mut flags = args.serve_flags.clone();
+        flags.extend(["--queue-capacity".into(), "64".into()]);
+        let server = Server::distilserve(&args, &flags)?;
+        let overload = load(&server, "/embed", &texts, 1, 512, args.seconds, Duration::from_secs(10)).await;
+        let recovery = load(&server, "/embed", &texts, 1, 1, 3.0, Duration::from_secs(10)).await;
+        report.overload = Some((overload, recovery, server.log_problems()?));
+        anyhow::Ok(())
+    })?;
+
+    let (markdown, json) = report.render();
+    println!("{markdown}");
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    std::fs::write(args.out.join(format!("throughput-{stamp}.md")), &markdown)?;
+    std::fs::write(args.out.join(format!("throughput-{stamp}.json")), serde_json::to_string_pretty(&json)?)?;
+    eprintln!("written to {}/throughput-{stamp}.{{md,json}}", args.out.display());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- ceiling
+
+#[derive(Clone, Debug, serde::Serialize)]
+struct Ceiling {
+    setting: String,
+    sentences_per_s: f64,
+    single_p50_ms: f64,
+}
+
+/// Sorted batches of 32 through `sessions` sessions (best of two passes), and
+/// one-sentence latency (tokenizing included) on the first session.
+fn ceiling(model_settings: &ModelSettings, texts: &[String], sessions: usize) -> anyhow::Result<Ceiling> {
+    let s = model_settings;
+    let setting = format!(
+        "{}, {sessions} session(s) x {} thread(s), optimisation {:?}, spinning {}",
+        s.file, s.intra_threads, s.optimization_level, s.intra_op_spinning
+    );
+    let mut model = Model::load(model_settings, sessions)?;
+    let info = model.info.clone();
+    let seqs = model.tokenizer.encode_all(texts, true)?;
+    let mut order: Vec<&Tokenized> = seqs.iter().collect();
+    order.sort_by_key(|s| s.len());
+    let batches: Vec<Vec<&Tokenized>> = order.chunks(32).map(|c| c.to_vec()).collect();
+    for batch in batches.iter().step_by(8) {
+        forward(&mut model.sessions[0], &info, batch)?; // warm-up: buffers for every length
+    }
+    let mut best = f64::MAX;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            let workers: Vec<_> = model
+                .sessions
+                .iter_mut()
+                .map(|session| {
+                    let (next, batches, info) = (&next, &batches, &info);
+                    scope.spawn(move || -> anyhow::Result<()> {
+                        while let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            forward(session, info, batch)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().expect("ceiling worker")?;
+            }
+            Ok(())
+        })?;
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    let mut single = Vec::new();
+    for text in texts.iter().step_by(5).take(200) {
+        let started = Instant::now();
+        let seq = model.tokenizer.encode_all(&[text], true)?;
+        forward(&mut model.sessions[0], &info, &[&seq[0]])?;
+        single.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let c =
+        Ceiling { setting, sentences_per_s: texts.len() as f64 / best, single_p50_ms: percentile(&mut single, 0.5) };
+    eprintln!("  {}: {:.0} sentences/s, one sentence {:.2} ms", c.setting, c.sentences_per_s, c.single_p50_ms);
+    Ok(c)
+}
+
+fn sweep(settings: &Settings, texts: &[String], threads: usize) -> anyhow::Result<Vec<Ceiling>> {
+    eprintln!("== sweep of runtime settings, in-process");
+    let base = || {
+        let mut m = settings.model.clone();
+        m.intra_threads = threads;
+        m
+    };
+    let mut out = Vec::new();
+    for file in ["model.opt.onnx", "model.int8.onnx"] {
+        if settings.model.dir.join(file).is_file() {
+            out.push(ceiling(&ModelSettings { file: file.into(), ..base() }, texts, 1)?);
+        }
+    }
+    out.push(ceiling(&ModelSettings { intra_op_spinning: !settings.model.intra_op_spinning, ..base() }, texts, 1)?);
+    out.push(ceiling(&ModelSettings { optimization_level: OptimizationLevel::Basic, ..base() }, texts, 1)?);
+    out.push(ceiling(&ModelSettings { intra_threads: 1, ..base() }, texts, 1)?);
+    if threads > 1 {
+        out.push(ceiling(&ModelSettings { intra_threads: 1, ..base() }, texts, threads)?);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- servers
+
+struct Server {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    name: &'static str,
+}
+
+impl Server {
+    fn distilserve(args: &Args, flags: &[String]) -> anyhow::Result<Server> {
+        let port = free_port()?;
+        let log = args.out.join(format!("distilserve-{port}.log"));
+        let child = Command::new(&args.bin)
+            .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--log-format", "json"])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {} (build it: cargo build --release)", args.bin.display()))?;
+        Server { child, port, log, name: "distilserve" }.ready("/health/ready")
+    }
+
+    fn notebook(python: &Path, hf_model: &Path, data: &Path, threads: usize) -> anyhow::Result<Server> {
+        let port = free_port()?;
+        let log = std::env::temp_dir().join(format!("notebook-server-{port}.log"));
+        let child = Command::new(python)
+            .arg("bench/notebook_server.py")
+            .arg("--model")
+            .arg(hf_model)
+            .arg("--train")
+            .arg(data.join("train.jsonl"))
+            .args(["--threads", &threads.to_string(), "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("cannot start bench/notebook_server.py")?;
+        Server { child, port, log, name: "python" }.ready("/health")
+    }
+
+    fn ready(mut self, path: &str) -> anyhow::Result<Server> {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(900) {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited with {status}; log: {}", self.name, self.log.display());
+            }
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+                let mut head = [0u8; 12];
+                if stream.read_exact(&mut head).is_ok() && &head[9..12] == b"200" {
+                    eprintln!("  {} ready on :{} after {:.1} s", self.name, self.port, started.elapsed().as_secs_f64());
+                    return Ok(self);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("{} not ready after 900 s; log: {}", self.name, self.log.display())
+    }
+
+    /// Peak resident set size so far (VmHWM), in MB.
+    fn peak_rss_mb(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+        kb / 1024.0
+    }
+
+    /// Log lines at WARN or ERROR level, but for the intended (rate-limited)
+    /// "queue full" warning.
+    fn log_problems(&self) -> anyhow::Result<Vec<String>> {
+        let log = std::fs::read_to_string(&self.log)?;
+        Ok(log
+            .lines()
+            .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+            .filter(|l| !l.contains("inference queue full"))
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+// ---------------------------------------------------------------- load
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+struct LoadResult {
+    server: String,
+    route: String,
+    concurrency: usize,
+    per_request: usize,
+    seconds: f64,
+    ok: usize,
+    refused: usize,
+    other_status: usize,
+    client_errors: usize,
+    requests_per_s: f64,
+    sentences_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    refused_p99_ms: f64,
+    peak_rss_mb: f64,
+    /// distilserve only, from /metrics over the scenario: sequences per model call...
+    mean_batch: f64,
+    /// ...and real tokens over padded tokens fed to the model.
+    padding_efficiency: f64,
+    /// Share of the scenario (warm-up included) the model was computing.
+    model_busy: f64,
+}
+
+async fn scenarios(
+    server: &Server,
+    name: &str,
+    routes: &[String],
+    texts: &[String],
+    seconds: f64,
+) -> anyhow::Result<Vec<LoadResult>> {
+    let mut out = Vec::new();
+    for route in routes {
+        for (per_request, concurrency) in [(1, 1), (1, 32), (16, 8)] {
+            let mut r = load(server, route, texts, per_request, concurrency, seconds, Duration::from_secs(60)).await;
+            r.server = name.into();
+            if r.ok == 0 || r.other_status + r.client_errors > 0 {
+                bail!("{name} {route} failed under load: {r:?}; log: {}", server.log.display());
+            }
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// `concurrency` clients, each sending `per_request` consecutive test sentences
+/// per request back to back, for a warm-up of `seconds / 5` and then `seconds`.
+async fn load(
+    server: &Server,
+    route: &str,
+    texts: &[String],
+    per_request: usize,
+    concurrency: usize,
+    seconds: f64,
+    client_timeout: Duration,
+) -> LoadResult {
+    let before = batch_counters(server).await;
+    let client = reqwest::Client::builder().timeout(client_timeout).pool_max_idle_per_host(1024).build().unwrap();
+    let url = format!("http://127.0.0.1:{}{route}", server.port);
+    let texts = Arc::new(texts.to_vec());
+    let next = Arc::new(AtomicUsize::new(0));
+    let warm_until = Instant::now() + Duration::from_secs_f64(seconds / 5.0);
+    let end = warm_until + Duration::from_secs_f64(seconds);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url, texts, next) = (client.clone(), url.clone(), texts.clone(), next.clone());
+            let pooled = route == "/embed";
+            tokio::spawn(async move {
+                // (latency ms, HTTP status or 0 for a client-side error), measured part only.
+                let mut seen: Vec<(f64, u16)> = Vec::new();
+                while Instant::now() < end {
+                    let start = next.fetch_add(per_request, Ordering::Relaxed);
+                    let inputs: Vec<&String> = (start..start + per_request).map(|i| &texts[i % texts.len()]).collect();
+                    let body =
+                        if pooled { json!({"inputs": inputs, "pooling": "mean"}) } else { json!({"inputs": inputs}) };
+                    let sent = Instant::now();
+                    let status = match client.post(&url).json(&body).send().await {
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            match response.bytes().await {
+                                Ok(_) => status,
+                                Err(_) => 0,
+                            }
+                        }
+                        Err(_) => 0,
+                    };
+                    if sent >= warm_until && Instant::now() <= end {
+                        seen.push((sent.elapsed().as_secs_f64() * 1000.0, status));
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.extend(t.await.expect("load task"));
+    }
+    let mut ok: Vec<f64> = seen.iter().filter(|s| s.1 == 200).map(|s| s.0).collect();
+    let mut refused: Vec<f64> = seen.iter().filter(|s| s.1 == 503 || s.1 == 429).map(|s| s.0).collect();
+    let r = LoadResult {
+        server: String::new(),
+        route: route.into(),
+        concurrency,
+        per_request,
+        seconds,
+        ok: ok.len(),
+        refused: refused.len(),
+        other_status: seen.iter().filter(|s| ![0, 200, 429, 503].contains(&s.1)).count(),
+        client_errors: seen.iter().filter(|s| s.1 == 0).count(),
+        requests_per_s: ok.len() as f64 / seconds,
+        sentences_per_s: (ok.len() * per_request) as f64 / seconds,
+        p50_ms: percentile(&mut ok, 0.5),
+        p99_ms: percentile(&mut ok, 0.99),
+        max_ms: percentile(&mut ok, 1.0),
+        refused_p99_ms: percentile(&mut refused, 0.99),
+        peak_rss_mb: server.peak_rss_mb(),
+        mean_batch: f64::NAN,
+        padding_efficiency: f64::NAN,
+        model_busy: f64::NAN,
+    };
+    let mut r = r;
+    if let (Some(b), Some(a)) = (before, batch_counters(server).await) {
+        r.mean_batch = (a[1] - b[1]) / (a[0] - b[0]);
+        r.padding_efficiency = (a[2] - b[2]) / (a[3] - b[3]);
+        r.model_busy = (a[4] - b[4]) / (seconds * 1.2);
+    }
+    eprintln!(
+        "  {route} c={concurrency} x{per_request}: {:.1} req/s, {:.1} sentences/s, p50 {:.1} ms, p99 {:.1} ms, \
+         refused {}, errors {}, peak RSS {:.0} MB, mean batch {:.1}, padding efficiency {:.2}, model busy {:.2}",
+        r.requests_per_s,
+        r.sentences_per_s,
+        r.p50_ms,
+        r.p99_ms,
+        r.refused,
+        r.other_status + r.client_errors,
+        r.peak_rss_mb,
+        r.mean_batch,
+        r.padding_efficiency,
+        r.model_busy
+    );
+    r
+}
+
+/// distilserve's batches, sequences, tokens and padded tokens so far (None for other servers).
+async fn batch_counters(server: &Server) -> Option<[f64; 5]> {
+    if server.name != "distilserve" {
+        return None;
+    }
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", server.port)).await.ok()?.text().await.ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+    };
+    Some([
+        value("distilserve_batches_total")?,
+        value("distilserve_sequences_total")?,
+        value("distilserve_tokens_total")?,
+        value("distilserve_padded_tokens_total")?,
+        value("distilserve_inference_seconds_sum")?,
+    ])
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+struct FormatResult {
+    format: String,
+    response_bytes: usize,
+    p50_total_ms: f64,
+    p50_model_ms: f64,
+}
+
+/// 100 sequential /embed requests of 16 sentences with pooling none (every
+/// token's vector) in `accept`: the whole request against the time the server
+/// spent tokenizing, queueing and in the model (its timing headers); the rest
+/// is routing, serialisation and transfer.
+async fn output_format(server: &Server, texts: &[String], accept: &str) -> anyhow::Result<FormatResult> {
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}/embed", server.port);
+    let (mut total, mut model, mut bytes) = (Vec::new(), Vec::new(), 0);
+    for i in 0..105 {
+        let inputs: Vec<&String> = (0..16).map(|j| &texts[(i * 16 + j) % texts.len()]).collect();
+        let sent = Instant::now();
+        let response = client
+            .post(&url)
+            .header("accept", accept)
+            .json(&json!({"inputs": inputs, "pooling": "none"}))
+            .send()
+            .await?
+            .error_for_status()?;
+        let header = |name: &str| -> f64 {
+            response.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+        };
+        let in_model = header("x-tokenize-time-ms") + header("x-queue-time-ms") + header("x-inference-time-ms");
+        bytes = response.bytes().await?.len();
+        if i >= 5 {
+            total.push(sent.elapsed().as_secs_f64() * 1000.0);
+            model.push(in_model);
+        }
+    }
+    let r = FormatResult {
+        format: accept.into(),
+        response_bytes: bytes,
+        p50_total_ms: percentile(&mut total, 0.5),
+        p50_model_ms: percentile(&mut model, 0.5),
+    };
+    eprintln!(
+        "  {accept}: {} bytes, p50 {:.1} ms, of which tokenize+queue+model {:.1} ms",
+        bytes, r.p50_total_ms, r.p50_model_ms
+    );
+    Ok(r)
+}
+
+fn percentile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[((values.len() - 1) as f64 * q).round() as usize]
+}
+
+// ---------------------------------------------------------------- report
+
+struct Report {
+    machine: String,
+    command: String,
+    sentences: usize,
+    /// Measured before and after the service's scenarios.
+    ceiling: Vec<Ceiling>,
+    sweep: Vec<Ceiling>,
+    runs: Vec<LoadResult>,
+    formats: Vec<FormatResult>,
+    server_log_problems: Vec<String>,
+    overload: Option<(LoadResult, LoadResult, Vec<String>)>,
+}
+
+impl Report {
+    fn new(args: &Args, threads: usize, sentences: usize) -> Report {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+            .unwrap_or_else(|| "unknown CPU".into());
+        let mem_gb = std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb / 1024.0 / 1024.0)
+            .unwrap_or(f64::NAN);
+        Report {
+            machine: format!("{cpu}, {threads} cores available, {mem_gb:.0} GiB"),
+            command: format!("--seconds {} {}", args.seconds, if args.sweep { "--sweep" } else { "" }),
+            sentences,
+            ceiling: Vec::new(),
+            sweep: Vec::new(),
+            runs: Vec::new(),
+            formats: Vec::new(),
+            server_log_problems: Vec::new(),
+            overload: None,
+        }
+    }
+
+    fn find(&self, server: &str, route: &str, per_request: usize, concurrency: usize) -> Option<&LoadResult> {
+        self.runs.iter().find(|r| {
+            r.server == server && r.route == route && r.per_request == per_request && r.concurrency == concurrency
+        })
+    }
+
+    fn render(&self) -> (String, serde_json::Value) {
+        let mut md = String::new();
+        let n = self.ceiling.len() as f64;
+        let ceiling = Ceiling {
+            setting: format!("mean of {n} runs"),
+            sentences_per_s: self.ceiling.iter().map(|c| c.sentences_per_s).sum::<f64>() / n,
+            single_p50_ms: self.ceiling.iter().map(|c| c.single_p50_ms).sum::<f64>() / n,
+        };
+        let _ = writeln!(md, "Machine: {}. Test sentences: {}. Flags: {}", self.machine, self.sentences, self.command);
+        let _ =
+            writeln!(md, "\n| in-process (sorted batches of 32) | sentences/s | one sentence p50 |\n|---|---:|---:|");
+        for (i, c) in self.ceiling.iter().enumerate() {
+            let when = if i == 0 { "ceiling, before the HTTP runs" } else { "ceiling, after them" };
+            let _ = writeln!(md, "| {when}: {} | {:.0} | {:.2} ms |", c.setting, c.sentences_per_s, c.single_p50_ms);
+        }
+        let _ = writeln!(
+            md,
+            "| **ceiling used for ratios** (mean) | {:.0} | {:.2} ms |",
+            ceiling.sentences_per_s, ceiling.single_p50_ms
+        );
+        for c in &self.sweep {
+            let _ = writeln!(md, "| sweep: {} | {:.0} | {:.2} ms |", c.setting, c.sentences_per_s, c.single_p50_ms);
+        }
+        let _ = writeln!(
+            md,
+            "\n| server | route | clients | sentences/request | requests/s | sentences/s | % of ceiling | p50 | p99 | peak RSS | mean batch | padding efficiency |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for r in &self.runs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:.1} | {:.1} | {:.0}% | {:.1} ms | {:.1} ms | {:.0} MB | {} | {} |",
+                r.server,
+                r.route,
+                r.concurrency,
+                r.per_request,
+                r.requests_per_s,
+                r.sentences_per_s,
+                100.0 * r.sentences_per_s / ceiling.sentences_per_s,
+                r.p50_ms,
+                r.p99_ms,
+                r.peak_rss_mb,
+                if r.mean_batch.is_nan() { "-".to_string() } else { format!("{:.1}", r.mean_batch) },
+                if r.padding_efficiency.is_nan() { "-".to_string() } else { format!("{:.2}", r.padding_efficiency) },
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\n| /embed, 16 sentences, pooling none | response | p50 whole request | p50 tokenize + queue + model | rest (routing, serialisation, transfer) |\n|---|---:|---:|---:|---:|"
+        );
+        for f in &self.formats {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} KB | {:.1} ms | {:.1} ms | {:.1} ms ({:.0}%) |",
+                f.format,
+                f.response_bytes as f64 / 1024.0,
+                f.p50_total_ms,
+                f.p50_model_ms,
+                f.p50_total_ms - f.p50_model_ms,
+                100.0 * (f.p50_total_ms - f.p50_model_ms) / f.p50_total_ms
+            );
+        }
+        let _ = writeln!(md, "\n| target | measured | met |\n|---|---|---|");
+        let mut targets = Vec::new();
+        for route in ["/embed", "/classify"] {
+            if let Some(r) = self.find("distilserve", route, 1, 32) {
+                let ratio = r.sentences_per_s / ceiling.sentences_per_s;
+                targets.push((
+                    format!("{route} c=32 >= 90% of ceiling"),
+                    format!("{:.1}%", 100.0 * ratio),
+                    ratio >= 0.9,
+                ));
+                let rss = r.peak_rss_mb;
+                targets.push((format!("{route} peak RSS <= 250 MB"), format!("{rss:.0} MB"), rss <= 250.0));
+                if let Some(p) = self.find("python", route, 1, 32) {
+                    let x = r.sentences_per_s / p.sentences_per_s;
+                    targets.push((format!("{route} c=32 >= 5x Python"), format!("{x:.1}x"), x >= 5.0));
+                }
+            }
+            if let Some(r) = self.find("distilserve", route, 1, 1) {
+                let limit = ceiling.single_p50_ms + 2.0;
+                targets.push((
+                    format!("{route} c=1 p50 <= ceiling one sentence + 2 ms ({limit:.2} ms)"),
+                    format!("{:.2} ms", r.p50_ms),
+                    r.p50_ms <= limit,
+                ));
+            }
+        }
+        if let Some((over, recovery, problems)) = &self.overload {
+            let clean = over.other_status + over.client_errors == 0 && problems.is_empty();
+            targets.push((
+                "overload c=512, queue 64: only 200 and fast 503, no client errors, no log errors".into(),
+                format!(
+                    "{} ok, {} refused (p99 {:.1} ms), {} other, {} client errors, {} WARN/ERROR log lines",
+                    over.ok,
+                    over.refused,
+                    over.refused_p99_ms,
+                    over.other_status,
+                    over.client_errors,
+                    problems.len()
+                ),
+                clean && over.ok > 0,
+            ));
+            let recovered = recovery.ok > 0 && recovery.refused + recovery.other_status + recovery.client_errors == 0;
+            targets.push((
+                "recovery: one client right after".into(),
+                format!("{} ok, p50 {:.1} ms, {} refused", recovery.ok, recovery.p50_ms, recovery.refused),
+                recovered,
+            ));
+        }
+        targets.push((
+            "no WARN/ERROR in the service log under normal load".into(),
+            format!("{} lines", self.server_log_problems.len()),
+            self.server_log_problems.is_empty(),
+        ));
+        for (what, measured, met) in &targets {
+            let _ = writeln!(md, "| {what} | {measured} | {} |", if *met { "yes" } else { "**no**" });
+        }
+        let json = json!({
+            "machine": self.machine,
+            "ceiling": self.ceiling,
+            "ceiling_mean": ceiling,
+            "sweep": self.sweep,
+            "runs": self.runs,
+            "formats": self.formats,
+            "overload": self.overload.as_ref().map(|(o, r, p)| json!({"load": o, "recovery": r, "log_problems": p})),
+            "server_log_problems": self.server_log_problems,
+            "targets": targets.iter().map(|(w, m, ok)| json!({"target": w, "measured": m, "met": ok})).collect::<Vec<_>>(),
+        });
+        (md, json)
+    }
+}
