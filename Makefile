@@ -6,15 +6,19 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup run test check-cuda fixtures latency parity bench bench-extraction openapi
+.PHONY: setup test-deps run test check-cuda fixtures latency parity bench bench-extraction openapi
 
 setup:
 	scripts/setup.sh
 
+# nginx and Chromium, which tests drive for real (apt when root; else it says what to install).
+test-deps:
+	scripts/install-test-deps.sh
+
 run: setup
 	$(CARGO) run --release -- serve $(ARGS)
 
-test: setup
+test: setup test-deps
 	DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test
 
 # The CUDA execution provider must compile even where no GPU is present.

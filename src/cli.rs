@@ -37,6 +37,21 @@ pub enum Command {
     },
     /// Print the effective settings (JSON) after files, environment and flags.
     Config(Box<SettingsArgs>),
+    /// Exit 0 when the local service answers 200 on a health route (container HEALTHCHECK; no curl needed).
+    Healthcheck(Box<HealthcheckArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Route to ask: /health/ready (serving) or /health/live (process up).
+    #[arg(long, default_value = "/health/ready")]
+    pub path: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+    /// Port and API key come from these settings, like `serve`'s.
+    #[command(flatten)]
+    pub settings: SettingsArgs,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

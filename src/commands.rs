@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use crate::cli::{EvaluateArgs, ExtractArgs, TrainArgs};
+use crate::cli::{EvaluateArgs, ExtractArgs, HealthcheckArgs, TrainArgs};
 use crate::config::{HeadKind, HeadSettings, Settings};
 use crate::data::Dataset;
 use crate::features::{write_atomic, FeatureCache, FeaturePooling, Progress, SessionSource};
@@ -295,4 +295,40 @@ fn evaluate_onnx(
         description: format!("pre-trained ONNX classifier {}", dir.display()),
         metrics: Metrics::compute(labels, truth, &predicted),
     })
+}
+
+/// Asks the service on this host for `args.path` with a plain HTTP/1.1 GET
+/// (with the API key when operational routes are protected); Ok on 200.
+pub fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let settings = args.settings.settings()?;
+    let timeout = std::time::Duration::from_millis(args.timeout_ms);
+    // A wildcard bind is reached on loopback.
+    let host = match settings.server.host.as_str() {
+        "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+        host => host,
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, settings.server.port))?
+        .next()
+        .with_context(|| format!("cannot resolve server.host {host:?}"))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("nothing listens on {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let auth = if settings.security.protect_operational_routes && !settings.security.api_key.is_empty() {
+        format!("authorization: Bearer {}\r\n", settings.security.api_key)
+    } else {
+        String::new()
+    };
+    write!(stream, "GET {} HTTP/1.1\r\nhost: localhost\r\n{auth}connection: close\r\n\r\n", args.path)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).with_context(|| format!("no answer from {addr} within {timeout:?}"))?;
+    let status = response.lines().next().unwrap_or_default();
+    if status.split(' ').nth(1) == Some("200") {
+        println!("{}: ok", args.path);
+        Ok(())
+    } else {
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        bail!("{} answered {status:?} {body}", args.path)
+    }
 }

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Train(args) => batch_job(&args.settings, || commands::train_command(&args)),
         Command::Evaluate(args) => batch_job(&args.settings, || commands::evaluate(&args)),
         Command::Openapi { format } => print_openapi(format),
+        Command::Healthcheck(args) => commands::healthcheck(&args),
         Command::Config(args) => args.settings().map_err(anyhow::Error::from).and_then(|mut s| {
             if !s.security.api_key.is_empty() {
                 s.security.api_key = "<set>".into();

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Lays out everything the service needs at run time in DEST, as the container
+# image's /app (the Dockerfile copies DEST into its runtime stage; tests/deploy.rs
+# runs the service from a DEST made by this script, so CI checks the layout):
+#   DEST/distilserve, DEST/libonnxruntime.so*   (the library beside the binary)
+#   DEST/config/, DEST/vendor/swagger-ui/, DEST/data/rotten_tomatoes/
+#   DEST/models/all-minilm-l6-v2/, DEST/models/heads/   (unless --without-model)
+#
+#   scripts/stage-runtime.sh DEST [--without-model] [--bin PATH]
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+dest="${1:?usage: scripts/stage-runtime.sh DEST [--without-model] [--bin PATH]}"; shift
+with_model=1
+bin="$REPO_ROOT/target/release/distilserve"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --without-model) with_model=0 ;;
+    --bin) bin="$2"; shift ;;
+    *) die "unknown option $1" ;;
+  esac
+  shift
+done
+[ -x "$bin" ] || die "no binary at $bin (cargo build --release)"
+[ -f "$REPO_ROOT/vendor/onnxruntime/.complete" ] || die "ONNX Runtime not installed (scripts/setup.sh)"
+
+mkdir -p "$dest/config" "$dest/vendor" "$dest/data" "$dest/models/heads" "$dest/features"
+cp "$bin" "$dest/distilserve"
+cp -P "$REPO_ROOT"/vendor/onnxruntime/libonnxruntime* "$dest/"
+cp "$REPO_ROOT/config/default.toml" "$dest/config/"
+cp -r "$REPO_ROOT/vendor/swagger-ui" "$dest/vendor/"
+cp -r "$REPO_ROOT/data/rotten_tomatoes" "$dest/data/"
+if [ "$with_model" = 1 ]; then
+  model="$REPO_ROOT/models/all-minilm-l6-v2"
+  "$REPO_ROOT/scripts/verify-model.sh" "$model" >/dev/null || die "default model missing or damaged (scripts/setup.sh)"
+  mkdir -p "$dest/models/all-minilm-l6-v2"
+  # The fp32 and int8 graphs; model.opt.onnx is left out (no faster here, BENCHMARKS.md).
+  for f in manifest.json config.json tokenizer.json model.onnx model.int8.onnx; do
+    cp "$model/$f" "$dest/models/all-minilm-l6-v2/"
+  done
+  if ls "$REPO_ROOT"/models/heads/*.json >/dev/null 2>&1; then
+    cp "$REPO_ROOT"/models/heads/*.json "$dest/models/heads/"
+  else
+    log "no trained heads in models/heads: the service will train them at startup"
+  fi
+fi
+log "runtime layout staged in $dest ($(du -sh "$dest" | cut -f1))"
