@@ -14,7 +14,7 @@ const INFERENCE: [(&str, &str); 6] = [
     ("GET", "/heads"),
     ("GET", "/heads/none"),
 ];
-const OPERATIONAL: [&str; 6] = ["/health", "/health/live", "/health/ready", "/metrics", "/info", "/openapi.json"];
+const OPERATIONAL: [&str; 7] = ["/", "/health", "/health/live", "/health/ready", "/metrics", "/info", "/openapi.json"];
 
 async fn call(server: &TestServer, method: &str, path: &str, key: Option<&str>) -> reqwest::Response {
     let mut request = match method {

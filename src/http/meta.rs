@@ -115,6 +115,12 @@ pub async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
     })
 }
 
+/// `GET /`: the playground page (type text; every head's label and
+/// probabilities, per-token vector norms). Self-contained: no remote assets.
+pub async fn playground() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("assets/playground.html"))
+}
+
 /// `GET /docs`: Swagger UI on our own spec, with assets served by us (no CDN).
 pub async fn docs(State(state): State<AppState>) -> axum::response::Response {
     if !state.settings.server.docs_dir.join("swagger-ui-bundle.js").is_file() {

@@ -211,6 +211,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(meta::metrics))
         .route("/info", get(meta::info))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/", get(meta::playground))
         .route("/docs", get(meta::docs))
         .nest_service(
             "/docs/assets",
