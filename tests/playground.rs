@@ -65,7 +65,8 @@ async fn the_page_is_served_self_contained() {
 async fn a_prediction_appears_in_headless_chromium() {
     let server = server_with_a_head().await;
     let text = "a gripping, funny film";
-    let api: Value = server.post_json("/classify", json!({"inputs": [text], "head": "sst2"})).await.json().await.unwrap();
+    let api: Value =
+        server.post_json("/classify", json!({"inputs": [text], "head": "sst2"})).await.json().await.unwrap();
     let expected_label = api["predictions"][0]["label"].as_str().unwrap().to_string();
     let tokens: Value = server.post_json("/tokenize", json!({"inputs": [text]})).await.json().await.unwrap();
     let token_count = tokens["tokens"][0].as_array().unwrap().len();
