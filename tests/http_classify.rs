@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{error_of, fixture, reference, settings_for, synthetic_dataset, TestServer};
-use distilserve::config::{HeadKind, HeadSettings, Settings};
+use distilserve::config::{HeadSettings, Settings};
 use distilserve::startup::Application;
 use serde_json::{json, Value};
 
@@ -151,17 +151,7 @@ async fn classify_errors_are_json_with_the_right_status() {
 
 #[tokio::test]
 async fn a_pretrained_onnx_classifier_is_served_as_a_head() {
-    let mut settings = settings_for(&fixture("tiny-distilbert"));
-    let mut head = HeadSettings::logistic("unused".into());
-    head.kind = HeadKind::Onnx;
-    head.data = None;
-    head.model_dir = Some(fixture("tiny-distilbert-sst2"));
-    head.label_map =
-        [("NEGATIVE", "neg"), ("POSITIVE", "pos")].into_iter().map(|(a, b)| (a.into(), b.into())).collect();
-    settings.heads.insert("sst2".into(), head);
-    settings.classify.serve = vec!["sst2".into()];
-    settings.classify.default_head = "sst2".into();
-    let server = TestServer::start(settings).await;
+    let server = TestServer::start(common::settings_with_onnx_head()).await;
 
     let expected = reference(&fixture("tiny-distilbert-sst2/expected.json"));
     let texts: Vec<&str> = expected.items.iter().map(|i| i.text.as_str()).collect();

@@ -7,8 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{fixture, settings_for, TestServer};
-use distilserve::config::{HeadKind, HeadSettings};
+use common::TestServer;
 use serde_json::{json, Value};
 
 fn chromium_dom(url: &str) -> String {
@@ -34,17 +33,7 @@ fn chromium_dom(url: &str) -> String {
 }
 
 async fn server_with_a_head() -> TestServer {
-    let mut settings = settings_for(&fixture("tiny-distilbert"));
-    let mut head = HeadSettings::logistic("unused".into());
-    head.kind = HeadKind::Onnx;
-    head.data = None;
-    head.model_dir = Some(fixture("tiny-distilbert-sst2"));
-    head.label_map =
-        [("NEGATIVE", "neg"), ("POSITIVE", "pos")].into_iter().map(|(a, b)| (a.into(), b.into())).collect();
-    settings.heads.insert("sst2".into(), head);
-    settings.classify.serve = vec!["sst2".into()];
-    settings.classify.default_head = "sst2".into();
-    TestServer::start(settings).await
+    TestServer::start(common::settings_with_onnx_head()).await
 }
 
 #[tokio::test]

@@ -51,6 +51,23 @@ pub fn settings_for(model_dir: &Path) -> Settings {
     s
 }
 
+/// Settings that serve the tiny ONNX sentiment classifier fixture as head `sst2`
+/// (labels neg/pos), on the tiny DistilBERT encoder.
+pub fn settings_with_onnx_head() -> Settings {
+    use distilserve::config::{HeadKind, HeadSettings};
+    let mut settings = settings_for(&fixture("tiny-distilbert"));
+    let mut head = HeadSettings::logistic("unused".into());
+    head.kind = HeadKind::Onnx;
+    head.data = None;
+    head.model_dir = Some(fixture("tiny-distilbert-sst2"));
+    head.label_map =
+        [("NEGATIVE", "neg"), ("POSITIVE", "pos")].into_iter().map(|(a, b)| (a.into(), b.into())).collect();
+    settings.heads.insert("sst2".into(), head);
+    settings.classify.serve = vec!["sst2".into()];
+    settings.classify.default_head = "sst2".into();
+    settings
+}
+
 /// Python onnxruntime's outputs for a fixture or the default model (scripts/reference.py).
 #[derive(Debug, Deserialize)]
 pub struct Reference {
