@@ -14,7 +14,7 @@ if [ -f "$LIB" ] && [ "$(cat "$DEST/.complete" 2>/dev/null)" = "$ORT_PACKAGE==$O
   log "ONNX Runtime $ORT_VERSION ($ORT_PACKAGE) already in $DEST"
   exit 0
 fi
-wheel="$(pip_download "$ORT_PACKAGE==$ORT_VERSION" wheel)""
+wheel="$(pip_download "$ORT_PACKAGE==$ORT_VERSION" wheel)"
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
 python3 - "$wheel" "$tmp" <<'PY'
 import sys, zipfile
