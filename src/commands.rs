@@ -13,7 +13,7 @@ use crate::features::{write_atomic, FeatureCache, FeaturePooling, Progress, Sess
 use crate::heads::logistic::{head_path, train, EncoderStamp, LabelledFeatures, LogisticHead, TrainConfig};
 use crate::heads::metrics::Metrics;
 use crate::heads::onnx::map_labels;
-use crate::heads::training::{train_head, Extraction};
+use crate::heads::training::{save_head, train_head, Extraction};
 use crate::model::Model;
 use crate::npy;
 use crate::report::{confusion_svg, Report, Row};
@@ -115,10 +115,10 @@ pub fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     let settings = args.settings.settings()?;
     let head_settings = head_settings(&settings, args)?;
     let mut model = load_model(&settings)?;
-    let head = with_extraction(&settings, &mut model, |extraction| {
-        train_head(&args.head, &head_settings, &settings.classify.heads_dir, extraction)
-    })?;
-    println!("head {} written to {}", head.name, head_path(&settings.classify.heads_dir, &head.name)?.display());
+    let mut head =
+        with_extraction(&settings, &mut model, |extraction| train_head(&args.head, &head_settings, extraction))?;
+    let path = save_head(&mut head, &settings.classify.heads_dir)?;
+    println!("head {} written to {}", head.name, path.display());
     println!(
         "pooling {}, alpha {} (chosen by {}), {:.1} s",
         head.pooling, head.training.alpha, head.training.selection, head.training.seconds

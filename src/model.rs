@@ -126,8 +126,13 @@ fn ort_environment(configured: &str) -> anyhow::Result<&'static ort::environment
                 path.display()
             ));
         }
-        let builder =
-            ort::init_from(&path).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
+        let builder = ort::init_from(&path).map_err(|e| {
+            format!(
+                "cannot load ONNX Runtime from {}: {e} (is it the ONNX Runtime 1.31 shared library for this platform? \
+                 run scripts/setup.sh, or point model.onnxruntime_library at one)",
+                path.display()
+            )
+        })?;
         let env = builder
             .with_name("distilserve")
             .with_telemetry(false)

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Settings;
 use crate::features::FeatureCache;
-use crate::heads::training::{train_head, Extraction};
+use crate::heads::training::{save_head, train_head, Extraction};
 use crate::heads::{load_configured, Head, Heads};
 use crate::http::{router, AppState};
 use crate::inference::{Inference, QueueSource};
@@ -197,8 +197,13 @@ fn train_missing_heads(state: &AppState, names: &[String], runtime: tokio::runti
     };
     for name in names {
         tracing::info!(head = %name, "head file missing: training it before reporting ready");
-        let head = train_head(name, &settings.heads[name], &settings.classify.heads_dir, &mut extraction)
+        let mut head = train_head(name, &settings.heads[name], &mut extraction)
             .with_context(|| format!("training head {name} at startup"))?;
+        // A head that cannot be written (read-only folder, full disk) still serves
+        // from memory; it is trained again at the next start.
+        if let Err(e) = save_head(&mut head, &settings.classify.heads_dir) {
+            tracing::error!(head = %name, error = %format!("{e:#}"), "serving the trained head from memory only");
+        }
         state.heads.finish_pending(Head::Logistic(head));
     }
     tracing::info!("all heads ready");

@@ -10,7 +10,7 @@ use common::{fixture, settings_for, synthetic_dataset};
 use distilserve::config::{HeadSettings, PoolingChoice};
 use distilserve::features::{FeatureCache, SessionSource};
 use distilserve::heads::logistic::{head_path, HeadFileError, LogisticHead};
-use distilserve::heads::training::{train_head, Extraction};
+use distilserve::heads::training::{save_head, train_head, Extraction};
 use distilserve::model::Model;
 
 fn head_settings(data: &Path) -> HeadSettings {
@@ -33,7 +33,9 @@ fn train_on(model: &mut Model, settings: &HeadSettings, heads: &Path, cache: &Pa
         max_batch_size: 16,
         max_batch_tokens: 1024,
     };
-    train_head("toy", settings, heads, &mut extraction).expect("training succeeds")
+    let mut head = train_head("toy", settings, &mut extraction).expect("training succeeds");
+    save_head(&mut head, heads).expect("head saved");
+    head
 }
 
 fn tiny_model(name: &str) -> Model {

@@ -6,45 +6,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{error_of, fixture, reference, settings_for, synthetic_dataset, TestServer};
-use distilserve::config::{HeadSettings, Settings};
+use common::{error_of, fixture, reference, settings_with_toy_head, wait_ready, TestServer};
 use distilserve::startup::Application;
 use serde_json::{json, Value};
-
-/// Tiny DistilBERT serving one logistic head "toy" on the synthetic data set.
-fn settings_with_toy_head(root: &Path, train_on_startup: bool) -> Settings {
-    let data = root.join("data");
-    if !data.exists() {
-        synthetic_dataset(&data);
-    }
-    let mut s = settings_for(&fixture("tiny-distilbert"));
-    let mut head = HeadSettings::logistic(data);
-    head.alphas = vec![0.1, 1.0];
-    head.train_on_startup = train_on_startup;
-    s.heads.insert("toy".into(), head);
-    s.classify.serve = vec!["toy".into()];
-    s.classify.default_head = "toy".into();
-    s.classify.heads_dir = root.join("heads");
-    s.classify.feature_cache_dir = root.join("cache");
-    s
-}
-
-async fn wait_ready(server: &TestServer) {
-    let started = Instant::now();
-    loop {
-        let response = server.get("/health").await;
-        if response.status() == 200 {
-            return;
-        }
-        assert_eq!(response.status(), 503);
-        assert_eq!(response.json::<Value>().await.unwrap()["status"], "starting");
-        assert!(started.elapsed() < Duration::from_secs(120), "not ready after 2 minutes");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test]
 async fn a_head_trained_at_startup_serves_and_is_loaded_after_a_restart() {

@@ -86,3 +86,28 @@ fn corrupt_model_file_is_refused_before_loading() {
     assert_eq!(code, 1);
     assert!(error_line(&stderr).contains("truncated"), "{stderr}");
 }
+
+#[test]
+fn a_file_that_is_not_the_onnxruntime_library() {
+    let dir = fixture("tiny-distilbert");
+    let bogus = tempfile::tempdir().unwrap();
+    let lib = bogus.path().join("libonnxruntime.so");
+    std::fs::write(&lib, b"not a shared library").unwrap();
+    let (code, stderr) =
+        run(&["--model-dir", dir.to_str().unwrap(), "--onnxruntime-library", lib.to_str().unwrap()], &[]);
+    assert_eq!(code, 1);
+    let line = error_line(&stderr);
+    assert!(line.contains(lib.to_str().unwrap()) && line.contains("scripts/setup.sh"), "{line}");
+}
+
+#[test]
+fn a_file_that_is_not_an_onnx_model() {
+    let model = tempfile::tempdir().unwrap();
+    for f in ["tokenizer.json", "config.json"] {
+        std::fs::copy(fixture("tiny-distilbert").join(f), model.path().join(f)).unwrap();
+    }
+    std::fs::write(model.path().join("model.onnx"), b"<html>a download error page</html>").unwrap();
+    let (code, stderr) = run(&["--model-dir", model.path().to_str().unwrap()], &[]);
+    assert_eq!(code, 1);
+    assert!(error_line(&stderr).contains("model.onnx"), "{stderr}");
+}

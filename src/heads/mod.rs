@@ -145,23 +145,47 @@ pub struct StartupHeads {
     pub to_train: Vec<String>,
 }
 
+/// Reads and checks `<heads_dir>/<name>.json` (None when there is no file):
+/// a damaged file, one for another encoder or another head is an error naming it.
+pub fn load_logistic(settings: &Settings, name: &str, info: &ModelInfo) -> anyhow::Result<Option<LogisticHead>> {
+    let path = head_path(&settings.classify.heads_dir, name)?;
+    if !path.exists() {
+        return Ok(None);
+    }
+    let h = LogisticHead::load(&path)?;
+    h.check_encoder(&path, info)?;
+    if h.name != name {
+        bail!("head file {} holds head {:?}, not {name:?}", path.display(), h.name);
+    }
+    tracing::info!(head = %name, path = %path.display(), pooling = %h.pooling, "head loaded");
+    Ok(Some(h))
+}
+
+/// Loads head `name` as configured: a logistic head from its file, an ONNX
+/// classifier from its model folder. Used at startup and by `POST /heads/{name}/reload`.
+pub fn load_one(settings: &Settings, name: &str, info: &ModelInfo) -> anyhow::Result<Option<Head>> {
+    let head = &settings.heads[name];
+    Ok(match head.kind {
+        HeadKind::Logistic => load_logistic(settings, name, info)?.map(Head::Logistic),
+        HeadKind::Onnx => {
+            let config: BatcherConfig = (&settings.batching).into();
+            let h = OnnxHead::load(name, head, &settings.model, config)?;
+            tracing::info!(head = %name, labels = ?h.labels, "ONNX classifier head loaded");
+            Some(Head::Onnx(h))
+        }
+    })
+}
+
 pub fn load_configured(settings: &Settings, info: &ModelInfo) -> anyhow::Result<StartupHeads> {
     let mut loaded = Vec::new();
     let mut to_train = Vec::new();
     for name in &settings.classify.serve {
         let head = &settings.heads[name];
-        match head.kind {
-            HeadKind::Logistic => {
+        match load_one(settings, name, info)? {
+            Some(h) => loaded.push(h),
+            None => {
                 let path = head_path(&settings.classify.heads_dir, name)?;
-                if path.exists() {
-                    let h = LogisticHead::load(&path)?;
-                    h.check_encoder(&path, info)?;
-                    if h.name != *name {
-                        bail!("head file {} holds head {:?}, not {name:?}", path.display(), h.name);
-                    }
-                    tracing::info!(head = %name, path = %path.display(), pooling = %h.pooling, "head loaded");
-                    loaded.push(Head::Logistic(h));
-                } else if head.train_on_startup {
+                if head.train_on_startup {
                     to_train.push(name.clone());
                 } else {
                     bail!(
@@ -169,12 +193,6 @@ pub fn load_configured(settings: &Settings, info: &ModelInfo) -> anyhow::Result<
                         path.display()
                     );
                 }
-            }
-            HeadKind::Onnx => {
-                let config: BatcherConfig = (&settings.batching).into();
-                let h = OnnxHead::load(name, head, &settings.model, config)?;
-                tracing::info!(head = %name, labels = ?h.labels, "ONNX classifier head loaded");
-                loaded.push(Head::Onnx(h));
             }
         }
     }

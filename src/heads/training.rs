@@ -68,11 +68,10 @@ pub fn poolings_of(choice: PoolingChoice) -> Vec<FeaturePooling> {
     }
 }
 
-/// Trains head `name` from `settings` and writes `<heads_dir>/<name>.json`.
+/// Trains head `name` from `settings` (the caller saves it: [`save_head`]).
 pub fn train_head(
     name: &str,
     settings: &HeadSettings,
-    heads_dir: &Path,
     extraction: &mut Extraction<'_>,
 ) -> anyhow::Result<LogisticHead> {
     let data_dir = settings.data.as_ref().ok_or_else(|| anyhow!("heads.{name}.data is not set"))?;
@@ -116,11 +115,8 @@ pub fn train_head(
         let predicted = head.predict(&features.get(head.pooling));
         head.metrics.test = Some(Metrics::compute(&dataset.labels, &test.labels, &predicted));
     }
-    let path = head_path(heads_dir, name)?;
-    head.save(&path).with_context(|| format!("cannot save head {name}"))?;
     tracing::info!(
         head = name,
-        path = %path.display(),
         pooling = %head.pooling,
         alpha = head.training.alpha,
         validation_accuracy = head.metrics.validation.as_ref().map(|m| m.accuracy),
@@ -129,4 +125,12 @@ pub fn train_head(
         "head trained"
     );
     Ok(head)
+}
+
+/// Writes a trained head to `<heads_dir>/<name>.json` atomically; returns the path.
+pub fn save_head(head: &mut LogisticHead, heads_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let path = head_path(heads_dir, &head.name)?;
+    head.save(&path).with_context(|| format!("cannot save head {}", head.name))?;
+    tracing::info!(head = %head.name, path = %path.display(), "head saved");
+    Ok(path)
 }

@@ -1,4 +1,4 @@
-//! `POST /classify`, `GET /heads`, `GET /heads/{name}`.
+//! `POST /classify`, `GET /heads`, `GET /heads/{name}`, `POST /heads/{name}/reload`.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -115,4 +115,49 @@ pub async fn get_head(State(state): State<AppState>, Path(name): Path<String>) -
         detail.metrics = serde_json::to_value(&h.metrics).ok();
     }
     Ok(Json(detail))
+}
+
+#[utoipa::path(
+    post,
+    path = "/heads/{name}/reload",
+    tag = "inference",
+    params(("name" = String, Path, description = "Head name (one of classify.serve)")),
+    responses(
+        (status = 200, description = "The head was read again from disk and now serves", body = HeadSummary),
+        (status = 404, description = "Not a served head", body = ErrorResponse),
+        (status = 409, description = "Head still training at startup", body = ErrorResponse),
+        (status = 422, description = "The file is missing, damaged, or for another encoder: the previous head keeps serving", body = ErrorResponse),
+    )
+)]
+/// Re-reads a head (after `distilserve train` wrote a new file, say) and swaps
+/// it in only when it loads and checks out; otherwise nothing changes.
+pub async fn reload_head(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<HeadSummary>, ApiError> {
+    if !state.heads.configured().iter().any(|c| *c == name) {
+        return Err(ApiError::not_found(format!("no head named {name:?} is served; see GET /heads")));
+    }
+    if matches!(state.heads.get(Some(&name)), Err(Lookup::NotReady)) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "not_ready", format!("head {name:?} is still training")));
+    }
+    let (settings, info, wanted) = (state.settings.clone(), state.inference.info.clone(), name.clone());
+    let loaded =
+        tokio::task::spawn_blocking(move || crate::heads::load_one(&settings, &wanted, &info)).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("reload task failed: {e}"))
+        })?;
+    let unusable = |message: String| {
+        tracing::warn!(head = %name, error = %message, "head reload refused; the previous head keeps serving");
+        ApiError::invalid("invalid_head_file", format!("{message}; the previous head keeps serving"))
+    };
+    match loaded {
+        Ok(Some(head)) => {
+            let summary = summary(&state, &head);
+            state.heads.insert(head);
+            tracing::info!(head = %name, "head reloaded");
+            Ok(Json(summary))
+        }
+        Ok(None) => Err(unusable(format!("the file of head {name:?} is missing"))),
+        Err(e) => Err(unusable(format!("{e:#}"))),
+    }
 }

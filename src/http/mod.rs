@@ -78,6 +78,7 @@ impl Deref for AppState {
         classify::classify,
         classify::list_heads,
         classify::get_head,
+        classify::reload_head,
         compat::tokenize,
         compat::openai_embeddings,
         meta::ready,
@@ -203,6 +204,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(compat::openai_embeddings))
         .route("/heads", get(classify::list_heads))
         .route("/heads/{name}", get(classify::get_head))
+        .route("/heads/{name}/reload", post(classify::reload_head))
         .route_layer(require_key.clone());
     let mut operational = Router::new()
         .route("/health", get(meta::ready))

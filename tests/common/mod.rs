@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use distilserve::config::Settings;
 use distilserve::startup::Application;
 use serde::Deserialize;
+use serde_json::Value;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub fn repo_path(relative: &str) -> PathBuf {
@@ -178,4 +180,36 @@ pub fn synthetic_dataset(dir: &Path) {
     write("train", &rows[..48]);
     write("validation", &rows[48..60]);
     write("test", &rows[60..]);
+}
+
+/// Tiny DistilBERT serving one logistic head "toy" on the synthetic data set.
+pub fn settings_with_toy_head(root: &Path, train_on_startup: bool) -> Settings {
+    let data = root.join("data");
+    if !data.exists() {
+        synthetic_dataset(&data);
+    }
+    let mut s = settings_for(&fixture("tiny-distilbert"));
+    let mut head = distilserve::config::HeadSettings::logistic(data);
+    head.alphas = vec![0.1, 1.0];
+    head.train_on_startup = train_on_startup;
+    s.heads.insert("toy".into(), head);
+    s.classify.serve = vec!["toy".into()];
+    s.classify.default_head = "toy".into();
+    s.classify.heads_dir = root.join("heads");
+    s.classify.feature_cache_dir = root.join("cache");
+    s
+}
+
+pub async fn wait_ready(server: &TestServer) {
+    let started = Instant::now();
+    loop {
+        let response = server.get("/health").await;
+        if response.status() == 200 {
+            return;
+        }
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.json::<Value>().await.unwrap()["status"], "starting");
+        assert!(started.elapsed() < Duration::from_secs(120), "not ready after 2 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
