@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup test-deps run test check-cuda fixtures latency parity bench bench-extraction openapi
+.PHONY: setup test-deps run test contract check-cuda fixtures latency parity bench bench-extraction openapi
 
 setup:
 	scripts/setup.sh
@@ -20,6 +20,10 @@ run: setup
 
 test: setup test-deps
 	DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test
+
+# The schemathesis contract test with a 10-minute budget (CI runs it for 60 s).
+contract: setup
+	CONTRACT_SECONDS=600 DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test --test contract -- --nocapture
 
 # The CUDA execution provider must compile even where no GPU is present.
 check-cuda:

@@ -158,7 +158,7 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
         ),
         (server.post_json("/embed", json!({"inputs": []})).await, 422, "empty_input", "empty list"),
         (server.post_json("/embed", json!({"inputs": ["ok", ""]})).await, 422, "empty_input", "input 1"),
-        (server.post_json("/embed", json!({"inputs": "   "})).await, 422, "empty_input", "input 0"),
+        (server.post_json("/embed", json!({"inputs": ""})).await, 422, "empty_input", "input 0"),
         (
             server.post_json("/embed", json!({"inputs": ["a", "b", "c", "d", "e"]})).await,
             413,

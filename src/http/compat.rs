@@ -9,7 +9,7 @@ use base64::Engine as _;
 use super::embed::validate_inputs;
 use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::types::{
-    OpenAiEmbedding, OpenAiEmbeddingRequest, OpenAiEmbeddingResponse, OpenAiUsage, OpenAiVector, Token,
+    EncodingFormat, OpenAiEmbedding, OpenAiEmbeddingRequest, OpenAiEmbeddingResponse, OpenAiUsage, OpenAiVector, Token,
     TokenizeRequest, TokenizeResponse,
 };
 use super::{timing_headers, AppState};
@@ -70,16 +70,7 @@ pub async fn openai_embeddings(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<OpenAiEmbeddingRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let base64 = match request.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "invalid_request",
-                format!("encoding_format {other:?} is not supported: use float or base64"),
-            ))
-        }
-    };
+    let base64 = request.encoding_format == Some(EncodingFormat::Base64);
     let texts = validate_inputs(request.input.into_vec(), state.settings.limits.max_inputs)?;
     // OpenAI's endpoint truncates long inputs rather than refusing them.
     let encoded = state.inference.encode(texts, true, state.deadline()).await?;

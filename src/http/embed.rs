@@ -54,7 +54,8 @@ pub fn validate_inputs(texts: Vec<String>, max_inputs: usize) -> Result<Vec<Stri
             format!("{} inputs in one request; the limit is {max_inputs}", texts.len()),
         ));
     }
-    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+    // Only "" is refused (as the schema's minLength says); whitespace is text like any other.
+    if let Some(i) = texts.iter().position(|t| t.is_empty()) {
         return Err(ApiError::invalid("empty_input", format!("input {i} is empty")));
     }
     Ok(texts)

@@ -8,12 +8,27 @@ use utoipa::ToSchema;
 use crate::pooling::Pooling;
 
 /// One text or a list of texts.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Inputs {
     One(String),
     Many(Vec<String>),
 }
+
+// Written by hand: the derived schema would not say that texts and the list
+// must be non-empty, which the service enforces (422 `empty_input`).
+impl utoipa::PartialSchema for Inputs {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let text = || ObjectBuilder::new().schema_type(Type::String).min_length(Some(1));
+        OneOfBuilder::new()
+            .item(text().description(Some("One text")))
+            .item(ArrayBuilder::new().items(text()).min_items(Some(1)).description(Some("Texts, in order")))
+            .into()
+    }
+}
+
+impl ToSchema for Inputs {}
 
 impl<'de> Deserialize<'de> for Inputs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -255,6 +270,13 @@ pub struct TokenizeResponse {
     pub tokens: Vec<Vec<Token>>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    Float,
+    Base64,
+}
+
 /// `POST /v1/embeddings`, OpenAI's request format.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct OpenAiEmbeddingRequest {
@@ -266,7 +288,7 @@ pub struct OpenAiEmbeddingRequest {
     pub model: Option<String>,
     /// `float` (default) or `base64` (little-endian float32).
     #[serde(default)]
-    pub encoding_format: Option<String>,
+    pub encoding_format: Option<EncodingFormat>,
     /// Accepted for compatibility and ignored.
     #[serde(default)]
     pub user: Option<String>,
