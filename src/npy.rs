@@ -103,15 +103,15 @@ pub fn decode<T: Element>(bytes: &[u8]) -> Result<(Vec<usize>, Vec<T>), NpyError
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| NpyError(format!("bad dimension {s:?}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    let count: usize = shape.iter().product();
     let size = std::mem::size_of::<T>();
+    // Checked: a hostile header can claim a shape whose size overflows.
+    let expected = shape
+        .iter()
+        .try_fold(size, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| NpyError(format!("shape {shape:?} is too large")))?;
     let body = &bytes[start + header_len..];
-    if body.len() != count * size {
-        return Err(NpyError(format!(
-            "expected {} data bytes for shape {shape:?}, found {}",
-            count * size,
-            body.len()
-        )));
+    if body.len() != expected {
+        return Err(NpyError(format!("expected {expected} data bytes for shape {shape:?}, found {}", body.len())));
     }
     Ok((shape, body.chunks_exact(size).map(T::read_le).collect()))
 }
