@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup test-deps run test contract soak check-cuda fixtures latency parity bench bench-extraction openapi
+.PHONY: setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
 
 setup:
 	scripts/setup.sh
@@ -24,6 +24,11 @@ test: setup test-deps
 # The schemathesis contract test with a 10-minute budget (CI runs it for 60 s).
 contract: setup
 	CONTRACT_SECONDS=600 DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test --test contract -- --nocapture
+
+# Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each (CI: 20 s); needs the nightly toolchain.
+FUZZ_SECONDS ?= 20
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # The CUDA execution provider must compile even where no GPU is present.
 check-cuda:

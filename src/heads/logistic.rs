@@ -479,9 +479,14 @@ impl LogisticHead {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path)
             .map_err(|e| HeadFileError::Unreadable { path: shown.clone(), message: e.to_string() })?;
-        let corrupt = |message: String| HeadFileError::Corrupt { path: shown.clone(), message };
+        Self::parse(&bytes, &shown)
+    }
+
+    /// Validates the bytes of a head file; `shown` names it in errors.
+    pub fn parse(bytes: &[u8], shown: &str) -> Result<LogisticHead, HeadFileError> {
+        let corrupt = |message: String| HeadFileError::Corrupt { path: shown.to_string(), message };
         let head: LogisticHead =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not a valid head file ({e})")))?;
+            serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not a valid head file ({e})")))?;
         if head.format_version != FORMAT_VERSION {
             return Err(corrupt(format!(
                 "format_version {} is not supported (expected {FORMAT_VERSION})",
