@@ -25,7 +25,7 @@ test: setup test-deps
 contract: setup
 	CONTRACT_SECONDS=600 DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test --test contract -- --nocapture
 
-# Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each (CI: 20 s); needs the nightly toolchain.
+# Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each (CI: 20 s); nightly rustc, or stable with RUSTC_BOOTSTRAP.
 FUZZ_SECONDS ?= 20
 fuzz:
 	scripts/fuzz.sh $(FUZZ_SECONDS)
