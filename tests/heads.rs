@@ -8,9 +8,7 @@ use std::path::Path;
 
 use common::{fixture, settings_for, synthetic_dataset};
 use distilserve::config::{HeadSettings, PoolingChoice};
-use distilserve::features::{FeatureCache, SessionSource};
 use distilserve::heads::logistic::{head_path, HeadFileError, LogisticHead};
-use distilserve::heads::training::{save_head, train_head, Extraction};
 use distilserve::model::Model;
 
 fn head_settings(data: &Path) -> HeadSettings {
@@ -18,24 +16,6 @@ fn head_settings(data: &Path) -> HeadSettings {
     h.alphas = vec![0.1, 1.0, 10.0];
     h.cv_folds = 3;
     h
-}
-
-fn train_on(model: &mut Model, settings: &HeadSettings, heads: &Path, cache: &Path) -> LogisticHead {
-    let info = model.info.clone();
-    let tokenizer = model.tokenizer.clone();
-    let cache = FeatureCache::new(cache);
-    let mut source = SessionSource { session: &mut model.sessions[0], info: &info };
-    let mut extraction = Extraction {
-        source: &mut source,
-        info: &info,
-        tokenizer: &tokenizer,
-        cache: &cache,
-        max_batch_size: 16,
-        max_batch_tokens: 1024,
-    };
-    let mut head = train_head("toy", settings, &mut extraction).expect("training succeeds");
-    save_head(&mut head, heads).expect("head saved");
-    head
 }
 
 fn tiny_model(name: &str) -> Model {
@@ -48,7 +28,8 @@ fn a_head_trained_on_a_synthetic_set_classifies_it_and_round_trips() {
     let data = tmp.path().join("data");
     synthetic_dataset(&data);
     let mut model = tiny_model("tiny-distilbert");
-    let head = train_on(&mut model, &head_settings(&data), &tmp.path().join("heads"), &tmp.path().join("cache"));
+    let head =
+        common::train_toy_head(&mut model, &head_settings(&data), &tmp.path().join("heads"), &tmp.path().join("cache"));
 
     assert_eq!(head.labels, vec!["neg", "pos"]);
     assert_eq!(head.training.train_examples, 60, "cross-validation fits train and validation together");
@@ -76,10 +57,10 @@ fn training_is_reproducible_and_reuses_the_feature_cache() {
     settings.pooling = PoolingChoice::Mean;
     let cache = tmp.path().join("cache");
     let mut model = tiny_model("tiny-distilbert");
-    let first = train_on(&mut model, &settings, &tmp.path().join("a"), &cache);
+    let first = common::train_toy_head(&mut model, &settings, &tmp.path().join("a"), &cache);
     let entries = std::fs::read_dir(&cache).unwrap().count();
     assert_eq!(entries, 3 * 3, "cls, mean and sidecar for each of 3 splits");
-    let second = train_on(&mut model, &settings, &tmp.path().join("b"), &cache);
+    let second = common::train_toy_head(&mut model, &settings, &tmp.path().join("b"), &cache);
     assert_eq!((first.weights.clone(), first.intercept.clone()), (second.weights.clone(), second.intercept.clone()));
     assert_eq!((first.pooling, first.training.alpha), (second.pooling, second.training.alpha));
 
@@ -90,7 +71,7 @@ fn training_is_reproducible_and_reuses_the_feature_cache() {
             std::fs::write(&path, b"garbage").unwrap();
         }
     }
-    let third = train_on(&mut model, &settings, &tmp.path().join("c"), &cache);
+    let third = common::train_toy_head(&mut model, &settings, &tmp.path().join("c"), &cache);
     assert_eq!(third.weights, first.weights);
 }
 
@@ -104,7 +85,7 @@ fn damaged_or_foreign_head_files_are_refused_with_clear_errors() {
     settings.alphas = vec![1.0];
     let mut model = tiny_model("tiny-distilbert");
     let heads = tmp.path().join("heads");
-    train_on(&mut model, &settings, &heads, &tmp.path().join("cache"));
+    common::train_toy_head(&mut model, &settings, &heads, &tmp.path().join("cache"));
     let path = head_path(&heads, "toy").unwrap();
     let good = std::fs::read_to_string(&path).unwrap();
 

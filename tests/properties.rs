@@ -135,21 +135,9 @@ fn head_file() -> &'static Vec<u8> {
         let mut settings = common::settings_with_toy_head(root.path(), false);
         settings.model.intra_threads = 1;
         let mut model = Model::load(&settings.model, 1).unwrap();
-        let info = model.info.clone();
-        let tokenizer = model.tokenizer.clone();
-        let cache = distilserve::features::FeatureCache::new(root.path().join("cache"));
-        let mut source = distilserve::features::SessionSource { session: &mut model.sessions[0], info: &info };
-        let mut extraction = distilserve::heads::training::Extraction {
-            source: &mut source,
-            info: &info,
-            tokenizer: &tokenizer,
-            cache: &cache,
-            max_batch_size: 16,
-            max_batch_tokens: 1024,
-        };
-        let mut head =
-            distilserve::heads::training::train_head("toy", &settings.heads["toy"], &mut extraction).unwrap();
-        let path = distilserve::heads::training::save_head(&mut head, &root.path().join("heads")).unwrap();
+        let heads = root.path().join("heads");
+        let head = common::train_toy_head(&mut model, &settings.heads["toy"], &heads, &root.path().join("cache"));
+        let path = distilserve::heads::logistic::head_path(&heads, &head.name).unwrap();
         std::fs::read(path).unwrap()
     })
 }

@@ -213,3 +213,29 @@ pub async fn wait_ready(server: &TestServer) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Trains head "toy" with `settings` on `model`'s first session and saves it in `heads`.
+pub fn train_toy_head(
+    model: &mut distilserve::model::Model,
+    settings: &distilserve::config::HeadSettings,
+    heads: &Path,
+    cache: &Path,
+) -> distilserve::heads::logistic::LogisticHead {
+    use distilserve::features::{FeatureCache, SessionSource};
+    use distilserve::heads::training::{save_head, train_head, Extraction};
+    let info = model.info.clone();
+    let tokenizer = model.tokenizer.clone();
+    let cache = FeatureCache::new(cache);
+    let mut source = SessionSource { session: &mut model.sessions[0], info: &info };
+    let mut extraction = Extraction {
+        source: &mut source,
+        info: &info,
+        tokenizer: &tokenizer,
+        cache: &cache,
+        max_batch_size: 16,
+        max_batch_tokens: 1024,
+    };
+    let mut head = train_head("toy", settings, &mut extraction).expect("training succeeds");
+    save_head(&mut head, heads).expect("head saved");
+    head
+}
