@@ -285,13 +285,7 @@ impl Server {
 
     /// Peak resident set size so far (VmHWM), in MB.
     fn peak_rss_mb(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        let kb = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(f64::NAN);
-        kb / 1024.0
+        proc_status_mb(self.child.id(), "VmHWM:")
     }
 
     /// Log lines at WARN or ERROR level, but for the intended (rate-limited)
@@ -726,12 +720,12 @@ impl Report {
 
 // ---------------------------------------------------------------- soak
 
-/// Resident set size now (VmRSS), in MB.
-fn rss_mb(pid: u32) -> f64 {
+/// A memory line of /proc/PID/status (`VmRSS:` now, `VmHWM:` peak), in MB.
+fn proc_status_mb(pid: u32, key: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
@@ -816,7 +810,7 @@ async fn soak(args: &Args, texts: &[String], seconds: f64) -> anyhow::Result<()>
             },
             _ = tick.tick() => {
                 let at = started.elapsed().as_secs_f64();
-                let rss = rss_mb(pid);
+                let rss = proc_status_mb(pid, "VmRSS:");
                 rss_samples.push((at, rss));
                 let (p50, p99) = (percentile(&mut window, 0.5), percentile(&mut window, 0.99));
                 if at > 60.0 { p50s.push(p50); }

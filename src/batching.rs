@@ -290,14 +290,7 @@ impl Batcher {
         });
         {
             let mut queue = self.shared.queue.lock().expect("queue lock");
-            if queue.closed {
-                return Err(BatchError::ShuttingDown);
-            }
-            let capacity = self.shared.config.queue_capacity;
-            if queue.items.len() + n > capacity {
-                drop(queue);
-                return Err(self.refuse(capacity));
-            }
+            self.admit(&queue, n)?;
             queue.items.extend((0..n).map(|index| Item { job: job.clone(), index }));
         }
         self.shared.wake.notify_all();
@@ -313,7 +306,11 @@ impl Batcher {
     /// Fails the way [`Batcher::run`] would if `n` sequences were queued now;
     /// lets callers refuse before doing any work for a request.
     pub fn check_capacity(&self, n: usize) -> Result<(), BatchError> {
-        let queue = self.shared.queue.lock().expect("queue lock");
+        self.admit(&self.shared.queue.lock().expect("queue lock"), n)
+    }
+
+    /// Whether `queue` can take `n` more sequences; a refusal is counted.
+    fn admit(&self, queue: &Queue, n: usize) -> Result<(), BatchError> {
         if queue.closed {
             return Err(BatchError::ShuttingDown);
         }
