@@ -28,7 +28,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use distilserve::config::{ModelSettings, OptimizationLevel, Settings};
 use distilserve::data::Dataset;
-use distilserve::model::{forward, Model};
+use distilserve::encoder::Encoder;
+use distilserve::model::Model;
 use distilserve::tokenize::Tokenized;
 use serde_json::json;
 
@@ -155,13 +156,12 @@ fn ceiling(model_settings: &ModelSettings, texts: &[String], sessions: usize) ->
         s.file, s.intra_threads, s.optimization_level, s.intra_op_spinning
     );
     let mut model = Model::load(model_settings, sessions)?;
-    let info = model.info.clone();
     let seqs = model.tokenizer.encode_all(texts, true)?;
     let mut order: Vec<&Tokenized> = seqs.iter().collect();
     order.sort_by_key(|s| s.len());
     let batches: Vec<Vec<&Tokenized>> = order.chunks(32).map(|c| c.to_vec()).collect();
     for batch in batches.iter().step_by(8) {
-        forward(&mut model.sessions[0], &info, batch)?; // warm-up: buffers for every length
+        model.encoders[0].encode(batch)?; // warm-up: buffers for every length
     }
     let mut best = f64::MAX;
     for _ in 0..2 {
@@ -169,13 +169,13 @@ fn ceiling(model_settings: &ModelSettings, texts: &[String], sessions: usize) ->
         let next = AtomicUsize::new(0);
         std::thread::scope(|scope| -> anyhow::Result<()> {
             let workers: Vec<_> = model
-                .sessions
+                .encoders
                 .iter_mut()
-                .map(|session| {
-                    let (next, batches, info) = (&next, &batches, &info);
+                .map(|encoder| {
+                    let (next, batches) = (&next, &batches);
                     scope.spawn(move || -> anyhow::Result<()> {
                         while let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            forward(session, info, batch)?;
+                            encoder.encode(batch)?;
                         }
                         Ok(())
                     })
@@ -192,7 +192,7 @@ fn ceiling(model_settings: &ModelSettings, texts: &[String], sessions: usize) ->
     for text in texts.iter().step_by(5).take(200) {
         let started = Instant::now();
         let seq = model.tokenizer.encode_all(&[text], true)?;
-        forward(&mut model.sessions[0], &info, &[&seq[0]])?;
+        model.encoders[0].encode(&[&seq[0]])?;
         single.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     let c =

@@ -1,20 +1,22 @@
 //! Dynamic batching. Requests put their tokenized sequences on one bounded queue;
-//! worker threads (one per model session) take as many as fit a token budget
-//! and a batch size, run them in one model call and hand each caller its rows.
-//! A full queue refuses work at once; expired or abandoned work is not computed.
+//! worker threads (one per [`Encoder`], i.e. per model session) take as many as
+//! fit a token budget and a batch size, run them in one call and hand each
+//! caller its rows. A full queue refuses work at once; expired or abandoned
+//! work is not computed. Generic over the encoder, so its behaviour is tested
+//! with fakes (tests/suite/batching_queue.rs) without ONNX Runtime.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ort::session::Session;
 use tokio::sync::oneshot;
 
 use crate::config::BatchingSettings;
-use crate::metrics::{header, Histogram, BATCH_SIZES, SECONDS, TOKENS};
-use crate::model::{forward, ModelInfo, Rows};
+use crate::encoder::Encoder;
+use crate::metrics::RuntimeMetrics;
+use crate::pooling::Rows;
 use crate::tokenize::Tokenized;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -79,17 +81,22 @@ struct JobState {
 }
 
 impl Job {
+    fn state(&self) -> MutexGuard<'_, JobState> {
+        // A panic while holding a job's lock leaves nothing half-written that
+        // matters more than answering the caller: keep going.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// False once the caller has gone (disconnect, timeout) or the job failed.
     fn is_wanted(&self, now: Instant) -> bool {
-        let state = self.state.lock().expect("job lock");
-        match &state.reply {
+        match &self.state().reply {
             Some(reply) => !reply.is_closed() && now < self.deadline,
             None => false,
         }
     }
 
     fn complete(&self, index: usize, rows: Rows, batch_start: Instant) {
-        let mut state = self.state.lock().expect("job lock");
+        let mut state = self.state();
         if state.reply.is_none() {
             return;
         }
@@ -110,7 +117,7 @@ impl Job {
     }
 
     fn fail(&self, error: BatchError) {
-        if let Some(reply) = self.state.lock().expect("job lock").reply.take() {
+        if let Some(reply) = self.state().reply.take() {
             let _ = reply.send(Err(error));
         }
     }
@@ -135,43 +142,22 @@ struct Queue {
 
 struct Shared {
     queue: Mutex<Queue>,
+    /// Workers wait here for work.
     wake: Condvar,
+    /// Batch jobs wait here for room in the queue.
+    room: Condvar,
     config: BatcherConfig,
-    info: Arc<ModelInfo>,
-    stats: Counters,
+    metrics: RuntimeMetrics,
     started: Instant,
-}
-
-struct Counters {
-    batches: AtomicU64,
-    sequences: AtomicU64,
-    tokens: AtomicU64,
-    padded_tokens: AtomicU64,
-    skipped: AtomicU64,
-    refused: AtomicU64,
     /// Seconds since start of the last "queue full" warning (0: none yet).
     last_refusal_warning: AtomicU64,
-    queue_wait: Histogram,
-    inference: Histogram,
-    batch_size: Histogram,
-    batch_tokens: Histogram,
 }
 
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            batches: AtomicU64::new(0),
-            sequences: AtomicU64::new(0),
-            tokens: AtomicU64::new(0),
-            padded_tokens: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            last_refusal_warning: AtomicU64::new(0),
-            queue_wait: Histogram::new(SECONDS),
-            inference: Histogram::new(SECONDS),
-            batch_size: Histogram::new(BATCH_SIZES),
-            batch_tokens: Histogram::new(TOKENS),
-        }
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // Nothing runs user code under this lock, but a poisoned lock must not
+        // turn every later request into a 500.
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -200,24 +186,30 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts one worker thread per session.
-    pub fn start(sessions: Vec<Session>, info: Arc<ModelInfo>, config: BatcherConfig) -> Batcher {
+    /// Starts one worker thread per encoder (one per model session).
+    pub fn start<E: Encoder + 'static>(
+        encoders: Vec<E>,
+        config: BatcherConfig,
+        metrics: RuntimeMetrics,
+        name: &str,
+    ) -> Batcher {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue { items: VecDeque::new(), closed: false }),
             wake: Condvar::new(),
+            room: Condvar::new(),
             config,
-            info,
-            stats: Counters::default(),
+            metrics,
             started: Instant::now(),
+            last_refusal_warning: AtomicU64::new(0),
         });
-        let workers = sessions
+        let workers = encoders
             .into_iter()
             .enumerate()
-            .map(|(i, session)| {
+            .map(|(i, encoder)| {
                 let shared = shared.clone();
                 std::thread::Builder::new()
-                    .name(format!("inference-{i}"))
-                    .spawn(move || worker_loop(&shared, session))
+                    .name(format!("{name}-{i}"))
+                    .spawn(move || worker_loop(&shared, encoder))
                     .expect("spawn inference worker")
             })
             .collect();
@@ -226,60 +218,26 @@ impl Batcher {
 
     /// Sequences waiting to be computed.
     pub fn queue_depth(&self) -> usize {
-        self.shared.queue.lock().expect("queue lock").items.len()
+        self.shared.queue().items.len()
+    }
+
+    pub fn config(&self) -> &BatcherConfig {
+        &self.shared.config
     }
 
     pub fn stats(&self) -> BatcherStats {
-        let c = &self.shared.stats;
+        let m = &self.shared.metrics;
         BatcherStats {
-            batches: c.batches.load(Ordering::Relaxed),
-            sequences: c.sequences.load(Ordering::Relaxed),
-            tokens: c.tokens.load(Ordering::Relaxed),
-            padded_tokens: c.padded_tokens.load(Ordering::Relaxed),
-            skipped: c.skipped.load(Ordering::Relaxed),
-            refused: c.refused.load(Ordering::Relaxed),
+            batches: m.batches.get(),
+            sequences: m.sequences.get(),
+            tokens: m.tokens.get(),
+            padded_tokens: m.padded_tokens.get(),
+            skipped: m.skipped.get(),
+            refused: m.refused.get(),
         }
     }
 
-    /// Appends this queue's metrics (Prometheus text format); `labels` is `k="v",` or empty.
-    pub fn render_metrics(&self, out: &mut String, labels: &str) {
-        let c = &self.shared.stats;
-        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
-            header(out, name, "counter", help);
-            let braces =
-                if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.trim_end_matches(',')) };
-            out.push_str(&format!("{name}{braces} {}\n", v.load(Ordering::Relaxed)));
-        };
-        counter(out, "distilserve_batches_total", "Model calls made.", &c.batches);
-        counter(out, "distilserve_sequences_total", "Sequences computed.", &c.sequences);
-        counter(out, "distilserve_tokens_total", "Real tokens computed, padding excluded.", &c.tokens);
-        counter(out, "distilserve_padded_tokens_total", "Tokens fed to the model, padding included.", &c.padded_tokens);
-        counter(
-            out,
-            "distilserve_skipped_sequences_total",
-            "Sequences dropped uncomputed: caller gone or deadline passed.",
-            &c.skipped,
-        );
-        counter(out, "distilserve_refused_requests_total", "Requests refused with 503: queue full.", &c.refused);
-        header(out, "distilserve_queue_depth", "gauge", "Sequences waiting in the inference queue.");
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.trim_end_matches(',')) };
-        out.push_str(&format!("distilserve_queue_depth{braces} {}\n", self.queue_depth()));
-        header(out, "distilserve_queue_wait_seconds", "histogram", "Time a sequence waited in the queue.");
-        c.queue_wait.render(out, "distilserve_queue_wait_seconds", labels);
-        header(out, "distilserve_inference_seconds", "histogram", "Duration of one model call.");
-        c.inference.render(out, "distilserve_inference_seconds", labels);
-        header(out, "distilserve_batch_size", "histogram", "Sequences per model call.");
-        c.batch_size.render(out, "distilserve_batch_size", labels);
-        header(out, "distilserve_batch_tokens", "histogram", "Padded tokens per model call.");
-        c.batch_tokens.render(out, "distilserve_batch_tokens", labels);
-    }
-
-    /// Queues `seqs` and waits for their rows, in the same order. Refuses at once
-    /// when the queue cannot take them all; gives up at `deadline`.
-    pub async fn run(&self, seqs: Vec<Tokenized>, deadline: Instant) -> Result<Batched, BatchError> {
-        if seqs.is_empty() {
-            return Ok(Batched { rows: Vec::new(), queue_time: Duration::ZERO, inference_time: Duration::ZERO });
-        }
+    fn new_job(seqs: Vec<Tokenized>, deadline: Instant) -> (Arc<Job>, oneshot::Receiver<Result<Batched, BatchError>>) {
         let (tx, rx) = oneshot::channel();
         let n = seqs.len();
         let job = Arc::new(Job {
@@ -288,12 +246,28 @@ impl Batcher {
             queued_at: Instant::now(),
             state: Mutex::new(JobState { rows: vec![None; n], remaining: n, reply: Some(tx), first_start: None }),
         });
-        {
-            let mut queue = self.shared.queue.lock().expect("queue lock");
-            self.admit(&queue, n)?;
-            queue.items.extend((0..n).map(|index| Item { job: job.clone(), index }));
-        }
+        (job, rx)
+    }
+
+    fn enqueue(&self, queue: &mut Queue, job: &Arc<Job>) {
+        let n = job.seqs.len();
+        queue.items.extend((0..n).map(|index| Item { job: job.clone(), index }));
+        self.shared.metrics.queue_depth.set(queue.items.len() as i64);
         self.shared.wake.notify_all();
+    }
+
+    /// Queues `seqs` and waits for their rows, in the same order. Refuses at once
+    /// when the queue cannot take them all; gives up at `deadline`.
+    pub async fn run(&self, seqs: Vec<Tokenized>, deadline: Instant) -> Result<Batched, BatchError> {
+        if seqs.is_empty() {
+            return Ok(Batched { rows: Vec::new(), queue_time: Duration::ZERO, inference_time: Duration::ZERO });
+        }
+        let (job, rx) = Self::new_job(seqs, deadline);
+        {
+            let mut queue = self.shared.queue();
+            self.admit(&queue, job.seqs.len())?;
+            self.enqueue(&mut queue, &job);
+        }
         let timeout = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result,
@@ -303,10 +277,35 @@ impl Batcher {
         }
     }
 
+    /// For batch jobs on a plain thread (training at startup): waits for room in
+    /// the queue instead of being refused, then for the rows. No deadline:
+    /// batch work waits behind live requests, it is not one.
+    pub fn run_blocking(&self, seqs: Vec<Tokenized>) -> Result<Batched, BatchError> {
+        if seqs.is_empty() {
+            return Ok(Batched { rows: Vec::new(), queue_time: Duration::ZERO, inference_time: Duration::ZERO });
+        }
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let (job, rx) = Self::new_job(seqs, far);
+        let n = job.seqs.len();
+        {
+            let capacity = self.shared.config.queue_capacity;
+            let mut queue = self.shared.queue();
+            // A job larger than the whole queue goes in once the queue is empty.
+            while !queue.closed && !queue.items.is_empty() && queue.items.len() + n > capacity {
+                queue = self.shared.room.wait(queue).unwrap_or_else(|p| p.into_inner());
+            }
+            if queue.closed {
+                return Err(BatchError::ShuttingDown);
+            }
+            self.enqueue(&mut queue, &job);
+        }
+        rx.blocking_recv().unwrap_or(Err(BatchError::ShuttingDown))
+    }
+
     /// Fails the way [`Batcher::run`] would if `n` sequences were queued now;
     /// lets callers refuse before doing any work for a request.
     pub fn check_capacity(&self, n: usize) -> Result<(), BatchError> {
-        self.admit(&self.shared.queue.lock().expect("queue lock"), n)
+        self.admit(&self.shared.queue(), n)
     }
 
     /// Whether `queue` can take `n` more sequences; a refusal is counted.
@@ -324,14 +323,14 @@ impl Batcher {
     /// Counts a refusal and warns at most once per interval, with the count:
     /// under overload a line per refusal would flood the log and cost CPU.
     fn refuse(&self, capacity: usize) -> BatchError {
-        let c = &self.shared.stats;
-        c.refused.fetch_add(1, Ordering::Relaxed);
-        let now = self.shared.started.elapsed().as_secs();
-        let last = c.last_refusal_warning.load(Ordering::Relaxed);
+        let s = &self.shared;
+        s.metrics.refused.inc();
+        let now = s.started.elapsed().as_secs();
+        let last = s.last_refusal_warning.load(Ordering::Relaxed);
         if (last == 0 || now >= last + REFUSAL_WARNING_INTERVAL_S)
-            && c.last_refusal_warning.compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && s.last_refusal_warning.compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
-            let refused = c.refused.load(Ordering::Relaxed);
+            let refused = s.metrics.refused.get();
             tracing::warn!(capacity, refused_total = refused, "inference queue full: refusing requests with 503");
         }
         BatchError::QueueFull { capacity }
@@ -339,14 +338,15 @@ impl Batcher {
 
     /// Stops taking new work; queued work is still computed.
     pub fn close(&self) {
-        self.shared.queue.lock().expect("queue lock").closed = true;
+        self.shared.queue().closed = true;
         self.shared.wake.notify_all();
+        self.shared.room.notify_all();
     }
 
     /// Closes the queue and waits for the workers to finish what was queued.
     pub fn join(&self) {
         self.close();
-        let workers = std::mem::take(&mut *self.workers.lock().expect("workers lock"));
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
         for w in workers {
             let _ = w.join();
         }
@@ -359,11 +359,12 @@ impl Drop for Batcher {
     }
 }
 
-fn worker_loop(shared: &Shared, mut session: Session) {
+fn worker_loop<E: Encoder>(shared: &Shared, mut encoder: E) {
+    let m = &shared.metrics;
     while let Some(batch) = next_batch(shared) {
         let now = Instant::now();
         let (live, dead): (Vec<Item>, Vec<Item>) = batch.into_iter().partition(|item| item.job.is_wanted(now));
-        shared.stats.skipped.fetch_add(dead.len() as u64, Ordering::Relaxed);
+        m.skipped.inc_by(dead.len() as u64);
         for item in dead {
             // The caller is gone or its deadline passed: answer (if anyone listens) without computing.
             item.job.fail(BatchError::DeadlineExceeded);
@@ -373,23 +374,28 @@ fn worker_loop(shared: &Shared, mut session: Session) {
         }
         let seqs: Vec<&Tokenized> = live.iter().map(|item| &item.job.seqs[item.index]).collect();
         let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-        shared.stats.batches.fetch_add(1, Ordering::Relaxed);
-        shared.stats.sequences.fetch_add(seqs.len() as u64, Ordering::Relaxed);
-        shared.stats.tokens.fetch_add(seqs.iter().map(|s| s.len() as u64).sum(), Ordering::Relaxed);
-        shared.stats.padded_tokens.fetch_add((longest * seqs.len()) as u64, Ordering::Relaxed);
-        shared.stats.batch_size.observe(seqs.len() as f64);
-        shared.stats.batch_tokens.observe((longest * seqs.len()) as f64);
+        m.batches.inc();
+        m.sequences.inc_by(seqs.len() as u64);
+        m.tokens.inc_by(seqs.iter().map(|s| s.len() as u64).sum());
+        m.padded_tokens.inc_by((longest * seqs.len()) as u64);
+        m.batch_size.observe(seqs.len() as f64);
+        m.batch_tokens.observe((longest * seqs.len()) as f64);
         let batch_start = Instant::now();
         for item in &live {
-            shared.stats.queue_wait.observe_duration(batch_start.saturating_duration_since(item.job.queued_at));
+            m.queue_wait.observe(batch_start.saturating_duration_since(item.job.queued_at).as_secs_f64());
         }
-        let result = forward(&mut session, &shared.info, &seqs);
-        shared.stats.inference.observe_duration(batch_start.elapsed());
+        let result = encoder.encode(&seqs);
+        m.inference.observe(batch_start.elapsed().as_secs_f64());
         match result {
-            Ok(rows) => {
+            Ok(rows) if rows.len() == live.len() => {
                 for (item, rows) in live.iter().zip(rows) {
                     item.job.complete(item.index, rows, batch_start);
                 }
+            }
+            Ok(rows) => {
+                let message = format!("the encoder returned {} results for {} sequences", rows.len(), live.len());
+                tracing::error!(error = %message, "inference failed");
+                live.iter().for_each(|item| item.job.fail(BatchError::Inference(message.clone())));
             }
             Err(e) => {
                 tracing::error!(error = %e, batch = live.len(), "inference failed");
@@ -405,12 +411,12 @@ fn worker_loop(shared: &Shared, mut session: Session) {
 /// the sequences [`plan_batch`] picks, sorted by length.
 fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     let config = &shared.config;
-    let mut queue = shared.queue.lock().expect("queue lock");
+    let mut queue = shared.queue();
     while queue.items.is_empty() {
         if queue.closed {
             return None;
         }
-        queue = shared.wake.wait(queue).expect("queue lock");
+        queue = shared.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
     }
     if !config.max_wait.is_zero() {
         // Give concurrent requests a moment to join a batch that is not full yet.
@@ -420,7 +426,7 @@ fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
             if left.is_zero() {
                 break;
             }
-            queue = shared.wake.wait_timeout(queue, left).expect("queue lock").0;
+            queue = shared.wake.wait_timeout(queue, left).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
     let window = queue.items.len().min(config.max_batch_size.saturating_mul(PLAN_WINDOW_BATCHES));
@@ -430,7 +436,9 @@ fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     picked.sort_unstable_by(|a, b| b.cmp(a));
     let mut batch: Vec<Item> =
         picked.into_iter().map(|pos| queue.items.remove(pos).expect("planned position")).collect();
+    shared.metrics.queue_depth.set(queue.items.len() as i64);
     drop(queue);
+    shared.room.notify_all();
     batch.sort_by_key(Item::len);
     Some(batch)
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{ConfigError, ExecutionProvider, LogFormat, OptimizationLevel, Overrides, PoolingChoice, Settings};
-use crate::features::FeaturePooling;
+use crate::pooling::FeaturePooling;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -127,182 +127,222 @@ pub struct EvaluateArgs {
 /// DISTILSERVE_<SECTION>__<KEY> (e.g. DISTILSERVE_SERVER__PORT). Per-head
 /// settings ([heads.<name>] tables) come from files or the environment
 /// (DISTILSERVE_HEADS__SENTIMENT__TRAIN_ON_STARTUP=false).
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args, Default, serde::Serialize)]
 pub struct SettingsArgs {
     /// Extra TOML settings file, applied over the defaults (config/default.toml).
     #[arg(long, env = "DISTILSERVE_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 
     /// server.host: address to listen on.
     #[arg(long, help_heading = "Server")]
+    #[serde(rename = "server.host")]
     pub host: Option<String>,
     /// server.port: port to listen on (0 picks a free one).
     #[arg(long, help_heading = "Server")]
+    #[serde(rename = "server.port")]
     pub port: Option<u16>,
     /// server.max_body_bytes: largest request body (413 above).
     #[arg(long, help_heading = "Server")]
+    #[serde(rename = "server.max_body_bytes")]
     pub max_body_bytes: Option<usize>,
     /// server.request_timeout_ms: deadline per request, queueing included (504 past it).
     #[arg(long, help_heading = "Server")]
+    #[serde(rename = "server.request_timeout_ms")]
     pub request_timeout_ms: Option<u64>,
     /// server.header_read_timeout_ms: time a client has to send its headers.
     #[arg(long, help_heading = "Server")]
+    #[serde(rename = "server.header_read_timeout_ms")]
     pub header_read_timeout_ms: Option<u64>,
     /// server.body_read_timeout_ms: time a client has to send its body (408 after).
     #[arg(long, help_heading = "Server")]
+    #[serde(rename = "server.body_read_timeout_ms")]
     pub body_read_timeout_ms: Option<u64>,
     /// server.docs_dir: Swagger UI assets served at /docs.
     #[arg(long, help_heading = "Server")]
+    #[serde(rename = "server.docs_dir")]
     pub docs_dir: Option<PathBuf>,
     /// server.shutdown_grace_ms: after SIGTERM, keep accepting (readiness 503) this long.
     #[arg(long, help_heading = "Server")]
+    #[serde(rename = "server.shutdown_grace_ms")]
     pub shutdown_grace_ms: Option<u64>,
     /// server.shutdown_timeout_ms: how long in-flight requests may finish after SIGTERM.
     #[arg(long, help_heading = "Server")]
+    #[serde(rename = "server.shutdown_timeout_ms")]
     pub shutdown_timeout_ms: Option<u64>,
 
     /// model.dir: folder with model.onnx, tokenizer.json, config.json, manifest.json.
     #[arg(long, help_heading = "Model")]
+    #[serde(rename = "model.dir")]
     pub model_dir: Option<PathBuf>,
     /// model.file: ONNX file inside the folder (model.onnx, model.opt.onnx or model.int8.onnx).
     #[arg(long, help_heading = "Model")]
+    #[serde(rename = "model.file")]
     pub model_file: Option<String>,
     /// model.name: name reported by /info (default: from the manifest).
     #[arg(long, help_heading = "Model")]
+    #[serde(rename = "model.name")]
     pub model_name: Option<String>,
     /// model.onnxruntime_library: path of libonnxruntime.so.
     #[arg(long, help_heading = "Model")]
+    #[serde(rename = "model.onnxruntime_library")]
     pub onnxruntime_library: Option<String>,
     /// model.execution_provider: cpu or cuda.
     #[arg(long, value_enum, help_heading = "Model")]
+    #[serde(rename = "model.execution_provider")]
     pub execution_provider: Option<ExecutionProvider>,
     /// model.cuda_device_id: GPU to use with cuda.
     #[arg(long, help_heading = "Model")]
+    #[serde(rename = "model.cuda_device_id")]
     pub cuda_device_id: Option<i32>,
     /// model.allow_cpu_fallback: run on the CPU when CUDA cannot be registered.
     #[arg(long, help_heading = "Model")]
+    #[serde(rename = "model.allow_cpu_fallback")]
     pub allow_cpu_fallback: Option<bool>,
     /// model.intra_threads: ONNX Runtime threads per session (0 = all cores).
     #[arg(long, help_heading = "Model")]
+    #[serde(rename = "model.intra_threads")]
     pub intra_threads: Option<usize>,
     /// model.intra_op_spinning: ONNX Runtime threads spin between calls (true/false).
     #[arg(long, help_heading = "Model")]
+    #[serde(rename = "model.intra_op_spinning")]
     pub intra_op_spinning: Option<bool>,
     /// model.inter_threads: ONNX Runtime inter-op threads.
     #[arg(long, help_heading = "Model")]
+    #[serde(rename = "model.inter_threads")]
     pub inter_threads: Option<usize>,
     /// model.optimization_level: graph optimisation level.
     #[arg(long, value_enum, help_heading = "Model")]
+    #[serde(rename = "model.optimization_level")]
     pub optimization_level: Option<OptimizationLevel>,
     /// model.max_tokens: longest input in tokens (0 = the model's maximum).
     #[arg(long, help_heading = "Model")]
+    #[serde(rename = "model.max_tokens")]
     pub max_tokens: Option<usize>,
     /// model.verify_checksums: check model files against manifest.json at startup.
     #[arg(long, help_heading = "Model")]
+    #[serde(rename = "model.verify_checksums")]
     pub verify_checksums: Option<bool>,
 
     /// batching.max_batch_size: most sequences per model call.
     #[arg(long, help_heading = "Batching")]
+    #[serde(rename = "batching.max_batch_size")]
     pub max_batch_size: Option<usize>,
     /// batching.max_batch_tokens: most padded tokens per model call.
     #[arg(long, help_heading = "Batching")]
+    #[serde(rename = "batching.max_batch_tokens")]
     pub max_batch_tokens: Option<usize>,
     /// batching.max_wait_ms: how long to wait for a batch to fill.
     #[arg(long, help_heading = "Batching")]
+    #[serde(rename = "batching.max_wait_ms")]
     pub max_wait_ms: Option<u64>,
     /// batching.queue_capacity: sequences allowed to wait (503 beyond).
     #[arg(long, help_heading = "Batching")]
+    #[serde(rename = "batching.queue_capacity")]
     pub queue_capacity: Option<usize>,
     /// batching.sessions: model sessions running at once.
     #[arg(long, help_heading = "Batching")]
+    #[serde(rename = "batching.sessions")]
     pub sessions: Option<usize>,
     /// batching.call_overhead_tokens: cost of one extra model call, in tokens (length grouping).
     #[arg(long, help_heading = "Batching")]
+    #[serde(rename = "batching.call_overhead_tokens")]
     pub call_overhead_tokens: Option<usize>,
 
     /// limits.max_inputs: most texts per request (413 beyond).
     #[arg(long, help_heading = "Limits")]
+    #[serde(rename = "limits.max_inputs")]
     pub max_inputs: Option<usize>,
 
     /// classify.serve: heads served by /classify, comma-separated (each needs a [heads.<name>] table).
     #[arg(long, value_delimiter = ',', help_heading = "Classification")]
+    #[serde(rename = "classify.serve")]
     pub heads: Option<Vec<String>>,
     /// classify.default_head: head used when a request names none.
     #[arg(long, help_heading = "Classification")]
+    #[serde(rename = "classify.default_head")]
     pub default_head: Option<String>,
     /// classify.heads_dir: folder of head files.
     #[arg(long, help_heading = "Classification")]
+    #[serde(rename = "classify.heads_dir")]
     pub heads_dir: Option<PathBuf>,
     /// classify.feature_cache_dir: folder of the feature cache.
     #[arg(long, help_heading = "Classification")]
+    #[serde(rename = "classify.feature_cache_dir")]
     pub feature_cache_dir: Option<PathBuf>,
 
     /// security.api_key: bearer key required on inference routes (prefer DISTILSERVE_SECURITY__API_KEY).
     #[arg(long, help_heading = "Security", hide_env_values = true)]
+    #[serde(rename = "security.api_key")]
     pub api_key: Option<String>,
     /// security.protect_operational_routes: require the key on health, metrics, info and the spec too.
     #[arg(long, help_heading = "Security")]
+    #[serde(rename = "security.protect_operational_routes")]
     pub protect_operational_routes: Option<bool>,
     /// security.cors_allowed_origins: origins allowed by CORS, comma-separated ("*" for any).
     #[arg(long, value_delimiter = ',', help_heading = "Security")]
+    #[serde(rename = "security.cors_allowed_origins")]
     pub cors_allowed_origins: Option<Vec<String>>,
 
     /// logging.format: json, text or auto.
     #[arg(long, value_enum, help_heading = "Logging")]
+    #[serde(rename = "logging.format")]
     pub log_format: Option<LogFormat>,
     /// logging.filter: tracing filter, e.g. "info,ort=warn".
     #[arg(long, help_heading = "Logging")]
+    #[serde(rename = "logging.filter")]
     pub log_filter: Option<String>,
 }
 
 impl SettingsArgs {
+    /// The flags given, as settings overrides: each flag names its key once,
+    /// in its `serde(rename)`; flags not given serialise as null and are skipped.
     pub fn overrides(&self) -> Overrides {
         let mut o = Overrides::default();
-        o.set("server.host", self.host.clone())
-            .set("server.port", self.port)
-            .set("server.max_body_bytes", self.max_body_bytes)
-            .set("server.request_timeout_ms", self.request_timeout_ms)
-            .set("server.header_read_timeout_ms", self.header_read_timeout_ms)
-            .set("server.body_read_timeout_ms", self.body_read_timeout_ms)
-            .set("server.docs_dir", self.docs_dir.clone())
-            .set("server.shutdown_grace_ms", self.shutdown_grace_ms)
-            .set("server.shutdown_timeout_ms", self.shutdown_timeout_ms)
-            .set("model.dir", self.model_dir.clone())
-            .set("model.file", self.model_file.clone())
-            .set("model.name", self.model_name.clone())
-            .set("model.onnxruntime_library", self.onnxruntime_library.clone())
-            .set("model.execution_provider", self.execution_provider)
-            .set("model.cuda_device_id", self.cuda_device_id)
-            .set("model.allow_cpu_fallback", self.allow_cpu_fallback)
-            .set("model.intra_threads", self.intra_threads)
-            .set("model.inter_threads", self.inter_threads)
-            .set("model.intra_op_spinning", self.intra_op_spinning)
-            .set("model.optimization_level", self.optimization_level)
-            .set("model.max_tokens", self.max_tokens)
-            .set("model.verify_checksums", self.verify_checksums)
-            .set("batching.max_batch_size", self.max_batch_size)
-            .set("batching.max_batch_tokens", self.max_batch_tokens)
-            .set("batching.max_wait_ms", self.max_wait_ms)
-            .set("batching.queue_capacity", self.queue_capacity)
-            .set("batching.sessions", self.sessions)
-            .set("batching.call_overhead_tokens", self.call_overhead_tokens)
-            .set("limits.max_inputs", self.max_inputs)
-            .set(
-                "classify.serve",
-                self.heads.as_ref().map(|h| h.iter().filter(|n| !n.is_empty()).cloned().collect::<Vec<_>>()),
-            )
-            .set("classify.default_head", self.default_head.clone())
-            .set("classify.heads_dir", self.heads_dir.clone())
-            .set("classify.feature_cache_dir", self.feature_cache_dir.clone())
-            .set("security.api_key", self.api_key.clone())
-            .set("security.protect_operational_routes", self.protect_operational_routes)
-            .set("security.cors_allowed_origins", self.cors_allowed_origins.clone())
-            .set("logging.format", self.log_format)
-            .set("logging.filter", self.log_filter.clone());
+        let serde_json::Value::Object(flags) = serde_json::to_value(self).expect("flags serialise") else {
+            unreachable!("a struct serialises as a map")
+        };
+        for (key, mut value) in flags.into_iter().filter(|(_, v)| !v.is_null()) {
+            if let serde_json::Value::Array(items) = &mut value {
+                // `--heads ""` serves no head: an empty item is no item.
+                items.retain(|item| item.as_str() != Some(""));
+            }
+            o.set(&key, Some(value));
+        }
         o
     }
 
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         Settings::load(self.config.as_deref(), &self.overrides())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_names_a_setting_that_exists() {
+        let defaults = serde_json::to_value(Settings::defaults()).unwrap();
+        let serde_json::Value::Object(flags) = serde_json::to_value(SettingsArgs::default()).unwrap() else {
+            panic!("a map")
+        };
+        assert!(flags.len() >= 30, "{} flags", flags.len());
+        for key in flags.keys() {
+            let (section, name) = key.split_once('.').unwrap_or_else(|| panic!("{key} is not section.key"));
+            assert!(defaults[section].get(name).is_some(), "flag for {key}, which is not a setting");
+        }
+    }
+
+    #[test]
+    fn flags_override_their_settings() {
+        let args =
+            ["distilserve", "serve", "--port", "9009", "--heads", "", "--default-head", "", "--log-format", "text"];
+        let cli = Cli::parse_from(args);
+        let Command::Serve(args) = cli.command else { panic!("serve") };
+        let settings = args.settings().unwrap();
+        assert_eq!(settings.server.port, 9009);
+        assert!(settings.classify.serve.is_empty());
+        assert_eq!(settings.logging.format, LogFormat::Text);
     }
 }

@@ -1,21 +1,24 @@
-//! The notebook's batch work from the command line: `extract` features to
-//! `.npy`, `train` a head, `evaluate` it against baselines.
+//! Batch work from the command line: `extract` features of a data set to
+//! `.npy`, `train` a head, `evaluate` it against baselines; `healthcheck`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
+use crate::atomic_file::write_atomic;
 use crate::cli::{EvaluateArgs, ExtractArgs, HealthcheckArgs, TrainArgs};
 use crate::config::{HeadKind, HeadSettings, Settings};
 use crate::data::Dataset;
-use crate::features::{write_atomic, FeatureCache, FeaturePooling, Progress, SessionSource};
-use crate::heads::logistic::{head_path, train, EncoderStamp, LabelledFeatures, LogisticHead, TrainConfig};
+use crate::features::{FeatureCache, Progress};
+use crate::heads::logistic::{head_path, EncoderStamp, LogisticHead};
 use crate::heads::metrics::Metrics;
 use crate::heads::onnx::map_labels;
+use crate::heads::search::{train, LabelledFeatures, TrainConfig, TrainingData};
 use crate::heads::training::{save_head, train_head, Extraction};
 use crate::model::Model;
 use crate::npy;
+use crate::pooling::{argmax, FeaturePooling};
 use crate::report::{confusion_svg, Report, Row};
 
 /// The encoder for a batch job: one session with every configured thread.
@@ -31,9 +34,8 @@ fn with_extraction<T>(
     let cache = FeatureCache::new(&settings.classify.feature_cache_dir);
     let info = model.info.clone();
     let tokenizer = model.tokenizer.clone();
-    let mut source = SessionSource { session: &mut model.sessions[0], info: &info };
     let mut extraction = Extraction {
-        source: &mut source,
+        source: &mut model.encoders[0],
         info: &info,
         tokenizer: &tokenizer,
         cache: &cache,
@@ -184,24 +186,23 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
             alphas.push(head.training.alpha);
         }
         for pooling in FeaturePooling::ALL.into_iter().filter(|p| *p != head.pooling) {
-            let other = train(
-                &format!("{}-{pooling}", head.name),
-                &labels,
-                EncoderStamp::of(extraction.info),
-                LabelledFeatures { features: &train_features, labels: &train_split.labels },
-                validation
+            let data = TrainingData {
+                labels: &labels,
+                train: LabelledFeatures { features: &train_features, labels: &train_split.labels },
+                validation: validation
                     .as_ref()
                     .zip(validation_features.as_ref())
                     .map(|(s, f)| LabelledFeatures { features: f, labels: &s.labels }),
-                &TrainConfig {
-                    poolings: vec![pooling],
-                    alphas: alphas.clone(),
-                    max_iterations: head.training.max_iterations,
-                    selection: head.training.selection,
-                },
-                &data_dir.display().to_string(),
-                BTreeMap::new(),
-            )?;
+                data_dir: data_dir.display().to_string(),
+                data_fingerprints: BTreeMap::new(),
+            };
+            let config = TrainConfig {
+                poolings: vec![pooling],
+                alphas: alphas.clone(),
+                max_iterations: head.training.max_iterations,
+                selection: head.training.selection,
+            };
+            let other = train(&format!("{}-{pooling}", head.name), EncoderStamp::of(extraction.info), data, &config)?;
             let predicted = other.predict(&features.get(pooling));
             rows.push(Row {
                 name: format!("logistic-{pooling}"),
@@ -271,22 +272,18 @@ fn evaluate_onnx(
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let info = model.info.clone();
     let tokenizer = model.tokenizer.clone();
-    let mut source = SessionSource { session: &mut model.sessions[0], info: &info };
     let mut predicted = vec![0usize; texts.len()];
     let progress = Progress::new(format!("{name} (onnx)"));
     crate::features::run_sorted_batches(
-        &mut source,
+        &mut model.encoders[0],
         &tokenizer,
         texts,
         settings.batching.max_batch_size,
         settings.batching.max_batch_tokens,
         &progress,
         |i, rows| {
-            let logits = rows.row(0);
-            let best = (0..logits.len()).fold(0, |b, j| if logits[j] > logits[b] { j } else { b });
-            predicted[i] = to_ours[to_label[best]];
+            predicted[i] = to_ours[to_label[argmax(rows.row(0).iter().copied())]];
             Ok(())
         },
     )?;

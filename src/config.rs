@@ -1,6 +1,7 @@
 //! Typed settings: `config/default.toml` (compiled in), then an optional file
 //! (`--config` / `DISTILSERVE_CONFIG`), then `DISTILSERVE_<SECTION>__<KEY>`
 //! environment variables, then command-line flags. Errors name the key.
+//! The bottom of the module graph: nothing here imports another module of the crate.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,8 +51,16 @@ impl std::fmt::Debug for SecuritySettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiSettings {
-    pub pooling: crate::pooling::Pooling,
+    pub pooling: SentencePooling,
     pub normalize: bool,
+}
+
+/// One vector per text: the pooled choices of `/embed` (`pooling::Pooling` without `none`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SentencePooling {
+    Cls,
+    Mean,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,7 +81,8 @@ pub enum HeadKind {
     Onnx,
 }
 
-/// Pooling of a logistic head: fixed, or chosen on the validation split.
+/// Pooling of a logistic head as a setting: one of `pooling::FeaturePooling`,
+/// or `auto` to let the search choose among them.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum PoolingChoice {
@@ -350,7 +360,7 @@ impl Settings {
             });
         }
         for (name, head) in &self.heads {
-            if crate::heads::logistic::validate_head_name(name).is_err() {
+            if !is_valid_head_name(name) {
                 return Err(ConfigError::Invalid {
                     key: "heads",
                     problem: format!("head name {name:?} must be 1-64 letters, digits, '_' or '-'"),
@@ -367,9 +377,6 @@ impl Settings {
                     problem: format!("heads.{name}.{field} is required for a head of kind {:?}", head.kind),
                 });
             }
-        }
-        if self.openai.pooling == crate::pooling::Pooling::None {
-            return Err(ConfigError::Invalid { key: "openai.pooling", problem: "must be cls or mean".into() });
         }
         for origin in &self.security.cors_allowed_origins {
             if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
@@ -396,6 +403,15 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// A head name is 1-64 ASCII letters, digits, '_' or '-', not starting with
+/// '-': it names a file, a URL segment and a metrics label.
+pub fn is_valid_head_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !name.starts_with('-')
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
-//! Feature extraction as a batch job: texts through the encoder in batches
-//! sorted by length, pooled to `[CLS]` and mean vectors, cached on disk by
-//! model, data and pooling so that a restart does not extract again.
+//! Feature extraction as a batch job (the `extract`, `train` and `evaluate`
+//! commands, and heads trained at startup): texts through an [`Encoder`] in
+//! batches sorted by length, pooled to `[CLS]` and mean vectors, cached on
+//! disk by model and data so that a restart does not extract again. Not on
+//! the request path: requests pool in `pooling.rs`.
 
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -11,50 +12,12 @@ use ndarray::{concatenate, Array2, Axis};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::{ModelInfo, Rows};
+use crate::atomic_file::write_atomic;
+use crate::encoder::Encoder;
+use crate::model::ModelInfo;
 use crate::npy;
-use crate::pooling::{pool, Pooling};
+use crate::pooling::{cls, mean, FeaturePooling, Rows};
 use crate::tokenize::{TextTokenizer, Tokenized};
-
-/// Which vector represents a text for a classifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum FeaturePooling {
-    /// The first token's last hidden state (the lecture's choice).
-    Cls,
-    /// Mean over real tokens.
-    Mean,
-    /// Both, concatenated.
-    #[value(name = "cls_mean")]
-    ClsMean,
-}
-
-impl FeaturePooling {
-    pub const ALL: [FeaturePooling; 3] = [FeaturePooling::Cls, FeaturePooling::Mean, FeaturePooling::ClsMean];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FeaturePooling::Cls => "cls",
-            FeaturePooling::Mean => "mean",
-            FeaturePooling::ClsMean => "cls_mean",
-        }
-    }
-
-    /// Feature width for an encoder of `hidden` dimensions.
-    pub fn width(self, hidden: usize) -> usize {
-        if self == FeaturePooling::ClsMean {
-            2 * hidden
-        } else {
-            hidden
-        }
-    }
-}
-
-impl std::fmt::Display for FeaturePooling {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// `[CLS]` and mean vectors of a set of texts, one row per text, in input order.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,70 +40,34 @@ impl PooledFeatures {
     }
 }
 
-/// Turns one vector row of features for a single text: used when serving.
-pub fn features_of(rows: &Rows, pooling: FeaturePooling) -> Vec<f32> {
-    match pooling {
-        FeaturePooling::Cls => pool(rows, Pooling::Cls).expect("pooled"),
-        FeaturePooling::Mean => pool(rows, Pooling::Mean).expect("pooled"),
-        FeaturePooling::ClsMean => {
-            let mut v = pool(rows, Pooling::Cls).expect("pooled");
-            v.extend(pool(rows, Pooling::Mean).expect("pooled"));
-            v
-        }
-    }
-}
-
-/// Something that turns a batch of tokenized texts into model rows: a session
-/// owned by a command-line job, or the service's batching queue.
-pub trait RowSource {
-    fn rows(&mut self, batch: &[Tokenized]) -> anyhow::Result<Vec<Rows>>;
-}
-
-/// A model session used directly by a command-line job (all cores, no queue).
-pub struct SessionSource<'a> {
-    pub session: &'a mut ort::session::Session,
-    pub info: &'a ModelInfo,
-}
-
-impl RowSource for SessionSource<'_> {
-    fn rows(&mut self, batch: &[Tokenized]) -> anyhow::Result<Vec<Rows>> {
-        let refs: Vec<&Tokenized> = batch.iter().collect();
-        crate::model::forward(self.session, self.info, &refs)
-    }
-}
-
-/// Progress on a terminal (a line redrawn in place); silent otherwise, where a
-/// log line at the end says how long it took.
+/// Progress of a batch job: a bar on a terminal (indicatif draws nothing
+/// elsewhere), and a log line at the end with the rate.
 pub struct Progress {
     label: String,
-    tty: bool,
+    bar: indicatif::ProgressBar,
     started: Instant,
 }
 
 impl Progress {
     pub fn new(label: impl Into<String>) -> Self {
-        Progress { label: label.into(), tty: std::io::stderr().is_terminal(), started: Instant::now() }
+        let label = label.into();
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec})")
+                .expect("valid template")
+                .progress_chars("#> "),
+        );
+        bar.set_message(label.clone());
+        Progress { label, bar, started: Instant::now() }
     }
 
     fn update(&self, done: usize, total: usize) {
-        if self.tty {
-            let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-            let width = 30;
-            let filled = if total == 0 { width } else { done * width / total };
-            eprint!(
-                "\r{} [{}{}] {done}/{total} ({rate:.0}/s)  ",
-                self.label,
-                "#".repeat(filled),
-                " ".repeat(width - filled)
-            );
-            let _ = std::io::stderr().flush();
-        }
+        self.bar.set_length(total as u64);
+        self.bar.set_position(done as u64);
     }
 
     fn finish(&self, total: usize) {
-        if self.tty {
-            eprintln!();
-        }
+        self.bar.finish_and_clear();
         let secs = self.started.elapsed().as_secs_f64();
         tracing::info!(
             what = %self.label,
@@ -156,7 +83,7 @@ impl Progress {
 /// batches of at most `max_batch_size` texts and `max_batch_tokens` padded
 /// tokens; `each` receives every text's rows with its input index.
 pub fn run_sorted_batches(
-    source: &mut dyn RowSource,
+    source: &mut dyn Encoder,
     tokenizer: &TextTokenizer,
     texts: &[String],
     max_batch_size: usize,
@@ -177,8 +104,8 @@ pub fn run_sorted_batches(
         {
             end += 1;
         }
-        let batch: Vec<Tokenized> = order[start..end].iter().map(|&i| seqs[i].clone()).collect();
-        let rows = source.rows(&batch)?;
+        let batch: Vec<&Tokenized> = order[start..end].iter().map(|&i| &seqs[i]).collect();
+        let rows = source.encode(&batch)?;
         if rows.len() != batch.len() {
             bail!("the encoder returned {} results for {} texts", rows.len(), batch.len());
         }
@@ -194,7 +121,7 @@ pub fn run_sorted_batches(
 
 /// Extracts `[CLS]` and mean features of `texts`, in input order.
 pub fn extract(
-    source: &mut dyn RowSource,
+    source: &mut dyn Encoder,
     tokenizer: &TextTokenizer,
     hidden: usize,
     texts: &[String],
@@ -202,17 +129,17 @@ pub fn extract(
     max_batch_tokens: usize,
     progress: &Progress,
 ) -> anyhow::Result<PooledFeatures> {
-    let mut cls = Array2::<f32>::zeros((texts.len(), hidden));
-    let mut mean = Array2::<f32>::zeros((texts.len(), hidden));
+    let mut cls_rows = Array2::<f32>::zeros((texts.len(), hidden));
+    let mut mean_rows = Array2::<f32>::zeros((texts.len(), hidden));
     run_sorted_batches(source, tokenizer, texts, max_batch_size, max_batch_tokens, progress, |i, r| {
         if r.cols != hidden {
             bail!("the encoder returned vectors of {} values, expected {hidden}", r.cols);
         }
-        cls.row_mut(i).assign(&ndarray::ArrayView1::from(r.row(0)));
-        mean.row_mut(i).assign(&ndarray::Array1::from(pool(r, Pooling::Mean).expect("pooled")));
+        cls_rows.row_mut(i).assign(&ndarray::Array1::from(cls(r)));
+        mean_rows.row_mut(i).assign(&ndarray::Array1::from(mean(r)));
         Ok(())
     })?;
-    Ok(PooledFeatures { cls, mean })
+    Ok(PooledFeatures { cls: cls_rows, mean: mean_rows })
 }
 
 /// On-disk cache of pooled features: `<dir>/<key>.cls.npy`, `.mean.npy` and a
@@ -296,29 +223,4 @@ impl FeatureCache {
         };
         write_atomic(&self.dir.join(format!("{key}.json")), serde_json::to_string_pretty(&entry)?.as_bytes())
     }
-}
-
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it
-/// into place: readers see the old file or the whole new one, never a part.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
 }

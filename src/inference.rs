@@ -1,23 +1,26 @@
-//! Text in, model rows out: tokenization off the async threads, then the
-//! batching queue. Shared by every route that runs the encoder.
+//! Text in, vectors out: tokenization off the async threads, the batching
+//! queue, then pooling and normalisation. Every route that runs a model goes
+//! through an [`Inference`]; handlers only parse requests and format answers.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::batching::{BatchError, Batched, Batcher, BatcherConfig, BatcherStats};
-use crate::features::RowSource;
-use crate::metrics::{header, Histogram, SECONDS};
-use crate::model::{Model, ModelInfo, Rows};
+use crate::batching::{BatchError, Batcher, BatcherConfig, BatcherStats};
+use crate::encoder::Encoder;
+use crate::metrics::RuntimeMetrics;
+use crate::model::{Model, ModelInfo};
+use crate::pooling::{normalize, pool, Pooling, Rows};
 use crate::tokenize::{TextTokenizer, TokenizeError, Tokenized};
 
 /// Requests with at most this much text are tokenized on the async thread.
 const INLINE_TOKENIZE_BYTES: usize = 2048;
 
+/// One model runtime: its description, tokenizer and batching queue.
 pub struct Inference {
     pub info: Arc<ModelInfo>,
     pub tokenizer: Arc<TextTokenizer>,
     batcher: Batcher,
-    tokenize_seconds: Histogram,
+    metrics: RuntimeMetrics,
 }
 
 /// One request's results: per input, its word pieces, character offsets and
@@ -29,11 +32,41 @@ pub struct Encoded {
     pub timing: Timing,
 }
 
+impl Encoded {
+    pub fn token_counts(&self) -> Vec<usize> {
+        self.rows.iter().map(|r| r.rows).collect()
+    }
+}
+
+/// What `/embed` asks for: how to pool, and whether to scale to unit length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbedOptions {
+    pub pooling: Pooling,
+    /// Per text when pooled; per token for [`Pooling::None`].
+    pub normalize: bool,
+}
+
+/// Embeddings of a request's texts.
+pub enum Vectors {
+    /// One vector per text.
+    Pooled(Vec<Vec<f32>>),
+    /// Every real token's vector, per text.
+    PerToken(Vec<Rows>),
+}
+
+pub struct Embedded {
+    pub tokens: Vec<Vec<String>>,
+    pub token_counts: Vec<usize>,
+    pub hidden: usize,
+    pub vectors: Vectors,
+    pub timing: Timing,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timing {
-    pub tokenize: std::time::Duration,
-    pub queue: std::time::Duration,
-    pub inference: std::time::Duration,
+    pub tokenize: Duration,
+    pub queue: Duration,
+    pub inference: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +78,12 @@ pub enum InferenceError {
 }
 
 impl Inference {
-    pub fn start(model: Model, config: BatcherConfig) -> Inference {
-        let batcher = Batcher::start(model.sessions, model.info.clone(), config);
-        Inference { info: model.info, tokenizer: model.tokenizer, batcher, tokenize_seconds: Histogram::new(SECONDS) }
+    /// Starts the model's workers (one per session) behind one queue;
+    /// `metrics` labels what `/metrics` shows of it.
+    pub fn start(model: Model, config: BatcherConfig, metrics: RuntimeMetrics) -> Inference {
+        let name = if model.info.task == "feature-extraction" { "encoder" } else { "classifier" };
+        let batcher = Batcher::start(model.encoders, config, metrics.clone(), name);
+        Inference { info: model.info, tokenizer: model.tokenizer, batcher, metrics }
     }
 
     pub fn queue_depth(&self) -> usize {
@@ -56,6 +92,10 @@ impl Inference {
 
     pub fn batch_stats(&self) -> BatcherStats {
         self.batcher.stats()
+    }
+
+    pub fn batcher_config(&self) -> &BatcherConfig {
+        self.batcher.config()
     }
 
     /// Stops taking new work and waits for queued work to finish.
@@ -76,18 +116,7 @@ impl Inference {
         })
     }
 
-    /// Runs already tokenized sequences through the queue.
-    pub async fn run(&self, seqs: Vec<Tokenized>, deadline: Instant) -> Result<Batched, BatchError> {
-        self.batcher.run(seqs, deadline).await
-    }
-
-    /// Appends the queue's metrics in Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String, labels: &str) {
-        self.batcher.render_metrics(out, labels);
-        header(out, "distilserve_tokenize_seconds", "histogram", "Time to tokenize one request's texts.");
-        self.tokenize_seconds.render(out, "distilserve_tokenize_seconds", labels);
-    }
-
+    /// Tokenizes `texts` and runs them through the queue: each text's rows.
     pub async fn encode(
         &self,
         texts: Vec<String>,
@@ -99,36 +128,66 @@ impl Inference {
         let started = Instant::now();
         let mut seqs = self.tokenize(texts, truncate).await?;
         let tokenize = started.elapsed();
-        self.tokenize_seconds.observe_duration(tokenize);
+        self.metrics.tokenize.observe(tokenize.as_secs_f64());
         let tokens = seqs.iter_mut().map(|s| std::mem::take(&mut s.tokens)).collect();
         let offsets = seqs.iter_mut().map(|s| std::mem::take(&mut s.offsets)).collect();
         let batched = self.batcher.run(seqs, deadline).await?;
         let timing = Timing { tokenize, queue: batched.queue_time, inference: batched.inference_time };
         Ok(Encoded { tokens, offsets, rows: batched.rows, timing })
     }
-}
 
-/// Feeds batch jobs (training at startup) through the service's queue, so that
-/// they share the model sessions with live requests. Call from a blocking thread.
-pub struct QueueSource<'a> {
-    pub inference: &'a Inference,
-    pub runtime: tokio::runtime::Handle,
-}
-
-impl RowSource for QueueSource<'_> {
-    fn rows(&mut self, batch: &[Tokenized]) -> anyhow::Result<Vec<Rows>> {
-        // A generous deadline: batch work waits behind live requests, it is not one.
-        let deadline = Instant::now() + std::time::Duration::from_secs(600);
-        let mut attempt = 0;
-        loop {
-            match self.runtime.block_on(self.inference.run(batch.to_vec(), deadline)) {
-                Ok(batched) => return Ok(batched.rows),
-                Err(BatchError::QueueFull { .. }) if attempt < 600 => {
-                    attempt += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(100));
+    /// Hidden states of `texts`, pooled and normalised as asked.
+    pub async fn embed(
+        &self,
+        texts: Vec<String>,
+        truncate: bool,
+        deadline: Instant,
+        options: EmbedOptions,
+    ) -> Result<Embedded, InferenceError> {
+        let encoded = self.encode(texts, truncate, deadline).await?;
+        let token_counts = encoded.token_counts();
+        let hidden = self.info.hidden_size;
+        let mut rows = encoded.rows;
+        let vectors = match options.pooling {
+            Pooling::None => {
+                if options.normalize {
+                    for r in rows.iter_mut() {
+                        r.data.chunks_exact_mut(hidden).for_each(normalize);
+                    }
                 }
-                Err(e) => return Err(e.into()),
+                Vectors::PerToken(rows)
             }
-        }
+            pooling => Vectors::Pooled(
+                rows.iter()
+                    .map(|r| {
+                        let mut v = pool(r, pooling).expect("pooled");
+                        if options.normalize {
+                            normalize(&mut v);
+                        }
+                        v
+                    })
+                    .collect(),
+            ),
+        };
+        Ok(Embedded { tokens: encoded.tokens, token_counts, hidden, vectors, timing: encoded.timing })
+    }
+
+    /// An [`Encoder`] that feeds batch jobs (training at startup) through this
+    /// queue, so that they share the model sessions with live requests. Use
+    /// from a blocking thread.
+    pub fn queued_encoder(&self) -> QueuedEncoder<'_> {
+        QueuedEncoder { inference: self }
+    }
+}
+
+/// See [`Inference::queued_encoder`].
+pub struct QueuedEncoder<'a> {
+    inference: &'a Inference,
+}
+
+impl Encoder for QueuedEncoder<'_> {
+    fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
+        let seqs = batch.iter().map(|&t| t.clone()).collect();
+        Ok(self.inference.batcher.run_blocking(seqs)?.rows)
     }
 }

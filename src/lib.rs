@@ -1,20 +1,32 @@
 //! distilserve: an HTTP service for the last hidden states of BERT-family
-//! encoders (DistilBERT, BERT, MiniLM) through ONNX Runtime.
+//! encoders (DistilBERT, BERT, MiniLM) through ONNX Runtime, and for
+//! classifier heads trained on them.
 //!
-//! Where things are: `config` (settings), `model` (ONNX Runtime, forward pass),
-//! `tokenize`, `batching` (queue and workers), `inference` (text to rows),
-//! `pooling`, `npy`, `data` (labelled data sets), `features` (batch
-//! extraction and cache), `heads` (logistic and ONNX classifiers), `http` (routes, types, errors), `startup` (serve and
-//! drain), `telemetry` (logs), `cli` and `commands` (extract, train,
-//! evaluate), `report`.
+//! Module map, bottom (depends on nothing of ours) to top:
+//! - `config`: typed settings (file, environment, flags). Imports no other module.
+//! - leaves: `tokenize` (text to ids), `pooling` (rows to vectors, softmax,
+//!   argmax), `npy`, `atomic_file`, `data` (labelled data sets), `metrics`
+//!   (the Prometheus registry), `telemetry` (logs).
+//! - `encoder`: the [`encoder::Encoder`] trait, the seam in front of the runtime.
+//! - `model`: ONNX Runtime, model folders, the forward pass (`OrtEncoder`).
+//! - `batching`: the queue and worker threads, generic over `Encoder`.
+//! - `inference`: tokenize, queue, pool: text to vectors for every route.
+//! - `runtimes`: owns every model runtime (encoder, ONNX heads); drains them.
+//! - `features`: batch extraction and its disk cache (commands, training).
+//! - `heads`: the served heads: logistic file format, training search, ONNX classifiers.
+//! - `http`: routes, request/response types, errors, auth, middleware.
+//! - `startup`: build, serve, train missing heads, drain.
+//! - `cli`, `commands`, `report`: the command line's batch work.
 
 #![forbid(unsafe_code)]
 
+pub mod atomic_file;
 pub mod batching;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod encoder;
 pub mod features;
 pub mod heads;
 pub mod http;
@@ -24,6 +36,7 @@ pub mod model;
 pub mod npy;
 pub mod pooling;
 pub mod report;
+pub mod runtimes;
 pub mod startup;
 pub mod telemetry;
 pub mod tokenize;

@@ -1,119 +1,237 @@
-//! Prometheus metrics: lock-free histograms and counters, rendered in the text
-//! exposition format by `GET /metrics`.
+//! Prometheus metrics through `prometheus-client`: one registry per service,
+//! families labelled by route and by model runtime (the encoder, each ONNX
+//! head), rendered in the OpenMetrics text format by `GET /metrics`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
 /// Latency buckets in seconds: 0.5 ms to 30 s.
-pub const SECONDS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-pub const BATCH_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
-pub const TOKENS: &[f64] = &[16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0];
+pub const SECONDS: [f64; 15] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+pub const BATCH_SIZES: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+pub const TOKENS: [f64; 7] = [16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0];
 
-/// A cumulative histogram with fixed bucket bounds.
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    /// Sum in millionths of the unit, to stay atomic.
-    sum_micro: AtomicU64,
-    count: AtomicU64,
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// HTTP methods kept as label values; anything else counts as `other`, so a
+/// client cannot mint new time series by inventing methods.
+const KNOWN_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+
+fn seconds() -> Histogram {
+    Histogram::new(SECONDS)
+}
+fn batch_sizes() -> Histogram {
+    Histogram::new(BATCH_SIZES)
+}
+fn tokens() -> Histogram {
+    Histogram::new(TOKENS)
 }
 
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_micro: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
-    pub fn observe(&self, value: f64) {
-        if let Some(i) = self.bounds.iter().position(|&b| value <= b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_micro.fetch_add((value.max(0.0) * 1e6) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
 
-    pub fn observe_duration(&self, d: Duration) {
-        self.observe(d.as_secs_f64());
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
 
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuntimeLabels {
+    runtime: String,
+}
 
-    /// Appends the `_bucket`, `_sum` and `_count` lines; `labels` is `k="v",` or empty.
-    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            cumulative += count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
-        }
-        let total = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {total}");
-        let sum = self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6;
-        let labels = labels.trim_end_matches(',');
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {total}");
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub runtime: String,
+    pub name: String,
+    pub file: String,
+    pub execution_provider: String,
+    pub fingerprint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeadLabels {
+    pub name: String,
+    pub kind: String,
+    pub labels: String,
+}
+
+/// Every metric family of the service.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<RequestLabels, Counter>,
+    http_duration: HistogramFamily<RouteLabels>,
+    runtime: RuntimeFamilies,
+    pub model_info: Family<ModelLabels, Gauge>,
+    pub head_info: Family<HeadLabels, Gauge>,
+    pub ready: Gauge,
+    pub worker_panics: Counter,
+}
+
+#[derive(Clone)]
+struct RuntimeFamilies {
+    batches: Family<RuntimeLabels, Counter>,
+    sequences: Family<RuntimeLabels, Counter>,
+    tokens: Family<RuntimeLabels, Counter>,
+    padded_tokens: Family<RuntimeLabels, Counter>,
+    skipped: Family<RuntimeLabels, Counter>,
+    refused: Family<RuntimeLabels, Counter>,
+    queue_depth: Family<RuntimeLabels, Gauge>,
+    queue_wait: HistogramFamily<RuntimeLabels>,
+    inference: HistogramFamily<RuntimeLabels>,
+    batch_size: HistogramFamily<RuntimeLabels>,
+    batch_tokens: HistogramFamily<RuntimeLabels>,
+    tokenize: HistogramFamily<RuntimeLabels>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
-pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Escapes a label value.
-pub fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// HTTP traffic: requests by (method, route, status) and latency by route.
-#[derive(Default)]
-pub struct HttpMetrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    latency: Mutex<BTreeMap<String, std::sync::Arc<Histogram>>>,
-}
-
-impl HttpMetrics {
-    pub fn record(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
-        *self.requests.lock().expect("metrics lock").entry((method.into(), route.into(), status)).or_insert(0) += 1;
-        let histogram = self
-            .latency
-            .lock()
-            .expect("metrics lock")
-            .entry(route.to_string())
-            .or_insert_with(|| std::sync::Arc::new(Histogram::new(SECONDS)))
-            .clone();
-        histogram.observe_duration(elapsed);
-    }
-
-    pub fn render(&self, out: &mut String) {
-        header(out, "distilserve_http_requests_total", "counter", "HTTP requests by method, route and status.");
-        for ((method, route, status), n) in self.requests.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "distilserve_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
-                label(method),
-                label(route)
-            );
-        }
-        header(
-            out,
-            "distilserve_http_request_duration_seconds",
-            "histogram",
-            "Time from request to response, by route.",
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "distilserve_http_requests",
+            "HTTP requests by method, route and status",
+            http_requests.clone(),
         );
-        for (route, h) in self.latency.lock().expect("metrics lock").iter() {
-            h.render(out, "distilserve_http_request_duration_seconds", &format!("route=\"{}\",", label(route)));
+        let http_duration = HistogramFamily::<RouteLabels>::new_with_constructor(seconds as fn() -> Histogram);
+        registry.register(
+            "distilserve_http_request_duration_seconds",
+            "Time from request to response, by route",
+            http_duration.clone(),
+        );
+        let runtime = RuntimeFamilies {
+            batches: Family::default(),
+            sequences: Family::default(),
+            tokens: Family::default(),
+            padded_tokens: Family::default(),
+            skipped: Family::default(),
+            refused: Family::default(),
+            queue_depth: Family::default(),
+            queue_wait: Family::new_with_constructor(seconds as fn() -> Histogram),
+            inference: Family::new_with_constructor(seconds as fn() -> Histogram),
+            batch_size: Family::new_with_constructor(batch_sizes as fn() -> Histogram),
+            batch_tokens: Family::new_with_constructor(tokens as fn() -> Histogram),
+            tokenize: Family::new_with_constructor(seconds as fn() -> Histogram),
+        };
+        let r = &runtime;
+        registry.register("distilserve_batches", "Model calls made", r.batches.clone());
+        registry.register("distilserve_sequences", "Sequences computed", r.sequences.clone());
+        registry.register("distilserve_tokens", "Real tokens computed, padding excluded", r.tokens.clone());
+        registry.register(
+            "distilserve_padded_tokens",
+            "Tokens fed to the model, padding included",
+            r.padded_tokens.clone(),
+        );
+        registry.register(
+            "distilserve_skipped_sequences",
+            "Sequences dropped uncomputed: caller gone or deadline passed",
+            r.skipped.clone(),
+        );
+        registry.register("distilserve_refused_requests", "Requests refused with 503: queue full", r.refused.clone());
+        registry.register("distilserve_queue_depth", "Sequences waiting in the inference queue", r.queue_depth.clone());
+        registry.register(
+            "distilserve_queue_wait_seconds",
+            "Time a sequence waited in the queue",
+            r.queue_wait.clone(),
+        );
+        registry.register("distilserve_inference_seconds", "Duration of one model call", r.inference.clone());
+        registry.register("distilserve_batch_size", "Sequences per model call", r.batch_size.clone());
+        registry.register("distilserve_batch_tokens", "Padded tokens per model call", r.batch_tokens.clone());
+        registry.register("distilserve_tokenize_seconds", "Time to tokenize one request's texts", r.tokenize.clone());
+        let model_info = Family::<ModelLabels, Gauge>::default();
+        registry.register("distilserve_model_info", "Model runtimes: the encoder and ONNX heads", model_info.clone());
+        let head_info = Family::<HeadLabels, Gauge>::default();
+        registry.register("distilserve_head_info", "Heads being served", head_info.clone());
+        let ready = Gauge::default();
+        registry.register("distilserve_ready", "1 when ready for traffic", ready.clone());
+        let worker_panics = Counter::default();
+        registry.register(
+            "distilserve_worker_panics",
+            "Inference worker panics (the batch failed with 500, the worker was restarted)",
+            worker_panics.clone(),
+        );
+        Metrics { registry, http_requests, http_duration, runtime, model_info, head_info, ready, worker_panics }
+    }
+
+    /// Records one HTTP answer.
+    pub fn record_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let method = if KNOWN_METHODS.contains(&method) { method } else { "other" };
+        self.http_requests
+            .get_or_create(&RequestLabels { method: method.to_string(), route: route.to_string(), status })
+            .inc();
+        self.http_duration.get_or_create(&RouteLabels { route: route.to_string() }).observe(elapsed.as_secs_f64());
+    }
+
+    /// The metrics of one model runtime's queue, labelled `runtime="<name>"`.
+    pub fn runtime(&self, name: &str) -> RuntimeMetrics {
+        let l = RuntimeLabels { runtime: name.to_string() };
+        let f = &self.runtime;
+        RuntimeMetrics {
+            batches: f.batches.get_or_create(&l).clone(),
+            sequences: f.sequences.get_or_create(&l).clone(),
+            tokens: f.tokens.get_or_create(&l).clone(),
+            padded_tokens: f.padded_tokens.get_or_create(&l).clone(),
+            skipped: f.skipped.get_or_create(&l).clone(),
+            refused: f.refused.get_or_create(&l).clone(),
+            queue_depth: f.queue_depth.get_or_create(&l).clone(),
+            queue_wait: f.queue_wait.get_or_create(&l).clone(),
+            inference: f.inference.get_or_create(&l).clone(),
+            batch_size: f.batch_size.get_or_create(&l).clone(),
+            batch_tokens: f.batch_tokens.get_or_create(&l).clone(),
+            tokenize: f.tokenize.get_or_create(&l).clone(),
+            worker_panics: self.worker_panics.clone(),
         }
+    }
+
+    /// The whole registry in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+/// One runtime's queue metrics: handles shared with the registry (or
+/// standalone, for queues that no service exposes).
+#[derive(Clone)]
+pub struct RuntimeMetrics {
+    pub batches: Counter,
+    pub sequences: Counter,
+    pub tokens: Counter,
+    pub padded_tokens: Counter,
+    pub skipped: Counter,
+    pub refused: Counter,
+    pub queue_depth: Gauge,
+    pub queue_wait: Histogram,
+    pub inference: Histogram,
+    pub batch_size: Histogram,
+    pub batch_tokens: Histogram,
+    pub tokenize: Histogram,
+    pub worker_panics: Counter,
+}
+
+impl RuntimeMetrics {
+    /// Metrics that no registry renders (tests, batch jobs).
+    pub fn unregistered() -> RuntimeMetrics {
+        Metrics::new().runtime("unregistered")
     }
 }
 
@@ -122,17 +240,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_renders_cumulative_buckets() {
-        let h = Histogram::new(&[1.0, 2.0]);
-        for v in [0.5, 1.5, 1.7, 3.0] {
-            h.observe(v);
-        }
-        let mut out = String::new();
-        h.render(&mut out, "x", "a=\"b\",");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"1\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"2\"} 3\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 4\n"), "{out}");
-        assert!(out.contains("x_sum{a=\"b\"} 6.7\n"), "{out}");
-        assert!(out.contains("x_count{a=\"b\"} 4\n"), "{out}");
+    fn renders_families_with_runtime_and_method_labels() {
+        let m = Metrics::new();
+        let encoder = m.runtime("encoder");
+        encoder.batches.inc();
+        encoder.queue_wait.observe(0.002);
+        m.runtime("head:sst2").batches.inc_by(2);
+        m.record_request("XMETHOD1", "/embed", 405, Duration::from_millis(1));
+        let out = m.render();
+        assert!(out.contains("distilserve_batches_total{runtime=\"encoder\"} 1\n"), "{out}");
+        assert!(out.contains("distilserve_batches_total{runtime=\"head:sst2\"} 2\n"), "{out}");
+        assert!(out.contains("distilserve_queue_wait_seconds_count{runtime=\"encoder\"} 1\n"), "{out}");
+        assert!(out.contains("method=\"other\""), "{out}");
+        assert!(!out.contains("XMETHOD1"), "{out}");
+        assert_eq!(out.matches("# TYPE distilserve_batches counter").count(), 1, "one family, two series");
     }
 }

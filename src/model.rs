@@ -1,6 +1,7 @@
 //! The model runtime: the ONNX Runtime library, a model folder (manifest,
 //! tokenizer, graph), sessions on the configured execution provider, and the
-//! forward pass that pads a batch and returns each sequence's real-token rows.
+//! forward pass that pads a batch and returns each sequence's real-token rows
+//! ([`OrtEncoder`], the [`Encoder`] the batching queue drives).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -15,6 +16,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{ExecutionProvider, ModelSettings, OptimizationLevel};
+use crate::encoder::Encoder;
+use crate::pooling::Rows;
 use crate::tokenize::{TextTokenizer, Tokenized};
 
 /// `manifest.json` as written by `scripts/export_model.py`.
@@ -74,21 +77,18 @@ pub struct ModelInfo {
 pub struct Model {
     pub info: Arc<ModelInfo>,
     pub tokenizer: Arc<TextTokenizer>,
-    pub sessions: Vec<Session>,
+    pub encoders: Vec<OrtEncoder>,
 }
 
-/// One sequence's output rows: the real tokens' last hidden states
-/// (`rows` = tokens, `cols` = hidden size), or one row of logits.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rows {
-    pub rows: usize,
-    pub cols: usize,
-    pub data: Vec<f32>,
+/// One ONNX Runtime session of a model: runs padded batches.
+pub struct OrtEncoder {
+    session: Session,
+    info: Arc<ModelInfo>,
 }
 
-impl Rows {
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.cols..(i + 1) * self.cols]
+impl Encoder for OrtEncoder {
+    fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
+        forward(&mut self.session, &self.info, batch)
     }
 }
 
@@ -307,7 +307,9 @@ impl Model {
                 .map(|(_, p)| p.clone())
                 .unwrap_or_default(),
         };
-        Ok(Model { info: Arc::new(info), tokenizer: Arc::new(tokenizer), sessions: built })
+        let info = Arc::new(info);
+        let encoders = built.into_iter().map(|session| OrtEncoder { session, info: info.clone() }).collect();
+        Ok(Model { info, tokenizer: Arc::new(tokenizer), encoders })
     }
 }
 
@@ -397,7 +399,7 @@ fn with_cuda(
 
 /// Runs one padded batch through `session`. Returns, per sequence, its real
 /// rows only: padding positions never leave this function.
-pub fn forward(session: &mut Session, info: &ModelInfo, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
+fn forward(session: &mut Session, info: &ModelInfo, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
     let b = batch.len();
     if b == 0 {
         return Ok(Vec::new());

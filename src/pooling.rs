@@ -1,9 +1,23 @@
-//! From per-token last hidden states to one vector per text.
+//! From per-token hidden states to one vector per text. A leaf module: the
+//! request path (`/embed`, `/classify`) and batch extraction both pool here.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::model::Rows;
+/// One sequence's output rows: the real tokens' hidden states (`rows` =
+/// tokens, `cols` = hidden size), or one row of logits. Padding never appears.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Rows {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
 
 /// How token vectors become the answer: `none` keeps every real token's
 /// vector, `cls` takes the first token's ([CLS]), `mean` averages the real tokens.
@@ -26,21 +40,83 @@ impl Pooling {
     }
 }
 
+/// Which vector represents a text for a classifier head: it differs from
+/// [`Pooling`] in having `cls_mean` and no per-token choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum FeaturePooling {
+    /// The first token's last hidden state.
+    Cls,
+    /// Mean over real tokens.
+    Mean,
+    /// Both, concatenated.
+    #[value(name = "cls_mean")]
+    ClsMean,
+}
+
+impl FeaturePooling {
+    pub const ALL: [FeaturePooling; 3] = [FeaturePooling::Cls, FeaturePooling::Mean, FeaturePooling::ClsMean];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeaturePooling::Cls => "cls",
+            FeaturePooling::Mean => "mean",
+            FeaturePooling::ClsMean => "cls_mean",
+        }
+    }
+
+    /// Feature width for an encoder of `hidden` dimensions.
+    pub fn width(self, hidden: usize) -> usize {
+        if self == FeaturePooling::ClsMean {
+            2 * hidden
+        } else {
+            hidden
+        }
+    }
+
+    /// One text's feature vector.
+    pub fn features(self, rows: &Rows) -> Vec<f32> {
+        match self {
+            FeaturePooling::Cls => cls(rows),
+            FeaturePooling::Mean => mean(rows),
+            FeaturePooling::ClsMean => {
+                let mut v = cls(rows);
+                v.extend(mean(rows));
+                v
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FeaturePooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The first token's vector ([CLS]).
+pub fn cls(rows: &Rows) -> Vec<f32> {
+    rows.row(0).to_vec()
+}
+
+/// The mean of every row, accumulated in f64.
+pub fn mean(rows: &Rows) -> Vec<f32> {
+    let mut sum = vec![0f64; rows.cols];
+    for r in 0..rows.rows {
+        for (acc, v) in sum.iter_mut().zip(rows.row(r)) {
+            *acc += f64::from(*v);
+        }
+    }
+    let n = rows.rows.max(1) as f64;
+    sum.into_iter().map(|s| (s / n) as f32).collect()
+}
+
 /// One vector for the sequence; `None` for [`Pooling::None`].
 pub fn pool(rows: &Rows, pooling: Pooling) -> Option<Vec<f32>> {
     match pooling {
         Pooling::None => None,
-        Pooling::Cls => Some(rows.row(0).to_vec()),
-        Pooling::Mean => {
-            let mut sum = vec![0f64; rows.cols];
-            for r in 0..rows.rows {
-                for (acc, v) in sum.iter_mut().zip(rows.row(r)) {
-                    *acc += f64::from(*v);
-                }
-            }
-            let n = rows.rows.max(1) as f64;
-            Some(sum.into_iter().map(|s| (s / n) as f32).collect())
-        }
+        Pooling::Cls => Some(cls(rows)),
+        Pooling::Mean => Some(mean(rows)),
     }
 }
 
@@ -52,6 +128,25 @@ pub fn normalize(v: &mut [f32]) {
             *x = (f64::from(*x) / norm) as f32;
         }
     }
+}
+
+/// Class probabilities from scores (logits), computed stably in f64.
+pub fn softmax(scores: &[f64]) -> Vec<f64> {
+    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exp: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// Index of the largest value; the first one on ties, 0 for an empty input.
+pub fn argmax<T: PartialOrd + Copy>(values: impl IntoIterator<Item = T>) -> usize {
+    let mut best: Option<(usize, T)> = None;
+    for (i, v) in values.into_iter().enumerate() {
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map_or(0, |(i, _)| i)
 }
 
 #[cfg(test)]
@@ -78,6 +173,12 @@ mod tests {
     }
 
     #[test]
+    fn cls_mean_concatenates() {
+        assert_eq!(FeaturePooling::ClsMean.features(&rows()), vec![1.0, 2.0, 3.0, 5.0]);
+        assert_eq!(FeaturePooling::ClsMean.width(2), 4);
+    }
+
+    #[test]
     fn normalize_gives_unit_length_and_keeps_zero() {
         let mut v = vec![3.0, 4.0];
         normalize(&mut v);
@@ -85,5 +186,14 @@ mod tests {
         let mut z = vec![0.0, 0.0];
         normalize(&mut z);
         assert_eq!(z, vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn softmax_and_argmax() {
+        let p = softmax(&[1000.0, 1000.0 + 2f64.ln()]);
+        assert!((p[0] - 1.0 / 3.0).abs() < 1e-12 && (p[1] - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(argmax([0.1f32, 0.7, 0.2]), 1);
+        assert_eq!(argmax([0.5f64, 0.5]), 0, "first on ties");
+        assert_eq!(argmax(Vec::<f32>::new()), 0);
     }
 }

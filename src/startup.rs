@@ -14,8 +14,9 @@ use crate::features::FeatureCache;
 use crate::heads::training::{save_head, train_head, Extraction};
 use crate::heads::{load_configured, Head, Heads};
 use crate::http::{router, AppState};
-use crate::inference::{Inference, QueueSource};
+use crate::metrics::Metrics;
 use crate::model::Model;
+use crate::runtimes::Runtimes;
 
 pub struct Application {
     listener: TcpListener,
@@ -43,23 +44,34 @@ impl Application {
             load_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
+        let metrics = Arc::new(Metrics::new());
+        let runtimes = Arc::new(Runtimes::start(model, (&settings.batching).into(), metrics.clone()));
         let startup_heads = {
-            let (settings, info) = (settings.clone(), model.info.clone());
-            tokio::task::spawn_blocking(move || load_configured(&settings, &info))
-                .await
-                .context("head loading task failed")??
+            let (settings, shared) = (settings.clone(), runtimes.clone());
+            match tokio::task::spawn_blocking(move || load_configured(&settings, &shared)).await {
+                Ok(Ok(heads)) => heads,
+                Ok(Err(e)) => {
+                    stop_runtimes(runtimes).await;
+                    return Err(e);
+                }
+                Err(e) => return Err(e).context("head loading task failed"),
+            }
         };
         let heads = Heads::new(default_head(&settings), settings.classify.serve.clone());
         for head in startup_heads.loaded {
             heads.insert(head);
         }
         heads.set_pending(startup_heads.to_train.len());
-        let inference = Inference::start(model, (&settings.batching).into());
         let address = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener = TcpListener::bind(&address)
-            .await
-            .with_context(|| format!("cannot listen on {address} (server.host, server.port)"))?;
-        Ok(Application { listener, state: AppState::new(inference, heads, settings), to_train: startup_heads.to_train })
+        let listener = match TcpListener::bind(&address).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                stop_runtimes(runtimes).await;
+                return Err(e).with_context(|| format!("cannot listen on {address} (server.host, server.port)"));
+            }
+        };
+        let state = AppState::new(runtimes, heads, settings, metrics);
+        Ok(Application { listener, state, to_train: startup_heads.to_train })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -81,9 +93,8 @@ impl Application {
         let failure = Arc::new(std::sync::Mutex::new(None::<anyhow::Error>));
         if !self.to_train.is_empty() {
             let (state, names) = (state.clone(), self.to_train);
-            let runtime = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = train_missing_heads(&state, &names, runtime) {
+                if let Err(e) = train_missing_heads(&state, &names) {
                     let _ = failed_tx.send(e);
                 }
             });
@@ -110,7 +121,7 @@ impl Application {
         tracing::info!(address = %self.listener.local_addr()?, "listening");
         let header_timeout = Duration::from_millis(state.settings.server.header_read_timeout_ms);
         serve_connections(self.listener, router(state.clone()), signal, header_timeout, drain).await;
-        tokio::task::spawn_blocking(move || state.inference.shutdown()).await.ok();
+        stop_runtimes(state.runtimes.clone()).await;
         tracing::info!("stopped");
         let failed = failure.lock().expect("failure lock").take();
         match failed {
@@ -183,14 +194,15 @@ fn default_head(settings: &Settings) -> String {
 
 /// Trains the heads missing at startup through the service's own queue; each
 /// joins the registry when done, and the service is ready after the last.
-fn train_missing_heads(state: &AppState, names: &[String], runtime: tokio::runtime::Handle) -> anyhow::Result<()> {
+fn train_missing_heads(state: &AppState, names: &[String]) -> anyhow::Result<()> {
     let settings = &state.settings;
     let cache = FeatureCache::new(&settings.classify.feature_cache_dir);
-    let mut source = QueueSource { inference: &state.inference, runtime };
+    let encoder = state.encoder();
+    let mut source = encoder.queued_encoder();
     let mut extraction = Extraction {
         source: &mut source,
-        info: &state.inference.info,
-        tokenizer: &state.inference.tokenizer,
+        info: &encoder.info,
+        tokenizer: &encoder.tokenizer,
         cache: &cache,
         max_batch_size: settings.batching.max_batch_size,
         max_batch_tokens: settings.batching.max_batch_tokens,
@@ -208,6 +220,11 @@ fn train_missing_heads(state: &AppState, names: &[String], runtime: tokio::runti
     }
     tracing::info!("all heads ready");
     Ok(())
+}
+
+/// Drains every model runtime (on a blocking thread: it joins worker threads).
+async fn stop_runtimes(runtimes: Arc<Runtimes>) {
+    tokio::task::spawn_blocking(move || runtimes.shutdown()).await.ok();
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -1,10 +1,14 @@
 //! Classification heads: logistic regressions trained on the encoder's pooled
 //! hidden states, and pre-trained ONNX classifiers. The registry holds the
 //! heads being served; heads still training at startup are "pending".
+//!
+//! `logistic` (head file and probabilities), `search` (training), `training`
+//! (from settings and a data set to a saved head), `onnx`, `metrics`.
 
 pub mod logistic;
 pub mod metrics;
 pub mod onnx;
+pub mod search;
 pub mod training;
 
 use std::collections::BTreeMap;
@@ -14,11 +18,10 @@ use std::time::Instant;
 
 use anyhow::bail;
 
-use crate::batching::BatcherConfig;
 use crate::config::{HeadKind, Settings};
-use crate::features::features_of;
 use crate::inference::{Inference, InferenceError, Timing};
 use crate::model::ModelInfo;
+use crate::runtimes::Runtimes;
 use logistic::{head_path, LogisticHead};
 use onnx::OnnxHead;
 
@@ -61,7 +64,7 @@ impl Head {
         match self {
             Head::Logistic(head) => {
                 let encoded = encoder.encode(texts, truncate, deadline).await?;
-                let p = encoded.rows.iter().map(|r| head.probabilities(&features_of(r, head.pooling))).collect();
+                let p = encoded.rows.iter().map(|r| head.probabilities(&head.pooling.features(r))).collect();
                 Ok((p, encoded.timing))
             }
             Head::Onnx(head) => {
@@ -163,25 +166,24 @@ pub fn load_logistic(settings: &Settings, name: &str, info: &ModelInfo) -> anyho
 
 /// Loads head `name` as configured: a logistic head from its file, an ONNX
 /// classifier from its model folder. Used at startup and by `POST /heads/{name}/reload`.
-pub fn load_one(settings: &Settings, name: &str, info: &ModelInfo) -> anyhow::Result<Option<Head>> {
+pub fn load_one(settings: &Settings, name: &str, runtimes: &Runtimes) -> anyhow::Result<Option<Head>> {
     let head = &settings.heads[name];
     Ok(match head.kind {
-        HeadKind::Logistic => load_logistic(settings, name, info)?.map(Head::Logistic),
+        HeadKind::Logistic => load_logistic(settings, name, &runtimes.encoder.info)?.map(Head::Logistic),
         HeadKind::Onnx => {
-            let config: BatcherConfig = (&settings.batching).into();
-            let h = OnnxHead::load(name, head, &settings.model, config)?;
+            let h = OnnxHead::load(name, head, &settings.model, runtimes)?;
             tracing::info!(head = %name, labels = ?h.labels, "ONNX classifier head loaded");
             Some(Head::Onnx(h))
         }
     })
 }
 
-pub fn load_configured(settings: &Settings, info: &ModelInfo) -> anyhow::Result<StartupHeads> {
+pub fn load_configured(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<StartupHeads> {
     let mut loaded = Vec::new();
     let mut to_train = Vec::new();
     for name in &settings.classify.serve {
         let head = &settings.heads[name];
-        match load_one(settings, name, info)? {
+        match load_one(settings, name, runtimes)? {
             Some(h) => loaded.push(h),
             None => {
                 let path = head_path(&settings.classify.heads_dir, name)?;

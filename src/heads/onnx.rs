@@ -1,15 +1,18 @@
 //! A pre-trained ONNX sequence classifier (e.g. an export of
 //! distilbert-base-uncased-finetuned-sst-2-english) served as a head: its own
-//! model runtime and batching queue, logits mapped to our label names.
+//! model runtime (started and owned by [`Runtimes`]), logits mapped to our
+//! label names.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
 
-use crate::batching::BatcherConfig;
 use crate::config::{HeadSettings, ModelSettings};
 use crate::inference::Inference;
 use crate::model::Model;
+use crate::pooling::softmax;
+use crate::runtimes::Runtimes;
 
 pub struct OnnxHead {
     pub name: String,
@@ -17,7 +20,7 @@ pub struct OnnxHead {
     pub labels: Vec<String>,
     /// For each model output, the index of our label it counts towards.
     to_label: Vec<usize>,
-    pub inference: Inference,
+    pub inference: Arc<Inference>,
 }
 
 impl OnnxHead {
@@ -26,7 +29,7 @@ impl OnnxHead {
         name: &str,
         head: &HeadSettings,
         runtime: &ModelSettings,
-        batching: BatcherConfig,
+        runtimes: &Runtimes,
     ) -> anyhow::Result<OnnxHead> {
         let dir = head.model_dir.clone().ok_or_else(|| anyhow!("heads.{name}.model_dir is required"))?;
         let settings =
@@ -41,17 +44,16 @@ impl OnnxHead {
             .clone()
             .unwrap_or_else(|| (0..model.info.hidden_size).map(|i| format!("LABEL_{i}")).collect());
         let (labels, to_label) = map_labels(name, &model_labels, &head.label_map)?;
-        Ok(OnnxHead { name: name.to_string(), labels, to_label, inference: Inference::start(model, batching) })
+        let inference = runtimes.start_classifier(name, model);
+        Ok(OnnxHead { name: name.to_string(), labels, to_label, inference })
     }
 
     /// Class probabilities of one text's logits, in our label order.
     pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let exp: Vec<f64> = logits.iter().map(|&v| f64::from(v - max).exp()).collect();
-        let sum: f64 = exp.iter().sum();
+        let scores: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
         let mut out = vec![0f64; self.labels.len()];
-        for (i, e) in exp.iter().enumerate() {
-            out[self.to_label[i]] += e / sum;
+        for (i, p) in softmax(&scores).into_iter().enumerate() {
+            out[self.to_label[i]] += p;
         }
         out.into_iter().map(|p| p as f32).collect()
     }

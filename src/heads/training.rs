@@ -8,17 +8,20 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context};
 
-use super::logistic::{head_path, train, EncoderStamp, LabelledFeatures, LogisticHead, Selection, TrainConfig};
+use super::logistic::{head_path, EncoderStamp, LogisticHead, Selection};
 use super::metrics::Metrics;
+use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
 use crate::config::{HeadSettings, PoolingChoice};
 use crate::data::{Dataset, Split};
-use crate::features::{extract, FeatureCache, FeaturePooling, PooledFeatures, Progress, RowSource};
+use crate::encoder::Encoder;
+use crate::features::{extract, FeatureCache, PooledFeatures, Progress};
 use crate::model::ModelInfo;
+use crate::pooling::FeaturePooling;
 use crate::tokenize::TextTokenizer;
 
 /// What feature extraction needs besides the texts.
 pub struct Extraction<'a> {
-    pub source: &'a mut dyn RowSource,
+    pub source: &'a mut dyn Encoder,
     pub info: &'a ModelInfo,
     pub tokenizer: &'a TextTokenizer,
     pub cache: &'a FeatureCache,
@@ -96,19 +99,17 @@ pub fn train_head(
         max_iterations: settings.max_iterations,
         selection: selection_of(settings.cv_folds),
     };
-    let mut head = train(
-        name,
-        &dataset.labels,
-        EncoderStamp::of(extraction.info),
-        LabelledFeatures { features: &train_features, labels: &train_split.labels },
-        validation_split
+    let data = TrainingData {
+        labels: &dataset.labels,
+        train: LabelledFeatures { features: &train_features, labels: &train_split.labels },
+        validation: validation_split
             .as_ref()
             .zip(validation_features.as_ref())
             .map(|(s, f)| LabelledFeatures { features: f, labels: &s.labels }),
-        &config,
-        &data_dir.display().to_string(),
-        fingerprints,
-    )?;
+        data_dir: data_dir.display().to_string(),
+        data_fingerprints: fingerprints,
+    };
+    let mut head = train(name, EncoderStamp::of(extraction.info), data, &config)?;
     if let Some(test) = &test_split {
         // Reported for reference only: nothing above looked at the test split.
         let features = extraction.features(&data_name, test)?;

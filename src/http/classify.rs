@@ -9,6 +9,7 @@ use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::types::{ClassifyRequest, ClassifyResponse, HeadDetail, HeadSummary, HeadsResponse, Prediction};
 use super::{timing_headers, AppState};
 use crate::heads::{Head, Lookup};
+use crate::pooling::argmax;
 use axum::response::IntoResponse;
 
 fn lookup(state: &AppState, name: Option<&str>) -> Result<std::sync::Arc<Head>, ApiError> {
@@ -47,12 +48,12 @@ pub async fn classify(
 ) -> Result<impl IntoResponse, ApiError> {
     let head = lookup(&state, request.head.as_deref())?;
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
-    let (probabilities, timing) = head.classify(&state.inference, texts, request.truncate, state.deadline()).await?;
+    let (probabilities, timing) = head.classify(state.encoder(), texts, request.truncate, state.deadline()).await?;
     let labels = head.labels();
     let predictions = probabilities
         .into_iter()
         .map(|p| {
-            let best = p.iter().enumerate().fold(0, |b, (i, v)| if *v > p[b] { i } else { b });
+            let best = argmax(p.iter().copied());
             Prediction {
                 label: labels[best].clone(),
                 probability: p[best],
@@ -141,11 +142,11 @@ pub async fn reload_head(
     if matches!(state.heads.get(Some(&name)), Err(Lookup::NotReady)) {
         return Err(ApiError::new(StatusCode::CONFLICT, "not_ready", format!("head {name:?} is still training")));
     }
-    let (settings, info, wanted) = (state.settings.clone(), state.inference.info.clone(), name.clone());
+    let (settings, runtimes, wanted) = (state.settings.clone(), state.runtimes.clone(), name.clone());
     let loaded =
-        tokio::task::spawn_blocking(move || crate::heads::load_one(&settings, &wanted, &info)).await.map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("reload task failed: {e}"))
-        })?;
+        tokio::task::spawn_blocking(move || crate::heads::load_one(&settings, &wanted, &runtimes)).await.map_err(
+            |e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("reload task failed: {e}")),
+        )?;
     let unusable = |message: String| {
         tracing::warn!(head = %name, error = %message, "head reload refused; the previous head keeps serving");
         ApiError::invalid("invalid_head_file", format!("{message}; the previous head keeps serving"))

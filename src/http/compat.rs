@@ -13,7 +13,9 @@ use super::types::{
     TokenizeRequest, TokenizeResponse,
 };
 use super::{timing_headers, AppState};
-use crate::pooling::{normalize, pool};
+use crate::config::SentencePooling;
+use crate::inference::{EmbedOptions, Vectors};
+use crate::pooling::Pooling;
 
 #[utoipa::path(
     post,
@@ -33,7 +35,7 @@ pub async fn tokenize(
     ApiJson(request): ApiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
-    let seqs = state.inference.tokenize(texts, request.truncate).await?;
+    let seqs = state.encoder().tokenize(texts, request.truncate).await?;
     let tokens = seqs
         .into_iter()
         .map(|s| {
@@ -72,19 +74,20 @@ pub async fn openai_embeddings(
 ) -> Result<impl IntoResponse, ApiError> {
     let base64 = request.encoding_format == Some(EncodingFormat::Base64);
     let texts = validate_inputs(request.input.into_vec(), state.settings.limits.max_inputs)?;
-    // OpenAI's endpoint truncates long inputs rather than refusing them.
-    let encoded = state.inference.encode(texts, true, state.deadline()).await?;
     let openai = &state.settings.openai;
-    let prompt_tokens = encoded.rows.iter().map(|r| r.rows).sum();
-    let data = encoded
-        .rows
-        .iter()
+    let pooling = match openai.pooling {
+        SentencePooling::Cls => Pooling::Cls,
+        SentencePooling::Mean => Pooling::Mean,
+    };
+    let options = EmbedOptions { pooling, normalize: openai.normalize };
+    // OpenAI's endpoint truncates long inputs rather than refusing them.
+    let embedded = state.encoder().embed(texts, true, state.deadline(), options).await?;
+    let prompt_tokens = embedded.token_counts.iter().sum();
+    let Vectors::Pooled(vectors) = embedded.vectors else { unreachable!("pooling is cls or mean") };
+    let data = vectors
+        .into_iter()
         .enumerate()
-        .map(|(index, rows)| {
-            let mut v = pool(rows, openai.pooling).expect("validated: pooling is cls or mean");
-            if openai.normalize {
-                normalize(&mut v);
-            }
+        .map(|(index, v)| {
             let embedding = if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                 OpenAiVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
@@ -97,8 +100,8 @@ pub async fn openai_embeddings(
     let body = OpenAiEmbeddingResponse {
         object: "list".into(),
         data,
-        model: state.inference.info.name.clone(),
+        model: state.encoder().info.name.clone(),
         usage: OpenAiUsage { prompt_tokens, total_tokens: prompt_tokens },
     };
-    Ok((timing_headers(&encoded.timing), Json(body)))
+    Ok((timing_headers(&embedded.timing), Json(body)))
 }

@@ -8,8 +8,8 @@ use axum::Json;
 use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::types::{EmbedRequest, EmbedResponse, Embeddings};
 use super::{timing_headers, AppState};
+use crate::inference::{EmbedOptions, Embedded, Vectors};
 use crate::npy;
-use crate::pooling::{normalize, pool, Pooling};
 
 pub const NPY_MEDIA_TYPE: &str = "application/x-npy";
 /// Header carrying the per-text token counts of a `.npy` answer (comma-separated).
@@ -86,37 +86,16 @@ pub async fn embed(
 ) -> Result<Response, ApiError> {
     let format = negotiate(&headers)?;
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
-    let encoded = state.inference.encode(texts, request.truncate, state.deadline()).await?;
-    let hidden = state.inference.info.hidden_size;
-    let timing = timing_headers(&encoded.timing);
-    let token_counts: Vec<usize> = encoded.rows.iter().map(|r| r.rows).collect();
-
-    let mut rows = encoded.rows;
-    if request.normalize {
-        // Normalising per token for `none`, per text otherwise (below).
-        if request.pooling == Pooling::None {
-            for r in rows.iter_mut() {
-                r.data.chunks_exact_mut(hidden).for_each(normalize);
-            }
-        }
-    }
-    let pooled: Option<Vec<Vec<f32>>> = (request.pooling != Pooling::None).then(|| {
-        rows.iter()
-            .map(|r| {
-                let mut v = pool(r, request.pooling).expect("pooled");
-                if request.normalize {
-                    normalize(&mut v);
-                }
-                v
-            })
-            .collect()
-    });
+    let options = EmbedOptions { pooling: request.pooling, normalize: request.normalize };
+    let embedded = state.encoder().embed(texts, request.truncate, state.deadline(), options).await?;
+    let timing = timing_headers(&embedded.timing);
+    let Embedded { tokens, token_counts, hidden, vectors, .. } = embedded;
 
     match format {
         Format::Npy => {
-            let (shape, data) = match &pooled {
-                Some(vectors) => (vec![vectors.len(), hidden], vectors.concat()),
-                None => {
+            let (shape, data) = match &vectors {
+                Vectors::Pooled(vectors) => (vec![vectors.len(), hidden], vectors.concat()),
+                Vectors::PerToken(rows) => {
                     let longest = token_counts.iter().copied().max().unwrap_or(0);
                     let mut data = vec![0f32; rows.len() * longest * hidden];
                     for (i, r) in rows.iter().enumerate() {
@@ -134,20 +113,20 @@ pub async fn embed(
             Ok((timing, response).into_response())
         }
         Format::Json => {
-            let embeddings = match pooled {
-                Some(vectors) => Embeddings::Pooled(vectors),
-                None => Embeddings::PerToken(
+            let embeddings = match vectors {
+                Vectors::Pooled(vectors) => Embeddings::Pooled(vectors),
+                Vectors::PerToken(rows) => Embeddings::PerToken(
                     rows.iter().map(|r| r.data.chunks_exact(hidden).map(<[f32]>::to_vec).collect()).collect(),
                 ),
             };
             let body = EmbedResponse {
-                model: state.inference.info.name.clone(),
+                model: state.encoder().info.name.clone(),
                 pooling: request.pooling,
                 normalized: request.normalize,
                 dimensions: hidden,
                 token_counts,
                 embeddings,
-                tokens: request.return_tokens.then_some(encoded.tokens),
+                tokens: request.return_tokens.then_some(tokens),
             };
             Ok((timing, Json(body)).into_response())
         }

@@ -2,8 +2,6 @@
 
 use std::sync::atomic::Ordering;
 
-use std::fmt::Write as _;
-
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -11,7 +9,7 @@ use axum::Json;
 
 use super::types::{HealthResponse, InfoResponse, LimitsDescription, ModelDescription};
 use super::AppState;
-use crate::metrics::{header, label};
+use crate::metrics::{HeadLabels, CONTENT_TYPE};
 
 #[utoipa::path(
     get,
@@ -47,36 +45,23 @@ pub async fn live() -> Json<HealthResponse> {
     get,
     path = "/metrics",
     tag = "service",
-    responses((status = 200, description = "Prometheus text format: HTTP requests and latency, queue, batches, model and head info", content_type = "text/plain"))
+    responses((status = 200, description = "OpenMetrics text format: HTTP requests and latency; per model runtime (encoder, ONNX heads) queue, batches and model info; heads", content_type = "application/openmetrics-text"))
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let mut out = String::with_capacity(16 * 1024);
-    state.http_metrics.render(&mut out);
-    state.inference.render_metrics(&mut out, "");
-    let info = &state.inference.info;
-    header(&mut out, "distilserve_model_info", "gauge", "The encoder being served.");
-    let _ = writeln!(
-        out,
-        "distilserve_model_info{{name=\"{}\",file=\"{}\",execution_provider=\"{}\",fingerprint=\"{}\"}} 1",
-        label(&info.name),
-        label(&info.file),
-        label(&info.execution_provider),
-        label(&info.fingerprint)
-    );
-    header(&mut out, "distilserve_head_info", "gauge", "Heads being served.");
+    let metrics = &state.metrics;
+    // Heads come and go (reloads): their series are set afresh at each scrape.
+    metrics.head_info.clear();
     for head in state.heads.all() {
-        let _ = writeln!(
-            out,
-            "distilserve_head_info{{name=\"{}\",kind=\"{:?}\",labels=\"{}\"}} 1",
-            label(head.name()),
-            head.kind(),
-            label(&head.labels().join(","))
-        );
+        let labels = HeadLabels {
+            name: head.name().to_string(),
+            kind: format!("{:?}", head.kind()).to_lowercase(),
+            labels: head.labels().join(","),
+        };
+        metrics.head_info.get_or_create(&labels).set(1);
     }
-    header(&mut out, "distilserve_ready", "gauge", "1 when ready for traffic.");
     let ready = state.heads.ready() && !state.draining.load(Ordering::Relaxed);
-    let _ = writeln!(out, "distilserve_ready {}", u8::from(ready));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
+    metrics.ready.set(i64::from(ready));
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render())
 }
 
 #[utoipa::path(
@@ -86,7 +71,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     responses((status = 200, description = "Model and service description", body = InfoResponse))
 )]
 pub async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
-    let model = &state.inference.info;
+    let model = &state.encoder().info;
     let s = &state.settings;
     Json(InfoResponse {
         service: "distilserve".into(),

@@ -30,16 +30,18 @@ use utoipa::OpenApi;
 use crate::config::Settings;
 use crate::heads::Heads;
 use crate::inference::{Inference, Timing};
-use crate::metrics::HttpMetrics;
+use crate::metrics::Metrics;
+use crate::runtimes::Runtimes;
 use error::ApiError;
 
 pub struct AppInner {
-    pub inference: Inference,
+    /// The encoder and the ONNX heads' runtimes.
+    pub runtimes: Arc<Runtimes>,
     pub heads: Heads,
     pub settings: Settings,
     /// Set on shutdown: health answers 503 so load balancers stop sending.
     pub draining: AtomicBool,
-    pub http_metrics: HttpMetrics,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Cheap to clone; handed to every handler.
@@ -47,14 +49,13 @@ pub struct AppInner {
 pub struct AppState(Arc<AppInner>);
 
 impl AppState {
-    pub fn new(inference: Inference, heads: Heads, settings: Settings) -> Self {
-        AppState(Arc::new(AppInner {
-            inference,
-            heads,
-            settings,
-            draining: AtomicBool::new(false),
-            http_metrics: HttpMetrics::default(),
-        }))
+    pub fn new(runtimes: Arc<Runtimes>, heads: Heads, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        AppState(Arc::new(AppInner { runtimes, heads, settings, draining: AtomicBool::new(false), metrics }))
+    }
+
+    /// The encoder's runtime: what `/embed`, `/tokenize` and logistic heads use.
+    pub fn encoder(&self) -> &Inference {
+        &self.runtimes.encoder
     }
 
     /// When a request arriving now must be answered by.
@@ -164,7 +165,7 @@ async fn track_metrics(State(state): State<AppState>, request: Request<Body>, ne
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let response = next.run(request).await;
-    state.http_metrics.record(&method, &route, response.status().as_u16(), started.elapsed());
+    state.metrics.record_request(&method, &route, response.status().as_u16(), started.elapsed());
     response
 }
 

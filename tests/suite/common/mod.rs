@@ -221,14 +221,13 @@ pub fn train_toy_head(
     heads: &Path,
     cache: &Path,
 ) -> distilserve::heads::logistic::LogisticHead {
-    use distilserve::features::{FeatureCache, SessionSource};
+    use distilserve::features::FeatureCache;
     use distilserve::heads::training::{save_head, train_head, Extraction};
     let info = model.info.clone();
     let tokenizer = model.tokenizer.clone();
     let cache = FeatureCache::new(cache);
-    let mut source = SessionSource { session: &mut model.sessions[0], info: &info };
     let mut extraction = Extraction {
-        source: &mut source,
+        source: &mut model.encoders[0],
         info: &info,
         tokenizer: &tokenizer,
         cache: &cache,

@@ -1,7 +1,7 @@
 //! The API contract: openapi.yaml at the top level is what the code generates
 //! (regenerate with `make openapi`), and the server serves the same document.
 
-mod common;
+use crate::common;
 
 use common::{fixture, python, repo_path, settings_for, TestServer};
 use distilserve::http::ApiDoc;

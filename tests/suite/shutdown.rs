@@ -2,7 +2,7 @@
 //! requests keep being served through the grace period, every request already
 //! accepted is answered, and the process exits 0.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

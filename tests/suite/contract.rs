@@ -5,7 +5,7 @@
 //! documented, schema-valid requests are accepted and invalid ones refused.
 //! Bounded for CI (seeded, a time budget); `make contract` runs a longer one.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! The binary refuses bad set-ups with one clear line naming the file or
 //! setting and the fix, and exit status 1: never a panic.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

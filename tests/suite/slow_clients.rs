@@ -2,7 +2,7 @@
 //! headers is disconnected, one that trickles its body gets 408, and normal
 //! requests are served meanwhile. Raw TCP on loopback, tiny fixture.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! POST /tokenize and the OpenAI-style POST /v1/embeddings over a socket, on
 //! the tiny DistilBERT fixture.
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::{error_of, fixture, max_abs_diff, reference, settings_for, TestServer};

@@ -1,7 +1,7 @@
 //! Operating the service: liveness and readiness, Prometheus metrics that move
 //! as requests are served, timing headers. Tiny DistilBERT fixture over a socket.
 
-mod common;
+use crate::common;
 
 use common::{fixture, settings_for, TestServer};
 use serde_json::json;
@@ -31,7 +31,7 @@ async fn liveness_and_readiness_are_distinct_probes() {
 async fn metrics_move_as_requests_are_served() {
     let server = TestServer::start(settings_for(&fixture("tiny-distilbert"))).await;
     let before = server.get("/metrics").await;
-    assert!(before.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(before.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
     let before = before.text().await.unwrap();
     let embed_ok = r#"distilserve_http_requests_total{method="POST",route="/embed",status="200"}"#;
     let embed_422 = r#"distilserve_http_requests_total{method="POST",route="/embed",status="422"}"#;
@@ -51,16 +51,24 @@ async fn metrics_move_as_requests_are_served() {
     assert_eq!(sample(&after, embed_ok), 1.0, "{after}");
     assert_eq!(sample(&after, embed_422), 1.0);
     assert_eq!(sample(&after, r#"distilserve_http_requests_total{method="GET",route="unmatched",status="404"}"#), 1.0);
-    assert_eq!(sample(&after, "distilserve_sequences_total") - sample(&before, "distilserve_sequences_total"), 2.0);
-    assert!(sample(&after, "distilserve_batches_total") >= 1.0);
-    assert!(sample(&after, "distilserve_batch_size_count") >= 1.0);
-    assert!(sample(&after, "distilserve_inference_seconds_count") >= 1.0);
-    assert_eq!(sample(&after, "distilserve_tokenize_seconds_count"), 1.0, "the 422 request failed before tokenizing");
-    assert_eq!(sample(&after, "distilserve_queue_wait_seconds_count"), 2.0);
+    assert_eq!(
+        sample(&after, r#"distilserve_sequences_total{runtime="encoder"}"#)
+            - sample(&before, r#"distilserve_sequences_total{runtime="encoder"}"#),
+        2.0
+    );
+    assert!(sample(&after, r#"distilserve_batches_total{runtime="encoder"}"#) >= 1.0);
+    assert!(sample(&after, r#"distilserve_batch_size_count{runtime="encoder"}"#) >= 1.0);
+    assert!(sample(&after, r#"distilserve_inference_seconds_count{runtime="encoder"}"#) >= 1.0);
+    assert_eq!(
+        sample(&after, r#"distilserve_tokenize_seconds_count{runtime="encoder"}"#),
+        1.0,
+        "the 422 request failed before tokenizing"
+    );
+    assert_eq!(sample(&after, r#"distilserve_queue_wait_seconds_count{runtime="encoder"}"#), 2.0);
     assert!(sample(&after, r#"distilserve_http_request_duration_seconds_count{route="/embed"}"#) >= 2.0);
-    assert_eq!(sample(&after, "distilserve_queue_depth"), 0.0);
+    assert_eq!(sample(&after, r#"distilserve_queue_depth{runtime="encoder"}"#), 0.0);
     assert_eq!(sample(&after, "distilserve_ready"), 1.0);
-    assert!(after.contains(r#"distilserve_model_info{name="tiny-distilbert""#), "{after}");
+    assert!(after.contains(r#"distilserve_model_info{runtime="encoder",name="tiny-distilbert""#), "{after}");
     assert!(after.contains("# TYPE distilserve_inference_seconds histogram"));
     server.stop().await;
 }

@@ -3,7 +3,7 @@
 //! meanwhile), loaded from disk after a restart, the ONNX classifier head, and
 //! refusal of damaged or missing head files at startup.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

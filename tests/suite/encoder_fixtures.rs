@@ -3,10 +3,11 @@
 //! DistilBERT sequence classifier. Batched and padded, the real-token rows must
 //! equal the unpadded reference within 1e-4.
 
-mod common;
+use crate::common;
 
 use common::{fixture, max_abs_diff, reference, settings_for};
-use distilserve::model::{forward, Model};
+use distilserve::encoder::Encoder;
+use distilserve::model::Model;
 
 fn check_against_reference(name: &str) -> Model {
     let dir = fixture(name);
@@ -20,8 +21,7 @@ fn check_against_reference(name: &str) -> Model {
     }
     // One padded batch of all texts, lengths 3..64: padding must not leak.
     let refs: Vec<_> = seqs.iter().collect();
-    let info = model.info.clone();
-    let rows = forward(&mut model.sessions[0], &info, &refs).expect("forward");
+    let rows = model.encoders[0].encode(&refs).expect("forward");
     for (rows, item) in rows.iter().zip(&reference.items) {
         match (&item.last_hidden_state, &item.logits) {
             (Some(expected), _) => {

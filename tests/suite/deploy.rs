@@ -4,7 +4,7 @@
 //! Runtime library found beside the binary (no ORT_DYLIB_PATH), the real default
 //! model, and `distilserve healthcheck` (the image's HEALTHCHECK) as the probe.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! Interactive API docs at /docs, served with no internet: our page, Swagger UI
 //! assets from vendor/swagger-ui (scripts/setup.sh), the spec from /openapi.json.
 
-mod common;
+use crate::common;
 
 use common::{error_of, fixture, repo_path, settings_for, TestServer};
 

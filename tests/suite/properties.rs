@@ -4,7 +4,7 @@
 //! (empty, whitespace, emoji, control characters, 1 MB of one character, lone
 //! surrogates in JSON escapes). Bounded for CI: PROPTEST_CASES raises it.
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 

@@ -2,7 +2,7 @@
 //! `train` writes a head, `evaluate` prints the comparison and writes the JSON
 //! report and the confusion-matrix picture. Tiny DistilBERT fixture, synthetic data.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

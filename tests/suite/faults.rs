@@ -4,7 +4,7 @@
 //! caches that cannot be written (read-only folder, full disk): the error is
 //! reported and the service serves. Tiny DistilBERT, synthetic data set.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -3,7 +3,7 @@
 //! the page must show the head's prediction (the same label the API gives) and
 //! one norm per token. Needs chromium (scripts/install-test-deps.sh).
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! fixture: results against Python onnxruntime, every output form, and every
 //! documented error.
 
-mod common;
+use crate::common;
 
 use common::{error_of, fixture, max_abs_diff, reference, settings_for, TestServer};
 use distilserve::npy;

@@ -2,7 +2,7 @@
 //! set, the head file (round trip, corruption, truncation, another encoder),
 //! determinism, and the feature cache.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

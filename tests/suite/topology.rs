@@ -4,7 +4,7 @@
 //! request fails (nginx retries on another replica) and the restarted replica
 //! takes traffic again. Needs nginx (scripts/install-test-deps.sh).
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,7 @@
 //! Access: the API key on and off for every route, CORS off by default and
 //! configurable. Tiny DistilBERT fixture over a socket.
 
-mod common;
+use crate::common;
 
 use common::{error_of, fixture, settings_for, TestServer};
 use serde_json::json;

@@ -1,0 +1,303 @@
+//! Training a logistic head on pooled features: linfa's multinomial logistic
+//! regression on standardised inputs, every (pooling, alpha) candidate scored
+//! as [`Selection`] says, the best one refitted. Deterministic for the same inputs.
+
+use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail};
+use linfa::prelude::*;
+use linfa_logistic::MultiLogisticRegression;
+use ndarray::{Array1, Array2, Axis};
+
+use super::logistic::{Candidate, EncoderStamp, HeadMetrics, LogisticHead, Selection, TrainingRecord, FORMAT_VERSION};
+use super::metrics::Metrics;
+use crate::features::PooledFeatures;
+use crate::pooling::{argmax, FeaturePooling};
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub poolings: Vec<FeaturePooling>,
+    pub alphas: Vec<f64>,
+    pub max_iterations: u64,
+    pub selection: Selection,
+}
+
+/// What a head is trained on: its label names, the train split and the
+/// validation split when there is one, and where they came from.
+pub struct TrainingData<'a> {
+    pub labels: &'a [String],
+    pub train: LabelledFeatures<'a>,
+    pub validation: Option<LabelledFeatures<'a>>,
+    /// Data set folder, recorded in the head file.
+    pub data_dir: String,
+    /// sha256 of each split file used, by split name.
+    pub data_fingerprints: BTreeMap<String, String>,
+}
+
+/// Labelled features of one split.
+pub struct LabelledFeatures<'a> {
+    pub features: &'a PooledFeatures,
+    pub labels: &'a [usize],
+}
+
+struct Scaler {
+    mean: Array1<f64>,
+    scale: Array1<f64>,
+}
+
+impl Scaler {
+    fn fit(x: &Array2<f64>) -> Scaler {
+        let mean = x.mean_axis(Axis(0)).expect("rows");
+        let scale = x.std_axis(Axis(0), 0.0).mapv(|s| if s > 1e-12 { s } else { 1.0 });
+        Scaler { mean, scale }
+    }
+
+    fn apply(&self, x: &Array2<f64>) -> Array2<f64> {
+        (x - &self.mean) / &self.scale
+    }
+}
+
+struct Fitted {
+    weights: Array2<f64>, // [features, classes]
+    intercept: Array1<f64>,
+}
+
+impl Fitted {
+    fn probabilities(&self, x: &Array2<f64>) -> Array2<f64> {
+        let mut z = x.dot(&self.weights) + &self.intercept;
+        for mut row in z.rows_mut() {
+            let max = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            row.mapv_inplace(|v| (v - max).exp());
+            let sum = row.sum();
+            row.mapv_inplace(|v| v / sum);
+        }
+        z
+    }
+}
+
+fn to_f64(x: &Array2<f32>) -> Array2<f64> {
+    x.mapv(f64::from)
+}
+
+fn fit(x: &Array2<f64>, y: &[usize], classes: usize, alpha: f64, max_iterations: u64) -> anyhow::Result<Fitted> {
+    let targets = Array1::from(y.to_vec());
+    let dataset = Dataset::new(x.clone(), targets);
+    let model = MultiLogisticRegression::default()
+        .alpha(alpha)
+        .max_iterations(max_iterations)
+        .fit(&dataset)
+        .map_err(|e| anyhow!("logistic regression failed: {e}"))?;
+    // linfa orders columns by the classes it saw; put them in label order.
+    let seen: Vec<usize> = model.classes().to_vec();
+    if seen.len() != classes {
+        let missing: Vec<usize> = (0..classes).filter(|c| !seen.contains(c)).collect();
+        bail!("labels {missing:?} have no training examples");
+    }
+    let mut weights = Array2::zeros((x.ncols(), classes));
+    let mut intercept = Array1::zeros(classes);
+    for (col, &class) in seen.iter().enumerate() {
+        weights.column_mut(class).assign(&model.params().column(col));
+        intercept[class] = model.intercept()[col];
+    }
+    Ok(Fitted { weights, intercept })
+}
+
+fn score(fitted: &Fitted, x: &Array2<f64>, y: &[usize]) -> (f64, f64, Vec<usize>) {
+    let p = fitted.probabilities(x);
+    let mut correct = 0;
+    let mut loss = 0.0;
+    let mut predicted = Vec::with_capacity(y.len());
+    for (row, &truth) in p.rows().into_iter().zip(y) {
+        let best = argmax(row.iter().copied());
+        correct += usize::from(best == truth);
+        loss -= row[truth].max(1e-15).ln();
+        predicted.push(best);
+    }
+    (correct as f64 / y.len() as f64, loss / y.len() as f64, predicted)
+}
+
+fn select_rows(x: &Array2<f64>, rows: &[usize]) -> Array2<f64> {
+    x.select(Axis(0), rows)
+}
+
+/// One model fit of the search: a candidate on one fold.
+struct Task {
+    pooling: usize,
+    alpha: f64,
+    fold: usize,
+}
+
+/// Runs `f` over `items` on every available core, keeping the order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(items.len()).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<R>>> = items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                *results[i].lock().expect("result slot") = Some(f(item));
+            });
+        }
+    });
+    results.into_iter().map(|r| r.into_inner().expect("result slot").expect("every item ran")).collect()
+}
+
+/// Picks the candidate with the best held-out accuracy (the metric the head
+/// is judged by); ties go to the lower log-loss, then to fewer features.
+fn choose(candidates: &[Candidate], hidden: usize) -> Candidate {
+    candidates
+        .iter()
+        .max_by(|a, b| {
+            a.accuracy
+                .total_cmp(&b.accuracy)
+                .then(b.log_loss.total_cmp(&a.log_loss))
+                .then(b.pooling.width(hidden).cmp(&a.pooling.width(hidden)))
+        })
+        .expect("at least one candidate")
+        .clone()
+}
+
+/// Trains a head: every (pooling, alpha) candidate is scored by `selection`,
+/// one is chosen by [`choose`], and the final model is fitted (see
+/// [`Selection`]). Deterministic for the same inputs.
+pub fn train(
+    name: &str,
+    encoder: EncoderStamp,
+    data: TrainingData<'_>,
+    config: &TrainConfig,
+) -> anyhow::Result<LogisticHead> {
+    let TrainingData { labels, train, validation, data_dir, data_fingerprints } = data;
+    if config.poolings.is_empty() || config.alphas.is_empty() {
+        bail!("training needs at least one pooling and one alpha");
+    }
+    if let Some(bad) = config.alphas.iter().find(|a| !a.is_finite() || **a < 0.0) {
+        bail!("alpha {bad} is not a finite non-negative number");
+    }
+    let started = Instant::now();
+    let classes = labels.len();
+    let hidden = encoder.hidden_size;
+    let features = |set: &LabelledFeatures<'_>, pooling: FeaturePooling| to_f64(&set.features.get(pooling));
+
+    // What candidates are fitted on and scored against, per pooling.
+    let (fit_sets, score_sets, folds): (Vec<Array2<f64>>, Vec<Option<Array2<f64>>>, usize) = match config.selection {
+        Selection::Validation => {
+            let Some(v) = validation.as_ref() else {
+                bail!("selection on the validation split, but the data set has none")
+            };
+            (
+                config.poolings.iter().map(|&p| features(&train, p)).collect(),
+                config.poolings.iter().map(|&p| Some(features(v, p))).collect(),
+                1,
+            )
+        }
+        Selection::CrossValidation { folds } => {
+            let pooled = config
+                .poolings
+                .iter()
+                .map(|&p| match validation.as_ref() {
+                    Some(v) => ndarray::concatenate(Axis(0), &[features(&train, p).view(), features(v, p).view()])
+                        .expect("same width"),
+                    None => features(&train, p),
+                })
+                .collect::<Vec<_>>();
+            (pooled, vec![None; config.poolings.len()], folds)
+        }
+    };
+    let fit_labels: Vec<usize> = match (config.selection, validation.as_ref()) {
+        (Selection::CrossValidation { .. }, Some(v)) => train.labels.iter().chain(v.labels).copied().collect(),
+        _ => train.labels.to_vec(),
+    };
+    if let Selection::CrossValidation { folds } = config.selection {
+        if folds < 2 || folds > fit_labels.len() {
+            bail!("cross-validation needs 2 to {} folds, got {folds}", fit_labels.len());
+        }
+    }
+
+    let tasks: Vec<Task> = (0..config.poolings.len())
+        .flat_map(|pooling| {
+            config.alphas.iter().flat_map(move |&alpha| (0..folds).map(move |fold| Task { pooling, alpha, fold }))
+        })
+        .collect();
+    let scores = parallel_map(&tasks, |task| -> anyhow::Result<(f64, f64)> {
+        let x = &fit_sets[task.pooling];
+        let (fit_x, fit_y, score_x, score_y) = match (&score_sets[task.pooling], validation.as_ref()) {
+            (Some(vx), Some(v)) => (x.clone(), fit_labels.clone(), vx.clone(), v.labels.to_vec()),
+            _ => {
+                let (held, kept): (Vec<usize>, Vec<usize>) =
+                    (0..fit_labels.len()).partition(|i| i % folds == task.fold);
+                (
+                    select_rows(x, &kept),
+                    kept.iter().map(|&i| fit_labels[i]).collect(),
+                    select_rows(x, &held),
+                    held.iter().map(|&i| fit_labels[i]).collect(),
+                )
+            }
+        };
+        let scaler = Scaler::fit(&fit_x);
+        let fitted = fit(&scaler.apply(&fit_x), &fit_y, classes, task.alpha, config.max_iterations)?;
+        let (accuracy, log_loss, _) = score(&fitted, &scaler.apply(&score_x), &score_y);
+        Ok((accuracy, log_loss))
+    });
+    let mut candidates = Vec::new();
+    for (chunk, task) in scores.chunks(folds).zip(tasks.iter().step_by(folds)) {
+        let (mut accuracy, mut log_loss) = (0.0, 0.0);
+        for result in chunk {
+            let (a, l) = result.as_ref().map_err(|e| anyhow!("{e:#}"))?;
+            accuracy += a / folds as f64;
+            log_loss += l / folds as f64;
+        }
+        let pooling = config.poolings[task.pooling];
+        tracing::info!(head = name, pooling = %pooling, alpha = task.alpha, accuracy, log_loss, "candidate scored");
+        candidates.push(Candidate { pooling, alpha: task.alpha, accuracy, log_loss });
+    }
+    let best = choose(&candidates, hidden);
+
+    let index = config.poolings.iter().position(|&p| p == best.pooling).expect("a searched pooling");
+    let x = &fit_sets[index];
+    let scaler = Scaler::fit(x);
+    let fitted = fit(&scaler.apply(x), &fit_labels, classes, best.alpha, config.max_iterations)?;
+    let (_, _, fit_pred) = score(&fitted, &scaler.apply(x), &fit_labels);
+    // Held-out validation metrics exist only when validation was not fitted on.
+    let validation_metrics = match (config.selection, validation.as_ref()) {
+        (Selection::Validation, Some(v)) => {
+            let (_, _, pred) = score(&fitted, &scaler.apply(&features(v, best.pooling)), v.labels);
+            Some(Metrics::compute(labels, v.labels, &pred))
+        }
+        _ => None,
+    };
+
+    let head = LogisticHead {
+        format_version: FORMAT_VERSION,
+        kind: "logistic".into(),
+        name: name.to_string(),
+        labels: labels.to_vec(),
+        pooling: best.pooling,
+        encoder,
+        training: TrainingRecord {
+            data_dir,
+            data_fingerprints,
+            train_examples: fit_labels.len(),
+            selection: config.selection,
+            max_iterations: config.max_iterations,
+            alpha: best.alpha,
+            held_out_accuracy: best.accuracy,
+            candidates,
+            seconds: started.elapsed().as_secs_f64(),
+        },
+        metrics: HeadMetrics {
+            train: Some(Metrics::compute(labels, &fit_labels, &fit_pred)),
+            validation: validation_metrics,
+            test: None,
+        },
+        created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        scaler_mean: scaler.mean.iter().map(|&v| v as f32).collect(),
+        scaler_scale: scaler.scale.iter().map(|&v| v as f32).collect(),
+        weights: (0..classes).map(|c| fitted.weights.column(c).iter().map(|&v| v as f32).collect()).collect(),
+        intercept: fitted.intercept.iter().map(|&v| v as f32).collect(),
+        checksum: String::new(),
+    };
+    Ok(head.sealed())
+}

@@ -1,0 +1,98 @@
+//! Every model runtime the service runs, owned in one place: the encoder and
+//! the ONNX classifier heads, each an [`Inference`] (sessions, queue, worker
+//! threads). Each is labelled in `/metrics` (`runtime="encoder"`,
+//! `runtime="head:<name>"`) and drained by [`Runtimes::shutdown`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use crate::batching::BatcherConfig;
+use crate::inference::Inference;
+use crate::metrics::{Metrics, ModelLabels};
+use crate::model::{Model, ModelInfo};
+
+pub const ENCODER: &str = "encoder";
+
+pub struct Runtimes {
+    pub encoder: Inference,
+    classifiers: Mutex<Classifiers>,
+    batching: BatcherConfig,
+    metrics: Arc<Metrics>,
+    /// The `distilserve_model_info` series of each runtime, to replace on reload.
+    model_labels: Mutex<BTreeMap<String, ModelLabels>>,
+}
+
+#[derive(Default)]
+struct Classifiers {
+    /// The runtime serving each ONNX head now.
+    active: BTreeMap<String, Arc<Inference>>,
+    /// Runtimes replaced by a reload, kept until no request holds them.
+    retired: Vec<Arc<Inference>>,
+}
+
+impl Runtimes {
+    /// Starts the encoder's workers.
+    pub fn start(encoder: Model, batching: BatcherConfig, metrics: Arc<Metrics>) -> Runtimes {
+        let inference = Inference::start(encoder, batching.clone(), metrics.runtime(ENCODER));
+        let runtimes = Runtimes {
+            encoder: inference,
+            classifiers: Mutex::default(),
+            batching,
+            metrics,
+            model_labels: Mutex::default(),
+        };
+        runtimes.set_model_info(ENCODER, &runtimes.encoder.info);
+        runtimes
+    }
+
+    /// Starts the runtime of ONNX head `head` (replacing the one it had, which
+    /// finishes what it was given and stops once no request holds it).
+    pub fn start_classifier(&self, head: &str, model: Model) -> Arc<Inference> {
+        let label = format!("head:{head}");
+        self.set_model_info(&label, &model.info);
+        let inference = Arc::new(Inference::start(model, self.batching.clone(), self.metrics.runtime(&label)));
+        let mut classifiers = self.classifiers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(previous) = classifiers.active.insert(head.to_string(), inference.clone()) {
+            classifiers.retired.push(previous);
+        }
+        // Stop retired runtimes nobody uses any more (only this list holds them).
+        classifiers.retired.retain(|r| {
+            let unused = Arc::strong_count(r) == 1;
+            if unused {
+                r.shutdown();
+            }
+            !unused
+        });
+        inference
+    }
+
+    /// Closes every queue and waits until the work already queued is done.
+    pub fn shutdown(&self) {
+        self.encoder.shutdown();
+        let classifiers = self.classifiers.lock().unwrap_or_else(|p| p.into_inner());
+        for r in classifiers.active.values().chain(&classifiers.retired) {
+            r.shutdown();
+        }
+    }
+
+    fn set_model_info(&self, runtime: &str, info: &ModelInfo) {
+        let labels = ModelLabels {
+            runtime: runtime.to_string(),
+            name: info.name.clone(),
+            file: info.file.clone(),
+            execution_provider: info.execution_provider.clone(),
+            fingerprint: info.fingerprint.clone(),
+        };
+        let mut known = self.model_labels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(previous) = known.insert(runtime.to_string(), labels.clone()) {
+            self.metrics.model_info.remove(&previous);
+        }
+        self.metrics.model_info.get_or_create(&labels).set(1);
+    }
+
+    /// Runtimes running now, by metrics label (the encoder first).
+    pub fn names(&self) -> Vec<String> {
+        let classifiers = self.classifiers.lock().unwrap_or_else(|p| p.into_inner());
+        std::iter::once(ENCODER.to_string()).chain(classifiers.active.keys().map(|h| format!("head:{h}"))).collect()
+    }
+}

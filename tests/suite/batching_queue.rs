@@ -1,0 +1,332 @@
+//! The batching queue with fake encoders (no ONNX Runtime): each caller gets
+//! its own rows, length grouping, batch size and token budget, the oldest
+//! sequence first, deadlines, departed callers, refusals, batch jobs waiting
+//! for room, drain on shutdown, failures confined to their batch.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use distilserve::batching::{BatchError, Batcher, BatcherConfig};
+use distilserve::encoder::Encoder;
+use distilserve::metrics::RuntimeMetrics;
+use distilserve::pooling::Rows;
+use distilserve::tokenize::Tokenized;
+
+/// Records each call's sequences (by first id), can be held at a gate, and
+/// fails any call containing a sequence of length `fail_len`. Each output row
+/// is `[id, position]`, so callers can check they got their own rows.
+#[derive(Clone, Default)]
+struct Fake {
+    calls: Arc<Mutex<Vec<Vec<(i64, usize)>>>>,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+    fail_len: Option<usize>,
+}
+
+impl Fake {
+    fn held() -> Fake {
+        let fake = Fake::default();
+        *fake.gate.0.lock().unwrap() = true;
+        fake
+    }
+
+    fn release(&self) {
+        *self.gate.0.lock().unwrap() = false;
+        self.gate.1.notify_all();
+    }
+
+    /// (first id, length) of each sequence, per call made so far.
+    fn calls(&self) -> Vec<Vec<(i64, usize)>> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn wait_for_calls(&self, n: usize) {
+        let started = Instant::now();
+        while self.calls.lock().unwrap().len() < n {
+            assert!(started.elapsed() < Duration::from_secs(10), "the worker made no call");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Encoder for Fake {
+    fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
+        self.calls.lock().unwrap().push(batch.iter().map(|t| (t.ids[0], t.len())).collect());
+        let (held, wake) = &*self.gate;
+        let mut h = held.lock().unwrap();
+        while *h {
+            h = wake.wait(h).unwrap();
+        }
+        if batch.iter().any(|t| Some(t.len()) == self.fail_len) {
+            anyhow::bail!("the fake encoder fails on length {:?}", self.fail_len);
+        }
+        Ok(batch
+            .iter()
+            .map(|t| Rows {
+                rows: t.len(),
+                cols: 2,
+                data: t.ids.iter().enumerate().flat_map(|(p, &id)| [id as f32, p as f32]).collect(),
+            })
+            .collect())
+    }
+}
+
+/// A sequence of `len` tokens whose ids are all `id`.
+fn seq(id: i64, len: usize) -> Tokenized {
+    Tokenized {
+        ids: vec![id; len],
+        type_ids: vec![0; len],
+        tokens: vec![String::new(); len],
+        offsets: vec![(0, 0); len],
+        special: vec![false; len],
+    }
+}
+
+fn config() -> BatcherConfig {
+    BatcherConfig {
+        max_batch_size: 8,
+        max_batch_tokens: 1024,
+        max_wait: Duration::ZERO,
+        queue_capacity: 1000,
+        call_overhead_tokens: 32,
+    }
+}
+
+fn start(fake: &Fake, config: BatcherConfig) -> Arc<Batcher> {
+    Arc::new(Batcher::start(vec![fake.clone()], config, RuntimeMetrics::unregistered(), "fake"))
+}
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(30)
+}
+
+/// Holds the worker inside a call on a blocker sequence (id -1), so that what
+/// is queued next is planned together once released.
+async fn hold_worker(batcher: &Arc<Batcher>, fake: &Fake) -> tokio::task::JoinHandle<Result<Vec<Rows>, BatchError>> {
+    let b = batcher.clone();
+    let blocker = tokio::spawn(async move { b.run(vec![seq(-1, 1)], soon()).await.map(|r| r.rows) });
+    let f = fake.clone();
+    tokio::task::spawn_blocking(move || f.wait_for_calls(1)).await.unwrap();
+    blocker
+}
+
+async fn until_queued(batcher: &Batcher, n: usize) {
+    let started = Instant::now();
+    while batcher.queue_depth() < n {
+        assert!(started.elapsed() < Duration::from_secs(10), "only {} queued", batcher.queue_depth());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_caller_gets_its_own_rows_in_order_in_fewer_calls() {
+    let fake = Fake::held();
+    let batcher = start(&fake, config());
+    let blocker = hold_worker(&batcher, &fake).await;
+    let mut callers = Vec::new();
+    let mut expected = Vec::new();
+    for caller in 0..40i64 {
+        let seqs: Vec<Tokenized> =
+            (0..1 + caller % 4).map(|j| seq(caller * 10 + j, 2 + ((caller * 7 + j) % 30) as usize)).collect();
+        expected.push(seqs.iter().map(|s| (s.ids[0], s.len())).collect::<Vec<_>>());
+        let b = batcher.clone();
+        callers.push(tokio::spawn(async move { b.run(seqs, soon()).await.unwrap().rows }));
+    }
+    let total: usize = expected.iter().map(Vec::len).sum();
+    until_queued(&batcher, total).await;
+    fake.release();
+    blocker.await.unwrap().unwrap();
+    for (caller, expected) in callers.into_iter().zip(expected) {
+        let rows = caller.await.unwrap();
+        let got: Vec<(i64, usize)> = rows.iter().map(|r| (r.data[0] as i64, r.rows)).collect();
+        assert_eq!(got, expected);
+        for r in &rows {
+            let positions: Vec<f32> = r.data.chunks(2).map(|c| c[1]).collect();
+            assert_eq!(positions, (0..r.rows).map(|p| p as f32).collect::<Vec<_>>(), "rows in token order");
+        }
+    }
+    let calls = fake.calls().len() - 1;
+    assert!(calls * 4 <= total, "{calls} calls for {total} sequences: little batching");
+    assert_eq!(batcher.stats().sequences as usize, total + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn similar_lengths_are_grouped() {
+    let fake = Fake::held();
+    let batcher = start(&fake, config());
+    let blocker = hold_worker(&batcher, &fake).await;
+    let mut callers = Vec::new();
+    for i in 0..8i64 {
+        let len = if i % 2 == 0 { 5 } else { 100 };
+        let b = batcher.clone();
+        callers.push(tokio::spawn(async move { b.run(vec![seq(i, len)], soon()).await.unwrap() }));
+        until_queued(&batcher, i as usize + 1).await;
+    }
+    fake.release();
+    blocker.await.unwrap().unwrap();
+    for c in callers {
+        c.await.unwrap();
+    }
+    let calls = fake.calls();
+    for call in &calls[1..] {
+        let lengths: Vec<usize> = call.iter().map(|&(_, len)| len).collect();
+        assert!(lengths.iter().all(|&l| l == lengths[0]), "short and long mixed in one call: {lengths:?}");
+    }
+    assert_eq!(calls.len(), 3, "the blocker, the short ones, the long ones: {calls:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_keeps_to_the_batch_size_and_token_budget() {
+    let fake = Fake::held();
+    let batcher = start(&fake, BatcherConfig { max_batch_size: 4, max_batch_tokens: 200, ..config() });
+    let blocker = hold_worker(&batcher, &fake).await;
+    let mut seed = 11u64;
+    let mut callers = Vec::new();
+    for i in 0..60i64 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let len = 1 + (seed >> 33) as usize % 120;
+        let b = batcher.clone();
+        callers.push(tokio::spawn(async move { b.run(vec![seq(i, len)], soon()).await.unwrap() }));
+    }
+    until_queued(&batcher, 60).await;
+    fake.release();
+    blocker.await.unwrap().unwrap();
+    for c in callers {
+        c.await.unwrap();
+    }
+    for call in &fake.calls()[1..] {
+        let longest = call.iter().map(|&(_, len)| len).max().unwrap();
+        assert!(call.len() <= 4, "{} sequences in one call", call.len());
+        assert!(call.len() == 1 || call.len() * longest <= 200, "{} x {longest} padded tokens", call.len());
+    }
+    assert_eq!(fake.calls()[1..].iter().map(Vec::len).sum::<usize>(), 60, "every sequence computed once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_sequence_goes_first_so_nothing_starves() {
+    // A long sequence queued before many short ones would cost the most padding
+    // to batch with them; it still goes in the very next call.
+    let fake = Fake::held();
+    let batcher = start(&fake, config());
+    let blocker = hold_worker(&batcher, &fake).await;
+    let b = batcher.clone();
+    let long = tokio::spawn(async move { b.run(vec![seq(1000, 300)], soon()).await.unwrap() });
+    until_queued(&batcher, 1).await;
+    let mut short = Vec::new();
+    for i in 0..40i64 {
+        let b = batcher.clone();
+        short.push(tokio::spawn(async move { b.run(vec![seq(i, 4)], soon()).await.unwrap() }));
+    }
+    until_queued(&batcher, 41).await;
+    fake.release();
+    blocker.await.unwrap().unwrap();
+    long.await.unwrap();
+    for s in short {
+        s.await.unwrap();
+    }
+    assert!(fake.calls()[1].iter().any(|&(id, _)| id == 1000), "calls: {:?}", fake.calls());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_past_its_deadline_is_not_computed() {
+    let fake = Fake::held();
+    let batcher = start(&fake, config());
+    let blocker = hold_worker(&batcher, &fake).await;
+    let err = batcher.run(vec![seq(7, 3), seq(8, 3)], Instant::now() + Duration::from_millis(50)).await.unwrap_err();
+    assert_eq!(err, BatchError::DeadlineExceeded);
+    fake.release();
+    blocker.await.unwrap().unwrap();
+    // The worker finds them expired: skipped, never passed to the encoder.
+    let started = Instant::now();
+    while batcher.stats().skipped < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(fake.calls().iter().flatten().all(|&(id, _)| id != 7 && id != 8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_of_a_caller_that_left_is_not_computed() {
+    let fake = Fake::held();
+    let batcher = start(&fake, config());
+    let blocker = hold_worker(&batcher, &fake).await;
+    let b = batcher.clone();
+    let caller = tokio::spawn(async move { b.run(vec![seq(5, 3), seq(6, 9), seq(7, 2)], soon()).await });
+    until_queued(&batcher, 3).await;
+    caller.abort(); // what axum does to a handler whose client disconnected
+    let _ = caller.await;
+    fake.release();
+    blocker.await.unwrap().unwrap();
+    let started = Instant::now();
+    while batcher.stats().skipped < 3 {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(fake.calls().len(), 1, "only the blocker was computed: {:?}", fake.calls());
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_at_once() {
+    let fake = Fake::default();
+    let batcher = start(&fake, BatcherConfig { queue_capacity: 2, ..config() });
+    let started = Instant::now();
+    let err = batcher.run(vec![seq(1, 2), seq(2, 2), seq(3, 2)], soon()).await.unwrap_err();
+    assert_eq!(err, BatchError::QueueFull { capacity: 2 });
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!((batcher.stats().sequences, batcher.stats().refused), (0, 1));
+    assert!(fake.calls().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_jobs_wait_for_room_instead_of_being_refused() {
+    let fake = Fake::held();
+    let batcher = start(&fake, BatcherConfig { queue_capacity: 3, ..config() });
+    let blocker = hold_worker(&batcher, &fake).await;
+    let b = batcher.clone();
+    let live = tokio::spawn(async move { b.run(vec![seq(1, 2), seq(2, 2), seq(3, 2)], soon()).await.unwrap() });
+    until_queued(&batcher, 3).await;
+    // The queue is full: a live request is refused, a batch job waits.
+    assert!(matches!(batcher.run(vec![seq(4, 2)], soon()).await, Err(BatchError::QueueFull { .. })));
+    let b = batcher.clone();
+    let job = tokio::task::spawn_blocking(move || b.run_blocking(vec![seq(9, 2), seq(10, 2)]));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!job.is_finished(), "the batch job must wait while the queue is full");
+    fake.release();
+    blocker.await.unwrap().unwrap();
+    live.await.unwrap();
+    let rows = job.await.unwrap().unwrap().rows;
+    assert_eq!(rows.iter().map(|r| r.data[0] as i64).collect::<Vec<_>>(), vec![9, 10]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_queued_work_and_refuses_new_work() {
+    let fake = Fake::held();
+    let batcher = start(&fake, config());
+    let blocker = hold_worker(&batcher, &fake).await;
+    let b = batcher.clone();
+    let queued = tokio::spawn(async move { b.run(vec![seq(3, 4)], soon()).await });
+    until_queued(&batcher, 1).await;
+    batcher.close();
+    assert_eq!(batcher.run(vec![seq(4, 4)], soon()).await.unwrap_err(), BatchError::ShuttingDown);
+    fake.release();
+    let b = batcher.clone();
+    tokio::task::spawn_blocking(move || b.join()).await.unwrap();
+    blocker.await.unwrap().unwrap();
+    assert_eq!(queued.await.unwrap().unwrap().rows[0].data[0], 3.0, "queued before the close: computed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_call_fails_only_its_own_batch() {
+    let fake = Fake { fail_len: Some(13), ..Fake::held() };
+    let batcher = start(&fake, config());
+    let blocker = hold_worker(&batcher, &fake).await;
+    let b = batcher.clone();
+    let bad = tokio::spawn(async move { b.run(vec![seq(1, 13)], soon()).await });
+    until_queued(&batcher, 1).await;
+    let b = batcher.clone();
+    let good = tokio::spawn(async move { b.run(vec![seq(2, 200)], soon()).await });
+    until_queued(&batcher, 2).await;
+    fake.release();
+    blocker.await.unwrap().unwrap();
+    assert!(matches!(bad.await.unwrap(), Err(BatchError::Inference(m)) if m.contains("13")));
+    assert_eq!(good.await.unwrap().unwrap().rows[0].rows, 200, "a later batch still works");
+}

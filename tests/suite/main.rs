@@ -1,0 +1,29 @@
+//! The integration suite: one test binary (linking the crate once) with a module
+//! per concern. Each test starts what it needs: a real server on a loopback port
+//! (`common::TestServer`), the release-like binary (`CARGO_BIN_EXE_distilserve`),
+//! nginx or headless Chromium. Which module covers what: README, "Tests".
+
+mod common;
+
+mod batching;
+mod batching_queue;
+mod cli_batch;
+mod contract;
+mod deploy;
+mod docs;
+mod e2e_default_model;
+mod encoder_fixtures;
+mod faults;
+mod heads;
+mod http_classify;
+mod http_compat;
+mod http_embed;
+mod openapi;
+mod operations;
+mod playground;
+mod properties;
+mod security;
+mod shutdown;
+mod slow_clients;
+mod startup_errors;
+mod topology;
