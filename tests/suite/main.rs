@@ -26,4 +26,5 @@ mod security;
 mod shutdown;
 mod slow_clients;
 mod startup_errors;
+mod structure;
 mod topology;
