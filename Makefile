@@ -23,7 +23,7 @@ test: setup test-deps
 
 # The schemathesis contract test with a 10-minute budget (CI runs it for 60 s).
 contract: setup
-	CONTRACT_SECONDS=600 DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test --test contract -- --nocapture
+	CONTRACT_SECONDS=600 DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test --test suite contract:: -- --nocapture
 
 # Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each (CI: 20 s); nightly rustc, or stable with RUSTC_BOOTSTRAP.
 FUZZ_SECONDS ?= 20
@@ -69,6 +69,6 @@ bench-extraction: setup
 	$(CARGO) build --release
 	"$$(scripts/python-env.sh)" bench/extraction.py --bin target/release/distilserve
 
-# Regenerate openapi.yaml from the code (tests/openapi.rs fails when it drifts).
+# Regenerate openapi.yaml from the code (tests/suite/openapi.rs fails when it drifts).
 openapi:
 	$(CARGO) run --quiet -- openapi --format yaml > openapi.yaml.tmp && mv openapi.yaml.tmp openapi.yaml

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# System packages the test suite drives for real: nginx (tests/topology.rs,
-# the load-balancer topology) and Chromium (tests/playground.rs, the page at /).
+# System packages the test suite drives for real: nginx (tests/suite/topology.rs,
+# the load-balancer topology) and Chromium (tests/suite/playground.rs, the page at /).
 # Installs the missing ones with apt (Debian packages) when run as root;
 # otherwise says what to install. Idempotent.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Lays out everything the service needs at run time in DEST, as the container
-# image's /app (the Dockerfile copies DEST into its runtime stage; tests/deploy.rs
+# image's /app (the Dockerfile copies DEST into its runtime stage; tests/suite/deploy.rs
 # runs the service from a DEST made by this script, so CI checks the layout):
 #   DEST/distilserve, DEST/libonnxruntime.so*   (the library beside the binary)
 #   DEST/config/, DEST/vendor/swagger-ui/, DEST/data/rotten_tomatoes/

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::config::BatchingSettings;
+use crate::config::{BatchingSettings, LimitSettings};
 use crate::encoder::Encoder;
 use crate::metrics::RuntimeMetrics;
 use crate::pooling::Rows;
@@ -23,6 +23,15 @@ use crate::tokenize::Tokenized;
 pub enum BatchError {
     #[error("the inference queue is full ({capacity} sequences waiting); retry shortly")]
     QueueFull { capacity: usize },
+    #[error("the inference queue is full ({capacity} tokens waiting); retry shortly")]
+    QueueFullTokens { capacity: usize },
+    #[error(
+        "the request has {tokens} tokens after tokenization, more than the limit of {limit} per request; \
+         send fewer or shorter texts"
+    )]
+    TooManyTokens { tokens: usize, limit: usize },
+    #[error("inference failed: the worker panicked; the batch was dropped and the worker restarted")]
+    WorkerPanicked,
     #[error("the request's deadline passed before its inference finished")]
     DeadlineExceeded,
     #[error("the service is shutting down")]
@@ -35,20 +44,28 @@ pub enum BatchError {
 pub struct BatcherConfig {
     pub max_batch_size: usize,
     pub max_batch_tokens: usize,
+    /// Most batch size x longest² per call (attention memory grows with the square).
+    pub max_batch_attention_cells: usize,
     pub max_wait: Duration,
     pub queue_capacity: usize,
+    pub queue_capacity_tokens: usize,
+    /// Most tokens one request may queue (413 beyond).
+    pub max_request_tokens: usize,
     /// Estimated cost of one more model call, in tokens; 0 turns length grouping off.
     pub call_overhead_tokens: usize,
 }
 
-impl From<&BatchingSettings> for BatcherConfig {
-    fn from(s: &BatchingSettings) -> Self {
+impl BatcherConfig {
+    pub fn new(batching: &BatchingSettings, limits: &LimitSettings) -> Self {
         BatcherConfig {
-            max_batch_size: s.max_batch_size,
-            max_batch_tokens: s.max_batch_tokens,
-            max_wait: Duration::from_millis(s.max_wait_ms),
-            queue_capacity: s.queue_capacity,
-            call_overhead_tokens: s.call_overhead_tokens,
+            max_batch_size: batching.max_batch_size,
+            max_batch_tokens: batching.max_batch_tokens,
+            max_batch_attention_cells: batching.max_batch_attention_cells,
+            max_wait: Duration::from_millis(batching.max_wait_ms),
+            queue_capacity: batching.queue_capacity,
+            queue_capacity_tokens: batching.queue_capacity_tokens,
+            max_request_tokens: limits.max_request_tokens,
+            call_overhead_tokens: batching.call_overhead_tokens,
         }
     }
 }
@@ -67,6 +84,8 @@ type Reply = oneshot::Sender<Result<Batched, BatchError>>;
 
 /// One request's sequences and where their results go.
 struct Job {
+    /// Arrival order among jobs: fair planning round-robins between jobs.
+    number: u64,
     seqs: Vec<Tokenized>,
     deadline: Instant,
     queued_at: Instant,
@@ -137,6 +156,8 @@ impl Item {
 
 struct Queue {
     items: VecDeque<Item>,
+    /// Tokens of the queued sequences.
+    tokens: usize,
     closed: bool,
 }
 
@@ -151,6 +172,9 @@ struct Shared {
     started: Instant,
     /// Seconds since start of the last "queue full" warning (0: none yet).
     last_refusal_warning: AtomicU64,
+    jobs: AtomicU64,
+    /// Per worker: when its current model call started (ms since `started`, + 1), 0 when idle.
+    busy_since_ms: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -178,6 +202,13 @@ pub struct BatcherStats {
     pub refused: u64,
 }
 
+/// See [`Batcher::health`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerHealth {
+    pub dead: usize,
+    pub longest_call: Duration,
+}
+
 /// Handle to the queue and its workers. Dropping it stops the workers once the
 /// queue is empty.
 pub struct Batcher {
@@ -194,13 +225,15 @@ impl Batcher {
         name: &str,
     ) -> Batcher {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { items: VecDeque::new(), closed: false }),
+            queue: Mutex::new(Queue { items: VecDeque::new(), tokens: 0, closed: false }),
             wake: Condvar::new(),
             room: Condvar::new(),
             config,
             metrics,
             started: Instant::now(),
             last_refusal_warning: AtomicU64::new(0),
+            jobs: AtomicU64::new(0),
+            busy_since_ms: (0..encoders.len()).map(|_| AtomicU64::new(0)).collect(),
         });
         let workers = encoders
             .into_iter()
@@ -209,11 +242,33 @@ impl Batcher {
                 let shared = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("{name}-{i}"))
-                    .spawn(move || worker_loop(&shared, encoder))
+                    .spawn(move || worker_loop(&shared, i, encoder))
                     .expect("spawn inference worker")
             })
             .collect();
         Batcher { shared, workers: Mutex::new(workers) }
+    }
+
+    /// Whether the workers are alive: how many threads have ended while the
+    /// queue is open, and how long the longest model call in progress has run.
+    pub fn health(&self) -> WorkerHealth {
+        let closed = self.shared.queue().closed;
+        let dead = if closed {
+            0
+        } else {
+            self.workers.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|w| w.is_finished()).count()
+        };
+        let now = self.shared.started.elapsed().as_millis() as u64 + 1;
+        let longest_call_ms = self
+            .shared
+            .busy_since_ms
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .filter(|&since| since > 0)
+            .map(|since| now.saturating_sub(since))
+            .max()
+            .unwrap_or(0);
+        WorkerHealth { dead, longest_call: Duration::from_millis(longest_call_ms) }
     }
 
     /// Sequences waiting to be computed.
@@ -237,10 +292,15 @@ impl Batcher {
         }
     }
 
-    fn new_job(seqs: Vec<Tokenized>, deadline: Instant) -> (Arc<Job>, oneshot::Receiver<Result<Batched, BatchError>>) {
+    fn new_job(
+        &self,
+        seqs: Vec<Tokenized>,
+        deadline: Instant,
+    ) -> (Arc<Job>, oneshot::Receiver<Result<Batched, BatchError>>) {
         let (tx, rx) = oneshot::channel();
         let n = seqs.len();
         let job = Arc::new(Job {
+            number: self.shared.jobs.fetch_add(1, Ordering::Relaxed),
             seqs,
             deadline,
             queued_at: Instant::now(),
@@ -252,6 +312,7 @@ impl Batcher {
     fn enqueue(&self, queue: &mut Queue, job: &Arc<Job>) {
         let n = job.seqs.len();
         queue.items.extend((0..n).map(|index| Item { job: job.clone(), index }));
+        queue.tokens += tokens_of(&job.seqs);
         self.shared.metrics.queue_depth.set(queue.items.len() as i64);
         self.shared.wake.notify_all();
     }
@@ -262,10 +323,12 @@ impl Batcher {
         if seqs.is_empty() {
             return Ok(Batched { rows: Vec::new(), queue_time: Duration::ZERO, inference_time: Duration::ZERO });
         }
-        let (job, rx) = Self::new_job(seqs, deadline);
+        self.check_request_tokens(&seqs)?;
+        let (job, rx) = self.new_job(seqs, deadline);
         {
             let mut queue = self.shared.queue();
             self.admit(&queue, job.seqs.len())?;
+            self.admit_tokens(&queue, tokens_of(&job.seqs))?;
             self.enqueue(&mut queue, &job);
         }
         let timeout = deadline.saturating_duration_since(Instant::now());
@@ -285,13 +348,18 @@ impl Batcher {
             return Ok(Batched { rows: Vec::new(), queue_time: Duration::ZERO, inference_time: Duration::ZERO });
         }
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let (job, rx) = Self::new_job(seqs, far);
+        let (job, rx) = self.new_job(seqs, far);
         let n = job.seqs.len();
+        let tokens = tokens_of(&job.seqs);
         {
-            let capacity = self.shared.config.queue_capacity;
+            let config = &self.shared.config;
             let mut queue = self.shared.queue();
             // A job larger than the whole queue goes in once the queue is empty.
-            while !queue.closed && !queue.items.is_empty() && queue.items.len() + n > capacity {
+            while !queue.closed
+                && !queue.items.is_empty()
+                && (queue.items.len() + n > config.queue_capacity
+                    || queue.tokens + tokens > config.queue_capacity_tokens)
+            {
                 queue = self.shared.room.wait(queue).unwrap_or_else(|p| p.into_inner());
             }
             if queue.closed {
@@ -306,6 +374,25 @@ impl Batcher {
     /// lets callers refuse before doing any work for a request.
     pub fn check_capacity(&self, n: usize) -> Result<(), BatchError> {
         self.admit(&self.shared.queue(), n)
+    }
+
+    /// Refuses a request over the per-request token budget (before it queues).
+    pub fn check_request_tokens(&self, seqs: &[Tokenized]) -> Result<(), BatchError> {
+        let (tokens, limit) = (tokens_of(seqs), self.shared.config.max_request_tokens);
+        if tokens > limit {
+            return Err(BatchError::TooManyTokens { tokens, limit });
+        }
+        Ok(())
+    }
+
+    /// Whether `queue` can take `tokens` more tokens; a refusal is counted.
+    fn admit_tokens(&self, queue: &Queue, tokens: usize) -> Result<(), BatchError> {
+        let capacity = self.shared.config.queue_capacity_tokens;
+        if queue.tokens + tokens > capacity {
+            self.refuse(capacity);
+            return Err(BatchError::QueueFullTokens { capacity });
+        }
+        Ok(())
     }
 
     /// Whether `queue` can take `n` more sequences; a refusal is counted.
@@ -359,7 +446,7 @@ impl Drop for Batcher {
     }
 }
 
-fn worker_loop<E: Encoder>(shared: &Shared, mut encoder: E) {
+fn worker_loop<E: Encoder>(shared: &Shared, worker: usize, mut encoder: E) {
     let m = &shared.metrics;
     while let Some(batch) = next_batch(shared) {
         let now = Instant::now();
@@ -384,8 +471,26 @@ fn worker_loop<E: Encoder>(shared: &Shared, mut encoder: E) {
         for item in &live {
             m.queue_wait.observe(batch_start.saturating_duration_since(item.job.queued_at).as_secs_f64());
         }
-        let result = encoder.encode(&seqs);
+        shared.busy_since_ms[worker].store(shared.started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+        // A panic in the encoder fails this batch only: its callers get 500
+        // `worker_panicked`, the panic is counted, and the loop goes on.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encoder.encode(&seqs)));
+        shared.busy_since_ms[worker].store(0, Ordering::Relaxed);
         m.inference.observe(batch_start.elapsed().as_secs_f64());
+        let result = match result {
+            Ok(result) => result,
+            Err(panic) => {
+                m.worker_panics.inc();
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %message, batch = live.len(), "inference worker panicked; batch dropped");
+                live.iter().for_each(|item| item.job.fail(BatchError::WorkerPanicked));
+                continue;
+            }
+        };
         match result {
             Ok(rows) if rows.len() == live.len() => {
                 for (item, rows) in live.iter().zip(rows) {
@@ -429,13 +534,25 @@ fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
             queue = shared.wake.wait_timeout(queue, left).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
+    // Fair order: each job's sequences in rounds of FAIR_QUANTUM, round by round,
+    // jobs by arrival within a round. A single sentence that arrives while a
+    // large request is being computed goes into the next call instead of
+    // waiting for the whole request (measured in RELIABILITY.md).
+    let key = |item: &Item| (item.index / FAIR_QUANTUM, item.job.number, item.index);
     let window = queue.items.len().min(config.max_batch_size.saturating_mul(PLAN_WINDOW_BATCHES));
-    let lengths: Vec<usize> = queue.items.iter().take(window).map(Item::len).collect();
-    let mut picked = plan_batch(&lengths, config);
+    let mut order: Vec<usize> = (0..queue.items.len()).collect();
+    if order.len() > window {
+        order.select_nth_unstable_by_key(window - 1, |&i| key(&queue.items[i]));
+        order.truncate(window);
+    }
+    order.sort_unstable_by_key(|&i| key(&queue.items[i]));
+    let lengths: Vec<usize> = order.iter().map(|&i| queue.items[i].len()).collect();
+    let mut picked: Vec<usize> = plan_batch(&lengths, config).into_iter().map(|p| order[p]).collect();
     // Remove from the back so that earlier positions stay valid.
     picked.sort_unstable_by(|a, b| b.cmp(a));
     let mut batch: Vec<Item> =
         picked.into_iter().map(|pos| queue.items.remove(pos).expect("planned position")).collect();
+    queue.tokens -= batch.iter().map(Item::len).sum::<usize>();
     shared.metrics.queue_depth.set(queue.items.len() as i64);
     drop(queue);
     shared.room.notify_all();
@@ -449,6 +566,13 @@ const REFUSAL_WARNING_INTERVAL_S: u64 = 10;
 /// How many batches' worth of the oldest queued sequences the planner looks at.
 const PLAN_WINDOW_BATCHES: usize = 4;
 
+/// Sequences of one job per round of the fair order.
+const FAIR_QUANTUM: usize = 4;
+
+fn tokens_of(seqs: &[Tokenized]) -> usize {
+    seqs.iter().map(Tokenized::len).sum()
+}
+
 /// Picks the next model call from queued sequence lengths (oldest first) and
 /// returns their queue positions. It always includes the oldest sequence, so
 /// nothing starves. With `call_overhead_tokens` 0 it takes the oldest
@@ -460,7 +584,10 @@ const PLAN_WINDOW_BATCHES: usize = 4;
 pub fn plan_batch(lengths: &[usize], config: &BatcherConfig) -> Vec<usize> {
     let n = lengths.len();
     let fits = |size: usize, longest: usize| {
-        size == 1 || (size <= config.max_batch_size && size * longest <= config.max_batch_tokens)
+        size == 1
+            || (size <= config.max_batch_size
+                && size * longest <= config.max_batch_tokens
+                && size * longest * longest <= config.max_batch_attention_cells)
     };
     if config.call_overhead_tokens == 0 {
         let mut longest = 0;
@@ -509,8 +636,11 @@ mod tests {
         BatcherConfig {
             max_batch_size: 4,
             max_batch_tokens: 400,
+            max_batch_attention_cells: usize::MAX,
             max_wait: Duration::ZERO,
             queue_capacity: 100,
+            queue_capacity_tokens: usize::MAX,
+            max_request_tokens: usize::MAX,
             call_overhead_tokens,
         }
     }

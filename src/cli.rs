@@ -171,6 +171,19 @@ pub struct SettingsArgs {
     #[serde(rename = "server.shutdown_timeout_ms")]
     pub shutdown_timeout_ms: Option<u64>,
 
+    /// server.write_timeout_ms: a client that reads nothing of its response for this long is cut off.
+    #[arg(long, help_heading = "Server")]
+    #[serde(rename = "server.write_timeout_ms")]
+    pub write_timeout_ms: Option<u64>,
+    /// server.max_connections: connections served at once (more wait to be accepted).
+    #[arg(long, help_heading = "Server")]
+    #[serde(rename = "server.max_connections")]
+    pub max_connections: Option<usize>,
+    /// server.worker_stuck_ms: liveness fails when a model call runs longer than this.
+    #[arg(long, help_heading = "Server")]
+    #[serde(rename = "server.worker_stuck_ms")]
+    pub worker_stuck_ms: Option<u64>,
+
     /// model.dir: folder with model.onnx, tokenizer.json, config.json, manifest.json.
     #[arg(long, help_heading = "Model")]
     #[serde(rename = "model.dir")]
@@ -219,6 +232,10 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Model")]
     #[serde(rename = "model.max_tokens")]
     pub max_tokens: Option<usize>,
+    /// model.cpu_memory_arena: keep ONNX Runtime's CPU memory arena (true/false).
+    #[arg(long, help_heading = "Model")]
+    #[serde(rename = "model.cpu_memory_arena")]
+    pub cpu_memory_arena: Option<bool>,
     /// model.verify_checksums: check model files against manifest.json at startup.
     #[arg(long, help_heading = "Model")]
     #[serde(rename = "model.verify_checksums")]
@@ -232,6 +249,10 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Batching")]
     #[serde(rename = "batching.max_batch_tokens")]
     pub max_batch_tokens: Option<usize>,
+    /// batching.max_batch_attention_cells: most batch size x longest² per model call.
+    #[arg(long, help_heading = "Batching")]
+    #[serde(rename = "batching.max_batch_attention_cells")]
+    pub max_batch_attention_cells: Option<usize>,
     /// batching.max_wait_ms: how long to wait for a batch to fill.
     #[arg(long, help_heading = "Batching")]
     #[serde(rename = "batching.max_wait_ms")]
@@ -240,6 +261,10 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Batching")]
     #[serde(rename = "batching.queue_capacity")]
     pub queue_capacity: Option<usize>,
+    /// batching.queue_capacity_tokens: tokens allowed to wait (503 beyond).
+    #[arg(long, help_heading = "Batching")]
+    #[serde(rename = "batching.queue_capacity_tokens")]
+    pub queue_capacity_tokens: Option<usize>,
     /// batching.sessions: model sessions running at once.
     #[arg(long, help_heading = "Batching")]
     #[serde(rename = "batching.sessions")]
@@ -253,6 +278,11 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Limits")]
     #[serde(rename = "limits.max_inputs")]
     pub max_inputs: Option<usize>,
+
+    /// limits.max_request_tokens: most tokens per request after truncation (413 beyond).
+    #[arg(long, help_heading = "Limits")]
+    #[serde(rename = "limits.max_request_tokens")]
+    pub max_request_tokens: Option<usize>,
 
     /// classify.serve: heads served by /classify, comma-separated (each needs a [heads.<name>] table).
     #[arg(long, value_delimiter = ',', help_heading = "Classification")]
@@ -275,6 +305,10 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Security", hide_env_values = true)]
     #[serde(rename = "security.api_key")]
     pub api_key: Option<String>,
+    /// security.admin_key: bearer key for head management routes (off without one; prefer DISTILSERVE_SECURITY__ADMIN_KEY).
+    #[arg(long, help_heading = "Security", hide_env_values = true)]
+    #[serde(rename = "security.admin_key")]
+    pub admin_key: Option<String>,
     /// security.protect_operational_routes: require the key on health, metrics, info and the spec too.
     #[arg(long, help_heading = "Security")]
     #[serde(rename = "security.protect_operational_routes")]

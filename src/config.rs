@@ -33,6 +33,7 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct SecuritySettings {
     pub api_key: String,
+    pub admin_key: String,
     pub protect_operational_routes: bool,
     pub cors_allowed_origins: Vec<String>,
 }
@@ -42,6 +43,7 @@ impl std::fmt::Debug for SecuritySettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecuritySettings")
             .field("api_key", &if self.api_key.is_empty() { "" } else { "<set>" })
+            .field("admin_key", &if self.admin_key.is_empty() { "" } else { "<set>" })
             .field("protect_operational_routes", &self.protect_operational_routes)
             .field("cors_allowed_origins", &self.cors_allowed_origins)
             .finish()
@@ -168,6 +170,9 @@ pub struct ServerSettings {
     pub docs_dir: PathBuf,
     pub shutdown_grace_ms: u64,
     pub shutdown_timeout_ms: u64,
+    pub worker_stuck_ms: u64,
+    pub write_timeout_ms: u64,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -186,6 +191,7 @@ pub struct ModelSettings {
     pub optimization_level: OptimizationLevel,
     pub max_tokens: usize,
     pub verify_checksums: bool,
+    pub cpu_memory_arena: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -218,8 +224,10 @@ pub enum OptimizationLevel {
 pub struct BatchingSettings {
     pub max_batch_size: usize,
     pub max_batch_tokens: usize,
+    pub max_batch_attention_cells: usize,
     pub max_wait_ms: u64,
     pub queue_capacity: usize,
+    pub queue_capacity_tokens: usize,
     pub sessions: usize,
     pub call_overhead_tokens: usize,
 }
@@ -228,6 +236,7 @@ pub struct BatchingSettings {
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
     pub max_inputs: usize,
+    pub max_request_tokens: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -331,11 +340,24 @@ impl Settings {
         positive("server.request_timeout_ms", self.server.request_timeout_ms as usize)?;
         positive("server.header_read_timeout_ms", self.server.header_read_timeout_ms as usize)?;
         positive("server.body_read_timeout_ms", self.server.body_read_timeout_ms as usize)?;
+        positive("server.write_timeout_ms", self.server.write_timeout_ms as usize)?;
+        positive("server.max_connections", self.server.max_connections)?;
         positive("batching.max_batch_size", self.batching.max_batch_size)?;
         positive("batching.max_batch_tokens", self.batching.max_batch_tokens)?;
         positive("batching.queue_capacity", self.batching.queue_capacity)?;
         positive("batching.sessions", self.batching.sessions)?;
         positive("limits.max_inputs", self.limits.max_inputs)?;
+        positive("limits.max_request_tokens", self.limits.max_request_tokens)?;
+        positive("batching.max_batch_attention_cells", self.batching.max_batch_attention_cells)?;
+        if self.batching.queue_capacity_tokens < self.limits.max_request_tokens {
+            return Err(ConfigError::Invalid {
+                key: "batching.queue_capacity_tokens",
+                problem: format!(
+                    "({}) must be at least limits.max_request_tokens ({}): a request that passes the limit must fit the queue",
+                    self.batching.queue_capacity_tokens, self.limits.max_request_tokens
+                ),
+            });
+        }
         if self.model.file.contains('/') || self.model.file.contains("..") {
             return Err(ConfigError::Invalid {
                 key: "model.file",

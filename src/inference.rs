@@ -116,6 +116,16 @@ impl Inference {
         })
     }
 
+    /// Refuses sequences over the per-request token budget (`limits.max_request_tokens`).
+    pub fn check_request_tokens(&self, seqs: &[Tokenized]) -> Result<(), BatchError> {
+        self.batcher.check_request_tokens(seqs)
+    }
+
+    /// Whether the workers are alive and not stuck in a call.
+    pub fn health(&self) -> crate::batching::WorkerHealth {
+        self.batcher.health()
+    }
+
     /// Tokenizes `texts` and runs them through the queue: each text's rows.
     pub async fn encode(
         &self,

@@ -17,8 +17,10 @@ fn main() -> ExitCode {
         Command::Openapi { format } => print_openapi(format),
         Command::Healthcheck(args) => commands::healthcheck(&args),
         Command::Config(args) => args.settings().map_err(anyhow::Error::from).and_then(|mut s| {
-            if !s.security.api_key.is_empty() {
-                s.security.api_key = "<set>".into();
+            for key in [&mut s.security.api_key, &mut s.security.admin_key] {
+                if !key.is_empty() {
+                    *key = "<set>".into();
+                }
             }
             Ok(println!("{}", serde_json::to_string_pretty(&s)?))
         }),

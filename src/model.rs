@@ -368,7 +368,12 @@ fn session_with(
         .map_err(|e| e.to_string())?
         .with_optimization_level(optimization(s.optimization_level))
         .map_err(|e| e.to_string())?;
-    let mut builder = if cuda { with_cuda(builder, s.cuda_device_id)? } else { builder };
+    let mut builder = if cuda {
+        with_cuda(builder, s.cuda_device_id)?
+    } else {
+        let cpu = ort::ep::CPU::default().with_arena_allocator(s.cpu_memory_arena).build();
+        builder.with_execution_providers([cpu]).map_err(|e| e.to_string())?
+    };
     builder.commit_from_file(path).map_err(|e| format!("cannot load model {}: {e}", path.display()))
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::batching::BatcherConfig;
 use crate::config::Settings;
 use crate::features::FeatureCache;
 use crate::heads::training::{save_head, train_head, Extraction};
@@ -44,8 +45,17 @@ impl Application {
             load_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
+        if settings.limits.max_request_tokens < model.info.max_tokens {
+            anyhow::bail!(
+                "limits.max_request_tokens ({}) is less than one text's maximum ({} tokens, model.max_tokens): \
+                 raise it, or lower model.max_tokens",
+                settings.limits.max_request_tokens,
+                model.info.max_tokens
+            );
+        }
         let metrics = Arc::new(Metrics::new());
-        let runtimes = Arc::new(Runtimes::start(model, (&settings.batching).into(), metrics.clone()));
+        let runtimes =
+            Arc::new(Runtimes::start(model, BatcherConfig::new(&settings.batching, &settings.limits), metrics.clone()));
         let startup_heads = {
             let (settings, shared) = (settings.clone(), runtimes.clone());
             match tokio::task::spawn_blocking(move || load_configured(&settings, &shared)).await {
@@ -88,27 +98,14 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let state = self.state;
         let drain = Duration::from_millis(state.settings.server.shutdown_timeout_ms);
-        // A head that fails to train at startup stops the service with its error.
-        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
-        let failure = Arc::new(std::sync::Mutex::new(None::<anyhow::Error>));
         if !self.to_train.is_empty() {
             let (state, names) = (state.clone(), self.to_train);
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = train_missing_heads(&state, &names) {
-                    let _ = failed_tx.send(e);
-                }
-            });
+            tokio::task::spawn_blocking(move || train_missing_heads(&state, &names));
         }
         let signal = {
-            let (state, failure) = (state.clone(), failure.clone());
+            let state = state.clone();
             async move {
-                tokio::select! {
-                    _ = shutdown => {}
-                    Ok(e) = failed_rx => {
-                        tracing::error!(error = %format!("{e:#}"), "startup training failed");
-                        *failure.lock().expect("failure lock") = Some(e);
-                    }
-                }
+                shutdown.await;
                 state.draining.store(true, Ordering::Relaxed);
                 let grace = Duration::from_millis(state.settings.server.shutdown_grace_ms);
                 if !grace.is_zero() {
@@ -119,37 +116,78 @@ impl Application {
             }
         };
         tracing::info!(address = %self.listener.local_addr()?, "listening");
-        let header_timeout = Duration::from_millis(state.settings.server.header_read_timeout_ms);
-        serve_connections(self.listener, router(state.clone()), signal, header_timeout, drain).await;
+        let limits = ConnectionLimits::of(&state.settings);
+        serve_connections(self.listener, router(state.clone()), signal, limits, drain).await;
         stop_runtimes(state.runtimes.clone()).await;
         tracing::info!("stopped");
-        let failed = failure.lock().expect("failure lock").take();
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(()),
+        Ok(())
+    }
+}
+
+/// What one client connection may cost: see `serve_connections`.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    /// From accepting a connection (or finishing a response on it) to the end
+    /// of the next request's headers; a silent or idle connection is closed.
+    header_timeout: Duration,
+    /// Longest wait for a client to take a response's bytes.
+    write_timeout: Duration,
+    /// Connections served at once; beyond, the service stops accepting.
+    max_connections: usize,
+}
+
+impl ConnectionLimits {
+    fn of(settings: &Settings) -> Self {
+        let server = &settings.server;
+        ConnectionLimits {
+            header_timeout: Duration::from_millis(server.header_read_timeout_ms),
+            write_timeout: Duration::from_millis(server.write_timeout_ms),
+            max_connections: server.max_connections,
         }
     }
 }
 
 /// Accepts connections until `shutdown` completes, then stops accepting and
 /// gives open connections `drain` to finish their requests (idle keep-alive
-/// connections close at once). A client that does not send its request headers
-/// within `header_timeout` is disconnected.
+/// connections close at once). HTTP/1.1 only: a connection that does not
+/// send a request's headers within the header timeout is closed (hyper starts
+/// that timer at once; its HTTP/1-or-2 detection had none), a client that
+/// stops reading its response is cut off after the write timeout, and at most
+/// `max_connections` are open: beyond, the service waits before accepting more
+/// (the kernel's backlog holds them) and says so in the log.
 async fn serve_connections(
     listener: TcpListener,
     app: axum::Router,
     shutdown: impl Future<Output = ()>,
-    header_timeout: Duration,
+    limits: ConnectionLimits,
     drain: Duration,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::Service;
 
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut last_limit_warning: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if last_limit_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection limit reached (server.max_connections): not accepting until one closes"
+                    );
+                    last_limit_warning = Some(Instant::now());
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    _ = &mut shutdown => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _peer) = match accepted {
@@ -166,9 +204,10 @@ async fn serve_connections(
                 let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                     app.clone().call(request.map(axum::body::Body::new))
                 });
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
+                let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
+                let connection = graceful.watch(builder.serve_connection(io, service));
                 tokio::spawn(async move {
+                    let _slot = slot;
                     // Client resets and header timeouts end up here; they are not server errors.
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, "connection closed with an error");
@@ -184,6 +223,80 @@ async fn serve_connections(
     }
 }
 
+/// A stream whose writes fail with `TimedOut` when the peer has taken no bytes
+/// for `timeout`: a client that stops reading cannot hold a connection, its
+/// handler and its response in memory for ever.
+struct WriteDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        WriteDeadline { inner, timeout, stalled: None }
+    }
+
+    /// Called when the inner write is pending: arms the timer or reports expiry.
+    fn check_stall(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Error> {
+        let timeout = self.timeout;
+        let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no response bytes within server.write_timeout_ms",
+            )),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            std::task::Poll::Pending => self.check_stall(cx).map(Err),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
+            std::task::Poll::Pending => self.check_stall(cx).map(Err),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 fn default_head(settings: &Settings) -> String {
     if settings.classify.default_head.is_empty() {
         settings.classify.serve.first().cloned().unwrap_or_default()
@@ -193,8 +306,11 @@ fn default_head(settings: &Settings) -> String {
 }
 
 /// Trains the heads missing at startup through the service's own queue; each
-/// joins the registry when done, and the service is ready after the last.
-fn train_missing_heads(state: &AppState, names: &[String]) -> anyhow::Result<()> {
+/// joins the registry when done, and the service is ready after the last. A
+/// head that fails is reported failed (`GET /heads`, 503 `head_failed` on
+/// `/classify`) while everything else keeps serving: a restart would fail the
+/// same way, so stopping would only make a crash loop.
+fn train_missing_heads(state: &AppState, names: &[String]) {
     let settings = &state.settings;
     let cache = FeatureCache::new(&settings.classify.feature_cache_dir);
     let encoder = state.encoder();
@@ -209,8 +325,15 @@ fn train_missing_heads(state: &AppState, names: &[String]) -> anyhow::Result<()>
     };
     for name in names {
         tracing::info!(head = %name, "head file missing: training it before reporting ready");
-        let mut head = train_head(name, &settings.heads[name], &mut extraction)
-            .with_context(|| format!("training head {name} at startup"))?;
+        let mut head = match train_head(name, &settings.heads[name], &mut extraction) {
+            Ok(head) => head,
+            Err(e) => {
+                let reason = format!("{e:#}");
+                tracing::error!(head = %name, error = %reason, "training head at startup failed; the head is not served");
+                state.heads.fail_pending(name, reason);
+                continue;
+            }
+        };
         // A head that cannot be written (read-only folder, full disk) still serves
         // from memory; it is trained again at the next start.
         if let Err(e) = save_head(&mut head, &settings.classify.heads_dir) {
@@ -218,8 +341,7 @@ fn train_missing_heads(state: &AppState, names: &[String]) -> anyhow::Result<()>
         }
         state.heads.finish_pending(Head::Logistic(head));
     }
-    tracing::info!("all heads ready");
-    Ok(())
+    tracing::info!("startup training done");
 }
 
 /// Drains every model runtime (on a blocking thread: it joins worker threads).

@@ -11,7 +11,7 @@
 # Environment: REPLICAS (3), NGINX_PORT (18080), BASE_PORT (18081: replica I on
 # BASE_PORT+I-1), DISTILSERVE_BIN (target/release/distilserve), SERVE_FLAGS
 # (extra `distilserve serve` flags, e.g. "--model-dir tests/fixtures/tiny-distilbert").
-# tests/topology.rs drives up/kill/start/down under load.
+# tests/suite/topology.rs drives up/kill/start/down under load.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 REPLICAS="${REPLICAS:-3}"

@@ -18,6 +18,10 @@ use crate::pooling::{argmax, softmax, FeaturePooling};
 
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Largest head file read: a head for 768-wide features, cls_mean pooling and
+/// 1,000 labels is about 40 MB of JSON.
+pub const MAX_HEAD_FILE_BYTES: u64 = 64 << 20;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EncoderStamp {
     pub name: String,
@@ -193,8 +197,20 @@ impl LogisticHead {
     /// consistent dimensions, finite numbers.
     pub fn load(path: &Path) -> Result<LogisticHead, HeadFileError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path)
-            .map_err(|e| HeadFileError::Unreadable { path: shown.clone(), message: e.to_string() })?;
+        let unreadable = |message: String| HeadFileError::Unreadable { path: shown.clone(), message };
+        // Links are followed (Kubernetes mounts files through them); what they
+        // lead to must be a plain file: a FIFO or a device would block or never end.
+        let meta = std::fs::metadata(path).map_err(|e| unreadable(e.to_string()))?;
+        if !meta.file_type().is_file() {
+            return Err(unreadable("not a regular file (folders, FIFOs and devices are refused)".into()));
+        }
+        if meta.len() > MAX_HEAD_FILE_BYTES {
+            return Err(unreadable(format!(
+                "{} bytes, more than a head file may have ({MAX_HEAD_FILE_BYTES})",
+                meta.len()
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
         Self::parse(&bytes, &shown)
     }
 
@@ -250,8 +266,23 @@ impl LogisticHead {
         Ok(())
     }
 
-    /// Refuses a head trained on another encoder.
+    /// Refuses a head trained on another encoder, or whose widths do not fit
+    /// the running one (a file whose checksum was recomputed after an edit).
     pub fn check_encoder(&self, path: &Path, info: &ModelInfo) -> Result<(), HeadFileError> {
+        let width = self.pooling.width(info.hidden_size);
+        if self.encoder.hidden_size != info.hidden_size || self.features() != width {
+            return Err(HeadFileError::Corrupt {
+                path: path.display().to_string(),
+                message: format!(
+                    "the head takes {} features ({} pooling of hidden size {}), the encoder gives {width} \
+                     (hidden size {})",
+                    self.features(),
+                    self.pooling,
+                    self.encoder.hidden_size,
+                    info.hidden_size
+                ),
+            });
+        }
         if self.encoder.fingerprint != info.fingerprint || self.encoder.max_tokens != info.max_tokens {
             return Err(HeadFileError::WrongEncoder {
                 path: path.display().to_string(),

@@ -81,6 +81,8 @@ pub enum Lookup {
     NotFound,
     /// Configured, still training.
     NotReady,
+    /// Configured, its training at startup failed: the reason.
+    Failed(String),
 }
 
 /// The heads being served.
@@ -89,11 +91,19 @@ pub struct Heads {
     default: String,
     pending: AtomicUsize,
     configured: Vec<String>,
+    /// Heads whose startup training failed, with the reason.
+    failed: RwLock<BTreeMap<String, String>>,
 }
 
 impl Heads {
     pub fn new(default: String, configured: Vec<String>) -> Heads {
-        Heads { map: RwLock::new(BTreeMap::new()), default, pending: AtomicUsize::new(0), configured }
+        Heads {
+            map: RwLock::new(BTreeMap::new()),
+            default,
+            pending: AtomicUsize::new(0),
+            configured,
+            failed: RwLock::new(BTreeMap::new()),
+        }
     }
 
     pub fn default_name(&self) -> &str {
@@ -114,7 +124,18 @@ impl Heads {
         self.pending.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// True when every configured head is loaded.
+    /// Records that a pending head failed to train; it is no longer waited for.
+    pub fn fail_pending(&self, name: &str, reason: String) {
+        self.failed.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), reason);
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Heads whose startup training failed, with the reasons.
+    pub fn failed(&self) -> BTreeMap<String, String> {
+        self.failed.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// True when no configured head is still training (loaded or failed).
     pub fn ready(&self) -> bool {
         self.pending.load(Ordering::SeqCst) == 0
     }
@@ -123,6 +144,9 @@ impl Heads {
         let name = name.unwrap_or(&self.default);
         if let Some(head) = self.map.read().expect("heads lock").get(name) {
             return Ok(head.clone());
+        }
+        if let Some(reason) = self.failed.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Err(Lookup::Failed(reason.clone()));
         }
         if self.configured.iter().any(|c| c == name) {
             Err(Lookup::NotReady)

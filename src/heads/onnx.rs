@@ -38,11 +38,15 @@ impl OnnxHead {
         if model.info.output != "logits" {
             bail!("head {name}: {} has no `logits` output; is it a sequence classifier?", settings.dir.display());
         }
-        let model_labels = model
-            .info
-            .labels
-            .clone()
-            .unwrap_or_else(|| (0..model.info.hidden_size).map(|i| format!("LABEL_{i}")).collect());
+        let width = model.info.hidden_size;
+        let model_labels =
+            model.info.labels.clone().unwrap_or_else(|| (0..width).map(|i| format!("LABEL_{i}")).collect());
+        if model_labels.len() != width {
+            bail!(
+                "head {name}: the model gives {width} logits but its manifest names {} labels {model_labels:?}",
+                model_labels.len()
+            );
+        }
         let (labels, to_label) = map_labels(name, &model_labels, &head.label_map)?;
         let inference = runtimes.start_classifier(name, model);
         Ok(OnnxHead { name: name.to_string(), labels, to_label, inference })

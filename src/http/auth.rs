@@ -1,5 +1,6 @@
-//! Optional bearer API key: required on inference routes when configured (and
-//! on operational routes when asked), compared in constant time.
+//! Bearer keys, compared in constant time: the optional API key on inference
+//! routes (and on operational routes when asked), and the admin key on routes
+//! that change what the service serves (off, 403, until one is configured).
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -17,29 +18,48 @@ fn same_key(given: &str, expected: &str) -> bool {
     a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+}
+
+fn unauthorized(message: &'static str) -> Response {
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
 pub async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let expected = &state.settings.security.api_key;
     if expected.is_empty() {
         return next.run(request).await;
     }
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
-    match given {
+    match bearer(&request) {
         Some(key) if same_key(key, expected) => next.run(request).await,
-        _ => {
-            let mut response = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid API key is required: send `Authorization: Bearer <key>`",
-            )
-            .into_response();
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            response
-        }
+        _ => unauthorized("a valid API key is required: send `Authorization: Bearer <key>`"),
+    }
+}
+
+/// Routes that change what the service serves need `security.admin_key`;
+/// with none configured they are off (403), as model control is in Triton.
+pub async fn require_admin_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let expected = &state.settings.security.admin_key;
+    if expected.is_empty() {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "this route changes what the service serves and is off: set security.admin_key \
+             (DISTILSERVE_SECURITY__ADMIN_KEY) and send `Authorization: Bearer <admin key>`",
+        )
+        .into_response();
+    }
+    match bearer(&request) {
+        Some(key) if same_key(key, expected) => next.run(request).await,
+        _ => unauthorized("the admin key is required: send `Authorization: Bearer <admin key>`"),
     }
 }
 

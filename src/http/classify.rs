@@ -22,6 +22,11 @@ fn lookup(state: &AppState, name: Option<&str>) -> Result<std::sync::Arc<Head>, 
                 "not_ready",
                 format!("head {name:?} is still training; retry shortly"),
             ),
+            Lookup::Failed(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "head_failed",
+                format!("head {name:?} failed to train at startup and is not served; see GET /heads and the log"),
+            ),
         }
     })
 }
@@ -35,10 +40,10 @@ fn lookup(state: &AppState, name: Option<&str>) -> Result<std::sync::Arc<Head>, 
         (status = 200, description = "Per input: top label, its probability, every label's probability", body = ClassifyResponse),
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
         (status = 404, description = "Unknown head", body = ErrorResponse),
-        (status = 413, description = "Body or input count over the limit", body = ErrorResponse),
+        (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
         (status = 422, description = "Invalid field, empty input, or input too long with truncate=false", body = ErrorResponse),
-        (status = 503, description = "Queue full, head still training, or shutting down", body = ErrorResponse),
+        (status = 503, description = "Queue full, head still training (`not_ready`) or failed at startup (`head_failed`), or shutting down", body = ErrorResponse),
         (status = 504, description = "Deadline passed", body = ErrorResponse),
     )
 )]
@@ -92,8 +97,15 @@ fn summary(state: &AppState, head: &Head) -> HeadSummary {
 )]
 pub async fn list_heads(State(state): State<AppState>) -> Json<HeadsResponse> {
     let heads: Vec<HeadSummary> = state.heads.all().iter().map(|h| summary(&state, h)).collect();
-    let pending = state.heads.configured().iter().filter(|c| !heads.iter().any(|h| &h.name == *c)).cloned().collect();
-    Json(HeadsResponse { default_head: state.heads.default_name().to_string(), heads, pending })
+    let failed = state.heads.failed();
+    let pending = state
+        .heads
+        .configured()
+        .iter()
+        .filter(|c| !heads.iter().any(|h| &h.name == *c) && !failed.contains_key(*c))
+        .cloned()
+        .collect();
+    Json(HeadsResponse { default_head: state.heads.default_name().to_string(), heads, pending, failed })
 }
 
 #[utoipa::path(
@@ -125,6 +137,8 @@ pub async fn get_head(State(state): State<AppState>, Path(name): Path<String>) -
     params(("name" = String, Path, description = "Head name (one of classify.serve)")),
     responses(
         (status = 200, description = "The head was read again from disk and now serves", body = HeadSummary),
+        (status = 401, description = "The admin key is missing or wrong (`Authorization: Bearer <security.admin_key>`)", body = ErrorResponse),
+        (status = 403, description = "Admin routes are off: no security.admin_key is configured", body = ErrorResponse),
         (status = 404, description = "Not a served head", body = ErrorResponse),
         (status = 409, description = "Head still training at startup", body = ErrorResponse),
         (status = 422, description = "The file is missing, damaged, or for another encoder: the previous head keeps serving", body = ErrorResponse),
@@ -139,6 +153,7 @@ pub async fn reload_head(
     if !state.heads.configured().iter().any(|c| *c == name) {
         return Err(ApiError::not_found(format!("no head named {name:?} is served; see GET /heads")));
     }
+    let _one_at_a_time = state.admin_lock.lock().await;
     if matches!(state.heads.get(Some(&name)), Err(Lookup::NotReady)) {
         return Err(ApiError::new(StatusCode::CONFLICT, "not_ready", format!("head {name:?} is still training")));
     }
@@ -149,6 +164,9 @@ pub async fn reload_head(
         )?;
     let unusable = |message: String| {
         tracing::warn!(head = %name, error = %message, "head reload refused; the previous head keeps serving");
+        // The log has the paths; the answer names the folder by its setting.
+        let heads_dir = state.settings.classify.heads_dir.display().to_string();
+        let message = if heads_dir.is_empty() { message } else { message.replace(&heads_dir, "<heads_dir>") };
         ApiError::invalid("invalid_head_file", format!("{message}; the previous head keeps serving"))
     };
     match loaded {

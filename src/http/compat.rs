@@ -25,7 +25,7 @@ use crate::pooling::Pooling;
     responses(
         (status = 200, description = "Ids, word pieces and character offsets per input", body = TokenizeResponse),
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
-        (status = 413, description = "Body or input count over the limit", body = ErrorResponse),
+        (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
         (status = 422, description = "Invalid field, empty input, or input too long with truncate=false", body = ErrorResponse),
     )
@@ -36,6 +36,7 @@ pub async fn tokenize(
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
     let seqs = state.encoder().tokenize(texts, request.truncate).await?;
+    state.encoder().check_request_tokens(&seqs)?;
     let tokens = seqs
         .into_iter()
         .map(|s| {
@@ -61,7 +62,7 @@ pub async fn tokenize(
     responses(
         (status = 200, description = "One pooled vector per input (openai.pooling, unit length when openai.normalize)", body = OpenAiEmbeddingResponse),
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
-        (status = 413, description = "Body or input count over the limit", body = ErrorResponse),
+        (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
         (status = 422, description = "Invalid field or empty input", body = ErrorResponse),
         (status = 503, description = "Queue full or shutting down", body = ErrorResponse),

@@ -72,7 +72,7 @@ pub fn validate_inputs(texts: Vec<String>, max_inputs: usize) -> Result<Vec<Stri
             content((EmbedResponse = "application/json"), (Vec<u8> = "application/x-npy"))),
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
         (status = 406, description = "Unsupported Accept", body = ErrorResponse),
-        (status = 413, description = "Body or input count over the limit", body = ErrorResponse),
+        (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
         (status = 422, description = "Invalid field, empty input, or input too long with truncate=false", body = ErrorResponse),
         (status = 503, description = "Queue full or shutting down; retry after the Retry-After seconds", body = ErrorResponse),

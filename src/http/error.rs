@@ -92,10 +92,21 @@ impl From<TokenizeError> for ApiError {
 impl From<BatchError> for ApiError {
     fn from(e: BatchError) -> Self {
         let (status, code) = match e {
-            BatchError::QueueFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            BatchError::QueueFull { .. } | BatchError::QueueFullTokens { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+            }
+            BatchError::TooManyTokens { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_tokens"),
             BatchError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             BatchError::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
-            BatchError::Inference(_) => (StatusCode::INTERNAL_SERVER_ERROR, "inference_failed"),
+            BatchError::WorkerPanicked => (StatusCode::INTERNAL_SERVER_ERROR, "worker_panicked"),
+            // ONNX Runtime's own text stays in the log (with the worker's error line).
+            BatchError::Inference(_) => {
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "inference_failed",
+                    "the model call failed; the details are in the service log",
+                )
+            }
         };
         ApiError::new(status, code, e.to_string())
     }

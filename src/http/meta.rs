@@ -1,6 +1,7 @@
 //! Routes about the service itself: `/health`, `/info`, the OpenAPI document.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -35,10 +36,28 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthRes
     get,
     path = "/health/live",
     tag = "service",
-    responses((status = 200, description = "The process is up and answering (also while heads train and while draining)", body = HealthResponse))
+    responses(
+        (status = 200, description = "The process is up and answering (also while heads train and while draining)", body = HealthResponse),
+        (status = 503, description = "An inference worker died (`worker_dead`) or is stuck in one model call (`worker_stuck`, longer than server.worker_stuck_ms): restart the process", body = HealthResponse),
+    )
 )]
-pub async fn live() -> Json<HealthResponse> {
-    Json(HealthResponse { status: "alive".into() })
+pub async fn live(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
+    let health = state.encoder().health();
+    let stuck = Duration::from_millis(state.settings.server.worker_stuck_ms);
+    let status = if health.dead > 0 {
+        "worker_dead"
+    } else if health.longest_call > stuck {
+        "worker_stuck"
+    } else {
+        return (StatusCode::OK, Json(HealthResponse { status: "alive".into() }));
+    };
+    tracing::error!(
+        status,
+        dead = health.dead,
+        longest_call_ms = health.longest_call.as_millis() as u64,
+        "liveness failed"
+    );
+    (StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: status.into() }))
 }
 
 #[utoipa::path(
@@ -92,6 +111,7 @@ pub async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
         onnxruntime_api: "1.31".into(),
         limits: LimitsDescription {
             max_inputs: s.limits.max_inputs,
+            max_request_tokens: s.limits.max_request_tokens,
             max_body_bytes: s.server.max_body_bytes,
             max_batch_size: s.batching.max_batch_size,
             max_batch_tokens: s.batching.max_batch_tokens,

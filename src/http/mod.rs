@@ -42,6 +42,8 @@ pub struct AppInner {
     /// Set on shutdown: health answers 503 so load balancers stop sending.
     pub draining: AtomicBool,
     pub metrics: Arc<Metrics>,
+    /// Routes that change the served heads run one at a time.
+    pub admin_lock: tokio::sync::Mutex<()>,
 }
 
 /// Cheap to clone; handed to every handler.
@@ -50,7 +52,14 @@ pub struct AppState(Arc<AppInner>);
 
 impl AppState {
     pub fn new(runtimes: Arc<Runtimes>, heads: Heads, settings: Settings, metrics: Arc<Metrics>) -> Self {
-        AppState(Arc::new(AppInner { runtimes, heads, settings, draining: AtomicBool::new(false), metrics }))
+        AppState(Arc::new(AppInner {
+            runtimes,
+            heads,
+            settings,
+            draining: AtomicBool::new(false),
+            metrics,
+            admin_lock: tokio::sync::Mutex::new(()),
+        }))
     }
 
     /// The encoder's runtime: what `/embed`, `/tokenize` and logistic heads use.
@@ -169,6 +178,22 @@ async fn track_metrics(State(state): State<AppState>, request: Request<Body>, ne
     response
 }
 
+/// A client's `x-request-id` is kept only when short and plain (it goes into
+/// logs and back into the response); otherwise a UUID replaces it.
+async fn keep_plain_request_ids(mut request: Request<Body>) -> Request<Body> {
+    let plain = |v: &HeaderValue| {
+        (1..=MAX_REQUEST_ID_LEN).contains(&v.len())
+            && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(b))
+    };
+    let values: Vec<&HeaderValue> = request.headers().get_all(&REQUEST_ID).iter().collect();
+    if !(values.len() == 1 && plain(values[0])) && !values.is_empty() {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    request
+}
+
+const MAX_REQUEST_ID_LEN: usize = 128;
+
 /// CORS: off (no headers) unless origins are configured.
 fn cors(origins: &[String]) -> CorsLayer {
     if origins.is_empty() {
@@ -198,6 +223,15 @@ fn cors(origins: &[String]) -> CorsLayer {
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.server.max_body_bytes;
     let require_key = axum::middleware::from_fn_with_state(state.clone(), auth::require_api_key);
+    let require_admin = axum::middleware::from_fn_with_state(state.clone(), auth::require_admin_key);
+    // Each group reads the body inside its authentication (route layers run
+    // outermost last-added first): a client without the key cannot make the
+    // service read, buffer or wait for a body.
+    let read_body = axum::middleware::from_fn_with_state(state.clone(), read_body_with_deadline);
+    let admin = Router::new()
+        .route("/heads/{name}/reload", post(classify::reload_head))
+        .route_layer(read_body.clone())
+        .route_layer(require_admin);
     let inference = Router::new()
         .route("/embed", post(embed::embed))
         .route("/classify", post(classify::classify))
@@ -205,7 +239,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(compat::openai_embeddings))
         .route("/heads", get(classify::list_heads))
         .route("/heads/{name}", get(classify::get_head))
-        .route("/heads/{name}/reload", post(classify::reload_head))
+        .route_layer(read_body.clone())
         .route_layer(require_key.clone());
     let mut operational = Router::new()
         .route("/health", get(meta::ready))
@@ -224,10 +258,12 @@ pub fn router(state: AppState) -> Router {
                 }),
             ),
         );
+    operational = operational.route_layer(read_body);
     if state.settings.security.protect_operational_routes {
         operational = operational.route_layer(require_key);
     }
     Router::new()
+        .merge(admin)
         .merge(inference)
         .merge(operational)
         .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
@@ -238,7 +274,6 @@ pub fn router(state: AppState) -> Router {
         // read_body_with_deadline enforces the limit; this lifts axum's own 2 MiB
         // default for the JSON extractor to the configured one.
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), read_body_with_deadline))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track_metrics))
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
             axum::response::IntoResponse::into_response(ApiError::new(
@@ -260,5 +295,6 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(()),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(axum::middleware::map_request(keep_plain_request_ids))
         .with_state(state)
 }

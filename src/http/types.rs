@@ -147,6 +147,8 @@ pub struct ModelDescription {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LimitsDescription {
     pub max_inputs: usize,
+    /// Most tokens per request, after tokenization with truncation (413 `too_many_tokens` above).
+    pub max_request_tokens: usize,
     pub max_body_bytes: usize,
     pub max_batch_size: usize,
     pub max_batch_tokens: usize,
@@ -223,6 +225,9 @@ pub struct HeadsResponse {
     pub heads: Vec<HeadSummary>,
     /// Configured heads still training at startup.
     pub pending: Vec<String>,
+    /// Configured heads whose startup training failed, with the reason; not served.
+    #[serde(default)]
+    pub failed: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

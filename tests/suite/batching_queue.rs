@@ -85,8 +85,11 @@ fn config() -> BatcherConfig {
     BatcherConfig {
         max_batch_size: 8,
         max_batch_tokens: 1024,
+        max_batch_attention_cells: usize::MAX,
         max_wait: Duration::ZERO,
         queue_capacity: 1000,
+        queue_capacity_tokens: 100_000,
+        max_request_tokens: 10_000,
         call_overhead_tokens: 32,
     }
 }
@@ -329,4 +332,59 @@ async fn a_failed_call_fails_only_its_own_batch() {
     blocker.await.unwrap().unwrap();
     assert!(matches!(bad.await.unwrap(), Err(BatchError::Inference(m)) if m.contains("13")));
     assert_eq!(good.await.unwrap().unwrap().rows[0].rows, 200, "a later batch still works");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_request_does_not_hold_back_a_later_small_one() {
+    // 64 sequences from one caller take 8 calls; a single sentence sent while
+    // the first of them runs goes into the very next call.
+    let fake = Fake::held();
+    let batcher = start(&fake, config());
+    let b = batcher.clone();
+    let large = tokio::spawn(async move { b.run((0..64).map(|i| seq(i, 20)).collect(), soon()).await.unwrap() });
+    let f = fake.clone();
+    tokio::task::spawn_blocking(move || f.wait_for_calls(1)).await.unwrap();
+    let b = batcher.clone();
+    let small = tokio::spawn(async move { b.run(vec![seq(1000, 5)], soon()).await.unwrap() });
+    until_queued(&batcher, 57).await;
+    fake.release();
+    small.await.unwrap();
+    large.await.unwrap();
+    let calls = fake.calls();
+    let served_in = calls.iter().position(|c| c.iter().any(|&(id, _)| id == 1000)).unwrap();
+    assert_eq!(served_in, 1, "the small request waited for {served_in} calls of the large one: {calls:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_encoder_fails_its_batch_and_the_worker_goes_on() {
+    #[derive(Clone)]
+    struct Panicky;
+    impl Encoder for Panicky {
+        fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
+            if batch.iter().any(|t| t.len() == 13) {
+                panic!("a bug in the runtime");
+            }
+            Ok(batch.iter().map(|t| Rows { rows: t.len(), cols: 1, data: vec![0.0; t.len()] }).collect())
+        }
+    }
+    let metrics = RuntimeMetrics::unregistered();
+    let batcher = Batcher::start(vec![Panicky], config(), metrics.clone(), "panicky");
+    assert_eq!(batcher.run(vec![seq(1, 13)], soon()).await.unwrap_err(), BatchError::WorkerPanicked);
+    assert_eq!(batcher.run(vec![seq(2, 4)], soon()).await.unwrap().rows[0].rows, 4, "the worker still serves");
+    assert_eq!(metrics.worker_panics.get(), 1);
+    assert_eq!(batcher.health().dead, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_how_long_a_call_has_been_running() {
+    let fake = Fake::held();
+    let batcher = start(&fake, config());
+    assert_eq!(batcher.health().longest_call, Duration::ZERO);
+    let blocker = hold_worker(&batcher, &fake).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = batcher.health();
+    assert!(health.longest_call >= Duration::from_millis(250), "{health:?}");
+    fake.release();
+    blocker.await.unwrap().unwrap();
+    assert_eq!(batcher.health().longest_call, Duration::ZERO);
 }

@@ -14,6 +14,7 @@ use common::{error_of, fixture, settings_with_toy_head, wait_ready, TestServer};
 use distilserve::heads::logistic::LogisticHead;
 use serde_json::{json, Value};
 
+const ADMIN_KEY: &str = "admin-k3y";
 const TEXTS: [&str; 3] = ["a wonderful, moving film", "dull and tedious", "fine"];
 
 async fn probabilities(server: &TestServer) -> Value {
@@ -54,9 +55,13 @@ fn train_command(root: &Path, model: &str, heads_dir: &Path) -> Command {
 #[tokio::test]
 async fn a_bad_head_file_at_reload_leaves_the_previous_head_serving() {
     let root = tempfile::tempdir().unwrap();
-    let server = TestServer::start(settings_with_toy_head(root.path(), true)).await;
+    let mut settings = settings_with_toy_head(root.path(), true);
+    settings.security.admin_key = ADMIN_KEY.into();
+    let server = TestServer::start(settings).await;
     wait_ready(&server).await;
     let before = probabilities(&server).await;
+    let reload =
+        |name: &str| server.client.post(server.url(&format!("/heads/{name}/reload"))).bearer_auth(ADMIN_KEY).send();
     let path = root.path().join("heads/toy.json");
     let good = std::fs::read(&path).unwrap();
 
@@ -69,7 +74,17 @@ async fn a_bad_head_file_at_reload_leaves_the_previous_head_serving() {
     let mut flipped = good.clone();
     let middle = flipped.len() / 2;
     flipped[middle] = if flipped[middle] == b'1' { b'2' } else { b'1' };
-    let cases: [(&str, Option<Vec<u8>>, &str); 5] = [
+    // Edited to a narrower hidden size, checksum recomputed: consistent in
+    // itself, so only the check against the running encoder can refuse it.
+    let mut narrow: LogisticHead = serde_json::from_slice(&good).unwrap();
+    let width = narrow.pooling.width(16);
+    narrow.encoder.hidden_size = 16;
+    narrow.scaler_mean.truncate(width);
+    narrow.scaler_scale.truncate(width);
+    narrow.weights.iter_mut().for_each(|w| w.truncate(width));
+    let narrow = serde_json::to_vec(&narrow.sealed()).unwrap();
+    let cases: [(&str, Option<Vec<u8>>, &str); 6] = [
+        ("hidden size edited, checksum recomputed", Some(narrow), "features"),
         ("truncated", Some(good[..good.len() / 2].to_vec()), "toy.json"),
         ("one byte changed", Some(flipped), "toy.json"),
         ("not JSON at all", Some(b"\x00\x01garbage".to_vec()), "toy.json"),
@@ -81,7 +96,7 @@ async fn a_bad_head_file_at_reload_leaves_the_previous_head_serving() {
             Some(b) => std::fs::write(&path, b).unwrap(),
             None => std::fs::remove_file(&path).unwrap(),
         }
-        let response = server.client.post(server.url("/heads/toy/reload")).send().await.unwrap();
+        let response = reload("toy").await.unwrap();
         let (status, code, message) = error_of(response).await;
         assert_eq!((status, code.as_str()), (422, "invalid_head_file"), "{what}: {message}");
         assert!(message.contains(expected) && message.contains("previous head keeps serving"), "{what}: {message}");
@@ -90,11 +105,11 @@ async fn a_bad_head_file_at_reload_leaves_the_previous_head_serving() {
 
     // A good file loads again; unknown heads are 404.
     std::fs::write(&path, &good).unwrap();
-    let response = server.client.post(server.url("/heads/toy/reload")).send().await.unwrap();
+    let response = reload("toy").await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.json::<Value>().await.unwrap()["name"], "toy");
     assert_eq!(probabilities(&server).await, before);
-    let (status, _, _) = error_of(server.client.post(server.url("/heads/nope/reload")).send().await.unwrap()).await;
+    let (status, _, _) = error_of(reload("nope").await.unwrap()).await;
     assert_eq!(status, 404);
     server.stop().await;
 }

@@ -14,6 +14,7 @@ mod docs;
 mod e2e_default_model;
 mod encoder_fixtures;
 mod faults;
+mod hardening;
 mod heads;
 mod http_classify;
 mod http_compat;

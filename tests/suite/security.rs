@@ -1,13 +1,13 @@
 //! Access: the API key on and off for every route, CORS off by default and
-//! configurable. Tiny DistilBERT fixture over a socket.
+//! configurable (the admin key on admin routes: hardening.rs). Tiny DistilBERT fixture over a socket.
 
 use crate::common;
 
 use common::{error_of, fixture, settings_for, TestServer};
 use serde_json::json;
 
-const INFERENCE: [(&str, &str); 7] = [
-    ("POST", "/heads/none/reload"),
+// POST /heads/{name}/reload takes the admin key instead: hardening.rs.
+const INFERENCE: [(&str, &str); 6] = [
     ("POST", "/embed"),
     ("POST", "/classify"),
     ("POST", "/tokenize"),
