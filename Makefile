@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
+.PHONY: attack setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
 
 setup:
 	scripts/setup.sh
@@ -63,6 +63,13 @@ soak: setup
 	$(CARGO) build --release
 	test -f models/heads/sentiment.json || target/release/distilserve train --head sentiment
 	$(CARGO) bench --bench throughput -- --soak 600
+
+# What one client can cost (bench/attack.py; RELIABILITY.md "Bounded cost"): the
+# largest admitted request's peak RSS and time, single sentences meanwhile, the
+# old 308 KB attack, silent connections, made-up methods. About 1 minute.
+attack: setup
+	$(CARGO) build --release
+	python3 bench/attack.py --bin target/release/distilserve
 
 # Feature-extraction speed against Python onnxruntime (bench/extraction.py).
 bench-extraction: setup

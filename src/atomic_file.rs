@@ -17,6 +17,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         let mut file = tempfile::Builder::new().prefix(".tmp").tempfile_in(dir)?;
         file.write_all(bytes)?;
         file.as_file().sync_all()?;
+        pause_for_fault_injection();
         file.persist(path).map_err(|e| e.error)?;
         // Make the rename itself durable.
         if let Ok(d) = std::fs::File::open(dir) {
@@ -25,6 +26,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         Ok(())
     };
     write().with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `DISTILSERVE_FAULT_PAUSE_BEFORE_RENAME_MS`: wait that long between writing
+/// the temporary file and renaming it, so that tests/suite/faults.rs can kill
+/// the process for certain inside a write. Unset in normal runs.
+fn pause_for_fault_injection() {
+    if let Some(ms) = std::env::var("DISTILSERVE_FAULT_PAUSE_BEFORE_RENAME_MS").ok().and_then(|v| v.parse().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,11 @@ use distilserve::http::ApiDoc;
 use distilserve::startup::{shutdown_signal, Application};
 use utoipa::OpenApi;
 
+/// mimalloc for our allocations; its `override` feature also routes malloc,
+/// and so ONNX Runtime's, through it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

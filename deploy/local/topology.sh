@@ -59,6 +59,7 @@ http {
     fastcgi_temp_path $dir/nginx/fastcgi;
     uwsgi_temp_path $dir/nginx/uwsgi;
     scgi_temp_path $dir/nginx/scgi;
+    include $REPO/deploy/nginx/limits.conf;
     upstream distilserve {
         zone distilserve 64k;
 EOF

@@ -3,10 +3,9 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
 use super::error::{ApiError, ApiJson, ErrorResponse};
-use super::types::{EmbedRequest, EmbedResponse, Embeddings};
+use super::types::{EmbedRequest, EmbedResponse};
 use super::{timing_headers, AppState};
 use crate::inference::{EmbedOptions, Embedded, Vectors};
 use crate::npy;
@@ -19,6 +18,42 @@ pub const TOKEN_COUNTS_HEADER: &str = "x-token-counts";
 pub enum Format {
     Json,
     Npy,
+}
+
+/// Serialises exactly as the documented [`EmbedResponse`], from the rows as
+/// they are: the largest admitted answer is tens of MB of JSON, and copying
+/// the rows into nested vectors first, then growing the buffer by doubling,
+/// had doubled its peak memory (RELIABILITY.md, "Bounded cost").
+#[derive(serde::Serialize)]
+struct EmbedResponseView<'a> {
+    model: &'a str,
+    pooling: crate::pooling::Pooling,
+    normalized: bool,
+    dimensions: usize,
+    token_counts: &'a [usize],
+    embeddings: EmbeddingsView<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens: Option<&'a [Vec<String>]>,
+}
+
+struct EmbeddingsView<'a> {
+    vectors: &'a Vectors,
+    hidden: usize,
+}
+
+impl serde::Serialize for EmbeddingsView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct TokenVectors<'a>(&'a [f32], usize);
+        impl serde::Serialize for TokenVectors<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.chunks_exact(self.1))
+            }
+        }
+        match self.vectors {
+            Vectors::Pooled(vectors) => serializer.collect_seq(vectors),
+            Vectors::PerToken(rows) => serializer.collect_seq(rows.iter().map(|r| TokenVectors(&r.data, self.hidden))),
+        }
+    }
 }
 
 /// Picks the response format from `Accept`: `.npy` when asked for, JSON for
@@ -113,22 +148,26 @@ pub async fn embed(
             Ok((timing, response).into_response())
         }
         Format::Json => {
-            let embeddings = match vectors {
-                Vectors::Pooled(vectors) => Embeddings::Pooled(vectors),
-                Vectors::PerToken(rows) => Embeddings::PerToken(
-                    rows.iter().map(|r| r.data.chunks_exact(hidden).map(<[f32]>::to_vec).collect()).collect(),
-                ),
+            let floats = match &vectors {
+                Vectors::Pooled(v) => v.len() * hidden,
+                Vectors::PerToken(rows) => rows.iter().map(|r| r.data.len()).sum(),
             };
-            let body = EmbedResponse {
-                model: state.encoder().info.name.clone(),
+            let body = EmbedResponseView {
+                model: &state.encoder().info.name,
                 pooling: request.pooling,
                 normalized: request.normalize,
                 dimensions: hidden,
-                token_counts,
-                embeddings,
-                tokens: request.return_tokens.then_some(tokens),
+                token_counts: &token_counts,
+                embeddings: EmbeddingsView { vectors: &vectors, hidden },
+                tokens: request.return_tokens.then_some(&tokens[..]),
             };
-            Ok((timing, Json(body)).into_response())
+            // About 12 bytes per number ("-0.12345678,"): sized once instead of doubling.
+            let mut json = Vec::with_capacity(floats * 12 + 1024);
+            serde_json::to_writer(&mut json, &body).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("cannot write the answer: {e}"))
+            })?;
+            let headers = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+            Ok((timing, headers, json).into_response())
         }
     }
 }

@@ -29,8 +29,14 @@ async fn docs_page_and_assets_are_served_locally() {
     }
     let (status, code, _) = error_of(server.get("/docs/assets/nothing.js").await).await;
     assert_eq!((status, code.as_str()), (404, "not_found"));
-    let traversal = server.get("/docs/assets/..%2F..%2FCargo.toml").await;
-    assert_ne!(traversal.status(), 200, "paths cannot leave the assets folder");
+    // Paths cannot leave the assets folder: a plain 404, never the file, never a 5xx.
+    for path in ["..%2F..%2FCargo.toml", "%2e%2e/%2e%2e/Cargo.toml", "..%5C..%5CCargo.toml", "/etc/passwd"] {
+        let response = server.get(&format!("/docs/assets/{path}")).await;
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(!body.contains("[package]") && !body.contains("root:"), "{path} leaked a file");
+    }
     server.stop().await;
 }
 

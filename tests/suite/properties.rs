@@ -180,6 +180,60 @@ proptest! {
     }
 }
 
+/// The tiny model's description, for checking heads against it.
+fn tiny_info() -> &'static distilserve::model::ModelInfo {
+    static INFO: OnceLock<distilserve::model::ModelInfo> = OnceLock::new();
+    INFO.get_or_init(|| {
+        let settings = settings_for(&fixture("tiny-distilbert"));
+        (*Model::load(&settings.model, 1).unwrap().info).clone()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases(128)))]
+
+    /// Edits that keep the file well-formed and its checksum right (recomputed,
+    /// as someone editing the file would): only the shape and encoder checks can
+    /// refuse them. What loads must classify a vector of the encoder's width
+    /// into finite probabilities, one per label, never panic.
+    #[test]
+    fn a_consistently_edited_head_is_refused_or_safe_to_serve(
+        edit in 0usize..8,
+        at in any::<prop::sample::Index>(),
+        value in any::<u16>(),
+    ) {
+        let mut head: LogisticHead = serde_json::from_slice(head_file()).unwrap();
+        let k = head.labels.len();
+        let width = head.scaler_mean.len();
+        match edit {
+            0 => head.encoder.hidden_size = usize::from(value % 100),
+            1 => { let row = at.index(k); let keep = usize::from(value) % (width + 1); head.weights[row].truncate(keep) }
+            2 => { head.weights.pop(); }
+            3 => { head.intercept.pop(); }
+            4 => head.scaler_scale[at.index(width)] = [0.0, -1.0, f32::NAN, f32::INFINITY][usize::from(value % 4)],
+            5 => head.labels.push(format!("extra{value}")),
+            6 => head.pooling = distilserve::pooling::FeaturePooling::ALL[usize::from(value % 3)],
+            _ => { let keep = usize::from(value) % (width + 1); head.scaler_mean.truncate(keep); head.scaler_scale.truncate(keep) }
+        }
+        let bytes = serde_json::to_vec(&head.sealed()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_head(dir.path(), "toy.json", &bytes);
+        let loaded = LogisticHead::load(&path).map_err(|e| e.to_string()).and_then(|h| {
+            h.check_encoder(&path, tiny_info()).map_err(|e| e.to_string())?;
+            Ok(h)
+        });
+        match loaded {
+            Ok(h) => {
+                let features = vec![0.5f32; h.pooling.width(tiny_info().hidden_size)];
+                let p = h.probabilities(&features);
+                prop_assert_eq!(p.len(), h.labels.len());
+                prop_assert!(p.iter().all(|v| v.is_finite()) && (p.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+            }
+            Err(e) => prop_assert!(e.contains("toy.json"), "error does not name the file: {}", e),
+        }
+    }
+}
+
 /// Bodies thrown at every POST route over a real socket: never a 5xx, always JSON.
 #[test]
 fn arbitrary_bodies_get_json_answers_and_never_a_5xx() {

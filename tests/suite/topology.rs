@@ -2,7 +2,8 @@
 //! Debian's nginx with deploy/nginx/proxy.conf, started by deploy/local/topology.sh.
 //! Under steady load one replica is SIGKILLed and later restarted: no client
 //! request fails (nginx retries on another replica) and the restarted replica
-//! takes traffic again. Needs nginx (scripts/install-test-deps.sh).
+//! takes traffic again; an oversized request is refused by one replica and
+//! harms none. Needs nginx (scripts/install-test-deps.sh).
 
 use crate::common;
 
@@ -146,4 +147,20 @@ async fn a_replica_killed_under_load_loses_no_request_and_comes_back() {
         "{} requests through nginx, 0 failed, {retried} retried on another replica, {served_after} served by the restarted replica",
         seen.len()
     );
+
+    // The request every limit once admitted (256 texts of 600 words, every
+    // token back): refused by the first replica with 413, not retried, and no
+    // replica is harmed.
+    let client = reqwest::Client::new();
+    let attack = json!({"inputs": vec!["a ".repeat(600); 256], "pooling": "none"});
+    let response = client.post(&url).json(&attack).send().await.unwrap();
+    let upstream = response.headers().get("x-upstream").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    assert_eq!(response.status(), 413, "through nginx");
+    assert!(!upstream.contains(','), "retried on another replica: {upstream}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_tokens");
+    for port in base_port..base_port + 3 {
+        let live = client.get(format!("http://127.0.0.1:{port}/health/live")).send().await.unwrap();
+        assert_eq!(live.status(), 200, "replica on port {port} after the oversized request");
+    }
 }
