@@ -165,8 +165,6 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Workers wait here for work.
     wake: Condvar,
-    /// Batch jobs wait here for room in the queue.
-    room: Condvar,
     config: BatcherConfig,
     metrics: RuntimeMetrics,
     started: Instant,
@@ -227,7 +225,6 @@ impl Batcher {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue { items: VecDeque::new(), tokens: 0, closed: false }),
             wake: Condvar::new(),
-            room: Condvar::new(),
             config,
             metrics,
             started: Instant::now(),
@@ -340,28 +337,18 @@ impl Batcher {
         }
     }
 
-    /// For batch jobs on a plain thread (training at startup): waits for room in
-    /// the queue instead of being refused, then for the rows. No deadline:
-    /// batch work waits behind live requests, it is not one.
+    /// For batch jobs on a plain thread (training at startup): their own lane
+    /// past the live-request capacity, so that clients keeping the queue full
+    /// cannot starve them (one call's sequences at a time: bounded). No
+    /// deadline: batch work waits behind live requests, it is not one.
     pub fn run_blocking(&self, seqs: Vec<Tokenized>) -> Result<Batched, BatchError> {
         if seqs.is_empty() {
             return Ok(Batched { rows: Vec::new(), queue_time: Duration::ZERO, inference_time: Duration::ZERO });
         }
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let (job, rx) = self.new_job(seqs, far);
-        let n = job.seqs.len();
-        let tokens = tokens_of(&job.seqs);
         {
-            let config = &self.shared.config;
             let mut queue = self.shared.queue();
-            // A job larger than the whole queue goes in once the queue is empty.
-            while !queue.closed
-                && !queue.items.is_empty()
-                && (queue.items.len() + n > config.queue_capacity
-                    || queue.tokens + tokens > config.queue_capacity_tokens)
-            {
-                queue = self.shared.room.wait(queue).unwrap_or_else(|p| p.into_inner());
-            }
             if queue.closed {
                 return Err(BatchError::ShuttingDown);
             }
@@ -427,7 +414,6 @@ impl Batcher {
     pub fn close(&self) {
         self.shared.queue().closed = true;
         self.shared.wake.notify_all();
-        self.shared.room.notify_all();
     }
 
     /// Closes the queue and waits for the workers to finish what was queued.
@@ -555,7 +541,6 @@ fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     queue.tokens -= batch.iter().map(Item::len).sum::<usize>();
     shared.metrics.queue_depth.set(queue.items.len() as i64);
     drop(queue);
-    shared.room.notify_all();
     batch.sort_by_key(Item::len);
     Some(batch)
 }

@@ -1,7 +1,8 @@
 //! The batching queue with fake encoders (no ONNX Runtime): each caller gets
 //! its own rows, length grouping, batch size and token budget, the oldest
-//! sequence first, deadlines, departed callers, refusals, batch jobs waiting
-//! for room, drain on shutdown, failures confined to their batch.
+//! sequence first, fairness between requests, deadlines, departed callers,
+//! refusals, batch jobs' own lane, drain on shutdown, failures and panics
+//! confined to their batch, worker health.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -280,19 +281,18 @@ async fn a_full_queue_refuses_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_jobs_wait_for_room_instead_of_being_refused() {
+async fn batch_jobs_have_their_own_lane_past_a_full_queue() {
     let fake = Fake::held();
     let batcher = start(&fake, BatcherConfig { queue_capacity: 3, ..config() });
     let blocker = hold_worker(&batcher, &fake).await;
     let b = batcher.clone();
     let live = tokio::spawn(async move { b.run(vec![seq(1, 2), seq(2, 2), seq(3, 2)], soon()).await.unwrap() });
     until_queued(&batcher, 3).await;
-    // The queue is full: a live request is refused, a batch job waits.
+    // The queue is full: a live request is refused, a batch job is queued.
     assert!(matches!(batcher.run(vec![seq(4, 2)], soon()).await, Err(BatchError::QueueFull { .. })));
     let b = batcher.clone();
     let job = tokio::task::spawn_blocking(move || b.run_blocking(vec![seq(9, 2), seq(10, 2)]));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!job.is_finished(), "the batch job must wait while the queue is full");
+    until_queued(&batcher, 5).await;
     fake.release();
     blocker.await.unwrap().unwrap();
     live.await.unwrap();
