@@ -81,9 +81,21 @@ impl Inference {
     /// Starts the model's workers (one per session) behind one queue;
     /// `metrics` labels what `/metrics` shows of it.
     pub fn start(model: Model, config: BatcherConfig, metrics: RuntimeMetrics) -> Inference {
-        let name = if model.info.task == "feature-extraction" { "encoder" } else { "classifier" };
-        let batcher = Batcher::start(model.encoders, config, metrics.clone(), name);
-        Inference { info: model.info, tokenizer: model.tokenizer, batcher, metrics }
+        Self::with_encoders(model.info, model.tokenizer, model.encoders, config, metrics)
+    }
+
+    /// A runtime over any encoders that `info` describes: what tests and the
+    /// fuzz targets use to drive the whole HTTP stack without ONNX Runtime.
+    pub fn with_encoders<E: Encoder + 'static>(
+        info: Arc<ModelInfo>,
+        tokenizer: Arc<TextTokenizer>,
+        encoders: Vec<E>,
+        config: BatcherConfig,
+        metrics: RuntimeMetrics,
+    ) -> Inference {
+        let name = if info.task == "feature-extraction" { "encoder" } else { "classifier" };
+        let batcher = Batcher::start(encoders, config, metrics.clone(), name);
+        Inference { info, tokenizer, batcher, metrics }
     }
 
     pub fn queue_depth(&self) -> usize {

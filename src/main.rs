@@ -9,6 +9,7 @@ use utoipa::OpenApi;
 
 /// mimalloc for our allocations; its `override` feature also routes malloc,
 /// and so ONNX Runtime's, through it.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -78,6 +78,7 @@ pub struct Metrics {
     pub head_info: Family<HeadLabels, Gauge>,
     pub ready: Gauge,
     pub worker_panics: Counter,
+    pub handler_panics: Counter,
 }
 
 #[derive(Clone)]
@@ -168,7 +169,23 @@ impl Metrics {
             "Inference worker panics (the batch failed with 500, the worker was restarted)",
             worker_panics.clone(),
         );
-        Metrics { registry, http_requests, http_duration, runtime, model_info, head_info, ready, worker_panics }
+        let handler_panics = Counter::default();
+        registry.register(
+            "distilserve_handler_panics",
+            "HTTP handlers that panicked (answered 500 `internal`)",
+            handler_panics.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            runtime,
+            model_info,
+            head_info,
+            ready,
+            worker_panics,
+            handler_panics,
+        }
     }
 
     /// Records one HTTP answer.

@@ -34,6 +34,12 @@ impl Runtimes {
     /// Starts the encoder's workers.
     pub fn start(encoder: Model, batching: BatcherConfig, metrics: Arc<Metrics>) -> Runtimes {
         let inference = Inference::start(encoder, batching.clone(), metrics.runtime(ENCODER));
+        Self::with_encoder(inference, batching, metrics)
+    }
+
+    /// Around an encoder runtime already started (tests and fuzzing use one
+    /// over a fake [`crate::encoder::Encoder`]).
+    pub fn with_encoder(inference: Inference, batching: BatcherConfig, metrics: Arc<Metrics>) -> Runtimes {
         let runtimes = Runtimes {
             encoder: inference,
             classifiers: Mutex::default(),

@@ -62,6 +62,16 @@ impl AppState {
         }))
     }
 
+    /// State around an encoder runtime and no heads: `router(state)` is then
+    /// the whole HTTP application over whatever encoder the runtime runs
+    /// (tests drive it with `tower::ServiceExt::oneshot`, the fuzz target too).
+    pub fn with_encoder(encoder: Inference, settings: Settings) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let batching = crate::batching::BatcherConfig::new(&settings.batching, &settings.limits);
+        let runtimes = Arc::new(Runtimes::with_encoder(encoder, batching, metrics.clone()));
+        AppState::new(runtimes, Heads::new(String::new(), Vec::new()), settings, metrics)
+    }
+
     /// The encoder's runtime: what `/embed`, `/tokenize` and logistic heads use.
     pub fn encoder(&self) -> &Inference {
         &self.runtimes.encoder
@@ -222,6 +232,7 @@ fn cors(origins: &[String]) -> CorsLayer {
 /// The whole HTTP application; tests drive it with `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.server.max_body_bytes;
+    let handler_panics = state.metrics.handler_panics.clone();
     let require_key = axum::middleware::from_fn_with_state(state.clone(), auth::require_api_key);
     let require_admin = axum::middleware::from_fn_with_state(state.clone(), auth::require_admin_key);
     // Each group reads the body inside its authentication (route layers run
@@ -274,14 +285,24 @@ pub fn router(state: AppState) -> Router {
         // read_body_with_deadline enforces the limit; this lifts axum's own 2 MiB
         // default for the JSON extractor to the configured one.
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), track_metrics))
-        .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
+        // Inside the metrics layer, so that a panicking handler's 500 is counted
+        // like any answer; the message goes to the log (with the request id of
+        // the enclosing span), never to the client.
+        .layer(CatchPanicLayer::custom(move |panic: Box<dyn std::any::Any + Send>| {
+            handler_panics.inc();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %message, "handler panicked");
             axum::response::IntoResponse::into_response(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
-                "internal error",
+                "internal error; the details are in the service log",
             ))
         }))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track_metrics))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http()

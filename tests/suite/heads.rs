@@ -134,3 +134,21 @@ fn head_names_cannot_escape_the_heads_folder() {
     }
     assert_eq!(head_path(dir, "sentiment_v2-b").unwrap(), dir.join("sentiment_v2-b.json"));
 }
+
+#[test]
+fn head_files_must_be_plain_files_of_bounded_size() {
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO would block a reader for ever: refused before reading.
+    let fifo = dir.path().join("fifo.json");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let err = LogisticHead::load(&fifo).unwrap_err().to_string();
+    assert!(err.contains("not a regular file") && err.contains("fifo.json"), "{err}");
+    // A huge file is refused by its size, not read.
+    let huge = dir.path().join("huge.json");
+    std::fs::File::create(&huge).unwrap().set_len(65 << 20).unwrap();
+    let err = LogisticHead::load(&huge).unwrap_err().to_string();
+    assert!(err.contains("more than a head file may have"), "{err}");
+    // A folder is not a head either.
+    let err = LogisticHead::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+}

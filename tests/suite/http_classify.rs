@@ -139,7 +139,10 @@ async fn a_pretrained_onnx_classifier_is_served_as_a_head() {
     let metrics = server.get("/metrics").await.text().await.unwrap();
     let computed = format!("distilserve_sequences_total{{runtime=\"head:sst2\"}} {}\n", texts.len());
     assert!(metrics.contains(&computed), "{metrics}");
-    assert!(metrics.contains("distilserve_model_info{runtime=\"head:sst2\",name=\"tiny-distilbert-sst2\""), "{metrics}");
+    assert!(
+        metrics.contains("distilserve_model_info{runtime=\"head:sst2\",name=\"tiny-distilbert-sst2\""),
+        "{metrics}"
+    );
     assert!(metrics.contains("distilserve_sequences_total{runtime=\"encoder\"} 0\n"), "{metrics}");
     server.stop().await;
 }

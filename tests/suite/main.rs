@@ -23,6 +23,7 @@ mod openapi;
 mod operations;
 mod playground;
 mod properties;
+mod router;
 mod security;
 mod shutdown;
 mod slow_clients;

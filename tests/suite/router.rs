@@ -1,0 +1,107 @@
+//! The HTTP application in process, with `tower::ServiceExt::oneshot` and a
+//! fake encoder: routing, extractor rejections and error mapping need neither
+//! a socket nor ONNX Runtime (the fuzz target `request_json` drives the same).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use distilserve::batching::BatcherConfig;
+use distilserve::encoder::Encoder;
+use distilserve::http::{router, AppState};
+use distilserve::inference::Inference;
+use distilserve::metrics::RuntimeMetrics;
+use distilserve::model::ModelInfo;
+use distilserve::pooling::Rows;
+use distilserve::tokenize::{TextTokenizer, Tokenized};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+/// Every token's vector is [1, 2, 3, 4].
+struct Constant;
+
+impl Encoder for Constant {
+    fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
+        Ok(batch.iter().map(|t| Rows { rows: t.len(), cols: 4, data: [1.0, 2.0, 3.0, 4.0].repeat(t.len()) }).collect())
+    }
+}
+
+fn app() -> axum::Router {
+    let dir = crate::common::fixture("tiny-distilbert");
+    let settings = crate::common::settings_for(&dir);
+    let info = ModelInfo {
+        name: "constant".into(),
+        dir: dir.clone(),
+        file: "none".into(),
+        task: "feature-extraction".into(),
+        architecture: "fake".into(),
+        hidden_size: 4,
+        max_tokens: 64,
+        inputs: vec!["input_ids".into(), "attention_mask".into()],
+        output: "last_hidden_state".into(),
+        uses_token_type_ids: false,
+        execution_provider: "none".into(),
+        labels: None,
+        fingerprint: "0".repeat(64),
+        onnxruntime_library: Default::default(),
+    };
+    let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), 64).unwrap();
+    let config = BatcherConfig::new(&settings.batching, &settings.limits);
+    let encoder = Inference::with_encoders(
+        Arc::new(info),
+        Arc::new(tokenizer),
+        vec![Constant],
+        config,
+        RuntimeMetrics::unregistered(),
+    );
+    router(AppState::with_encoder(encoder, settings))
+}
+
+async fn send(method: &str, uri: &str, content_type: Option<&str>, body: &str) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(ct) = content_type {
+        request = request.header("content-type", ct);
+    }
+    let response = app().oneshot(request.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn embeddings_pass_through_pooling_and_normalisation_below_the_handler() {
+    let body = json!({"inputs": ["good", "a long one"], "pooling": "mean", "normalize": true}).to_string();
+    let (status, answer) = send("POST", "/embed", Some("application/json"), &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["dimensions"], 4);
+    let v: Vec<f64> = answer["embeddings"][0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let norm = 30f64.sqrt();
+    for (got, want) in v.iter().zip([1.0, 2.0, 3.0, 4.0]) {
+        assert!((got - want / norm).abs() < 1e-6, "{v:?}");
+    }
+    let body = json!({"inputs": "good", "pooling": "none"}).to_string();
+    let (_, answer) = send("POST", "/embed", Some("application/json"), &body).await;
+    let tokens = answer["token_counts"][0].as_u64().unwrap() as usize;
+    assert_eq!(answer["embeddings"][0].as_array().unwrap().len(), tokens);
+    assert_eq!(answer["embeddings"][0][0], json!([1.0, 2.0, 3.0, 4.0]));
+}
+
+#[tokio::test]
+async fn every_rejection_is_our_json_error_with_its_status() {
+    let cases: [(&str, &str, Option<&str>, &str, u16, &str); 7] = [
+        ("POST", "/embed", Some("application/json"), "{not json", 400, "invalid_json"),
+        ("POST", "/embed", Some("text/plain"), "{}", 415, "unsupported_media_type"),
+        ("POST", "/embed", Some("application/json"), r#"{"inputs": "x", "pooling": "max"}"#, 422, "invalid_request"),
+        ("POST", "/embed", Some("application/json"), r#"{"inputs": []}"#, 422, "empty_input"),
+        ("GET", "/embed", None, "", 405, "method_not_allowed"),
+        ("GET", "/no/such/route", None, "", 404, "not_found"),
+        ("POST", "/heads/x/reload", None, "", 403, "admin_disabled"),
+    ];
+    for (method, uri, ct, body, status, code) in cases {
+        let (got, answer) = send(method, uri, ct, body).await;
+        assert_eq!((got.as_u16(), answer["error"]["code"].as_str()), (status, Some(code)), "{method} {uri} {body}");
+    }
+    let too_many = json!({"inputs": vec!["a ".repeat(100); 200]}).to_string();
+    let (status, answer) = send("POST", "/tokenize", Some("application/json"), &too_many).await;
+    assert_eq!((status.as_u16(), answer["error"]["code"].as_str()), (413, Some("too_many_tokens")));
+}
