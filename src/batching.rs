@@ -467,11 +467,7 @@ fn worker_loop<E: Encoder>(shared: &Shared, worker: usize, mut encoder: E) {
             Ok(result) => result,
             Err(panic) => {
                 m.worker_panics.inc();
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let message = crate::telemetry::panic_message(&*panic);
                 tracing::error!(panic = %message, batch = live.len(), "inference worker panicked; batch dropped");
                 live.iter().for_each(|item| item.job.fail(BatchError::WorkerPanicked));
                 continue;

@@ -73,6 +73,29 @@ pub struct ModelInfo {
     pub onnxruntime_library: PathBuf,
 }
 
+impl ModelInfo {
+    /// The description of an encoder that is not an ONNX model (fakes in tests
+    /// and fuzz targets): `hidden_size` wide rows, `max_tokens` per text.
+    pub fn synthetic(name: &str, hidden_size: usize, max_tokens: usize) -> ModelInfo {
+        ModelInfo {
+            name: name.into(),
+            dir: PathBuf::new(),
+            file: String::new(),
+            task: "feature-extraction".into(),
+            architecture: "synthetic".into(),
+            hidden_size,
+            max_tokens,
+            inputs: vec!["input_ids".into(), "attention_mask".into()],
+            output: "last_hidden_state".into(),
+            uses_token_type_ids: false,
+            execution_provider: "none".into(),
+            labels: None,
+            fingerprint: "0".repeat(64),
+            onnxruntime_library: PathBuf::new(),
+        }
+    }
+}
+
 /// A loaded model: shared description and tokenizer, plus one session per worker.
 pub struct Model {
     pub info: Arc<ModelInfo>,

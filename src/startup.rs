@@ -237,15 +237,24 @@ impl<S> WriteDeadline<S> {
         WriteDeadline { inner, timeout, stalled: None }
     }
 
-    /// Called when the inner write is pending: arms the timer or reports expiry.
-    fn check_stall(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Error> {
+    /// Passes a finished write through (disarming the timer); a pending one
+    /// arms the timer, or fails once it has run out.
+    fn watch<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        poll: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
         let timeout = self.timeout;
         let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         match sleep.as_mut().poll(cx) {
-            std::task::Poll::Ready(()) => std::task::Poll::Ready(std::io::Error::new(
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "the client took no response bytes within server.write_timeout_ms",
-            )),
+            ))),
             std::task::Poll::Pending => std::task::Poll::Pending,
         }
     }
@@ -267,26 +276,16 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
-            std::task::Poll::Pending => self.check_stall(cx).map(Err),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let poll = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, poll)
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
-            std::task::Poll::Pending => self.check_stall(cx).map(Err),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let poll = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, poll)
     }
 
     fn poll_shutdown(

@@ -25,3 +25,12 @@ pub fn init(settings: &LoggingSettings) {
         builder.try_init()
     };
 }
+
+/// The text of a caught panic, for the log (never for a client).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}

@@ -42,22 +42,7 @@ fn app() -> &'static App {
         let mut settings = Settings::defaults();
         settings.classify.serve.clear();
         settings.classify.default_head.clear();
-        let info = ModelInfo {
-            name: "constant".into(),
-            dir: dir.clone(),
-            file: "none".into(),
-            task: "feature-extraction".into(),
-            architecture: "fake".into(),
-            hidden_size: 4,
-            max_tokens: 64,
-            inputs: vec!["input_ids".into(), "attention_mask".into()],
-            output: "last_hidden_state".into(),
-            uses_token_type_ids: false,
-            execution_provider: "none".into(),
-            labels: None,
-            fingerprint: "0".repeat(64),
-            onnxruntime_library: Default::default(),
-        };
+        let info = ModelInfo::synthetic("constant", 4, 64);
         let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), 64).expect("fixture tokenizer");
         let config = BatcherConfig::new(&settings.batching, &settings.limits);
         let router = runtime.block_on(async {

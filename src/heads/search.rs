@@ -13,7 +13,7 @@ use ndarray::{Array1, Array2, Axis};
 use super::logistic::{Candidate, EncoderStamp, HeadMetrics, LogisticHead, Selection, TrainingRecord, FORMAT_VERSION};
 use super::metrics::Metrics;
 use crate::features::PooledFeatures;
-use crate::pooling::{argmax, FeaturePooling};
+use crate::pooling::{argmax, softmax, FeaturePooling};
 
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -67,10 +67,8 @@ impl Fitted {
     fn probabilities(&self, x: &Array2<f64>) -> Array2<f64> {
         let mut z = x.dot(&self.weights) + &self.intercept;
         for mut row in z.rows_mut() {
-            let max = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
-            row.mapv_inplace(|v| (v - max).exp());
-            let sum = row.sum();
-            row.mapv_inplace(|v| v / sum);
+            let p = softmax(&row.to_vec());
+            row.assign(&Array1::from(p));
         }
         z
     }

@@ -290,11 +290,7 @@ pub fn router(state: AppState) -> Router {
         // the enclosing span), never to the client.
         .layer(CatchPanicLayer::custom(move |panic: Box<dyn std::any::Any + Send>| {
             handler_panics.inc();
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let message = crate::telemetry::panic_message(&*panic);
             tracing::error!(panic = %message, "handler panicked");
             axum::response::IntoResponse::into_response(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

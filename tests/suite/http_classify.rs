@@ -193,3 +193,25 @@ async fn a_head_that_fails_to_train_at_startup_is_reported_and_embed_keeps_servi
     assert_eq!(server.get("/health/live").await.status(), 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_onnx_head_whose_labels_do_not_match_its_logits_is_refused_at_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sst2");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-distilbert-sst2")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let manifest_path = dir.join("manifest.json");
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["labels"] = json!(["NEGATIVE", "POSITIVE", "NEUTRAL"]);
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let mut settings = common::settings_with_onnx_head();
+    let head = settings.heads.get_mut("sst2").unwrap();
+    head.model_dir = Some(dir);
+    head.label_map.insert("NEUTRAL".into(), "neutral".into());
+    let err = Application::build(settings).await.err().expect("refused");
+    let message = format!("{err:#}");
+    assert!(message.contains("2 logits") && message.contains("3 labels"), "{message}");
+}

@@ -29,22 +29,7 @@ impl Encoder for Constant {
 fn app() -> axum::Router {
     let dir = crate::common::fixture("tiny-distilbert");
     let settings = crate::common::settings_for(&dir);
-    let info = ModelInfo {
-        name: "constant".into(),
-        dir: dir.clone(),
-        file: "none".into(),
-        task: "feature-extraction".into(),
-        architecture: "fake".into(),
-        hidden_size: 4,
-        max_tokens: 64,
-        inputs: vec!["input_ids".into(), "attention_mask".into()],
-        output: "last_hidden_state".into(),
-        uses_token_type_ids: false,
-        execution_provider: "none".into(),
-        labels: None,
-        fingerprint: "0".repeat(64),
-        onnxruntime_library: Default::default(),
-    };
+    let info = ModelInfo::synthetic("constant", 4, 64);
     let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), 64).unwrap();
     let config = BatcherConfig::new(&settings.batching, &settings.limits);
     let encoder = Inference::with_encoders(
