@@ -29,6 +29,24 @@ impl Tokenized {
     }
 }
 
+/// Byte offsets into `text` (as the tokenizer gives them) as offsets in
+/// characters (Unicode scalar values), which is what clients slice by.
+pub fn char_offsets(text: &str, offsets: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    // chars_before[b]: characters that start before byte b.
+    let mut chars_before = vec![0usize; text.len() + 1];
+    let mut count = 0;
+    let mut starts = text.char_indices().map(|(b, _)| b).peekable();
+    for (b, slot) in chars_before.iter_mut().enumerate() {
+        while starts.peek().is_some_and(|&s| s < b) {
+            starts.next();
+            count += 1;
+        }
+        *slot = count;
+    }
+    let to_chars = |b: usize| chars_before[b.min(text.len())];
+    offsets.iter().map(|&(start, end)| (to_chars(start), to_chars(end))).collect()
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TokenizeError {
     #[error("input {index} has {tokens} tokens, more than the model's maximum of {max}; send shorter text or set \"truncate\": true")]
@@ -89,5 +107,18 @@ impl TextTokenizer {
     /// Tokenizes several texts; the first failure wins.
     pub fn encode_all<S: AsRef<str>>(&self, texts: &[S], truncate: bool) -> Result<Vec<Tokenized>, TokenizeError> {
         texts.iter().enumerate().map(|(i, t)| self.encode(i, t.as_ref(), truncate)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::char_offsets;
+
+    #[test]
+    fn byte_offsets_become_character_offsets() {
+        let text = "Ça été café 東京 🍕";
+        // "Ça" is bytes 0..3, "été" 4..9, "café" 10..15, "東京" 16..22, "🍕" 23..27.
+        let bytes = [(0, 3), (4, 9), (10, 15), (16, 22), (23, 27), (0, 0)];
+        assert_eq!(char_offsets(text, &bytes), vec![(0, 2), (3, 6), (7, 11), (12, 14), (15, 16), (0, 0)]);
     }
 }

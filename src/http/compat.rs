@@ -15,7 +15,8 @@ use super::types::{
 use super::{timing_headers, AppState};
 use crate::config::SentencePooling;
 use crate::inference::{EmbedOptions, Vectors};
-use crate::pooling::Pooling;
+use crate::pooling::{normalize, Pooling};
+use crate::tokenize::char_offsets;
 
 #[utoipa::path(
     post,
@@ -35,18 +36,20 @@ pub async fn tokenize(
     ApiJson(request): ApiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
-    let seqs = state.encoder().tokenize(texts, request.truncate).await?;
+    let seqs = state.encoder().tokenize(texts.clone(), request.truncate).await?;
     state.encoder().check_request_tokens(&seqs)?;
     let tokens = seqs
         .into_iter()
-        .map(|s| {
+        .zip(&texts)
+        .map(|(s, text)| {
+            let offsets = char_offsets(text, &s.offsets);
             (0..s.ids.len())
                 .map(|i| Token {
                     id: s.ids[i],
                     text: s.tokens[i].clone(),
                     special: s.special[i],
-                    start: s.offsets[i].0,
-                    end: s.offsets[i].1,
+                    start: offsets[i].0,
+                    end: offsets[i].1,
                 })
                 .collect()
         })
@@ -64,7 +67,7 @@ pub async fn tokenize(
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
         (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
-        (status = 422, description = "Invalid field or empty input", body = ErrorResponse),
+        (status = 422, description = "Invalid or unknown field, dimensions 0 (`invalid_dimensions`), or empty input", body = ErrorResponse),
         (status = 503, description = "Queue full or shutting down", body = ErrorResponse),
         (status = 504, description = "Deadline passed", body = ErrorResponse),
     )
@@ -80,7 +83,15 @@ pub async fn openai_embeddings(
         SentencePooling::Cls => Pooling::Cls,
         SentencePooling::Mean => Pooling::Mean,
     };
-    let options = EmbedOptions { pooling, normalize: openai.normalize };
+    let hidden = state.encoder().info.hidden_size;
+    // The schema cannot know the model's width: more than it gives the whole vector.
+    let dimensions = match request.dimensions {
+        None => hidden,
+        Some(0) => return Err(ApiError::invalid("invalid_dimensions", "dimensions must be at least 1")),
+        Some(d) => d.min(hidden),
+    };
+    // Normalised after truncation (as OpenAI and TEI do), so not by `embed`.
+    let options = EmbedOptions { pooling, normalize: false };
     // OpenAI's endpoint truncates long inputs rather than refusing them.
     let embedded = state.encoder().embed(texts, true, state.deadline(), options).await?;
     let prompt_tokens = embedded.token_counts.iter().sum();
@@ -88,7 +99,11 @@ pub async fn openai_embeddings(
     let data = vectors
         .into_iter()
         .enumerate()
-        .map(|(index, v)| {
+        .map(|(index, mut v)| {
+            v.truncate(dimensions);
+            if openai.normalize {
+                normalize(&mut v);
+            }
             let embedding = if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                 OpenAiVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
@@ -101,7 +116,7 @@ pub async fn openai_embeddings(
     let body = OpenAiEmbeddingResponse {
         object: "list".into(),
         data,
-        model: state.encoder().info.name.clone(),
+        model: request.model.clone().unwrap_or_else(|| state.encoder().info.name.clone()),
         usage: OpenAiUsage { prompt_tokens, total_tokens: prompt_tokens },
     };
     Ok((timing_headers(&embedded.timing), Json(body)))

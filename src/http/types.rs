@@ -264,7 +264,8 @@ pub struct Token {
     pub text: String,
     /// Added by the tokenizer ([CLS], [SEP]).
     pub special: bool,
-    /// Character offsets into the input (end exclusive); 0, 0 for special tokens.
+    /// Offsets into the input in characters (Unicode scalar values, end
+    /// exclusive), not bytes; 0, 0 for special tokens.
     pub start: usize,
     pub end: usize,
 }
@@ -282,15 +283,39 @@ pub enum EncodingFormat {
     Base64,
 }
 
-/// `POST /v1/embeddings`, OpenAI's request format.
+/// An optional whole number written as JSON allows (`8` or `8.0`, as JSON
+/// Schema's `integer` does); values past `usize` saturate.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else { return Ok(None) };
+    if let Some(n) = number.as_u64() {
+        return Ok(Some(usize::try_from(n).unwrap_or(usize::MAX)));
+    }
+    match number.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 => {
+            Ok(Some(if f >= usize::MAX as f64 { usize::MAX } else { f as usize }))
+        }
+        _ => Err(D::Error::custom(format!("expected a whole number of at least 0, got {number}"))),
+    }
+}
+
+/// `POST /v1/embeddings`, OpenAI's request format. Unknown fields are refused
+/// (422), as on every other route.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct OpenAiEmbeddingRequest {
     /// Text or texts to embed.
     #[schema(example = json!(["a gripping, funny film"]))]
     pub input: Inputs,
-    /// Accepted for compatibility; the served model answers whatever is named.
+    /// Echoed in the answer; the served model answers whatever is named.
     #[serde(default)]
     pub model: Option<String>,
+    /// Keep the first `dimensions` values of each vector, then normalise
+    /// (when openai.normalize): OpenAI's and TEI's meaning. At least 1; more
+    /// than the hidden size gives the whole vector.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1)]
+    pub dimensions: Option<usize>,
     /// `float` (default) or `base64` (little-endian float32).
     #[serde(default)]
     pub encoding_format: Option<EncodingFormat>,
