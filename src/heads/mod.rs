@@ -45,6 +45,23 @@ impl Head {
         }
     }
 
+    /// See `HeadSummary::version`.
+    pub fn version(&self) -> String {
+        match self {
+            Head::Logistic(h) => h.checksum.chars().take(16).collect(),
+            Head::Onnx(h) => h.inference.info.fingerprint.chars().take(16).collect(),
+        }
+    }
+
+    /// The model whose outputs the head reads: the service's encoder for a
+    /// logistic head, its own model for an ONNX classifier.
+    pub fn encoder_fingerprint<'a>(&'a self, encoder: &'a ModelInfo) -> &'a str {
+        match self {
+            Head::Logistic(_) => &encoder.fingerprint,
+            Head::Onnx(h) => &h.inference.info.fingerprint,
+        }
+    }
+
     pub fn kind(&self) -> HeadKind {
         match self {
             Head::Logistic(_) => HeadKind::Logistic,

@@ -7,9 +7,10 @@ use axum::Json;
 use super::embed::validate_inputs;
 use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::types::{ClassifyRequest, ClassifyResponse, HeadDetail, HeadSummary, HeadsResponse, Prediction};
-use super::{timing_headers, AppState};
+use super::{timing_headers, AppState, ENCODER_FINGERPRINT, HEAD_VERSION};
 use crate::heads::{Head, Lookup};
 use crate::pooling::argmax;
+use axum::http::HeaderValue;
 use axum::response::IntoResponse;
 
 fn lookup(state: &AppState, name: Option<&str>) -> Result<std::sync::Arc<Head>, ApiError> {
@@ -66,12 +67,20 @@ pub async fn classify(
             }
         })
         .collect();
-    Ok((timing_headers(&timing), Json(ClassifyResponse { head: head.name().to_string(), predictions })))
+    let head_version = head.version();
+    let encoder_fingerprint = head.encoder_fingerprint(&state.encoder().info).to_string();
+    let headers = [
+        (HEAD_VERSION, HeaderValue::from_str(&head_version).expect("hex digits")),
+        (ENCODER_FINGERPRINT, HeaderValue::from_str(&encoder_fingerprint).expect("hex digits")),
+    ];
+    let body = ClassifyResponse { head: head.name().to_string(), head_version, encoder_fingerprint, predictions };
+    Ok((timing_headers(&timing), headers, Json(body)))
 }
 
 fn summary(state: &AppState, head: &Head) -> HeadSummary {
     let mut s = HeadSummary {
         name: head.name().to_string(),
+        version: head.version(),
         kind: format!("{:?}", head.kind()).to_lowercase(),
         labels: head.labels().to_vec(),
         default: head.name() == state.heads.default_name(),

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use base64::Engine as _;
 
-use super::embed::validate_inputs;
+use super::embed::{fingerprint_header, validate_inputs};
 use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::types::{
     EncodingFormat, OpenAiEmbedding, OpenAiEmbeddingRequest, OpenAiEmbeddingResponse, OpenAiUsage, OpenAiVector, Token,
@@ -119,5 +119,5 @@ pub async fn openai_embeddings(
         model: request.model.clone().unwrap_or_else(|| state.encoder().info.name.clone()),
         usage: OpenAiUsage { prompt_tokens, total_tokens: prompt_tokens },
     };
-    Ok((timing_headers(&embedded.timing), Json(body)))
+    Ok((timing_headers(&embedded.timing), fingerprint_header(&state), Json(body)))
 }

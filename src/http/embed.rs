@@ -56,6 +56,12 @@ impl serde::Serialize for EmbeddingsView<'_> {
     }
 }
 
+/// `x-encoder-fingerprint`: which encoder computed an answer.
+pub fn fingerprint_header(state: &AppState) -> [(axum::http::HeaderName, HeaderValue); 1] {
+    let fingerprint = HeaderValue::from_str(&state.encoder().info.fingerprint).expect("hex digits");
+    [(super::ENCODER_FINGERPRINT, fingerprint)]
+}
+
 /// Picks the response format from `Accept`: `.npy` when asked for, JSON for
 /// JSON, wildcards or no header, 406 otherwise.
 pub fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
@@ -145,7 +151,7 @@ pub async fn embed(
             let headers = response.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(NPY_MEDIA_TYPE));
             headers.insert(TOKEN_COUNTS_HEADER, HeaderValue::from_str(&counts).expect("digits and commas"));
-            Ok((timing, response).into_response())
+            Ok((timing, fingerprint_header(&state), response).into_response())
         }
         Format::Json => {
             let floats = match &vectors {
@@ -167,7 +173,7 @@ pub async fn embed(
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("cannot write the answer: {e}"))
             })?;
             let headers = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
-            Ok((timing, headers, json).into_response())
+            Ok((timing, fingerprint_header(&state), headers, json).into_response())
         }
     }
 }

@@ -132,6 +132,10 @@ impl utoipa::Modify for BearerAuth {
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Which head version answered a `/classify` request.
+pub const HEAD_VERSION: HeaderName = HeaderName::from_static("x-head-version");
+/// Which encoder computed an answer: on `/classify`, `/embed` and `/v1/embeddings`.
+pub const ENCODER_FINGERPRINT: HeaderName = HeaderName::from_static("x-encoder-fingerprint");
 
 /// `x-tokenize-time-ms`, `x-queue-time-ms`, `x-inference-time-ms` for a response.
 pub fn timing_headers(timing: &Timing) -> [(HeaderName, HeaderValue); 3] {
@@ -226,6 +230,8 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("x-request-id"),
             HeaderName::from_static("x-token-counts"),
             HeaderName::from_static("x-inference-time-ms"),
+            HEAD_VERSION,
+            ENCODER_FINGERPRINT,
         ])
 }
 

@@ -196,6 +196,14 @@ pub struct Prediction {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ClassifyResponse {
     pub head: String,
+    /// The version of the head that answered (as `GET /heads/{name}` reports
+    /// it; also in the `x-head-version` header): behind a load balancer during
+    /// a rollout, which one a client got.
+    pub head_version: String,
+    /// The model that computed the features (sha256 over graph and tokenizer;
+    /// also in `x-encoder-fingerprint`): the service's encoder for a logistic
+    /// head, the classifier's own model for an ONNX head.
+    pub encoder_fingerprint: String,
     /// One per input, in input order.
     pub predictions: Vec<Prediction>,
 }
@@ -203,6 +211,9 @@ pub struct ClassifyResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HeadSummary {
     pub name: String,
+    /// Changes with every new head file or model: the first 16 hex digits of
+    /// the head file's checksum (logistic) or of the model's fingerprint (ONNX).
+    pub version: String,
     /// `logistic` or `onnx`.
     pub kind: String,
     pub labels: Vec<String>,

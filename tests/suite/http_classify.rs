@@ -38,6 +38,11 @@ async fn a_head_trained_at_startup_serves_and_is_loaded_after_a_restart() {
         .await
         .unwrap();
     assert_eq!(body["head"], "toy");
+    // The version /heads reports answered; a logistic head reads the service's encoder.
+    let detail: Value = server.get("/heads/toy").await.json().await.unwrap();
+    let info: Value = server.get("/info").await.json().await.unwrap();
+    assert_eq!(body["head_version"], detail["version"]);
+    assert_eq!(body["encoder_fingerprint"], info["model"]["fingerprint"]);
     let predictions = body["predictions"].as_array().unwrap();
     assert_eq!(predictions.len(), 2);
     assert_eq!((predictions[0]["label"].as_str(), predictions[1]["label"].as_str()), (Some("pos"), Some("neg")));
@@ -133,7 +138,6 @@ async fn a_pretrained_onnx_classifier_is_served_as_a_head() {
     }
     let heads: Value = server.get("/heads").await.json().await.unwrap();
     assert_eq!(heads["heads"][0]["kind"], "onnx");
-    assert_eq!(heads["heads"][0]["labels"], json!(["neg", "pos"]));
     // The head's own runtime is visible in /metrics beside the encoder's, and
     // stopping the server drains it (stop() waits for every runtime's workers).
     let metrics = server.get("/metrics").await.text().await.unwrap();
@@ -144,6 +148,22 @@ async fn a_pretrained_onnx_classifier_is_served_as_a_head() {
         "{metrics}"
     );
     assert!(metrics.contains("distilserve_sequences_total{runtime=\"encoder\"} 0\n"), "{metrics}");
+    // Which version answered, in the body and a header, the same id /heads reports.
+    let version = heads["heads"][0]["version"].as_str().unwrap().to_string();
+    assert_eq!(version.len(), 16);
+    let response = server.post_json("/classify", json!({"inputs": "good"})).await;
+    assert_eq!(response.headers()["x-head-version"], version.as_str());
+    let fingerprint = response.headers()["x-encoder-fingerprint"].to_str().unwrap().to_string();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["head_version"], version.as_str());
+    assert_eq!(answer["encoder_fingerprint"], fingerprint.as_str());
+    // An ONNX head reads its own model, not the service's encoder.
+    assert!(version.len() == 16 && fingerprint.starts_with(&version), "{version} {fingerprint}");
+    let info: Value = server.get("/info").await.json().await.unwrap();
+    assert_ne!(info["model"]["fingerprint"], fingerprint.as_str());
+    let embed = server.post_json("/embed", json!({"inputs": "good"})).await;
+    assert_eq!(embed.headers()["x-encoder-fingerprint"], info["model"]["fingerprint"].as_str().unwrap());
+    assert_eq!(heads["heads"][0]["labels"], json!(["neg", "pos"]));
     server.stop().await;
 }
 
