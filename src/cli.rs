@@ -86,16 +86,17 @@ pub struct TrainArgs {
     /// Data set folder.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Pooling, or auto to choose it on the validation split.
+    /// Pooling, or auto to let the search choose it (see --cv-folds).
     #[arg(long, value_enum)]
     pub pooling: Option<PoolingChoice>,
-    /// L2 penalties to try, comma-separated (chosen on the validation split).
+    /// L2 penalties to try, comma-separated (chosen by the search, see --cv-folds).
     #[arg(long, value_delimiter = ',')]
     pub alphas: Option<Vec<f64>>,
     /// Optimiser iterations per fit.
     #[arg(long)]
     pub max_iterations: Option<u64>,
-    /// Cross-validation folds on train for the search (0: use the validation split).
+    /// Folds of the cross-validation over train+validation that scores each
+    /// pooling and alpha by accuracy (0: fit on train, choose on validation).
     #[arg(long)]
     pub cv_folds: Option<usize>,
     #[command(flatten)]

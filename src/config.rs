@@ -108,8 +108,8 @@ pub struct HeadSettings {
     pub alphas: Vec<f64>,
     #[serde(default = "default_max_iterations")]
     pub max_iterations: u64,
-    /// Folds of the cross-validation on train that chooses pooling and alpha;
-    /// 0 chooses on the validation split instead.
+    /// Folds of the cross-validation over train+validation that chooses pooling
+    /// and alpha by accuracy; 0 chooses on the validation split instead.
     #[serde(default = "default_cv_folds")]
     pub cv_folds: usize,
     #[serde(default)]

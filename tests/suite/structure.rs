@@ -14,3 +14,56 @@ fn modules_import_no_cycle_and_config_imports_nothing() {
     assert!(text.lines().any(|l| l.starts_with("config") && l.ends_with("-> (nothing)")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("pooling") && l.ends_with("-> (nothing)")), "{text}");
 }
+
+/// Every error code the code can answer with, collected from the source:
+/// `ApiError::invalid("code", ...)`, `(StatusCode::X, "code")` and the
+/// `=> "code"` arms of `src/http/error.rs`.
+fn error_codes_in_source() -> std::collections::BTreeSet<String> {
+    fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()) {
+            if entry.is_dir() {
+                rust_files(&entry, out);
+            } else if entry.extension().is_some_and(|e| e == "rs") {
+                out.push(entry);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    rust_files(&common::repo_path("src"), &mut files);
+    let mut codes = std::collections::BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut markers = vec!["ApiError::invalid(\""];
+        if file.ends_with("error.rs") {
+            markers.push("=> \"");
+        }
+        let mut rest = flat.as_str();
+        while let Some(i) = rest.find("StatusCode::") {
+            rest = &rest[i + "StatusCode::".len()..];
+            let name_end = rest.find(|c: char| !(c.is_ascii_uppercase() || c == '_')).unwrap_or(rest.len());
+            if let Some(after) = rest[name_end..].strip_prefix(", \"") {
+                codes.insert(after[..after.find('"').unwrap()].to_string());
+            }
+        }
+        for marker in markers {
+            for (i, _) in flat.match_indices(marker) {
+                let after = &flat[i + marker.len()..];
+                let code = &after[..after.find('"').unwrap()];
+                if !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    codes.insert(code.to_string());
+                }
+            }
+        }
+    }
+    codes
+}
+
+#[test]
+fn the_readme_lists_every_error_code_the_code_can_return() {
+    let codes = error_codes_in_source();
+    assert!(codes.len() >= 15 && codes.contains("too_many_tokens") && codes.contains("admin_disabled"), "{codes:?}");
+    let readme = std::fs::read_to_string(common::repo_path("README.md")).unwrap();
+    let missing: Vec<&String> = codes.iter().filter(|c| !readme.contains(&format!("`{c}`"))).collect();
+    assert!(missing.is_empty(), "error codes missing from README.md: {missing:?}");
+}
