@@ -273,10 +273,6 @@ impl Batcher {
         self.shared.queue().items.len()
     }
 
-    pub fn config(&self) -> &BatcherConfig {
-        &self.shared.config
-    }
-
     pub fn stats(&self) -> BatcherStats {
         let m = &self.shared.metrics;
         BatcherStats {

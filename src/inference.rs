@@ -106,10 +106,6 @@ impl Inference {
         self.batcher.stats()
     }
 
-    pub fn batcher_config(&self) -> &BatcherConfig {
-        self.batcher.config()
-    }
-
     /// Stops taking new work and waits for queued work to finish.
     pub fn shutdown(&self) {
         self.batcher.join();

@@ -95,10 +95,4 @@ impl Runtimes {
         }
         self.metrics.model_info.get_or_create(&labels).set(1);
     }
-
-    /// Runtimes running now, by metrics label (the encoder first).
-    pub fn names(&self) -> Vec<String> {
-        let classifiers = self.classifiers.lock().unwrap_or_else(|p| p.into_inner());
-        std::iter::once(ENCODER.to_string()).chain(classifiers.active.keys().map(|h| format!("head:{h}"))).collect()
-    }
 }

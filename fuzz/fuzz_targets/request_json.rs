@@ -4,17 +4,14 @@
 //! tokenizer, with tower's `oneshot`): never a 5xx, always our JSON error
 //! shape or a JSON answer.
 #![no_main]
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use axum::body::Body;
 use axum::http::Request;
-use distilserve::batching::BatcherConfig;
 use distilserve::config::Settings;
 use distilserve::encoder::Encoder;
 use distilserve::http::types::{ClassifyRequest, EmbedRequest, OpenAiEmbeddingRequest, TokenizeRequest};
 use distilserve::http::{router, AppState};
-use distilserve::inference::Inference;
-use distilserve::metrics::RuntimeMetrics;
 use distilserve::model::ModelInfo;
 use distilserve::pooling::Rows;
 use distilserve::tokenize::{TextTokenizer, Tokenized};
@@ -42,19 +39,9 @@ fn app() -> &'static App {
         let mut settings = Settings::defaults();
         settings.classify.serve.clear();
         settings.classify.default_head.clear();
-        let info = ModelInfo::synthetic("constant", 4, 64);
         let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), 64).expect("fixture tokenizer");
-        let config = BatcherConfig::new(&settings.batching, &settings.limits);
-        let router = runtime.block_on(async {
-            let encoder = Inference::with_encoders(
-                Arc::new(info),
-                Arc::new(tokenizer),
-                vec![Constant],
-                config,
-                RuntimeMetrics::unregistered(),
-            );
-            router(AppState::with_encoder(encoder, settings))
-        });
+        let info = ModelInfo::synthetic("constant", 4, 64);
+        let router = router(AppState::with_encoders(info, tokenizer, vec![Constant], settings));
         App { runtime, router }
     })
 }

@@ -62,12 +62,20 @@ impl AppState {
         }))
     }
 
-    /// State around an encoder runtime and no heads: `router(state)` is then
-    /// the whole HTTP application over whatever encoder the runtime runs
+    /// State over any encoders that `info` describes, and no heads:
+    /// `router(state)` is then the whole HTTP application without ONNX Runtime
     /// (tests drive it with `tower::ServiceExt::oneshot`, the fuzz target too).
-    pub fn with_encoder(encoder: Inference, settings: Settings) -> Self {
+    pub fn with_encoders<E: crate::encoder::Encoder + 'static>(
+        info: crate::model::ModelInfo,
+        tokenizer: crate::tokenize::TextTokenizer,
+        encoders: Vec<E>,
+        settings: Settings,
+    ) -> Self {
         let metrics = Arc::new(Metrics::new());
         let batching = crate::batching::BatcherConfig::new(&settings.batching, &settings.limits);
+        let runtime_metrics = metrics.runtime(crate::runtimes::ENCODER);
+        let encoder =
+            Inference::with_encoders(Arc::new(info), Arc::new(tokenizer), encoders, batching.clone(), runtime_metrics);
         let runtimes = Arc::new(Runtimes::with_encoder(encoder, batching, metrics.clone()));
         AppState::new(runtimes, Heads::new(String::new(), Vec::new()), settings, metrics)
     }

@@ -2,15 +2,10 @@
 //! fake encoder: routing, extractor rejections and error mapping need neither
 //! a socket nor ONNX Runtime (the fuzz target `request_json` drives the same).
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use distilserve::batching::BatcherConfig;
 use distilserve::encoder::Encoder;
 use distilserve::http::{router, AppState};
-use distilserve::inference::Inference;
-use distilserve::metrics::RuntimeMetrics;
 use distilserve::model::ModelInfo;
 use distilserve::pooling::Rows;
 use distilserve::tokenize::{TextTokenizer, Tokenized};
@@ -29,17 +24,8 @@ impl Encoder for Constant {
 fn app() -> axum::Router {
     let dir = crate::common::fixture("tiny-distilbert");
     let settings = crate::common::settings_for(&dir);
-    let info = ModelInfo::synthetic("constant", 4, 64);
     let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), 64).unwrap();
-    let config = BatcherConfig::new(&settings.batching, &settings.limits);
-    let encoder = Inference::with_encoders(
-        Arc::new(info),
-        Arc::new(tokenizer),
-        vec![Constant],
-        config,
-        RuntimeMetrics::unregistered(),
-    );
-    router(AppState::with_encoder(encoder, settings))
+    router(AppState::with_encoders(ModelInfo::synthetic("constant", 4, 64), tokenizer, vec![Constant], settings))
 }
 
 async fn send(method: &str, uri: &str, content_type: Option<&str>, body: &str) -> (StatusCode, Value) {
