@@ -86,6 +86,8 @@ type Reply = oneshot::Sender<Result<Batched, BatchError>>;
 struct Job {
     /// Arrival order among jobs: fair planning round-robins between jobs.
     number: u64,
+    /// Batch work (head training): computed after every queued live request.
+    background: bool,
     seqs: Vec<Tokenized>,
     deadline: Instant,
     queued_at: Instant,
@@ -289,11 +291,13 @@ impl Batcher {
         &self,
         seqs: Vec<Tokenized>,
         deadline: Instant,
+        background: bool,
     ) -> (Arc<Job>, oneshot::Receiver<Result<Batched, BatchError>>) {
         let (tx, rx) = oneshot::channel();
         let n = seqs.len();
         let job = Arc::new(Job {
             number: self.shared.jobs.fetch_add(1, Ordering::Relaxed),
+            background,
             seqs,
             deadline,
             queued_at: Instant::now(),
@@ -317,7 +321,7 @@ impl Batcher {
             return Ok(Batched { rows: Vec::new(), queue_time: Duration::ZERO, inference_time: Duration::ZERO });
         }
         self.check_request_tokens(&seqs)?;
-        let (job, rx) = self.new_job(seqs, deadline);
+        let (job, rx) = self.new_job(seqs, deadline, false);
         {
             let mut queue = self.shared.queue();
             self.admit(&queue, job.seqs.len())?;
@@ -333,16 +337,17 @@ impl Batcher {
         }
     }
 
-    /// For batch jobs on a plain thread (training at startup): their own lane
-    /// past the live-request capacity, so that clients keeping the queue full
-    /// cannot starve them (one call's sequences at a time: bounded). No
-    /// deadline: batch work waits behind live requests, it is not one.
+    /// For batch jobs on a plain thread (head training): their own lane past
+    /// the live-request capacity, so that clients keeping the queue full cannot
+    /// refuse them (one call's sequences at a time: bounded), at a lower
+    /// priority: a model call takes queued live sequences first, so that
+    /// single sentences keep their latency while a head trains. No deadline.
     pub fn run_blocking(&self, seqs: Vec<Tokenized>) -> Result<Batched, BatchError> {
         if seqs.is_empty() {
             return Ok(Batched { rows: Vec::new(), queue_time: Duration::ZERO, inference_time: Duration::ZERO });
         }
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let (job, rx) = self.new_job(seqs, far);
+        let (job, rx) = self.new_job(seqs, far, true);
         {
             let mut queue = self.shared.queue();
             if queue.closed {
@@ -515,8 +520,9 @@ fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     // Fair order: each job's sequences in rounds of FAIR_QUANTUM, round by round,
     // jobs by arrival within a round. A single sentence that arrives while a
     // large request is being computed goes into the next call instead of
-    // waiting for the whole request (measured in RELIABILITY.md).
-    let key = |item: &Item| (item.index / FAIR_QUANTUM, item.job.number, item.index);
+    // waiting for the whole request (measured in RELIABILITY.md). Batch work
+    // (head training) comes after every live sequence.
+    let key = |item: &Item| (item.job.background, item.index / FAIR_QUANTUM, item.job.number, item.index);
     let window = queue.items.len().min(config.max_batch_size.saturating_mul(PLAN_WINDOW_BATCHES));
     let mut order: Vec<usize> = (0..queue.items.len()).collect();
     if order.len() > window {

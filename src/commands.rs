@@ -119,7 +119,7 @@ pub fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     let mut model = load_model(&settings)?;
     let mut head =
         with_extraction(&settings, &mut model, |extraction| train_head(&args.head, &head_settings, extraction))?;
-    let path = save_head(&mut head, &settings.classify.heads_dir)?;
+    let path = save_head(&mut head, &crate::heads::store::HeadStore::of(&settings))?;
     println!("head {} written to {}", head.name, path.display());
     println!(
         "pooling {}, alpha {} (chosen by {}), {:.1} s",
@@ -200,6 +200,7 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
                 poolings: vec![pooling],
                 alphas: alphas.clone(),
                 max_iterations: head.training.max_iterations,
+                progress: None,
                 selection: head.training.selection,
             };
             let other = train(&format!("{}-{pooling}", head.name), EncoderStamp::of(extraction.info), data, &config)?;

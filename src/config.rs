@@ -27,6 +27,27 @@ pub struct Settings {
     pub heads: BTreeMap<String, HeadSettings>,
     pub security: SecuritySettings,
     pub openai: OpenAiSettings,
+    pub training: TrainingSettings,
+}
+
+/// Heads created over the API (`POST /heads`): what an upload may hold, how
+/// the head is chosen, and how its training shares the encoder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSettings {
+    pub max_upload_bytes: usize,
+    pub max_examples: usize,
+    pub max_labels: usize,
+    pub min_examples_per_label: usize,
+    pub max_text_bytes: usize,
+    pub max_queued: usize,
+    pub test_fraction: f64,
+    pub cv_folds: usize,
+    pub alphas: Vec<f64>,
+    pub max_iterations: u64,
+    pub batch_size: usize,
+    pub batch_tokens: usize,
+    pub keep_versions: usize,
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -72,6 +93,7 @@ pub struct ClassifySettings {
     pub default_head: String,
     pub heads_dir: PathBuf,
     pub feature_cache_dir: PathBuf,
+    pub watch_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -349,6 +371,40 @@ impl Settings {
         positive("limits.max_inputs", self.limits.max_inputs)?;
         positive("limits.max_request_tokens", self.limits.max_request_tokens)?;
         positive("batching.max_batch_attention_cells", self.batching.max_batch_attention_cells)?;
+        positive("training.max_upload_bytes", self.training.max_upload_bytes)?;
+        positive("training.max_examples", self.training.max_examples)?;
+        positive("training.max_text_bytes", self.training.max_text_bytes)?;
+        positive("training.max_queued", self.training.max_queued)?;
+        positive("training.batch_size", self.training.batch_size)?;
+        positive("training.batch_tokens", self.training.batch_tokens)?;
+        positive("training.keep_versions", self.training.keep_versions)?;
+        if self.training.max_labels < 2 {
+            return Err(ConfigError::Invalid { key: "training.max_labels", problem: "must be at least 2".into() });
+        }
+        if !(self.training.test_fraction > 0.0 && self.training.test_fraction < 1.0) {
+            return Err(ConfigError::Invalid {
+                key: "training.test_fraction",
+                problem: format!("must be between 0 and 1 (exclusive), got {}", self.training.test_fraction),
+            });
+        }
+        if self.training.cv_folds < 2 {
+            return Err(ConfigError::Invalid { key: "training.cv_folds", problem: "must be at least 2".into() });
+        }
+        if self.training.min_examples_per_label < self.training.cv_folds + 1 {
+            return Err(ConfigError::Invalid {
+                key: "training.min_examples_per_label",
+                problem: format!(
+                    "must be more than training.cv_folds ({}): each label needs a held-out example and one per fold",
+                    self.training.cv_folds
+                ),
+            });
+        }
+        if self.training.alphas.is_empty() || self.training.alphas.iter().any(|a| !a.is_finite() || *a < 0.0) {
+            return Err(ConfigError::Invalid {
+                key: "training.alphas",
+                problem: "must be a non-empty list of finite non-negative numbers".into(),
+            });
+        }
         if self.batching.queue_capacity_tokens < self.limits.max_request_tokens {
             return Err(ConfigError::Invalid {
                 key: "batching.queue_capacity_tokens",

@@ -42,6 +42,44 @@ enum RawLabel {
 struct RawRow {
     text: String,
     label: RawLabel,
+    /// `split` column or field, when the file has one (uploads: `train`/`test`).
+    split: Option<String>,
+}
+
+/// How uploaded examples are written: the two formats of a split file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowFormat {
+    Jsonl,
+    Csv,
+}
+
+/// One uploaded example: the label as written (a name, or an index as digits),
+/// and its `split` when given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledRow {
+    pub text: String,
+    pub label: String,
+    pub split: Option<String>,
+}
+
+/// Parses uploaded rows in the formats of a split file (see the module doc);
+/// errors name the line or row.
+pub fn parse_rows(text: &str, format: RowFormat) -> anyhow::Result<Vec<LabelledRow>> {
+    let rows = match format {
+        RowFormat::Jsonl => read_jsonl("upload", text)?,
+        RowFormat::Csv => read_csv("upload", text)?,
+    };
+    Ok(rows
+        .into_iter()
+        .map(|r| LabelledRow {
+            text: r.text,
+            label: match r.label {
+                RawLabel::Index(i) => i.to_string(),
+                RawLabel::Name(n) => n,
+            },
+            split: r.split,
+        })
+        .collect())
 }
 
 impl Dataset {
@@ -133,48 +171,48 @@ fn split_path(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
 
 fn read_rows(path: &Path) -> anyhow::Result<Vec<RawRow>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {} as UTF-8", path.display()))?;
+    let shown = path.display().to_string();
     if path.extension().is_some_and(|e| e == "csv") {
-        read_csv(path, &text)
+        read_csv(&shown, &text)
     } else {
-        read_jsonl(path, &text)
+        read_jsonl(&shown, &text)
     }
 }
 
-fn read_jsonl(path: &Path, text: &str) -> anyhow::Result<Vec<RawRow>> {
+fn read_jsonl(shown: &str, text: &str) -> anyhow::Result<Vec<RawRow>> {
     #[derive(Deserialize)]
     struct Row {
         text: String,
         label: RawLabel,
+        #[serde(default)]
+        split: Option<String>,
     }
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, line)| {
             let row: Row = serde_json::from_str(line).with_context(|| {
-                format!("{} line {}: expected {{\"text\": string, \"label\": int or string}}", path.display(), i + 1)
+                format!("{shown} line {}: expected {{\"text\": string, \"label\": int or string}}", i + 1)
             })?;
-            Ok(RawRow { text: row.text, label: row.label })
+            Ok(RawRow { text: row.text, label: row.label, split: row.split })
         })
         .collect()
 }
 
-fn read_csv(path: &Path, text: &str) -> anyhow::Result<Vec<RawRow>> {
+fn read_csv(shown: &str, text: &str) -> anyhow::Result<Vec<RawRow>> {
     let mut reader = csv::Reader::from_reader(text.as_bytes());
-    let headers = reader.headers().with_context(|| format!("{}: no header row", path.display()))?.clone();
-    let column = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h.trim() == name)
-            .ok_or_else(|| anyhow!("{}: no `{name}` column in the header", path.display()))
-    };
-    let (text_col, label_col) = (column("text")?, column("label")?);
+    let headers = reader.headers().with_context(|| format!("{shown}: no header row"))?.clone();
+    let position = |name: &str| headers.iter().position(|h| h.trim() == name);
+    let column = |name: &str| position(name).ok_or_else(|| anyhow!("{shown}: no `{name}` column in the header"));
+    let (text_col, label_col, split_col) = (column("text")?, column("label")?, position("split"));
     let mut rows = Vec::new();
     for (i, record) in reader.records().enumerate() {
-        let record = record.with_context(|| format!("{} row {}", path.display(), i + 2))?;
+        let record = record.with_context(|| format!("{shown} row {}", i + 2))?;
         let text = record.get(text_col).unwrap_or_default().to_string();
         let raw = record.get(label_col).unwrap_or_default().trim();
         let label = raw.parse::<usize>().map(RawLabel::Index).unwrap_or_else(|_| RawLabel::Name(raw.to_string()));
-        rows.push(RawRow { text, label });
+        let split = split_col.and_then(|c| record.get(c)).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        rows.push(RawRow { text, label, split });
     }
     Ok(rows)
 }

@@ -40,12 +40,30 @@ impl PooledFeatures {
     }
 }
 
+/// Told (done, total) as a batch job advances: how a head trained over the
+/// API reports its progress in `GET /heads/{name}`.
+#[derive(Clone)]
+pub struct ProgressFn(pub std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>);
+
+impl ProgressFn {
+    pub fn call(&self, done: usize, total: usize) {
+        (self.0)(done, total)
+    }
+}
+
+impl std::fmt::Debug for ProgressFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressFn")
+    }
+}
+
 /// Progress of a batch job: a bar on a terminal (indicatif draws nothing
-/// elsewhere), and a log line at the end with the rate.
+/// elsewhere), an optional observer, and a log line at the end with the rate.
 pub struct Progress {
     label: String,
     bar: indicatif::ProgressBar,
     started: Instant,
+    observer: Option<ProgressFn>,
 }
 
 impl Progress {
@@ -58,12 +76,21 @@ impl Progress {
                 .progress_chars("#> "),
         );
         bar.set_message(label.clone());
-        Progress { label, bar, started: Instant::now() }
+        Progress { label, bar, started: Instant::now(), observer: None }
+    }
+
+    /// Also tells `observer` of every step.
+    pub fn observed(mut self, observer: ProgressFn) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     fn update(&self, done: usize, total: usize) {
         self.bar.set_length(total as u64);
         self.bar.set_position(done as u64);
+        if let Some(observer) = &self.observer {
+            observer.call(done, total);
+        }
     }
 
     fn finish(&self, total: usize) {

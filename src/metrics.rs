@@ -66,6 +66,25 @@ pub struct HeadLabels {
     pub name: String,
     pub kind: String,
     pub labels: String,
+    /// The active version (`GET /heads/{name}`).
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PredictionLabels {
+    head: String,
+    label: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+/// Training buckets in seconds: 1 s to 1 h.
+const TRAINING_SECONDS: [f64; 9] = [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0];
+fn training_seconds() -> Histogram {
+    Histogram::new(TRAINING_SECONDS)
 }
 
 /// Every metric family of the service.
@@ -79,6 +98,10 @@ pub struct Metrics {
     pub ready: Gauge,
     pub worker_panics: Counter,
     pub handler_panics: Counter,
+    predictions: Family<PredictionLabels, Counter>,
+    trainings: Family<OutcomeLabels, Counter>,
+    training_duration: HistogramFamily<OutcomeLabels>,
+    pub trainings_queued: Gauge,
 }
 
 #[derive(Clone)]
@@ -175,6 +198,27 @@ impl Metrics {
             "HTTP handlers that panicked (answered 500 `internal`)",
             handler_panics.clone(),
         );
+        let predictions = Family::<PredictionLabels, Counter>::default();
+        registry.register(
+            "distilserve_head_predictions",
+            "Predictions served by head and top label: a shift in their mix is a simple drift signal",
+            predictions.clone(),
+        );
+        let trainings = Family::<OutcomeLabels, Counter>::default();
+        registry.register("distilserve_head_trainings", "Head trainings over the API, by outcome", trainings.clone());
+        let training_duration =
+            HistogramFamily::<OutcomeLabels>::new_with_constructor(training_seconds as fn() -> Histogram);
+        registry.register(
+            "distilserve_head_training_seconds",
+            "From the start of a head's training to ready or failed",
+            training_duration.clone(),
+        );
+        let trainings_queued = Gauge::default();
+        registry.register(
+            "distilserve_head_trainings_waiting",
+            "Head trainings accepted and not finished (training or queued)",
+            trainings_queued.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -185,7 +229,23 @@ impl Metrics {
             ready,
             worker_panics,
             handler_panics,
+            predictions,
+            trainings,
+            training_duration,
+            trainings_queued,
         }
+    }
+
+    /// Counts one prediction of `head` whose top label is `label`.
+    pub fn record_prediction(&self, head: &str, label: &str) {
+        self.predictions.get_or_create(&PredictionLabels { head: head.to_string(), label: label.to_string() }).inc();
+    }
+
+    /// Counts a finished head training (`outcome`: `ready` or `failed`).
+    pub fn record_training(&self, outcome: &str, elapsed: Duration) {
+        let labels = OutcomeLabels { outcome: outcome.to_string() };
+        self.trainings.get_or_create(&labels).inc();
+        self.training_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
     }
 
     /// Records one HTTP answer.

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::batching::BatcherConfig;
 use crate::config::Settings;
 use crate::features::FeatureCache;
+use crate::heads::store::HeadStore;
 use crate::heads::training::{save_head, train_head, Extraction};
 use crate::heads::{load_configured, Head, Heads};
 use crate::http::{router, AppState};
@@ -71,6 +72,16 @@ impl Application {
         for head in startup_heads.loaded {
             heads.insert(head);
         }
+        // Heads created over the API (by any replica sharing the folder) serve after a restart too.
+        let heads = {
+            let (store, info) = (HeadStore::of(&settings), runtimes.encoder.info.clone());
+            tokio::task::spawn_blocking(move || {
+                heads.sync_folder(&store, &info);
+                heads
+            })
+            .await
+            .context("heads folder scan failed")?
+        };
         heads.set_pending(startup_heads.to_train.len());
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = match TcpListener::bind(&address).await {
@@ -102,6 +113,7 @@ impl Application {
             let (state, names) = (state.clone(), self.to_train);
             tokio::task::spawn_blocking(move || train_missing_heads(&state, &names));
         }
+        let watcher = tokio::spawn(watch_heads_folder(state.clone()));
         let signal = {
             let state = state.clone();
             async move {
@@ -118,6 +130,14 @@ impl Application {
         tracing::info!(address = %self.listener.local_addr()?, "listening");
         let limits = ConnectionLimits::of(&state.settings);
         serve_connections(self.listener, router(state.clone()), signal, limits, drain).await;
+        watcher.abort();
+        let unfinished = state.jobs.close();
+        if unfinished > 0 {
+            tracing::warn!(
+                trainings = unfinished,
+                "stopping with head trainings unfinished: they are lost; send them again"
+            );
+        }
         stop_runtimes(state.runtimes.clone()).await;
         tracing::info!("stopped");
         Ok(())
@@ -335,12 +355,29 @@ fn train_missing_heads(state: &AppState, names: &[String]) {
         };
         // A head that cannot be written (read-only folder, full disk) still serves
         // from memory; it is trained again at the next start.
-        if let Err(e) = save_head(&mut head, &settings.classify.heads_dir) {
+        if let Err(e) = save_head(&mut head, &HeadStore::of(settings)) {
             tracing::error!(head = %name, error = %format!("{e:#}"), "serving the trained head from memory only");
         }
         state.heads.finish_pending(Head::Logistic(head));
     }
     tracing::info!("startup training done");
+}
+
+/// Every `classify.watch_interval_ms`, brings the served heads in line with
+/// the heads folder (heads created, replaced, rolled back or deleted through
+/// another replica sharing it). Runs until aborted at shutdown.
+async fn watch_heads_folder(state: AppState) {
+    let interval = state.settings.classify.watch_interval_ms;
+    if interval == 0 {
+        return;
+    }
+    let mut ticks = tokio::time::interval(Duration::from_millis(interval));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || state.heads.sync_folder(&state.store, &state.encoder().info)).await;
+    }
 }
 
 /// Drains every model runtime (on a blocking thread: it joins worker threads).

@@ -65,6 +65,28 @@ pub struct TrainingRecord {
     pub held_out_accuracy: f64,
     pub candidates: Vec<Candidate>,
     pub seconds: f64,
+    /// Heads created over the API (`POST /heads`): where the examples came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadRecord>,
+}
+
+/// How an uploaded head's examples were used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// `x-request-id` of the upload.
+    pub request_id: String,
+    /// Examples per label: all, fitted on (train), held out (test).
+    pub label_counts: Vec<LabelCount>,
+    /// Where the held-out part came from: `"upload"` (rows marked `test`), or
+    /// `"stratified split of <fraction>"` made by the service.
+    pub test_source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LabelCount {
+    pub label: String,
+    pub train: usize,
+    pub test: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -86,6 +108,9 @@ pub struct LogisticHead {
     pub training: TrainingRecord,
     pub metrics: HeadMetrics,
     pub created_unix: u64,
+    /// Free text given when the head was created over the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// Standardisation: feature j becomes (x_j - mean_j) / scale_j.
     pub scaler_mean: Vec<f32>,
     pub scaler_scale: Vec<f32>,
@@ -142,8 +167,12 @@ pub enum HeadFileError {
 impl LogisticHead {
     /// Sets the checksum over everything else (done when a head is built or saved).
     pub fn sealed(mut self) -> Self {
-        self.checksum = self.compute_checksum();
+        self.seal();
         self
+    }
+
+    pub fn seal(&mut self) {
+        self.checksum = self.compute_checksum();
     }
 
     fn compute_checksum(&self) -> String {
@@ -308,5 +337,54 @@ pub fn validate_head_name(name: &str) -> anyhow::Result<()> {
         Ok(())
     } else {
         Err(anyhow!("invalid head name {name:?}: use 1-64 letters, digits, '_' or '-'"))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A valid two-label head over 2-wide mean features (unsealed).
+    pub(crate) fn tiny_head(name: &str) -> LogisticHead {
+        LogisticHead {
+            format_version: FORMAT_VERSION,
+            kind: "logistic".into(),
+            name: name.into(),
+            labels: vec!["a".into(), "b".into()],
+            pooling: FeaturePooling::Mean,
+            encoder: EncoderStamp { name: "tiny".into(), fingerprint: "f".repeat(64), hidden_size: 2, max_tokens: 8 },
+            training: TrainingRecord {
+                data_dir: "test".into(),
+                data_fingerprints: BTreeMap::new(),
+                train_examples: 4,
+                selection: Selection::CrossValidation { folds: 2 },
+                max_iterations: 10,
+                alpha: 1.0,
+                held_out_accuracy: 1.0,
+                candidates: Vec::new(),
+                seconds: 0.0,
+                upload: None,
+            },
+            metrics: HeadMetrics::default(),
+            created_unix: 1,
+            description: None,
+            scaler_mean: vec![0.0, 0.0],
+            scaler_scale: vec![1.0, 1.0],
+            weights: vec![vec![1.0, -1.0], vec![-1.0, 1.0]],
+            intercept: vec![0.0, 0.0],
+            checksum: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_sealed_head_round_trips_and_an_edit_breaks_the_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        let mut head = tiny_head("t");
+        head.save(&path).unwrap();
+        assert_eq!(LogisticHead::load(&path).unwrap(), head);
+        let edited = std::fs::read_to_string(&path).unwrap().replace("\"created_unix\": 1", "\"created_unix\": 2");
+        std::fs::write(&path, edited).unwrap();
+        assert!(LogisticHead::load(&path).unwrap_err().to_string().contains("checksum"));
     }
 }

@@ -5,11 +5,14 @@
 //! `logistic` (head file and probabilities), `search` (training), `training`
 //! (from settings and a data set to a saved head), `onnx`, `metrics`.
 
+pub mod jobs;
 pub mod logistic;
 pub mod metrics;
 pub mod onnx;
 pub mod search;
+pub mod store;
 pub mod training;
+pub mod upload;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -105,6 +108,8 @@ pub enum Lookup {
 /// The heads being served.
 pub struct Heads {
     map: RwLock<BTreeMap<String, Arc<Head>>>,
+    /// Head files as last seen in the heads folder (see [`Heads::sync_folder`]).
+    seen: std::sync::Mutex<BTreeMap<String, FileStamp>>,
     default: String,
     pending: AtomicUsize,
     configured: Vec<String>,
@@ -116,6 +121,7 @@ impl Heads {
     pub fn new(default: String, configured: Vec<String>) -> Heads {
         Heads {
             map: RwLock::new(BTreeMap::new()),
+            seen: Default::default(),
             default,
             pending: AtomicUsize::new(0),
             configured,
@@ -129,6 +135,66 @@ impl Heads {
 
     pub fn insert(&self, head: Head) {
         self.map.write().expect("heads lock").insert(head.name().to_string(), Arc::new(head));
+    }
+
+    /// Stops serving `name`; true when it was served.
+    pub fn remove(&self, name: &str) -> bool {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.map.write().expect("heads lock").remove(name).is_some()
+    }
+
+    /// Brings the served logistic heads in line with the heads folder, which
+    /// other replicas may write (a shared volume): a new or changed active
+    /// file is loaded and swapped in when valid and made for `encoder`; a head
+    /// whose file was seen and is gone (deleted through another replica) stops
+    /// being served. Files are compared by size and modification time first,
+    /// so an unchanged folder costs one `stat` per head. Heads that never had
+    /// a file (ONNX heads, or trained where the folder is read-only) are left alone.
+    pub fn sync_folder(&self, store: &store::HeadStore, encoder: &ModelInfo) -> SyncReport {
+        let mut report = SyncReport::default();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let found = store.scan();
+        for (name, path) in &found {
+            let Some(stamp) = FileStamp::of(path) else { continue };
+            if seen.get(name) == Some(&stamp) {
+                continue;
+            }
+            seen.insert(name.clone(), stamp);
+            let head = match LogisticHead::load(path) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(head = %name, error = %e, "head file in the heads folder not loaded");
+                    continue;
+                }
+            };
+            if head.name != *name {
+                tracing::warn!(head = %name, holds = %head.name, "head file holds another head; not loaded");
+                continue;
+            }
+            if let Err(e) = head.check_encoder(path, encoder) {
+                tracing::info!(head = %name, reason = %e, "head file in the heads folder is for another encoder; not served");
+                continue;
+            }
+            let version = store::version_of(&head);
+            let current = self.map.read().expect("heads lock").get(name).map(|h| h.version());
+            if current.as_deref() == Some(version.as_str()) {
+                continue;
+            }
+            tracing::info!(head = %name, version = %version, previous = ?current, "head loaded from the heads folder");
+            self.insert(Head::Logistic(head));
+            report.loaded.push(name.clone());
+        }
+        let gone: Vec<String> = seen.keys().filter(|n| !found.iter().any(|(f, _)| f == *n)).cloned().collect();
+        for name in gone {
+            seen.remove(&name);
+            let mut map = self.map.write().expect("heads lock");
+            if matches!(map.get(&name).map(|h| h.kind()), Some(HeadKind::Logistic)) {
+                map.remove(&name);
+                tracing::info!(head = %name, "head file removed from the heads folder; no longer served");
+                report.removed.push(name);
+            }
+        }
+        report
     }
 
     pub fn set_pending(&self, n: usize) {
@@ -179,6 +245,33 @@ impl Heads {
     pub fn configured(&self) -> &[String] {
         &self.configured
     }
+}
+
+/// Size and modification time of a head file: what tells a changed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    /// Every atomic write is a new file: a new inode even within one clock tick.
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(path: &std::path::Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Some(FileStamp { len: meta.len(), modified: meta.modified().ok(), inode })
+    }
+}
+
+/// What one [`Heads::sync_folder`] changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub loaded: Vec<String>,
+    pub removed: Vec<String>,
 }
 
 /// What startup does with the configured heads: load what is on disk (any

@@ -21,6 +21,8 @@ pub struct TrainConfig {
     pub alphas: Vec<f64>,
     pub max_iterations: u64,
     pub selection: Selection,
+    /// Told (model fits done, fits in all) during the search.
+    pub progress: Option<crate::features::ProgressFn>,
 }
 
 /// What a head is trained on: its label names, the train split and the
@@ -219,6 +221,7 @@ pub fn train(
             config.alphas.iter().flat_map(move |&alpha| (0..folds).map(move |fold| Task { pooling, alpha, fold }))
         })
         .collect();
+    let fits_done = std::sync::atomic::AtomicUsize::new(0);
     let scores = parallel_map(&tasks, |task| -> anyhow::Result<(f64, f64)> {
         let x = &fit_sets[task.pooling];
         let (fit_x, fit_y, score_x, score_y) = match (&score_sets[task.pooling], validation.as_ref()) {
@@ -237,6 +240,9 @@ pub fn train(
         let scaler = Scaler::fit(&fit_x);
         let fitted = fit(&scaler.apply(&fit_x), &fit_y, classes, task.alpha, config.max_iterations)?;
         let (accuracy, log_loss, _) = score(&fitted, &scaler.apply(&score_x), &score_y);
+        if let Some(progress) = &config.progress {
+            progress.call(fits_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, tasks.len());
+        }
         Ok((accuracy, log_loss))
     });
     let mut candidates = Vec::new();
@@ -284,6 +290,7 @@ pub fn train(
             held_out_accuracy: best.accuracy,
             candidates,
             seconds: started.elapsed().as_secs_f64(),
+            upload: None,
         },
         metrics: HeadMetrics {
             train: Some(Metrics::compute(labels, &fit_labels, &fit_pred)),
@@ -291,6 +298,7 @@ pub fn train(
             test: None,
         },
         created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        description: None,
         scaler_mean: scaler.mean.iter().map(|&v| v as f32).collect(),
         scaler_scale: scaler.scale.iter().map(|&v| v as f32).collect(),
         weights: (0..classes).map(|c| fitted.weights.column(c).iter().map(|&v| v as f32).collect()).collect(),

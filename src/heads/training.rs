@@ -4,13 +4,13 @@
 //! and by the service when a head is missing at startup.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use anyhow::{anyhow, Context};
 
 use super::logistic::{head_path, EncoderStamp, LogisticHead, Selection};
 use super::metrics::Metrics;
 use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
+use super::store::HeadStore;
 use crate::config::{HeadSettings, PoolingChoice};
 use crate::data::{Dataset, Split};
 use crate::encoder::Encoder;
@@ -97,6 +97,7 @@ pub fn train_head(
         poolings: poolings_of(settings.pooling),
         alphas: settings.alphas.clone(),
         max_iterations: settings.max_iterations,
+        progress: None,
         selection: selection_of(settings.cv_folds),
     };
     let data = TrainingData {
@@ -128,10 +129,12 @@ pub fn train_head(
     Ok(head)
 }
 
-/// Writes a trained head to `<heads_dir>/<name>.json` atomically; returns the path.
-pub fn save_head(head: &mut LogisticHead, heads_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let path = head_path(heads_dir, &head.name)?;
-    head.save(&path).with_context(|| format!("cannot save head {}", head.name))?;
-    tracing::info!(head = %head.name, path = %path.display(), "head saved");
+/// Publishes a trained head as a new version in the heads folder and makes it
+/// the active one (`<heads_dir>/<name>.json`, see `store.rs`); returns that path.
+pub fn save_head(head: &mut LogisticHead, store: &HeadStore) -> anyhow::Result<std::path::PathBuf> {
+    head.seal();
+    let version = store.publish(head).with_context(|| format!("cannot save head {}", head.name))?;
+    let path = head_path(store.dir(), &head.name)?;
+    tracing::info!(head = %head.name, version = %version, path = %path.display(), "head saved");
     Ok(path)
 }

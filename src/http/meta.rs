@@ -75,6 +75,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             name: head.name().to_string(),
             kind: format!("{:?}", head.kind()).to_lowercase(),
             labels: head.labels().join(","),
+            version: head.version(),
         };
         metrics.head_info.get_or_create(&labels).set(1);
     }

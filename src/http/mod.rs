@@ -6,7 +6,9 @@ pub mod classify;
 pub mod compat;
 pub mod embed;
 pub mod error;
+pub mod heads;
 pub mod meta;
+mod svg;
 pub mod types;
 
 use std::ops::Deref;
@@ -28,6 +30,8 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi;
 
 use crate::config::Settings;
+use crate::heads::jobs::{Trainer, TrainingJobs};
+use crate::heads::store::HeadStore;
 use crate::heads::Heads;
 use crate::inference::{Inference, Timing};
 use crate::metrics::Metrics;
@@ -37,7 +41,11 @@ use error::ApiError;
 pub struct AppInner {
     /// The encoder and the ONNX heads' runtimes.
     pub runtimes: Arc<Runtimes>,
-    pub heads: Heads,
+    pub heads: Arc<Heads>,
+    /// The heads folder: versions, rollback, delete.
+    pub store: HeadStore,
+    /// Heads being trained over the API (`POST /heads`).
+    pub jobs: TrainingJobs,
     pub settings: Settings,
     /// Set on shutdown: health answers 503 so load balancers stop sending.
     pub draining: AtomicBool,
@@ -52,9 +60,20 @@ pub struct AppState(Arc<AppInner>);
 
 impl AppState {
     pub fn new(runtimes: Arc<Runtimes>, heads: Heads, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        let heads = Arc::new(heads);
+        let store = HeadStore::of(&settings);
+        let jobs = TrainingJobs::start(Trainer {
+            runtimes: runtimes.clone(),
+            heads: heads.clone(),
+            store: store.clone(),
+            settings: settings.training.clone(),
+            metrics: metrics.clone(),
+        });
         AppState(Arc::new(AppInner {
             runtimes,
             heads,
+            store,
+            jobs,
             settings,
             draining: AtomicBool::new(false),
             metrics,
@@ -104,9 +123,13 @@ impl Deref for AppState {
     paths(
         embed::embed,
         classify::classify,
-        classify::list_heads,
-        classify::get_head,
-        classify::reload_head,
+        heads::list_heads,
+        heads::get_head,
+        heads::confusion_svg,
+        heads::create_head,
+        heads::rollback_head,
+        heads::delete_head,
+        heads::reload_head,
         compat::tokenize,
         compat::openai_embeddings,
         meta::ready,
@@ -116,7 +139,11 @@ impl Deref for AppState {
     ),
     components(schemas(error::ErrorResponse)),
     modifiers(&BearerAuth),
-    tags((name = "inference", description = "Model passes"), (name = "service", description = "Health and description"))
+    tags(
+        (name = "inference", description = "Model passes"),
+        (name = "heads", description = "Classification heads: list, inspect; with the admin key create from labelled examples, roll back, delete"),
+        (name = "service", description = "Health and description")
+    )
 )]
 pub struct ApiDoc;
 
@@ -133,6 +160,15 @@ impl utoipa::Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some("Required on inference routes when security.api_key is set"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("security.admin_key: required on the routes that change the served heads"))
                     .build(),
             ),
         );
@@ -159,9 +195,19 @@ pub fn timing_headers(timing: &Timing) -> [(HeaderName, HeaderValue); 3] {
 /// `body_timeout` after) and at most `server.max_body_bytes` (413), so that a
 /// client trickling its body cannot hold a connection and a handler open.
 async fn read_body_with_deadline(State(state): State<AppState>, request: Request<Body>, next: Next) -> Response {
+    let limit = state.settings.server.max_body_bytes;
+    read_body_within(&state, request, next, limit).await
+}
+
+/// Like [`read_body_with_deadline`] with `training.max_upload_bytes`: for `POST /heads`.
+async fn read_upload_with_deadline(State(state): State<AppState>, request: Request<Body>, next: Next) -> Response {
+    let limit = state.settings.training.max_upload_bytes;
+    read_body_within(&state, request, next, limit).await
+}
+
+async fn read_body_within(state: &AppState, request: Request<Body>, next: Next, limit: usize) -> Response {
     let server = &state.settings.server;
     let (parts, body) = request.into_parts();
-    let limit = server.max_body_bytes;
     let deadline = Duration::from_millis(server.body_read_timeout_ms);
     let bytes = match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => bytes,
@@ -228,7 +274,7 @@ fn cors(origins: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST, axum::http::Method::DELETE])
         .allow_headers([
             axum::http::header::CONTENT_TYPE,
             axum::http::header::AUTHORIZATION,
@@ -238,6 +284,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("x-request-id"),
             HeaderName::from_static("x-token-counts"),
             HeaderName::from_static("x-inference-time-ms"),
+            axum::http::header::LOCATION,
             HEAD_VERSION,
             ENCODER_FINGERPRINT,
         ])
@@ -253,8 +300,16 @@ pub fn router(state: AppState) -> Router {
     // outermost last-added first): a client without the key cannot make the
     // service read, buffer or wait for a body.
     let read_body = axum::middleware::from_fn_with_state(state.clone(), read_body_with_deadline);
+    let read_upload = axum::middleware::from_fn_with_state(state.clone(), read_upload_with_deadline);
+    let upload = Router::new()
+        .route("/heads", post(heads::create_head))
+        .route_layer(DefaultBodyLimit::max(state.settings.training.max_upload_bytes))
+        .route_layer(read_upload)
+        .route_layer(require_admin.clone());
     let admin = Router::new()
-        .route("/heads/{name}/reload", post(classify::reload_head))
+        .route("/heads/{name}/reload", post(heads::reload_head))
+        .route("/heads/{name}/rollback", post(heads::rollback_head))
+        .route("/heads/{name}", axum::routing::delete(heads::delete_head))
         .route_layer(read_body.clone())
         .route_layer(require_admin);
     let inference = Router::new()
@@ -262,8 +317,9 @@ pub fn router(state: AppState) -> Router {
         .route("/classify", post(classify::classify))
         .route("/tokenize", post(compat::tokenize))
         .route("/v1/embeddings", post(compat::openai_embeddings))
-        .route("/heads", get(classify::list_heads))
-        .route("/heads/{name}", get(classify::get_head))
+        .route("/heads", get(heads::list_heads))
+        .route("/heads/{name}", get(heads::get_head))
+        .route("/heads/{name}/confusion.svg", get(heads::confusion_svg))
         .route_layer(read_body.clone())
         .route_layer(require_key.clone());
     let mut operational = Router::new()
@@ -288,6 +344,7 @@ pub fn router(state: AppState) -> Router {
         operational = operational.route_layer(require_key);
     }
     Router::new()
+        .merge(upload)
         .merge(admin)
         .merge(inference)
         .merge(operational)

@@ -254,6 +254,105 @@ pub struct HeadDetail {
     /// Metrics on train, validation and test, with confusion matrices.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<serde_json::Value>,
+    /// `ready` (served), or for a head trained over the API and not served
+    /// yet: `queued`, `training`, `failed` (`job` says why).
+    pub status: String,
+    /// The latest training of this head over the API on the replica that
+    /// answers: phase and progress, label counts, the reason of a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::heads::jobs::JobStatus>,
+    /// Versions kept in the heads folder, oldest first; `version` is the active one.
+    pub versions: Vec<VersionDescription>,
+    /// Given when the head was created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VersionDescription {
+    pub version: String,
+    pub created_unix: u64,
+    pub active: bool,
+}
+
+/// A label as uploaded: a name, or an index (written as digits in the head).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum LabelValue {
+    Name(String),
+    Index(u64),
+}
+
+/// One labelled example of `POST /heads`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExampleInput {
+    pub text: String,
+    pub label: LabelValue,
+    /// `train` or `test`. When any example says `test`, those are the held-out
+    /// part; otherwise the service holds out `test_fraction` of each label.
+    #[serde(default)]
+    pub split: Option<String>,
+}
+
+/// Training options of `POST /heads`; each defaults to its `[training]` setting.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingOptions {
+    /// `auto` (chosen by cross-validation, the default), `cls`, `mean` or `cls_mean`.
+    #[serde(default)]
+    pub pooling: Option<String>,
+    /// L2 penalties tried.
+    #[serde(default)]
+    pub alphas: Option<Vec<f64>>,
+    /// Folds of the cross-validation that chooses pooling and alpha (2-20).
+    #[serde(default)]
+    pub cv_folds: Option<usize>,
+    /// Part of each label held out for the report when no example is marked `test` (0-0.5].
+    #[serde(default)]
+    pub test_fraction: Option<f64>,
+}
+
+/// `POST /heads` with a JSON body. CSV or JSONL bodies carry the same examples
+/// (columns/fields `text`, `label`, optional `split`) with the rest in the query.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateHeadRequest {
+    /// 1-64 letters, digits, `_` or `-`.
+    #[schema(example = "topic")]
+    pub name: String,
+    pub examples: Vec<ExampleInput>,
+    /// Train a new version of an existing head (it keeps serving until the new one is ready).
+    #[serde(default)]
+    pub replace: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub options: TrainingOptions,
+}
+
+/// Query of `POST /heads` when the body is CSV or JSONL.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CreateHeadQuery {
+    /// Head name (required with a CSV or JSONL body).
+    pub name: Option<String>,
+    pub replace: Option<bool>,
+    pub description: Option<String>,
+    pub pooling: Option<String>,
+    /// Comma-separated, e.g. `1,10,100`.
+    pub alphas: Option<String>,
+    pub cv_folds: Option<usize>,
+    pub test_fraction: Option<f64>,
+}
+
+/// `202 Accepted` of `POST /heads`: follow `Location` (`GET /heads/{name}`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HeadAccepted {
+    pub name: String,
+    pub location: String,
+    pub job: crate::heads::jobs::JobStatus,
 }
 
 /// `POST /tokenize`.

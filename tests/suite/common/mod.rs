@@ -50,6 +50,11 @@ pub fn settings_for(model_dir: &Path) -> Settings {
     s.server.port = 0;
     s.model.dir = model_dir.to_path_buf();
     s.model.intra_threads = 1;
+    // Not the repository's models/heads: a head trained there for another
+    // model must not be found, nor one a test creates be left there.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    s.classify.heads_dir = std::env::temp_dir().join(format!("distilserve-test-heads-{}-{n}", std::process::id()));
     s
 }
 
@@ -235,6 +240,6 @@ pub fn train_toy_head(
         max_batch_tokens: 1024,
     };
     let mut head = train_head("toy", settings, &mut extraction).expect("training succeeds");
-    save_head(&mut head, heads).expect("head saved");
+    save_head(&mut head, &distilserve::heads::store::HeadStore::new(heads, 5)).expect("head saved");
     head
 }

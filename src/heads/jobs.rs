@@ -1,0 +1,324 @@
+//! Heads trained over the API: a bounded queue of trainings run one at a time
+//! on their own thread, each reporting its phase and progress.
+//!
+//! A training extracts features through the service's own batching queue in
+//! its low-priority lane (`Batcher::run_blocking`: live requests go first),
+//! chooses and fits the head exactly as startup training does
+//! (cross-validation on the non-test part), judges it on the held-out part,
+//! publishes it as a new version (`store.rs`) and swaps it in. A job is kept
+//! in memory: one accepted and not finished when the process stops is lost
+//! (the log says so) and must be sent again.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::anyhow;
+use ndarray::Axis;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::logistic::{EncoderStamp, LabelCount, LogisticHead, UploadRecord};
+use super::metrics::Metrics as HeadMetrics;
+use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
+use super::store::{version_of, HeadStore};
+use super::training::{poolings_of, save_head, selection_of};
+use super::upload::Prepared;
+use super::{Head, Heads};
+use crate::config::TrainingSettings;
+use crate::features::{extract, PooledFeatures, Progress, ProgressFn};
+use crate::metrics::Metrics;
+use crate::runtimes::Runtimes;
+
+/// A head to train, as accepted by `POST /heads`.
+pub struct Job {
+    pub name: String,
+    pub prepared: Prepared,
+    pub description: Option<String>,
+    /// `x-request-id` of the upload: in every log line of the job.
+    pub request_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Training,
+    Ready,
+    Failed,
+}
+
+/// What `GET /heads/{name}` shows of the latest training of a head on this replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobStatus {
+    pub state: JobState,
+    /// While training: `extracting` (features of every example), `searching`
+    /// (cross-validation fits), `evaluating` (held-out part), `saving`.
+    pub phase: Option<String>,
+    /// Progress of the phase: texts or fits done, of `total`.
+    pub done: usize,
+    pub total: usize,
+    /// Why it failed.
+    pub error: Option<String>,
+    pub request_id: String,
+    pub examples: usize,
+    pub label_counts: Vec<LabelCount>,
+    pub test_source: String,
+    pub submitted_unix: u64,
+    pub started_unix: Option<u64>,
+    pub finished_unix: Option<u64>,
+    /// Seconds from the start of training to ready or failed.
+    pub seconds: Option<f64>,
+    /// The version it produced, once ready.
+    pub version: Option<String>,
+}
+
+/// Why a training was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("head {0:?} is already queued or training; wait for it (GET /heads/{0})")]
+    InProgress(String),
+    #[error("{0} trainings are already waiting (training.max_queued); retry later")]
+    QueueFull(usize),
+    #[error("the service is shutting down")]
+    Closed,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// What a training needs from the service.
+pub struct Trainer {
+    pub runtimes: Arc<Runtimes>,
+    pub heads: Arc<Heads>,
+    pub store: HeadStore,
+    pub settings: TrainingSettings,
+    pub metrics: Arc<Metrics>,
+}
+
+type Statuses = Arc<Mutex<BTreeMap<String, JobStatus>>>;
+
+/// The queue of trainings and the status of each head's latest one.
+pub struct TrainingJobs {
+    statuses: Statuses,
+    sender: Mutex<Option<SyncSender<Job>>>,
+    /// Accepted and not finished (queued or training).
+    unfinished: Arc<AtomicUsize>,
+    max_queued: usize,
+}
+
+impl TrainingJobs {
+    /// Starts the training thread; it ends when this is dropped or closed.
+    pub fn start(trainer: Trainer) -> TrainingJobs {
+        let max_queued = trainer.settings.max_queued;
+        // Room for the queued jobs; the one training has left the channel.
+        let (sender, receiver) = sync_channel::<Job>(max_queued);
+        let statuses: Statuses = Arc::default();
+        let unfinished = Arc::new(AtomicUsize::new(0));
+        let (s, u) = (statuses.clone(), unfinished.clone());
+        std::thread::Builder::new()
+            .name("head-trainer".into())
+            .spawn(move || {
+                while let Ok(job) = receiver.recv() {
+                    run_job(&trainer, &s, job);
+                    u.fetch_sub(1, Ordering::SeqCst);
+                    trainer.metrics.trainings_queued.set(u.load(Ordering::SeqCst) as i64);
+                }
+            })
+            .expect("spawn the head trainer");
+        TrainingJobs { statuses, sender: Mutex::new(Some(sender)), unfinished, max_queued }
+    }
+
+    /// Queues `job`; its status is `queued` until the thread takes it.
+    pub fn submit(&self, job: Job, metrics: &Metrics) -> Result<JobStatus, SubmitError> {
+        let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        if statuses.get(&job.name).is_some_and(|s| matches!(s.state, JobState::Queued | JobState::Training)) {
+            return Err(SubmitError::InProgress(job.name));
+        }
+        // One training plus max_queued waiting.
+        if self.unfinished.load(Ordering::SeqCst) > self.max_queued {
+            return Err(SubmitError::QueueFull(self.max_queued));
+        }
+        let status = JobStatus {
+            state: JobState::Queued,
+            phase: None,
+            done: 0,
+            total: 0,
+            error: None,
+            request_id: job.request_id.clone(),
+            examples: job.prepared.examples(),
+            label_counts: job.prepared.label_counts.clone(),
+            test_source: job.prepared.test_source.clone(),
+            submitted_unix: unix_now(),
+            started_unix: None,
+            finished_unix: None,
+            seconds: None,
+            version: None,
+        };
+        let name = job.name.clone();
+        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sender) = sender.as_ref() else { return Err(SubmitError::Closed) };
+        match sender.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(SubmitError::QueueFull(self.max_queued)),
+            Err(TrySendError::Disconnected(_)) => return Err(SubmitError::Closed),
+        }
+        let n = self.unfinished.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics.trainings_queued.set(n as i64);
+        statuses.insert(name, status.clone());
+        Ok(status)
+    }
+
+    pub fn status(&self, name: &str) -> Option<JobStatus> {
+        self.statuses.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    /// Names with a training queued or running.
+    pub fn in_progress(&self) -> Vec<String> {
+        let statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        statuses
+            .iter()
+            .filter(|(_, s)| matches!(s.state, JobState::Queued | JobState::Training))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Forgets a finished job's status (the head was deleted).
+    pub fn forget(&self, name: &str) {
+        let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        if statuses.get(name).is_some_and(|s| matches!(s.state, JobState::Ready | JobState::Failed)) {
+            statuses.remove(name);
+        }
+    }
+
+    /// Takes no more jobs; queued ones still run while the encoder is up.
+    /// Returns how many were accepted and not finished.
+    pub fn close(&self) -> usize {
+        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.unfinished.load(Ordering::SeqCst)
+    }
+}
+
+fn update(statuses: &Statuses, name: &str, change: impl FnOnce(&mut JobStatus)) {
+    if let Some(status) = statuses.lock().unwrap_or_else(|p| p.into_inner()).get_mut(name) {
+        change(status);
+    }
+}
+
+fn phase_reporter(statuses: &Statuses, name: &str, phase: &'static str) -> ProgressFn {
+    let (statuses, name) = (statuses.clone(), name.to_string());
+    ProgressFn(Arc::new(move |done, total| {
+        update(&statuses, &name, |s| {
+            s.phase = Some(phase.to_string());
+            s.done = done;
+            s.total = total;
+        })
+    }))
+}
+
+fn run_job(trainer: &Trainer, statuses: &Statuses, job: Job) {
+    let started = Instant::now();
+    update(statuses, &job.name, |s| {
+        s.state = JobState::Training;
+        s.started_unix = Some(unix_now());
+    });
+    tracing::info!(head = %job.name, request_id = %job.request_id, examples = job.prepared.examples(), "head training started");
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_job(trainer, statuses, &job)))
+        .unwrap_or_else(|panic| Err(anyhow!("training panicked: {}", crate::telemetry::panic_message(&*panic))));
+    let seconds = started.elapsed().as_secs_f64();
+    match outcome {
+        Ok(head) => {
+            let version = version_of(&head);
+            tracing::info!(
+                head = %job.name,
+                request_id = %job.request_id,
+                version = %version,
+                pooling = %head.pooling,
+                alpha = head.training.alpha,
+                test_accuracy = head.metrics.test.as_ref().map(|m| m.accuracy),
+                seconds = format!("{seconds:.1}"),
+                "head trained over the API is ready"
+            );
+            trainer.heads.insert(Head::Logistic(head));
+            trainer.metrics.record_training("ready", started.elapsed());
+            update(statuses, &job.name, |s| {
+                s.state = JobState::Ready;
+                s.phase = None;
+                s.finished_unix = Some(unix_now());
+                s.seconds = Some(seconds);
+                s.version = Some(version);
+            });
+        }
+        Err(e) => {
+            let reason = format!("{e:#}");
+            tracing::error!(head = %job.name, request_id = %job.request_id, error = %reason, "head training failed");
+            trainer.metrics.record_training("failed", started.elapsed());
+            update(statuses, &job.name, |s| {
+                s.state = JobState::Failed;
+                s.finished_unix = Some(unix_now());
+                s.seconds = Some(seconds);
+                s.error = Some(reason);
+            });
+        }
+    }
+}
+
+fn rows(features: &PooledFeatures, from: usize, to: usize) -> PooledFeatures {
+    PooledFeatures {
+        cls: features.cls.select(Axis(0), &(from..to).collect::<Vec<_>>()),
+        mean: features.mean.select(Axis(0), &(from..to).collect::<Vec<_>>()),
+    }
+}
+
+/// Extract, search, evaluate, save: the head, published and active on disk.
+fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Result<LogisticHead> {
+    let p = &job.prepared;
+    let encoder = &trainer.runtimes.encoder;
+    let settings = &trainer.settings;
+    let texts: Vec<String> = p.train_texts.iter().chain(&p.test_texts).cloned().collect();
+    let progress =
+        Progress::new(format!("{}/upload", job.name)).observed(phase_reporter(statuses, &job.name, "extracting"));
+    let mut source = encoder.queued_encoder();
+    let all = extract(
+        &mut source,
+        &encoder.tokenizer,
+        encoder.info.hidden_size,
+        &texts,
+        settings.batch_size,
+        settings.batch_tokens.max(encoder.info.max_tokens),
+        &progress,
+    )?;
+    let n_train = p.train_texts.len();
+    let (train_features, test_features) = (rows(&all, 0, n_train), rows(&all, n_train, texts.len()));
+    let config = TrainConfig {
+        poolings: poolings_of(p.options.pooling),
+        alphas: p.options.alphas.clone(),
+        max_iterations: settings.max_iterations,
+        selection: selection_of(p.options.cv_folds),
+        progress: Some(phase_reporter(statuses, &job.name, "searching")),
+    };
+    let data = TrainingData {
+        labels: &p.labels,
+        train: LabelledFeatures { features: &train_features, labels: &p.train_labels },
+        validation: None,
+        data_dir: "upload".into(),
+        data_fingerprints: [("upload".to_string(), p.fingerprint.clone())].into_iter().collect(),
+    };
+    let mut head = train(&job.name, EncoderStamp::of(&encoder.info), data, &config)?;
+    update(statuses, &job.name, |s| s.phase = Some("evaluating".into()));
+    // The held-out part is looked at once, after the choice: for the report.
+    let predicted = head.predict(&test_features.get(head.pooling));
+    head.metrics.test = Some(HeadMetrics::compute(&p.labels, &p.test_labels, &predicted));
+    head.description = job.description.clone();
+    head.training.upload = Some(UploadRecord {
+        request_id: job.request_id.clone(),
+        label_counts: p.label_counts.clone(),
+        test_source: p.test_source.clone(),
+    });
+    update(statuses, &job.name, |s| s.phase = Some("saving".into()));
+    save_head(&mut head, &trainer.store)?;
+    Ok(head)
+}

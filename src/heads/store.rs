@@ -1,0 +1,226 @@
+//! The heads folder: every trained head is an immutable, checksummed version,
+//! and the head's name points at the active one.
+//!
+//! ```text
+//! <heads_dir>/<name>.json                      the active version (what is served)
+//! <heads_dir>/.versions/<name>/<version>.json  every version kept, never rewritten
+//! <heads_dir>/.versions/<name>/history.json    versions in the order they were published
+//! ```
+//!
+//! The active file is a whole copy of a version, replaced by an atomic rename:
+//! replicas sharing the folder (a volume) see the old head or the new one,
+//! never a mix, and `distilserve train`, startup and older releases read it as
+//! they always did. A version is the first 16 hex digits of the head's checksum.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
+
+use super::logistic::{head_path, LogisticHead};
+use crate::atomic_file::write_atomic;
+
+/// Folder of the versions, inside the heads folder (hidden from the scan).
+const VERSIONS_DIR: &str = ".versions";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionEntry {
+    pub version: String,
+    pub created_unix: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct History {
+    versions: Vec<VersionEntry>,
+}
+
+/// The version id of a head: what `/classify` and `GET /heads/{name}` report.
+pub fn version_of(head: &LogisticHead) -> String {
+    head.checksum.chars().take(16).collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct HeadStore {
+    dir: PathBuf,
+    /// Versions kept per head besides the active one.
+    keep: usize,
+}
+
+impl HeadStore {
+    pub fn new(dir: impl Into<PathBuf>, keep: usize) -> HeadStore {
+        HeadStore { dir: dir.into(), keep: keep.max(1) }
+    }
+
+    /// The store of `classify.heads_dir`, keeping `training.keep_versions`.
+    pub fn of(settings: &crate::config::Settings) -> HeadStore {
+        HeadStore::new(&settings.classify.heads_dir, settings.training.keep_versions)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn versions_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+        head_path(&self.dir, name)?; // checks the name
+        Ok(self.dir.join(VERSIONS_DIR).join(name))
+    }
+
+    fn history(&self, name: &str) -> anyhow::Result<History> {
+        let path = self.versions_dir(name)?.join("history.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(History::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    fn write_history(&self, name: &str, history: &History) -> anyhow::Result<()> {
+        let path = self.versions_dir(name)?.join("history.json");
+        write_atomic(&path, &serde_json::to_vec_pretty(history)?)
+    }
+
+    /// Writes `head` (sealed: its checksum set) as a new version and makes it
+    /// the active one. Order matters for a crash at any point: the version
+    /// file, then the history, then the active file; readers only follow the
+    /// active file. Returns the version.
+    pub fn publish(&self, head: &LogisticHead) -> anyhow::Result<String> {
+        let version = version_of(head);
+        let bytes = serde_json::to_vec_pretty(head)?;
+        let dir = self.versions_dir(&head.name)?;
+        let file = dir.join(format!("{version}.json"));
+        if !file.is_file() {
+            write_atomic(&file, &bytes)?;
+        }
+        let mut history = self.history(&head.name)?;
+        history.versions.retain(|v| v.version != version);
+        history.versions.push(VersionEntry { version: version.clone(), created_unix: head.created_unix });
+        let dropped = history.versions.len().saturating_sub(self.keep);
+        let pruned: Vec<VersionEntry> = history.versions.drain(..dropped).collect();
+        self.write_history(&head.name, &history)?;
+        write_atomic(&head_path(&self.dir, &head.name)?, &bytes)?;
+        for old in pruned {
+            let _ = std::fs::remove_file(dir.join(format!("{}.json", old.version)));
+        }
+        Ok(version)
+    }
+
+    /// Versions of `name`, oldest first (at most `keep`).
+    pub fn versions(&self, name: &str) -> anyhow::Result<Vec<VersionEntry>> {
+        Ok(self.history(name)?.versions)
+    }
+
+    /// The version the active file holds, if there is one and it is valid.
+    pub fn active_version(&self, name: &str) -> Option<String> {
+        let head = LogisticHead::load(&head_path(&self.dir, name).ok()?).ok()?;
+        Some(version_of(&head))
+    }
+
+    /// Makes the version published before the active one active again; returns it.
+    pub fn rollback(&self, name: &str) -> anyhow::Result<String> {
+        let active = self.active_version(name).ok_or_else(|| anyhow!("head {name:?} has no valid active file"))?;
+        let history = self.history(name)?;
+        let position = history
+            .versions
+            .iter()
+            .position(|v| v.version == active)
+            .ok_or_else(|| anyhow!("the active version {active} of head {name:?} is not in its history"))?;
+        if position == 0 {
+            bail!("head {name:?} has no version before {active}");
+        }
+        let previous = &history.versions[position - 1].version;
+        let file = self.versions_dir(name)?.join(format!("{previous}.json"));
+        // Validated before it replaces anything.
+        let head = LogisticHead::load(&file).map_err(|e| anyhow!("{e}"))?;
+        if head.name != name {
+            bail!("version file {} holds head {:?}", file.display(), head.name);
+        }
+        let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        write_atomic(&head_path(&self.dir, name)?, &bytes)?;
+        Ok(previous.clone())
+    }
+
+    /// Removes the head: its active file first (replicas stop serving it),
+    /// then every version. True when there was an active file.
+    pub fn delete(&self, name: &str) -> anyhow::Result<bool> {
+        let active = head_path(&self.dir, name)?;
+        let existed = match std::fs::remove_file(&active) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", active.display())),
+        };
+        let versions = self.versions_dir(name)?;
+        if versions.exists() {
+            std::fs::remove_dir_all(&versions).with_context(|| format!("cannot remove {}", versions.display()))?;
+        }
+        Ok(existed)
+    }
+
+    /// Active head files in the folder: (name, path), names valid, sorted.
+    pub fn scan(&self) -> Vec<(String, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut found: Vec<(String, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let file_name = e.file_name().into_string().ok()?;
+                let name = file_name.strip_suffix(".json")?;
+                crate::config::is_valid_head_name(name).then(|| (name.to_string(), e.path()))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heads::logistic::tests::tiny_head;
+
+    #[test]
+    fn publish_rollback_prune_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HeadStore::new(dir.path(), 2);
+        let mut heads = Vec::new();
+        for bias in [0.0, 1.0, 2.0] {
+            let mut h = tiny_head("topic");
+            h.intercept[0] = bias;
+            heads.push(h.sealed());
+        }
+        let v: Vec<String> = heads.iter().map(|h| store.publish(h).unwrap()).collect();
+        assert_eq!(store.active_version("topic").as_deref(), Some(v[2].as_str()));
+        // Kept: the last two; the first version's file is gone.
+        let kept: Vec<String> = store.versions("topic").unwrap().into_iter().map(|e| e.version).collect();
+        assert_eq!(kept, vec![v[1].clone(), v[2].clone()]);
+        assert!(!dir.path().join(".versions/topic").join(format!("{}.json", v[0])).exists());
+
+        assert_eq!(store.rollback("topic").unwrap(), v[1]);
+        assert_eq!(store.active_version("topic").as_deref(), Some(v[1].as_str()));
+        let err = store.rollback("topic").unwrap_err().to_string();
+        assert!(err.contains("no version before"), "{err}");
+        // Publishing again after a rollback makes the new version active.
+        store.publish(&heads[2]).unwrap();
+        assert_eq!(store.active_version("topic").as_deref(), Some(v[2].as_str()));
+
+        assert_eq!(store.scan().into_iter().map(|(n, _)| n).collect::<Vec<_>>(), vec!["topic"]);
+        assert!(store.delete("topic").unwrap());
+        assert!(store.scan().is_empty());
+        assert!(!dir.path().join(".versions/topic").exists());
+        assert!(!store.delete("topic").unwrap());
+        assert!(store.delete("../etc").is_err());
+    }
+
+    #[test]
+    fn a_damaged_version_is_not_rolled_back_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HeadStore::new(dir.path(), 5);
+        let first = tiny_head("t").sealed();
+        let mut second = tiny_head("t");
+        second.intercept[1] = 3.0;
+        let second = second.sealed();
+        let v1 = store.publish(&first).unwrap();
+        let v2 = store.publish(&second).unwrap();
+        std::fs::write(dir.path().join(".versions/t").join(format!("{v1}.json")), b"{\"broken\":").unwrap();
+        assert!(store.rollback("t").is_err());
+        assert_eq!(store.active_version("t").as_deref(), Some(v2.as_str()));
+    }
+}

@@ -1,0 +1,302 @@
+//! A head's examples as uploaded (`POST /heads`), checked against
+//! `[training]` and split into the part the head is chosen and fitted on and
+//! the held-out part it is judged on.
+//!
+//! The held-out part is the rows marked `"split": "test"` when there are any;
+//! otherwise `training.test_fraction` of each label, chosen by the sha256 of
+//! the text (the same examples give the same split in any order). The rest is
+//! ordered by label, so that the folds of the cross-validation (position
+//! modulo k) are stratified too.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use super::logistic::LabelCount;
+use crate::config::{PoolingChoice, TrainingSettings};
+
+/// One uploaded example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub text: String,
+    pub label: String,
+    /// `train` (also `validation`), `test`, or none.
+    pub split: Option<String>,
+}
+
+/// Training options a request may set; the rest come from `[training]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Options {
+    pub pooling: Option<PoolingChoice>,
+    pub alphas: Option<Vec<f64>>,
+    pub cv_folds: Option<usize>,
+    pub test_fraction: Option<f64>,
+}
+
+/// Options with every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub pooling: PoolingChoice,
+    pub alphas: Vec<f64>,
+    pub cv_folds: usize,
+    pub test_fraction: f64,
+}
+
+/// Why an upload is refused: a stable code and a message naming the problem.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct UploadError {
+    pub code: &'static str,
+    pub message: String,
+    /// Too much of something (413) rather than something wrong (422).
+    pub too_large: bool,
+}
+
+fn invalid(code: &'static str, message: String) -> UploadError {
+    UploadError { code, message, too_large: false }
+}
+
+/// Examples ready for training: texts and label indices of both parts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// Sorted label names; a label's index is its position.
+    pub labels: Vec<String>,
+    pub train_texts: Vec<String>,
+    pub train_labels: Vec<usize>,
+    pub test_texts: Vec<String>,
+    pub test_labels: Vec<usize>,
+    pub label_counts: Vec<LabelCount>,
+    pub test_source: String,
+    pub options: Resolved,
+    /// sha256 of every example, label and split: recorded in the head file.
+    pub fingerprint: String,
+}
+
+impl Prepared {
+    pub fn examples(&self) -> usize {
+        self.train_texts.len() + self.test_texts.len()
+    }
+}
+
+const MAX_ALPHAS: usize = 20;
+const MAX_FOLDS: usize = 20;
+
+fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, UploadError> {
+    let alphas = options.alphas.clone().unwrap_or_else(|| limits.alphas.clone());
+    if alphas.is_empty() || alphas.len() > MAX_ALPHAS || alphas.iter().any(|a| !a.is_finite() || *a < 0.0) {
+        return Err(invalid(
+            "invalid_option",
+            format!("alphas must be 1 to {MAX_ALPHAS} finite non-negative numbers, got {alphas:?}"),
+        ));
+    }
+    let cv_folds = options.cv_folds.unwrap_or(limits.cv_folds);
+    if !(2..=MAX_FOLDS).contains(&cv_folds) {
+        return Err(invalid("invalid_option", format!("cv_folds must be 2 to {MAX_FOLDS}, got {cv_folds}")));
+    }
+    let test_fraction = options.test_fraction.unwrap_or(limits.test_fraction);
+    if !(test_fraction > 0.0 && test_fraction <= 0.5) {
+        return Err(invalid(
+            "invalid_option",
+            format!("test_fraction must be more than 0 and at most 0.5, got {test_fraction}"),
+        ));
+    }
+    Ok(Resolved { pooling: options.pooling.unwrap_or(PoolingChoice::Auto), alphas, cv_folds, test_fraction })
+}
+
+/// Checks `examples` against `limits` and splits them; every refusal is an
+/// [`UploadError`] naming what to change.
+pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSettings) -> Result<Prepared, UploadError> {
+    let options = resolve(options, limits)?;
+    if examples.len() > limits.max_examples {
+        return Err(UploadError {
+            code: "too_many_examples",
+            message: format!("{} examples, more than training.max_examples ({})", examples.len(), limits.max_examples),
+            too_large: true,
+        });
+    }
+    let mut hasher = Sha256::new();
+    let mut test_marked = Vec::with_capacity(examples.len());
+    for (i, e) in examples.iter().enumerate() {
+        if e.text.trim().is_empty() {
+            return Err(invalid("empty_text", format!("example {i} has an empty text")));
+        }
+        if e.text.len() > limits.max_text_bytes {
+            return Err(invalid(
+                "text_too_long",
+                format!(
+                    "example {i} has {} bytes of text, more than training.max_text_bytes ({})",
+                    e.text.len(),
+                    limits.max_text_bytes
+                ),
+            ));
+        }
+        if e.label.trim().is_empty() || e.label.len() > 200 {
+            return Err(invalid("invalid_label", format!("example {i} has an empty label or one over 200 bytes")));
+        }
+        let test = match e.split.as_deref() {
+            None | Some("train") | Some("validation") => false,
+            Some("test") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "invalid_split",
+                    format!("example {i} has split {other:?}; use \"train\" or \"test\" (or leave it out)"),
+                ))
+            }
+        };
+        test_marked.push(test);
+        for part in [e.text.as_str(), "\u{1f}", e.label.as_str(), "\u{1f}", e.split.as_deref().unwrap_or(""), "\u{1e}"]
+        {
+            hasher.update(part.as_bytes());
+        }
+    }
+    let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, e) in examples.iter().enumerate() {
+        by_label.entry(e.label.as_str()).or_default().push(i);
+    }
+    if by_label.len() < 2 {
+        return Err(invalid(
+            "too_few_labels",
+            format!("a classifier needs at least 2 labels, the examples have {}", by_label.len()),
+        ));
+    }
+    if by_label.len() > limits.max_labels {
+        return Err(UploadError {
+            code: "too_many_labels",
+            message: format!("{} labels, more than training.max_labels ({})", by_label.len(), limits.max_labels),
+            too_large: true,
+        });
+    }
+    let minimum = limits.min_examples_per_label.max(options.cv_folds + 1);
+    let scarce: Vec<String> = by_label
+        .iter()
+        .filter(|(_, rows)| rows.len() < minimum)
+        .map(|(l, rows)| format!("{l:?} ({})", rows.len()))
+        .collect();
+    if !scarce.is_empty() {
+        return Err(invalid(
+            "too_few_examples",
+            format!("each label needs at least {minimum} examples; these have fewer: {}", scarce.join(", ")),
+        ));
+    }
+
+    let labels: Vec<String> = by_label.keys().map(|l| l.to_string()).collect();
+    let any_marked = test_marked.iter().any(|&t| t);
+    let mut train_rows = Vec::new();
+    let mut test_rows = Vec::new();
+    let mut label_counts = Vec::new();
+    for (index, (label, rows)) in by_label.iter().enumerate() {
+        let (test, train): (Vec<usize>, Vec<usize>) = if any_marked {
+            rows.iter().partition(|&&i| test_marked[i])
+        } else {
+            let mut ordered = rows.clone();
+            ordered.sort_by_cached_key(|&i| Sha256::digest(examples[i].text.as_bytes()));
+            let held =
+                ((rows.len() as f64 * options.test_fraction).round() as usize).clamp(1, rows.len() - options.cv_folds);
+            let train = ordered.split_off(held);
+            (ordered, train)
+        };
+        if train.len() < options.cv_folds {
+            return Err(invalid(
+                "too_few_examples",
+                format!(
+                    "label {label:?} has {} examples outside the test split; cv_folds needs {}",
+                    train.len(),
+                    options.cv_folds
+                ),
+            ));
+        }
+        label_counts.push(LabelCount { label: label.to_string(), train: train.len(), test: test.len() });
+        train_rows.extend(train.into_iter().map(|i| (i, index)));
+        test_rows.extend(test.into_iter().map(|i| (i, index)));
+    }
+    if any_marked && test_rows.is_empty() {
+        return Err(invalid("invalid_split", "no example is in the test split".into()));
+    }
+    let test_source = if any_marked {
+        "upload".to_string()
+    } else {
+        format!("stratified split of {} per label, by sha256 of the text", options.test_fraction)
+    };
+    let (train_texts, train_labels) = train_rows.iter().map(|&(i, l)| (examples[i].text.clone(), l)).unzip();
+    let (test_texts, test_labels) = test_rows.iter().map(|&(i, l)| (examples[i].text.clone(), l)).unzip();
+    Ok(Prepared {
+        labels,
+        train_texts,
+        train_labels,
+        test_texts,
+        test_labels,
+        label_counts,
+        test_source,
+        options,
+        fingerprint: format!("{:x}", hasher.finalize()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn examples(per_label: &[(&str, usize)]) -> Vec<Example> {
+        per_label
+            .iter()
+            .flat_map(|&(label, n)| {
+                (0..n).map(move |i| Example { text: format!("{label} text {i}"), label: label.into(), split: None })
+            })
+            .collect()
+    }
+
+    fn limits() -> TrainingSettings {
+        Settings::defaults().training
+    }
+
+    #[test]
+    fn stratified_split_independent_of_order_with_label_ordered_training_rows() {
+        let all = examples(&[("a", 20), ("b", 10), ("c", 30)]);
+        let p = prepare(all.clone(), &Options::default(), &limits()).unwrap();
+        assert_eq!(p.labels, vec!["a", "b", "c"]);
+        let counts: Vec<(usize, usize)> = p.label_counts.iter().map(|c| (c.train, c.test)).collect();
+        assert_eq!(counts, vec![(16, 4), (8, 2), (24, 6)]);
+        assert!(p.train_labels.windows(2).all(|w| w[0] <= w[1]), "training rows ordered by label");
+        let mut reversed = all;
+        reversed.reverse();
+        let q = prepare(reversed, &Options::default(), &limits()).unwrap();
+        let set = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(set(&p.test_texts), set(&q.test_texts));
+        assert!(p.test_source.contains("stratified"));
+    }
+
+    #[test]
+    fn rows_marked_test_are_the_held_out_part() {
+        let mut all = examples(&[("a", 10), ("b", 10)]);
+        all[0].split = Some("test".into());
+        all[15].split = Some("test".into());
+        let p = prepare(all, &Options::default(), &limits()).unwrap();
+        assert_eq!(p.test_texts, vec!["a text 0", "b text 5"]);
+        assert_eq!(p.train_texts.len(), 18);
+        assert_eq!(p.test_source, "upload");
+    }
+
+    #[test]
+    fn every_refusal_names_its_problem() {
+        let code = |examples: Vec<Example>, options: Options| prepare(examples, &options, &limits()).unwrap_err().code;
+        assert_eq!(code(examples(&[("a", 10)]), Options::default()), "too_few_labels");
+        assert_eq!(code(examples(&[("a", 10), ("b", 3)]), Options::default()), "too_few_examples");
+        let mut blank = examples(&[("a", 10), ("b", 10)]);
+        blank[3].text = "  ".into();
+        assert_eq!(code(blank, Options::default()), "empty_text");
+        let mut odd = examples(&[("a", 10), ("b", 10)]);
+        odd[1].split = Some("dev".into());
+        assert_eq!(code(odd, Options::default()), "invalid_split");
+        let bad_alpha = Options { alphas: Some(vec![f64::NAN]), ..Options::default() };
+        assert_eq!(code(examples(&[("a", 10), ("b", 10)]), bad_alpha), "invalid_option");
+        let mut small = limits();
+        small.max_examples = 5;
+        let err = prepare(examples(&[("a", 10), ("b", 10)]), &Options::default(), &small).unwrap_err();
+        assert_eq!((err.code, err.too_large), ("too_many_examples", true));
+        small = limits();
+        small.max_labels = 2;
+        let err = prepare(examples(&[("a", 10), ("b", 10), ("c", 10)]), &Options::default(), &small).unwrap_err();
+        assert_eq!(err.code, "too_many_labels");
+    }
+}
