@@ -99,7 +99,20 @@ pub struct Trainer {
     pub metrics: Arc<Metrics>,
 }
 
-type Statuses = Arc<Mutex<BTreeMap<String, JobStatus>>>;
+/// Each head's latest status here, mirrored to the heads folder for the other replicas.
+#[derive(Clone)]
+struct Statuses {
+    map: Arc<Mutex<BTreeMap<String, JobStatus>>>,
+    store: HeadStore,
+    /// When progress was last written to the folder (at most once a second).
+    last_written: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Statuses {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, JobStatus>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// The queue of trainings and the status of each head's latest one.
 pub struct TrainingJobs {
@@ -116,7 +129,7 @@ impl TrainingJobs {
         let max_queued = trainer.settings.max_queued;
         // Room for the queued jobs; the one training has left the channel.
         let (sender, receiver) = sync_channel::<Job>(max_queued);
-        let statuses: Statuses = Arc::default();
+        let statuses = Statuses { map: Arc::default(), store: trainer.store.clone(), last_written: Arc::default() };
         let unfinished = Arc::new(AtomicUsize::new(0));
         let (s, u) = (statuses.clone(), unfinished.clone());
         std::thread::Builder::new()
@@ -134,7 +147,7 @@ impl TrainingJobs {
 
     /// Queues `job`; its status is `queued` until the thread takes it.
     pub fn submit(&self, job: Job, metrics: &Metrics) -> Result<JobStatus, SubmitError> {
-        let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        let mut statuses = self.statuses.lock();
         if statuses.get(&job.name).is_some_and(|s| matches!(s.state, JobState::Queued | JobState::Training)) {
             return Err(SubmitError::InProgress(job.name));
         }
@@ -168,17 +181,21 @@ impl TrainingJobs {
         }
         let n = self.unfinished.fetch_add(1, Ordering::SeqCst) + 1;
         metrics.trainings_queued.set(n as i64);
+        self.statuses.store.write_job_status(&name, &status);
         statuses.insert(name, status.clone());
         Ok(status)
     }
 
+    /// The latest training of `name`: run here, else as another replica
+    /// sharing the heads folder recorded it.
     pub fn status(&self, name: &str) -> Option<JobStatus> {
-        self.statuses.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        let local = self.statuses.lock().get(name).cloned();
+        local.or_else(|| self.statuses.store.read_job_status(name))
     }
 
     /// Names with a training queued or running.
     pub fn in_progress(&self) -> Vec<String> {
-        let statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        let statuses = self.statuses.lock();
         statuses
             .iter()
             .filter(|(_, s)| matches!(s.state, JobState::Queued | JobState::Training))
@@ -188,9 +205,10 @@ impl TrainingJobs {
 
     /// Forgets a finished job's status (the head was deleted).
     pub fn forget(&self, name: &str) {
-        let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
-        if statuses.get(name).is_some_and(|s| matches!(s.state, JobState::Ready | JobState::Failed)) {
+        let mut statuses = self.statuses.lock();
+        if statuses.get(name).is_none_or(|s| matches!(s.state, JobState::Ready | JobState::Failed)) {
             statuses.remove(name);
+            self.statuses.store.remove_job_status(name);
         }
     }
 
@@ -202,9 +220,17 @@ impl TrainingJobs {
     }
 }
 
+/// Changes `name`'s status; a change of state or phase is written to the
+/// heads folder at once, progress within a phase at most once a second.
 fn update(statuses: &Statuses, name: &str, change: impl FnOnce(&mut JobStatus)) {
-    if let Some(status) = statuses.lock().unwrap_or_else(|p| p.into_inner()).get_mut(name) {
-        change(status);
+    let mut map = statuses.lock();
+    let Some(status) = map.get_mut(name) else { return };
+    let before = (status.state, status.phase.clone());
+    change(status);
+    let mut last = statuses.last_written.lock().unwrap_or_else(|p| p.into_inner());
+    if before != (status.state, status.phase.clone()) || last.is_none_or(|t| t.elapsed().as_secs_f64() >= 1.0) {
+        *last = Some(Instant::now());
+        statuses.store.write_job_status(name, status);
     }
 }
 

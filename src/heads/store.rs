@@ -22,6 +22,9 @@ use crate::atomic_file::write_atomic;
 
 /// Folder of the versions, inside the heads folder (hidden from the scan).
 const VERSIONS_DIR: &str = ".versions";
+/// Status of the latest training of each head over the API, written by the
+/// replica that runs it, so that any replica sharing the folder can show it.
+const JOBS_DIR: &str = ".jobs";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionEntry {
@@ -153,6 +156,26 @@ impl HeadStore {
             std::fs::remove_dir_all(&versions).with_context(|| format!("cannot remove {}", versions.display()))?;
         }
         Ok(existed)
+    }
+
+    /// Records the status of `name`'s training for every replica (atomic; best effort).
+    pub fn write_job_status<T: Serialize>(&self, name: &str, status: &T) {
+        let Ok(path) = head_path(&self.dir.join(JOBS_DIR), name) else { return };
+        if let Err(e) = serde_json::to_vec(status).map_err(anyhow::Error::from).and_then(|b| write_atomic(&path, &b)) {
+            tracing::warn!(head = %name, error = %format!("{e:#}"), "could not record the training status in the heads folder");
+        }
+    }
+
+    /// The status a replica recorded for `name`'s training, if any.
+    pub fn read_job_status<T: serde::de::DeserializeOwned>(&self, name: &str) -> Option<T> {
+        let path = head_path(&self.dir.join(JOBS_DIR), name).ok()?;
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    pub fn remove_job_status(&self, name: &str) {
+        if let Ok(path) = head_path(&self.dir.join(JOBS_DIR), name) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// Active head files in the folder: (name, path), names valid, sorted.

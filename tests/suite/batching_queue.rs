@@ -1,7 +1,7 @@
 //! The batching queue with fake encoders (no ONNX Runtime): each caller gets
 //! its own rows, length grouping, batch size and token budget, the oldest
 //! sequence first, fairness between requests, deadlines, departed callers,
-//! refusals, batch jobs' own lane, drain on shutdown, failures and panics
+//! refusals, batch jobs' own lane (after live requests), drain on shutdown, failures and panics
 //! confined to their batch, worker health.
 
 use std::sync::{Arc, Condvar, Mutex};
@@ -387,4 +387,27 @@ async fn health_reports_how_long_a_call_has_been_running() {
     fake.release();
     blocker.await.unwrap().unwrap();
     assert_eq!(batcher.health().longest_call, Duration::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_requests_go_before_batch_jobs_queued_earlier() {
+    let fake = Fake::held();
+    let batcher = start(&fake, BatcherConfig { max_batch_size: 4, ..config() });
+    let blocker = hold_worker(&batcher, &fake).await;
+    // A training's call of 8 sequences is queued first, then one live sentence.
+    let b = batcher.clone();
+    let job = tokio::task::spawn_blocking(move || b.run_blocking((100..108).map(|id| seq(id, 3)).collect()));
+    until_queued(&batcher, 8).await;
+    let b = batcher.clone();
+    let live = tokio::spawn(async move { b.run(vec![seq(7, 3)], soon()).await.unwrap() });
+    until_queued(&batcher, 9).await;
+    fake.release();
+    blocker.await.unwrap().unwrap();
+    live.await.unwrap();
+    job.await.unwrap().unwrap();
+    let calls = fake.calls();
+    // The first call after the blocker holds the live sentence, although it came last.
+    assert!(calls[1].iter().any(|&(id, _)| id == 7), "calls: {calls:?}");
+    let job_ids: Vec<i64> = calls[1..].iter().flatten().map(|&(id, _)| id).filter(|&id| id >= 100).collect();
+    assert_eq!(job_ids.len(), 8, "every sequence of the batch job computed once: {calls:?}");
 }

@@ -16,6 +16,7 @@ mod encoder_fixtures;
 mod faults;
 mod hardening;
 mod heads;
+mod heads_api;
 mod http_classify;
 mod http_compat;
 mod http_embed;

@@ -1,0 +1,368 @@
+//! Heads created over the API (`POST /heads`): create → ready → classify →
+//! restart → still served; replace, rollback, delete; two replicas sharing the
+//! heads folder; every refusal with its status and code; single sentences
+//! while a head trains. Tiny BERT fixture over a socket (the nginx topology:
+//! topology.rs; the 2,000-sentence figure on MiniLM: bench/heads_api.py).
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::{error_of, fixture, settings_for, TestServer};
+use distilserve::config::Settings;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "adm1n-key";
+
+fn settings(heads_dir: &std::path::Path) -> Settings {
+    let mut s = settings_for(&fixture("tiny-bert"));
+    s.classify.heads_dir = heads_dir.to_path_buf();
+    s.classify.watch_interval_ms = 200;
+    s.security.admin_key = ADMIN.into();
+    s
+}
+
+/// `per_label` examples of each of three labels, worded so that the tiny
+/// model's features tell them apart somewhat.
+fn examples(per_label: usize) -> Vec<Value> {
+    let words =
+        [("sport", "match goal team score"), ("food", "soup bread cheese taste"), ("tech", "chip code screen battery")];
+    words
+        .iter()
+        .flat_map(|(label, vocabulary)| {
+            let vocabulary: Vec<&str> = vocabulary.split(' ').collect();
+            (0..per_label).map(move |i| {
+                let text = format!(
+                    "{} {} and {} number {i}",
+                    vocabulary[i % 4],
+                    vocabulary[(i + 1) % 4],
+                    vocabulary[(i + 2) % 4]
+                );
+                json!({"text": text, "label": label})
+            })
+        })
+        .collect()
+}
+
+fn plus(mut a: Vec<Value>, b: Vec<Value>) -> Vec<Value> {
+    a.extend(b);
+    a
+}
+
+async fn create(server: &TestServer, body: Value) -> reqwest::Response {
+    server.client.post(server.url("/heads")).bearer_auth(ADMIN).json(&body).send().await.unwrap()
+}
+
+/// Polls `GET /heads/{name}` until its status is `want` (panics on `failed` unless wanted).
+async fn wait_for(server: &TestServer, name: &str, want: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let response = server.get(&format!("/heads/{name}")).await;
+        if response.status() == 200 {
+            let detail: Value = response.json().await.unwrap();
+            if detail["status"] == want {
+                return detail;
+            }
+            assert!(detail["status"] != "failed" || want == "failed", "training failed: {detail}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "head {name} not {want} within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn classify(server: &TestServer, head: &str) -> reqwest::Response {
+    server.post_json("/classify", json!({"inputs": ["chip and screen"], "head": head})).await
+}
+
+#[tokio::test]
+async fn create_classify_restart_replace_rollback_delete_across_two_replicas() {
+    let folder = tempfile::tempdir().unwrap();
+    let a = TestServer::start(settings(folder.path())).await;
+    let b = TestServer::start(settings(folder.path())).await;
+
+    let response = create(&a, json!({"name": "topics", "examples": examples(12), "description": "three topics"})).await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["location"], "/heads/topics");
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["job"]["state"], "queued");
+    assert_eq!(accepted["job"]["examples"], 36);
+
+    let detail = wait_for(&a, "topics", "ready").await;
+    let v1 = detail["version"].as_str().unwrap().to_string();
+    assert_eq!(detail["labels"], json!(["food", "sport", "tech"]));
+    assert_eq!(detail["description"], "three topics");
+    assert_eq!(detail["job"]["state"], "ready");
+    assert_eq!(detail["job"]["version"], v1);
+    // Held out by the service, stratified: 20% of 12 per label.
+    let counts: Vec<(u64, u64)> = detail["job"]["label_counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["train"].as_u64().unwrap(), c["test"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(counts, vec![(10, 2), (10, 2), (10, 2)]);
+    let test = &detail["metrics"]["test"];
+    assert_eq!(test["examples"], 6);
+    assert_eq!(test["per_class"].as_array().unwrap().len(), 3);
+    assert!(test["per_class"][0]["f1"].is_number() && test["per_class"][0]["precision"].is_number());
+    assert_eq!(detail["versions"], json!([{"version": v1, "created_unix": detail["created_unix"], "active": true}]));
+    let svg = a.get("/heads/topics/confusion.svg").await;
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    assert!(svg.text().await.unwrap().contains("<svg"));
+
+    let answer = classify(&a, "topics").await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-head-version"].to_str().unwrap(), v1);
+
+    // Replica b shares the folder: it serves the head within a few watch intervals.
+    let started = Instant::now();
+    while classify(&b, "topics").await.status() != 200 {
+        assert!(started.elapsed() < Duration::from_secs(5), "replica b did not pick up the head");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Taken without replace; a new version with it (the old one serves meanwhile).
+    let (status, code, _) = error_of(create(&a, json!({"name": "topics", "examples": examples(12)})).await).await;
+    assert_eq!((status, code.as_str()), (409, "head_exists"));
+    let replace = json!({"name": "topics", "examples": examples(14), "replace": true, "options": {"pooling": "cls"}});
+    assert_eq!(create(&a, replace).await.status(), 202);
+    let detail = loop {
+        let d = wait_for(&a, "topics", "ready").await;
+        if d["version"] != v1 {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let v2 = detail["version"].as_str().unwrap().to_string();
+    assert_eq!(detail["pooling"], "cls");
+    assert_eq!(detail["versions"].as_array().unwrap().len(), 2);
+
+    // Rollback through b: both replicas serve v1 again.
+    let rolled = b.client.post(b.url("/heads/topics/rollback")).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(rolled.status(), 200);
+    assert_eq!(rolled.json::<Value>().await.unwrap()["version"], v1);
+    let started = Instant::now();
+    loop {
+        let version = classify(&a, "topics").await.headers()["x-head-version"].to_str().unwrap().to_string();
+        if version == v1 {
+            break;
+        }
+        assert_eq!(version, v2);
+        assert!(started.elapsed() < Duration::from_secs(5), "replica a did not follow the rollback");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, code, _) =
+        error_of(b.client.post(b.url("/heads/topics/rollback")).bearer_auth(ADMIN).send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (409, "no_previous_version"));
+    a.stop().await;
+
+    // A restart serves what is in the folder: the head, at the version rolled back to.
+    let mut restarted = settings(folder.path());
+    restarted.classify.watch_interval_ms = 0;
+    let a = TestServer::start(restarted).await;
+    let answer = classify(&a, "topics").await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-head-version"].to_str().unwrap(), v1);
+
+    // Delete through a: b stops serving it too.
+    let deleted = a.client.delete(a.url("/heads/topics")).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(classify(&a, "topics").await.status(), 404);
+    let started = Instant::now();
+    while classify(&b, "topics").await.status() != 404 {
+        assert!(started.elapsed() < Duration::from_secs(5), "replica b still serves a deleted head");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, code, _) =
+        error_of(a.client.delete(a.url("/heads/topics")).bearer_auth(ADMIN).send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+    assert!(!folder.path().join("topics.json").exists() && !folder.path().join(".versions/topics").exists());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn csv_and_jsonl_uploads_with_their_own_test_split() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    let mut csv = String::from("text,label,split\n");
+    for (i, e) in examples(10).iter().enumerate() {
+        let split = if i % 5 == 0 { "test" } else { "train" };
+        csv.push_str(&format!("\"{}\",{},{split}\n", e["text"].as_str().unwrap(), e["label"].as_str().unwrap()));
+    }
+    let response = server
+        .client
+        .post(server.url("/heads?name=from-csv&cv_folds=2&alphas=1,100"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let detail = wait_for(&server, "from-csv", "ready").await;
+    assert_eq!(detail["job"]["test_source"], "upload");
+    assert_eq!(detail["metrics"]["test"]["examples"], 6);
+    assert_eq!(detail["training"]["selection"], json!({"cross_validation": {"folds": 2}}));
+    assert_eq!(detail["training"]["candidates"].as_array().unwrap().len(), 3 * 2);
+
+    let jsonl: String = examples(10).iter().map(|e| format!("{e}\n")).collect();
+    let response = server
+        .client
+        .post(server.url("/heads?name=from-jsonl"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/jsonl")
+        .body(jsonl)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    wait_for(&server, "from-jsonl", "ready").await;
+    let heads: Value = server.get("/heads").await.json().await.unwrap();
+    let names: Vec<&str> = heads["heads"].as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["from-csv", "from-jsonl"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_refusal_has_its_status_and_code() {
+    let folder = tempfile::tempdir().unwrap();
+    let mut s = settings(folder.path());
+    s.training.max_examples = 3000;
+    s.training.max_labels = 3;
+    s.training.max_upload_bytes = 400_000;
+    s.training.max_queued = 1;
+    let server = TestServer::start(s).await;
+    let refused = |body: Value| {
+        let server = &server;
+        async move { error_of(create(server, body).await).await }
+    };
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (json!({"name": "bad name!", "examples": examples(10)}), 422, "invalid_head_name"),
+        (json!({"name": "one", "examples": vec![json!({"text": "a", "label": "x"}); 10]}), 422, "too_few_labels"),
+        (
+            json!({"name": "few", "examples": (plus(examples(10)[..10].to_vec(), vec![json!({"text": "y", "label": "rare"}); 3]))}),
+            422,
+            "too_few_examples",
+        ),
+        (
+            json!({"name": "empty", "examples": (plus(examples(10), vec![json!({"text": "", "label": "food"})]))}),
+            422,
+            "empty_text",
+        ),
+        (
+            json!({"name": "split", "examples": (plus(examples(10), vec![json!({"text": "x", "label": "food", "split": "dev"})]))}),
+            422,
+            "invalid_split",
+        ),
+        (json!({"name": "opt", "examples": examples(10), "options": {"cv_folds": 1}}), 422, "invalid_option"),
+        (json!({"name": "opt", "examples": examples(10), "options": {"pooling": "max"}}), 422, "invalid_option"),
+        (json!({"name": "many", "examples": examples(1001)}), 413, "too_many_examples"),
+        (
+            json!({"name": "labels", "examples": (plus(examples(10), vec![json!({"text": "x", "label": "new"}); 10]))}),
+            413,
+            "too_many_labels",
+        ),
+        (json!({"name": "typo", "examples": examples(10), "colour": "red"}), 422, "invalid_request"),
+    ];
+    for (body, status, code) in cases {
+        let (got_status, got_code, message) = refused(body).await;
+        assert_eq!((got_status, got_code.as_str()), (status, code), "{message}");
+    }
+    let big = json!({"name": "big", "examples": [{"text": "x".repeat(500_000), "label": "a"}]});
+    assert_eq!(refused(big).await.0, 413);
+    let (status, code, _) = error_of(
+        server
+            .client
+            .post(server.url("/heads"))
+            .bearer_auth(ADMIN)
+            .body("{")
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "invalid_json"));
+    let (status, code, _) = error_of(
+        server
+            .client
+            .post(server.url("/heads"))
+            .bearer_auth(ADMIN)
+            .body("text,label")
+            .header("content-type", "text/plain")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (415, "unsupported_media_type"));
+    let (status, code, _) =
+        error_of(server.client.post(server.url("/heads")).json(&json!({"name": "x"})).send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (401, "unauthorized"));
+
+    // One training and training.max_queued (1) waiting: the next is refused,
+    // as is a second training of a head already queued.
+    let long = examples(900);
+    assert_eq!(create(&server, json!({"name": "q1", "examples": long})).await.status(), 202);
+    assert_eq!(create(&server, json!({"name": "q2", "examples": long})).await.status(), 202);
+    let (status, code, _) = error_of(create(&server, json!({"name": "q2", "examples": long})).await).await;
+    assert_eq!((status, code.as_str()), (409, "training_in_progress"));
+    let response = create(&server, json!({"name": "q3", "examples": long})).await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    let (status, code, _) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (429, "training_queue_full"));
+    // Not served while queued: 503, not 404.
+    let (status, code, _) = error_of(classify(&server, "q2").await).await;
+    assert!((status, code.as_str()) == (503, "not_ready") || status == 200, "{status} {code}");
+    wait_for(&server, "q2", "ready").await;
+    server.stop().await;
+
+    // Without an admin key configured the routes are off.
+    let mut s = settings(folder.path());
+    s.security.admin_key.clear();
+    let server = TestServer::start(s).await;
+    let (status, code, _) = error_of(create(&server, json!({"name": "x", "examples": examples(10)})).await).await;
+    assert_eq!((status, code.as_str()), (403, "admin_disabled"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_sentences_keep_answering_while_a_head_trains() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    let steady = |seconds: f64| {
+        let (client, url) = (server.client.clone(), server.url("/embed"));
+        async move {
+            let mut latencies = Vec::new();
+            let started = Instant::now();
+            let mut ticks = tokio::time::interval(Duration::from_millis(25)); // 40 requests/s
+            while started.elapsed().as_secs_f64() < seconds {
+                ticks.tick().await;
+                let sent = Instant::now();
+                let response = client
+                    .post(&url)
+                    .json(&json!({"inputs": "a single sentence", "pooling": "mean"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+            }
+            latencies.sort_by(f64::total_cmp);
+            let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+            (latencies.len(), at(0.5), at(0.99))
+        }
+    };
+    let (n, p50, p99) = steady(1.5).await;
+    println!("idle: {n} single-sentence /embed, p50 {p50:.1} ms, p99 {p99:.1} ms");
+    assert_eq!(create(&server, json!({"name": "busy", "examples": examples(700)})).await.status(), 202);
+    let during = tokio::spawn(steady(3.0));
+    let detail = wait_for(&server, "busy", "ready").await;
+    let (n, p50, p99) = during.await.unwrap();
+    println!(
+        "while training a head on 2,100 examples ({:.1} s): {n} single-sentence /embed, all 200, p50 {p50:.1} ms, p99 {p99:.1} ms",
+        detail["job"]["seconds"].as_f64().unwrap()
+    );
+    server.stop().await;
+}
