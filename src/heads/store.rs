@@ -112,6 +112,11 @@ impl HeadStore {
         Ok(self.history(name)?.versions)
     }
 
+    /// Whether `name` has an active file.
+    pub fn has_head(&self, name: &str) -> bool {
+        head_path(&self.dir, name).is_ok_and(|p| p.is_file())
+    }
+
     /// The version the active file holds, if there is one and it is valid.
     pub fn active_version(&self, name: &str) -> Option<String> {
         let head = LogisticHead::load(&head_path(&self.dir, name).ok()?).ok()?;

@@ -35,6 +35,13 @@ pub fn lookup(state: &AppState, name: Option<&str>) -> Result<Arc<Head>, ApiErro
                     "not_ready",
                     format!("head {name:?} is still training; see GET /heads/{name}"),
                 ),
+                // Trained by another replica and not picked up here yet (within
+                // classify.watch_interval_ms): 503, which a load balancer retries elsewhere.
+                Some(JobState::Ready) if state.store.has_head(name) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    format!("head {name:?} is ready in the heads folder and is being loaded here; retry shortly"),
+                ),
                 _ => ApiError::not_found(format!("no head named {name:?}; see GET /heads")),
             },
             Lookup::NotReady => ApiError::new(

@@ -165,30 +165,46 @@ async fn authentication_comes_before_reading_the_body() {
     server.stop().await;
 }
 
+/// Every route that changes the served heads.
+const ADMIN_ROUTES: [(&str, &str); 4] =
+    [("POST", "/heads/x/reload"), ("POST", "/heads/x/rollback"), ("DELETE", "/heads/x"), ("POST", "/heads")];
+
+fn admin_request(server: &TestServer, method: &str, path: &str) -> reqwest::RequestBuilder {
+    let request = match method {
+        "DELETE" => server.client.delete(server.url(path)),
+        _ => server.client.post(server.url(path)),
+    };
+    request.json(&serde_json::json!({"name": "x", "examples": []}))
+}
+
 #[tokio::test]
 async fn admin_routes_are_off_without_an_admin_key_and_need_it_when_set() {
     let server = TestServer::start(tiny()).await;
-    let (status, code, message) =
-        error_of(server.client.post(server.url("/heads/x/reload")).send().await.unwrap()).await;
-    assert_eq!((status, code.as_str()), (403, "admin_disabled"));
-    assert!(message.contains("security.admin_key"), "{message}");
+    for (method, path) in ADMIN_ROUTES {
+        let (status, code, message) = error_of(admin_request(&server, method, path).send().await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (403, "admin_disabled"), "{method} {path}");
+        assert!(message.contains("security.admin_key"), "{message}");
+    }
     server.stop().await;
 
     let mut settings = tiny();
     settings.security.admin_key = "adm1n".into();
     settings.security.api_key = "user".into();
     let server = TestServer::start(settings).await;
-    for key in [None, Some("user"), Some("adm1"), Some("wrong")] {
-        let mut request = server.client.post(server.url("/heads/x/reload"));
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
+    for (method, path) in ADMIN_ROUTES {
+        for key in [None, Some("user"), Some("adm1"), Some("wrong")] {
+            let mut request = admin_request(&server, method, path);
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let (status, code, _) = error_of(request.send().await.unwrap()).await;
+            assert_eq!((status, code.as_str()), (401, "unauthorized"), "{method} {path} with {key:?}");
         }
-        let (status, code, _) = error_of(request.send().await.unwrap()).await;
-        assert_eq!((status, code.as_str()), (401, "unauthorized"), "{key:?}");
+        // With the admin key the handler answers: no head named x (or no examples).
+        let response = admin_request(&server, method, path).bearer_auth("adm1n").send().await.unwrap();
+        let (status, _, _) = error_of(response).await;
+        assert!(status == 404 || status == 422, "{method} {path}: {status}");
     }
-    // With the admin key the handler answers: no head named x is served.
-    let response = server.client.post(server.url("/heads/x/reload")).bearer_auth("adm1n").send().await.unwrap();
-    assert_eq!(error_of(response).await.0, 404);
     server.stop().await;
 }
 

@@ -6,14 +6,15 @@ use crate::common;
 use common::{error_of, fixture, settings_for, TestServer};
 use serde_json::json;
 
-// POST /heads/{name}/reload takes the admin key instead: hardening.rs.
-const INFERENCE: [(&str, &str); 6] = [
+// Routes that change the heads take the admin key instead: hardening.rs.
+const INFERENCE: [(&str, &str); 7] = [
     ("POST", "/embed"),
     ("POST", "/classify"),
     ("POST", "/tokenize"),
     ("POST", "/v1/embeddings"),
     ("GET", "/heads"),
     ("GET", "/heads/none"),
+    ("GET", "/heads/none/confusion.svg"),
 ];
 const OPERATIONAL: [&str; 7] = ["/", "/health", "/health/live", "/health/ready", "/metrics", "/info", "/openapi.json"];
 

@@ -164,3 +164,100 @@ async fn a_replica_killed_under_load_loses_no_request_and_comes_back() {
         assert_eq!(live.status(), 200, "replica on port {port} after the oversized request");
     }
 }
+
+/// A head created through nginx (on whichever replica it reaches) is served
+/// by every replica sharing the heads folder: every `/classify` through nginx
+/// with it answers 200 within 10 s of the head becoming ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_created_through_nginx_is_served_by_every_replica() {
+    let ports = free_ports(4);
+    let (nginx_port, base_port) = (ports[0], ports[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let heads = dir.path().join("shared-heads");
+    let config = dir.path().join("replica.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[classify]\nserve = []\ndefault_head = \"\"\nheads_dir = {:?}\nwatch_interval_ms = 1000\n\n[security]\nadmin_key = \"adm1n\"\n",
+            heads.display().to_string()
+        ),
+    )
+    .unwrap();
+    let flags =
+        format!("--config {} --model-dir {} --intra-threads 1", config.display(), fixture("tiny-distilbert").display());
+    let topology = Topology {
+        dir,
+        env: vec![
+            ("REPLICAS".into(), "3".into()),
+            ("NGINX_PORT".into(), nginx_port.to_string()),
+            ("BASE_PORT".into(), base_port.to_string()),
+            ("DISTILSERVE_BIN".into(), env!("CARGO_BIN_EXE_distilserve").into()),
+            ("SERVE_FLAGS".into(), flags),
+        ],
+    };
+    let dir = topology.dir.path().to_str().unwrap().to_string();
+    topology.run(&["up", &dir]);
+    let base = format!("http://127.0.0.1:{nginx_port}");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+
+    let examples: Vec<serde_json::Value> = (0..40)
+        .map(|i| {
+            let label = ["pos", "neg"][i % 2];
+            json!({"text": format!("{} example number {i}", if i % 2 == 0 { "good great" } else { "bad awful" }), "label": label})
+        })
+        .collect();
+    let created = client
+        .post(format!("{base}/heads"))
+        .bearer_auth("adm1n")
+        .json(&json!({"name": "shared", "examples": examples}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 202, "{}", created.text().await.unwrap());
+    let trained_by = created.headers()["x-upstream"].to_str().unwrap().to_string();
+
+    // Ready as any replica reports it (the status is in the shared folder).
+    let started = Instant::now();
+    loop {
+        let detail: serde_json::Value =
+            client.get(format!("{base}/heads/shared")).send().await.unwrap().json().await.unwrap();
+        if detail["status"] == "ready" {
+            break;
+        }
+        assert_ne!(detail["status"], "failed", "{detail}");
+        assert!(started.elapsed() < Duration::from_secs(60), "not ready within 60 s: {detail}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready_at = Instant::now();
+
+    // Classify through nginx for 12 s: note when each replica first answers 200
+    // and the last answer that was not 200.
+    let mut first_ok: std::collections::BTreeMap<String, f64> = Default::default();
+    let mut last_failure: Option<(f64, u16)> = None;
+    let mut sent = 0;
+    while ready_at.elapsed() < Duration::from_secs(12) {
+        let response = client
+            .post(format!("{base}/classify"))
+            .json(&json!({"inputs": "good great film", "head": "shared"}))
+            .send()
+            .await
+            .unwrap();
+        sent += 1;
+        let at = ready_at.elapsed().as_secs_f64();
+        let upstream = response.headers()["x-upstream"].to_str().unwrap().to_string();
+        let answering = upstream.rsplit(", ").next().unwrap().to_string();
+        if response.status() == 200 {
+            first_ok.entry(answering).or_insert(at);
+        } else {
+            last_failure = Some((at, response.status().as_u16()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "head trained by {trained_by}; {sent} /classify through nginx; first 200 per replica (s after ready): {first_ok:?}; last non-200: {last_failure:?}"
+    );
+    assert_eq!(first_ok.len(), 3, "not every replica served the head: {first_ok:?}");
+    if let Some((at, status)) = last_failure {
+        assert!(at < 10.0, "a /classify {at:.1} s after ready answered {status}");
+    }
+}
