@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::metrics::Metrics;
 use crate::atomic_file::write_atomic;
 use crate::model::ModelInfo;
-use crate::pooling::{argmax, softmax, FeaturePooling};
+use crate::pooling::{argmax, softmax, FeaturePooling, Rows};
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -121,6 +121,20 @@ pub struct LogisticHead {
     pub checksum: String,
 }
 
+/// Per-label parts of a logistic head's scores for one text: see
+/// [`LogisticHead::explain`]. Every part is in label order; the parts sum to
+/// the scores (logits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attribution {
+    /// Per token (word pieces, [CLS] and [SEP] included), per label. None for
+    /// `cls` pooling, where no exact per-token split exists.
+    pub tokens: Option<Vec<Vec<f32>>>,
+    /// The pooled-[CLS] part (`cls` and `cls_mean` pooling).
+    pub cls: Option<Vec<f32>>,
+    /// The constant part: intercept minus the scaler's mean, weighted.
+    pub bias: Vec<f32>,
+}
+
 /// How the pooling and regularisation are chosen, and on what the final model is fitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -214,6 +228,45 @@ impl LogisticHead {
                 argmax(self.probabilities(&x))
             })
             .collect()
+    }
+
+    /// Each token's share of each label's score (the logit before softmax).
+    /// The score is linear in the pooled features: z_c = b_c + sum_j w_cj (f_j - mu_j) / s_j.
+    /// With mean pooling f is the mean of the token vectors, so token t adds
+    /// (1/n) sum_j (w_cj / s_j) h_tj, exactly; what no token carries is the
+    /// constant `bias` (b_c - sum_j w_cj mu_j / s_j) and, for `cls_mean`, the
+    /// pooled-[CLS] half (`cls`). With `cls` pooling the score depends on the
+    /// [CLS] state alone, which attends to every token: there is no exact
+    /// per-token split, and `tokens` is None.
+    pub fn explain(&self, rows: &Rows) -> Attribution {
+        let hidden = self.encoder.hidden_size;
+        let k = self.labels.len();
+        // a_cj = w_cj / s_j: the weight of a raw feature.
+        let a: Vec<Vec<f64>> = self
+            .weights
+            .iter()
+            .map(|w| w.iter().zip(&self.scaler_scale).map(|(w, s)| f64::from(*w) / f64::from(*s)).collect())
+            .collect();
+        let bias: Vec<f64> = (0..k)
+            .map(|c| {
+                f64::from(self.intercept[c])
+                    - a[c].iter().zip(&self.scaler_mean).map(|(a, m)| a * f64::from(*m)).sum::<f64>()
+            })
+            .collect();
+        let dot = |c: usize, offset: usize, v: &[f32]| -> f64 {
+            v.iter().zip(&a[c][offset..offset + hidden]).map(|(x, a)| f64::from(*x) * a).sum()
+        };
+        let n = rows.rows.max(1) as f64;
+        let per_token = |offset: usize| -> Vec<Vec<f32>> {
+            (0..rows.rows).map(|t| (0..k).map(|c| (dot(c, offset, rows.row(t)) / n) as f32).collect()).collect()
+        };
+        let cls_part = || -> Vec<f32> { (0..k).map(|c| dot(c, 0, rows.row(0)) as f32).collect() };
+        let (tokens, cls) = match self.pooling {
+            FeaturePooling::Mean => (Some(per_token(0)), None),
+            FeaturePooling::ClsMean => (Some(per_token(hidden)), Some(cls_part())),
+            FeaturePooling::Cls => (None, Some(cls_part())),
+        };
+        Attribution { tokens, cls, bias: bias.into_iter().map(|b| b as f32).collect() }
     }
 
     pub fn save(&mut self, path: &Path) -> anyhow::Result<()> {
@@ -373,6 +426,33 @@ pub(crate) mod tests {
             weights: vec![vec![1.0, -1.0], vec![-1.0, 1.0]],
             intercept: vec![0.0, 0.0],
             checksum: String::new(),
+        }
+    }
+
+    #[test]
+    fn token_parts_plus_cls_and_bias_sum_to_the_logits() {
+        let rows = Rows { rows: 3, cols: 2, data: vec![0.5, -1.0, 2.0, 0.25, -0.75, 1.5] };
+        for pooling in FeaturePooling::ALL {
+            let mut head = tiny_head("t");
+            head.pooling = pooling;
+            let width = pooling.width(2);
+            head.scaler_mean = (0..width).map(|j| 0.1 * j as f32).collect();
+            head.scaler_scale = (0..width).map(|j| 1.0 + j as f32).collect();
+            head.weights =
+                vec![(0..width).map(|j| j as f32 - 1.0).collect(), (0..width).map(|j| 0.5 - j as f32).collect()];
+            head.intercept = vec![0.3, -0.2];
+            let explained = head.explain(&rows);
+            let p = head.probabilities(&pooling.features(&rows));
+            let mut logits: Vec<f64> = explained.bias.iter().map(|&b| f64::from(b)).collect();
+            for (c, l) in logits.iter_mut().enumerate() {
+                *l += explained.cls.as_ref().map_or(0.0, |v| f64::from(v[c]));
+                *l += explained.tokens.as_ref().map_or(0.0, |t| t.iter().map(|r| f64::from(r[c])).sum());
+            }
+            let from_parts = softmax(&logits);
+            for (a, b) in p.iter().zip(&from_parts) {
+                assert!((f64::from(*a) - b).abs() < 1e-5, "{pooling}: {p:?} vs {from_parts:?}");
+            }
+            assert_eq!(explained.tokens.is_some(), pooling != FeaturePooling::Cls);
         }
     }
 

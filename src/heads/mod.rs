@@ -72,28 +72,55 @@ impl Head {
         }
     }
 
-    /// Class probabilities per text, in label order. Logistic heads run on the
-    /// service's encoder; ONNX heads on their own model.
+    /// Class probabilities per text, in label order, and with `explain` (logistic
+    /// heads) each text's tokens and their parts of the scores. Logistic heads
+    /// run on the service's encoder; ONNX heads on their own model.
     pub async fn classify(
         &self,
         encoder: &Inference,
         texts: Vec<String>,
         truncate: bool,
         deadline: Instant,
-    ) -> Result<(Vec<Vec<f32>>, Timing), InferenceError> {
+        explain: bool,
+    ) -> Result<Classified, InferenceError> {
         match self {
             Head::Logistic(head) => {
                 let encoded = encoder.encode(texts, truncate, deadline).await?;
-                let p = encoded.rows.iter().map(|r| head.probabilities(&head.pooling.features(r))).collect();
-                Ok((p, encoded.timing))
+                let probabilities =
+                    encoded.rows.iter().map(|r| head.probabilities(&head.pooling.features(r))).collect();
+                let explanations = explain.then(|| {
+                    encoded
+                        .rows
+                        .iter()
+                        .zip(encoded.tokens)
+                        .zip(encoded.offsets)
+                        .map(|((rows, tokens), offsets)| Explained { tokens, offsets, attribution: head.explain(rows) })
+                        .collect()
+                });
+                Ok(Classified { probabilities, explanations, timing: encoded.timing })
             }
             Head::Onnx(head) => {
                 let encoded = head.inference.encode(texts, truncate, deadline).await?;
-                let p = encoded.rows.iter().map(|r| head.probabilities(r.row(0))).collect();
-                Ok((p, encoded.timing))
+                let probabilities = encoded.rows.iter().map(|r| head.probabilities(r.row(0))).collect();
+                Ok(Classified { probabilities, explanations: None, timing: encoded.timing })
             }
         }
     }
+}
+
+/// What [`Head::classify`] gives back.
+pub struct Classified {
+    pub probabilities: Vec<Vec<f32>>,
+    /// Per text when asked for (logistic heads).
+    pub explanations: Option<Vec<Explained>>,
+    pub timing: Timing,
+}
+
+/// One text's word pieces, their character offsets, and their parts of the scores.
+pub struct Explained {
+    pub tokens: Vec<String>,
+    pub offsets: Vec<(usize, usize)>,
+    pub attribution: logistic::Attribution,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,8 +6,11 @@ use axum::Json;
 use super::embed::validate_inputs;
 use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::heads::lookup;
-use super::types::{ClassifyRequest, ClassifyResponse, Prediction};
+use std::collections::BTreeMap;
+
+use super::types::{ClassifyRequest, ClassifyResponse, Explanation, Prediction, TokenPart};
 use super::{timing_headers, AppState, ENCODER_FINGERPRINT, HEAD_VERSION};
+use crate::heads::{Explained, Head};
 use crate::pooling::argmax;
 use axum::http::HeaderValue;
 use axum::response::IntoResponse;
@@ -23,7 +26,7 @@ use axum::response::IntoResponse;
         (status = 404, description = "Unknown head", body = ErrorResponse),
         (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
-        (status = 422, description = "Invalid field, empty input, or input too long with truncate=false", body = ErrorResponse),
+        (status = 422, description = "Invalid field, empty input, input too long with truncate=false, or explain on an ONNX head (`explain_unsupported`)", body = ErrorResponse),
         (status = 503, description = "Queue full, head still training (`not_ready`) or failed at startup (`head_failed`), or shutting down", body = ErrorResponse),
         (status = 504, description = "Deadline passed", body = ErrorResponse),
     )
@@ -34,20 +37,31 @@ pub async fn classify(
 ) -> Result<impl IntoResponse, ApiError> {
     let head = lookup(&state, request.head.as_deref())?;
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
-    let (probabilities, timing) = head.classify(state.encoder(), texts, request.truncate, state.deadline()).await?;
+    if request.explain && !matches!(&*head, Head::Logistic(_)) {
+        return Err(ApiError::invalid(
+            "explain_unsupported",
+            format!("head {:?} is an ONNX classifier: explain is available for logistic heads", head.name()),
+        ));
+    }
+    let classified = head.classify(state.encoder(), texts, request.truncate, state.deadline(), request.explain).await?;
     let labels = head.labels();
-    let predictions = probabilities
+    let mut explanations = classified.explanations.map(|e| e.into_iter());
+    let predictions = classified
+        .probabilities
         .into_iter()
         .map(|p| {
             let best = argmax(p.iter().copied());
             state.metrics.record_prediction(head.name(), &labels[best]);
+            let explanation = explanations.as_mut().and_then(Iterator::next).map(|e| explanation(&head, labels, e));
             Prediction {
                 label: labels[best].clone(),
                 probability: p[best],
                 probabilities: labels.iter().cloned().zip(p).collect(),
+                explanation,
             }
         })
         .collect();
+    let timing = classified.timing;
     let head_version = head.version();
     let encoder_fingerprint = head.encoder_fingerprint(&state.encoder().info).to_string();
     let headers = [
@@ -56,4 +70,35 @@ pub async fn classify(
     ];
     let body = ClassifyResponse { head: head.name().to_string(), head_version, encoder_fingerprint, predictions };
     Ok((timing_headers(&timing), headers, Json(body)))
+}
+
+/// The answer's form of a text's [`Explained`]: parts by label name.
+fn explanation(head: &Head, labels: &[String], explained: Explained) -> Explanation {
+    let by_label =
+        |values: &[f32]| -> BTreeMap<String, f32> { labels.iter().cloned().zip(values.iter().copied()).collect() };
+    let Explained { tokens, offsets, attribution } = explained;
+    let mut scores = attribution.bias.clone();
+    for (c, score) in scores.iter_mut().enumerate() {
+        *score += attribution.cls.as_ref().map_or(0.0, |v| v[c]);
+        *score += attribution.tokens.as_ref().map_or(0.0, |t| t.iter().map(|r| r[c]).sum());
+    }
+    // With cls pooling the parts above are bias + cls, which is the whole score.
+    let pooling = match head {
+        Head::Logistic(h) => h.pooling.to_string(),
+        Head::Onnx(_) => String::new(),
+    };
+    let parts = attribution.tokens.as_ref();
+    Explanation {
+        exact: parts.is_some(),
+        pooling,
+        scores: by_label(&scores),
+        bias: by_label(&attribution.bias),
+        cls: attribution.cls.as_deref().map(by_label),
+        tokens: tokens
+            .into_iter()
+            .zip(offsets)
+            .enumerate()
+            .map(|(t, (text, (start, end)))| TokenPart { text, start, end, parts: parts.map(|p| by_label(&p[t])) })
+            .collect(),
+    }
 }

@@ -181,6 +181,10 @@ pub struct ClassifyRequest {
     #[serde(default = "yes")]
     #[schema(default = true)]
     pub truncate: bool,
+    /// Add each token's part of each label's score (logistic heads; see `Explanation`).
+    #[serde(default)]
+    #[schema(default = false)]
+    pub explain: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -191,6 +195,44 @@ pub struct Prediction {
     pub probability: f32,
     /// Every label's probability.
     pub probabilities: BTreeMap<String, f32>,
+    /// With `explain`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<Explanation>,
+}
+
+/// Where a logistic head's scores come from. A label's score (`scores`, the
+/// logit: probabilities are its softmax) is linear in the pooled hidden
+/// states, so with `mean` pooling each token's part is exact: `bias` + `cls`
+/// (for `cls_mean` pooling, the pooled-[CLS] half) + the tokens' parts =
+/// `scores`, to rounding. With `cls` pooling the score depends on the [CLS]
+/// state alone, which attends to every token: no exact per-token split exists,
+/// `exact` is false and `tokens` carry no parts.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Explanation {
+    /// The head's pooling: `mean`, `cls_mean` or `cls`.
+    pub pooling: String,
+    /// True when the tokens' parts, `cls` and `bias` sum to `scores`.
+    pub exact: bool,
+    /// Each label's score (logit).
+    pub scores: BTreeMap<String, f32>,
+    /// The part no token carries: intercept minus the standardisation's mean, weighted.
+    pub bias: BTreeMap<String, f32>,
+    /// The pooled-[CLS] part (`cls` and `cls_mean` pooling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cls: Option<BTreeMap<String, f32>>,
+    /// Every word piece, [CLS] and [SEP] included, with its character offsets.
+    pub tokens: Vec<TokenPart>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenPart {
+    pub text: String,
+    /// Character offsets in the input (0, 0 for special tokens).
+    pub start: usize,
+    pub end: usize,
+    /// This token's part of each label's score; absent when not exact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<BTreeMap<String, f32>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

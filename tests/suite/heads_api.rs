@@ -366,3 +366,92 @@ async fn single_sentences_keep_answering_while_a_head_trains() {
     );
     server.stop().await;
 }
+
+/// `/classify` with `explain` against the same computation in NumPy, from the
+/// head file and the token states `/embed` returns: exact for `mean` and
+/// `cls_mean` pooling (parts + cls + bias = logits, whose softmax is the
+/// answer's probabilities), no per-token parts for `cls`.
+#[tokio::test]
+async fn explanations_match_numpy_on_the_head_file_and_token_states() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    let text = "chip and screen, not soup";
+    for pooling in ["mean", "cls_mean", "cls"] {
+        let name = format!("explain-{}", pooling.replace('_', "-"));
+        let body = json!({"name": name, "examples": examples(10), "options": {"pooling": pooling, "alphas": [1.0]}});
+        assert_eq!(create(&server, body).await.status(), 202);
+        wait_for(&server, &name, "ready").await;
+        let answer: Value = server
+            .post_json("/classify", json!({"inputs": [text], "head": name, "explain": true}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let prediction = &answer["predictions"][0];
+        let explanation = &prediction["explanation"];
+        assert_eq!(explanation["pooling"], pooling);
+        assert_eq!(explanation["exact"], pooling != "cls");
+        let embedded: Value = server
+            .post_json("/embed", json!({"inputs": [text], "pooling": "none", "return_tokens": true}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let tokens: Vec<&str> =
+            explanation["tokens"].as_array().unwrap().iter().map(|t| t["text"].as_str().unwrap()).collect();
+        assert_eq!(json!(tokens), embedded["tokens"][0]);
+        let input = json!({
+            "head": serde_json::from_str::<Value>(&std::fs::read_to_string(folder.path().join(format!("{name}.json"))).unwrap()).unwrap(),
+            "states": embedded["embeddings"][0],
+            "explanation": explanation,
+            "probabilities": prediction["probabilities"],
+        });
+        let script = r#"
+import json, sys
+import numpy as np
+d = json.load(sys.stdin)
+h, e = d["head"], d["explanation"]
+H = np.array(d["states"], dtype=np.float64)            # tokens x hidden
+W = np.array(h["weights"], dtype=np.float64)           # labels x features
+A = W / np.array(h["scaler_scale"], dtype=np.float64)  # weight of a raw feature
+bias = np.array(h["intercept"], dtype=np.float64) - A @ np.array(h["scaler_mean"], dtype=np.float64)
+labels, hid, pool = h["labels"], H.shape[1], h["pooling"]
+pick = lambda m: np.array([m[l] for l in labels])
+if pool == "mean":
+    parts, cls = (H @ A.T) / len(H), np.zeros(len(labels))
+    feats = H.mean(axis=0)
+elif pool == "cls_mean":
+    parts, cls = (H @ A[:, hid:].T) / len(H), A[:, :hid] @ H[0]
+    feats = np.concatenate([H[0], H.mean(axis=0)])
+else:
+    parts, cls = None, A @ H[0]
+    feats = H[0]
+logits = W @ ((feats - np.array(h["scaler_mean"])) / np.array(h["scaler_scale"])) + np.array(h["intercept"])
+worst = max(abs(pick(e["bias"]) - bias).max(), abs(pick(e["scores"]) - logits).max())
+if pool != "mean":
+    worst = max(worst, abs(pick(e["cls"]) - cls).max())
+if parts is not None:
+    got = np.array([pick(t["parts"]) for t in e["tokens"]])
+    worst = max(worst, abs(got - parts).max())
+    worst = max(worst, abs(bias + cls + parts.sum(axis=0) - logits).max())
+p = np.exp(logits - logits.max()); p /= p.sum()
+worst = max(worst, abs(pick(d["probabilities"]) - p).max())
+print(worst)
+"#;
+        let mut child = std::process::Command::new(common::python())
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the set-up venv's python");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let worst: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        println!("{pooling}: largest difference from NumPy {worst:.2e}");
+        assert!(worst < 1e-4, "{pooling}: the explanation differs from NumPy by {worst}");
+    }
+    server.stop().await;
+}
