@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # System packages the test suite drives for real: nginx (tests/suite/topology.rs,
-# the load-balancer topology) and Chromium (tests/suite/playground.rs, the page at /).
+# the load-balancer topology), Chromium and Node (tests/suite/playground.rs, the
+# page at /, driven through tests/browser/cdp.mjs).
 # Installs the missing ones with apt (Debian packages) when run as root;
 # otherwise says what to install. Idempotent.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
 if [ ${#missing[@]} -eq 0 ]; then
-  log "test dependencies present: nginx, chromium"
+  log "test dependencies present: nginx, chromium, node"
   exit 0
 fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
