@@ -3,6 +3,9 @@
 #   make run            # in another terminal (or any deployment)
 #   demo/curl.sh [BASE_URL]        default http://localhost:8080
 # With an API key: DISTILSERVE_API_KEY=... demo/curl.sh
+# With the admin key (DISTILSERVE_ADMIN_KEY=..., the value the service was
+# started with) it also trains a head from a CSV, watches it, classifies with
+# it and deletes it.
 set -euo pipefail
 BASE="${1:-http://localhost:8080}"
 AUTH=()
@@ -24,6 +27,42 @@ get /heads | pretty '.heads[] | {name, kind, labels, pooling, test_accuracy}'
 
 step "classify" "curl $BASE/classify -d '{\"inputs\": [...]}'"
 post /classify '{"inputs": ["a gripping, funny film", "a dull, lifeless plot"]}' | pretty
+
+step "why: each token's part of the answer" "curl $BASE/classify -d '{\"inputs\": \"...\", \"explain\": true}'"
+post /classify '{"inputs": "a gripping, funny film", "explain": true}' \
+  | pretty '.predictions[0] | {label, exact: .explanation.exact, tokens: [.explanation.tokens[] | {text, parts}]}' 2>/dev/null || true
+
+if [ -n "${DISTILSERVE_ADMIN_KEY:-}" ]; then
+  ADMIN=(-H "authorization: Bearer $DISTILSERVE_ADMIN_KEY")
+  csv="$(mktemp)"
+  # 300 labelled sentences: the first 150 of each label of the validation split.
+  python3 - "$csv" <<'PY'
+import csv, json, sys
+rows = [json.loads(l) for l in open("data/rotten_tomatoes/validation.jsonl")]
+names = json.load(open("data/rotten_tomatoes/meta.json"))["labels"]
+picked = [r for r in rows if r["label"] == 0][:150] + [r for r in rows if r["label"] == 1][:150]
+with open(sys.argv[1], "w", newline="") as f:
+    w = csv.writer(f); w.writerow(["text", "label"])
+    for r in picked: w.writerow([r["text"], names[r["label"]]])
+PY
+  step "bring your own labels: a head from a CSV (admin key)" "curl -X POST '$BASE/heads?name=demo&replace=true' -H 'content-type: text/csv' --data-binary @labels.csv"
+  curl -sS "${AUTH[@]}" "${ADMIN[@]}" -H 'content-type: text/csv' -X POST "$BASE/heads?name=demo&replace=true" --data-binary @"$csv" \
+    | pretty '{name, location, state: .job.state, examples: .job.examples}'
+  rm -f "$csv"
+  step "watch it train" "curl $BASE/heads/demo"
+  for _ in $(seq 120); do
+    detail="$(get /heads/demo)"
+    state="$(printf '%s' "$detail" | python3 -c 'import json,sys; d=json.load(sys.stdin); j=d.get("job") or {}; print(j.get("state") or d.get("status"), j.get("phase") or "", j.get("done", ""), j.get("total", ""))')"
+    echo "  $state"
+    case "$state" in ready*|failed*) break ;; esac
+    sleep 1
+  done
+  printf '%s' "$detail" | pretty '{status, version, pooling, held_out: {accuracy: .metrics.test.accuracy, macro_f1: .metrics.test.macro_f1}}'
+  step "classify with it" "curl $BASE/classify -d '{\"inputs\": [...], \"head\": \"demo\"}'"
+  post /classify '{"inputs": ["a gripping, funny film"], "head": "demo"}' | pretty '{head, head_version, label: .predictions[0].label}'
+  step "delete it" "curl -X DELETE $BASE/heads/demo"
+  curl -sS "${AUTH[@]}" "${ADMIN[@]}" -X DELETE -w 'HTTP %{http_code}\n' "$BASE/heads/demo"
+fi
 
 step "embed, mean pooled and normalised (first 5 of each vector)" "curl $BASE/embed -d '{\"inputs\": [...], \"pooling\": \"mean\", \"normalize\": true}'"
 post /embed '{"inputs": ["a gripping, funny film", "dull"], "pooling": "mean", "normalize": true}' \

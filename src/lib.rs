@@ -13,9 +13,10 @@
 //! - `inference`: tokenize, queue, pool: text to vectors for every route.
 //! - `runtimes`: owns every model runtime (encoder, ONNX heads); drains them.
 //! - `features`: batch extraction and its disk cache (commands, training).
-//! - `heads`: the served heads: logistic file format, training search, ONNX classifiers.
+//! - `heads`: the served heads: logistic file format and explanations, training
+//!   search, versions in the heads folder, trainings over the API, ONNX classifiers.
 //! - `http`: routes, request/response types, errors, auth, middleware.
-//! - `startup`: build, serve, train missing heads, drain.
+//! - `startup`: build, serve, train missing heads, watch the heads folder, drain.
 //! - `cli`, `commands`, `report`: the command line's batch work.
 
 #![forbid(unsafe_code)]

@@ -1,9 +1,12 @@
 //! Classification heads: logistic regressions trained on the encoder's pooled
 //! hidden states, and pre-trained ONNX classifiers. The registry holds the
-//! heads being served; heads still training at startup are "pending".
+//! heads being served (heads still training at startup are "pending") and
+//! keeps up with the heads folder that replicas may share.
 //!
-//! `logistic` (head file and probabilities), `search` (training), `training`
-//! (from settings and a data set to a saved head), `onnx`, `metrics`.
+//! `logistic` (head file, probabilities, explanations), `search` (training),
+//! `training` (from settings and a data set to a saved head), `store`
+//! (versions, rollback, delete), `upload` (examples sent over the API and
+//! their split), `jobs` (trainings over the API), `onnx`, `metrics`.
 
 pub mod jobs;
 pub mod logistic;
