@@ -30,7 +30,7 @@ post /classify '{"inputs": ["a gripping, funny film", "a dull, lifeless plot"]}'
 
 step "why: each token's part of the answer" "curl $BASE/classify -d '{\"inputs\": \"...\", \"explain\": true}'"
 post /classify '{"inputs": "a gripping, funny film", "explain": true}' \
-  | pretty '.predictions[0] | {label, exact: .explanation.exact, tokens: [.explanation.tokens[] | {text, parts}]}' 2>/dev/null || true
+  | pretty '.predictions[0] | {label: .label, exact: .explanation.exact, tokens: [.explanation.tokens[] | "\(.text) \(.parts | map_values(. * 100 | round / 100) | tostring)"]}' 2>/dev/null || true
 
 if [ -n "${DISTILSERVE_ADMIN_KEY:-}" ]; then
   ADMIN=(-H "authorization: Bearer $DISTILSERVE_ADMIN_KEY")
@@ -59,7 +59,7 @@ PY
   done
   printf '%s' "$detail" | pretty '{status, version, pooling, held_out: {accuracy: .metrics.test.accuracy, macro_f1: .metrics.test.macro_f1}}'
   step "classify with it" "curl $BASE/classify -d '{\"inputs\": [...], \"head\": \"demo\"}'"
-  post /classify '{"inputs": ["a gripping, funny film"], "head": "demo"}' | pretty '{head, head_version, label: .predictions[0].label}'
+  post /classify '{"inputs": ["a gripping, funny film"], "head": "demo"}' | pretty '{head, head_version, prediction: .predictions[0].label}'
   step "delete it" "curl -X DELETE $BASE/heads/demo"
   curl -sS "${AUTH[@]}" "${ADMIN[@]}" -X DELETE -w 'HTTP %{http_code}\n' "$BASE/heads/demo"
 fi
