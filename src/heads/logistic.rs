@@ -135,6 +135,18 @@ pub struct Attribution {
     pub bias: Vec<f32>,
 }
 
+impl Attribution {
+    /// Each label's score: the sum of every part.
+    pub fn scores(&self) -> Vec<f32> {
+        let mut scores = self.bias.clone();
+        for (c, score) in scores.iter_mut().enumerate() {
+            *score += self.cls.as_ref().map_or(0.0, |v| v[c]);
+            *score += self.tokens.as_ref().map_or(0.0, |t| t.iter().map(|r| r[c]).sum());
+        }
+        scores
+    }
+}
+
 /// How the pooling and regularisation are chosen, and on what the final model is fitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

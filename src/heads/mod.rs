@@ -75,8 +75,8 @@ impl Head {
         }
     }
 
-    /// Class probabilities per text, in label order, and with `explain` (logistic
-    /// heads) each text's tokens and their parts of the scores. Logistic heads
+    /// Class probabilities per text, in label order, and with `explain` each
+    /// text's tokens and scores, and for logistic heads their parts. Logistic heads
     /// run on the service's encoder; ONNX heads on their own model.
     pub async fn classify(
         &self,
@@ -97,7 +97,11 @@ impl Head {
                         .iter()
                         .zip(encoded.tokens)
                         .zip(encoded.offsets)
-                        .map(|((rows, tokens), offsets)| Explained { tokens, offsets, attribution: head.explain(rows) })
+                        .map(|((rows, tokens), offsets)| {
+                            let attribution = head.explain(rows);
+                            let scores = attribution.scores();
+                            Explained { tokens, offsets, attribution: Some(attribution), scores }
+                        })
                         .collect()
                 });
                 Ok(Classified { probabilities, explanations, timing: encoded.timing })
@@ -105,7 +109,22 @@ impl Head {
             Head::Onnx(head) => {
                 let encoded = head.inference.encode(texts, truncate, deadline).await?;
                 let probabilities = encoded.rows.iter().map(|r| head.probabilities(r.row(0))).collect();
-                Ok(Classified { probabilities, explanations: None, timing: encoded.timing })
+                // A separate classifier model: its logits, and no split of them.
+                let explanations = explain.then(|| {
+                    encoded
+                        .rows
+                        .iter()
+                        .zip(encoded.tokens)
+                        .zip(encoded.offsets)
+                        .map(|((rows, tokens), offsets)| Explained {
+                            tokens,
+                            offsets,
+                            attribution: None,
+                            scores: head.scores(rows.row(0)),
+                        })
+                        .collect()
+                });
+                Ok(Classified { probabilities, explanations, timing: encoded.timing })
             }
         }
     }
@@ -119,11 +138,13 @@ pub struct Classified {
     pub timing: Timing,
 }
 
-/// One text's word pieces, their character offsets, and their parts of the scores.
+/// One text's word pieces, their character offsets, each label's score
+/// (logit), and for a logistic head the parts of the scores.
 pub struct Explained {
     pub tokens: Vec<String>,
     pub offsets: Vec<(usize, usize)>,
-    pub attribution: logistic::Attribution,
+    pub attribution: Option<logistic::Attribution>,
+    pub scores: Vec<f32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -61,6 +61,12 @@ impl OnnxHead {
         }
         out.into_iter().map(|p| p as f32).collect()
     }
+
+    /// Per label a score whose softmax is [`OnnxHead::probabilities`]: the log
+    /// of each probability (several model labels may map to one of ours).
+    pub fn scores(&self, logits: &[f32]) -> Vec<f32> {
+        self.probabilities(logits).into_iter().map(|p| p.max(f32::MIN_POSITIVE).ln()).collect()
+    }
 }
 
 /// Our labels and the model-output-to-label mapping. With a map, every model

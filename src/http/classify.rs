@@ -26,7 +26,7 @@ use axum::response::IntoResponse;
         (status = 404, description = "Unknown head", body = ErrorResponse),
         (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
-        (status = 422, description = "Invalid field, empty input, input too long with truncate=false, or explain on an ONNX head (`explain_unsupported`)", body = ErrorResponse),
+        (status = 422, description = "Invalid field, empty input, or input too long with truncate=false", body = ErrorResponse),
         (status = 503, description = "Queue full, head still training (`not_ready`) or failed at startup (`head_failed`), or shutting down", body = ErrorResponse),
         (status = 504, description = "Deadline passed", body = ErrorResponse),
     )
@@ -37,12 +37,6 @@ pub async fn classify(
 ) -> Result<impl IntoResponse, ApiError> {
     let head = lookup(&state, request.head.as_deref())?;
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
-    if request.explain && !matches!(&*head, Head::Logistic(_)) {
-        return Err(ApiError::invalid(
-            "explain_unsupported",
-            format!("head {:?} is an ONNX classifier: explain is available for logistic heads", head.name()),
-        ));
-    }
     let classified = head.classify(state.encoder(), texts, request.truncate, state.deadline(), request.explain).await?;
     let labels = head.labels();
     let mut explanations = classified.explanations.map(|e| e.into_iter());
@@ -76,24 +70,18 @@ pub async fn classify(
 fn explanation(head: &Head, labels: &[String], explained: Explained) -> Explanation {
     let by_label =
         |values: &[f32]| -> BTreeMap<String, f32> { labels.iter().cloned().zip(values.iter().copied()).collect() };
-    let Explained { tokens, offsets, attribution } = explained;
-    let mut scores = attribution.bias.clone();
-    for (c, score) in scores.iter_mut().enumerate() {
-        *score += attribution.cls.as_ref().map_or(0.0, |v| v[c]);
-        *score += attribution.tokens.as_ref().map_or(0.0, |t| t.iter().map(|r| r[c]).sum());
-    }
-    // With cls pooling the parts above are bias + cls, which is the whole score.
+    let Explained { tokens, offsets, attribution, scores } = explained;
     let pooling = match head {
         Head::Logistic(h) => h.pooling.to_string(),
-        Head::Onnx(_) => String::new(),
+        Head::Onnx(_) => "onnx".to_string(),
     };
-    let parts = attribution.tokens.as_ref();
+    let parts = attribution.as_ref().and_then(|a| a.tokens.as_ref());
     Explanation {
         exact: parts.is_some(),
         pooling,
         scores: by_label(&scores),
-        bias: by_label(&attribution.bias),
-        cls: attribution.cls.as_deref().map(by_label),
+        bias: attribution.as_ref().map(|a| by_label(&a.bias)),
+        cls: attribution.as_ref().and_then(|a| a.cls.as_deref()).map(by_label),
         tokens: tokens
             .into_iter()
             .zip(offsets)

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -296,9 +297,8 @@ const MAX_DESCRIPTION_BYTES: usize = 2000;
         content(
             (CreateHeadRequest = "application/json"),
             (String = "text/csv", example = "text,label\nthe battery died in a day,hardware\n"),
-            (String = "application/jsonl", example = "{\"text\": \"the battery died in a day\", \"label\": \"hardware\"}\n"),
         ),
-        description = "Labelled examples as JSON, CSV (columns text, label, optional split) or JSONL (same fields); with CSV or JSONL the name and options go in the query"
+        description = "Labelled examples as JSON, CSV (columns text, label, optional split) or JSONL (`Content-Type: application/jsonl` or `application/x-ndjson`; one `{\"text\", \"label\", \"split\"}` object per line); with CSV or JSONL the name and options go in the query"
     ),
     responses(
         (status = 202, description = "Accepted: training runs in the background; follow `Location` (GET /heads/{name})", body = HeadAccepted,
@@ -318,9 +318,11 @@ const MAX_DESCRIPTION_BYTES: usize = 2000;
 pub async fn create_head(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<CreateHeadQuery>,
+    query: Result<Query<CreateHeadQuery>, QueryRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::invalid("invalid_request", format!("bad query string: {}", e.body_text())))?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let creation = match mime.as_str() {
@@ -391,7 +393,12 @@ pub async fn create_head(
     Ok(response)
 }
 
+/// A head that rollback and delete can act on: a valid name (else 404, as no
+/// such head can exist), not an ONNX head from the settings (409).
 fn stored_only(state: &AppState, name: &str) -> Result<(), ApiError> {
+    if !crate::config::is_valid_head_name(name) {
+        return Err(ApiError::not_found(format!("no head named {name:?}")));
+    }
     if let Ok(head) = state.heads.get(Some(name)) {
         if head.kind() == HeadKind::Onnx {
             return Err(ApiError::new(

@@ -200,23 +200,26 @@ pub struct Prediction {
     pub explanation: Option<Explanation>,
 }
 
-/// Where a logistic head's scores come from. A label's score (`scores`, the
-/// logit: probabilities are its softmax) is linear in the pooled hidden
-/// states, so with `mean` pooling each token's part is exact: `bias` + `cls`
-/// (for `cls_mean` pooling, the pooled-[CLS] half) + the tokens' parts =
+/// Where a head's scores come from. A logistic head's score for a label
+/// (`scores`, the logit: probabilities are its softmax) is linear in the pooled
+/// hidden states, so with `mean` pooling each token's part is exact: `bias` +
+/// `cls` (for `cls_mean` pooling, the pooled-[CLS] half) + the tokens' parts =
 /// `scores`, to rounding. With `cls` pooling the score depends on the [CLS]
 /// state alone, which attends to every token: no exact per-token split exists,
-/// `exact` is false and `tokens` carry no parts.
+/// `exact` is false and `tokens` carry no parts. An ONNX classifier (`pooling`
+/// `onnx`) is a model of its own: `scores` are log-probabilities, no parts.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Explanation {
-    /// The head's pooling: `mean`, `cls_mean` or `cls`.
+    /// The head's pooling: `mean`, `cls_mean`, `cls`, or `onnx` for an ONNX classifier.
     pub pooling: String,
     /// True when the tokens' parts, `cls` and `bias` sum to `scores`.
     pub exact: bool,
-    /// Each label's score (logit).
+    /// Each label's score (logit; log-probability for an ONNX classifier).
     pub scores: BTreeMap<String, f32>,
-    /// The part no token carries: intercept minus the standardisation's mean, weighted.
-    pub bias: BTreeMap<String, f32>,
+    /// The part no token carries: intercept minus the standardisation's mean,
+    /// weighted (logistic heads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias: Option<BTreeMap<String, f32>>,
     /// The pooled-[CLS] part (`cls` and `cls_mean` pooling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cls: Option<BTreeMap<String, f32>>,

@@ -13,14 +13,21 @@ use common::{python, repo_path, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_contract_violation() {
-    let server = TestServer::start(common::settings_with_onnx_head()).await;
+    // With an admin key, which schemathesis sends, so that the routes that
+    // change heads are exercised too (and checked to refuse a missing key with 401).
+    let mut settings = common::settings_with_onnx_head();
+    settings.security.admin_key = "contract-admin".into();
+    let server = TestServer::start(settings).await;
     let url = format!("http://{}", server.addr);
     let seconds = std::env::var("CONTRACT_SECONDS").unwrap_or_else(|_| "60".into());
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
-            .args(["-m", "schemathesis.cli", "run"])
+            .args(["-m", "schemathesis.cli", "--config-file"])
+            .arg(repo_path("tests/contract-schemathesis.toml"))
+            .arg("run")
             .arg(repo_path("openapi.yaml"))
-            .args(["--url", &url, "--checks", "all", "--max-examples", "10", "--seed", "1"])
+            .args(["--url", &url, "--max-examples", "10", "--seed", "1"])
+            .args(["--header", "Authorization: Bearer contract-admin"])
             .args(["--max-time", &seconds])
             .env("NO_COLOR", "1")
             .output()
