@@ -180,6 +180,10 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Server")]
     #[serde(rename = "server.max_connections")]
     pub max_connections: Option<usize>,
+    /// server.private_address: second listener for /metrics, /info and admin routes (e.g. 127.0.0.1:9090).
+    #[arg(long, help_heading = "Server")]
+    #[serde(rename = "server.private_address")]
+    pub private_address: Option<String>,
     /// server.worker_stuck_ms: liveness fails when a model call runs longer than this.
     #[arg(long, help_heading = "Server")]
     #[serde(rename = "server.worker_stuck_ms")]

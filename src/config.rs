@@ -195,6 +195,7 @@ pub struct ServerSettings {
     pub worker_stuck_ms: u64,
     pub write_timeout_ms: u64,
     pub max_connections: usize,
+    pub private_address: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -364,6 +365,17 @@ impl Settings {
         positive("server.body_read_timeout_ms", self.server.body_read_timeout_ms as usize)?;
         positive("server.write_timeout_ms", self.server.write_timeout_ms as usize)?;
         positive("server.max_connections", self.server.max_connections)?;
+        if !self.server.private_address.is_empty()
+            && self.server.private_address.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid {
+                key: "server.private_address",
+                problem: format!(
+                    "{:?} is not an address with a port, e.g. \"127.0.0.1:9090\" (or empty: no second listener)",
+                    self.server.private_address
+                ),
+            });
+        }
         positive("batching.max_batch_size", self.batching.max_batch_size)?;
         positive("batching.max_batch_tokens", self.batching.max_batch_tokens)?;
         positive("batching.queue_capacity", self.batching.queue_capacity)?;

@@ -15,13 +15,15 @@ use crate::features::FeatureCache;
 use crate::heads::store::HeadStore;
 use crate::heads::training::{save_head, train_head, Extraction};
 use crate::heads::{load_configured, Head, Heads};
-use crate::http::{router, AppState};
+use crate::http::{router, router_for, AppState, Routes};
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::runtimes::Runtimes;
 
 pub struct Application {
     listener: TcpListener,
+    /// `server.private_address`: /metrics, /info and the admin routes.
+    private: Option<TcpListener>,
     state: AppState,
     /// Heads missing on disk, to train before the service reports ready.
     to_train: Vec<String>,
@@ -91,12 +93,30 @@ impl Application {
                 return Err(e).with_context(|| format!("cannot listen on {address} (server.host, server.port)"));
             }
         };
+        let private = if settings.server.private_address.is_empty() {
+            None
+        } else {
+            match TcpListener::bind(&settings.server.private_address).await {
+                Ok(listener) => Some(listener),
+                Err(e) => {
+                    stop_runtimes(runtimes).await;
+                    return Err(e).with_context(|| {
+                        format!("cannot listen on {} (server.private_address)", settings.server.private_address)
+                    });
+                }
+            }
+        };
         let state = AppState::new(runtimes, heads, settings, metrics);
-        Ok(Application { listener, state, to_train: startup_heads.to_train })
+        Ok(Application { listener, private, state, to_train: startup_heads.to_train })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// The private listener's address, when `server.private_address` is set.
+    pub fn private_addr(&self) -> Option<SocketAddr> {
+        self.private.as_ref().map(|l| l.local_addr().expect("bound listener has an address"))
     }
 
     pub fn state(&self) -> AppState {
@@ -129,7 +149,36 @@ impl Application {
         };
         tracing::info!(address = %self.listener.local_addr()?, "listening");
         let limits = ConnectionLimits::of(&state.settings);
-        serve_connections(self.listener, router(state.clone()), signal, limits, drain).await;
+        match self.private {
+            None => serve_connections(self.listener, router(state.clone()), signal, limits, drain).await,
+            Some(private) => {
+                tracing::info!(address = %private.local_addr()?, "listening for operators (/metrics, /info, admin routes)");
+                // One shutdown signal for both listeners.
+                let (stop, stopping) = tokio::sync::watch::channel(false);
+                let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                    let _ = rx.wait_for(|&s| s).await;
+                };
+                let public = serve_connections(
+                    self.listener,
+                    router_for(state.clone(), Routes::Public),
+                    stopped(stopping.clone()),
+                    limits,
+                    drain,
+                );
+                let private = serve_connections(
+                    private,
+                    router_for(state.clone(), Routes::Private),
+                    stopped(stopping),
+                    limits,
+                    drain,
+                );
+                let signal = async move {
+                    signal.await;
+                    let _ = stop.send(true);
+                };
+                tokio::join!(public, private, signal);
+            }
+        }
         watcher.abort();
         let unfinished = state.jobs.close();
         if unfinished > 0 {

@@ -27,6 +27,7 @@ use anyhow::bail;
 use crate::config::{HeadKind, Settings};
 use crate::inference::{Inference, InferenceError, Timing};
 use crate::model::ModelInfo;
+use crate::pooling::FeaturePooling;
 use crate::runtimes::Runtimes;
 use logistic::{head_path, LogisticHead};
 use onnx::OnnxHead;
@@ -76,58 +77,122 @@ impl Head {
     }
 
     /// Class probabilities per text, in label order, and with `explain` each
-    /// text's tokens and scores, and for logistic heads their parts. Logistic heads
-    /// run on the service's encoder; ONNX heads on their own model.
+    /// text's tokens and scores, and for logistic heads their parts. Logistic
+    /// heads run on the service's encoder; ONNX heads on their own model.
     pub async fn classify(
-        &self,
+        self: &Arc<Self>,
         encoder: &Inference,
         texts: Vec<String>,
         truncate: bool,
         deadline: Instant,
         explain: bool,
     ) -> Result<Classified, InferenceError> {
-        match self {
-            Head::Logistic(head) => {
-                let encoded = encoder.encode(texts, truncate, deadline).await?;
-                let probabilities =
-                    encoded.rows.iter().map(|r| head.probabilities(&head.pooling.features(r))).collect();
-                let explanations = explain.then(|| {
-                    encoded
-                        .rows
-                        .iter()
-                        .zip(encoded.tokens)
-                        .zip(encoded.offsets)
-                        .map(|((rows, tokens), offsets)| {
-                            let attribution = head.explain(rows);
-                            let scores = attribution.scores();
-                            Explained { tokens, offsets, attribution: Some(attribution), scores }
-                        })
-                        .collect()
-                });
-                Ok(Classified { probabilities, explanations, timing: encoded.timing })
-            }
-            Head::Onnx(head) => {
-                let encoded = head.inference.encode(texts, truncate, deadline).await?;
-                let probabilities = encoded.rows.iter().map(|r| head.probabilities(r.row(0))).collect();
-                // A separate classifier model: its logits, and no split of them.
-                let explanations = explain.then(|| {
-                    encoded
-                        .rows
-                        .iter()
-                        .zip(encoded.tokens)
-                        .zip(encoded.offsets)
-                        .map(|((rows, tokens), offsets)| Explained {
-                            tokens,
-                            offsets,
-                            attribution: None,
-                            scores: head.scores(rows.row(0)),
-                        })
-                        .collect()
-                });
-                Ok(Classified { probabilities, explanations, timing: encoded.timing })
-            }
-        }
+        let mut all = classify_with(std::slice::from_ref(self), encoder, texts, truncate, deadline, explain).await?;
+        Ok(all.pop().expect("one head, one result"))
     }
+
+    /// A logistic head's answer from the encoder's rows; `pooled` keeps each
+    /// pooling's features, so that heads pooling alike share them.
+    fn classify_encoded(
+        head: &LogisticHead,
+        encoded: &crate::inference::Encoded,
+        pooled: &mut BTreeMap<FeaturePooling, Vec<Vec<f32>>>,
+        explain: bool,
+    ) -> Classified {
+        let features = pooled
+            .entry(head.pooling)
+            .or_insert_with(|| encoded.rows.iter().map(|r| head.pooling.features(r)).collect());
+        let probabilities = features.iter().map(|f| head.probabilities(f)).collect();
+        let explanations = explain.then(|| {
+            encoded
+                .rows
+                .iter()
+                .zip(encoded.tokens.iter().cloned())
+                .zip(encoded.offsets.iter().cloned())
+                .map(|((rows, tokens), offsets)| {
+                    let attribution = head.explain(rows);
+                    let scores = attribution.scores();
+                    Explained { tokens, offsets, attribution: Some(attribution), scores }
+                })
+                .collect()
+        });
+        Classified { probabilities, explanations, timing: encoded.timing }
+    }
+}
+
+/// Every head's answer for `texts`, in the order of `heads`. The encoder runs
+/// once for all logistic heads (heads with the same pooling share the pooled
+/// features), while the ONNX heads run their own models one after another.
+pub async fn classify_with(
+    heads: &[Arc<Head>],
+    encoder: &Inference,
+    texts: Vec<String>,
+    truncate: bool,
+    deadline: Instant,
+    explain: bool,
+) -> Result<Vec<Classified>, InferenceError> {
+    let needs_encoder = heads.iter().any(|h| matches!(**h, Head::Logistic(_)));
+    let onnx = heads.iter().filter_map(|h| match &**h {
+        Head::Onnx(head) => Some(onnx_classify(head, texts.clone(), truncate, deadline, explain)),
+        Head::Logistic(_) => None,
+    });
+    let encoding = async {
+        if needs_encoder {
+            encoder.encode(texts.clone(), truncate, deadline).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let onnx = async {
+        let mut results = Vec::new();
+        for answer in onnx {
+            results.push(answer.await);
+        }
+        results
+    };
+    let (encoded, onnx) = tokio::join!(encoding, onnx);
+    let encoded = encoded?;
+    let mut onnx = onnx.into_iter();
+    let mut pooled = BTreeMap::new();
+    heads
+        .iter()
+        .map(|h| match &**h {
+            Head::Logistic(head) => Ok(Head::classify_encoded(
+                head,
+                encoded.as_ref().expect("encoded for logistic heads"),
+                &mut pooled,
+                explain,
+            )),
+            Head::Onnx(_) => onnx.next().expect("one result per ONNX head"),
+        })
+        .collect()
+}
+
+async fn onnx_classify(
+    head: &OnnxHead,
+    texts: Vec<String>,
+    truncate: bool,
+    deadline: Instant,
+    explain: bool,
+) -> Result<Classified, InferenceError> {
+    let encoded = head.inference.encode(texts, truncate, deadline).await?;
+    let probabilities = encoded.rows.iter().map(|r| head.probabilities(r.row(0))).collect();
+    // A separate classifier model: its scores, and no split of them.
+    let explanations = explain.then(|| {
+        encoded
+            .rows
+            .iter()
+            .zip(encoded.tokens)
+            .zip(encoded.offsets)
+            .map(|((rows, tokens), offsets)| Explained {
+                tokens,
+                offsets,
+                attribution: None,
+                scores: head.scores(rows.row(0)),
+            })
+            .collect()
+    });
+    Ok(Classified { probabilities, explanations, timing: encoded.timing })
 }
 
 /// What [`Head::classify`] gives back.

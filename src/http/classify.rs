@@ -8,12 +8,15 @@ use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::heads::lookup;
 use std::collections::BTreeMap;
 
-use super::types::{ClassifyRequest, ClassifyResponse, Explanation, Prediction, TokenPart};
+use super::types::{
+    ClassifyAnswer, ClassifyManyResponse, ClassifyRequest, ClassifyResponse, Explanation, Prediction, TokenPart,
+};
 use super::{timing_headers, AppState, ENCODER_FINGERPRINT, HEAD_VERSION};
-use crate::heads::{Explained, Head};
+use crate::heads::{classify_with, Classified, Explained, Head};
 use crate::pooling::argmax;
 use axum::http::HeaderValue;
 use axum::response::IntoResponse;
+use axum::response::Response;
 
 #[utoipa::path(
     post,
@@ -21,7 +24,7 @@ use axum::response::IntoResponse;
     tag = "inference",
     request_body = ClassifyRequest,
     responses(
-        (status = 200, description = "Per input: top label, its probability, every label's probability", body = ClassifyResponse),
+        (status = 200, description = "Per input: top label, its probability, every label's probability. With `heads`, one such answer per head (`results`), from one encoder pass", body = ClassifyAnswer),
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
         (status = 404, description = "Unknown head", body = ErrorResponse),
         (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
@@ -34,10 +37,58 @@ use axum::response::IntoResponse;
 pub async fn classify(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ClassifyRequest>,
-) -> Result<impl IntoResponse, ApiError> {
-    let head = lookup(&state, request.head.as_deref())?;
+) -> Result<Response, ApiError> {
+    // With `heads` (even one) the answer lists results; with `head`, one result.
+    let several = request.heads.is_some();
+    let names: Vec<Option<String>> = match (request.head, request.heads) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid("invalid_request", "send either `head` or `heads`, not both"));
+        }
+        (None, Some(heads)) => {
+            if heads.is_empty() || heads.len() > MAX_HEADS_PER_REQUEST {
+                return Err(ApiError::invalid(
+                    "invalid_request",
+                    format!("`heads` lists 1 to {MAX_HEADS_PER_REQUEST} heads, got {}", heads.len()),
+                ));
+            }
+            if let Some(twice) = heads.iter().enumerate().find(|(i, h)| heads[..*i].contains(h)).map(|(_, h)| h) {
+                return Err(ApiError::invalid("invalid_request", format!("head {twice:?} is listed twice in `heads`")));
+            }
+            heads.into_iter().map(Some).collect()
+        }
+        (head, None) => vec![head],
+    };
+    let heads = names.iter().map(|n| lookup(&state, n.as_deref())).collect::<Result<Vec<_>, _>>()?;
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
-    let classified = head.classify(state.encoder(), texts, request.truncate, state.deadline(), request.explain).await?;
+    let all =
+        classify_with(&heads, state.encoder(), texts, request.truncate, state.deadline(), request.explain).await?;
+    let timing = all.first().map(|c| c.timing).unwrap_or_default();
+    let results: Vec<ClassifyResponse> =
+        heads.iter().zip(all).map(|(head, classified)| answer(&state, head, classified)).collect();
+    let versions = results.iter().map(|r| format!("{}={}", r.head, r.head_version)).collect::<Vec<_>>().join(",");
+    let mut fingerprints_unique: Vec<&str> = Vec::new();
+    for r in &results {
+        if !fingerprints_unique.contains(&r.encoder_fingerprint.as_str()) {
+            fingerprints_unique.push(&r.encoder_fingerprint);
+        }
+    }
+    let header = |v: &str| HeaderValue::from_str(v).expect("names and hex digits");
+    if several {
+        let headers =
+            [(HEAD_VERSION, header(&versions)), (ENCODER_FINGERPRINT, header(&fingerprints_unique.join(",")))];
+        return Ok((timing_headers(&timing), headers, Json(ClassifyManyResponse { results })).into_response());
+    }
+    let body = results.into_iter().next().expect("one head");
+    let headers =
+        [(HEAD_VERSION, header(&body.head_version)), (ENCODER_FINGERPRINT, header(&body.encoder_fingerprint))];
+    Ok((timing_headers(&timing), headers, Json(body)).into_response())
+}
+
+/// Most heads one `/classify` request may name in `heads`.
+const MAX_HEADS_PER_REQUEST: usize = 16;
+
+/// One head's part of an answer.
+fn answer(state: &AppState, head: &Head, classified: Classified) -> ClassifyResponse {
     let labels = head.labels();
     let mut explanations = classified.explanations.map(|e| e.into_iter());
     let predictions = classified
@@ -46,7 +97,7 @@ pub async fn classify(
         .map(|p| {
             let best = argmax(p.iter().copied());
             state.metrics.record_prediction(head.name(), &labels[best]);
-            let explanation = explanations.as_mut().and_then(Iterator::next).map(|e| explanation(&head, labels, e));
+            let explanation = explanations.as_mut().and_then(Iterator::next).map(|e| explanation(head, labels, e));
             Prediction {
                 label: labels[best].clone(),
                 probability: p[best],
@@ -55,15 +106,12 @@ pub async fn classify(
             }
         })
         .collect();
-    let timing = classified.timing;
-    let head_version = head.version();
-    let encoder_fingerprint = head.encoder_fingerprint(&state.encoder().info).to_string();
-    let headers = [
-        (HEAD_VERSION, HeaderValue::from_str(&head_version).expect("hex digits")),
-        (ENCODER_FINGERPRINT, HeaderValue::from_str(&encoder_fingerprint).expect("hex digits")),
-    ];
-    let body = ClassifyResponse { head: head.name().to_string(), head_version, encoder_fingerprint, predictions };
-    Ok((timing_headers(&timing), headers, Json(body)))
+    ClassifyResponse {
+        head: head.name().to_string(),
+        head_version: head.version(),
+        encoder_fingerprint: head.encoder_fingerprint(&state.encoder().info).to_string(),
+        predictions,
+    }
 }
 
 /// The answer's form of a text's [`Explained`]: parts by label name.

@@ -290,8 +290,24 @@ fn cors(origins: &[String]) -> CorsLayer {
         ])
 }
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// Everything: one listener (no `server.private_address`).
+    All,
+    /// Inference, heads to read, health, docs: the public port when a private one is set.
+    Public,
+    /// `/metrics`, `/info`, the routes that change heads, and health probes.
+    Private,
+}
+
 /// The whole HTTP application; tests drive it with `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
+    router_for(state, Routes::All)
+}
+
+/// The application as served on one listener: see [`Routes`].
+pub fn router_for(state: AppState, routes: Routes) -> Router {
     let max_body = state.settings.server.max_body_bytes;
     let handler_panics = state.metrics.handler_panics.clone();
     let require_key = axum::middleware::from_fn_with_state(state.clone(), auth::require_api_key);
@@ -322,12 +338,12 @@ pub fn router(state: AppState) -> Router {
         .route("/heads/{name}/confusion.svg", get(heads::confusion_svg))
         .route_layer(read_body.clone())
         .route_layer(require_key.clone());
-    let mut operational = Router::new()
+    let health = Router::new()
         .route("/health", get(meta::ready))
         .route("/health/ready", get(meta::ready))
-        .route("/health/live", get(meta::live))
-        .route("/metrics", get(meta::metrics))
-        .route("/info", get(meta::info))
+        .route("/health/live", get(meta::live));
+    let mut operator = Router::new().route("/metrics", get(meta::metrics)).route("/info", get(meta::info));
+    let mut operational = Router::new()
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/", get(meta::playground))
         .route("/docs", get(meta::docs))
@@ -339,15 +355,21 @@ pub fn router(state: AppState) -> Router {
                 }),
             ),
         );
+    let mut health = health.route_layer(read_body.clone());
+    operator = operator.route_layer(read_body.clone());
     operational = operational.route_layer(read_body);
     if state.settings.security.protect_operational_routes {
+        health = health.route_layer(require_key.clone());
+        operator = operator.route_layer(require_key.clone());
         operational = operational.route_layer(require_key);
     }
-    Router::new()
-        .merge(upload)
-        .merge(admin)
-        .merge(inference)
-        .merge(operational)
+    let served = match routes {
+        Routes::All => Router::new().merge(upload).merge(admin).merge(operator).merge(inference).merge(operational),
+        Routes::Public => Router::new().merge(inference).merge(operational),
+        Routes::Private => Router::new().merge(upload).merge(admin).merge(operator),
+    }
+    .merge(health);
+    served
         .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")

@@ -177,6 +177,11 @@ pub struct ClassifyRequest {
     /// Head to use; the default head when omitted (see `GET /heads`).
     #[serde(default)]
     pub head: Option<String>,
+    /// Several heads at once (instead of `head`): the encoder runs once per
+    /// text for all of them, and the answer has one result per head, in this order.
+    #[serde(default)]
+    #[schema(max_items = 16, min_items = 1)]
+    pub heads: Option<Vec<String>>,
     /// Cut texts longer than the model's maximum (true) or answer 422 (false).
     #[serde(default = "yes")]
     #[schema(default = true)]
@@ -251,6 +256,20 @@ pub struct ClassifyResponse {
     pub encoder_fingerprint: String,
     /// One per input, in input order.
     pub predictions: Vec<Prediction>,
+}
+
+/// `POST /classify` with `heads`: one answer per head, in the order asked.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClassifyManyResponse {
+    pub results: Vec<ClassifyResponse>,
+}
+
+/// The body of a `/classify` answer: one head's, or with `heads` every head's.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ClassifyAnswer {
+    One(ClassifyResponse),
+    Many(ClassifyManyResponse),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -455,3 +455,64 @@ print(worst)
     }
     server.stop().await;
 }
+
+fn encoder_sequences(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("distilserve_sequences_total{runtime=\"encoder\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn several_heads_answer_from_one_encoder_pass() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    for (name, pooling) in [("by-mean", "mean"), ("by-cls", "cls"), ("by-mean-too", "mean")] {
+        let body =
+            json!({"name": name, "examples": examples(10), "options": {"pooling": pooling, "alphas": [1.0, 10.0]}});
+        assert_eq!(create(&server, body).await.status(), 202);
+        wait_for(&server, name, "ready").await;
+    }
+    let texts = json!(["chip and screen", "soup and bread", "a goal"]);
+    let mut single = Vec::new();
+    for name in ["by-mean", "by-cls", "by-mean-too"] {
+        let answer: Value =
+            server.post_json("/classify", json!({"inputs": texts, "head": name})).await.json().await.unwrap();
+        single.push(answer);
+    }
+    let before = encoder_sequences(&server.get("/metrics").await.text().await.unwrap());
+    let response =
+        server.post_json("/classify", json!({"inputs": texts, "heads": ["by-mean", "by-cls", "by-mean-too"]})).await;
+    assert_eq!(response.status(), 200);
+    let versions = response.headers()["x-head-version"].to_str().unwrap().to_string();
+    let many: Value = response.json().await.unwrap();
+    let after = encoder_sequences(&server.get("/metrics").await.text().await.unwrap());
+    assert_eq!(after - before, 3.0, "three texts for three heads: one encoder pass");
+    let results = many["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for (result, alone) in results.iter().zip(&single) {
+        assert_eq!(result, alone, "the same answer as asking the head alone");
+    }
+    assert_eq!(
+        versions,
+        single
+            .iter()
+            .map(|a| format!("{}={}", a["head"].as_str().unwrap(), a["head_version"].as_str().unwrap()))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for (body, code) in [
+        (json!({"inputs": "x", "head": "by-mean", "heads": ["by-cls"]}), "invalid_request"),
+        (json!({"inputs": "x", "heads": []}), "invalid_request"),
+        (json!({"inputs": "x", "heads": ["by-cls", "by-cls"]}), "invalid_request"),
+    ] {
+        let (status, got, _) = error_of(server.post_json("/classify", body).await).await;
+        assert_eq!((status, got.as_str()), (422, code));
+    }
+    let (status, _, _) =
+        error_of(server.post_json("/classify", json!({"inputs": "x", "heads": ["by-cls", "nope"]})).await).await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}

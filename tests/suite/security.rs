@@ -103,3 +103,41 @@ async fn cors_is_off_by_default_and_follows_the_configured_origins() {
     assert!(!other.headers().contains_key("access-control-allow-origin"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn with_a_private_address_operator_routes_leave_the_public_port() {
+    let mut settings = settings_for(&fixture("tiny-distilbert"));
+    settings.server.private_address = "127.0.0.1:0".into();
+    settings.security.admin_key = "adm1n".into();
+    let server = TestServer::start(settings).await;
+    let private = server.private_addr.expect("a private listener");
+    let at = |addr: std::net::SocketAddr, path: &str| format!("http://{addr}{path}");
+    let client = &server.client;
+    // Public: inference, reading heads, health, docs; not metrics, info or admin routes.
+    for path in ["/metrics", "/info"] {
+        assert_eq!(client.get(at(server.addr, path)).send().await.unwrap().status(), 404, "public {path}");
+        assert_eq!(client.get(at(private, path)).send().await.unwrap().status(), 200, "private {path}");
+    }
+    for (method, path) in
+        [("POST", "/heads"), ("POST", "/heads/x/rollback"), ("POST", "/heads/x/reload"), ("DELETE", "/heads/x")]
+    {
+        let request = |base| {
+            let url = at(base, path);
+            let r = if method == "DELETE" { client.delete(url) } else { client.post(url) };
+            r.bearer_auth("adm1n").json(&json!({"name": "x", "examples": []}))
+        };
+        let (status, _, _) = error_of(request(server.addr).send().await.unwrap()).await;
+        assert!(status == 404 || status == 405, "public {method} {path}: {status}");
+        let (status, code, _) = error_of(request(private).send().await.unwrap()).await;
+        assert!((status == 404 && code == "not_found") || status == 422, "private {method} {path}: {status} {code}");
+    }
+    let embed = json!({"inputs": "good"});
+    assert_eq!(client.post(at(server.addr, "/embed")).json(&embed).send().await.unwrap().status(), 200);
+    assert_eq!(client.post(at(private, "/embed")).json(&embed).send().await.unwrap().status(), 404);
+    assert_eq!(client.get(at(server.addr, "/heads")).send().await.unwrap().status(), 200);
+    for path in ["/health", "/health/live", "/health/ready"] {
+        assert_eq!(client.get(at(server.addr, path)).send().await.unwrap().status(), 200, "public {path}");
+        assert_eq!(client.get(at(private, path)).send().await.unwrap().status(), 200, "private {path}");
+    }
+    server.stop().await;
+}

@@ -103,6 +103,8 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// A real server on 127.0.0.1, stopped (gracefully) when dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The private listener (`server.private_address`), when set.
+    pub private_addr: Option<SocketAddr>,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -112,11 +114,12 @@ impl TestServer {
     pub async fn start(settings: Settings) -> TestServer {
         let app = Application::build(settings).await.expect("application starts");
         let addr = app.local_addr();
+        let private_addr = app.private_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
-        TestServer { addr, client: reqwest::Client::new(), stop: Some(stop), handle: Some(handle) }
+        TestServer { addr, private_addr, client: reqwest::Client::new(), stop: Some(stop), handle: Some(handle) }
     }
 
     pub fn url(&self, path: &str) -> String {
