@@ -241,6 +241,10 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Model")]
     #[serde(rename = "model.cpu_memory_arena")]
     pub cpu_memory_arena: Option<bool>,
+    /// model.warm_up: run a few model calls of typical shapes before reporting ready (true/false).
+    #[arg(long, help_heading = "Model")]
+    #[serde(rename = "model.warm_up")]
+    pub warm_up: Option<bool>,
     /// model.verify_checksums: check model files against manifest.json at startup.
     #[arg(long, help_heading = "Model")]
     #[serde(rename = "model.verify_checksums")]

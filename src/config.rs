@@ -215,6 +215,7 @@ pub struct ModelSettings {
     pub max_tokens: usize,
     pub verify_checksums: bool,
     pub cpu_memory_arena: bool,
+    pub warm_up: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]

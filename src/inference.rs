@@ -190,6 +190,25 @@ impl Inference {
         Ok(Embedded { tokens: encoded.tokens, token_counts, hidden, vectors, timing: encoded.timing })
     }
 
+    /// Runs a few model calls of typical shapes (1, 4 and 16 texts of about 8,
+    /// 32 and 128 tokens, within the model's maximum) through the queue, so
+    /// that the first requests do not pay for first-call allocations and
+    /// kernel selection. Use from a blocking thread; returns how many calls ran.
+    pub fn warm_up(&self) -> Result<usize, BatchError> {
+        let mut calls = 0;
+        for tokens in [8usize, 32, 128] {
+            let tokens = tokens.min(self.info.max_tokens);
+            // Each "warm" is one word piece; [CLS] and [SEP] make up the rest.
+            let text = "warm ".repeat(tokens.saturating_sub(2).max(1));
+            let Ok(seq) = self.tokenizer.encode(0, &text, true) else { continue };
+            for texts in [1usize, 4, 16] {
+                self.batcher.run_blocking(vec![seq.clone(); texts])?;
+                calls += 1;
+            }
+        }
+        Ok(calls)
+    }
+
     /// An [`Encoder`] that feeds batch jobs (training at startup) through this
     /// queue, so that they share the model sessions with live requests. Use
     /// from a blocking thread.

@@ -72,6 +72,22 @@ impl Runtimes {
         inference
     }
 
+    /// Warms up the encoder and every ONNX head's runtime (see
+    /// [`Inference::warm_up`]); blocking. A failure is logged, not fatal.
+    pub fn warm_up(&self) {
+        let started = std::time::Instant::now();
+        let classifiers: Vec<(String, Arc<Inference>)> = {
+            let c = self.classifiers.lock().unwrap_or_else(|p| p.into_inner());
+            c.active.iter().map(|(name, r)| (format!("head:{name}"), r.clone())).collect()
+        };
+        for (name, runtime) in std::iter::once((ENCODER.to_string(), &self.encoder)).chain(classifiers.iter().map(|(n, r)| (n.clone(), &**r))) {
+            match runtime.warm_up() {
+                Ok(calls) => tracing::info!(runtime = %name, calls, ms = started.elapsed().as_millis() as u64, "warmed up"),
+                Err(e) => tracing::warn!(runtime = %name, error = %e, "warm-up failed; serving cold"),
+            }
+        }
+    }
+
     /// Closes every queue and waits until the work already queued is done.
     pub fn shutdown(&self) {
         self.encoder.shutdown();

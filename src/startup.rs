@@ -129,6 +129,14 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let state = self.state;
         let drain = Duration::from_millis(state.settings.server.shutdown_timeout_ms);
+        if state.settings.model.warm_up {
+            state.warming.store(true, Ordering::Relaxed);
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || {
+                state.runtimes.warm_up();
+                state.warming.store(false, Ordering::Relaxed);
+            });
+        }
         if !self.to_train.is_empty() {
             let (state, names) = (state.clone(), self.to_train);
             tokio::task::spawn_blocking(move || train_missing_heads(&state, &names));

@@ -18,14 +18,14 @@ use crate::metrics::{HeadLabels, CONTENT_TYPE};
     tag = "service",
     responses(
         (status = 200, description = "Model and heads loaded, not draining: send traffic (also at `/health`)", body = HealthResponse),
-        (status = 503, description = "Heads still training at startup (`starting`), or shutting down (`draining`)", body = HealthResponse),
+        (status = 503, description = "Heads still training or the model warming up at startup (`starting`), or shutting down (`draining`)", body = HealthResponse),
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
     // Never runs the model: a probe must stay cheap when the encoder is saturated.
     if state.draining.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: "draining".into() }))
-    } else if !state.heads.ready() {
+    } else if !state.heads.ready() || state.warming.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: "starting".into() }))
     } else {
         (StatusCode::OK, Json(HealthResponse { status: "ok".into() }))
@@ -79,7 +79,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         };
         metrics.head_info.get_or_create(&labels).set(1);
     }
-    let ready = state.heads.ready() && !state.draining.load(Ordering::Relaxed);
+    let ready =
+        state.heads.ready() && !state.draining.load(Ordering::Relaxed) && !state.warming.load(Ordering::Relaxed);
     metrics.ready.set(i64::from(ready));
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render())
 }

@@ -49,6 +49,8 @@ pub struct AppInner {
     pub settings: Settings,
     /// Set on shutdown: health answers 503 so load balancers stop sending.
     pub draining: AtomicBool,
+    /// Set until the warm-up (`model.warm_up`) is done: not ready meanwhile.
+    pub warming: AtomicBool,
     pub metrics: Arc<Metrics>,
     /// Routes that change the served heads run one at a time.
     pub admin_lock: tokio::sync::Mutex<()>,
@@ -76,6 +78,7 @@ impl AppState {
             jobs,
             settings,
             draining: AtomicBool::new(false),
+            warming: AtomicBool::new(false),
             metrics,
             admin_lock: tokio::sync::Mutex::new(()),
         }))

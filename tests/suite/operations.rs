@@ -85,3 +85,21 @@ async fn request_ids_are_kept_or_made() {
     assert_ne!(other.headers()["x-request-id"].to_str().unwrap(), id);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn with_warm_up_the_model_has_run_before_ready() {
+    let mut settings = common::settings_for(&common::fixture("tiny-distilbert"));
+    settings.model.warm_up = true;
+    let server = common::TestServer::start(settings).await;
+    common::wait_ready(&server).await;
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    let batches = metrics
+        .lines()
+        .find(|l| l.starts_with("distilserve_batches_total{runtime=\"encoder\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse::<f64>().unwrap())
+        .unwrap_or(0.0);
+    // 3 lengths x 3 batch sizes, before any request.
+    assert!(batches >= 9.0, "{batches} model calls before the first request");
+    server.stop().await;
+}
