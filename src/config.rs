@@ -261,6 +261,20 @@ pub struct BatchingSettings {
 pub struct LimitSettings {
     pub max_inputs: usize,
     pub max_request_tokens: usize,
+    pub window_stride_tokens: usize,
+}
+
+impl LimitSettings {
+    /// Word pieces between the starts of two windows of a long text, for a
+    /// model of `max_tokens`: the setting, or half a window when it is 0.
+    pub fn window_stride(&self, max_tokens: usize) -> usize {
+        let window = max_tokens.saturating_sub(2).max(1);
+        if self.window_stride_tokens == 0 {
+            (window / 2).max(1)
+        } else {
+            self.window_stride_tokens.min(window)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -9,7 +9,7 @@ use crate::batching::{BatchError, Batcher, BatcherConfig, BatcherStats};
 use crate::encoder::Encoder;
 use crate::metrics::RuntimeMetrics;
 use crate::model::{Model, ModelInfo};
-use crate::pooling::{normalize, pool, Pooling, Rows};
+use crate::pooling::{normalize, pool, pool_windows, Pooling, Rows};
 use crate::tokenize::{TextTokenizer, TokenizeError, Tokenized};
 
 /// Requests with at most this much text are tokenized on the async thread.
@@ -44,6 +44,8 @@ pub struct EmbedOptions {
     pub pooling: Pooling,
     /// Per text when pooled; per token for [`Pooling::None`].
     pub normalize: bool,
+    /// Cut long texts into windows with this stride (pooled only) instead of truncating.
+    pub windows: Option<usize>,
 }
 
 /// Embeddings of a request's texts.
@@ -59,6 +61,14 @@ pub struct Embedded {
     pub token_counts: Vec<usize>,
     pub hidden: usize,
     pub vectors: Vectors,
+    pub timing: Timing,
+}
+
+/// Texts cut into windows: each text's windows' rows, in order.
+pub struct Windowed {
+    pub windows: Vec<Vec<Rows>>,
+    /// Tokens computed per text, all windows together.
+    pub token_counts: Vec<usize>,
     pub timing: Timing,
 }
 
@@ -154,6 +164,36 @@ impl Inference {
         Ok(Encoded { tokens, offsets, rows: batched.rows, timing })
     }
 
+    /// Each text cut into overlapping windows of the model's maximum (see
+    /// [`TextTokenizer::encode_windows`]) and run through the queue as one
+    /// request: every window's tokens count against `limits.max_request_tokens`.
+    pub async fn encode_windows(
+        &self,
+        texts: Vec<String>,
+        stride: usize,
+        deadline: Instant,
+    ) -> Result<Windowed, InferenceError> {
+        self.batcher.check_capacity(texts.len())?;
+        let started = Instant::now();
+        let tokenizer = self.tokenizer.clone();
+        let windows = tokio::task::spawn_blocking(move || {
+            texts.iter().enumerate().map(|(i, t)| tokenizer.encode_windows(i, t, stride)).collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .unwrap_or_else(|join_error| {
+            Err(TokenizeError::Failed { index: 0, message: format!("tokenizer task failed: {join_error}") })
+        })?;
+        let tokenize = started.elapsed();
+        self.metrics.tokenize.observe(tokenize.as_secs_f64());
+        let counts: Vec<usize> = windows.iter().map(Vec::len).collect();
+        let token_counts = windows.iter().map(|w| w.iter().map(Tokenized::len).sum()).collect();
+        let batched = self.batcher.run(windows.into_iter().flatten().collect(), deadline).await?;
+        let mut rows = batched.rows.into_iter();
+        let windows = counts.iter().map(|&n| rows.by_ref().take(n).collect()).collect();
+        let timing = Timing { tokenize, queue: batched.queue_time, inference: batched.inference_time };
+        Ok(Windowed { windows, token_counts, timing })
+    }
+
     /// Hidden states of `texts`, pooled and normalised as asked.
     pub async fn embed(
         &self,
@@ -162,6 +202,27 @@ impl Inference {
         deadline: Instant,
         options: EmbedOptions,
     ) -> Result<Embedded, InferenceError> {
+        if let (Some(stride), Some(pooling)) = (options.windows, options.pooling.features()) {
+            let windowed = self.encode_windows(texts, stride, deadline).await?;
+            let vectors = windowed
+                .windows
+                .iter()
+                .map(|w| {
+                    let mut v = pool_windows(w, pooling);
+                    if options.normalize {
+                        normalize(&mut v);
+                    }
+                    v
+                })
+                .collect();
+            return Ok(Embedded {
+                tokens: Vec::new(),
+                token_counts: windowed.token_counts,
+                hidden: self.info.hidden_size,
+                vectors: Vectors::Pooled(vectors),
+                timing: windowed.timing,
+            });
+        }
         let encoded = self.encode(texts, truncate, deadline).await?;
         let token_counts = encoded.token_counts();
         let hidden = self.info.hidden_size;

@@ -54,6 +54,17 @@ pub enum FeaturePooling {
     ClsMean,
 }
 
+impl Pooling {
+    /// The same choice as a [`FeaturePooling`]; None for `none`.
+    pub fn features(self) -> Option<FeaturePooling> {
+        match self {
+            Pooling::None => None,
+            Pooling::Cls => Some(FeaturePooling::Cls),
+            Pooling::Mean => Some(FeaturePooling::Mean),
+        }
+    }
+}
+
 impl FeaturePooling {
     pub const ALL: [FeaturePooling; 3] = [FeaturePooling::Cls, FeaturePooling::Mean, FeaturePooling::ClsMean];
 
@@ -120,6 +131,36 @@ pub fn pool(rows: &Rows, pooling: Pooling) -> Option<Vec<f32>> {
     }
 }
 
+/// One text's features when it was cut into windows (`"windows": true`):
+/// [CLS] is the mean of the windows' [CLS] vectors; mean is the mean of every
+/// window's token vectors together (each window weighs by its length, and a
+/// token in two overlapping windows counts twice); `cls_mean` joins the two.
+pub fn pool_windows(windows: &[Rows], pooling: FeaturePooling) -> Vec<f32> {
+    let cols = windows.first().map_or(0, |w| w.cols);
+    let average = |vectors: &mut dyn Iterator<Item = &[f32]>| -> Vec<f32> {
+        let mut sum = vec![0f64; cols];
+        let mut n = 0usize;
+        for v in vectors {
+            for (acc, x) in sum.iter_mut().zip(v) {
+                *acc += f64::from(*x);
+            }
+            n += 1;
+        }
+        sum.into_iter().map(|s| (s / n.max(1) as f64) as f32).collect()
+    };
+    let cls = || average(&mut windows.iter().map(|w| w.row(0)));
+    let mean = || average(&mut windows.iter().flat_map(|w| (0..w.rows).map(move |r| w.row(r))));
+    match pooling {
+        FeaturePooling::Cls => cls(),
+        FeaturePooling::Mean => mean(),
+        FeaturePooling::ClsMean => {
+            let mut v = cls();
+            v.extend(mean());
+            v
+        }
+    }
+}
+
 /// Scales `v` to unit L2 norm (a zero vector stays zero).
 pub fn normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
@@ -155,6 +196,16 @@ mod tests {
 
     fn rows() -> Rows {
         Rows { rows: 3, cols: 2, data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 9.0] }
+    }
+
+    #[test]
+    fn windows_pool_to_the_mean_of_their_cls_and_of_all_their_tokens() {
+        let a = Rows { rows: 2, cols: 2, data: vec![1.0, 0.0, 3.0, 2.0] };
+        let b = Rows { rows: 1, cols: 2, data: vec![5.0, 4.0] };
+        assert_eq!(pool_windows(&[a.clone(), b.clone()], FeaturePooling::Cls), vec![3.0, 2.0]);
+        assert_eq!(pool_windows(&[a.clone(), b.clone()], FeaturePooling::Mean), vec![3.0, 2.0]);
+        assert_eq!(pool_windows(&[a.clone()], FeaturePooling::ClsMean), [cls(&a), mean(&a)].concat());
+        assert_eq!(pool_windows(&[a.clone()], FeaturePooling::Mean), mean(&a));
     }
 
     #[test]

@@ -80,9 +80,13 @@ impl Runtimes {
             let c = self.classifiers.lock().unwrap_or_else(|p| p.into_inner());
             c.active.iter().map(|(name, r)| (format!("head:{name}"), r.clone())).collect()
         };
-        for (name, runtime) in std::iter::once((ENCODER.to_string(), &self.encoder)).chain(classifiers.iter().map(|(n, r)| (n.clone(), &**r))) {
+        for (name, runtime) in std::iter::once((ENCODER.to_string(), &self.encoder))
+            .chain(classifiers.iter().map(|(n, r)| (n.clone(), &**r)))
+        {
             match runtime.warm_up() {
-                Ok(calls) => tracing::info!(runtime = %name, calls, ms = started.elapsed().as_millis() as u64, "warmed up"),
+                Ok(calls) => {
+                    tracing::info!(runtime = %name, calls, ms = started.elapsed().as_millis() as u64, "warmed up")
+                }
                 Err(e) => tracing::warn!(runtime = %name, error = %e, "warm-up failed; serving cold"),
             }
         }

@@ -104,6 +104,51 @@ impl TextTokenizer {
         })
     }
 
+    /// Tokenizes `text` into overlapping windows of at most the model's maximum:
+    /// the word pieces between the leading and trailing special tokens are cut
+    /// into runs of (maximum - specials) pieces, each starting `stride` pieces
+    /// after the previous one (the last run ends at the text's end), and each
+    /// run gets the specials again. A text within the maximum is one window.
+    pub fn encode_windows(&self, index: usize, text: &str, stride: usize) -> Result<Vec<Tokenized>, TokenizeError> {
+        let failed = |e: tokenizers::Error| TokenizeError::Failed { index, message: e.to_string() };
+        let full = self.untruncated.encode(text, true).map_err(failed)?;
+        let whole = Tokenized {
+            ids: full.get_ids().iter().map(|&i| i64::from(i)).collect(),
+            type_ids: full.get_type_ids().iter().map(|&i| i64::from(i)).collect(),
+            tokens: full.get_tokens().to_vec(),
+            offsets: full.get_offsets().to_vec(),
+            special: full.get_special_tokens_mask().iter().map(|&m| m == 1).collect(),
+        };
+        if whole.len() <= self.max_tokens {
+            return Ok(vec![whole]);
+        }
+        let lead = whole.special.iter().take_while(|&&s| s).count();
+        let tail = whole.special.iter().rev().take_while(|&&s| s).count();
+        let content = lead..whole.len() - tail;
+        let width = self.max_tokens.saturating_sub(lead + tail).max(1);
+        let stride = stride.clamp(1, width);
+        let mut starts: Vec<usize> = (content.start..content.end.saturating_sub(width)).step_by(stride).collect();
+        starts.push(content.end.saturating_sub(width).max(content.start));
+        starts.dedup();
+        let pick = |range: &mut dyn Iterator<Item = usize>| -> Tokenized {
+            let indices: Vec<usize> = range.collect();
+            Tokenized {
+                ids: indices.iter().map(|&i| whole.ids[i]).collect(),
+                type_ids: indices.iter().map(|&i| whole.type_ids[i]).collect(),
+                tokens: indices.iter().map(|&i| whole.tokens[i].clone()).collect(),
+                offsets: indices.iter().map(|&i| whole.offsets[i]).collect(),
+                special: indices.iter().map(|&i| whole.special[i]).collect(),
+            }
+        };
+        Ok(starts
+            .into_iter()
+            .map(|start| {
+                let end = (start + width).min(content.end);
+                pick(&mut (0..lead).chain(start..end).chain(content.end..whole.len()))
+            })
+            .collect())
+    }
+
     /// Tokenizes several texts; the first failure wins.
     pub fn encode_all<S: AsRef<str>>(&self, texts: &[S], truncate: bool) -> Result<Vec<Tokenized>, TokenizeError> {
         texts.iter().enumerate().map(|(i, t)| self.encode(i, t.as_ref(), truncate)).collect()

@@ -87,7 +87,8 @@ impl Head {
         deadline: Instant,
         explain: bool,
     ) -> Result<Classified, InferenceError> {
-        let mut all = classify_with(std::slice::from_ref(self), encoder, texts, truncate, deadline, explain).await?;
+        let mut all =
+            classify_with(std::slice::from_ref(self), encoder, texts, truncate, deadline, explain, None).await?;
         Ok(all.pop().expect("one head, one result"))
     }
 
@@ -123,6 +124,8 @@ impl Head {
 /// Every head's answer for `texts`, in the order of `heads`. The encoder runs
 /// once for all logistic heads (heads with the same pooling share the pooled
 /// features), while the ONNX heads run their own models one after another.
+/// With `windows` (a stride), long texts are cut into windows pooled together
+/// (`pooling::pool_windows`; ONNX heads: the mean of the windows' probabilities).
 pub async fn classify_with(
     heads: &[Arc<Head>],
     encoder: &Inference,
@@ -130,7 +133,11 @@ pub async fn classify_with(
     truncate: bool,
     deadline: Instant,
     explain: bool,
+    windows: Option<usize>,
 ) -> Result<Vec<Classified>, InferenceError> {
+    if let Some(stride) = windows {
+        return classify_windows(heads, encoder, texts, stride, deadline).await;
+    }
     let needs_encoder = heads.iter().any(|h| matches!(**h, Head::Logistic(_)));
     let onnx = heads.iter().filter_map(|h| match &**h {
         Head::Onnx(head) => Some(onnx_classify(head, texts.clone(), truncate, deadline, explain)),
@@ -166,6 +173,51 @@ pub async fn classify_with(
             Head::Onnx(_) => onnx.next().expect("one result per ONNX head"),
         })
         .collect()
+}
+
+async fn classify_windows(
+    heads: &[Arc<Head>],
+    encoder: &Inference,
+    texts: Vec<String>,
+    stride: usize,
+    deadline: Instant,
+) -> Result<Vec<Classified>, InferenceError> {
+    let mut windowed = None;
+    let mut answers = Vec::with_capacity(heads.len());
+    for head in heads {
+        answers.push(match &**head {
+            Head::Logistic(h) => {
+                if windowed.is_none() {
+                    windowed = Some(encoder.encode_windows(texts.clone(), stride, deadline).await?);
+                }
+                let w = windowed.as_ref().expect("just set");
+                let probabilities = w
+                    .windows
+                    .iter()
+                    .map(|windows| h.probabilities(&crate::pooling::pool_windows(windows, h.pooling)))
+                    .collect();
+                Classified { probabilities, explanations: None, timing: w.timing }
+            }
+            Head::Onnx(h) => {
+                let w = h.inference.encode_windows(texts.clone(), stride, deadline).await?;
+                let probabilities = w
+                    .windows
+                    .iter()
+                    .map(|windows| {
+                        let mut mean = vec![0f32; h.labels.len()];
+                        for window in windows {
+                            for (m, p) in mean.iter_mut().zip(h.probabilities(window.row(0))) {
+                                *m += p / windows.len() as f32;
+                            }
+                        }
+                        mean
+                    })
+                    .collect();
+                Classified { probabilities, explanations: None, timing: w.timing }
+            }
+        });
+    }
+    Ok(answers)
 }
 
 async fn onnx_classify(

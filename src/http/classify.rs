@@ -60,8 +60,16 @@ pub async fn classify(
     };
     let heads = names.iter().map(|n| lookup(&state, n.as_deref())).collect::<Result<Vec<_>, _>>()?;
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
+    if request.windows && request.explain {
+        return Err(ApiError::invalid(
+            "invalid_request",
+            "explain works on one window: send windows or explain, not both",
+        ));
+    }
+    let windows = request.windows.then(|| state.settings.limits.window_stride(state.encoder().info.max_tokens));
     let all =
-        classify_with(&heads, state.encoder(), texts, request.truncate, state.deadline(), request.explain).await?;
+        classify_with(&heads, state.encoder(), texts, request.truncate, state.deadline(), request.explain, windows)
+            .await?;
     let timing = all.first().map(|c| c.timing).unwrap_or_default();
     let results: Vec<ClassifyResponse> =
         heads.iter().zip(all).map(|(head, classified)| answer(&state, head, classified)).collect();

@@ -127,7 +127,14 @@ pub async fn embed(
 ) -> Result<Response, ApiError> {
     let format = negotiate(&headers)?;
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
-    let options = EmbedOptions { pooling: request.pooling, normalize: request.normalize };
+    if request.windows && (request.pooling.features().is_none() || request.return_tokens) {
+        return Err(ApiError::invalid(
+            "invalid_request",
+            "windows pools a long text's windows together: use pooling cls or mean, without return_tokens",
+        ));
+    }
+    let windows = request.windows.then(|| state.settings.limits.window_stride(state.encoder().info.max_tokens));
+    let options = EmbedOptions { pooling: request.pooling, normalize: request.normalize, windows };
     let embedded = state.encoder().embed(texts, request.truncate, state.deadline(), options).await?;
     let timing = timing_headers(&embedded.timing);
     let Embedded { tokens, token_counts, hidden, vectors, .. } = embedded;

@@ -99,6 +99,14 @@ pub struct EmbedRequest {
     /// Also return the word pieces, to line vectors up with tokens.
     #[serde(default)]
     pub return_tokens: bool,
+    /// Process a text longer than the model's maximum in overlapping windows
+    /// (stride `limits.window_stride_tokens`) and pool them together instead
+    /// of truncating: [CLS] is the mean of the windows' [CLS] vectors, mean the
+    /// mean of all their token vectors. Pooled only (`cls` or `mean`); every
+    /// window's tokens count against `limits.max_request_tokens`.
+    #[serde(default)]
+    #[schema(default = false)]
+    pub windows: bool,
 }
 
 /// Vectors: one per text when pooled, one per real token of each text for `pooling: none`.
@@ -190,6 +198,12 @@ pub struct ClassifyRequest {
     #[serde(default)]
     #[schema(default = false)]
     pub explain: bool,
+    /// Classify a text longer than the model's maximum from overlapping windows
+    /// pooled together (as `/embed`'s `windows`; ONNX heads: the mean of the
+    /// windows' probabilities) instead of truncating. Not with `explain`.
+    #[serde(default)]
+    #[schema(default = false)]
+    pub windows: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -20,6 +20,7 @@ mod heads_api;
 mod http_classify;
 mod http_compat;
 mod http_embed;
+mod long_texts;
 mod openapi;
 mod operations;
 mod playground;

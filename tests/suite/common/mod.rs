@@ -246,3 +246,20 @@ pub fn train_toy_head(
     save_head(&mut head, &distilserve::heads::store::HeadStore::new(heads, 5)).expect("head saved");
     head
 }
+
+/// Tokens of a text without truncation, counted from `/tokenize` on its pieces
+/// (a text over the model's maximum cannot be tokenized whole there).
+pub struct TokenCount;
+
+impl TokenCount {
+    /// Word pieces of `text` plus [CLS] and [SEP], from its sentences tokenized one by one.
+    pub async fn of(server: &TestServer, text: &str) -> usize {
+        let mut pieces = 0;
+        for sentence in text.split_inclusive(". ") {
+            let t: Value =
+                server.post_json("/tokenize", serde_json::json!({"inputs": sentence})).await.json().await.unwrap();
+            pieces += t["tokens"][0].as_array().unwrap().len() - 2;
+        }
+        pieces + 2
+    }
+}
