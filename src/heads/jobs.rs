@@ -336,9 +336,12 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
     let mut head = train(&job.name, EncoderStamp::of(&encoder.info), data, &config)?;
     update(statuses, &job.name, |s| s.phase = Some("evaluating".into()));
     // The held-out part is looked at once, after the choice: for the report.
-    let predicted = head.predict(&test_features.get(head.pooling));
+    let x = test_features.get(head.pooling);
+    let predicted = head.predict(&x);
     head.metrics.test = Some(HeadMetrics::compute(&p.labels, &p.test_labels, &predicted));
+    head.metrics.test_calibration = Some(head.calibration_error(&x, &p.test_labels));
     head.description = job.description.clone();
+    head.min_probability = p.options.min_probability;
     head.training.upload = Some(UploadRecord {
         request_id: job.request_id.clone(),
         label_counts: p.label_counts.clone(),

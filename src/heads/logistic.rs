@@ -68,6 +68,22 @@ pub struct TrainingRecord {
     /// Heads created over the API (`POST /heads`): where the examples came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload: Option<UploadRecord>,
+    /// The temperature search on the chosen candidate's held-out predictions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+/// Temperature scaling fitted during the search (see `search::fit_temperature`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// The temperature that minimises the held-out log-loss.
+    pub fitted_temperature: f64,
+    /// Mean log-loss of the cross-validation's held-out predictions, as fitted and scaled.
+    pub held_out_log_loss: f64,
+    pub held_out_log_loss_scaled: f64,
+    /// The temperature the head uses: `fitted_temperature` when it lowered the
+    /// log-loss by at least 1%, else none (1).
+    pub temperature: Option<f64>,
 }
 
 /// How an uploaded head's examples were used.
@@ -94,6 +110,20 @@ pub struct HeadMetrics {
     pub train: Option<Metrics>,
     pub validation: Option<Metrics>,
     pub test: Option<Metrics>,
+    /// How well the probabilities match the frequencies on the test (held-out) part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_calibration: Option<CalibrationError>,
+}
+
+/// Expected calibration error: texts binned by the top label's probability
+/// (10 equal-width bins), the mean over bins, weighted by their share of
+/// texts, of |accuracy - mean probability|. 0 is perfectly calibrated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationError {
+    pub ece: f64,
+    /// The same without the head's temperature (equal when it has none).
+    pub ece_without_temperature: f64,
+    pub bins: usize,
 }
 
 /// A trained head, exactly as stored in `<heads_dir>/<name>.json`.
@@ -111,6 +141,13 @@ pub struct LogisticHead {
     /// Free text given when the head was created over the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Probabilities are softmax(logits / temperature); none: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// `/classify` answers `abstain` below this top probability unless the
+    /// request says otherwise (set when the head was created over the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_probability: Option<f32>,
     /// Standardisation: feature j becomes (x_j - mean_j) / scale_j.
     pub scaler_mean: Vec<f32>,
     pub scaler_scale: Vec<f32>,
@@ -224,7 +261,7 @@ impl LogisticHead {
                     let standard = (f64::from(x[j]) - f64::from(self.scaler_mean[j])) / f64::from(self.scaler_scale[j]);
                     acc += f64::from(w[j]) * standard;
                 }
-                acc
+                acc / self.temperature.unwrap_or(1.0)
             })
             .collect();
         softmax(&z).into_iter().map(|p| p as f32).collect()
@@ -253,15 +290,16 @@ impl LogisticHead {
     pub fn explain(&self, rows: &Rows) -> Attribution {
         let hidden = self.encoder.hidden_size;
         let k = self.labels.len();
-        // a_cj = w_cj / s_j: the weight of a raw feature.
+        // a_cj = w_cj / (s_j T): the weight of a raw feature, at the head's temperature.
+        let t = self.temperature.unwrap_or(1.0);
         let a: Vec<Vec<f64>> = self
             .weights
             .iter()
-            .map(|w| w.iter().zip(&self.scaler_scale).map(|(w, s)| f64::from(*w) / f64::from(*s)).collect())
+            .map(|w| w.iter().zip(&self.scaler_scale).map(|(w, s)| f64::from(*w) / f64::from(*s) / t).collect())
             .collect();
         let bias: Vec<f64> = (0..k)
             .map(|c| {
-                f64::from(self.intercept[c])
+                f64::from(self.intercept[c]) / t
                     - a[c].iter().zip(&self.scaler_mean).map(|(a, m)| a * f64::from(*m)).sum::<f64>()
             })
             .collect();
@@ -279,6 +317,30 @@ impl LogisticHead {
             FeaturePooling::Cls => (None, Some(cls_part())),
         };
         Attribution { tokens, cls, bias: bias.into_iter().map(|b| b as f32).collect() }
+    }
+
+    /// [`CalibrationError`] of this head on rows `x` with true labels `truth`.
+    pub fn calibration_error(&self, x: &Array2<f32>, truth: &[usize]) -> CalibrationError {
+        const BINS: usize = 10;
+        let ece = |head: &LogisticHead| -> f64 {
+            let mut count = [0usize; BINS];
+            let mut confidence = [0f64; BINS];
+            let mut correct = [0f64; BINS];
+            for (row, &t) in x.rows().into_iter().zip(truth) {
+                let features: Vec<f32> = row.iter().copied().collect();
+                let p = head.probabilities(&features);
+                let best = argmax(p.iter().copied());
+                let bin = ((f64::from(p[best]) * BINS as f64) as usize).min(BINS - 1);
+                count[bin] += 1;
+                confidence[bin] += f64::from(p[best]);
+                correct[bin] += f64::from(u8::from(best == t));
+            }
+            let n = truth.len().max(1) as f64;
+            (0..BINS).filter(|&b| count[b] > 0).map(|b| (correct[b] - confidence[b]).abs() / n).sum()
+        };
+        let mut plain = self.clone();
+        plain.temperature = None;
+        CalibrationError { ece: ece(self), ece_without_temperature: ece(&plain), bins: BINS }
     }
 
     pub fn save(&mut self, path: &Path) -> anyhow::Result<()> {
@@ -429,10 +491,13 @@ pub(crate) mod tests {
                 candidates: Vec::new(),
                 seconds: 0.0,
                 upload: None,
+                calibration: None,
             },
             metrics: HeadMetrics::default(),
             created_unix: 1,
             description: None,
+            temperature: None,
+            min_probability: None,
             scaler_mean: vec![0.0, 0.0],
             scaler_scale: vec![1.0, 1.0],
             weights: vec![vec![1.0, -1.0], vec![-1.0, 1.0]],

@@ -69,6 +69,14 @@ impl Head {
         }
     }
 
+    /// The head's own threshold below which `/classify` abstains.
+    pub fn min_probability(&self) -> Option<f32> {
+        match self {
+            Head::Logistic(h) => h.min_probability,
+            Head::Onnx(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> HeadKind {
         match self {
             Head::Logistic(_) => HeadKind::Logistic,

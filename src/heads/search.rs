@@ -10,7 +10,9 @@ use linfa::prelude::*;
 use linfa_logistic::MultiLogisticRegression;
 use ndarray::{Array1, Array2, Axis};
 
-use super::logistic::{Candidate, EncoderStamp, HeadMetrics, LogisticHead, Selection, TrainingRecord, FORMAT_VERSION};
+use super::logistic::{
+    Calibration, Candidate, EncoderStamp, HeadMetrics, LogisticHead, Selection, TrainingRecord, FORMAT_VERSION,
+};
 use super::metrics::Metrics;
 use crate::features::PooledFeatures;
 use crate::pooling::{argmax, softmax, FeaturePooling};
@@ -66,6 +68,10 @@ struct Fitted {
 }
 
 impl Fitted {
+    fn logits(&self, x: &Array2<f64>) -> Array2<f64> {
+        x.dot(&self.weights) + &self.intercept
+    }
+
     fn probabilities(&self, x: &Array2<f64>) -> Array2<f64> {
         let mut z = x.dot(&self.weights) + &self.intercept;
         for mut row in z.rows_mut() {
@@ -115,6 +121,50 @@ fn score(fitted: &Fitted, x: &Array2<f64>, y: &[usize]) -> (f64, f64, Vec<usize>
         predicted.push(best);
     }
     (correct as f64 / y.len() as f64, loss / y.len() as f64, predicted)
+}
+
+fn mean_log_loss(logits: &Array2<f64>, y: &[usize], temperature: f64) -> f64 {
+    let mut loss = 0.0;
+    for (row, &truth) in logits.rows().into_iter().zip(y) {
+        let p = softmax(&row.iter().map(|z| z / temperature).collect::<Vec<_>>());
+        loss -= p[truth].max(1e-15).ln();
+    }
+    loss / y.len().max(1) as f64
+}
+
+/// Fits one temperature T (probabilities = softmax(logits / T)) on held-out
+/// logits by minimising their log-loss (golden-section search over log T in
+/// [1/20, 20]); kept only when it lowers that log-loss by at least 1%, since
+/// a head whose probabilities are already calibrated gains nothing from it.
+fn fit_temperature(logits: &Array2<f64>, y: &[usize]) -> Calibration {
+    let loss = |log_t: f64| mean_log_loss(logits, y, log_t.exp());
+    let (mut lo, mut hi) = ((1.0f64 / 20.0).ln(), 20f64.ln());
+    let golden = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut a, mut b) = (hi - golden * (hi - lo), lo + golden * (hi - lo));
+    let (mut fa, mut fb) = (loss(a), loss(b));
+    for _ in 0..60 {
+        if fa < fb {
+            hi = b;
+            (b, fb) = (a, fa);
+            a = hi - golden * (hi - lo);
+            fa = loss(a);
+        } else {
+            lo = a;
+            (a, fa) = (b, fb);
+            b = lo + golden * (hi - lo);
+            fb = loss(b);
+        }
+    }
+    let fitted = ((lo + hi) / 2.0).exp();
+    let before = mean_log_loss(logits, y, 1.0);
+    let after = mean_log_loss(logits, y, fitted);
+    let helps = after < before * 0.99;
+    Calibration {
+        fitted_temperature: fitted,
+        held_out_log_loss: before,
+        held_out_log_loss_scaled: after,
+        temperature: helps.then_some(fitted),
+    }
 }
 
 fn select_rows(x: &Array2<f64>, rows: &[usize]) -> Array2<f64> {
@@ -222,7 +272,10 @@ pub fn train(
         })
         .collect();
     let fits_done = std::sync::atomic::AtomicUsize::new(0);
-    let scores = parallel_map(&tasks, |task| -> anyhow::Result<(f64, f64)> {
+    // Per task: accuracy, log-loss, and the held-out rows' logits with their labels
+    // (what the temperature is fitted on, for the chosen candidate).
+    type Scored = (f64, f64, Array2<f64>, Vec<usize>);
+    let scores = parallel_map(&tasks, |task| -> anyhow::Result<Scored> {
         let x = &fit_sets[task.pooling];
         let (fit_x, fit_y, score_x, score_y) = match (&score_sets[task.pooling], validation.as_ref()) {
             (Some(vx), Some(v)) => (x.clone(), fit_labels.clone(), vx.clone(), v.labels.to_vec()),
@@ -239,17 +292,18 @@ pub fn train(
         };
         let scaler = Scaler::fit(&fit_x);
         let fitted = fit(&scaler.apply(&fit_x), &fit_y, classes, task.alpha, config.max_iterations)?;
-        let (accuracy, log_loss, _) = score(&fitted, &scaler.apply(&score_x), &score_y);
+        let scaled = scaler.apply(&score_x);
+        let (accuracy, log_loss, _) = score(&fitted, &scaled, &score_y);
         if let Some(progress) = &config.progress {
             progress.call(fits_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, tasks.len());
         }
-        Ok((accuracy, log_loss))
+        Ok((accuracy, log_loss, fitted.logits(&scaled), score_y))
     });
     let mut candidates = Vec::new();
     for (chunk, task) in scores.chunks(folds).zip(tasks.iter().step_by(folds)) {
         let (mut accuracy, mut log_loss) = (0.0, 0.0);
         for result in chunk {
-            let (a, l) = result.as_ref().map_err(|e| anyhow!("{e:#}"))?;
+            let (a, l, _, _) = result.as_ref().map_err(|e| anyhow!("{e:#}"))?;
             accuracy += a / folds as f64;
             log_loss += l / folds as f64;
         }
@@ -258,6 +312,25 @@ pub fn train(
         candidates.push(Candidate { pooling, alpha: task.alpha, accuracy, log_loss });
     }
     let best = choose(&candidates, hidden);
+    // The chosen candidate's held-out logits, every fold together: a temperature
+    // fitted on them never sees the final fit's own training rows, nor test.
+    let best_task = tasks
+        .iter()
+        .position(|t| config.poolings[t.pooling] == best.pooling && t.alpha == best.alpha)
+        .expect("the chosen candidate was scored");
+    let (held_logits, held_labels): (Vec<Array2<f64>>, Vec<usize>) = {
+        let mut logits = Vec::new();
+        let mut labels = Vec::new();
+        for result in &scores[best_task..best_task + folds] {
+            let (_, _, z, y) = result.as_ref().map_err(|e| anyhow!("{e:#}"))?;
+            logits.push(z.clone());
+            labels.extend(y);
+        }
+        (logits, labels)
+    };
+    let held_logits =
+        ndarray::concatenate(Axis(0), &held_logits.iter().map(|a| a.view()).collect::<Vec<_>>()).expect("same width");
+    let calibration = fit_temperature(&held_logits, &held_labels);
 
     let index = config.poolings.iter().position(|&p| p == best.pooling).expect("a searched pooling");
     let x = &fit_sets[index];
@@ -291,14 +364,18 @@ pub fn train(
             candidates,
             seconds: started.elapsed().as_secs_f64(),
             upload: None,
+            calibration: Some(calibration.clone()),
         },
         metrics: HeadMetrics {
             train: Some(Metrics::compute(labels, &fit_labels, &fit_pred)),
             validation: validation_metrics,
             test: None,
+            test_calibration: None,
         },
         created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         description: None,
+        temperature: calibration.temperature,
+        min_probability: None,
         scaler_mean: scaler.mean.iter().map(|&v| v as f32).collect(),
         scaler_scale: scaler.scale.iter().map(|&v| v as f32).collect(),
         weights: (0..classes).map(|c| fitted.weights.column(c).iter().map(|&v| v as f32).collect()).collect(),
@@ -306,4 +383,40 @@ pub fn train(
         checksum: String::new(),
     };
     Ok(head.sealed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Labels drawn from softmax(z) for two-class logits z, by a fixed generator.
+    fn sampled(n: usize) -> (Array2<f64>, Vec<usize>) {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut z = Array2::zeros((n, 2));
+        let mut y = Vec::with_capacity(n);
+        for i in 0..n {
+            let margin = 4.0 * next() - 2.0;
+            z[[i, 1]] = margin;
+            y.push(usize::from(next() < softmax(&[0.0, margin])[1]));
+        }
+        (z, y)
+    }
+
+    #[test]
+    fn temperature_undoes_overconfidence_and_stays_off_when_calibrated() {
+        let (z, y) = sampled(20_000);
+        let calibrated = fit_temperature(&z, &y);
+        assert!((calibrated.fitted_temperature - 1.0).abs() < 0.1, "{calibrated:?}");
+        assert_eq!(calibrated.temperature, None, "no 1% gain on calibrated logits: {calibrated:?}");
+        let overconfident = fit_temperature(&(&z * 4.0), &y);
+        let t = overconfident.temperature.expect("worth using");
+        assert!((t - 4.0).abs() < 0.4, "{overconfident:?}");
+        assert!(overconfident.held_out_log_loss_scaled < overconfident.held_out_log_loss * 0.9);
+    }
 }

@@ -114,8 +114,10 @@ pub fn train_head(
     if let Some(test) = &test_split {
         // Reported for reference only: nothing above looked at the test split.
         let features = extraction.features(&data_name, test)?;
-        let predicted = head.predict(&features.get(head.pooling));
+        let x = features.get(head.pooling);
+        let predicted = head.predict(&x);
         head.metrics.test = Some(Metrics::compute(&dataset.labels, &test.labels, &predicted));
+        head.metrics.test_calibration = Some(head.calibration_error(&x, &test.labels));
     }
     tracing::info!(
         head = name,

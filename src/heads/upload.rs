@@ -31,6 +31,7 @@ pub struct Options {
     pub alphas: Option<Vec<f64>>,
     pub cv_folds: Option<usize>,
     pub test_fraction: Option<f64>,
+    pub min_probability: Option<f32>,
 }
 
 /// Options with every default filled in.
@@ -40,6 +41,7 @@ pub struct Resolved {
     pub alphas: Vec<f64>,
     pub cv_folds: usize,
     pub test_fraction: f64,
+    pub min_probability: Option<f32>,
 }
 
 /// Why an upload is refused: a stable code and a message naming the problem.
@@ -79,6 +81,9 @@ impl Prepared {
 }
 
 const MAX_ALPHAS: usize = 20;
+
+/// The label `/classify` answers when the top probability is below `min_probability`.
+pub const ABSTAIN: &str = "abstain";
 const MAX_FOLDS: usize = 20;
 
 fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, UploadError> {
@@ -100,7 +105,18 @@ fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, Upl
             format!("test_fraction must be more than 0 and at most 0.5, got {test_fraction}"),
         ));
     }
-    Ok(Resolved { pooling: options.pooling.unwrap_or(PoolingChoice::Auto), alphas, cv_folds, test_fraction })
+    if let Some(p) = options.min_probability {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(invalid("invalid_option", format!("min_probability must be between 0 and 1, got {p}")));
+        }
+    }
+    Ok(Resolved {
+        pooling: options.pooling.unwrap_or(PoolingChoice::Auto),
+        alphas,
+        cv_folds,
+        test_fraction,
+        min_probability: options.min_probability,
+    })
 }
 
 /// Checks `examples` against `limits` and splits them; every refusal is an
@@ -130,8 +146,11 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
                 ),
             ));
         }
-        if e.label.trim().is_empty() || e.label.len() > 200 {
-            return Err(invalid("invalid_label", format!("example {i} has an empty label or one over 200 bytes")));
+        if e.label.trim().is_empty() || e.label.len() > 200 || e.label == ABSTAIN {
+            return Err(invalid(
+                "invalid_label",
+                format!("example {i} has an empty label, one over 200 bytes, or {ABSTAIN:?} (what /classify answers below min_probability)"),
+            ));
         }
         let test = match e.split.as_deref() {
             None | Some("train") | Some("validation") => false,

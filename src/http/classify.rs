@@ -12,6 +12,7 @@ use super::types::{
     ClassifyAnswer, ClassifyManyResponse, ClassifyRequest, ClassifyResponse, Explanation, Prediction, TokenPart,
 };
 use super::{timing_headers, AppState, ENCODER_FINGERPRINT, HEAD_VERSION};
+use crate::heads::upload::ABSTAIN;
 use crate::heads::{classify_with, Classified, Explained, Head};
 use crate::pooling::argmax;
 use axum::http::HeaderValue;
@@ -71,8 +72,19 @@ pub async fn classify(
         classify_with(&heads, state.encoder(), texts, request.truncate, state.deadline(), request.explain, windows)
             .await?;
     let timing = all.first().map(|c| c.timing).unwrap_or_default();
-    let results: Vec<ClassifyResponse> =
-        heads.iter().zip(all).map(|(head, classified)| answer(&state, head, classified)).collect();
+    if let Some(p) = request.min_probability {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(ApiError::invalid(
+                "invalid_request",
+                format!("min_probability must be between 0 and 1, got {p}"),
+            ));
+        }
+    }
+    let results: Vec<ClassifyResponse> = heads
+        .iter()
+        .zip(all)
+        .map(|(head, classified)| answer(&state, head, classified, request.min_probability.or(head.min_probability())))
+        .collect();
     let versions = results.iter().map(|r| format!("{}={}", r.head, r.head_version)).collect::<Vec<_>>().join(",");
     let mut fingerprints_unique: Vec<&str> = Vec::new();
     for r in &results {
@@ -96,7 +108,7 @@ pub async fn classify(
 const MAX_HEADS_PER_REQUEST: usize = 16;
 
 /// One head's part of an answer.
-fn answer(state: &AppState, head: &Head, classified: Classified) -> ClassifyResponse {
+fn answer(state: &AppState, head: &Head, classified: Classified, min_probability: Option<f32>) -> ClassifyResponse {
     let labels = head.labels();
     let mut explanations = classified.explanations.map(|e| e.into_iter());
     let predictions = classified
@@ -104,12 +116,15 @@ fn answer(state: &AppState, head: &Head, classified: Classified) -> ClassifyResp
         .into_iter()
         .map(|p| {
             let best = argmax(p.iter().copied());
-            state.metrics.record_prediction(head.name(), &labels[best]);
+            let abstained = min_probability.is_some_and(|min| p[best] < min);
+            let label = if abstained { ABSTAIN.to_string() } else { labels[best].clone() };
+            state.metrics.record_prediction(head.name(), &label);
             let explanation = explanations.as_mut().and_then(Iterator::next).map(|e| explanation(head, labels, e));
             Prediction {
-                label: labels[best].clone(),
+                label,
                 probability: p[best],
                 probabilities: labels.iter().cloned().zip(p).collect(),
+                abstained,
                 explanation,
             }
         })

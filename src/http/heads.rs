@@ -240,7 +240,7 @@ fn from_json(body: &[u8]) -> Result<Creation, ApiError> {
             ApiError::invalid("invalid_request", format!("the body is not a head to create: {e}"))
         }
     })?;
-    let TrainingOptions { pooling, alphas, cv_folds, test_fraction } = request.options;
+    let TrainingOptions { pooling, alphas, cv_folds, test_fraction, min_probability } = request.options;
     Ok(Creation {
         name: request.name,
         examples: request
@@ -257,7 +257,13 @@ fn from_json(body: &[u8]) -> Result<Creation, ApiError> {
             .collect(),
         replace: request.replace,
         description: request.description,
-        options: Options { pooling: parse_pooling(pooling.as_deref())?, alphas, cv_folds, test_fraction },
+        options: Options {
+            pooling: parse_pooling(pooling.as_deref())?,
+            alphas,
+            cv_folds,
+            test_fraction,
+            min_probability,
+        },
     })
 }
 
@@ -282,6 +288,7 @@ fn from_rows(body: &[u8], format: RowFormat, query: CreateHeadQuery) -> Result<C
             alphas,
             cv_folds: query.cv_folds,
             test_fraction: query.test_fraction,
+            min_probability: query.min_probability,
         },
     })
 }

@@ -198,6 +198,12 @@ pub struct ClassifyRequest {
     #[serde(default)]
     #[schema(default = false)]
     pub explain: bool,
+    /// Answer `abstain` (with `abstained: true`) for a text whose top
+    /// probability is below this (0-1); overrides the head's own
+    /// `min_probability` (set when it was created). None: always answer.
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub min_probability: Option<f32>,
     /// Classify a text longer than the model's maximum from overlapping windows
     /// pooled together (as `/embed`'s `windows`; ONNX heads: the mean of the
     /// windows' probabilities) instead of truncating. Not with `explain`.
@@ -214,6 +220,10 @@ pub struct Prediction {
     pub probability: f32,
     /// Every label's probability.
     pub probabilities: BTreeMap<String, f32>,
+    /// True when the top probability was below `min_probability`: `label` is
+    /// then `abstain` (the top label is still in `probabilities`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abstained: bool,
     /// With `explain`: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub explanation: Option<Explanation>,
@@ -389,6 +399,9 @@ pub struct TrainingOptions {
     /// Part of each label held out for the report when no example is marked `test` (0-0.5].
     #[serde(default)]
     pub test_fraction: Option<f64>,
+    /// The head's default `min_probability` on `/classify` (0-1).
+    #[serde(default)]
+    pub min_probability: Option<f32>,
 }
 
 /// `POST /heads` with a JSON body. CSV or JSONL bodies carry the same examples
@@ -423,6 +436,7 @@ pub struct CreateHeadQuery {
     pub alphas: Option<String>,
     pub cv_folds: Option<usize>,
     pub test_fraction: Option<f64>,
+    pub min_probability: Option<f32>,
 }
 
 /// `202 Accepted` of `POST /heads`: follow `Location` (`GET /heads/{name}`).

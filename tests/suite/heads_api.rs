@@ -412,9 +412,10 @@ import numpy as np
 d = json.load(sys.stdin)
 h, e = d["head"], d["explanation"]
 H = np.array(d["states"], dtype=np.float64)            # tokens x hidden
-W = np.array(h["weights"], dtype=np.float64)           # labels x features
+T = h.get("temperature") or 1.0                       # probabilities = softmax(logits / T)
+W = np.array(h["weights"], dtype=np.float64) / T       # labels x features
 A = W / np.array(h["scaler_scale"], dtype=np.float64)  # weight of a raw feature
-bias = np.array(h["intercept"], dtype=np.float64) - A @ np.array(h["scaler_mean"], dtype=np.float64)
+bias = np.array(h["intercept"], dtype=np.float64) / T - A @ np.array(h["scaler_mean"], dtype=np.float64)
 labels, hid, pool = h["labels"], H.shape[1], h["pooling"]
 pick = lambda m: np.array([m[l] for l in labels])
 if pool == "mean":
@@ -426,7 +427,7 @@ elif pool == "cls_mean":
 else:
     parts, cls = None, A @ H[0]
     feats = H[0]
-logits = W @ ((feats - np.array(h["scaler_mean"])) / np.array(h["scaler_scale"])) + np.array(h["intercept"])
+logits = W @ ((feats - np.array(h["scaler_mean"])) / np.array(h["scaler_scale"])) + np.array(h["intercept"]) / T
 worst = max(abs(pick(e["bias"]) - bias).max(), abs(pick(e["scores"]) - logits).max())
 if pool != "mean":
     worst = max(worst, abs(pick(e["cls"]) - cls).max())
@@ -514,5 +515,56 @@ async fn several_heads_answer_from_one_encoder_pass() {
     let (status, _, _) =
         error_of(server.post_json("/classify", json!({"inputs": "x", "heads": ["by-cls", "nope"]})).await).await;
     assert_eq!(status, 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn calibration_is_reported_and_low_confidence_answers_abstain() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    let body =
+        json!({"name": "cal", "examples": examples(12), "options": {"min_probability": 0.999, "alphas": [10000.0]}});
+    assert_eq!(create(&server, body).await.status(), 202);
+    let detail = wait_for(&server, "cal", "ready").await;
+    let calibration = &detail["training"]["calibration"];
+    let fitted = calibration["fitted_temperature"].as_f64().unwrap();
+    assert!((0.05..=20.0).contains(&fitted), "{calibration}");
+    let (before, after) =
+        (calibration["held_out_log_loss"].as_f64().unwrap(), calibration["held_out_log_loss_scaled"].as_f64().unwrap());
+    assert!(after <= before + 1e-9, "{calibration}");
+    // Used only when it lowered the held-out log-loss by 1% or more.
+    assert_eq!(calibration["temperature"].is_null(), after > before * 0.99, "{calibration}");
+    let ece = &detail["metrics"]["test_calibration"];
+    for key in ["ece", "ece_without_temperature"] {
+        assert!((0.0..=1.0).contains(&ece[key].as_f64().unwrap()), "{ece}");
+    }
+
+    let ask = |extra: Value| {
+        let mut body = json!({"inputs": ["chip and screen"], "head": "cal"});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let server = &server;
+        async move { server.post_json("/classify", body).await.json::<Value>().await.unwrap()["predictions"][0].clone() }
+    };
+    // The head's own threshold (0.999) applies unless the request sets one.
+    let by_default = ask(json!({})).await;
+    let top = by_default["probability"].as_f64().unwrap();
+    assert_eq!(by_default["abstained"].as_bool().unwrap_or(false), top < 0.999);
+    // Just above and below the top probability (f32: it may round to exactly 1).
+    assert!(top < 1.0, "the tiny model's top probability is {top}");
+    let strict = ask(json!({"min_probability": (top + 1.0) / 2.0})).await;
+    assert_eq!((strict["label"].as_str(), strict["abstained"].as_bool()), (Some("abstain"), Some(true)));
+    assert!(strict["probabilities"].as_object().unwrap().len() == 3, "the probabilities are still given");
+    let lenient = ask(json!({"min_probability": top / 2.0})).await;
+    assert!(lenient.get("abstained").is_none() && lenient["label"] != "abstain", "{lenient}");
+    let (status, _, _) =
+        error_of(server.post_json("/classify", json!({"inputs": "x", "head": "cal", "min_probability": 1.5})).await)
+            .await;
+    assert_eq!(status, 422);
+    let mut named_abstain = examples(10);
+    for e in named_abstain.iter_mut().take(10) {
+        e["label"] = json!("abstain");
+    }
+    let (status, code, _) = error_of(create(&server, json!({"name": "bad", "examples": named_abstain})).await).await;
+    assert_eq!((status, code.as_str()), (422, "invalid_label"));
     server.stop().await;
 }
