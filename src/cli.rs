@@ -335,6 +335,10 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Logging")]
     #[serde(rename = "logging.filter")]
     pub log_filter: Option<String>,
+    /// logging.otlp_endpoint: export trace spans over OTLP/HTTP, e.g. http://collector:4318/v1/traces.
+    #[arg(long, help_heading = "Logging")]
+    #[serde(rename = "logging.otlp_endpoint")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl SettingsArgs {

@@ -282,6 +282,8 @@ impl LimitSettings {
 pub struct LoggingSettings {
     pub format: LogFormat,
     pub filter: String,
+    pub otlp_endpoint: String,
+    pub service_name: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]

@@ -46,13 +46,13 @@ fn batch_job(args: &SettingsArgs, job: impl FnOnce() -> anyhow::Result<()>) -> a
     if args.log_format.is_none() {
         logging.format = distilserve::config::LogFormat::Text;
     }
-    distilserve::telemetry::init(&logging);
+    let _telemetry = distilserve::telemetry::init(&logging);
     job()
 }
 
 fn serve(args: &SettingsArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
-    distilserve::telemetry::init(&settings.logging);
+    let telemetry = distilserve::telemetry::init(&settings.logging);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {
         let app = Application::build(settings).await?;
@@ -61,6 +61,7 @@ fn serve(args: &SettingsArgs) -> anyhow::Result<()> {
     // A head still training at startup runs on a blocking thread: do not wait
     // for it once the server has drained.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    drop(telemetry); // sends the spans still buffered
     result
 }
 

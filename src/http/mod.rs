@@ -400,7 +400,14 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {
                     let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    let span = tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        request_id = %id
+                    );
+                    crate::telemetry::join_callers_trace(&span, req.headers());
+                    span
                 })
                 // One access-log line per request; refusals (503) are answers, not
                 // failures, and real 500s are logged where they happen (ApiError).

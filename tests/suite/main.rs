@@ -32,3 +32,4 @@ mod slow_clients;
 mod startup_errors;
 mod structure;
 mod topology;
+mod tracing_export;
