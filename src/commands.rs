@@ -201,6 +201,7 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
                 alphas: alphas.clone(),
                 max_iterations: head.training.max_iterations,
                 progress: None,
+                threads: None,
                 selection: head.training.selection,
             };
             let other = train(&format!("{}-{pooling}", head.name), EncoderStamp::of(extraction.info), data, &config)?;

@@ -47,6 +47,7 @@ pub struct TrainingSettings {
     pub max_iterations: u64,
     pub batch_size: usize,
     pub batch_tokens: usize,
+    pub search_threads: usize,
     pub keep_versions: usize,
 }
 

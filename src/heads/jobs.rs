@@ -292,6 +292,11 @@ fn run_job(trainer: &Trainer, statuses: &Statuses, job: Job) {
     }
 }
 
+/// `training.search_threads`; 0: every core.
+fn search_threads(setting: usize) -> Option<usize> {
+    (setting > 0).then_some(setting)
+}
+
 fn rows(features: &PooledFeatures, from: usize, to: usize) -> PooledFeatures {
     PooledFeatures {
         cls: features.cls.select(Axis(0), &(from..to).collect::<Vec<_>>()),
@@ -325,6 +330,7 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
         max_iterations: settings.max_iterations,
         selection: selection_of(p.options.cv_folds),
         progress: Some(phase_reporter(statuses, &job.name, "searching")),
+        threads: search_threads(settings.search_threads),
     };
     let data = TrainingData {
         labels: &p.labels,

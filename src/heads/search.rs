@@ -25,6 +25,8 @@ pub struct TrainConfig {
     pub selection: Selection,
     /// Told (model fits done, fits in all) during the search.
     pub progress: Option<crate::features::ProgressFn>,
+    /// Threads fitting candidates at once; None: every core.
+    pub threads: Option<usize>,
 }
 
 /// What a head is trained on: its label names, the train split and the
@@ -179,8 +181,9 @@ struct Task {
 }
 
 /// Runs `f` over `items` on every available core, keeping the order.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(items.len()).max(1);
+fn parallel_map<T: Sync, R: Send>(items: &[T], threads: Option<usize>, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = threads.unwrap_or(cores).min(items.len()).max(1);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<std::sync::Mutex<Option<R>>> = items.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|scope| {
@@ -275,7 +278,7 @@ pub fn train(
     // Per task: accuracy, log-loss, and the held-out rows' logits with their labels
     // (what the temperature is fitted on, for the chosen candidate).
     type Scored = (f64, f64, Array2<f64>, Vec<usize>);
-    let scores = parallel_map(&tasks, |task| -> anyhow::Result<Scored> {
+    let scores = parallel_map(&tasks, config.threads, |task| -> anyhow::Result<Scored> {
         let x = &fit_sets[task.pooling];
         let (fit_x, fit_y, score_x, score_y) = match (&score_sets[task.pooling], validation.as_ref()) {
             (Some(vx), Some(v)) => (x.clone(), fit_labels.clone(), vx.clone(), v.labels.to_vec()),

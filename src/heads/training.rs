@@ -98,6 +98,7 @@ pub fn train_head(
         alphas: settings.alphas.clone(),
         max_iterations: settings.max_iterations,
         progress: None,
+        threads: None,
         selection: selection_of(settings.cv_folds),
     };
     let data = TrainingData {
