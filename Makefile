@@ -8,8 +8,10 @@ ARGS ?=
 
 .PHONY: bench-heads attack setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
 
+# MODEL=all-mpnet-base-v2 (or distilbert-base-shaped) sets that encoder up too.
+MODEL ?=
 setup:
-	scripts/setup.sh
+	MODEL=$(MODEL) scripts/setup.sh
 
 # nginx and Chromium, which tests drive for real (apt when root; else it says what to install).
 test-deps:

@@ -68,9 +68,13 @@ pub struct ExtractArgs {
     /// Split to extract (repeatable); default: train, validation and test where present.
     #[arg(long = "split")]
     pub splits: Vec<String>,
-    /// Pooling of the last hidden states.
+    /// Pooling of the hidden states.
     #[arg(long, value_enum, default_value = "cls")]
     pub pooling: FeaturePooling,
+    /// Hidden states pooled: "-1" (the last), "-2", "mean(-4,-3,-2,-1)" or
+    /// "concat(-2,-1)" (0 is the embeddings' output; negative from the end).
+    #[arg(long, default_value = "-1", value_parser = parse_layers, allow_hyphen_values = true)]
+    pub layers: crate::config::LayerSpec,
     /// Output folder: <out>/<split>/X.npy (float32) and y.npy (int64), <out>/meta.json.
     #[arg(long)]
     pub out: PathBuf,
@@ -392,4 +396,8 @@ mod tests {
         assert!(settings.classify.serve.is_empty());
         assert_eq!(settings.logging.format, LogFormat::Text);
     }
+}
+
+fn parse_layers(text: &str) -> Result<crate::config::LayerSpec, String> {
+    crate::config::LayerSpec::try_from(text.to_string())
 }

@@ -10,16 +10,16 @@ use crate::atomic_file::write_atomic;
 use crate::cli::{EvaluateArgs, ExtractArgs, HealthcheckArgs, TrainArgs};
 use crate::config::{HeadKind, HeadSettings, Settings};
 use crate::data::Dataset;
-use crate::features::{FeatureCache, Progress};
-use crate::heads::logistic::{head_path, EncoderStamp, LogisticHead};
+use crate::features::{layers_to_extract, FeatureCache, Progress};
+use crate::heads::logistic::{head_path, LogisticHead};
 use crate::heads::metrics::Metrics;
 use crate::heads::onnx::map_labels;
-use crate::heads::search::{train, LabelledFeatures, TrainConfig, TrainingData};
+use crate::heads::search::plain_logistic;
 use crate::heads::training::{save_head, train_head, Extraction};
 use crate::model::Model;
 use crate::npy;
 use crate::pooling::{argmax, FeaturePooling};
-use crate::report::{confusion_svg, Report, Row};
+use crate::report::{confusion_svg, CandidateRow, Report, Row};
 
 /// The encoder for a batch job: one session with every configured thread.
 fn load_model(settings: &Settings) -> anyhow::Result<Model> {
@@ -59,7 +59,13 @@ pub fn extract(args: &ExtractArgs) -> anyhow::Result<()> {
     with_extraction(&settings, &mut model, |extraction| {
         for name in &splits {
             let split = dataset.split(name)?;
-            let features = extraction.features(&data_name, &split)?.get(args.pooling);
+            let layers = crate::layers::LayerSelection::resolve(
+                &args.layers.indices,
+                args.layers.combine,
+                extraction.info.layers,
+            )?;
+            let extract = layers_to_extract(&[Some(layers.clone())], extraction.info.last_layer());
+            let features = extraction.features(&data_name, &split, &extract)?.get(args.pooling, Some(&layers));
             let dir = args.out.join(name);
             let x: Vec<f32> = features.iter().copied().collect();
             let y: Vec<i64> = split.labels.iter().map(|&l| l as i64).collect();
@@ -73,6 +79,7 @@ pub fn extract(args: &ExtractArgs) -> anyhow::Result<()> {
     let meta = serde_json::json!({
         "labels": dataset.labels,
         "pooling": args.pooling,
+        "layers": args.layers.to_string(),
         "model": model.info.name,
         "model_fingerprint": model.info.fingerprint,
         "max_tokens": model.info.max_tokens,
@@ -150,16 +157,22 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
     let data_name = data_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let split = dataset.split(&args.split)?;
     let train_split = dataset.split("train")?;
-    let validation = if dataset.has_split("validation") { Some(dataset.split("validation")?) } else { None };
     let labels = dataset.labels.clone();
     let mut rows = Vec::new();
 
     with_extraction(&settings, &mut model, |extraction| {
-        let features = extraction.features(&data_name, &split)?;
-        let predicted = head.predict(&features.get(head.pooling));
+        let last = extraction.info.last_layer();
+        let layers = layers_to_extract(&[head.layers.clone()], last);
+        let features = extraction.features(&data_name, &split, &layers)?;
+        let predicted = head.predict(&features.get(head.pooling, head.layers.as_ref()));
         rows.push(Row {
             name: head.name.clone(),
-            description: format!("this head: logistic, {} pooling, alpha {}", head.pooling, head.training.alpha),
+            description: format!(
+                "this head: logistic, {} pooling of layers {}, alpha {}",
+                head.pooling,
+                head.layers_label(),
+                head.training.alpha
+            ),
             metrics: Metrics::compute(&labels, &split.labels, &predicted),
         });
 
@@ -173,42 +186,25 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
             metrics: Metrics::compute(&labels, &split.labels, &vec![majority; split.labels.len()]),
         });
 
-        // (b) The other poolings, searched and fitted the same way as the head.
-        let train_features = extraction.features(&data_name, &train_split)?;
-        let validation_features = match &validation {
-            Some(v) => Some(extraction.features(&data_name, v)?),
-            None => None,
-        };
-        let mut alphas: Vec<f64> = head.training.candidates.iter().map(|c| c.alpha).collect();
-        alphas.sort_by(f64::total_cmp);
-        alphas.dedup();
-        if alphas.is_empty() {
-            alphas.push(head.training.alpha);
-        }
-        for pooling in FeaturePooling::ALL.into_iter().filter(|p| *p != head.pooling) {
-            let data = TrainingData {
-                labels: &labels,
-                train: LabelledFeatures { features: &train_features, labels: &train_split.labels },
-                validation: validation
-                    .as_ref()
-                    .zip(validation_features.as_ref())
-                    .map(|(s, f)| LabelledFeatures { features: f, labels: &s.labels }),
-                data_dir: data_dir.display().to_string(),
-                data_fingerprints: BTreeMap::new(),
-            };
-            let config = TrainConfig {
-                poolings: vec![pooling],
-                alphas: alphas.clone(),
-                max_iterations: head.training.max_iterations,
-                progress: None,
-                threads: None,
-                selection: head.training.selection,
-            };
-            let other = train(&format!("{}-{pooling}", head.name), EncoderStamp::of(extraction.info), data, &config)?;
-            let predicted = other.predict(&features.get(pooling));
+        // (b) The lecture's reference: scikit-learn's plain LogisticRegression()
+        // (L2 with C = 1, 100 iterations, raw features) fitted on the train
+        // split alone, on the last hidden state's [CLS] and mean.
+        let last_only = [last];
+        let train_features = extraction.features(&data_name, &train_split, &last_only)?;
+        let features = extraction.features(&data_name, &split, &last_only)?;
+        for pooling in [FeaturePooling::Cls, FeaturePooling::Mean] {
+            let predicted = plain_logistic(
+                &train_features.get(pooling, None),
+                &train_split.labels,
+                labels.len(),
+                &features.get(pooling, None),
+            )?;
             rows.push(Row {
-                name: format!("logistic-{pooling}"),
-                description: format!("same search, {pooling} pooling, alpha {}", other.training.alpha),
+                name: format!("plain-{pooling}"),
+                description: format!(
+                    "LogisticRegression() as in the lecture: raw {pooling} features of the last layer, alpha 1, \
+                     100 iterations, train split only"
+                ),
                 metrics: Metrics::compute(&labels, &split.labels, &predicted),
             });
         }
@@ -228,6 +224,10 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
 
     let report = Report {
         head: head.name.clone(),
+        encoder: head.encoder.name.clone(),
+        selection: head.training.selection.to_string(),
+        training_seconds: head.training.seconds,
+        candidates: best_per_feature_set(&head),
         data: data_dir.display().to_string(),
         split: args.split.clone(),
         examples: split.texts.len(),
@@ -243,6 +243,35 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
     write_atomic(&svg_path, confusion_svg(&title, &labels, &report.rows[0].metrics.confusion).as_bytes())?;
     println!("\nreport: {}\nconfusion matrix: {}", json_path.display(), svg_path.display());
     Ok(())
+}
+
+/// The head's search, one row per feature set (layers x pooling) with its
+/// best alpha, in the order searched; the chosen one marked.
+fn best_per_feature_set(head: &LogisticHead) -> Vec<CandidateRow> {
+    let mut rows: Vec<CandidateRow> = Vec::new();
+    for c in &head.training.candidates {
+        let layers = c.layers.as_ref().map_or_else(|| "-1".to_string(), |l| l.describe(head.encoder.last_layer()));
+        let row = CandidateRow {
+            layers,
+            pooling: c.pooling.to_string(),
+            features: c.width(head.encoder.hidden_size),
+            alpha: c.alpha,
+            accuracy: c.accuracy,
+            log_loss: c.log_loss,
+            chosen: c.pooling == head.pooling && c.layers == head.layers && c.alpha == head.training.alpha,
+        };
+        match rows.iter_mut().find(|r| r.layers == row.layers && r.pooling == row.pooling) {
+            Some(existing) => {
+                let chosen = existing.chosen || row.chosen;
+                if row.chosen || (!existing.chosen && row.accuracy > existing.accuracy) {
+                    *existing = row;
+                }
+                existing.chosen = chosen;
+            }
+            None => rows.push(row),
+        }
+    }
+    rows
 }
 
 /// A pre-trained sequence classifier on the split, its labels mapped to ours.
@@ -281,6 +310,7 @@ fn evaluate_onnx(
         &mut model.encoders[0],
         &tokenizer,
         texts,
+        crate::layers::LayerMask::LAST,
         settings.batching.max_batch_size,
         settings.batching.max_batch_tokens,
         &progress,

@@ -44,6 +44,7 @@ pub struct TrainingSettings {
     pub test_fraction: f64,
     pub cv_folds: usize,
     pub alphas: Vec<f64>,
+    pub layers: Vec<LayerSpec>,
     pub max_iterations: u64,
     pub batch_size: usize,
     pub batch_tokens: usize,
@@ -118,6 +119,83 @@ pub enum PoolingChoice {
     ClsMean,
 }
 
+/// How several hidden states become one vector per token (`layers::LayerSelection`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerCombine {
+    /// Element-wise mean: the hidden size stays the same.
+    #[default]
+    Mean,
+    /// Side by side, in the order asked: hidden size x number of layers.
+    Concat,
+}
+
+impl LayerCombine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayerCombine::Mean => "mean",
+            LayerCombine::Concat => "concat",
+        }
+    }
+}
+
+/// One layer option of a head's search, written `"-1"`, `"mean(-4,-3,-2,-1)"`
+/// or `"concat(-2,-1)"`: hidden-state indices (0 the embeddings, negative from
+/// the end) and how several combine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LayerSpec {
+    pub indices: Vec<i64>,
+    pub combine: LayerCombine,
+}
+
+impl TryFrom<String> for LayerSpec {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let t = text.trim();
+        let (combine, list) = if let Some(rest) = t.strip_prefix("mean(") {
+            (LayerCombine::Mean, rest.strip_suffix(')'))
+        } else if let Some(rest) = t.strip_prefix("concat(") {
+            (LayerCombine::Concat, rest.strip_suffix(')'))
+        } else {
+            (LayerCombine::Mean, Some(t))
+        };
+        let bad = || format!("layer option {text:?}: write \"-1\", \"mean(-4,-3,-2,-1)\" or \"concat(-2,-1)\"");
+        let indices = list
+            .ok_or_else(bad)?
+            .split(',')
+            .map(|i| i.trim().parse::<i64>().map_err(|_| bad()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(LayerSpec { indices, combine })
+    }
+}
+
+impl From<LayerSpec> for String {
+    fn from(spec: LayerSpec) -> String {
+        spec.to_string()
+    }
+}
+
+impl std::fmt::Display for LayerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> = self.indices.iter().map(i64::to_string).collect();
+        match list.as_slice() {
+            [one] => f.write_str(one),
+            _ => write!(f, "{}({})", self.combine.as_str(), list.join(",")),
+        }
+    }
+}
+
+/// The layer options every logistic head's search tries unless told otherwise.
+pub fn default_layer_options() -> Vec<LayerSpec> {
+    ["-1", "mean(-4,-3,-2,-1)", "concat(-2,-1)"]
+        .into_iter()
+        .map(|s| LayerSpec::try_from(s.to_string()).expect("valid"))
+        .collect()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeadSettings {
@@ -127,6 +205,9 @@ pub struct HeadSettings {
     pub data: Option<PathBuf>,
     #[serde(default = "default_pooling_choice")]
     pub pooling: PoolingChoice,
+    /// Hidden states tried, each with every pooling (see [`LayerSpec`]).
+    #[serde(default = "default_layer_options")]
+    pub layers: Vec<LayerSpec>,
     #[serde(default = "default_alphas")]
     pub alphas: Vec<f64>,
     #[serde(default = "default_max_iterations")]
@@ -170,6 +251,7 @@ impl HeadSettings {
             kind: HeadKind::Logistic,
             data: Some(data),
             pooling: PoolingChoice::Auto,
+            layers: default_layer_options(),
             alphas: default_alphas(),
             max_iterations: default_max_iterations(),
             cv_folds: default_cv_folds(),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::batching::{BatchError, Batcher, BatcherConfig, BatcherStats};
 use crate::encoder::Encoder;
+use crate::layers::{LayerMask, LayerSelection};
 use crate::metrics::RuntimeMetrics;
 use crate::model::{Model, ModelInfo};
 use crate::pooling::{normalize, pool, pool_windows, Pooling, Rows};
@@ -39,13 +40,15 @@ impl Encoded {
 }
 
 /// What `/embed` asks for: how to pool, and whether to scale to unit length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbedOptions {
     pub pooling: Pooling,
     /// Per text when pooled; per token for [`Pooling::None`].
     pub normalize: bool,
     /// Cut long texts into windows with this stride (pooled only) instead of truncating.
     pub windows: Option<usize>,
+    /// Hidden states returned (resolved against the model); `None`: the last.
+    pub layers: Option<LayerSelection>,
 }
 
 /// Embeddings of a request's texts.
@@ -144,12 +147,25 @@ impl Inference {
         self.batcher.health()
     }
 
-    /// Tokenizes `texts` and runs them through the queue: each text's rows.
+    /// Tokenizes `texts` and runs them through the queue: each text's rows
+    /// (last hidden states).
     pub async fn encode(
         &self,
         texts: Vec<String>,
         truncate: bool,
         deadline: Instant,
+    ) -> Result<Encoded, InferenceError> {
+        self.encode_layers(texts, truncate, deadline, LayerMask::LAST).await
+    }
+
+    /// As [`Inference::encode`], with the hidden states of `layers` side by
+    /// side in each token row (see [`LayerSelection::combine`]).
+    pub async fn encode_layers(
+        &self,
+        texts: Vec<String>,
+        truncate: bool,
+        deadline: Instant,
+        layers: LayerMask,
     ) -> Result<Encoded, InferenceError> {
         // Refuse before tokenizing: under overload refusals must cost next to nothing.
         self.batcher.check_capacity(texts.len())?;
@@ -157,6 +173,7 @@ impl Inference {
         let mut seqs = self.tokenize(texts, truncate).await?;
         let tokenize = started.elapsed();
         self.metrics.tokenize.observe(tokenize.as_secs_f64());
+        seqs.iter_mut().for_each(|s| s.layers = layers);
         let tokens = seqs.iter_mut().map(|s| std::mem::take(&mut s.tokens)).collect();
         let offsets = seqs.iter_mut().map(|s| std::mem::take(&mut s.offsets)).collect();
         let batched = self.batcher.run(seqs, deadline).await?;
@@ -172,6 +189,7 @@ impl Inference {
         texts: Vec<String>,
         stride: usize,
         deadline: Instant,
+        layers: LayerMask,
     ) -> Result<Windowed, InferenceError> {
         self.batcher.check_capacity(texts.len())?;
         let started = Instant::now();
@@ -187,7 +205,8 @@ impl Inference {
         self.metrics.tokenize.observe(tokenize.as_secs_f64());
         let counts: Vec<usize> = windows.iter().map(Vec::len).collect();
         let token_counts = windows.iter().map(|w| w.iter().map(Tokenized::len).sum()).collect();
-        let batched = self.batcher.run(windows.into_iter().flatten().collect(), deadline).await?;
+        let seqs = windows.into_iter().flatten().map(|s| Tokenized { layers, ..s }).collect();
+        let batched = self.batcher.run(seqs, deadline).await?;
         let mut rows = batched.rows.into_iter();
         let windows = counts.iter().map(|&n| rows.by_ref().take(n).collect()).collect();
         let timing = Timing { tokenize, queue: batched.queue_time, inference: batched.inference_time };
@@ -202,13 +221,22 @@ impl Inference {
         deadline: Instant,
         options: EmbedOptions,
     ) -> Result<Embedded, InferenceError> {
+        let last = self.info.last_layer();
+        let layers = options.layers.clone().filter(|l| !l.is_default(last));
+        let mask = layers.as_ref().map(|l| l.mask(last)).unwrap_or(LayerMask::LAST);
+        let hidden = layers.as_ref().map(|l| l.width(self.info.hidden_size)).unwrap_or(self.info.hidden_size);
+        let combine = |rows: Rows| match &layers {
+            Some(l) => l.combine(&rows, mask, last, self.info.hidden_size),
+            None => rows,
+        };
         if let (Some(stride), Some(pooling)) = (options.windows, options.pooling.features()) {
-            let windowed = self.encode_windows(texts, stride, deadline).await?;
+            let windowed = self.encode_windows(texts, stride, deadline, mask).await?;
             let vectors = windowed
                 .windows
-                .iter()
+                .into_iter()
                 .map(|w| {
-                    let mut v = pool_windows(w, pooling);
+                    let w: Vec<Rows> = w.into_iter().map(combine).collect();
+                    let mut v = pool_windows(&w, pooling);
                     if options.normalize {
                         normalize(&mut v);
                     }
@@ -218,15 +246,14 @@ impl Inference {
             return Ok(Embedded {
                 tokens: Vec::new(),
                 token_counts: windowed.token_counts,
-                hidden: self.info.hidden_size,
+                hidden,
                 vectors: Vectors::Pooled(vectors),
                 timing: windowed.timing,
             });
         }
-        let encoded = self.encode(texts, truncate, deadline).await?;
+        let encoded = self.encode_layers(texts, truncate, deadline, mask).await?;
         let token_counts = encoded.token_counts();
-        let hidden = self.info.hidden_size;
-        let mut rows = encoded.rows;
+        let mut rows: Vec<Rows> = encoded.rows.into_iter().map(combine).collect();
         let vectors = match options.pooling {
             Pooling::None => {
                 if options.normalize {

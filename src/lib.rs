@@ -6,7 +6,8 @@
 //! - `config`: typed settings (file, environment, flags). Imports no other module.
 //! - leaves: `tokenize` (text to ids), `pooling` (rows to vectors, softmax,
 //!   argmax), `npy`, `atomic_file`, `data` (labelled data sets), `metrics`
-//!   (the Prometheus registry), `telemetry` (logs).
+//!   (the Prometheus registry), `telemetry` (logs), `layers` (which hidden
+//!   states a request wants and how several combine; over `pooling`).
 //! - `encoder`: the [`encoder::Encoder`] trait, the seam in front of the runtime.
 //! - `model`: ONNX Runtime, model folders, the forward pass (`OrtEncoder`).
 //! - `batching`: the queue and worker threads, generic over `Encoder`.
@@ -32,6 +33,7 @@ pub mod features;
 pub mod heads;
 pub mod http;
 pub mod inference;
+pub mod layers;
 pub mod metrics;
 pub mod model;
 pub mod npy;

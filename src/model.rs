@@ -10,13 +10,14 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::{anyhow, bail, Context};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionInputValue};
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::TensorRef;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{ExecutionProvider, ModelSettings, OptimizationLevel};
 use crate::encoder::Encoder;
+use crate::layers::LayerMask;
 use crate::pooling::Rows;
 use crate::tokenize::{TextTokenizer, Tokenized};
 
@@ -38,6 +39,8 @@ pub struct Manifest {
     pub labels: Option<Vec<String>>,
     #[serde(default)]
     pub source: serde_json::Value,
+    #[serde(default)]
+    pub pad_token_id: i64,
 }
 
 fn default_task() -> String {
@@ -64,6 +67,11 @@ pub struct ModelInfo {
     pub max_tokens: usize,
     pub inputs: Vec<String>,
     pub output: String,
+    /// Transformer layers, when the graph also returns every earlier layer's
+    /// hidden states (`hidden_state_0` .. `hidden_state_{N-1}`); `None`: the last only.
+    pub layers: Option<usize>,
+    /// Id that pads a batch to its longest member (MPNet and RoBERTa: 1).
+    pub pad_token_id: i64,
     pub uses_token_type_ids: bool,
     pub execution_provider: String,
     pub labels: Option<Vec<String>>,
@@ -74,6 +82,20 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
+    /// Index of the last hidden state (0 when the graph returns only the last).
+    pub fn last_layer(&self) -> usize {
+        self.layers.unwrap_or(0)
+    }
+
+    /// The graph output holding hidden state `index`.
+    pub fn layer_output(&self, index: usize) -> String {
+        if index == self.last_layer() {
+            self.output.clone()
+        } else {
+            format!("hidden_state_{index}")
+        }
+    }
+
     /// The description of an encoder that is not an ONNX model (fakes in tests
     /// and fuzz targets): `hidden_size` wide rows, `max_tokens` per text.
     pub fn synthetic(name: &str, hidden_size: usize, max_tokens: usize) -> ModelInfo {
@@ -87,6 +109,8 @@ impl ModelInfo {
             max_tokens,
             inputs: vec!["input_ids".into(), "attention_mask".into()],
             output: "last_hidden_state".into(),
+            layers: None,
+            pad_token_id: 0,
             uses_token_type_ids: false,
             execution_provider: "none".into(),
             labels: None,
@@ -107,11 +131,21 @@ pub struct Model {
 pub struct OrtEncoder {
     session: Session,
     info: Arc<ModelInfo>,
+    /// Asks for the default output alone (a graph with layer outputs would
+    /// otherwise return them all on every call).
+    default_outputs: RunOptions<HasSelectedOutputs>,
+}
+
+impl OrtEncoder {
+    fn new(session: Session, info: Arc<ModelInfo>) -> ort::Result<OrtEncoder> {
+        let default_outputs = RunOptions::new()?.with_outputs(OutputSelector::no_default().with(info.output.clone()));
+        Ok(OrtEncoder { session, info, default_outputs })
+    }
 }
 
 impl Encoder for OrtEncoder {
     fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
-        forward(&mut self.session, &self.info, batch)
+        forward(&mut self.session, &self.info, &self.default_outputs, batch)
     }
 }
 
@@ -308,6 +342,14 @@ impl Model {
         } else {
             dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
         };
+        // Every earlier layer's hidden states, when the export kept them as outputs.
+        let layer_outputs = outputs.iter().filter(|o| o.starts_with("hidden_state_")).count();
+        let layers = (output == "last_hidden_state"
+            && layer_outputs > 0
+            && layer_outputs < 64
+            && (0..layer_outputs).all(|i| outputs.contains(&format!("hidden_state_{i}").as_str())))
+        .then_some(layer_outputs);
+        let pad_token_id = manifest.as_ref().map(|m| m.pad_token_id).unwrap_or(0);
         let task =
             if output == "logits" { "sequence-classification".to_string() } else { "feature-extraction".to_string() };
         let info = ModelInfo {
@@ -321,6 +363,8 @@ impl Model {
             uses_token_type_ids: inputs.iter().any(|i| i == "token_type_ids"),
             inputs,
             output,
+            layers,
+            pad_token_id,
             execution_provider: provider,
             labels: manifest.as_ref().and_then(|m| m.labels.clone()),
             fingerprint,
@@ -331,7 +375,10 @@ impl Model {
                 .unwrap_or_default(),
         };
         let info = Arc::new(info);
-        let encoders = built.into_iter().map(|session| OrtEncoder { session, info: info.clone() }).collect();
+        let mut encoders = Vec::with_capacity(built.len());
+        for session in built {
+            encoders.push(OrtEncoder::new(session, info.clone()).map_err(|e| anyhow!("{e}"))?);
+        }
         Ok(Model { info, tokenizer: Arc::new(tokenizer), encoders })
     }
 }
@@ -426,14 +473,21 @@ fn with_cuda(
 }
 
 /// Runs one padded batch through `session`. Returns, per sequence, its real
-/// rows only: padding positions never leave this function.
-fn forward(session: &mut Session, info: &ModelInfo, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
+/// rows only: padding positions never leave this function. A sequence that
+/// asks for several hidden states ([`Tokenized::layers`]) gets them side by
+/// side in each token row, ascending.
+fn forward(
+    session: &mut Session,
+    info: &ModelInfo,
+    default_outputs: &RunOptions<HasSelectedOutputs>,
+    batch: &[&Tokenized],
+) -> anyhow::Result<Vec<Rows>> {
     let b = batch.len();
     if b == 0 {
         return Ok(Vec::new());
     }
     let s = batch.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
-    let mut ids = vec![0i64; b * s];
+    let mut ids = vec![info.pad_token_id; b * s];
     let mut mask = vec![0i64; b * s];
     let mut type_ids = vec![0i64; b * s];
     for (i, t) in batch.iter().enumerate() {
@@ -450,22 +504,63 @@ fn forward(session: &mut Session, info: &ModelInfo, batch: &[&Tokenized]) -> any
     if info.uses_token_type_ids {
         inputs.push(("token_type_ids".into(), tensor([b, s], &type_ids)?));
     }
-    let outputs = session.run(inputs).map_err(|e| anyhow!("inference failed: {e}"))?;
-    let value = outputs.get(&info.output).ok_or_else(|| anyhow!("the model returned no `{}` output", info.output))?;
-    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("unexpected output: {e}"))?;
-    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    match dims.as_slice() {
-        [ob, os, h] if *ob == b && *os == s => Ok(batch
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let start = i * s * h;
-                Rows { rows: t.len(), cols: *h, data: data[start..start + t.len() * h].to_vec() }
-            })
-            .collect()),
-        [ob, c] if *ob == b => {
-            Ok((0..b).map(|i| Rows { rows: 1, cols: *c, data: data[i * c..(i + 1) * c].to_vec() }).collect())
-        }
-        _ => bail!("unexpected output shape {dims:?} for a batch of {b} x {s}"),
+    let last = info.last_layer();
+    let wanted = batch.iter().fold(LayerMask::LAST, |m, t| m.union(t.layers, last));
+    if wanted.is_last_only() {
+        let outputs =
+            session.run_with_options(inputs, default_outputs).map_err(|e| anyhow!("inference failed: {e}"))?;
+        let value =
+            outputs.get(&info.output).ok_or_else(|| anyhow!("the model returned no `{}` output", info.output))?;
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("unexpected output: {e}"))?;
+        let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        return match dims.as_slice() {
+            [ob, os, h] if *ob == b && *os == s => Ok(batch
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let start = i * s * h;
+                    Rows { rows: t.len(), cols: *h, data: data[start..start + t.len() * h].to_vec() }
+                })
+                .collect()),
+            [ob, c] if *ob == b => {
+                Ok((0..b).map(|i| Rows { rows: 1, cols: *c, data: data[i * c..(i + 1) * c].to_vec() }).collect())
+            }
+            _ => bail!("unexpected output shape {dims:?} for a batch of {b} x {s}"),
+        };
     }
+    if info.layers.is_none() {
+        bail!("{}", crate::layers::LayerError::Unavailable);
+    }
+    let present = wanted.indices(last);
+    let names: Vec<String> = present.iter().map(|&i| info.layer_output(i)).collect();
+    let selector = names.iter().fold(OutputSelector::no_default(), |sel, n| sel.with(n.clone()));
+    let options = RunOptions::new().map_err(|e| anyhow!("{e}"))?.with_outputs(selector);
+    let outputs = session.run_with_options(inputs, &options).map_err(|e| anyhow!("inference failed: {e}"))?;
+    let mut layers = Vec::with_capacity(names.len());
+    for name in &names {
+        let value = outputs.get(name).ok_or_else(|| anyhow!("the model returned no `{name}` output"))?;
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("unexpected output: {e}"))?;
+        let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        if dims.len() != 3 || dims[0] != b || dims[1] != s || dims[2] != info.hidden_size {
+            bail!("unexpected `{name}` shape {dims:?} for a batch of {b} x {s}");
+        }
+        layers.push(data);
+    }
+    let h = info.hidden_size;
+    Ok(batch
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let own: Vec<usize> =
+                t.layers.indices(last).iter().map(|l| present.binary_search(l).expect("in the union")).collect();
+            let mut data = Vec::with_capacity(t.len() * h * own.len());
+            for pos in 0..t.len() {
+                let start = (i * s + pos) * h;
+                for &k in &own {
+                    data.extend_from_slice(&layers[k][start..start + h]);
+                }
+            }
+            Rows { rows: t.len(), cols: h * own.len(), data }
+        })
+        .collect())
 }

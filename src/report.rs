@@ -15,9 +15,27 @@ pub struct Row {
     pub metrics: Metrics,
 }
 
+/// One feature set of the head's search with its best alpha.
+#[derive(Debug, Clone, Serialize)]
+pub struct CandidateRow {
+    pub layers: String,
+    pub pooling: String,
+    pub features: usize,
+    pub alpha: f64,
+    /// Mean held-out accuracy of the selection (cross-validation or validation).
+    pub accuracy: f64,
+    pub log_loss: f64,
+    pub chosen: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub head: String,
+    pub encoder: String,
+    /// How the head's candidates were scored.
+    pub selection: String,
+    pub training_seconds: f64,
+    pub candidates: Vec<CandidateRow>,
     pub data: String,
     pub split: String,
     pub examples: usize,
@@ -29,7 +47,33 @@ pub struct Report {
 impl Report {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "{} on {} / {} ({} texts)\n", self.head, self.data, self.split, self.examples);
+        let _ = writeln!(
+            out,
+            "{} (encoder {}, trained in {:.1} s) on {} / {} ({} texts)\n",
+            self.head, self.encoder, self.training_seconds, self.data, self.split, self.examples
+        );
+        if !self.candidates.is_empty() {
+            let _ = writeln!(out, "search ({}), best alpha per feature set:", self.selection);
+            let _ = writeln!(
+                out,
+                "  {:<22} {:<9} {:>8} {:>8} {:>9} {:>9}",
+                "layers", "pooling", "features", "alpha", "accuracy", "log-loss"
+            );
+            for c in &self.candidates {
+                let _ = writeln!(
+                    out,
+                    "{} {:<22} {:<9} {:>8} {:>8} {:>9.4} {:>9.4}",
+                    if c.chosen { "*" } else { " " },
+                    c.layers,
+                    c.pooling,
+                    c.features,
+                    c.alpha,
+                    c.accuracy,
+                    c.log_loss
+                );
+            }
+            let _ = writeln!(out, "  (* chosen; the test split below played no part in the choice)\n");
+        }
         let width = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(10).max(10);
         let _ = writeln!(out, "{:<width$}  {:>8}  {:>8}  {}", "classifier", "accuracy", "macro-F1", "details");
         for r in &self.rows {

@@ -17,6 +17,8 @@ pub struct Tokenized {
     pub offsets: Vec<(usize, usize)>,
     /// True for tokens the tokenizer added ([CLS], [SEP]).
     pub special: Vec<bool>,
+    /// Hidden states the model must return for it (default: the last only).
+    pub layers: crate::layers::LayerMask,
 }
 
 impl Tokenized {
@@ -101,6 +103,7 @@ impl TextTokenizer {
             tokens: encoding.get_tokens().to_vec(),
             offsets: encoding.get_offsets().to_vec(),
             special: encoding.get_special_tokens_mask().iter().map(|&m| m == 1).collect(),
+            layers: Default::default(),
         })
     }
 
@@ -118,6 +121,7 @@ impl TextTokenizer {
             tokens: full.get_tokens().to_vec(),
             offsets: full.get_offsets().to_vec(),
             special: full.get_special_tokens_mask().iter().map(|&m| m == 1).collect(),
+            layers: Default::default(),
         };
         if whole.len() <= self.max_tokens {
             return Ok(vec![whole]);
@@ -138,6 +142,7 @@ impl TextTokenizer {
                 tokens: indices.iter().map(|&i| whole.tokens[i].clone()).collect(),
                 offsets: indices.iter().map(|&i| whole.offsets[i]).collect(),
                 special: indices.iter().map(|&i| whole.special[i]).collect(),
+                layers: whole.layers,
             }
         };
         Ok(starts

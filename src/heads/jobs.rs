@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::anyhow;
-use ndarray::Axis;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -24,11 +23,11 @@ use super::logistic::{EncoderStamp, LabelCount, LogisticHead, UploadRecord};
 use super::metrics::Metrics as HeadMetrics;
 use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
 use super::store::{version_of, HeadStore};
-use super::training::{poolings_of, save_head, selection_of};
+use super::training::{layer_options_of, poolings_of, save_head, selection_of};
 use super::upload::Prepared;
 use super::{Head, Heads};
 use crate::config::TrainingSettings;
-use crate::features::{extract, PooledFeatures, Progress, ProgressFn};
+use crate::features::{extract, layers_to_extract, Progress, ProgressFn};
 use crate::metrics::Metrics;
 use crate::runtimes::Runtimes;
 
@@ -297,13 +296,6 @@ fn search_threads(setting: usize) -> Option<usize> {
     (setting > 0).then_some(setting)
 }
 
-fn rows(features: &PooledFeatures, from: usize, to: usize) -> PooledFeatures {
-    PooledFeatures {
-        cls: features.cls.select(Axis(0), &(from..to).collect::<Vec<_>>()),
-        mean: features.mean.select(Axis(0), &(from..to).collect::<Vec<_>>()),
-    }
-}
-
 /// Extract, search, evaluate, save: the head, published and active on disk.
 fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Result<LogisticHead> {
     let p = &job.prepared;
@@ -313,19 +305,23 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
     let progress =
         Progress::new(format!("{}/upload", job.name)).observed(phase_reporter(statuses, &job.name, "extracting"));
     let mut source = encoder.queued_encoder();
+    let layer_options = layer_options_of(&job.name, &settings.layers, &encoder.info)?;
+    let layers = layers_to_extract(&layer_options, encoder.info.last_layer());
     let all = extract(
         &mut source,
         &encoder.tokenizer,
-        encoder.info.hidden_size,
+        &encoder.info,
+        &layers,
         &texts,
         settings.batch_size,
         settings.batch_tokens.max(encoder.info.max_tokens),
         &progress,
     )?;
     let n_train = p.train_texts.len();
-    let (train_features, test_features) = (rows(&all, 0, n_train), rows(&all, n_train, texts.len()));
+    let (train_features, test_features) = (all.slice_rows(0, n_train), all.slice_rows(n_train, texts.len()));
     let config = TrainConfig {
         poolings: poolings_of(p.options.pooling),
+        layer_options,
         alphas: p.options.alphas.clone(),
         max_iterations: settings.max_iterations,
         selection: selection_of(p.options.cv_folds),
@@ -342,7 +338,7 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
     let mut head = train(&job.name, EncoderStamp::of(&encoder.info), data, &config)?;
     update(statuses, &job.name, |s| s.phase = Some("evaluating".into()));
     // The held-out part is looked at once, after the choice: for the report.
-    let x = test_features.get(head.pooling);
+    let x = test_features.get(head.pooling, head.layers.as_ref());
     let predicted = head.predict(&x);
     head.metrics.test = Some(HeadMetrics::compute(&p.labels, &p.test_labels, &predicted));
     head.metrics.test_calibration = Some(head.calibration_error(&x, &p.test_labels));

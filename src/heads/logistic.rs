@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::metrics::Metrics;
 use crate::atomic_file::write_atomic;
+use crate::layers::LayerSelection;
 use crate::model::ModelInfo;
 use crate::pooling::{argmax, softmax, FeaturePooling, Rows};
 
@@ -28,6 +29,10 @@ pub struct EncoderStamp {
     pub fingerprint: String,
     pub hidden_size: usize,
     pub max_tokens: usize,
+    /// The encoder's transformer layers when its export returns every layer's
+    /// hidden states (absent: the last only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<usize>,
 }
 
 impl EncoderStamp {
@@ -37,7 +42,13 @@ impl EncoderStamp {
             fingerprint: info.fingerprint.clone(),
             hidden_size: info.hidden_size,
             max_tokens: info.max_tokens,
+            layers: info.layers,
         }
+    }
+
+    /// Index of the last hidden state.
+    pub fn last_layer(&self) -> usize {
+        self.layers.unwrap_or(0)
     }
 }
 
@@ -45,9 +56,19 @@ impl EncoderStamp {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
     pub pooling: FeaturePooling,
+    /// Hidden states pooled (absent: the last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<LayerSelection>,
     pub alpha: f64,
     pub accuracy: f64,
     pub log_loss: f64,
+}
+
+impl Candidate {
+    /// Features it reads, for an encoder of `hidden` dimensions.
+    pub fn width(&self, hidden: usize) -> usize {
+        self.pooling.width(self.layers.as_ref().map_or(hidden, |l| l.width(hidden)))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +155,10 @@ pub struct LogisticHead {
     pub name: String,
     pub labels: Vec<String>,
     pub pooling: FeaturePooling,
+    /// Hidden states pooled, combined as said (absent: the last, as every head
+    /// before layers existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<LayerSelection>,
     pub encoder: EncoderStamp,
     pub training: TrainingRecord,
     pub metrics: HeadMetrics,
@@ -288,7 +313,8 @@ impl LogisticHead {
     /// [CLS] state alone, which attends to every token: there is no exact
     /// per-token split, and `tokens` is None.
     pub fn explain(&self, rows: &Rows) -> Attribution {
-        let hidden = self.encoder.hidden_size;
+        // Width of one token row as the head reads it (several layers concatenated are wider).
+        let hidden = rows.cols;
         let k = self.labels.len();
         // a_cj = w_cj / (s_j T): the weight of a raw feature, at the head's temperature.
         let t = self.temperature.unwrap_or(1.0);
@@ -391,9 +417,26 @@ impl LogisticHead {
         Ok(head)
     }
 
+    /// Width of a token row as the head reads it: the hidden size, or wider
+    /// for several layers concatenated.
+    pub fn row_width(&self, hidden: usize) -> usize {
+        self.layers.as_ref().map_or(hidden, |l| l.width(hidden))
+    }
+
+    /// Label of the hidden states it reads, e.g. `-1` or `mean(-4,-3,-2,-1)`.
+    pub fn layers_label(&self) -> String {
+        self.layers.as_ref().map_or_else(|| "-1".to_string(), |l| l.describe(self.encoder.last_layer()))
+    }
+
     fn validate_shape(&self) -> anyhow::Result<()> {
         let k = self.labels.len();
-        let width = self.pooling.width(self.encoder.hidden_size);
+        let width = self.pooling.width(self.row_width(self.encoder.hidden_size));
+        if let Some(layers) = &self.layers {
+            let last = self.encoder.last_layer();
+            if layers.indices.is_empty() || layers.indices.iter().any(|&i| i > last) {
+                bail!("layers {:?} do not exist in an encoder of {last} layers", layers.indices);
+            }
+        }
         if k < 2 {
             bail!("{k} labels; a head needs at least 2");
         }
@@ -425,8 +468,19 @@ impl LogisticHead {
     /// Refuses a head trained on another encoder, or whose widths do not fit
     /// the running one (a file whose checksum was recomputed after an edit).
     pub fn check_encoder(&self, path: &Path, info: &ModelInfo) -> Result<(), HeadFileError> {
-        let width = self.pooling.width(info.hidden_size);
-        if self.encoder.hidden_size != info.hidden_size || self.features() != width {
+        if self.encoder.fingerprint != info.fingerprint || self.encoder.max_tokens != info.max_tokens {
+            return Err(HeadFileError::WrongEncoder {
+                path: path.display().to_string(),
+                head: self.name.clone(),
+                trained_name: self.encoder.name.clone(),
+                trained_fp: self.encoder.fingerprint.chars().take(12).collect(),
+                running_name: info.name.clone(),
+                running_fp: info.fingerprint.chars().take(12).collect(),
+            });
+        }
+        let width = self.pooling.width(self.row_width(info.hidden_size));
+        let layers_fit = self.layers.as_ref().is_none_or(|l| l.indices.iter().all(|&i| i <= info.last_layer()));
+        if self.encoder.hidden_size != info.hidden_size || self.features() != width || !layers_fit {
             return Err(HeadFileError::Corrupt {
                 path: path.display().to_string(),
                 message: format!(
@@ -437,16 +491,6 @@ impl LogisticHead {
                     self.encoder.hidden_size,
                     info.hidden_size
                 ),
-            });
-        }
-        if self.encoder.fingerprint != info.fingerprint || self.encoder.max_tokens != info.max_tokens {
-            return Err(HeadFileError::WrongEncoder {
-                path: path.display().to_string(),
-                head: self.name.clone(),
-                trained_name: self.encoder.name.clone(),
-                trained_fp: self.encoder.fingerprint.chars().take(12).collect(),
-                running_name: info.name.clone(),
-                running_fp: info.fingerprint.chars().take(12).collect(),
             });
         }
         Ok(())
@@ -479,7 +523,14 @@ pub(crate) mod tests {
             name: name.into(),
             labels: vec!["a".into(), "b".into()],
             pooling: FeaturePooling::Mean,
-            encoder: EncoderStamp { name: "tiny".into(), fingerprint: "f".repeat(64), hidden_size: 2, max_tokens: 8 },
+            encoder: EncoderStamp {
+                name: "tiny".into(),
+                fingerprint: "f".repeat(64),
+                hidden_size: 2,
+                max_tokens: 8,
+                layers: None,
+            },
+            layers: None,
             training: TrainingRecord {
                 data_dir: "test".into(),
                 data_fingerprints: BTreeMap::new(),

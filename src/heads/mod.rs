@@ -26,8 +26,9 @@ use anyhow::bail;
 
 use crate::config::{HeadKind, Settings};
 use crate::inference::{Inference, InferenceError, Timing};
+use crate::layers::{LayerCombine, LayerMask, LayerSelection};
 use crate::model::ModelInfo;
-use crate::pooling::FeaturePooling;
+use crate::pooling::{FeaturePooling, Rows};
 use crate::runtimes::Runtimes;
 use logistic::{head_path, LogisticHead};
 use onnx::OnnxHead;
@@ -100,21 +101,26 @@ impl Head {
         Ok(all.pop().expect("one head, one result"))
     }
 
-    /// A logistic head's answer from the encoder's rows; `pooled` keeps each
-    /// pooling's features, so that heads pooling alike share them.
+    /// A logistic head's answer from the encoder's rows (the hidden states
+    /// of `mask` side by side); `pooled` keeps each (layers, pooling)'s
+    /// features, so that heads reading alike share them.
     fn classify_encoded(
         head: &LogisticHead,
         encoded: &crate::inference::Encoded,
-        pooled: &mut BTreeMap<FeaturePooling, Vec<Vec<f32>>>,
+        mask: LayerMask,
+        info: &ModelInfo,
+        pooled: &mut BTreeMap<(Option<LayerSelection>, FeaturePooling), Vec<Vec<f32>>>,
         explain: bool,
     ) -> Classified {
-        let features = pooled
-            .entry(head.pooling)
-            .or_insert_with(|| encoded.rows.iter().map(|r| head.pooling.features(r)).collect());
+        let own_rows = || head_rows(head, &encoded.rows, mask, info);
+        let mut rows = None;
+        let features = pooled.entry((head.layers.clone(), head.pooling)).or_insert_with(|| {
+            let r = rows.get_or_insert_with(own_rows);
+            r.iter().map(|r| head.pooling.features(r)).collect()
+        });
         let probabilities = features.iter().map(|f| head.probabilities(f)).collect();
         let explanations = explain.then(|| {
-            encoded
-                .rows
+            rows.get_or_insert_with(own_rows)
                 .iter()
                 .zip(encoded.tokens.iter().cloned())
                 .zip(encoded.offsets.iter().cloned())
@@ -127,6 +133,25 @@ impl Head {
         });
         Classified { probabilities, explanations, timing: encoded.timing }
     }
+}
+
+/// What the encoder must return for `heads`: every logistic head's layers.
+fn layers_for(heads: &[Arc<Head>], info: &ModelInfo) -> LayerMask {
+    let last = info.last_layer();
+    heads
+        .iter()
+        .filter_map(|h| match &**h {
+            Head::Logistic(l) => Some(l.layers.as_ref().map_or(LayerMask::LAST, |s| s.mask(last))),
+            Head::Onnx(_) => None,
+        })
+        .fold(LayerMask::LAST, |m, h| m.union(h, last))
+}
+
+/// A logistic head's rows from rows holding the hidden states of `mask`.
+fn head_rows(head: &LogisticHead, rows: &[Rows], mask: LayerMask, info: &ModelInfo) -> Vec<Rows> {
+    let last = info.last_layer();
+    let selection = head.layers.clone().unwrap_or(LayerSelection { indices: vec![last], combine: LayerCombine::Mean });
+    rows.iter().map(|r| selection.combine(r, mask, last, info.hidden_size)).collect()
 }
 
 /// Every head's answer for `texts`, in the order of `heads`. The encoder runs
@@ -151,9 +176,10 @@ pub async fn classify_with(
         Head::Onnx(head) => Some(onnx_classify(head, texts.clone(), truncate, deadline, explain)),
         Head::Logistic(_) => None,
     });
+    let mask = layers_for(heads, &encoder.info);
     let encoding = async {
         if needs_encoder {
-            encoder.encode(texts.clone(), truncate, deadline).await.map(Some)
+            encoder.encode_layers(texts.clone(), truncate, deadline, mask).await.map(Some)
         } else {
             Ok(None)
         }
@@ -175,6 +201,8 @@ pub async fn classify_with(
             Head::Logistic(head) => Ok(Head::classify_encoded(
                 head,
                 encoded.as_ref().expect("encoded for logistic heads"),
+                mask,
+                &encoder.info,
                 &mut pooled,
                 explain,
             )),
@@ -191,23 +219,27 @@ async fn classify_windows(
     deadline: Instant,
 ) -> Result<Vec<Classified>, InferenceError> {
     let mut windowed = None;
+    let mask = layers_for(heads, &encoder.info);
     let mut answers = Vec::with_capacity(heads.len());
     for head in heads {
         answers.push(match &**head {
             Head::Logistic(h) => {
                 if windowed.is_none() {
-                    windowed = Some(encoder.encode_windows(texts.clone(), stride, deadline).await?);
+                    windowed = Some(encoder.encode_windows(texts.clone(), stride, deadline, mask).await?);
                 }
                 let w = windowed.as_ref().expect("just set");
                 let probabilities = w
                     .windows
                     .iter()
-                    .map(|windows| h.probabilities(&crate::pooling::pool_windows(windows, h.pooling)))
+                    .map(|windows| {
+                        let windows = head_rows(h, windows, mask, &encoder.info);
+                        h.probabilities(&crate::pooling::pool_windows(&windows, h.pooling))
+                    })
                     .collect();
                 Classified { probabilities, explanations: None, timing: w.timing }
             }
             Head::Onnx(h) => {
-                let w = h.inference.encode_windows(texts.clone(), stride, deadline).await?;
+                let w = h.inference.encode_windows(texts.clone(), stride, deadline, LayerMask::LAST).await?;
                 let probabilities = w
                     .windows
                     .iter()

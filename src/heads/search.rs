@@ -15,11 +15,14 @@ use super::logistic::{
 };
 use super::metrics::Metrics;
 use crate::features::PooledFeatures;
+use crate::layers::LayerSelection;
 use crate::pooling::{argmax, softmax, FeaturePooling};
 
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
     pub poolings: Vec<FeaturePooling>,
+    /// Hidden states tried (`None`: the last), each with every pooling.
+    pub layer_options: Vec<Option<LayerSelection>>,
     pub alphas: Vec<f64>,
     pub max_iterations: u64,
     pub selection: Selection,
@@ -175,7 +178,8 @@ fn select_rows(x: &Array2<f64>, rows: &[usize]) -> Array2<f64> {
 
 /// One model fit of the search: a candidate on one fold.
 struct Task {
-    pooling: usize,
+    /// Index into the feature sets (layer option x pooling).
+    set: usize,
     alpha: f64,
     fold: usize,
 }
@@ -198,16 +202,39 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], threads: Option<usize>, f: impl F
     results.into_iter().map(|r| r.into_inner().expect("result slot").expect("every item ran")).collect()
 }
 
-/// Picks the candidate with the best held-out accuracy (the metric the head
-/// is judged by); ties go to the lower log-loss, then to fewer features.
-fn choose(candidates: &[Candidate], hidden: usize) -> Candidate {
+/// scikit-learn's `LogisticRegression()` with its defaults, as the lecture
+/// fits it: L2 penalty with C = 1 (linfa's alpha 1 on the summed loss), at
+/// most 100 iterations, raw features without standardising. Predictions for
+/// `test_x`; a reference row of `distilserve evaluate`.
+pub fn plain_logistic(
+    train_x: &Array2<f32>,
+    train_y: &[usize],
+    classes: usize,
+    test_x: &Array2<f32>,
+) -> anyhow::Result<Vec<usize>> {
+    let fitted = fit(&to_f64(train_x), train_y, classes, 1.0, 100)?;
+    let p = fitted.probabilities(&to_f64(test_x));
+    Ok(p.rows().into_iter().map(|row| argmax(row.iter().copied())).collect())
+}
+
+/// The selection protocol, fixed before any head was scored with layer
+/// options (README, "Choosing a head"): the best mean held-out accuracy wins,
+/// except that every candidate within one standard error of it,
+/// sqrt(acc (1 - acc) / n) over the `held_out` predictions, counts as tied,
+/// and a tie goes to the simpler candidate: fewer features; among equally
+/// wide ones the more accurate, then the lower log-loss. The test split plays
+/// no part.
+fn choose(candidates: &[Candidate], hidden: usize, held_out: usize) -> Candidate {
+    let best = candidates.iter().map(|c| c.accuracy).fold(f64::NEG_INFINITY, f64::max);
+    let standard_error = (best * (1.0 - best) / held_out.max(1) as f64).sqrt();
     candidates
         .iter()
-        .max_by(|a, b| {
-            a.accuracy
-                .total_cmp(&b.accuracy)
-                .then(b.log_loss.total_cmp(&a.log_loss))
-                .then(b.pooling.width(hidden).cmp(&a.pooling.width(hidden)))
+        .filter(|c| c.accuracy >= best - standard_error)
+        .min_by(|a, b| {
+            a.width(hidden)
+                .cmp(&b.width(hidden))
+                .then(b.accuracy.total_cmp(&a.accuracy))
+                .then(a.log_loss.total_cmp(&b.log_loss))
         })
         .expect("at least one candidate")
         .clone()
@@ -232,31 +259,38 @@ pub fn train(
     let started = Instant::now();
     let classes = labels.len();
     let hidden = encoder.hidden_size;
-    let features = |set: &LabelledFeatures<'_>, pooling: FeaturePooling| to_f64(&set.features.get(pooling));
+    if config.layer_options.is_empty() {
+        bail!("training needs at least one layer option");
+    }
+    // Feature sets: every layer option with every pooling.
+    let sets: Vec<(Option<LayerSelection>, FeaturePooling)> =
+        config.layer_options.iter().flat_map(|l| config.poolings.iter().map(move |&p| (l.clone(), p))).collect();
+    let features = |set: &LabelledFeatures<'_>, (layers, pooling): &(Option<LayerSelection>, FeaturePooling)| {
+        to_f64(&set.features.get(*pooling, layers.as_ref()))
+    };
 
-    // What candidates are fitted on and scored against, per pooling.
+    // What candidates are fitted on and scored against, per feature set.
     let (fit_sets, score_sets, folds): (Vec<Array2<f64>>, Vec<Option<Array2<f64>>>, usize) = match config.selection {
         Selection::Validation => {
             let Some(v) = validation.as_ref() else {
                 bail!("selection on the validation split, but the data set has none")
             };
             (
-                config.poolings.iter().map(|&p| features(&train, p)).collect(),
-                config.poolings.iter().map(|&p| Some(features(v, p))).collect(),
+                sets.iter().map(|set| features(&train, set)).collect(),
+                sets.iter().map(|set| Some(features(v, set))).collect(),
                 1,
             )
         }
         Selection::CrossValidation { folds } => {
-            let pooled = config
-                .poolings
+            let pooled = sets
                 .iter()
-                .map(|&p| match validation.as_ref() {
-                    Some(v) => ndarray::concatenate(Axis(0), &[features(&train, p).view(), features(v, p).view()])
+                .map(|set| match validation.as_ref() {
+                    Some(v) => ndarray::concatenate(Axis(0), &[features(&train, set).view(), features(v, set).view()])
                         .expect("same width"),
-                    None => features(&train, p),
+                    None => features(&train, set),
                 })
                 .collect::<Vec<_>>();
-            (pooled, vec![None; config.poolings.len()], folds)
+            (pooled, vec![None; sets.len()], folds)
         }
     };
     let fit_labels: Vec<usize> = match (config.selection, validation.as_ref()) {
@@ -269,9 +303,9 @@ pub fn train(
         }
     }
 
-    let tasks: Vec<Task> = (0..config.poolings.len())
-        .flat_map(|pooling| {
-            config.alphas.iter().flat_map(move |&alpha| (0..folds).map(move |fold| Task { pooling, alpha, fold }))
+    let tasks: Vec<Task> = (0..sets.len())
+        .flat_map(|set| {
+            config.alphas.iter().flat_map(move |&alpha| (0..folds).map(move |fold| Task { set, alpha, fold }))
         })
         .collect();
     let fits_done = std::sync::atomic::AtomicUsize::new(0);
@@ -279,8 +313,8 @@ pub fn train(
     // (what the temperature is fitted on, for the chosen candidate).
     type Scored = (f64, f64, Array2<f64>, Vec<usize>);
     let scores = parallel_map(&tasks, config.threads, |task| -> anyhow::Result<Scored> {
-        let x = &fit_sets[task.pooling];
-        let (fit_x, fit_y, score_x, score_y) = match (&score_sets[task.pooling], validation.as_ref()) {
+        let x = &fit_sets[task.set];
+        let (fit_x, fit_y, score_x, score_y) = match (&score_sets[task.set], validation.as_ref()) {
             (Some(vx), Some(v)) => (x.clone(), fit_labels.clone(), vx.clone(), v.labels.to_vec()),
             _ => {
                 let (held, kept): (Vec<usize>, Vec<usize>) =
@@ -310,16 +344,28 @@ pub fn train(
             accuracy += a / folds as f64;
             log_loss += l / folds as f64;
         }
-        let pooling = config.poolings[task.pooling];
-        tracing::info!(head = name, pooling = %pooling, alpha = task.alpha, accuracy, log_loss, "candidate scored");
-        candidates.push(Candidate { pooling, alpha: task.alpha, accuracy, log_loss });
+        let (layers, pooling) = sets[task.set].clone();
+        tracing::info!(
+            head = name,
+            pooling = %pooling,
+            layers = layers.as_ref().map(|l| l.describe(encoder.last_layer())).unwrap_or_else(|| "-1".into()),
+            alpha = task.alpha,
+            accuracy,
+            log_loss,
+            "candidate scored"
+        );
+        candidates.push(Candidate { pooling, layers, alpha: task.alpha, accuracy, log_loss });
     }
-    let best = choose(&candidates, hidden);
+    let held_out = match (config.selection, validation.as_ref()) {
+        (Selection::Validation, Some(v)) => v.labels.len(),
+        _ => fit_labels.len(),
+    };
+    let best = choose(&candidates, hidden, held_out);
     // The chosen candidate's held-out logits, every fold together: a temperature
     // fitted on them never sees the final fit's own training rows, nor test.
     let best_task = tasks
         .iter()
-        .position(|t| config.poolings[t.pooling] == best.pooling && t.alpha == best.alpha)
+        .position(|t| sets[t.set] == (best.layers.clone(), best.pooling) && t.alpha == best.alpha)
         .expect("the chosen candidate was scored");
     let (held_logits, held_labels): (Vec<Array2<f64>>, Vec<usize>) = {
         let mut logits = Vec::new();
@@ -335,7 +381,7 @@ pub fn train(
         ndarray::concatenate(Axis(0), &held_logits.iter().map(|a| a.view()).collect::<Vec<_>>()).expect("same width");
     let calibration = fit_temperature(&held_logits, &held_labels);
 
-    let index = config.poolings.iter().position(|&p| p == best.pooling).expect("a searched pooling");
+    let index = sets.iter().position(|set| *set == (best.layers.clone(), best.pooling)).expect("a searched set");
     let x = &fit_sets[index];
     let scaler = Scaler::fit(x);
     let fitted = fit(&scaler.apply(x), &fit_labels, classes, best.alpha, config.max_iterations)?;
@@ -343,7 +389,8 @@ pub fn train(
     // Held-out validation metrics exist only when validation was not fitted on.
     let validation_metrics = match (config.selection, validation.as_ref()) {
         (Selection::Validation, Some(v)) => {
-            let (_, _, pred) = score(&fitted, &scaler.apply(&features(v, best.pooling)), v.labels);
+            let (_, _, pred) =
+                score(&fitted, &scaler.apply(&features(v, &(best.layers.clone(), best.pooling))), v.labels);
             Some(Metrics::compute(labels, v.labels, &pred))
         }
         _ => None,
@@ -355,6 +402,7 @@ pub fn train(
         name: name.to_string(),
         labels: labels.to_vec(),
         pooling: best.pooling,
+        layers: best.layers.clone(),
         encoder,
         training: TrainingRecord {
             data_dir,
@@ -391,6 +439,30 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn candidate(pooling: FeaturePooling, layers: Option<LayerSelection>, alpha: f64, accuracy: f64) -> Candidate {
+        Candidate { pooling, layers, alpha, accuracy, log_loss: 0.5 }
+    }
+
+    #[test]
+    fn choose_breaks_ties_within_one_standard_error_by_fewer_features() {
+        use crate::layers::LayerCombine;
+        let concat = Some(LayerSelection { indices: vec![5, 6], combine: LayerCombine::Concat });
+        let mean4 = Some(LayerSelection { indices: vec![3, 4, 5, 6], combine: LayerCombine::Mean });
+        // n = 10,000: one standard error at 0.80 is 0.4 points.
+        let candidates = vec![
+            candidate(FeaturePooling::ClsMean, concat.clone(), 100.0, 0.800), // 4 x hidden, the best
+            candidate(FeaturePooling::Mean, None, 10.0, 0.795),               // hidden, within 1 SE
+            candidate(FeaturePooling::Mean, mean4.clone(), 100.0, 0.797),     // hidden, within, more accurate
+            candidate(FeaturePooling::Cls, None, 10.0, 0.700),                // hidden, far below
+        ];
+        let chosen = choose(&candidates, 8, 10_000);
+        assert_eq!((chosen.pooling, chosen.layers.clone()), (FeaturePooling::Mean, mean4));
+        // With fewer held-out predictions the standard error grows; with many
+        // more it shrinks and the best alone is left.
+        let chosen = choose(&candidates, 8, 10_000_000);
+        assert_eq!((chosen.pooling, chosen.layers), (FeaturePooling::ClsMean, concat));
+    }
 
     /// Labels drawn from softmax(z) for two-class logits z, by a fixed generator.
     fn sampled(n: usize) -> (Array2<f64>, Vec<usize>) {

@@ -11,10 +11,11 @@ use super::logistic::{head_path, EncoderStamp, LogisticHead, Selection};
 use super::metrics::Metrics;
 use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
 use super::store::HeadStore;
-use crate::config::{HeadSettings, PoolingChoice};
+use crate::config::{HeadSettings, LayerSpec, PoolingChoice};
 use crate::data::{Dataset, Split};
 use crate::encoder::Encoder;
-use crate::features::{extract, FeatureCache, PooledFeatures, Progress};
+use crate::features::{extract, layers_to_extract, FeatureCache, PooledFeatures, Progress};
+use crate::layers::LayerSelection;
 use crate::model::ModelInfo;
 use crate::pooling::FeaturePooling;
 use crate::tokenize::TextTokenizer;
@@ -30,10 +31,11 @@ pub struct Extraction<'a> {
 }
 
 impl Extraction<'_> {
-    /// Features of a split: from the cache when valid, else extracted and cached.
-    /// A cache that cannot be written is reported, not fatal.
-    pub fn features(&mut self, data_name: &str, split: &Split) -> anyhow::Result<PooledFeatures> {
-        if let Some(found) = self.cache.load(self.info, &split.fingerprint, split.texts.len()) {
+    /// Features of a split for the hidden states `layers` (ascending, the last
+    /// included): from the cache when valid, else extracted and cached. A
+    /// cache that cannot be written is reported, not fatal.
+    pub fn features(&mut self, data_name: &str, split: &Split, layers: &[usize]) -> anyhow::Result<PooledFeatures> {
+        if let Some(found) = self.cache.load(self.info, &split.fingerprint, split.texts.len(), layers) {
             tracing::info!(split = %split.name, texts = split.texts.len(), "features loaded from cache");
             return Ok(found);
         }
@@ -41,7 +43,8 @@ impl Extraction<'_> {
         let features = extract(
             self.source,
             self.tokenizer,
-            self.info.hidden_size,
+            self.info,
+            layers,
             &split.texts,
             self.max_batch_size,
             self.max_batch_tokens,
@@ -71,6 +74,31 @@ pub fn poolings_of(choice: PoolingChoice) -> Vec<FeaturePooling> {
     }
 }
 
+/// The layer options of a head's settings (`layers`, e.g. `["-1",
+/// "mean(-4,-3,-2,-1)"]`) resolved for the running encoder (`None`: the last).
+/// Options the encoder cannot give (an export without layer outputs, or
+/// fewer layers) are left out with a warning; none left is an error.
+pub fn layer_options_of(
+    head: &str,
+    specs: &[LayerSpec],
+    info: &ModelInfo,
+) -> anyhow::Result<Vec<Option<LayerSelection>>> {
+    let last = info.last_layer();
+    let mut options = Vec::new();
+    for spec in specs {
+        match LayerSelection::resolve(&spec.indices, spec.combine, info.layers) {
+            Ok(s) if s.is_default(last) => options.push(None),
+            Ok(s) => options.push(Some(s)),
+            Err(e) => tracing::warn!(head, layers = %spec, error = %e, "layer option left out of the search"),
+        }
+    }
+    options.dedup();
+    if options.is_empty() {
+        anyhow::bail!("heads.{head}.layers: no option fits the encoder {} ({:?} layers)", info.name, info.layers);
+    }
+    Ok(options)
+}
+
 /// Trains head `name` from `settings` (the caller saves it: [`save_head`]).
 pub fn train_head(
     name: &str,
@@ -84,9 +112,11 @@ pub fn train_head(
     let validation_split = if dataset.has_split("validation") { Some(dataset.split("validation")?) } else { None };
     let test_split = if dataset.has_split("test") { Some(dataset.split("test")?) } else { None };
 
-    let train_features = extraction.features(&data_name, &train_split)?;
+    let layer_options = layer_options_of(name, &settings.layers, extraction.info)?;
+    let layers = layers_to_extract(&layer_options, extraction.info.last_layer());
+    let train_features = extraction.features(&data_name, &train_split, &layers)?;
     let validation_features = match &validation_split {
-        Some(s) => Some(extraction.features(&data_name, s)?),
+        Some(s) => Some(extraction.features(&data_name, s, &layers)?),
         None => None,
     };
     let mut fingerprints = BTreeMap::new();
@@ -95,6 +125,7 @@ pub fn train_head(
     }
     let config = TrainConfig {
         poolings: poolings_of(settings.pooling),
+        layer_options,
         alphas: settings.alphas.clone(),
         max_iterations: settings.max_iterations,
         progress: None,
@@ -114,8 +145,8 @@ pub fn train_head(
     let mut head = train(name, EncoderStamp::of(extraction.info), data, &config)?;
     if let Some(test) = &test_split {
         // Reported for reference only: nothing above looked at the test split.
-        let features = extraction.features(&data_name, test)?;
-        let x = features.get(head.pooling);
+        let features = extraction.features(&data_name, test, &layers)?;
+        let x = features.get(head.pooling, head.layers.as_ref());
         let predicted = head.predict(&x);
         head.metrics.test = Some(Metrics::compute(&dataset.labels, &test.labels, &predicted));
         head.metrics.test_calibration = Some(head.calibration_error(&x, &test.labels));
@@ -123,6 +154,7 @@ pub fn train_head(
     tracing::info!(
         head = name,
         pooling = %head.pooling,
+        layers = %head.layers_label(),
         alpha = head.training.alpha,
         validation_accuracy = head.metrics.validation.as_ref().map(|m| m.accuracy),
         test_accuracy = head.metrics.test.as_ref().map(|m| m.accuracy),

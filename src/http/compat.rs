@@ -91,7 +91,7 @@ pub async fn openai_embeddings(
         Some(d) => d.min(hidden),
     };
     // Normalised after truncation (as OpenAI and TEI do), so not by `embed`.
-    let options = EmbedOptions { pooling, normalize: false, windows: None };
+    let options = EmbedOptions { pooling, normalize: false, windows: None, layers: None };
     // OpenAI's endpoint truncates long inputs rather than refusing them.
     let embedded = state.encoder().embed(texts, true, state.deadline(), options).await?;
     let prompt_tokens = embedded.token_counts.iter().sum();

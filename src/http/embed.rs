@@ -8,6 +8,7 @@ use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::types::{EmbedRequest, EmbedResponse};
 use super::{timing_headers, AppState};
 use crate::inference::{EmbedOptions, Embedded, Vectors};
+use crate::layers::LayerSelection;
 use crate::npy;
 
 pub const NPY_MEDIA_TYPE: &str = "application/x-npy";
@@ -30,6 +31,7 @@ struct EmbedResponseView<'a> {
     pooling: crate::pooling::Pooling,
     normalized: bool,
     dimensions: usize,
+    layers: &'a [usize],
     token_counts: &'a [usize],
     embeddings: EmbeddingsView<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,7 +117,7 @@ pub fn validate_inputs(texts: Vec<String>, max_inputs: usize) -> Result<Vec<Stri
         (status = 406, description = "Unsupported Accept", body = ErrorResponse),
         (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
-        (status = 422, description = "Invalid field, empty input, or input too long with truncate=false", body = ErrorResponse),
+        (status = 422, description = "Invalid field, empty input, layers the model does not have (`invalid_layers`), or input too long with truncate=false", body = ErrorResponse),
         (status = 503, description = "Queue full or shutting down; retry after the Retry-After seconds", body = ErrorResponse),
         (status = 504, description = "Deadline passed", body = ErrorResponse),
     )
@@ -134,7 +136,13 @@ pub async fn embed(
         ));
     }
     let windows = request.windows.then(|| state.settings.limits.window_stride(state.encoder().info.max_tokens));
-    let options = EmbedOptions { pooling: request.pooling, normalize: request.normalize, windows };
+    let info = &state.encoder().info;
+    let requested = request.layers.as_deref().unwrap_or(&[-1]);
+    let layers = LayerSelection::resolve(requested, request.layer_combine, info.layers)
+        .map_err(|e| ApiError::invalid("invalid_layers", e.to_string()))?;
+    let used = layers.indices.clone();
+    let options =
+        EmbedOptions { pooling: request.pooling, normalize: request.normalize, windows, layers: Some(layers) };
     let embedded = state.encoder().embed(texts, request.truncate, state.deadline(), options).await?;
     let timing = timing_headers(&embedded.timing);
     let Embedded { tokens, token_counts, hidden, vectors, .. } = embedded;
@@ -170,6 +178,7 @@ pub async fn embed(
                 pooling: request.pooling,
                 normalized: request.normalize,
                 dimensions: hidden,
+                layers: &used,
                 token_counts: &token_counts,
                 embeddings: EmbeddingsView { vectors: &vectors, hidden },
                 tokens: request.return_tokens.then_some(&tokens[..]),

@@ -67,12 +67,18 @@ fn summary(state: &AppState, head: &Head) -> HeadSummary {
         labels: head.labels().to_vec(),
         default: head.name() == state.heads.default_name(),
         pooling: None,
+        layers: None,
+        encoder: Some(match head {
+            Head::Logistic(h) => h.encoder.name.clone(),
+            Head::Onnx(h) => h.inference.info.name.clone(),
+        }),
         validation_accuracy: None,
         test_accuracy: None,
         created_unix: None,
     };
     if let Head::Logistic(h) = head {
         s.pooling = Some(h.pooling.to_string());
+        s.layers = Some(h.layers_label());
         s.validation_accuracy = h.metrics.validation.as_ref().map(|m| m.accuracy);
         s.test_accuracy = h.metrics.test.as_ref().map(|m| m.accuracy);
         s.created_unix = Some(h.created_unix);
@@ -160,6 +166,8 @@ pub async fn get_head(State(state): State<AppState>, Path(name): Path<String>) -
                     labels: job.label_counts.iter().map(|c| c.label.clone()).collect(),
                     default: false,
                     pooling: None,
+                    layers: None,
+                    encoder: Some(state.encoder().info.name.clone()),
                     validation_accuracy: None,
                     test_accuracy: None,
                     created_unix: None,

@@ -105,6 +105,7 @@ pub async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
             max_tokens: model.max_tokens,
             inputs: model.inputs.clone(),
             output: model.output.clone(),
+            layers: model.layers,
             file: model.file.clone(),
             fingerprint: model.fingerprint.clone(),
         },

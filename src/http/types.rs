@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
+use crate::layers::LayerCombine;
 use crate::pooling::Pooling;
 
 /// One text or a list of texts.
@@ -107,6 +108,18 @@ pub struct EmbedRequest {
     #[serde(default)]
     #[schema(default = false)]
     pub windows: bool,
+    /// Hidden states to return: 0 is the embeddings' output, 1 to N the
+    /// layers' (N = `/info` `model.layers`), negative indices count from the
+    /// end; default `[-1]`, the last hidden state. Several are combined as
+    /// `layer_combine` says, before pooling.
+    #[serde(default)]
+    #[schema(example = json!([-4, -3, -2, -1]))]
+    pub layers: Option<Vec<i64>>,
+    /// How several `layers` become one vector per token: `mean` (element-wise,
+    /// `dimensions` = hidden size) or `concat` (side by side in the order
+    /// given, `dimensions` = hidden size x layers).
+    #[serde(default)]
+    pub layer_combine: LayerCombine,
 }
 
 /// Vectors: one per text when pooled, one per real token of each text for `pooling: none`.
@@ -122,8 +135,10 @@ pub struct EmbedResponse {
     pub model: String,
     pub pooling: Pooling,
     pub normalized: bool,
-    /// Length of every vector (the hidden size).
+    /// Length of every vector: the hidden size, times the number of layers for `concat`.
     pub dimensions: usize,
+    /// Hidden states the vectors come from (absolute indices, in the order asked).
+    pub layers: Vec<usize>,
     /// Real tokens per text, special tokens included, after truncation.
     pub token_counts: Vec<usize>,
     pub embeddings: Embeddings,
@@ -147,6 +162,9 @@ pub struct ModelDescription {
     pub max_tokens: usize,
     pub inputs: Vec<String>,
     pub output: String,
+    /// Transformer layers whose hidden states `/embed` `layers` can ask for
+    /// (0 to this; null: the export returns the last only).
+    pub layers: Option<usize>,
     pub file: String,
     /// Identifies graph and tokenizer; heads record it.
     pub fingerprint: String,
@@ -309,6 +327,14 @@ pub struct HeadSummary {
     /// Pooling of the encoder's hidden states (logistic heads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pooling: Option<String>,
+    /// Hidden states pooled (logistic heads): `-1` (the last), or e.g.
+    /// `mean(-4,-3,-2,-1)`, `concat(-2,-1)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<String>,
+    /// The encoder the head serves on: the service's model for a logistic
+    /// head, its own model for an ONNX classifier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation_accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]

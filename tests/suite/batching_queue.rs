@@ -79,6 +79,7 @@ fn seq(id: i64, len: usize) -> Tokenized {
         tokens: vec![String::new(); len],
         offsets: vec![(0, 0); len],
         special: vec![false; len],
+        layers: Default::default(),
     }
 }
 
