@@ -25,8 +25,19 @@ from sklearn.preprocessing import StandardScaler
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def extract(binary: str, data: str, pooling: str, out: Path, extra: list[str]) -> dict:
-    subprocess.run([binary, "extract", "--data", data, "--pooling", pooling, "--out", str(out), "--log-filter", "warn", *extra],
+def layers_spec(head: dict) -> str:
+    """The head's hidden states as `distilserve extract --layers` takes them."""
+    layers = head.get("layers")
+    if not layers:
+        return "-1"
+    last = head["encoder"].get("layers") or 0
+    rel = ",".join(str(i - last - 1) for i in layers["indices"])
+    return rel if len(layers["indices"]) == 1 else f"{layers['combine']}({rel})"
+
+
+def extract(binary: str, data: str, pooling: str, out: Path, extra: list[str], layers: str = "-1") -> dict:
+    subprocess.run([binary, "extract", "--data", data, "--pooling", pooling, "--layers", layers, "--out", str(out),
+                    "--log-filter", "warn", *extra],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     load = lambda split, name: np.load(out / split / f"{name}.npy")
     return {s: (load(s, "X"), load(s, "y")) for s in ("train", "validation", "test")}
@@ -48,7 +59,7 @@ def main() -> None:
     cross_validated = "cross_validation" in json.dumps(head["training"]["selection"])
 
     with tempfile.TemporaryDirectory() as tmp:
-        f = extract(a.bin, data, pooling, Path(tmp) / pooling, extra)
+        f = extract(a.bin, data, pooling, Path(tmp) / pooling, extra, layers_spec(head))
         fit_x, fit_y = f["train"]
         if cross_validated:  # the head's final fit used train and validation
             fit_x = np.concatenate([fit_x, f["validation"][0]])
@@ -65,7 +76,8 @@ def main() -> None:
             g = extract(a.bin, data, p_name, Path(tmp) / p_name, extra)
             lecture[p_name] = LogisticRegression(max_iter=3000).fit(*g["train"]).score(*g["test"])
 
-    print(f"head {head['name']}: {pooling} pooling, alpha {alpha}, fitted on {len(fit_y)} texts")
+    print(f"head {head['name']}: {pooling} pooling of layers {layers_spec(head)}, alpha {alpha}, "
+          f"fitted on {len(fit_y)} texts")
     print(f"  distilserve (linfa) test accuracy   {head_acc:.4f}")
     print(f"  scikit-learn, same protocol         {sk_acc:.4f}")
     print(f"  difference                          {abs(head_acc - sk_acc) * 100:.2f} points (tolerance {a.tolerance * 100:.0f})")

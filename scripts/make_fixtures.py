@@ -14,7 +14,8 @@ Weights are drawn with a large initializer range (0.3) so that outputs differ
 clearly between tokens and texts, and a padding or masking bug shows. A small
 WordPiece vocabulary (uncased, BERT normalisation and pre-tokenisation)
 keeps them to a few hundred kilobytes. expected.json holds Python onnxruntime's
-outputs for a few texts: the Rust encoder must match them.
+outputs for a few texts, every layer's hidden states included: the Rust
+encoder must match them.
 """
 import json
 import string
@@ -70,7 +71,7 @@ def make(name: str, model, hf_dir: Path, task: str) -> None:
     out = ROOT / name
     export(str(hf_dir), out, name, task, int8=False, fused=False, opset=17,
            source_info={"generator": "scripts/make_fixtures.py", "weights": "random, seed 0"})
-    ref = reference_outputs(out, TEXTS)
+    ref = reference_outputs(out, TEXTS, layers=True)
     (out / "expected.json").write_text(json.dumps(ref) + "\n")
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"[fixtures] {name}: {size / 1024:.0f} KiB", file=sys.stderr)

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 
-def reference_outputs(model_dir: Path, texts: list[str], model_file: str = "model.onnx") -> dict:
+def reference_outputs(model_dir: Path, texts: list[str], model_file: str = "model.onnx",
+                      layers: bool = False) -> dict:
     import numpy as np
     import onnxruntime as ort
     from tokenizers import Tokenizer
@@ -25,6 +26,8 @@ def reference_outputs(model_dir: Path, texts: list[str], model_file: str = "mode
     sess = ort.InferenceSession(str(model_dir / model_file), providers=["CPUExecutionProvider"])
     inputs = manifest["inputs"]
     output = manifest["outputs"][0]
+    # With `layers`, every earlier layer's hidden states too (hidden_state_0 ..).
+    extra = manifest.get("layer_outputs", []) if layers else []
     items = []
     for text in texts:
         enc = tok.encode(text)
@@ -32,9 +35,12 @@ def reference_outputs(model_dir: Path, texts: list[str], model_file: str = "mode
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
         if "token_type_ids" in inputs:
             feed["token_type_ids"] = np.array([enc.type_ids], dtype=np.int64)
-        out = sess.run([output], feed)[0][0]
-        items.append({"text": text, "ids": enc.ids, "tokens": enc.tokens,
-                      output: out.astype(float).round(7).tolist()})
+        outs = sess.run([output, *extra], feed)
+        item = {"text": text, "ids": enc.ids, "tokens": enc.tokens,
+                output: outs[0][0].astype(float).round(7).tolist()}
+        for name, value in zip(extra, outs[1:]):
+            item[name] = value[0].astype(float).round(7).tolist()
+        items.append(item)
     return {"model": manifest["name"], "model_file": model_file, "output": output,
             "onnxruntime": ort.__version__, "items": items}
 

@@ -368,6 +368,10 @@ impl SettingsArgs {
     }
 }
 
+fn parse_layers(text: &str) -> Result<crate::config::LayerSpec, String> {
+    crate::config::LayerSpec::try_from(text.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,8 +400,4 @@ mod tests {
         assert!(settings.classify.serve.is_empty());
         assert_eq!(settings.logging.format, LogFormat::Text);
     }
-}
-
-fn parse_layers(text: &str) -> Result<crate::config::LayerSpec, String> {
-    crate::config::LayerSpec::try_from(text.to_string())
 }

@@ -146,9 +146,16 @@ pub fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
 pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
     let settings = args.settings.settings()?;
     let path = head_path(&settings.classify.heads_dir, &args.head)?;
-    let head = LogisticHead::load(&path)?;
     let mut model = load_model(&settings)?;
-    head.check_encoder(&path, &model.info)?;
+    let head = crate::heads::load_logistic_for_encoder(&settings, &args.head, &model.info)?.with_context(|| {
+        format!(
+            "no head {} for encoder {} in {}: run `distilserve train --head {}`",
+            args.head,
+            model.info.name,
+            path.display(),
+            args.head
+        )
+    })?;
     let data_dir = args.data.clone().unwrap_or_else(|| PathBuf::from(&head.training.data_dir));
     let dataset = Dataset::open(&data_dir)?;
     if dataset.labels != head.labels {
@@ -162,7 +169,7 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
 
     with_extraction(&settings, &mut model, |extraction| {
         let last = extraction.info.last_layer();
-        let layers = layers_to_extract(&[head.layers.clone()], last);
+        let layers = layers_to_extract(std::slice::from_ref(&head.layers), last);
         let features = extraction.features(&data_name, &split, &layers)?;
         let predicted = head.predict(&features.get(head.pooling, head.layers.as_ref()));
         rows.push(Row {
@@ -202,7 +209,7 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
             rows.push(Row {
                 name: format!("plain-{pooling}"),
                 description: format!(
-                    "LogisticRegression() as in the lecture: raw {pooling} features of the last layer, alpha 1, \
+                    "LogisticRegression() as in the lecture: raw {pooling} features of the last layer, C = 1, \
                      100 iterations, train split only"
                 ),
                 metrics: Metrics::compute(&labels, &split.labels, &predicted),
@@ -235,7 +242,8 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
         rows,
     };
     print!("{}", report.to_text());
-    let stem = args.report_dir.join(format!("{}-{}", head.name, args.split));
+    // Per encoder: evaluating the same head on another encoder keeps both reports.
+    let stem = args.report_dir.join(format!("{}-{}-{}", head.name, head.encoder.name, args.split));
     let json_path = stem.with_extension("json");
     let svg_path = PathBuf::from(format!("{}-confusion.svg", stem.display()));
     write_atomic(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;

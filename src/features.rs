@@ -204,6 +204,7 @@ pub fn layers_to_extract(selections: &[Option<LayerSelection>], last: usize) -> 
 
 /// Extracts `[CLS]` and mean features of `texts`, in input order, for each
 /// hidden state in `layers` (ascending, the last, `info.last_layer()`, included).
+#[allow(clippy::too_many_arguments)]
 pub fn extract(
     source: &mut dyn Encoder,
     tokenizer: &TextTokenizer,

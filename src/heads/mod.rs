@@ -493,11 +493,54 @@ pub struct StartupHeads {
 /// Reads and checks `<heads_dir>/<name>.json` (None when there is no file):
 /// a damaged file, one for another encoder or another head is an error naming it.
 pub fn load_logistic(settings: &Settings, name: &str, info: &ModelInfo) -> anyhow::Result<Option<LogisticHead>> {
+    load_logistic_as(settings, name, info, false)
+}
+
+/// As [`load_logistic`], but heads are kept per encoder: when the active file
+/// was made for another encoder, the newest kept version made for this one
+/// is served; without one, the head is missing (None) if it can be trained at
+/// startup, else that is the error. What startup and `evaluate` use; an
+/// explicit reload stays strict, so that it never answers with another file
+/// than the one it was asked to load.
+pub fn load_logistic_for_encoder(
+    settings: &Settings,
+    name: &str,
+    info: &ModelInfo,
+) -> anyhow::Result<Option<LogisticHead>> {
+    load_logistic_as(settings, name, info, true)
+}
+
+fn load_logistic_as(
+    settings: &Settings,
+    name: &str,
+    info: &ModelInfo,
+    per_encoder: bool,
+) -> anyhow::Result<Option<LogisticHead>> {
     let path = head_path(&settings.classify.heads_dir, name)?;
     if !path.exists() {
         return Ok(None);
     }
     let h = LogisticHead::load(&path)?;
+    if let Err(e @ logistic::HeadFileError::WrongEncoder { .. }) = h.check_encoder(&path, info) {
+        if !per_encoder {
+            return Err(e.into());
+        }
+        if let Some(own) = store::HeadStore::of(settings).newest_for_encoder(name, &info.fingerprint) {
+            tracing::info!(
+                head = %name,
+                version = %store::version_of(&own),
+                active_for = %h.encoder.name,
+                "serving this encoder's own version of the head (the active file was made for another encoder)"
+            );
+            return Ok(Some(own));
+        }
+        let trainable = settings.heads.get(name).is_some_and(|s| s.train_on_startup && s.data.is_some());
+        if trainable {
+            tracing::info!(head = %name, active_for = %h.encoder.name, "no version of the head for this encoder: training one");
+            return Ok(None);
+        }
+        return Err(e.into());
+    }
     h.check_encoder(&path, info)?;
     if h.name != name {
         bail!("head file {} holds head {:?}, not {name:?}", path.display(), h.name);
@@ -506,12 +549,20 @@ pub fn load_logistic(settings: &Settings, name: &str, info: &ModelInfo) -> anyho
     Ok(Some(h))
 }
 
-/// Loads head `name` as configured: a logistic head from its file, an ONNX
+/// Loads head `name` as configured: a logistic head from its file (at
+/// startup, `per_encoder`: see [`load_logistic_for_encoder`]), an ONNX
 /// classifier from its model folder. Used at startup and by `POST /heads/{name}/reload`.
-pub fn load_one(settings: &Settings, name: &str, runtimes: &Runtimes) -> anyhow::Result<Option<Head>> {
+pub fn load_one(
+    settings: &Settings,
+    name: &str,
+    runtimes: &Runtimes,
+    per_encoder: bool,
+) -> anyhow::Result<Option<Head>> {
     let head = &settings.heads[name];
     Ok(match head.kind {
-        HeadKind::Logistic => load_logistic(settings, name, &runtimes.encoder.info)?.map(Head::Logistic),
+        HeadKind::Logistic => {
+            load_logistic_as(settings, name, &runtimes.encoder.info, per_encoder)?.map(Head::Logistic)
+        }
         HeadKind::Onnx => {
             let h = OnnxHead::load(name, head, &settings.model, runtimes)?;
             tracing::info!(head = %name, labels = ?h.labels, "ONNX classifier head loaded");
@@ -525,7 +576,7 @@ pub fn load_configured(settings: &Settings, runtimes: &Runtimes) -> anyhow::Resu
     let mut to_train = Vec::new();
     for name in &settings.classify.serve {
         let head = &settings.heads[name];
-        match load_one(settings, name, runtimes)? {
+        match load_one(settings, name, runtimes, true)? {
             Some(h) => loaded.push(h),
             None => {
                 let path = head_path(&settings.classify.heads_dir, name)?;

@@ -30,6 +30,9 @@ const JOBS_DIR: &str = ".jobs";
 pub struct VersionEntry {
     pub version: String,
     pub created_unix: u64,
+    /// Fingerprint of the encoder the version was trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -96,15 +99,44 @@ impl HeadStore {
         }
         let mut history = self.history(&head.name)?;
         history.versions.retain(|v| v.version != version);
-        history.versions.push(VersionEntry { version: version.clone(), created_unix: head.created_unix });
-        let dropped = history.versions.len().saturating_sub(self.keep);
-        let pruned: Vec<VersionEntry> = history.versions.drain(..dropped).collect();
+        history.versions.push(VersionEntry {
+            version: version.clone(),
+            created_unix: head.created_unix,
+            encoder: Some(head.encoder.fingerprint.clone()),
+        });
+        // Oldest first beyond `keep`, except each encoder's newest version:
+        // switching encoders back and forth finds its own head again.
+        let mut pruned = Vec::new();
+        let mut excess = history.versions.len().saturating_sub(self.keep);
+        let mut i = 0;
+        while excess > 0 && i < history.versions.len() {
+            let entry = &history.versions[i];
+            let newer_of_same_encoder = history.versions[i + 1..].iter().any(|v| v.encoder == entry.encoder);
+            if newer_of_same_encoder {
+                pruned.push(history.versions.remove(i));
+                excess -= 1;
+            } else {
+                i += 1;
+            }
+        }
         self.write_history(&head.name, &history)?;
         write_atomic(&head_path(&self.dir, &head.name)?, &bytes)?;
         for old in pruned {
             let _ = std::fs::remove_file(dir.join(format!("{}.json", old.version)));
         }
         Ok(version)
+    }
+
+    /// The newest version of `name` trained on the encoder `fingerprint`, if
+    /// one is kept and valid: what a service running that encoder serves when
+    /// the active file was made for another.
+    pub fn newest_for_encoder(&self, name: &str, fingerprint: &str) -> Option<LogisticHead> {
+        let dir = self.versions_dir(name).ok()?;
+        let history = self.history(name).ok()?;
+        history.versions.iter().rev().filter(|v| v.encoder.as_deref().is_none_or(|e| e == fingerprint)).find_map(|v| {
+            let head = LogisticHead::load(&dir.join(format!("{}.json", v.version))).ok()?;
+            (head.encoder.fingerprint == fingerprint && head.name == name).then_some(head)
+        })
     }
 
     /// Versions of `name`, oldest first (at most `keep`).

@@ -552,7 +552,7 @@ pub async fn reload_head(
         return Err(ApiError::new(StatusCode::CONFLICT, "not_ready", format!("head {name:?} is still training")));
     }
     let (settings, runtimes, wanted) = (state.settings.clone(), state.runtimes.clone(), name.clone());
-    let loaded = tokio::task::spawn_blocking(move || crate::heads::load_one(&settings, &wanted, &runtimes))
+    let loaded = tokio::task::spawn_blocking(move || crate::heads::load_one(&settings, &wanted, &runtimes, false))
         .await
         .map_err(internal)?;
     let unusable = |message: String| {

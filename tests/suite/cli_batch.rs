@@ -70,15 +70,18 @@ label_map = {{ NEGATIVE = "neg", POSITIVE = "pos" }}
 
     let reports = root.join("reports");
     let stdout = distilserve(&["evaluate", "--head", "toy", "--report-dir", reports.to_str().unwrap()], &config);
-    for row in ["toy ", "majority", "logistic-", "sst2", "confusion matrix"] {
+    for row in ["toy ", "search (", "majority", "plain-cls", "plain-mean", "sst2", "confusion matrix"] {
         assert!(stdout.contains(row), "{row:?} missing from:\n{stdout}");
     }
     let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(reports.join("toy-test.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(reports.join("toy-tiny-distilbert-test.json")).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 5, "head, majority, two other poolings, the ONNX classifier");
+    assert_eq!(rows.len(), 5, "head, majority, the lecture's two plain regressions, the ONNX classifier");
+    let candidates = report["candidates"].as_array().unwrap();
+    assert_eq!(candidates.iter().filter(|c| c["chosen"] == true).count(), 1, "{candidates:?}");
+    assert_eq!(report["encoder"], "tiny-distilbert");
     assert_eq!(rows[1]["metrics"]["accuracy"], 0.5, "majority class on a balanced split");
     assert!(rows[0]["metrics"]["accuracy"].as_f64().unwrap() >= 0.9);
-    let svg = std::fs::read_to_string(reports.join("toy-test-confusion.svg")).unwrap();
+    let svg = std::fs::read_to_string(reports.join("toy-tiny-distilbert-test-confusion.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("predicted label"));
 }

@@ -81,3 +81,48 @@ fn configured_max_tokens_above_the_model_maximum_is_refused() {
     let err = Model::load(&settings.model, 1).err().expect("refused").to_string();
     assert!(err.contains("max_tokens") && err.contains("64"), "{err}");
 }
+
+/// Every hidden state of both encoder fixtures, several layers to a sequence
+/// and sequences asking for different layers in one padded batch, against
+/// Python onnxruntime's outputs of the same graph.
+#[test]
+fn layer_outputs_match_python_onnxruntime_in_mixed_batches() {
+    use distilserve::layers::{LayerCombine, LayerMask, LayerSelection};
+    for name in ["tiny-distilbert", "tiny-bert"] {
+        let dir = fixture(name);
+        let mut model = Model::load(&settings_for(&dir).model, 1).expect("fixture loads");
+        assert_eq!(model.info.layers, Some(2), "{name}: two transformer layers, three hidden states");
+        let reference = reference(&dir.join("expected.json"));
+        let texts: Vec<&str> = reference.items.iter().map(|i| i.text.as_str()).collect();
+        let mut seqs = model.tokenizer.encode_all(&texts, true).expect("tokenizes");
+        // Text i asks for: the default (last only), hidden state 0, states 0 and 1, all three, ...
+        let masks = [LayerMask::LAST, LayerMask(0b001), LayerMask(0b011), LayerMask(0b111), LayerMask(0b100)];
+        for (seq, mask) in seqs.iter_mut().zip(masks.iter().cycle()) {
+            seq.layers = *mask;
+        }
+        let refs: Vec<_> = seqs.iter().collect();
+        let rows = model.encoders[0].encode(&refs).expect("forward");
+        for ((rows, item), mask) in rows.iter().zip(&reference.items).zip(masks.iter().cycle()) {
+            let wanted = mask.indices(2);
+            assert_eq!(rows.cols, 32 * wanted.len(), "{name}: width for {mask:?}");
+            let mut expected = Vec::new();
+            let states: Vec<_> = wanted.iter().map(|&l| item.hidden_state(l, 2)).collect();
+            for t in 0..rows.rows {
+                for state in &states {
+                    expected.extend_from_slice(&state[t]);
+                }
+            }
+            let diff = max_abs_diff(&rows.data, &expected);
+            assert!(diff < 1e-4, "{name}: {:?} with {mask:?} differs by {diff}", item.text);
+        }
+        // Combining: the mean of states 1 and 2 from rows holding 0, 1 and 2.
+        let all = &rows[3];
+        let mean = LayerSelection::resolve(&[-2, -1], LayerCombine::Mean, Some(2)).unwrap();
+        let combined = mean.combine(all, LayerMask(0b111), 2, 32);
+        let item = &reference.items[3];
+        let (one, two) = (item.hidden_state(1, 2), item.hidden_state(2, 2));
+        let want: Vec<f32> =
+            one.iter().zip(&two).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x + y) / 2.0)).collect();
+        assert!(max_abs_diff(&combined.data, &want) < 1e-4, "{name}: mean of the last two layers");
+    }
+}

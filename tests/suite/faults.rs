@@ -77,7 +77,7 @@ async fn a_bad_head_file_at_reload_leaves_the_previous_head_serving() {
     // Edited to a narrower hidden size, checksum recomputed: consistent in
     // itself, so only the check against the running encoder can refuse it.
     let mut narrow: LogisticHead = serde_json::from_slice(&good).unwrap();
-    let width = narrow.pooling.width(16);
+    let width = narrow.pooling.width(narrow.row_width(16));
     narrow.encoder.hidden_size = 16;
     narrow.scaler_mean.truncate(width);
     narrow.scaler_scale.truncate(width);

@@ -33,7 +33,8 @@ fn a_head_trained_on_a_synthetic_set_classifies_it_and_round_trips() {
 
     assert_eq!(head.labels, vec!["neg", "pos"]);
     assert_eq!(head.training.train_examples, 60, "cross-validation fits train and validation together");
-    assert_eq!(head.training.candidates.len(), 3 * 3, "3 poolings x 3 alphas");
+    // The default layer options a 2-layer encoder has: "-1" and "concat(-2,-1)".
+    assert_eq!(head.training.candidates.len(), 2 * 3 * 3, "2 layer options x 3 poolings x 3 alphas");
     let test = head.metrics.test.as_ref().expect("test metrics");
     assert_eq!(test.examples, 12);
     assert!(test.accuracy >= 0.9, "test accuracy {}", test.accuracy);

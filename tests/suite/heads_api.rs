@@ -204,7 +204,8 @@ async fn csv_and_jsonl_uploads_with_their_own_test_split() {
     assert_eq!(detail["job"]["test_source"], "upload");
     assert_eq!(detail["metrics"]["test"]["examples"], 6);
     assert_eq!(detail["training"]["selection"], json!({"cross_validation": {"folds": 2}}));
-    assert_eq!(detail["training"]["candidates"].as_array().unwrap().len(), 3 * 2);
+    // 2 layer options ("-1", "concat(-2,-1)": the 2-layer encoder has no last four) x 3 poolings x 2 alphas.
+    assert_eq!(detail["training"]["candidates"].as_array().unwrap().len(), 2 * 3 * 2);
 
     let jsonl: String = examples(10).iter().map(|e| format!("{e}\n")).collect();
     let response = server
@@ -391,8 +392,17 @@ async fn explanations_match_numpy_on_the_head_file_and_token_states() {
         let explanation = &prediction["explanation"];
         assert_eq!(explanation["pooling"], pooling);
         assert_eq!(explanation["exact"], pooling != "cls");
+        // The token states the head reads: its layers, combined as it combines them.
+        let head_file: Value =
+            serde_json::from_str(&std::fs::read_to_string(folder.path().join(format!("{name}.json"))).unwrap())
+                .unwrap();
+        let layers = head_file["layers"]["indices"].as_array().cloned().unwrap_or_else(|| vec![json!(-1)]);
+        let combine = head_file["layers"]["combine"].as_str().unwrap_or("mean").to_string();
         let embedded: Value = server
-            .post_json("/embed", json!({"inputs": [text], "pooling": "none", "return_tokens": true}))
+            .post_json(
+                "/embed",
+                json!({"inputs": [text], "pooling": "none", "return_tokens": true, "layers": layers, "layer_combine": combine}),
+            )
             .await
             .json()
             .await

@@ -243,3 +243,61 @@ async fn concurrent_requests_each_get_their_own_results_in_order() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn layers_combined_by_mean_or_concat_over_http() {
+    let server = server().await;
+    let item = &expected().items[2];
+    let (first, second, last) = (item.hidden_state(0, 2), item.hidden_state(1, 2), item.hidden_state(2, 2));
+    let info: Value = server.get("/info").await.json().await.unwrap();
+    assert_eq!(info["model"]["layers"], 2);
+
+    // The last two side by side, per token, in the order asked.
+    let body: Value = server
+        .post_json("/embed", json!({"inputs": [item.text], "layers": [-1, 1], "layer_combine": "concat"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["dimensions"], 64);
+    assert_eq!(body["layers"], json!([2, 1]));
+    let got = as_matrix(&body["embeddings"][0]);
+    let want: Vec<Vec<f32>> = last.iter().zip(&second).map(|(a, b)| [a.clone(), b.clone()].concat()).collect();
+    assert!(max_abs_diff(&got.concat(), &want.concat()) < 1e-4);
+
+    // [CLS] of the mean of all three hidden states, as .npy.
+    let response = server
+        .client
+        .post(server.url("/embed"))
+        .header("accept", "application/x-npy")
+        .json(&json!({"inputs": [item.text, item.text], "pooling": "cls", "layers": [0, 1, 2]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (shape, data) = npy::decode::<f32>(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(shape, vec![2, 32]);
+    let want: Vec<f32> = (0..32).map(|j| (first[0][j] + second[0][j] + last[0][j]) / 3.0).collect();
+    assert!(max_abs_diff(&data[..32], &want) < 1e-4);
+
+    // The default is the last hidden state; [-1] says the same.
+    let plain: Value =
+        server.post_json("/embed", json!({"inputs": [item.text], "pooling": "mean"})).await.json().await.unwrap();
+    let explicit: Value = server
+        .post_json("/embed", json!({"inputs": [item.text], "pooling": "mean", "layers": [-1]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plain["embeddings"], explicit["embeddings"]);
+    assert_eq!(plain["layers"], json!([2]));
+
+    for bad in [json!([3]), json!([-4]), json!([1, -2]), json!([])] {
+        let response = server.post_json("/embed", json!({"inputs": ["dull"], "layers": bad})).await;
+        let (status, code, _) = error_of(response).await;
+        assert_eq!((status, code.as_str()), (422, "invalid_layers"), "layers {bad}");
+    }
+    let response = server.post_json("/embed", json!({"inputs": ["dull"], "layer_combine": "sum"})).await;
+    assert_eq!(error_of(response).await.0, 422);
+    server.stop().await;
+}

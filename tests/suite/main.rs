@@ -13,6 +13,7 @@ mod deploy;
 mod docs;
 mod e2e_default_model;
 mod encoder_fixtures;
+mod encoders;
 mod faults;
 mod hardening;
 mod heads;

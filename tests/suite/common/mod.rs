@@ -88,6 +88,20 @@ pub struct ReferenceItem {
     pub tokens: Vec<String>,
     pub last_hidden_state: Option<Vec<Vec<f32>>>,
     pub logits: Option<Vec<f32>>,
+    /// Earlier layers' hidden states: `hidden_state_0` (embeddings) .. `hidden_state_{N-1}`.
+    #[serde(flatten)]
+    pub layers: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl ReferenceItem {
+    /// Hidden state `index` (absolute; `last` is `last_hidden_state`), per token.
+    pub fn hidden_state(&self, index: usize, last: usize) -> Vec<Vec<f32>> {
+        if index == last {
+            return self.last_hidden_state.clone().expect("last hidden state");
+        }
+        let value = self.layers.get(&format!("hidden_state_{index}")).expect("reference has the layer");
+        serde_json::from_value(value.clone()).expect("matrix of floats")
+    }
 }
 
 pub fn reference(path: &Path) -> Reference {
