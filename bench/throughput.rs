@@ -84,6 +84,10 @@ struct Args {
     /// async runtime, the kernel, the load generator).
     #[arg(long)]
     profile: Option<f64>,
+    /// Peers measured under the same load after distilserve, on the first
+    /// model's files: `infinity` (bench/infinity_peer.sh; needs --hf-model).
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
     /// Extra flags for `distilserve serve` (e.g. --model-file model.int8.onnx).
     #[arg(long, allow_hyphen_values = true, num_args = 1..)]
     serve_flags: Vec<String>,
@@ -150,6 +154,17 @@ fn main() -> anyhow::Result<()> {
     let first_model = report.models[0].0.clone();
 
     rt.block_on(async {
+        for peer in &args.peers {
+            if peer != "infinity" {
+                bail!("unknown peer {peer:?} (known: infinity)");
+            }
+            let hf = args.hf_model.as_ref().context("--peers infinity needs --hf-model")?;
+            eprintln!("== Infinity on the same model files");
+            let server = Server::infinity(&model_dirs[0], hf, threads)?;
+            let routes: Vec<String> = args.routes.iter().filter(|r| *r == "/embed").cloned().collect();
+            let runs = scenarios(&server, "infinity", &routes, &texts, args.seconds).await?;
+            report.runs.extend(runs.into_iter().map(|r| LoadResult { model: first_model.clone(), ..r }));
+        }
         if let (Some(python), Some(hf)) = (&args.python, &args.hf_model) {
             eprintln!("== notebook-style Python server");
             let server = Server::notebook(python, hf, &args.data, threads)?;
@@ -297,6 +312,20 @@ impl Server {
         Server { child, port, log, name: "distilserve" }.ready("/health/ready")
     }
 
+    fn infinity(model_dir: &Path, hf_model: &Path, threads: usize) -> anyhow::Result<Server> {
+        let port = free_port()?;
+        let log = std::env::temp_dir().join(format!("infinity-{port}.log"));
+        let child = Command::new("bench/infinity_peer.sh")
+            .arg(model_dir)
+            .arg(hf_model)
+            .args([port.to_string(), threads.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("cannot start bench/infinity_peer.sh")?;
+        Server { child, port, log, name: "infinity" }.ready("/health")
+    }
+
     fn notebook(python: &Path, hf_model: &Path, data: &Path, threads: usize) -> anyhow::Result<Server> {
         let port = free_port()?;
         let log = std::env::temp_dir().join(format!("notebook-server-{port}.log"));
@@ -427,7 +456,13 @@ async fn load(
 ) -> LoadResult {
     let before = batch_counters(server).await;
     let client = reqwest::Client::builder().timeout(client_timeout).pool_max_idle_per_host(1024).build().unwrap();
-    let url = format!("http://127.0.0.1:{}{route}", server.port);
+    // Infinity answers OpenAI-style embeddings (mean-pooled, as /embed here).
+    let infinity = server.name == "infinity";
+    let url = if infinity {
+        format!("http://127.0.0.1:{}/embeddings", server.port)
+    } else {
+        format!("http://127.0.0.1:{}{route}", server.port)
+    };
     let texts = Arc::new(texts.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
     let warm_until = Instant::now() + Duration::from_secs_f64(seconds / 5.0);
@@ -436,14 +471,20 @@ async fn load(
         .map(|_| {
             let (client, url, texts, next) = (client.clone(), url.clone(), texts.clone(), next.clone());
             let pooled = route == "/embed";
+            let infinity = infinity;
             tokio::spawn(async move {
                 // (latency ms, HTTP status or 0 for a client-side error), measured part only.
                 let mut seen: Vec<(f64, u16)> = Vec::new();
                 while Instant::now() < end {
                     let start = next.fetch_add(per_request, Ordering::Relaxed);
                     let inputs: Vec<&String> = (start..start + per_request).map(|i| &texts[i % texts.len()]).collect();
-                    let body =
-                        if pooled { json!({"inputs": inputs, "pooling": "mean"}) } else { json!({"inputs": inputs}) };
+                    let body = if infinity {
+                        json!({"input": inputs, "model": "peer"})
+                    } else if pooled {
+                        json!({"inputs": inputs, "pooling": "mean"})
+                    } else {
+                        json!({"inputs": inputs})
+                    };
                     let sent = Instant::now();
                     let status = match client.post(&url).json(&body).send().await {
                         Ok(response) => {
