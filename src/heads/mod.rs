@@ -148,10 +148,20 @@ fn layers_for(heads: &[Arc<Head>], info: &ModelInfo) -> LayerMask {
 }
 
 /// A logistic head's rows from rows holding the hidden states of `mask`.
-fn head_rows(head: &LogisticHead, rows: &[Rows], mask: LayerMask, info: &ModelInfo) -> Vec<Rows> {
+/// Borrowed as they are when both hold the last hidden state alone (the
+/// default path copies nothing).
+fn head_rows<'a>(
+    head: &LogisticHead,
+    rows: &'a [Rows],
+    mask: LayerMask,
+    info: &ModelInfo,
+) -> std::borrow::Cow<'a, [Rows]> {
+    if head.layers.is_none() && mask.is_last_only() {
+        return std::borrow::Cow::Borrowed(rows);
+    }
     let last = info.last_layer();
     let selection = head.layers.clone().unwrap_or(LayerSelection { indices: vec![last], combine: LayerCombine::Mean });
-    rows.iter().map(|r| selection.combine(r, mask, last, info.hidden_size)).collect()
+    std::borrow::Cow::Owned(rows.iter().map(|r| selection.combine(r, mask, last, info.hidden_size)).collect())
 }
 
 /// Every head's answer for `texts`, in the order of `heads`. The encoder runs
@@ -521,27 +531,27 @@ fn load_logistic_as(
         return Ok(None);
     }
     let h = LogisticHead::load(&path)?;
-    if let Err(e @ logistic::HeadFileError::WrongEncoder { .. }) = h.check_encoder(&path, info) {
-        if !per_encoder {
+    match h.check_encoder(&path, info) {
+        Ok(()) => {}
+        Err(e @ logistic::HeadFileError::WrongEncoder { .. }) if per_encoder => {
+            if let Some(own) = store::HeadStore::of(settings).newest_for_encoder(name, &info.fingerprint) {
+                tracing::info!(
+                    head = %name,
+                    version = %store::version_of(&own),
+                    active_for = %h.encoder.name,
+                    "serving this encoder's own version of the head (the active file was made for another encoder)"
+                );
+                return Ok(Some(own));
+            }
+            let trainable = settings.heads.get(name).is_some_and(|s| s.train_on_startup && s.data.is_some());
+            if trainable {
+                tracing::info!(head = %name, active_for = %h.encoder.name, "no version of the head for this encoder: training one");
+                return Ok(None);
+            }
             return Err(e.into());
         }
-        if let Some(own) = store::HeadStore::of(settings).newest_for_encoder(name, &info.fingerprint) {
-            tracing::info!(
-                head = %name,
-                version = %store::version_of(&own),
-                active_for = %h.encoder.name,
-                "serving this encoder's own version of the head (the active file was made for another encoder)"
-            );
-            return Ok(Some(own));
-        }
-        let trainable = settings.heads.get(name).is_some_and(|s| s.train_on_startup && s.data.is_some());
-        if trainable {
-            tracing::info!(head = %name, active_for = %h.encoder.name, "no version of the head for this encoder: training one");
-            return Ok(None);
-        }
-        return Err(e.into());
+        Err(e) => return Err(e.into()),
     }
-    h.check_encoder(&path, info)?;
     if h.name != name {
         bail!("head file {} holds head {:?}, not {name:?}", path.display(), h.name);
     }

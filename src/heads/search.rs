@@ -98,38 +98,10 @@ fn to_f64(x: &Array2<f32>) -> Array2<f64> {
 /// iterations against linfa's fixed 1e-4, see README for the figure with this.
 const GRADIENT_TOLERANCE_PER_ROW: f64 = 1e-4;
 
-/// Floating-point width of a fit's solver.
-#[derive(Clone, Copy, PartialEq)]
-enum Precision {
-    /// The search's many fits: half the memory traffic of every pass over the
-    /// data, which is what a fit spends its time on (the default head's search
-    /// took 112 s instead of 153 s, with the same choice and test accuracy).
-    Single,
-    /// The final fit: in single precision it failed on all-mpnet-base-v2's
-    /// features from a cold start (every prediction one class), in double it
-    /// does not; it is one fit.
-    Double,
-}
-
-/// Fits on `x` (standardised); `warm` starts from an earlier solution of the
-/// same problem at another alpha, which converges in far fewer iterations.
-fn fit(
-    x: &Array2<f64>,
-    y: &[usize],
-    classes: usize,
-    alpha: f64,
-    max_iterations: u64,
-    warm: Option<&Fitted>,
-    precision: Precision,
-) -> anyhow::Result<Fitted> {
-    match precision {
-        Precision::Single => fit_f32(x, y, classes, alpha, max_iterations, warm),
-        Precision::Double => fit_f64(x, y, classes, alpha, max_iterations, warm),
-    }
-}
-
-/// One fit in the given floating-point type (linfa's solver is generic, but
-/// over a trait of its own that it does not export).
+/// One fit on `x` (standardised) in the given floating-point type (linfa's
+/// solver is generic, but over a trait of its own that it does not export);
+/// `warm` starts from an earlier solution of the same problem at another
+/// alpha, which converges in far fewer iterations.
 macro_rules! fit_in {
     ($name:ident, $f:ty) => {
         fn $name(
@@ -171,7 +143,13 @@ macro_rules! fit_in {
         }
     };
 }
+// The search's many fits: single precision halves the memory traffic of every
+// pass over the data, which is what a fit spends its time on (the default
+// head's search took 112 s instead of 153 s, with the same choice and test
+// accuracy).
 fit_in!(fit_f32, f32);
+// The final fit: in single precision it failed on all-mpnet-base-v2's features
+// from a cold start (every prediction one class), in double it does not; it is one fit.
 fit_in!(fit_f64, f64);
 
 fn score(fitted: &Fitted, x: &Array2<f64>, y: &[usize]) -> (f64, f64, Vec<usize>) {
@@ -276,7 +254,7 @@ pub fn plain_logistic(
     test_x: &Array2<f32>,
 ) -> anyhow::Result<Vec<usize>> {
     let alpha = if classes == 2 { 2.0 } else { 1.0 };
-    let fitted = fit(&to_f64(train_x), train_y, classes, alpha, 100, None, Precision::Double)?;
+    let fitted = fit_f64(&to_f64(train_x), train_y, classes, alpha, 100, None)?;
     let p = fitted.probabilities(&to_f64(test_x));
     Ok(p.rows().into_iter().map(|row| argmax(row.iter().copied())).collect())
 }
@@ -405,8 +383,7 @@ pub fn train(
         let mut previous: Option<Fitted> = None;
         let mut out = Vec::with_capacity(alphas_down.len());
         for &alpha in &alphas_down {
-            let fitted =
-                fit(&fit_x, &fit_y, classes, alpha, config.max_iterations, previous.as_ref(), Precision::Single)?;
+            let fitted = fit_f32(&fit_x, &fit_y, classes, alpha, config.max_iterations, previous.as_ref())?;
             let (accuracy, log_loss, _) = score(&fitted, &scaled, &score_y);
             if let Some(progress) = &config.progress {
                 progress.call(fits_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, tasks.len());
@@ -475,8 +452,7 @@ pub fn train(
     let index = sets.iter().position(|set| *set == (best.layers.clone(), best.pooling)).expect("a searched set");
     let x = &fit_sets[index];
     let scaler = Scaler::fit(x);
-    let fitted =
-        fit(&scaler.apply(x), &fit_labels, classes, best.alpha, config.max_iterations, None, Precision::Double)?;
+    let fitted = fit_f64(&scaler.apply(x), &fit_labels, classes, best.alpha, config.max_iterations, None)?;
     let (fit_accuracy, _, fit_pred) = score(&fitted, &scaler.apply(x), &fit_labels);
     // A final fit far below what its candidate scored on held-out rows did not
     // converge: refuse it rather than publish a head that answers one class.
