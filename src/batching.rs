@@ -26,6 +26,11 @@ pub enum BatchError {
     #[error("the inference queue is full ({capacity} tokens waiting); retry shortly")]
     QueueFullTokens { capacity: usize },
     #[error(
+        "the inference queue holds about {waiting_ms} ms of work, more than this request can wait \
+         ({limit_ms} ms); retry shortly or elsewhere"
+    )]
+    QueueWait { waiting_ms: u64, limit_ms: u64 },
+    #[error(
         "the request has {tokens} tokens after tokenization, more than the limit of {limit} per request; \
          send fewer or shorter texts"
     )]
@@ -53,6 +58,9 @@ pub struct BatcherConfig {
     pub max_request_tokens: usize,
     /// Estimated cost of one more model call, in tokens; 0 turns length grouping off.
     pub call_overhead_tokens: usize,
+    /// Most estimated queue time a live request is admitted behind (zero: only
+    /// its own deadline bounds it).
+    pub max_queue_wait: Duration,
 }
 
 impl BatcherConfig {
@@ -66,6 +74,7 @@ impl BatcherConfig {
             queue_capacity_tokens: batching.queue_capacity_tokens,
             max_request_tokens: limits.max_request_tokens,
             call_overhead_tokens: batching.call_overhead_tokens,
+            max_queue_wait: Duration::from_millis(batching.max_queue_wait_ms),
         }
     }
 }
@@ -160,6 +169,9 @@ struct Queue {
     items: VecDeque<Item>,
     /// Tokens of the queued sequences.
     tokens: usize,
+    /// Tokens of the queued live sequences (what a new live request waits behind:
+    /// batch work comes after it).
+    live_tokens: usize,
     closed: bool,
 }
 
@@ -175,6 +187,9 @@ struct Shared {
     jobs: AtomicU64,
     /// Per worker: when its current model call started (ms since `started`, + 1), 0 when idle.
     busy_since_ms: Vec<AtomicU64>,
+    /// Per worker: real tokens per second of model time over its recent calls
+    /// (f64 bits; 0 until it has one), for the queue-time estimate.
+    drain_rate: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -225,7 +240,7 @@ impl Batcher {
         name: &str,
     ) -> Batcher {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { items: VecDeque::new(), tokens: 0, closed: false }),
+            queue: Mutex::new(Queue { items: VecDeque::new(), tokens: 0, live_tokens: 0, closed: false }),
             wake: Condvar::new(),
             config,
             metrics,
@@ -233,6 +248,7 @@ impl Batcher {
             last_refusal_warning: AtomicU64::new(0),
             jobs: AtomicU64::new(0),
             busy_since_ms: (0..encoders.len()).map(|_| AtomicU64::new(0)).collect(),
+            drain_rate: (0..encoders.len()).map(|_| AtomicU64::new(0)).collect(),
         });
         let workers = encoders
             .into_iter()
@@ -310,6 +326,9 @@ impl Batcher {
         let n = job.seqs.len();
         queue.items.extend((0..n).map(|index| Item { job: job.clone(), index }));
         queue.tokens += tokens_of(&job.seqs);
+        if !job.background {
+            queue.live_tokens += tokens_of(&job.seqs);
+        }
         self.shared.metrics.queue_depth.set(queue.items.len() as i64);
         self.shared.wake.notify_all();
     }
@@ -326,6 +345,7 @@ impl Batcher {
             let mut queue = self.shared.queue();
             self.admit(&queue, job.seqs.len())?;
             self.admit_tokens(&queue, tokens_of(&job.seqs))?;
+            self.admit_wait(&queue, deadline)?;
             self.enqueue(&mut queue, &job);
         }
         let timeout = deadline.saturating_duration_since(Instant::now());
@@ -383,6 +403,37 @@ impl Batcher {
         Ok(())
     }
 
+    /// Whether a live request due at `deadline` can wait behind the queued live
+    /// work: refused at once when that work, at the rate the workers have been
+    /// draining tokens, would take longer than `max_queue_wait` or than the
+    /// request has left. Waiting longer only makes its answer late (a 504 at the
+    /// deadline, or an answer its client gave up on) while the queue holds it;
+    /// refused, a load balancer can send it to another replica now. A refusal is
+    /// counted. Until a worker has measured its rate, only the other bounds hold.
+    fn admit_wait(&self, queue: &Queue, deadline: Instant) -> Result<(), BatchError> {
+        let s = &self.shared;
+        let rate: f64 = s.drain_rate.iter().map(|r| f64::from_bits(r.load(Ordering::Relaxed))).sum();
+        if queue.live_tokens == 0 || rate <= 0.0 {
+            return Ok(());
+        }
+        let waiting = Duration::from_secs_f64(queue.live_tokens as f64 / rate);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let limit = if s.config.max_queue_wait.is_zero() { left } else { s.config.max_queue_wait.min(left) };
+        if waiting <= limit {
+            return Ok(());
+        }
+        let (waiting_ms, limit_ms) = (waiting.as_millis() as u64, limit.as_millis() as u64);
+        self.warn_refusing(|refused| {
+            tracing::warn!(
+                waiting_ms,
+                limit_ms,
+                refused_total = refused,
+                "inference queue too long: refusing requests with 503"
+            )
+        });
+        Err(BatchError::QueueWait { waiting_ms, limit_ms })
+    }
+
     /// Whether `queue` can take `n` more sequences; a refusal is counted.
     fn admit(&self, queue: &Queue, n: usize) -> Result<(), BatchError> {
         if queue.closed {
@@ -398,6 +449,14 @@ impl Batcher {
     /// Counts a refusal and warns at most once per interval, with the count:
     /// under overload a line per refusal would flood the log and cost CPU.
     fn refuse(&self, capacity: usize) -> BatchError {
+        self.warn_refusing(|refused| {
+            tracing::warn!(capacity, refused_total = refused, "inference queue full: refusing requests with 503")
+        });
+        BatchError::QueueFull { capacity }
+    }
+
+    /// Counts a refusal; calls `warn` with the count at most once per interval.
+    fn warn_refusing(&self, warn: impl FnOnce(u64)) {
         let s = &self.shared;
         s.metrics.refused.inc();
         let now = s.started.elapsed().as_secs();
@@ -405,10 +464,8 @@ impl Batcher {
         if (last == 0 || now >= last + REFUSAL_WARNING_INTERVAL_S)
             && s.last_refusal_warning.compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
-            let refused = s.metrics.refused.get();
-            tracing::warn!(capacity, refused_total = refused, "inference queue full: refusing requests with 503");
+            warn(s.metrics.refused.get());
         }
-        BatchError::QueueFull { capacity }
     }
 
     /// Stops taking new work; queued work is still computed.
@@ -435,6 +492,7 @@ impl Drop for Batcher {
 
 fn worker_loop<E: Encoder>(shared: &Shared, worker: usize, mut encoder: E) {
     let m = &shared.metrics;
+    let mut drain = DrainRate::default();
     while let Some(batch) = next_batch(shared) {
         let now = Instant::now();
         let (live, dead): (Vec<Item>, Vec<Item>) = batch.into_iter().partition(|item| item.job.is_wanted(now));
@@ -476,6 +534,10 @@ fn worker_loop<E: Encoder>(shared: &Shared, worker: usize, mut encoder: E) {
         };
         match result {
             Ok(rows) if rows.len() == live.len() => {
+                let tokens = live.iter().map(Item::len).sum::<usize>();
+                if let Some(rate) = drain.record(tokens, batch_start.elapsed()) {
+                    shared.drain_rate[worker].store(rate.to_bits(), Ordering::Relaxed);
+                }
                 for (item, rows) in live.iter().zip(rows) {
                     item.job.complete(item.index, rows, batch_start);
                 }
@@ -537,10 +599,35 @@ fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     let mut batch: Vec<Item> =
         picked.into_iter().map(|pos| queue.items.remove(pos).expect("planned position")).collect();
     queue.tokens -= batch.iter().map(Item::len).sum::<usize>();
+    queue.live_tokens -= batch.iter().filter(|item| !item.job.background).map(Item::len).sum::<usize>();
     shared.metrics.queue_depth.set(queue.items.len() as i64);
     drop(queue);
     batch.sort_by_key(Item::len);
     Some(batch)
+}
+
+/// A worker's tokens per second of model time, over its recent calls: sums
+/// decayed per call, so a burst's large batches soon outweigh the small calls
+/// of a quiet spell. A worker's first call (which pays one-time costs) is left out.
+#[derive(Default)]
+struct DrainRate {
+    calls: u64,
+    tokens: f64,
+    seconds: f64,
+}
+
+impl DrainRate {
+    const DECAY: f64 = 0.9;
+
+    fn record(&mut self, tokens: usize, took: Duration) -> Option<f64> {
+        self.calls += 1;
+        if self.calls == 1 {
+            return None;
+        }
+        self.tokens = self.tokens * Self::DECAY + tokens as f64;
+        self.seconds = self.seconds * Self::DECAY + took.as_secs_f64();
+        (self.seconds > 0.0).then(|| self.tokens / self.seconds)
+    }
 }
 
 /// Least seconds between two "queue full" warnings.
@@ -625,6 +712,7 @@ mod tests {
             queue_capacity_tokens: usize::MAX,
             max_request_tokens: usize::MAX,
             call_overhead_tokens,
+            max_queue_wait: Duration::ZERO,
         }
     }
 

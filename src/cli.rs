@@ -286,6 +286,10 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Batching")]
     #[serde(rename = "batching.call_overhead_tokens")]
     pub call_overhead_tokens: Option<usize>,
+    /// batching.max_queue_wait_ms: most estimated queue time a request is admitted behind (503 beyond).
+    #[arg(long, help_heading = "Batching")]
+    #[serde(rename = "batching.max_queue_wait_ms")]
+    pub max_queue_wait_ms: Option<u64>,
 
     /// limits.max_inputs: most texts per request (413 beyond).
     #[arg(long, help_heading = "Limits")]

@@ -337,6 +337,7 @@ pub struct BatchingSettings {
     pub queue_capacity_tokens: usize,
     pub sessions: usize,
     pub call_overhead_tokens: usize,
+    pub max_queue_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

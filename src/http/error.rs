@@ -92,7 +92,7 @@ impl From<TokenizeError> for ApiError {
 impl From<BatchError> for ApiError {
     fn from(e: BatchError) -> Self {
         let (status, code) = match e {
-            BatchError::QueueFull { .. } | BatchError::QueueFullTokens { .. } => {
+            BatchError::QueueFull { .. } | BatchError::QueueFullTokens { .. } | BatchError::QueueWait { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
             }
             BatchError::TooManyTokens { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_tokens"),

@@ -1,7 +1,7 @@
 //! The batching queue with fake encoders (no ONNX Runtime): each caller gets
 //! its own rows, length grouping, batch size and token budget, the oldest
 //! sequence first, fairness between requests, deadlines, departed callers,
-//! refusals, batch jobs' own lane (after live requests), drain on shutdown, failures and panics
+//! refusals (queue full, queue time over the bound or the deadline), batch jobs' own lane (after live requests), drain on shutdown, failures and panics
 //! confined to their batch, worker health.
 
 use std::sync::{Arc, Condvar, Mutex};
@@ -21,6 +21,8 @@ struct Fake {
     calls: Arc<Mutex<Vec<Vec<(i64, usize)>>>>,
     gate: Arc<(Mutex<bool>, Condvar)>,
     fail_len: Option<usize>,
+    /// How long each call takes at least.
+    delay: Duration,
 }
 
 impl Fake {
@@ -52,6 +54,7 @@ impl Fake {
 impl Encoder for Fake {
     fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
         self.calls.lock().unwrap().push(batch.iter().map(|t| (t.ids[0], t.len())).collect());
+        std::thread::sleep(self.delay);
         let (held, wake) = &*self.gate;
         let mut h = held.lock().unwrap();
         while *h {
@@ -93,6 +96,7 @@ fn config() -> BatcherConfig {
         queue_capacity_tokens: 100_000,
         max_request_tokens: 10_000,
         call_overhead_tokens: 32,
+        max_queue_wait: Duration::ZERO,
     }
 }
 
@@ -279,6 +283,77 @@ async fn a_full_queue_refuses_at_once() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!((batcher.stats().sequences, batcher.stats().refused), (0, 1));
     assert!(fake.calls().is_empty());
+}
+
+/// The worker has drained tokens at a known pace (calls of 10 tokens taking at
+/// least 20 ms: at most 500 tokens/s) and is then held, so that what is queued
+/// next is waiting work with an estimated queue time.
+async fn slow_worker_held(
+    config: BatcherConfig,
+) -> (Fake, Arc<Batcher>, tokio::task::JoinHandle<Result<Vec<Rows>, BatchError>>) {
+    let fake = Fake { delay: Duration::from_millis(20), ..Fake::default() };
+    let batcher = start(&fake, config);
+    for i in 0..4 {
+        batcher.run(vec![seq(100 + i, 10)], soon()).await.unwrap();
+    }
+    *fake.gate.0.lock().unwrap() = true;
+    let b = batcher.clone();
+    let blocker = tokio::spawn(async move { b.run(vec![seq(-1, 1)], soon()).await.map(|r| r.rows) });
+    let f = fake.clone();
+    tokio::task::spawn_blocking(move || f.wait_for_calls(5)).await.unwrap();
+    (fake, batcher, blocker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_refused_at_once_behind_more_queue_time_than_the_bound() {
+    let (fake, batcher, blocker) =
+        slow_worker_held(BatcherConfig { max_queue_wait: Duration::from_millis(1000), ..config() }).await;
+    // An empty queue admits anything, however large.
+    let b = batcher.clone();
+    let first = tokio::spawn(async move { b.run((0..60).map(|i| seq(i, 10)).collect(), soon()).await });
+    until_queued(&batcher, 60).await;
+    // 600 tokens ahead at <= 500 tokens/s: >= 1.2 s of queue time, over the 1 s bound.
+    let started = Instant::now();
+    let refused = batcher.run(vec![seq(200, 3)], soon()).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(500), "refused at once, not after waiting");
+    match refused {
+        BatchError::QueueWait { waiting_ms, limit_ms } => {
+            assert!(waiting_ms >= 1200, "estimated {waiting_ms} ms");
+            assert_eq!(limit_ms, 1000);
+        }
+        other => panic!("expected a queue-time refusal, got {other:?}"),
+    }
+    assert_eq!(batcher.stats().refused, 1);
+    // Batch work waits behind live work, so it does not count against a live
+    // request: a job of 600 tokens in its own lane leaves the estimate as it was.
+    let b = batcher.clone();
+    let background = tokio::task::spawn_blocking(move || b.run_blocking((0..60).map(|i| seq(300 + i, 10)).collect()));
+    until_queued(&batcher, 120).await;
+    fake.release();
+    blocker.await.unwrap().unwrap();
+    assert_eq!(first.await.unwrap().unwrap().rows.len(), 60, "what was admitted is computed");
+    // Drained: admitted again, though the batch job may still be queued.
+    assert_eq!(batcher.run(vec![seq(201, 3)], soon()).await.unwrap().rows.len(), 1);
+    assert_eq!(background.await.unwrap().unwrap().rows.len(), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_bound_the_deadline_refuses_what_it_cannot_wait_for() {
+    let (fake, batcher, blocker) = slow_worker_held(config()).await;
+    let b = batcher.clone();
+    let first = tokio::spawn(async move { b.run((0..60).map(|i| seq(i, 10)).collect(), soon()).await });
+    until_queued(&batcher, 60).await;
+    // >= 1.2 s queued ahead: a request with 300 ms left is refused now (not a
+    // 504 later); one with 30 s left is admitted.
+    let err = batcher.run(vec![seq(200, 3)], Instant::now() + Duration::from_millis(300)).await.unwrap_err();
+    assert!(matches!(err, BatchError::QueueWait { limit_ms, .. } if limit_ms <= 300), "{err:?}");
+    let b = batcher.clone();
+    let patient = tokio::spawn(async move { b.run(vec![seq(201, 3)], soon()).await });
+    until_queued(&batcher, 61).await;
+    fake.release();
+    blocker.await.unwrap().unwrap();
+    first.await.unwrap().unwrap();
+    assert_eq!(patient.await.unwrap().unwrap().rows[0].data[0], 201.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
