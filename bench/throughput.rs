@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use distilserve::batching::{plan_batch, BatcherConfig};
 use distilserve::config::{ModelSettings, OptimizationLevel, Settings};
 use distilserve::data::Dataset;
 use distilserve::encoder::Encoder;
@@ -128,6 +129,9 @@ fn main() -> anyhow::Result<()> {
         report.models.push((name.clone(), Vec::new()));
         eprintln!("== {name}: ceiling, in-process, sorted batches of 32");
         report.models[m].1.push(ceiling(&model_settings, &texts, 1)?);
+        eprintln!("== {name}: in-process, 32 sequences in flight, the service's batch planner");
+        let planner = BatcherConfig::new(&settings.batching, &settings.limits);
+        report.in_flight.push((name.clone(), in_flight_bound(&model_settings, &planner, &texts)?));
         if args.sweep && m == 0 {
             report.sweep = sweep(&settings, &texts, threads)?;
         }
@@ -260,6 +264,62 @@ fn ceiling(model_settings: &ModelSettings, texts: &[String], sessions: usize) ->
         Ceiling { setting, sentences_per_s: texts.len() as f64 / best, single_p50_ms: percentile(&mut single, 0.5) };
     eprintln!("  {}: {:.0} sentences/s, one sentence {:.2} ms", c.setting, c.sentences_per_s, c.single_p50_ms);
     Ok(c)
+}
+
+/// What the model does when it sees batches shaped like 32 closed-loop clients'
+/// (one random test sentence each): in-process, no HTTP, the service's own
+/// planner (`plan_batch`: length grouping, the oldest first) over the 32
+/// sequences in flight; each computed sequence is replaced by the next one of a
+/// fixed shuffle. `lagged`: the replacements join the queue one model call
+/// late, as over HTTP, where the worker plans its next call before the clients
+/// it just answered have sent again. Sentences/s over one pass of the test set.
+#[derive(Clone, Debug, serde::Serialize)]
+struct InFlightBound {
+    all_queued: f64,
+    lagged: f64,
+}
+
+fn in_flight_bound(
+    settings: &ModelSettings,
+    planner: &BatcherConfig,
+    texts: &[String],
+) -> anyhow::Result<InFlightBound> {
+    const IN_FLIGHT: usize = 32;
+    let mut model = Model::load(settings, 1)?;
+    let seqs = model.tokenizer.encode_all(texts, true)?;
+    // A fixed shuffle (xorshift), so that every run and model sees the same arrivals.
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let mut run = |lagged: bool| -> anyhow::Result<f64> {
+        let mut arrivals = order.iter().cycle().map(|&i| &seqs[i]);
+        let mut queue: Vec<&Tokenized> = arrivals.by_ref().take(IN_FLIGHT).collect();
+        let mut returning: Vec<&Tokenized> = Vec::new();
+        let (started, mut done) = (Instant::now(), 0);
+        while done < seqs.len() {
+            let lengths: Vec<usize> = queue.iter().map(|s| s.len()).collect();
+            let mut picked = plan_batch(&lengths, planner);
+            picked.sort_unstable_by(|a, b| b.cmp(a));
+            let batch: Vec<&Tokenized> = picked.iter().map(|&p| queue.remove(p)).collect();
+            model.encoders[0].encode(&batch)?;
+            done += batch.len();
+            queue.append(&mut returning);
+            returning.extend(arrivals.by_ref().take(batch.len()));
+            if !lagged {
+                queue.append(&mut returning);
+            }
+        }
+        Ok(done as f64 / started.elapsed().as_secs_f64())
+    };
+    run(false)?; // warm-up
+    let bound = InFlightBound { all_queued: run(false)?, lagged: run(true)? };
+    eprintln!("  all queued: {:.0} sentences/s; replacements one call late: {:.0}/s", bound.all_queued, bound.lagged);
+    Ok(bound)
 }
 
 fn sweep(settings: &Settings, texts: &[String], threads: usize) -> anyhow::Result<Vec<Ceiling>> {
@@ -641,6 +701,8 @@ struct Report {
     /// Per model folder: its ceiling, measured before and after the service's scenarios.
     models: Vec<(String, Vec<Ceiling>)>,
     sweep: Vec<Ceiling>,
+    /// Per model folder: the 32-in-flight bound (`in_flight_bound`).
+    in_flight: Vec<(String, InFlightBound)>,
     runs: Vec<LoadResult>,
     formats: Vec<FormatResult>,
     server_log_problems: Vec<String>,
@@ -667,6 +729,7 @@ impl Report {
             sentences,
             models: Vec::new(),
             sweep: Vec::new(),
+            in_flight: Vec::new(),
             runs: Vec::new(),
             formats: Vec::new(),
             server_log_problems: Vec::new(),
@@ -717,6 +780,15 @@ impl Report {
                 "| **ceiling used for ratios** (mean) | {:.0} | {:.2} ms |",
                 ceiling.sentences_per_s, ceiling.single_p50_ms
             );
+            if let Some((_, b)) = self.in_flight.iter().find(|(m, _)| m == model) {
+                for (what, rate) in [
+                    ("32 in flight, the service's planner, all queued at each call", b.all_queued),
+                    ("32 in flight, the service's planner, replacements one call late (as over HTTP)", b.lagged),
+                ] {
+                    let share = 100.0 * rate / ceiling.sentences_per_s;
+                    let _ = writeln!(md, "| {what} ({share:.0}% of the ceiling) | {rate:.0} | |");
+                }
+            }
             if model == &self.models[0].0 {
                 for c in &self.sweep {
                     let _ =
@@ -784,7 +856,8 @@ impl Report {
                     ));
                 }
             }
-            ceilings.push(json!({"model": model, "measured": measured, "mean": ceiling}));
+            let in_flight = self.in_flight.iter().find(|(m, _)| m == model).map(|(_, b)| b);
+            ceilings.push(json!({"model": model, "measured": measured, "mean": ceiling, "in_flight_32": in_flight}));
         }
         let _ = writeln!(
             md,
