@@ -31,7 +31,7 @@ use axum::response::Response;
         (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
         (status = 422, description = "Invalid field, empty input, or input too long with truncate=false", body = ErrorResponse),
-        (status = 503, description = "Queue full, head still training (`not_ready`) or failed at startup (`head_failed`), or shutting down", body = ErrorResponse),
+        (status = 503, description = "Queue full or too long (`overloaded`), head still training (`not_ready`) or failed at startup (`head_failed`), or shutting down", body = ErrorResponse),
         (status = 504, description = "Deadline passed", body = ErrorResponse),
     )
 )]

@@ -68,7 +68,7 @@ pub async fn tokenize(
         (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
         (status = 422, description = "Invalid or unknown field, dimensions 0 (`invalid_dimensions`), or empty input", body = ErrorResponse),
-        (status = 503, description = "Queue full or shutting down", body = ErrorResponse),
+        (status = 503, description = "Queue full or its queued work longer than the request can wait (`overloaded`), or shutting down", body = ErrorResponse),
         (status = 504, description = "Deadline passed", body = ErrorResponse),
     )
 )]

@@ -118,7 +118,7 @@ pub fn validate_inputs(texts: Vec<String>, max_inputs: usize) -> Result<Vec<Stri
         (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
         (status = 422, description = "Invalid field, empty input, layers the model does not have (`invalid_layers`), or input too long with truncate=false", body = ErrorResponse),
-        (status = 503, description = "Queue full or shutting down; retry after the Retry-After seconds", body = ErrorResponse),
+        (status = 503, description = "Queue full or its queued work longer than the request can wait (`overloaded`), or shutting down; retry after the Retry-After seconds", body = ErrorResponse),
         (status = 504, description = "Deadline passed", body = ErrorResponse),
     )
 )]
