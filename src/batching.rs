@@ -416,13 +416,15 @@ impl Batcher {
         if queue.live_tokens == 0 || rate <= 0.0 {
             return Ok(());
         }
-        let waiting = Duration::from_secs_f64(queue.live_tokens as f64 / rate);
+        // A rate so small that the wait overflows a Duration is a wait past any bound.
+        let waiting = Duration::try_from_secs_f64(queue.live_tokens as f64 / rate).unwrap_or(Duration::MAX);
         let left = deadline.saturating_duration_since(Instant::now());
         let limit = if s.config.max_queue_wait.is_zero() { left } else { s.config.max_queue_wait.min(left) };
         if waiting <= limit {
             return Ok(());
         }
-        let (waiting_ms, limit_ms) = (waiting.as_millis() as u64, limit.as_millis() as u64);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (waiting_ms, limit_ms) = (ms(waiting), ms(limit));
         self.warn_refusing(|refused| {
             tracing::warn!(
                 waiting_ms,
@@ -754,6 +756,20 @@ mod tests {
         let batch = plan_batch(&lengths, &config(1_000));
         assert!(batch.contains(&0) && batch.len() == 2, "{batch:?}");
         assert_eq!(plan_batch(&[900, 10], &config(32)), vec![0]);
+    }
+
+    #[test]
+    fn drain_rate_leaves_out_the_first_call_and_follows_recent_calls() {
+        let mut drain = DrainRate::default();
+        assert_eq!(drain.record(10, Duration::from_secs(1)), None, "the first call pays one-time costs");
+        let first = drain.record(100, Duration::from_millis(100)).unwrap();
+        assert!((first - 1000.0).abs() < 1e-6, "{first}");
+        // Faster calls (a burst's larger batches) soon dominate the estimate.
+        let mut rate = first;
+        for _ in 0..30 {
+            rate = drain.record(400, Duration::from_millis(100)).unwrap();
+        }
+        assert!((3900.0..4000.0).contains(&rate), "{rate}");
     }
 
     #[test]
