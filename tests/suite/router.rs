@@ -1,6 +1,7 @@
 //! The HTTP application in process, with `tower::ServiceExt::oneshot` and a
 //! fake encoder: routing, extractor rejections and error mapping need neither
-//! a socket nor ONNX Runtime (the fuzz target `request_json` drives the same).
+//! a socket nor ONNX Runtime (the fuzz target `request_json` drives the same);
+//! a slow fake encoder for the queue-time refusal.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -75,4 +76,53 @@ async fn every_rejection_is_our_json_error_with_its_status() {
     let too_many = json!({"inputs": vec!["a ".repeat(100); 200]}).to_string();
     let (status, answer) = send("POST", "/tokenize", Some("application/json"), &too_many).await;
     assert_eq!((status.as_u16(), answer["error"]["code"].as_str()), (413, Some("too_many_tokens")));
+}
+
+/// Takes 5 ms per token: a model whose pace the queue can measure.
+struct SlowPerToken;
+
+impl Encoder for SlowPerToken {
+    fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
+        let tokens: usize = batch.iter().map(|t| t.len()).sum();
+        std::thread::sleep(std::time::Duration::from_millis(5 * tokens as u64));
+        Constant.encode(batch)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_queued_work_than_a_request_may_wait_for_is_a_json_503_with_retry_after() {
+    let dir = crate::common::fixture("tiny-distilbert");
+    let mut settings = crate::common::settings_for(&dir);
+    settings.batching.max_queue_wait_ms = 300;
+    let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), 64).unwrap();
+    let app =
+        router(AppState::with_encoders(ModelInfo::synthetic("slow", 4, 64), tokenizer, vec![SlowPerToken], settings));
+    let embed = |texts: Vec<&str>| {
+        let body = json!({"inputs": texts, "pooling": "mean"}).to_string();
+        let request = Request::builder().method("POST").uri("/embed").header("content-type", "application/json");
+        app.clone().oneshot(request.body(Body::from(body)).unwrap())
+    };
+    // The queue learns the pace (its first call is left out of the estimate).
+    for _ in 0..3 {
+        assert_eq!(embed(vec!["good"]).await.unwrap().status(), 200);
+    }
+    // One request keeps the worker busy (64 texts: over a second), a second one
+    // queues behind it: over a second of work at 5 ms per token. (Each sleep is
+    // far inside the busy call's 1.6 s.)
+    let busy = tokio::spawn(embed(vec!["a fine film"; 64]));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let queued = tokio::spawn(embed(vec!["a fine film"; 64]));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let response = embed(vec!["good"]).await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "refused at once");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let answer: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(answer["error"]["code"], "overloaded", "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("300 ms"), "{answer}");
+    // What was admitted is answered.
+    assert_eq!(busy.await.unwrap().unwrap().status(), 200);
+    assert_eq!(queued.await.unwrap().unwrap().status(), 200);
 }
