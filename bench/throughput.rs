@@ -120,6 +120,7 @@ fn main() -> anyhow::Result<()> {
     let model_dirs =
         if args.model_dirs.is_empty() { vec![settings.model.dir.clone()] } else { args.model_dirs.clone() };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let planner = BatcherConfig::new(&settings.batching, &settings.limits);
     for (m, dir) in model_dirs.iter().enumerate() {
         // The service's model settings (config/default.toml), all cores to one session.
         let mut model_settings = settings.model.clone();
@@ -130,7 +131,6 @@ fn main() -> anyhow::Result<()> {
         eprintln!("== {name}: ceiling, in-process, sorted batches of 32");
         report.models[m].1.push(ceiling(&model_settings, &texts, 1)?);
         eprintln!("== {name}: in-process, 32 sequences in flight, the service's batch planner");
-        let planner = BatcherConfig::new(&settings.batching, &settings.limits);
         report.in_flight.push((name.clone(), in_flight_bound(&model_settings, &planner, &texts)?));
         if args.sweep && m == 0 {
             report.sweep = sweep(&settings, &texts, threads)?;
@@ -780,7 +780,8 @@ impl Report {
                 "| **ceiling used for ratios** (mean) | {:.0} | {:.2} ms |",
                 ceiling.sentences_per_s, ceiling.single_p50_ms
             );
-            if let Some((_, b)) = self.in_flight.iter().find(|(m, _)| m == model) {
+            let in_flight = self.in_flight.iter().find(|(m, _)| m == model).map(|(_, b)| b);
+            if let Some(b) = in_flight {
                 for (what, rate) in [
                     ("32 in flight, the service's planner, all queued at each call", b.all_queued),
                     ("32 in flight, the service's planner, replacements one call late (as over HTTP)", b.lagged),
@@ -856,7 +857,6 @@ impl Report {
                     ));
                 }
             }
-            let in_flight = self.in_flight.iter().find(|(m, _)| m == model).map(|(_, b)| b);
             ceilings.push(json!({"model": model, "measured": measured, "mean": ceiling, "in_flight_32": in_flight}));
         }
         let _ = writeln!(

@@ -325,9 +325,10 @@ impl Batcher {
     fn enqueue(&self, queue: &mut Queue, job: &Arc<Job>) {
         let n = job.seqs.len();
         queue.items.extend((0..n).map(|index| Item { job: job.clone(), index }));
-        queue.tokens += tokens_of(&job.seqs);
+        let tokens = tokens_of(&job.seqs);
+        queue.tokens += tokens;
         if !job.background {
-            queue.live_tokens += tokens_of(&job.seqs);
+            queue.live_tokens += tokens;
         }
         self.shared.metrics.queue_depth.set(queue.items.len() as i64);
         self.shared.wake.notify_all();
@@ -508,9 +509,10 @@ fn worker_loop<E: Encoder>(shared: &Shared, worker: usize, mut encoder: E) {
         }
         let seqs: Vec<&Tokenized> = live.iter().map(|item| &item.job.seqs[item.index]).collect();
         let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let tokens: usize = seqs.iter().map(|s| s.len()).sum();
         m.batches.inc();
         m.sequences.inc_by(seqs.len() as u64);
-        m.tokens.inc_by(seqs.iter().map(|s| s.len() as u64).sum());
+        m.tokens.inc_by(tokens as u64);
         m.padded_tokens.inc_by((longest * seqs.len()) as u64);
         m.batch_size.observe(seqs.len() as f64);
         m.batch_tokens.observe((longest * seqs.len()) as f64);
@@ -523,7 +525,8 @@ fn worker_loop<E: Encoder>(shared: &Shared, worker: usize, mut encoder: E) {
         // `worker_panicked`, the panic is counted, and the loop goes on.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encoder.encode(&seqs)));
         shared.busy_since_ms[worker].store(0, Ordering::Relaxed);
-        m.inference.observe(batch_start.elapsed().as_secs_f64());
+        let took = batch_start.elapsed();
+        m.inference.observe(took.as_secs_f64());
         let result = match result {
             Ok(result) => result,
             Err(panic) => {
@@ -536,8 +539,7 @@ fn worker_loop<E: Encoder>(shared: &Shared, worker: usize, mut encoder: E) {
         };
         match result {
             Ok(rows) if rows.len() == live.len() => {
-                let tokens = live.iter().map(Item::len).sum::<usize>();
-                if let Some(rate) = drain.record(tokens, batch_start.elapsed()) {
+                if let Some(rate) = drain.record(tokens, took) {
                     shared.drain_rate[worker].store(rate.to_bits(), Ordering::Relaxed);
                 }
                 for (item, rows) in live.iter().zip(rows) {
