@@ -20,12 +20,14 @@ test-deps:
 run: setup
 	$(CARGO) run --release -- serve $(ARGS)
 
+# In the release profile: the dependencies `make run` built are reused, not
+# compiled a second time in another profile.
 test: setup test-deps
-	DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test
+	DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test --release
 
 # The schemathesis contract test with a 10-minute budget (CI runs it for 60 s).
 contract: setup
-	CONTRACT_SECONDS=600 DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test --test suite contract:: -- --nocapture
+	CONTRACT_SECONDS=600 DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test --release --test suite contract:: -- --nocapture
 
 # Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each (CI: 20 s); nightly rustc, or stable with RUSTC_BOOTSTRAP.
 FUZZ_SECONDS ?= 20
