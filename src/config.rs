@@ -346,6 +346,10 @@ pub struct LimitSettings {
     pub max_inputs: usize,
     pub max_request_tokens: usize,
     pub window_stride_tokens: usize,
+    /// Most bytes of one answer, as priced before any work (`cost.rs`).
+    pub max_response_bytes: u64,
+    /// Most bytes of hidden states and answer one request may hold at its peak.
+    pub max_request_memory_bytes: u64,
 }
 
 impl LimitSettings {
@@ -483,6 +487,8 @@ impl Settings {
         positive("batching.sessions", self.batching.sessions)?;
         positive("limits.max_inputs", self.limits.max_inputs)?;
         positive("limits.max_request_tokens", self.limits.max_request_tokens)?;
+        positive("limits.max_response_bytes", self.limits.max_response_bytes as usize)?;
+        positive("limits.max_request_memory_bytes", self.limits.max_request_memory_bytes as usize)?;
         positive("batching.max_batch_attention_cells", self.batching.max_batch_attention_cells)?;
         positive("training.max_upload_bytes", self.training.max_upload_bytes)?;
         positive("training.max_examples", self.training.max_examples)?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::batching::{BatchError, Batcher, BatcherConfig, BatcherStats};
+use crate::cost::{json_strings_bytes, AnswerFormat, Cost, CostError, CostLimits, EmbedShape};
 use crate::encoder::Encoder;
 use crate::layers::{LayerMask, LayerSelection};
 use crate::metrics::RuntimeMetrics;
@@ -39,6 +40,70 @@ impl Encoded {
     }
 }
 
+/// How a request's texts become model sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// One sequence per text: truncated to the model's maximum, or refused over it when false.
+    Truncate(bool),
+    /// A text over the maximum cut into overlapping windows, this many word pieces apart.
+    Windows(usize),
+}
+
+/// A request's texts tokenized and within the token bounds, not yet queued:
+/// what the cost model prices.
+pub struct Prepared {
+    seqs: Vec<Tokenized>,
+    /// Sequences per text (1 each unless cut into windows).
+    per_text: Vec<usize>,
+    /// Per sequence: word pieces and character offsets.
+    tokens: Vec<Vec<String>>,
+    offsets: Vec<Vec<(usize, usize)>>,
+    tokenize: Duration,
+}
+
+impl Prepared {
+    /// Real tokens per text, all of a text's windows together.
+    pub fn token_counts(&self) -> Vec<usize> {
+        let mut lengths = self.seqs.iter().map(Tokenized::len);
+        self.per_text.iter().map(|&n| lengths.by_ref().take(n).sum()).collect()
+    }
+
+    /// Tokens of the longest sequence (a zero-padded `.npy` row).
+    pub fn longest(&self) -> usize {
+        self.seqs.iter().map(Tokenized::len).max().unwrap_or(0)
+    }
+
+    /// Most bytes the word pieces take in JSON, once.
+    pub fn token_text_bytes(&self) -> u64 {
+        self.tokens.iter().map(|t| json_strings_bytes(t) + 3).sum()
+    }
+}
+
+/// A prepared request's rows, per sequence.
+pub struct Computed {
+    tokens: Vec<Vec<String>>,
+    offsets: Vec<Vec<(usize, usize)>>,
+    rows: Vec<Rows>,
+    per_text: Vec<usize>,
+    pub timing: Timing,
+}
+
+impl Computed {
+    /// One sequence per text (prepared with [`Cut::Truncate`]).
+    pub fn into_encoded(self) -> Encoded {
+        debug_assert!(self.per_text.iter().all(|&n| n == 1));
+        Encoded { tokens: self.tokens, offsets: self.offsets, rows: self.rows, timing: self.timing }
+    }
+
+    /// Each text's windows (prepared with [`Cut::Windows`]).
+    pub fn into_windowed(self) -> Windowed {
+        let mut rows = self.rows.into_iter();
+        let windows: Vec<Vec<Rows>> = self.per_text.iter().map(|&n| rows.by_ref().take(n).collect()).collect();
+        let token_counts = windows.iter().map(|w| w.iter().map(|r| r.rows).sum()).collect();
+        Windowed { windows, token_counts, timing: self.timing }
+    }
+}
+
 /// What `/embed` asks for: how to pool, and whether to scale to unit length.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbedOptions {
@@ -49,6 +114,9 @@ pub struct EmbedOptions {
     pub windows: Option<usize>,
     /// Hidden states returned (resolved against the model); `None`: the last.
     pub layers: Option<LayerSelection>,
+    /// How the answer will be written, and whether it lists the word pieces: what it costs.
+    pub format: AnswerFormat,
+    pub return_tokens: bool,
 }
 
 /// Embeddings of a request's texts.
@@ -88,6 +156,8 @@ pub enum InferenceError {
     Tokenize(#[from] TokenizeError),
     #[error(transparent)]
     Batch(#[from] BatchError),
+    #[error(transparent)]
+    Cost(#[from] CostError),
 }
 
 impl Inference {
@@ -155,71 +225,69 @@ impl Inference {
         truncate: bool,
         deadline: Instant,
     ) -> Result<Encoded, InferenceError> {
-        self.encode_layers(texts, truncate, deadline, LayerMask::LAST).await
+        let prepared = self.prepare(texts, Cut::Truncate(truncate), LayerMask::LAST).await?;
+        Ok(self.run(prepared, deadline).await?.into_encoded())
     }
 
-    /// As [`Inference::encode`], with the hidden states of `layers` side by
-    /// side in each token row (see [`LayerSelection::combine`]).
-    pub async fn encode_layers(
-        &self,
-        texts: Vec<String>,
-        truncate: bool,
-        deadline: Instant,
-        layers: LayerMask,
-    ) -> Result<Encoded, InferenceError> {
-        // Refuse before tokenizing: under overload refusals must cost next to nothing.
+    /// Tokenizes a request's texts (short ones in place, longer ones on the
+    /// blocking pool), cut as asked, each sequence asking the model for the
+    /// hidden states of `layers`; refuses over the queue's capacity (before
+    /// tokenizing: under overload refusals must cost next to nothing) and over
+    /// the per-request token budget. Nothing is queued yet: callers price the
+    /// request first (`cost.rs`).
+    pub async fn prepare(&self, texts: Vec<String>, cut: Cut, layers: LayerMask) -> Result<Prepared, InferenceError> {
         self.batcher.check_capacity(texts.len())?;
         let started = Instant::now();
-        let mut seqs = self.tokenize(texts, truncate).await?;
+        let (seqs, per_text) = match cut {
+            Cut::Truncate(truncate) => {
+                let seqs = self.tokenize(texts, truncate).await?;
+                let n = seqs.len();
+                (seqs, vec![1; n])
+            }
+            Cut::Windows(stride) => {
+                let tokenizer = self.tokenizer.clone();
+                let windows = tokio::task::spawn_blocking(move || {
+                    texts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| tokenizer.encode_windows(i, t, stride))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await
+                .unwrap_or_else(|join_error| {
+                    Err(TokenizeError::Failed { index: 0, message: format!("tokenizer task failed: {join_error}") })
+                })?;
+                let per_text = windows.iter().map(Vec::len).collect();
+                (windows.into_iter().flatten().collect(), per_text)
+            }
+        };
         let tokenize = started.elapsed();
         self.metrics.tokenize.observe(tokenize.as_secs_f64());
+        let mut seqs: Vec<Tokenized> = seqs;
         seqs.iter_mut().for_each(|s| s.layers = layers);
+        self.batcher.check_request_tokens(&seqs)?;
         let tokens = seqs.iter_mut().map(|s| std::mem::take(&mut s.tokens)).collect();
         let offsets = seqs.iter_mut().map(|s| std::mem::take(&mut s.offsets)).collect();
-        let batched = self.batcher.run(seqs, deadline).await?;
-        let timing = Timing { tokenize, queue: batched.queue_time, inference: batched.inference_time };
-        Ok(Encoded { tokens, offsets, rows: batched.rows, timing })
+        Ok(Prepared { seqs, per_text, tokens, offsets, tokenize })
     }
 
-    /// Each text cut into overlapping windows of the model's maximum (see
-    /// [`TextTokenizer::encode_windows`]) and run through the queue as one
-    /// request: every window's tokens count against `limits.max_request_tokens`.
-    pub async fn encode_windows(
-        &self,
-        texts: Vec<String>,
-        stride: usize,
-        deadline: Instant,
-        layers: LayerMask,
-    ) -> Result<Windowed, InferenceError> {
-        self.batcher.check_capacity(texts.len())?;
-        let started = Instant::now();
-        let tokenizer = self.tokenizer.clone();
-        let windows = tokio::task::spawn_blocking(move || {
-            texts.iter().enumerate().map(|(i, t)| tokenizer.encode_windows(i, t, stride)).collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .unwrap_or_else(|join_error| {
-            Err(TokenizeError::Failed { index: 0, message: format!("tokenizer task failed: {join_error}") })
-        })?;
-        let tokenize = started.elapsed();
-        self.metrics.tokenize.observe(tokenize.as_secs_f64());
-        let counts: Vec<usize> = windows.iter().map(Vec::len).collect();
-        let token_counts = windows.iter().map(|w| w.iter().map(Tokenized::len).sum()).collect();
-        let seqs = windows.into_iter().flatten().map(|s| Tokenized { layers, ..s }).collect();
+    /// Queues a prepared request and waits for every sequence's rows.
+    pub async fn run(&self, prepared: Prepared, deadline: Instant) -> Result<Computed, InferenceError> {
+        let Prepared { seqs, per_text, tokens, offsets, tokenize } = prepared;
         let batched = self.batcher.run(seqs, deadline).await?;
-        let mut rows = batched.rows.into_iter();
-        let windows = counts.iter().map(|&n| rows.by_ref().take(n).collect()).collect();
         let timing = Timing { tokenize, queue: batched.queue_time, inference: batched.inference_time };
-        Ok(Windowed { windows, token_counts, timing })
+        Ok(Computed { tokens, offsets, rows: batched.rows, per_text, timing })
     }
 
-    /// Hidden states of `texts`, pooled and normalised as asked.
+    /// Hidden states of `texts`, pooled and normalised as asked, priced
+    /// (`cost.rs`) once tokenized and refused over `limits` before anything is queued.
     pub async fn embed(
         &self,
         texts: Vec<String>,
         truncate: bool,
         deadline: Instant,
         options: EmbedOptions,
+        limits: CostLimits,
     ) -> Result<Embedded, InferenceError> {
         let last = self.info.last_layer();
         let layers = options.layers.clone().filter(|l| !l.is_default(last));
@@ -229,8 +297,21 @@ impl Inference {
             Some(l) => l.combine(&rows, mask, last, self.info.hidden_size),
             None => rows,
         };
-        if let (Some(stride), Some(pooling)) = (options.windows, options.pooling.features()) {
-            let windowed = self.encode_windows(texts, stride, deadline, mask).await?;
+        let windows = options.windows.filter(|_| options.pooling.features().is_some());
+        let cut = windows.map_or(Cut::Truncate(truncate), Cut::Windows);
+        let prepared = self.prepare(texts, cut, mask).await?;
+        let shape = EmbedShape {
+            hidden: self.info.hidden_size,
+            layers_held: mask.indices(last).len(),
+            width: hidden,
+            per_token: options.pooling == Pooling::None,
+            format: options.format,
+        };
+        let token_text_bytes = if options.return_tokens && windows.is_none() { prepared.token_text_bytes() } else { 0 };
+        Cost::embed(&prepared.token_counts(), prepared.longest(), token_text_bytes, shape).check(limits)?;
+        let computed = self.run(prepared, deadline).await?;
+        if let (Some(_), Some(pooling)) = (windows, options.pooling.features()) {
+            let windowed = computed.into_windowed();
             let vectors = windowed
                 .windows
                 .into_iter()
@@ -251,8 +332,10 @@ impl Inference {
                 timing: windowed.timing,
             });
         }
-        let encoded = self.encode_layers(texts, truncate, deadline, mask).await?;
+        let encoded = computed.into_encoded();
         let token_counts = encoded.token_counts();
+        // Each text's rows are combined as the one before is dropped: never
+        // every layer of every text and their combination at once.
         let mut rows: Vec<Rows> = encoded.rows.into_iter().map(combine).collect();
         let vectors = match options.pooling {
             Pooling::None => {

@@ -8,6 +8,8 @@
 //!   argmax), `npy`, `atomic_file`, `data` (labelled data sets), `metrics`
 //!   (the Prometheus registry), `telemetry` (logs), `layers` (which hidden
 //!   states a request wants and how several combine; over `pooling`).
+//! - `cost`: what a request's answer and working memory will take, priced
+//!   before any work (`limits.max_response_bytes`, `max_request_memory_bytes`).
 //! - `encoder`: the [`encoder::Encoder`] trait, the seam in front of the runtime.
 //! - `model`: ONNX Runtime, model folders, the forward pass (`OrtEncoder`).
 //! - `batching`: the queue and worker threads, generic over `Encoder`.
@@ -27,6 +29,7 @@ pub mod batching;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod cost;
 pub mod data;
 pub mod encoder;
 pub mod features;

@@ -102,6 +102,7 @@ pub struct Metrics {
     trainings: Family<OutcomeLabels, Counter>,
     training_duration: HistogramFamily<OutcomeLabels>,
     pub trainings_queued: Gauge,
+    pub heads_folder_errors: Counter,
 }
 
 #[derive(Clone)]
@@ -219,7 +220,14 @@ impl Metrics {
             "Head trainings accepted and not finished (training or queued)",
             trainings_queued.clone(),
         );
+        let heads_folder_errors = Counter::default();
+        registry.register(
+            "distilserve_heads_folder_errors",
+            "Looks at the heads folder that failed (listing it); the heads loaded kept serving",
+            heads_folder_errors.clone(),
+        );
         Metrics {
+            heads_folder_errors,
             registry,
             http_requests,
             http_duration,

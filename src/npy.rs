@@ -68,6 +68,41 @@ pub fn encode<T: Element>(shape: &[usize], data: &[T]) -> Vec<u8> {
     out
 }
 
+/// Writes an array in place, element by element, into one buffer sized once:
+/// no second copy of a large answer.
+pub struct Writer<T: Element> {
+    out: Vec<u8>,
+    remaining: usize,
+    _element: std::marker::PhantomData<T>,
+}
+
+impl<T: Element + Default> Writer<T> {
+    pub fn new(shape: &[usize]) -> Self {
+        let count: usize = shape.iter().product();
+        let mut out = header(T::DESCR, shape);
+        out.reserve_exact(count * std::mem::size_of::<T>());
+        Writer { out, remaining: count, _element: std::marker::PhantomData }
+    }
+
+    pub fn extend(&mut self, values: &[T]) {
+        assert!(values.len() <= self.remaining, "more data than the npy shape holds");
+        self.remaining -= values.len();
+        values.iter().for_each(|&v| v.write_le(&mut self.out));
+    }
+
+    pub fn zeros(&mut self, n: usize) {
+        assert!(n <= self.remaining, "more data than the npy shape holds");
+        self.remaining -= n;
+        self.out.resize(self.out.len() + n * std::mem::size_of::<T>(), 0);
+    }
+
+    /// The encoded array; the data written must fill the shape.
+    pub fn finish(self) -> Vec<u8> {
+        assert_eq!(self.remaining, 0, "npy data shorter than its shape");
+        self.out
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("not a valid .npy array: {0}")]
 pub struct NpyError(pub String);
@@ -133,6 +168,17 @@ mod tests {
         let bytes = encode(&[3], &[1i64, -2, 3]);
         assert!(String::from_utf8_lossy(&bytes).contains("'shape': (3,)"));
         assert_eq!(decode::<i64>(&bytes).unwrap(), (vec![3], vec![1, -2, 3]));
+    }
+
+    #[test]
+    fn the_writer_matches_encode() {
+        let data = [1.0f32, 2.0, 0.0, 3.0, 0.0, 0.0];
+        let mut w = Writer::<f32>::new(&[2, 3]);
+        w.extend(&data[..2]);
+        w.zeros(1);
+        w.extend(&[3.0]);
+        w.zeros(2);
+        assert_eq!(w.finish(), encode(&[2, 3], &data));
     }
 
     #[test]

@@ -433,7 +433,19 @@ async fn watch_heads_folder(state: AppState) {
     loop {
         ticks.tick().await;
         let state = state.clone();
-        let _ = tokio::task::spawn_blocking(move || state.heads.sync_folder(&state.store, &state.encoder().info)).await;
+        let synced = tokio::task::spawn_blocking({
+            let state = state.clone();
+            move || state.heads.sync_folder(&state.store, &state.encoder().info)
+        })
+        .await;
+        let Ok(report) = synced else { continue };
+        if report.error.is_some() {
+            state.metrics.heads_folder_errors.inc();
+        }
+        // A head deleted through another replica: its finished training here is history too.
+        for name in &report.removed {
+            state.jobs.forget(name);
+        }
     }
 }
 

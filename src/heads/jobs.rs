@@ -8,6 +8,14 @@
 //! publishes it as a new version (`store.rs`) and swaps it in. A job is kept
 //! in memory: one accepted and not finished when the process stops is lost
 //! (the log says so) and must be sent again.
+//!
+//! From acceptance to the end, a job holds its head's lock in the heads
+//! folder (`HeadStore::try_lock`): no other replica sharing the folder can
+//! train, roll back or delete that head meanwhile. Its status, mirrored to the
+//! folder for the other replicas, names the process that owns it and is
+//! rewritten every few seconds (a heartbeat); a status whose owner has died
+//! (its lock is free) or stopped beating reads as `failed` (interrupted)
+//! everywhere, and the head can be trained again.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +42,8 @@ use crate::runtimes::Runtimes;
 /// A head to train, as accepted by `POST /heads`.
 pub struct Job {
     pub name: String,
+    /// The head's lock in the heads folder, released when the job ends.
+    pub lock: Option<super::store::HeadLock>,
     pub prepared: Prepared,
     pub description: Option<String>,
     /// `x-request-id` of the upload: in every log line of the job.
@@ -72,6 +82,59 @@ pub struct JobStatus {
     pub seconds: Option<f64>,
     /// The version it produced, once ready.
     pub version: Option<String>,
+    /// The process running it (`host/pid/start`).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// When its owner last said it is alive (every few seconds while queued or training).
+    #[serde(default)]
+    pub heartbeat_unix: Option<u64>,
+}
+
+/// How often a queued or running training's status is rewritten.
+pub const HEARTBEAT_SECONDS: u64 = 5;
+/// A status not rewritten for this long has lost its owner.
+pub const STALE_AFTER_SECONDS: u64 = 30;
+
+/// This process, as statuses name their owner: host, process id and start
+/// time (a restarted container has the same host name and often the same pid).
+fn this_process() -> &'static str {
+    static OWNER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OWNER.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        format!("{host}/{}/{started}", std::process::id())
+    })
+}
+
+impl JobStatus {
+    fn in_progress(&self) -> bool {
+        matches!(self.state, JobState::Queued | JobState::Training)
+    }
+
+    /// A status another process wrote, as it stands: one still in progress
+    /// whose owner is gone (the head's lock is free: the kernel released a dead
+    /// process's lock) or silent for [`STALE_AFTER_SECONDS`] reads as failed.
+    fn judged(mut self, store: &HeadStore, name: &str) -> JobStatus {
+        if !self.in_progress() || self.owner.as_deref() == Some(this_process()) {
+            return self;
+        }
+        let silent = unix_now().saturating_sub(self.heartbeat_unix.unwrap_or(self.submitted_unix));
+        let reason = if silent > STALE_AFTER_SECONDS {
+            format!("interrupted: the replica training it stopped answering ({silent} s without a heartbeat)")
+        } else if !store.is_locked(name) {
+            "interrupted: the replica training it stopped before it finished".to_string()
+        } else {
+            return self;
+        };
+        self.state = JobState::Failed;
+        self.phase = None;
+        self.error = Some(reason);
+        self
+    }
 }
 
 /// Why a training was not accepted.
@@ -141,6 +204,12 @@ impl TrainingJobs {
                 }
             })
             .expect("spawn the head trainer");
+        let beating = Arc::downgrade(&statuses.map);
+        let store = statuses.store.clone();
+        std::thread::Builder::new()
+            .name("head-heartbeat".into())
+            .spawn(move || heartbeat(&beating, &store))
+            .expect("spawn the head heartbeat");
         TrainingJobs { statuses, sender: Mutex::new(Some(sender)), unfinished, max_queued }
     }
 
@@ -169,6 +238,8 @@ impl TrainingJobs {
             finished_unix: None,
             seconds: None,
             version: None,
+            owner: Some(this_process().to_string()),
+            heartbeat_unix: Some(unix_now()),
         };
         let name = job.name.clone();
         let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
@@ -186,10 +257,11 @@ impl TrainingJobs {
     }
 
     /// The latest training of `name`: run here, else as another replica
-    /// sharing the heads folder recorded it.
+    /// sharing the heads folder recorded it (a dead owner's reads as failed).
     pub fn status(&self, name: &str) -> Option<JobStatus> {
         let local = self.statuses.lock().get(name).cloned();
-        local.or_else(|| self.statuses.store.read_job_status(name))
+        let store = &self.statuses.store;
+        local.or_else(|| store.read_job_status::<JobStatus>(name).map(|s| s.judged(store, name)))
     }
 
     /// Names with a training queued or running.
@@ -219,6 +291,22 @@ impl TrainingJobs {
     }
 }
 
+/// Every [`HEARTBEAT_SECONDS`], rewrites the status of each training queued
+/// or running here, until the jobs are dropped.
+fn heartbeat(statuses: &std::sync::Weak<Mutex<BTreeMap<String, JobStatus>>>, store: &HeadStore) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(HEARTBEAT_SECONDS));
+        let Some(map) = statuses.upgrade() else { return };
+        // Written under the lock, as every status change is: a heartbeat
+        // never lands after (and over) the change that ended the training.
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, status) in map.iter_mut().filter(|(_, s)| s.in_progress()) {
+            status.heartbeat_unix = Some(unix_now());
+            store.write_job_status(name, status);
+        }
+    }
+}
+
 /// Changes `name`'s status; a change of state or phase is written to the
 /// heads folder at once, progress within a phase at most once a second.
 fn update(statuses: &Statuses, name: &str, change: impl FnOnce(&mut JobStatus)) {
@@ -229,6 +317,7 @@ fn update(statuses: &Statuses, name: &str, change: impl FnOnce(&mut JobStatus)) 
     let mut last = statuses.last_written.lock().unwrap_or_else(|p| p.into_inner());
     if before != (status.state, status.phase.clone()) || last.is_none_or(|t| t.elapsed().as_secs_f64() >= 1.0) {
         *last = Some(Instant::now());
+        status.heartbeat_unix = Some(unix_now());
         statuses.store.write_job_status(name, status);
     }
 }
@@ -278,7 +367,8 @@ fn run_job(trainer: &Trainer, statuses: &Statuses, job: Job) {
             });
         }
         Err(e) => {
-            let reason = format!("{e:#}");
+            // Shown on a public route: the heads folder by its setting's name, not its path.
+            let reason = format!("{e:#}").replace(&trainer.store.dir().display().to_string(), "<heads_dir>");
             tracing::error!(head = %job.name, request_id = %job.request_id, error = %reason, "head training failed");
             trainer.metrics.record_training("failed", started.elapsed());
             update(statuses, &job.name, |s| {

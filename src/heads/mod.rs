@@ -3,11 +3,13 @@
 //! heads being served (heads still training at startup are "pending") and
 //! keeps up with the heads folder that replicas may share.
 //!
-//! `logistic` (head file, probabilities, explanations), `search` (training),
+//! `classify` (the `/classify` pipeline), `logistic` (head file,
+//! probabilities, explanations), `search` (training),
 //! `training` (from settings and a data set to a saved head), `store`
 //! (versions, rollback, delete), `upload` (examples sent over the API and
 //! their split), `jobs` (trainings over the API), `onnx`, `metrics`.
 
+pub mod classify;
 pub mod jobs;
 pub mod logistic;
 pub mod metrics;
@@ -20,18 +22,16 @@ pub mod upload;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
 
 use anyhow::bail;
 
 use crate::config::{HeadKind, Settings};
-use crate::inference::{Inference, InferenceError, Timing};
-use crate::layers::{LayerCombine, LayerMask, LayerSelection};
 use crate::model::ModelInfo;
-use crate::pooling::{FeaturePooling, Rows};
 use crate::runtimes::Runtimes;
 use logistic::{head_path, LogisticHead};
 use onnx::OnnxHead;
+
+pub use classify::{classify, Classified, ClassifyInput, Explained};
 
 pub enum Head {
     Logistic(LogisticHead),
@@ -84,234 +84,6 @@ impl Head {
             Head::Onnx(_) => HeadKind::Onnx,
         }
     }
-
-    /// Class probabilities per text, in label order, and with `explain` each
-    /// text's tokens and scores, and for logistic heads their parts. Logistic
-    /// heads run on the service's encoder; ONNX heads on their own model.
-    pub async fn classify(
-        self: &Arc<Self>,
-        encoder: &Inference,
-        texts: Vec<String>,
-        truncate: bool,
-        deadline: Instant,
-        explain: bool,
-    ) -> Result<Classified, InferenceError> {
-        let mut all =
-            classify_with(std::slice::from_ref(self), encoder, texts, truncate, deadline, explain, None).await?;
-        Ok(all.pop().expect("one head, one result"))
-    }
-
-    /// A logistic head's answer from the encoder's rows (the hidden states
-    /// of `mask` side by side); `pooled` keeps each (layers, pooling)'s
-    /// features, so that heads reading alike share them.
-    fn classify_encoded(
-        head: &LogisticHead,
-        encoded: &crate::inference::Encoded,
-        mask: LayerMask,
-        info: &ModelInfo,
-        pooled: &mut BTreeMap<(Option<LayerSelection>, FeaturePooling), Vec<Vec<f32>>>,
-        explain: bool,
-    ) -> Classified {
-        let own_rows = || head_rows(head, &encoded.rows, mask, info);
-        let mut rows = None;
-        let features = pooled.entry((head.layers.clone(), head.pooling)).or_insert_with(|| {
-            let r = rows.get_or_insert_with(own_rows);
-            r.iter().map(|r| head.pooling.features(r)).collect()
-        });
-        let probabilities = features.iter().map(|f| head.probabilities(f)).collect();
-        let explanations = explain.then(|| {
-            rows.get_or_insert_with(own_rows)
-                .iter()
-                .zip(encoded.tokens.iter().cloned())
-                .zip(encoded.offsets.iter().cloned())
-                .map(|((rows, tokens), offsets)| {
-                    let attribution = head.explain(rows);
-                    let scores = attribution.scores();
-                    Explained { tokens, offsets, attribution: Some(attribution), scores }
-                })
-                .collect()
-        });
-        Classified { probabilities, explanations, timing: encoded.timing }
-    }
-}
-
-/// What the encoder must return for `heads`: every logistic head's layers.
-fn layers_for(heads: &[Arc<Head>], info: &ModelInfo) -> LayerMask {
-    let last = info.last_layer();
-    heads
-        .iter()
-        .filter_map(|h| match &**h {
-            Head::Logistic(l) => Some(l.layers.as_ref().map_or(LayerMask::LAST, |s| s.mask(last))),
-            Head::Onnx(_) => None,
-        })
-        .fold(LayerMask::LAST, |m, h| m.union(h, last))
-}
-
-/// A logistic head's rows from rows holding the hidden states of `mask`.
-/// Borrowed as they are when both hold the last hidden state alone (the
-/// default path copies nothing).
-fn head_rows<'a>(
-    head: &LogisticHead,
-    rows: &'a [Rows],
-    mask: LayerMask,
-    info: &ModelInfo,
-) -> std::borrow::Cow<'a, [Rows]> {
-    if head.layers.is_none() && mask.is_last_only() {
-        return std::borrow::Cow::Borrowed(rows);
-    }
-    let last = info.last_layer();
-    let selection = head.layers.clone().unwrap_or(LayerSelection { indices: vec![last], combine: LayerCombine::Mean });
-    std::borrow::Cow::Owned(rows.iter().map(|r| selection.combine(r, mask, last, info.hidden_size)).collect())
-}
-
-/// Every head's answer for `texts`, in the order of `heads`. The encoder runs
-/// once for all logistic heads (heads with the same pooling share the pooled
-/// features), while the ONNX heads run their own models one after another.
-/// With `windows` (a stride), long texts are cut into windows pooled together
-/// (`pooling::pool_windows`; ONNX heads: the mean of the windows' probabilities).
-pub async fn classify_with(
-    heads: &[Arc<Head>],
-    encoder: &Inference,
-    texts: Vec<String>,
-    truncate: bool,
-    deadline: Instant,
-    explain: bool,
-    windows: Option<usize>,
-) -> Result<Vec<Classified>, InferenceError> {
-    if let Some(stride) = windows {
-        return classify_windows(heads, encoder, texts, stride, deadline).await;
-    }
-    let needs_encoder = heads.iter().any(|h| matches!(**h, Head::Logistic(_)));
-    let onnx = heads.iter().filter_map(|h| match &**h {
-        Head::Onnx(head) => Some(onnx_classify(head, texts.clone(), truncate, deadline, explain)),
-        Head::Logistic(_) => None,
-    });
-    let mask = layers_for(heads, &encoder.info);
-    let encoding = async {
-        if needs_encoder {
-            encoder.encode_layers(texts.clone(), truncate, deadline, mask).await.map(Some)
-        } else {
-            Ok(None)
-        }
-    };
-    let onnx = async {
-        let mut results = Vec::new();
-        for answer in onnx {
-            results.push(answer.await);
-        }
-        results
-    };
-    let (encoded, onnx) = tokio::join!(encoding, onnx);
-    let encoded = encoded?;
-    let mut onnx = onnx.into_iter();
-    let mut pooled = BTreeMap::new();
-    heads
-        .iter()
-        .map(|h| match &**h {
-            Head::Logistic(head) => Ok(Head::classify_encoded(
-                head,
-                encoded.as_ref().expect("encoded for logistic heads"),
-                mask,
-                &encoder.info,
-                &mut pooled,
-                explain,
-            )),
-            Head::Onnx(_) => onnx.next().expect("one result per ONNX head"),
-        })
-        .collect()
-}
-
-async fn classify_windows(
-    heads: &[Arc<Head>],
-    encoder: &Inference,
-    texts: Vec<String>,
-    stride: usize,
-    deadline: Instant,
-) -> Result<Vec<Classified>, InferenceError> {
-    let mut windowed = None;
-    let mask = layers_for(heads, &encoder.info);
-    let mut answers = Vec::with_capacity(heads.len());
-    for head in heads {
-        answers.push(match &**head {
-            Head::Logistic(h) => {
-                if windowed.is_none() {
-                    windowed = Some(encoder.encode_windows(texts.clone(), stride, deadline, mask).await?);
-                }
-                let w = windowed.as_ref().expect("just set");
-                let probabilities = w
-                    .windows
-                    .iter()
-                    .map(|windows| {
-                        let windows = head_rows(h, windows, mask, &encoder.info);
-                        h.probabilities(&crate::pooling::pool_windows(&windows, h.pooling))
-                    })
-                    .collect();
-                Classified { probabilities, explanations: None, timing: w.timing }
-            }
-            Head::Onnx(h) => {
-                let w = h.inference.encode_windows(texts.clone(), stride, deadline, LayerMask::LAST).await?;
-                let probabilities = w
-                    .windows
-                    .iter()
-                    .map(|windows| {
-                        let mut mean = vec![0f32; h.labels.len()];
-                        for window in windows {
-                            for (m, p) in mean.iter_mut().zip(h.probabilities(window.row(0))) {
-                                *m += p / windows.len() as f32;
-                            }
-                        }
-                        mean
-                    })
-                    .collect();
-                Classified { probabilities, explanations: None, timing: w.timing }
-            }
-        });
-    }
-    Ok(answers)
-}
-
-async fn onnx_classify(
-    head: &OnnxHead,
-    texts: Vec<String>,
-    truncate: bool,
-    deadline: Instant,
-    explain: bool,
-) -> Result<Classified, InferenceError> {
-    let encoded = head.inference.encode(texts, truncate, deadline).await?;
-    let probabilities = encoded.rows.iter().map(|r| head.probabilities(r.row(0))).collect();
-    // A separate classifier model: its scores, and no split of them.
-    let explanations = explain.then(|| {
-        encoded
-            .rows
-            .iter()
-            .zip(encoded.tokens)
-            .zip(encoded.offsets)
-            .map(|((rows, tokens), offsets)| Explained {
-                tokens,
-                offsets,
-                attribution: None,
-                scores: head.scores(rows.row(0)),
-            })
-            .collect()
-    });
-    Ok(Classified { probabilities, explanations, timing: encoded.timing })
-}
-
-/// What [`Head::classify`] gives back.
-pub struct Classified {
-    pub probabilities: Vec<Vec<f32>>,
-    /// Per text when asked for (logistic heads).
-    pub explanations: Option<Vec<Explained>>,
-    pub timing: Timing,
-}
-
-/// One text's word pieces, their character offsets, each label's score
-/// (logit), and for a logistic head the parts of the scores.
-pub struct Explained {
-    pub tokens: Vec<String>,
-    pub offsets: Vec<(usize, usize)>,
-    pub attribution: Option<logistic::Attribution>,
-    pub scores: Vec<f32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,6 +105,8 @@ pub struct Heads {
     configured: Vec<String>,
     /// Heads whose startup training failed, with the reason.
     failed: RwLock<BTreeMap<String, String>>,
+    /// Why the last look at the heads folder failed (None: it worked).
+    folder_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Heads {
@@ -344,7 +118,30 @@ impl Heads {
             pending: AtomicUsize::new(0),
             configured,
             failed: RwLock::new(BTreeMap::new()),
+            folder_error: Default::default(),
         }
+    }
+
+    // The lock policy of the whole crate: a panic while a lock was held leaves
+    // whole values behind (every write is one insert or remove), so a
+    // poisoned lock is used as it is rather than turning requests into panics.
+    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Head>>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Head>>> {
+        self.map.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Why the last look at the heads folder failed, if it did.
+    pub fn folder_error(&self) -> Option<String> {
+        self.folder_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether `name` is served because the settings say so (`classify.serve`
+    /// or the default head): such a head is never dropped with its file.
+    pub fn is_configured(&self, name: &str) -> bool {
+        name == self.default || self.configured.iter().any(|c| c == name)
     }
 
     pub fn default_name(&self) -> &str {
@@ -352,26 +149,41 @@ impl Heads {
     }
 
     pub fn insert(&self, head: Head) {
-        self.map.write().expect("heads lock").insert(head.name().to_string(), Arc::new(head));
+        self.write_map().insert(head.name().to_string(), Arc::new(head));
     }
 
     /// Stops serving `name`; true when it was served.
     pub fn remove(&self, name: &str) -> bool {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
-        self.map.write().expect("heads lock").remove(name).is_some()
+        self.write_map().remove(name).is_some()
     }
 
     /// Brings the served logistic heads in line with the heads folder, which
     /// other replicas may write (a shared volume): a new or changed active
     /// file is loaded and swapped in when valid and made for `encoder`; a head
     /// whose file was seen and is gone (deleted through another replica) stops
-    /// being served. Files are compared by size and modification time first,
-    /// so an unchanged folder costs one `stat` per head. Heads that never had
-    /// a file (ONNX heads, or trained where the folder is read-only) are left alone.
+    /// being served, as `DELETE` would: a head the settings name keeps
+    /// serving (its file removed by hand is logged as an error). A folder that
+    /// cannot be listed changes nothing (logged, counted, shown by `GET
+    /// /heads`); a file that cannot be read or parsed keeps its loaded head.
+    /// Files are compared by size and modification time first, so an
+    /// unchanged folder costs one `stat` per head. Heads that never had a file
+    /// (ONNX heads, or trained where the folder is read-only) are left alone.
     pub fn sync_folder(&self, store: &store::HeadStore, encoder: &ModelInfo) -> SyncReport {
         let mut report = SyncReport::default();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let found = store.scan();
+        let found = match store.scan() {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(dir = %store.dir().display(), error = %e, "cannot list the heads folder; every loaded head keeps serving");
+                // No path in what clients see: the setting's name stands for it.
+                let message = format!("cannot list classify.heads_dir: {e}");
+                *self.folder_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.clone());
+                report.error = Some(message);
+                return report;
+            }
+        };
+        *self.folder_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         for (name, path) in &found {
             let Some(stamp) = FileStamp::of(path) else { continue };
             if seen.get(name) == Some(&stamp) {
@@ -394,7 +206,7 @@ impl Heads {
                 continue;
             }
             let version = store::version_of(&head);
-            let current = self.map.read().expect("heads lock").get(name).map(|h| h.version());
+            let current = self.read_map().get(name).map(|h| h.version());
             if current.as_deref() == Some(version.as_str()) {
                 continue;
             }
@@ -405,7 +217,11 @@ impl Heads {
         let gone: Vec<String> = seen.keys().filter(|n| !found.iter().any(|(f, _)| f == *n)).cloned().collect();
         for name in gone {
             seen.remove(&name);
-            let mut map = self.map.write().expect("heads lock");
+            if self.is_configured(&name) {
+                tracing::error!(head = %name, "the file of a head named in the settings is gone from the heads folder; it keeps serving (restore the file, or train it again)");
+                continue;
+            }
+            let mut map = self.write_map();
             if matches!(map.get(&name).map(|h| h.kind()), Some(HeadKind::Logistic)) {
                 map.remove(&name);
                 tracing::info!(head = %name, "head file removed from the heads folder; no longer served");
@@ -443,7 +259,7 @@ impl Heads {
 
     pub fn get(&self, name: Option<&str>) -> Result<Arc<Head>, Lookup> {
         let name = name.unwrap_or(&self.default);
-        if let Some(head) = self.map.read().expect("heads lock").get(name) {
+        if let Some(head) = self.read_map().get(name) {
             return Ok(head.clone());
         }
         if let Some(reason) = self.failed.read().unwrap_or_else(|p| p.into_inner()).get(name) {
@@ -457,7 +273,7 @@ impl Heads {
     }
 
     pub fn all(&self) -> Vec<Arc<Head>> {
-        self.map.read().expect("heads lock").values().cloned().collect()
+        self.read_map().values().cloned().collect()
     }
 
     pub fn configured(&self) -> &[String] {
@@ -490,6 +306,8 @@ impl FileStamp {
 pub struct SyncReport {
     pub loaded: Vec<String>,
     pub removed: Vec<String>,
+    /// Why the folder could not be listed (nothing changed).
+    pub error: Option<String>,
 }
 
 /// What startup does with the configured heads: load what is on disk (any

@@ -11,10 +11,21 @@
 //! replicas sharing the folder (a volume) see the old head or the new one,
 //! never a mix, and `distilserve train`, startup and older releases read it as
 //! they always did. A version is the first 16 hex digits of the head's checksum.
+//!
+//! Replicas sharing the folder coordinate through file locks (`flock`) in
+//! `.locks/`: `<name>.lock` is held by whoever trains, rolls back or deletes
+//! the head (others are refused at once: 409), `<name>.history.lock` around
+//! every write of its versions and active file (others wait: no history entry
+//! is lost to two publishes at once). The kernel releases a dead process's
+//! locks, so a crash never leaves a head locked. They hold on local file
+//! systems and on NFSv4 (the Linux client maps `flock` to NFS byte-range
+//! locks, released when a dead client's lease expires: 90 s by default);
+//! not on NFSv3 without a lock manager, nor on SMB mounts without `nobrl`
+//! semantics: use one replica per folder there.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::logistic::{head_path, LogisticHead};
@@ -25,6 +36,24 @@ const VERSIONS_DIR: &str = ".versions";
 /// Status of the latest training of each head over the API, written by the
 /// replica that runs it, so that any replica sharing the folder can show it.
 const JOBS_DIR: &str = ".jobs";
+/// File locks of each head (see the module's documentation).
+const LOCKS_DIR: &str = ".locks";
+
+/// One head held for a training, a rollback or a delete, by this process,
+/// against every process sharing the folder; released when dropped (or when
+/// the process dies).
+#[derive(Debug)]
+pub struct HeadLock {
+    _file: std::fs::File,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("another training, rollback or delete of this head holds it")]
+    Held,
+    #[error("cannot lock the head in the heads folder: {0}")]
+    Io(std::io::Error),
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionEntry {
@@ -33,6 +62,23 @@ pub struct VersionEntry {
     /// Fingerprint of the encoder the version was trained on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder: Option<String>,
+}
+
+/// Why a rollback did not happen; in each case nothing was switched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RollbackError {
+    #[error("the head has no valid active file in the heads folder")]
+    NoActive,
+    #[error("the head has no version before {active}")]
+    NoPrevious { active: String },
+    #[error("the active version {active} is not in the head's history")]
+    NotInHistory { active: String },
+    #[error("the previous version {version} cannot be used: {message}")]
+    Damaged { version: String, message: String },
+    #[error("the previous version was made for another encoder: {0}")]
+    OtherEncoder(String),
+    #[error("the heads folder cannot be read or written: {0}")]
+    Folder(String),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -85,11 +131,44 @@ impl HeadStore {
         write_atomic(&path, &serde_json::to_vec_pretty(history)?)
     }
 
+    fn lock_file(&self, name: &str, suffix: &str) -> std::io::Result<std::fs::File> {
+        head_path(&self.dir, name).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let dir = self.dir.join(LOCKS_DIR);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(format!("{name}.{suffix}")))
+    }
+
+    /// Holds `name` for a training, rollback or delete, or says another
+    /// process (or another of this process's operations) holds it.
+    pub fn try_lock(&self, name: &str) -> Result<HeadLock, LockError> {
+        let file = self.lock_file(name, "lock").map_err(LockError::Io)?;
+        match file.try_lock() {
+            Ok(()) => Ok(HeadLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(LockError::Held),
+            Err(std::fs::TryLockError::Error(e)) => Err(LockError::Io(e)),
+        }
+    }
+
+    /// Whether a process holds `name` (a training in progress somewhere);
+    /// false when the lock can be had, or cannot be tried (read-only folder).
+    pub fn is_locked(&self, name: &str) -> bool {
+        matches!(self.try_lock(name), Err(LockError::Held))
+    }
+
+    /// Waits for the history of `name` to be free: writes of versions and the
+    /// active file go one at a time across processes.
+    fn lock_history(&self, name: &str) -> anyhow::Result<std::fs::File> {
+        let file = self.lock_file(name, "history.lock").context("cannot lock the head's history")?;
+        file.lock().context("cannot lock the head's history")?;
+        Ok(file)
+    }
+
     /// Writes `head` (sealed: its checksum set) as a new version and makes it
     /// the active one. Order matters for a crash at any point: the version
     /// file, then the history, then the active file; readers only follow the
     /// active file. Returns the version.
     pub fn publish(&self, head: &LogisticHead) -> anyhow::Result<String> {
+        let _history = self.lock_history(&head.name)?;
         let version = version_of(head);
         let bytes = serde_json::to_vec_pretty(head)?;
         let dir = self.versions_dir(&head.name)?;
@@ -155,28 +234,38 @@ impl HeadStore {
         Some(version_of(&head))
     }
 
-    /// Makes the version published before the active one active again; returns it.
-    pub fn rollback(&self, name: &str) -> anyhow::Result<String> {
-        let active = self.active_version(name).ok_or_else(|| anyhow!("head {name:?} has no valid active file"))?;
-        let history = self.history(name)?;
+    /// Makes the version published before the active one active again, once
+    /// it is checked (readable, this head's, made for `encoder`): nothing is
+    /// switched when any check fails. Returns the version.
+    pub fn rollback(&self, name: &str, encoder: &crate::model::ModelInfo) -> Result<String, RollbackError> {
+        let io = |e: anyhow::Error| {
+            RollbackError::Folder(format!("{e:#}").replace(&self.dir.display().to_string(), "<heads_dir>"))
+        };
+        let _history = self.lock_history(name).map_err(io)?;
+        let active = self.active_version(name).ok_or(RollbackError::NoActive)?;
+        let history = self.history(name).map_err(io)?;
         let position = history
             .versions
             .iter()
             .position(|v| v.version == active)
-            .ok_or_else(|| anyhow!("the active version {active} of head {name:?} is not in its history"))?;
+            .ok_or_else(|| RollbackError::NotInHistory { active: active.clone() })?;
         if position == 0 {
-            bail!("head {name:?} has no version before {active}");
+            return Err(RollbackError::NoPrevious { active });
         }
-        let previous = &history.versions[position - 1].version;
-        let file = self.versions_dir(name)?.join(format!("{previous}.json"));
-        // Validated before it replaces anything.
-        let head = LogisticHead::load(&file).map_err(|e| anyhow!("{e}"))?;
+        let previous = history.versions[position - 1].version.clone();
+        let file = self.versions_dir(name).map_err(io)?.join(format!("{previous}.json"));
+        // Errors name the file relative to the folder, never its full path.
+        let shown = Path::new("<heads_dir>").join(VERSIONS_DIR).join(name).join(format!("{previous}.json"));
+        let damaged = |message: String| RollbackError::Damaged { version: previous.clone(), message };
+        let head = LogisticHead::load(&file)
+            .map_err(|e| damaged(e.to_string().replace(&file.display().to_string(), &shown.display().to_string())))?;
         if head.name != name {
-            bail!("version file {} holds head {:?}", file.display(), head.name);
+            return Err(damaged(format!("it holds head {:?}", head.name)));
         }
-        let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        write_atomic(&head_path(&self.dir, name)?, &bytes)?;
-        Ok(previous.clone())
+        head.check_encoder(&shown, encoder).map_err(|e| RollbackError::OtherEncoder(e.to_string()))?;
+        let bytes = std::fs::read(&file).map_err(|e| damaged(e.to_string()))?;
+        write_atomic(&head_path(&self.dir, name).map_err(io)?, &bytes).map_err(io)?;
+        Ok(previous)
     }
 
     /// Removes the head: its active file first (replicas stop serving it),
@@ -216,18 +305,20 @@ impl HeadStore {
     }
 
     /// Active head files in the folder: (name, path), names valid, sorted.
-    pub fn scan(&self) -> Vec<(String, PathBuf)> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
-        let mut found: Vec<(String, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let file_name = e.file_name().into_string().ok()?;
-                let name = file_name.strip_suffix(".json")?;
-                crate::config::is_valid_head_name(name).then(|| (name.to_string(), e.path()))
-            })
-            .collect();
+    /// A listing that fails, even part way, is an error: never a folder
+    /// without heads (that would read as every head deleted).
+    pub fn scan(&self) -> std::io::Result<Vec<(String, PathBuf)>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let Ok(file_name) = entry.file_name().into_string() else { continue };
+            let Some(name) = file_name.strip_suffix(".json") else { continue };
+            if crate::config::is_valid_head_name(name) {
+                found.push((name.to_string(), entry.path()));
+            }
+        }
         found.sort();
-        found
+        Ok(found)
     }
 }
 
@@ -235,6 +326,13 @@ impl HeadStore {
 mod tests {
     use super::*;
     use crate::heads::logistic::tests::tiny_head;
+
+    /// The encoder `tiny_head` was made for.
+    fn tiny_encoder() -> crate::model::ModelInfo {
+        let mut info = crate::model::ModelInfo::synthetic("tiny", 2, 8);
+        info.fingerprint = "f".repeat(64);
+        info
+    }
 
     #[test]
     fn publish_rollback_prune_and_delete() {
@@ -253,20 +351,22 @@ mod tests {
         assert_eq!(kept, vec![v[1].clone(), v[2].clone()]);
         assert!(!dir.path().join(".versions/topic").join(format!("{}.json", v[0])).exists());
 
-        assert_eq!(store.rollback("topic").unwrap(), v[1]);
+        let encoder = tiny_encoder();
+        assert_eq!(store.rollback("topic", &encoder).unwrap(), v[1]);
         assert_eq!(store.active_version("topic").as_deref(), Some(v[1].as_str()));
-        let err = store.rollback("topic").unwrap_err().to_string();
-        assert!(err.contains("no version before"), "{err}");
+        assert_eq!(store.rollback("topic", &encoder), Err(RollbackError::NoPrevious { active: v[1].clone() }));
         // Publishing again after a rollback makes the new version active.
         store.publish(&heads[2]).unwrap();
         assert_eq!(store.active_version("topic").as_deref(), Some(v[2].as_str()));
 
-        assert_eq!(store.scan().into_iter().map(|(n, _)| n).collect::<Vec<_>>(), vec!["topic"]);
+        assert_eq!(store.scan().unwrap().into_iter().map(|(n, _)| n).collect::<Vec<_>>(), vec!["topic"]);
         assert!(store.delete("topic").unwrap());
-        assert!(store.scan().is_empty());
+        assert!(store.scan().unwrap().is_empty());
         assert!(!dir.path().join(".versions/topic").exists());
         assert!(!store.delete("topic").unwrap());
         assert!(store.delete("../etc").is_err());
+        // A folder that cannot be listed is an error, not an empty folder.
+        assert!(HeadStore::new(dir.path().join("gone"), 2).scan().is_err());
     }
 
     #[test]
@@ -280,7 +380,41 @@ mod tests {
         let v1 = store.publish(&first).unwrap();
         let v2 = store.publish(&second).unwrap();
         std::fs::write(dir.path().join(".versions/t").join(format!("{v1}.json")), b"{\"broken\":").unwrap();
-        assert!(store.rollback("t").is_err());
+        let encoder = tiny_encoder();
+        let err = store.rollback("t", &encoder).unwrap_err();
+        assert!(matches!(err, RollbackError::Damaged { .. }), "{err}");
+        // No path of this machine in what a client may be shown.
+        assert!(!err.to_string().contains(&dir.path().display().to_string()), "{err}");
         assert_eq!(store.active_version("t").as_deref(), Some(v2.as_str()));
+    }
+
+    #[test]
+    fn a_version_for_another_encoder_is_refused_before_anything_is_switched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HeadStore::new(dir.path(), 5);
+        let mut first = tiny_head("t");
+        first.encoder.fingerprint = "another encoder".into();
+        let v1 = store.publish(&first.sealed()).unwrap();
+        let encoder = tiny_encoder();
+        let mut second = tiny_head("t");
+        second.intercept[1] = 3.0;
+        let v2 = store.publish(&second.sealed()).unwrap();
+        assert_ne!(v1, v2);
+        assert!(matches!(store.rollback("t", &encoder), Err(RollbackError::OtherEncoder(_))));
+        assert_eq!(store.active_version("t").as_deref(), Some(v2.as_str()));
+    }
+
+    #[test]
+    fn a_head_held_by_one_holder_is_refused_to_another_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HeadStore::new(dir.path(), 5);
+        let held = store.try_lock("t").unwrap();
+        // Another open file description: what another process would have.
+        assert!(matches!(store.try_lock("t"), Err(LockError::Held)));
+        assert!(store.is_locked("t"));
+        assert!(store.try_lock("other").is_ok());
+        drop(held);
+        assert!(!store.is_locked("t"));
+        assert!(store.try_lock("t").is_ok());
     }
 }

@@ -12,8 +12,9 @@ use super::types::{
     ClassifyAnswer, ClassifyManyResponse, ClassifyRequest, ClassifyResponse, Explanation, Prediction, TokenPart,
 };
 use super::{timing_headers, AppState, ENCODER_FINGERPRINT, HEAD_VERSION};
+use crate::cost::CostLimits;
 use crate::heads::upload::ABSTAIN;
-use crate::heads::{classify_with, Classified, Explained, Head};
+use crate::heads::{classify as classify_heads, Classified, ClassifyInput, Explained, Head};
 use crate::pooling::argmax;
 use axum::http::HeaderValue;
 use axum::response::IntoResponse;
@@ -28,7 +29,7 @@ use axum::response::Response;
         (status = 200, description = "Per input: top label, its probability, every label's probability. With `heads`, one such answer per head (`results`), from one encoder pass", body = ClassifyAnswer),
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
         (status = 404, description = "Unknown head", body = ErrorResponse),
-        (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
+        (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit, or the answer (`response_too_large`, limits.max_response_bytes) or the request's working memory (`request_too_costly`, limits.max_request_memory_bytes) as priced before any work", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
         (status = 422, description = "Invalid field, empty input, or input too long with truncate=false", body = ErrorResponse),
         (status = 503, description = "Queue full or too long (`overloaded`), head still training (`not_ready`) or failed at startup (`head_failed`), or shutting down", body = ErrorResponse),
@@ -67,11 +68,7 @@ pub async fn classify(
             "explain works on one window: send windows or explain, not both",
         ));
     }
-    let windows = request.windows.then(|| state.settings.limits.window_stride(state.encoder().info.max_tokens));
-    let all =
-        classify_with(&heads, state.encoder(), texts, request.truncate, state.deadline(), request.explain, windows)
-            .await?;
-    let timing = all.first().map(|c| c.timing).unwrap_or_default();
+    // Every option is checked before the model runs.
     if let Some(p) = request.min_probability {
         if !(0.0..=1.0).contains(&p) {
             return Err(ApiError::invalid(
@@ -80,6 +77,16 @@ pub async fn classify(
             ));
         }
     }
+    let input = ClassifyInput {
+        texts,
+        truncate: request.truncate,
+        deadline: state.deadline(),
+        explain: request.explain,
+        windows: request.windows.then(|| state.settings.limits.window_stride(state.encoder().info.max_tokens)),
+        limits: CostLimits::of(&state.settings.limits),
+    };
+    let all = classify_heads(&heads, state.encoder(), input).await?;
+    let timing = all.first().map(|c| c.timing).unwrap_or_default();
     let results: Vec<ClassifyResponse> = heads
         .iter()
         .zip(all)

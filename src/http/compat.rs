@@ -14,6 +14,7 @@ use super::types::{
 };
 use super::{timing_headers, AppState};
 use crate::config::SentencePooling;
+use crate::cost::{AnswerFormat, CostLimits};
 use crate::inference::{EmbedOptions, Vectors};
 use crate::pooling::{normalize, Pooling};
 use crate::tokenize::char_offsets;
@@ -91,9 +92,17 @@ pub async fn openai_embeddings(
         Some(d) => d.min(hidden),
     };
     // Normalised after truncation (as OpenAI and TEI do), so not by `embed`.
-    let options = EmbedOptions { pooling, normalize: false, windows: None, layers: None };
+    let options = EmbedOptions {
+        pooling,
+        normalize: false,
+        windows: None,
+        layers: None,
+        format: AnswerFormat::Json,
+        return_tokens: false,
+    };
     // OpenAI's endpoint truncates long inputs rather than refusing them.
-    let embedded = state.encoder().embed(texts, true, state.deadline(), options).await?;
+    let limits = CostLimits::of(&state.settings.limits);
+    let embedded = state.encoder().embed(texts, true, state.deadline(), options, limits).await?;
     let prompt_tokens = embedded.token_counts.iter().sum();
     let Vectors::Pooled(vectors) = embedded.vectors else { unreachable!("pooling is cls or mean") };
     let data = vectors

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::types::{EmbedRequest, EmbedResponse};
 use super::{timing_headers, AppState};
+use crate::cost::CostLimits;
 use crate::inference::{EmbedOptions, Embedded, Vectors};
 use crate::layers::LayerSelection;
 use crate::npy;
@@ -15,11 +16,8 @@ pub const NPY_MEDIA_TYPE: &str = "application/x-npy";
 /// Header carrying the per-text token counts of a `.npy` answer (comma-separated).
 pub const TOKEN_COUNTS_HEADER: &str = "x-token-counts";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Json,
-    Npy,
-}
+/// The answer's format, as the cost model prices it.
+pub use crate::cost::AnswerFormat as Format;
 
 /// Serialises exactly as the documented [`EmbedResponse`], from the rows as
 /// they are: the largest admitted answer is tens of MB of JSON, and copying
@@ -115,7 +113,7 @@ pub fn validate_inputs(texts: Vec<String>, max_inputs: usize) -> Result<Vec<Stri
             content((EmbedResponse = "application/json"), (Vec<u8> = "application/x-npy"))),
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
         (status = 406, description = "Unsupported Accept", body = ErrorResponse),
-        (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
+        (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit, or the answer (`response_too_large`, limits.max_response_bytes) or the request's working memory (`request_too_costly`, limits.max_request_memory_bytes) as priced before any work", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
         (status = 422, description = "Invalid field, empty input, layers the model does not have (`invalid_layers`), or input too long with truncate=false", body = ErrorResponse),
         (status = 503, description = "Queue full or its queued work longer than the request can wait (`overloaded`), or shutting down; retry after the Retry-After seconds", body = ErrorResponse),
@@ -141,28 +139,41 @@ pub async fn embed(
     let layers = LayerSelection::resolve(requested, request.layer_combine, info.layers)
         .map_err(|e| ApiError::invalid("invalid_layers", e.to_string()))?;
     let used = layers.indices.clone();
-    let options =
-        EmbedOptions { pooling: request.pooling, normalize: request.normalize, windows, layers: Some(layers) };
-    let embedded = state.encoder().embed(texts, request.truncate, state.deadline(), options).await?;
+    let options = EmbedOptions {
+        pooling: request.pooling,
+        normalize: request.normalize,
+        windows,
+        layers: Some(layers),
+        format,
+        return_tokens: request.return_tokens,
+    };
+    let limits = CostLimits::of(&state.settings.limits);
+    let embedded = state.encoder().embed(texts, request.truncate, state.deadline(), options, limits).await?;
     let timing = timing_headers(&embedded.timing);
     let Embedded { tokens, token_counts, hidden, vectors, .. } = embedded;
 
     match format {
         Format::Npy => {
-            let (shape, data) = match &vectors {
-                Vectors::Pooled(vectors) => (vec![vectors.len(), hidden], vectors.concat()),
+            // Written in place: the header, then each text's rows (zero-padded
+            // per token), each dropped once copied: one copy of the answer.
+            let body = match vectors {
+                Vectors::Pooled(vectors) => {
+                    let mut out = npy::Writer::<f32>::new(&[vectors.len(), hidden]);
+                    vectors.iter().for_each(|v| out.extend(v));
+                    out.finish()
+                }
                 Vectors::PerToken(rows) => {
                     let longest = token_counts.iter().copied().max().unwrap_or(0);
-                    let mut data = vec![0f32; rows.len() * longest * hidden];
-                    for (i, r) in rows.iter().enumerate() {
-                        let start = i * longest * hidden;
-                        data[start..start + r.data.len()].copy_from_slice(&r.data);
+                    let mut out = npy::Writer::<f32>::new(&[rows.len(), longest, hidden]);
+                    for r in rows {
+                        out.extend(&r.data);
+                        out.zeros((longest - r.rows) * hidden);
                     }
-                    (vec![rows.len(), longest, hidden], data)
+                    out.finish()
                 }
             };
             let counts = token_counts.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
-            let mut response = npy::encode(&shape, &data).into_response();
+            let mut response = body.into_response();
             let headers = response.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(NPY_MEDIA_TYPE));
             headers.insert(TOKEN_COUNTS_HEADER, HeaderValue::from_str(&counts).expect("digits and commas"));

@@ -10,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::batching::BatchError;
+use crate::cost::CostError;
 use crate::inference::InferenceError;
 use crate::tokenize::TokenizeError;
 
@@ -112,11 +113,22 @@ impl From<BatchError> for ApiError {
     }
 }
 
+impl From<CostError> for ApiError {
+    fn from(e: CostError) -> Self {
+        let code = match e {
+            CostError::Answer { .. } => "response_too_large",
+            CostError::Memory { .. } => "request_too_costly",
+        };
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, code, e.to_string())
+    }
+}
+
 impl From<InferenceError> for ApiError {
     fn from(e: InferenceError) -> Self {
         match e {
             InferenceError::Tokenize(e) => e.into(),
             InferenceError::Batch(e) => e.into(),
+            InferenceError::Cost(e) => e.into(),
         }
     }
 }

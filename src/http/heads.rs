@@ -22,6 +22,7 @@ use crate::config::HeadKind;
 use crate::config::PoolingChoice;
 use crate::data::{parse_rows, RowFormat};
 use crate::heads::jobs::{Job, JobState, SubmitError};
+use crate::heads::store::{HeadLock, LockError, RollbackError};
 use crate::heads::upload::{prepare, Example, Options};
 use crate::heads::{Head, Lookup};
 
@@ -103,7 +104,13 @@ pub async fn list_heads(State(state): State<AppState>) -> Json<HeadsResponse> {
         .cloned()
         .collect();
     pending.extend(state.jobs.in_progress().into_iter().filter(|n| !heads.iter().any(|h| &h.name == n)));
-    Json(HeadsResponse { default_head: state.heads.default_name().to_string(), heads, pending, failed })
+    Json(HeadsResponse {
+        default_head: state.heads.default_name().to_string(),
+        heads,
+        pending,
+        failed,
+        folder_error: state.heads.folder_error(),
+    })
 }
 
 fn versions_of(state: &AppState, name: &str, active: &str) -> Vec<VersionDescription> {
@@ -321,7 +328,7 @@ const MAX_DESCRIPTION_BYTES: usize = 2000;
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
         (status = 401, description = "The admin key is missing or wrong", body = ErrorResponse),
         (status = 403, description = "Admin routes are off: no security.admin_key is configured", body = ErrorResponse),
-        (status = 409, description = "The name is taken (`head_exists`; send `replace`), or that head is already training (`training_in_progress`), or is an ONNX head (`not_stored`)", body = ErrorResponse),
+        (status = 409, description = "The name is taken (`head_exists`; send `replace`), or that head is being trained, rolled back or deleted on any replica sharing the heads folder (`training_in_progress`), or is an ONNX head (`not_stored`)", body = ErrorResponse),
         (status = 413, description = "Body over training.max_upload_bytes, or more examples (`too_many_examples`) or labels (`too_many_labels`) than the settings allow", body = ErrorResponse),
         (status = 415, description = "Content-Type is not JSON, CSV or JSONL", body = ErrorResponse),
         (status = 422, description = "Bad name, fewer than 2 labels, a label with too few examples, an empty text, a bad split or option", body = ErrorResponse),
@@ -393,8 +400,10 @@ pub async fn create_head(
         let status = if e.too_large { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::UNPROCESSABLE_ENTITY };
         ApiError::new(status, e.code, e.message)
     })?;
+    let lock = lock_head(&state, &name).await?;
     let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let job = Job { name: name.clone(), prepared, description: creation.description, request_id: request_id.clone() };
+    let job =
+        Job { name: name.clone(), lock, prepared, description: creation.description, request_id: request_id.clone() };
     let status = state.jobs.submit(job, &state.metrics).map_err(|e| match e {
         SubmitError::InProgress(_) => ApiError::new(StatusCode::CONFLICT, "training_in_progress", e.to_string()),
         SubmitError::QueueFull(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "training_queue_full", e.to_string()),
@@ -426,6 +435,29 @@ fn stored_only(state: &AppState, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Holds `name` in the heads folder against every replica sharing it (and
+/// this one's own training of it), or answers 409. Where the folder cannot
+/// hold a lock file (read-only), nothing can be published or deleted there
+/// either: the operation goes on and fails or not on its own.
+async fn lock_head(state: &AppState, name: &str) -> Result<Option<HeadLock>, ApiError> {
+    let (store, wanted) = (state.store.clone(), name.to_string());
+    match tokio::task::spawn_blocking(move || store.try_lock(&wanted)).await.map_err(internal)? {
+        Ok(lock) => Ok(Some(lock)),
+        Err(LockError::Held) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "training_in_progress",
+            format!(
+                "head {name:?} is being trained, rolled back or deleted (here or by another replica sharing \
+                 the heads folder); see GET /heads/{name} and retry when it is done"
+            ),
+        )),
+        Err(LockError::Io(e)) => {
+            tracing::warn!(head = %name, error = %e, "cannot lock the head in the heads folder; going on without");
+            Ok(None)
+        }
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{e}"))
 }
@@ -440,7 +472,8 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
         (status = 401, description = "The admin key is missing or wrong", body = ErrorResponse),
         (status = 403, description = "Admin routes are off", body = ErrorResponse),
         (status = 404, description = "No such head in the heads folder", body = ErrorResponse),
-        (status = 409, description = "No earlier version (`no_previous_version`), or an ONNX head (`not_stored`)", body = ErrorResponse),
+        (status = 409, description = "No earlier version (`no_previous_version`), the active version missing from the history (`history_mismatch`), the earlier version damaged (`version_damaged`) or made for another encoder (`encoder_mismatch`), a training, rollback or delete of it in progress on any replica (`training_in_progress`), or an ONNX head (`not_stored`); nothing was switched", body = ErrorResponse),
+        (status = 503, description = "The heads folder cannot be read or written (`heads_folder_unavailable`); nothing was switched", body = ErrorResponse),
     ),
     security(("admin_key" = []))
 )]
@@ -450,33 +483,35 @@ pub async fn rollback_head(
 ) -> Result<Json<HeadSummary>, ApiError> {
     stored_only(&state, &name)?;
     let _one_at_a_time = state.admin_lock.lock().await;
-    if state.store.active_version(&name).is_none() {
-        return Err(ApiError::not_found(format!("no head named {name:?} in the heads folder")));
-    }
+    let _held = lock_head(&state, &name).await?;
     let (store, info, wanted) = (state.store.clone(), state.encoder().info.clone(), name.clone());
-    let head = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let version = store.rollback(&wanted)?;
-        let path = crate::heads::logistic::head_path(store.dir(), &wanted)?;
-        let head = crate::heads::logistic::LogisticHead::load(&path)?;
-        head.check_encoder(&path, &info)?;
-        Ok((version, head))
+    let rolled = tokio::task::spawn_blocking(move || {
+        let version = store.rollback(&wanted, &info)?;
+        let path = crate::heads::logistic::head_path(store.dir(), &wanted)
+            .map_err(|e| RollbackError::Folder(e.to_string()))?;
+        let head = crate::heads::logistic::LogisticHead::load(&path)
+            .map_err(|e| RollbackError::Folder(format!("the active file cannot be read back: {e}")))?;
+        Ok::<_, RollbackError>((version, head))
     })
     .await
     .map_err(internal)?;
-    match head {
-        Ok((version, head)) => {
-            let head = Head::Logistic(head);
-            let summary = summary(&state, &head);
-            state.heads.insert(head);
-            tracing::info!(head = %name, version = %version, "head rolled back");
-            Ok(Json(summary))
-        }
-        Err(e) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "no_previous_version",
-            format!("{e:#}").replace(&state.settings.classify.heads_dir.display().to_string(), "<heads_dir>"),
-        )),
-    }
+    let (version, head) = rolled.map_err(|e| {
+        let (status, code) = match &e {
+            RollbackError::NoActive => (StatusCode::NOT_FOUND, "not_found"),
+            RollbackError::NoPrevious { .. } => (StatusCode::CONFLICT, "no_previous_version"),
+            RollbackError::NotInHistory { .. } => (StatusCode::CONFLICT, "history_mismatch"),
+            RollbackError::Damaged { .. } => (StatusCode::CONFLICT, "version_damaged"),
+            RollbackError::OtherEncoder(_) => (StatusCode::CONFLICT, "encoder_mismatch"),
+            RollbackError::Folder(_) => (StatusCode::SERVICE_UNAVAILABLE, "heads_folder_unavailable"),
+        };
+        let heads_dir = state.settings.classify.heads_dir.display().to_string();
+        ApiError::new(status, code, format!("head {name:?}: {e}").replace(&heads_dir, "<heads_dir>"))
+    })?;
+    let head = Head::Logistic(head);
+    let summary = summary(&state, &head);
+    state.heads.insert(head);
+    tracing::info!(head = %name, version = %version, "head rolled back");
+    Ok(Json(summary))
 }
 
 #[utoipa::path(
@@ -489,7 +524,7 @@ pub async fn rollback_head(
         (status = 401, description = "The admin key is missing or wrong", body = ErrorResponse),
         (status = 403, description = "Admin routes are off", body = ErrorResponse),
         (status = 404, description = "No such head", body = ErrorResponse),
-        (status = 409, description = "The default head (`default_head`), an ONNX head (`not_stored`), or one training (`training_in_progress`)", body = ErrorResponse),
+        (status = 409, description = "The default head (`default_head`), a head the settings name (`head_in_settings`), an ONNX head (`not_stored`), or one being trained, rolled back or deleted on any replica (`training_in_progress`)", body = ErrorResponse),
     ),
     security(("admin_key" = []))
 )]
@@ -502,6 +537,16 @@ pub async fn delete_head(State(state): State<AppState>, Path(name): Path<String>
             format!("head {name:?} is the default head (classify.default_head); make another the default first"),
         ));
     }
+    if state.heads.is_configured(&name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "head_in_settings",
+            format!(
+                "head {name:?} is named in the settings (classify.serve): every start needs it; \
+                 remove it there first"
+            ),
+        ));
+    }
     if state.jobs.in_progress().contains(&name) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -510,6 +555,7 @@ pub async fn delete_head(State(state): State<AppState>, Path(name): Path<String>
         ));
     }
     let _one_at_a_time = state.admin_lock.lock().await;
+    let _held = lock_head(&state, &name).await?;
     let (store, wanted) = (state.store.clone(), name.clone());
     let had_file =
         tokio::task::spawn_blocking(move || store.delete(&wanted)).await.map_err(internal)?.map_err(internal)?;

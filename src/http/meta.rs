@@ -115,6 +115,8 @@ pub async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
         limits: LimitsDescription {
             max_inputs: s.limits.max_inputs,
             max_request_tokens: s.limits.max_request_tokens,
+            max_response_bytes: s.limits.max_response_bytes,
+            max_request_memory_bytes: s.limits.max_request_memory_bytes,
             max_body_bytes: s.server.max_body_bytes,
             max_batch_size: s.batching.max_batch_size,
             max_batch_tokens: s.batching.max_batch_tokens,

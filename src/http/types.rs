@@ -175,6 +175,10 @@ pub struct LimitsDescription {
     pub max_inputs: usize,
     /// Most tokens per request, after tokenization with truncation (413 `too_many_tokens` above).
     pub max_request_tokens: usize,
+    /// Most bytes of one answer, priced before any work (413 `response_too_large` above).
+    pub max_response_bytes: u64,
+    /// Most bytes of hidden states and answer one request may hold (413 `request_too_costly` above).
+    pub max_request_memory_bytes: u64,
     pub max_body_bytes: usize,
     pub max_batch_size: usize,
     pub max_batch_tokens: usize,
@@ -353,6 +357,10 @@ pub struct HeadsResponse {
     /// Configured heads whose startup training failed, with the reason; not served.
     #[serde(default)]
     pub failed: std::collections::BTreeMap<String, String>,
+    /// Why the last look at the heads folder failed (the heads loaded keep
+    /// serving; counted in `distilserve_heads_folder_errors_total`); absent when it worked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -142,3 +142,38 @@ async fn default_sentiment_head_trains_at_startup_and_classifies() {
     assert_eq!(again["predictions"][0], body["predictions"][0]);
     server.stop().await;
 }
+
+/// The 4,371-byte request (seven layers concatenated, every token, as
+/// a zero-padded `.npy`) once got a 1.4 GB answer and a 3 GB peak: on the
+/// default settings it is refused before any model call, at once, and the
+/// same texts pooled are answered.
+#[tokio::test]
+async fn a_small_request_for_a_huge_answer_is_refused_before_the_model_runs() {
+    let dir = default_model_dir();
+    let server = TestServer::start(settings_for(&dir)).await;
+    let mut inputs = vec!["word ".repeat(600)];
+    inputs.extend(std::iter::repeat_n("a".to_string(), 255));
+    let mut body =
+        json!({"inputs": inputs, "pooling": "none", "layers": [0, 1, 2, 3, 4, 5, 6], "layer_combine": "concat"});
+    assert!(body.to_string().len() < 4500);
+    let started = std::time::Instant::now();
+    let response = server
+        .client
+        .post(server.url("/embed"))
+        .header("accept", "application/x-npy")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    let (status, code, message) = common::error_of(response).await;
+    assert_eq!((status, code.as_str()), (413, "response_too_large"), "{message}");
+    assert!(message.contains("1409286272") && message.contains("67108864"), "{message}");
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    let sequences = metrics.lines().find(|l| l.starts_with("distilserve_sequences_total")).unwrap_or("");
+    assert!(sequences.is_empty() || sequences.ends_with(" 0"), "no sequence computed: {sequences}");
+    eprintln!("the 4 KB request refused in {elapsed:?}");
+    body["pooling"] = json!("mean");
+    assert_eq!(server.post_json("/embed", body).await.status(), 200);
+    server.stop().await;
+}

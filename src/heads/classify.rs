@@ -1,0 +1,238 @@
+//! The classification pipeline: one validated request ([`ClassifyInput`]) and
+//! the heads it names in, each head's probabilities (and explanations) out.
+//! The encoder runs once for every logistic head (heads reading the same
+//! layers and pooling share the pooled features); ONNX heads run their own
+//! models. The request is priced (`cost.rs`) once tokenized, before anything
+//! is queued.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::logistic::{self, LogisticHead};
+use super::onnx::OnnxHead;
+use super::Head;
+use crate::cost::{ClassifyShape, Cost, CostLimits};
+use crate::inference::{Cut, Encoded, Inference, InferenceError, Prepared, Timing};
+use crate::layers::{LayerCombine, LayerMask, LayerSelection};
+use crate::model::ModelInfo;
+use crate::pooling::{pool_windows, FeaturePooling, Rows};
+
+/// One `/classify` request, every option already checked.
+#[derive(Debug, Clone)]
+pub struct ClassifyInput {
+    pub texts: Vec<String>,
+    /// Truncate texts over the model's maximum (else refuse them); ignored with `windows`.
+    pub truncate: bool,
+    pub deadline: Instant,
+    /// Each token's part of each label's score.
+    pub explain: bool,
+    /// Cut long texts into windows this many word pieces apart, pooled together.
+    pub windows: Option<usize>,
+    pub limits: CostLimits,
+}
+
+/// One head's answer.
+pub struct Classified {
+    pub probabilities: Vec<Vec<f32>>,
+    /// Per text when asked for.
+    pub explanations: Option<Vec<Explained>>,
+    pub timing: Timing,
+}
+
+/// One text's word pieces, their character offsets, each label's score
+/// (logit), and for a logistic head the parts of the scores.
+pub struct Explained {
+    pub tokens: Vec<String>,
+    pub offsets: Vec<(usize, usize)>,
+    pub attribution: Option<logistic::Attribution>,
+    pub scores: Vec<f32>,
+}
+
+/// Every head's answer for the input's texts, in the order of `heads`.
+pub async fn classify(
+    heads: &[Arc<Head>],
+    encoder: &Inference,
+    input: ClassifyInput,
+) -> Result<Vec<Classified>, InferenceError> {
+    let mask = layers_for(heads, &encoder.info);
+    let needs_encoder = heads.iter().any(|h| matches!(**h, Head::Logistic(_)));
+    let cut = input.windows.map_or(Cut::Truncate(input.truncate), Cut::Windows);
+    let encoding = async {
+        if !needs_encoder {
+            return Ok(None);
+        }
+        let prepared = encoder.prepare(input.texts.clone(), cut, mask).await?;
+        price(heads, &prepared, mask, &encoder.info, input.explain).check(input.limits)?;
+        encoder.run(prepared, input.deadline).await.map(Some)
+    };
+    let onnx = async {
+        let mut results = Vec::new();
+        for head in heads.iter().filter_map(|h| match &**h {
+            Head::Onnx(o) => Some(o),
+            Head::Logistic(_) => None,
+        }) {
+            results.push(onnx_classify(head, &input, cut).await);
+        }
+        results
+    };
+    let (computed, onnx) = tokio::join!(encoding, onnx);
+    let computed = computed?;
+    let mut onnx = onnx.into_iter();
+    let answers = match (computed, input.windows) {
+        (Some(computed), Some(_)) => {
+            let windowed = computed.into_windowed();
+            let mut answers = Vec::with_capacity(heads.len());
+            for head in heads {
+                answers.push(match &**head {
+                    Head::Logistic(h) => Ok(Classified {
+                        probabilities: windowed
+                            .windows
+                            .iter()
+                            .map(|windows| {
+                                h.probabilities(&pool_windows(&head_rows(h, windows, mask, &encoder.info), h.pooling))
+                            })
+                            .collect(),
+                        explanations: None,
+                        timing: windowed.timing,
+                    }),
+                    Head::Onnx(_) => onnx.next().expect("one result per ONNX head"),
+                });
+            }
+            answers
+        }
+        (computed, _) => {
+            let encoded = computed.map(|c| c.into_encoded());
+            let mut pooled = BTreeMap::new();
+            heads
+                .iter()
+                .map(|h| match &**h {
+                    Head::Logistic(head) => Ok(classify_encoded(
+                        head,
+                        encoded.as_ref().expect("encoded for logistic heads"),
+                        mask,
+                        &encoder.info,
+                        &mut pooled,
+                        input.explain,
+                    )),
+                    Head::Onnx(_) => onnx.next().expect("one result per ONNX head"),
+                })
+                .collect()
+        }
+    };
+    answers.into_iter().collect()
+}
+
+/// The request's cost on the encoder: its hidden states, and its answer for
+/// every head (with explanations, a part per token and label).
+fn price(heads: &[Arc<Head>], prepared: &Prepared, mask: LayerMask, info: &ModelInfo, explain: bool) -> Cost {
+    let shape = ClassifyShape {
+        hidden: info.hidden_size,
+        layers_held: mask.indices(info.last_layer()).len(),
+        labels: heads.iter().map(|h| h.labels().len()).sum(),
+        label_bytes: heads.iter().flat_map(|h| h.labels()).map(String::len).sum(),
+        heads: heads.len(),
+        explain,
+    };
+    let token_text_bytes = if explain { prepared.token_text_bytes() } else { 0 };
+    Cost::classify(&prepared.token_counts(), token_text_bytes, shape)
+}
+
+/// A logistic head's answer from the encoder's rows (the hidden states of
+/// `mask` side by side); `pooled` keeps each (layers, pooling)'s features, so
+/// that heads reading alike share them.
+fn classify_encoded(
+    head: &LogisticHead,
+    encoded: &Encoded,
+    mask: LayerMask,
+    info: &ModelInfo,
+    pooled: &mut BTreeMap<(Option<LayerSelection>, FeaturePooling), Vec<Vec<f32>>>,
+    explain: bool,
+) -> Classified {
+    let own_rows = || head_rows(head, &encoded.rows, mask, info);
+    let mut rows = None;
+    let features = pooled.entry((head.layers.clone(), head.pooling)).or_insert_with(|| {
+        let r = rows.get_or_insert_with(own_rows);
+        r.iter().map(|r| head.pooling.features(r)).collect()
+    });
+    let probabilities = features.iter().map(|f| head.probabilities(f)).collect();
+    let explanations = explain.then(|| {
+        rows.get_or_insert_with(own_rows)
+            .iter()
+            .zip(encoded.tokens.iter().cloned())
+            .zip(encoded.offsets.iter().cloned())
+            .map(|((rows, tokens), offsets)| {
+                let attribution = head.explain(rows);
+                let scores = attribution.scores();
+                Explained { tokens, offsets, attribution: Some(attribution), scores }
+            })
+            .collect()
+    });
+    Classified { probabilities, explanations, timing: encoded.timing }
+}
+
+/// What the encoder must return for `heads`: every logistic head's layers.
+fn layers_for(heads: &[Arc<Head>], info: &ModelInfo) -> LayerMask {
+    let last = info.last_layer();
+    heads
+        .iter()
+        .filter_map(|h| match &**h {
+            Head::Logistic(l) => Some(l.layers.as_ref().map_or(LayerMask::LAST, |s| s.mask(last))),
+            Head::Onnx(_) => None,
+        })
+        .fold(LayerMask::LAST, |m, h| m.union(h, last))
+}
+
+/// A logistic head's rows from rows holding the hidden states of `mask`.
+/// Borrowed as they are when both hold the last hidden state alone (the
+/// default path copies nothing).
+fn head_rows<'a>(head: &LogisticHead, rows: &'a [Rows], mask: LayerMask, info: &ModelInfo) -> Cow<'a, [Rows]> {
+    if head.layers.is_none() && mask.is_last_only() {
+        return Cow::Borrowed(rows);
+    }
+    let last = info.last_layer();
+    let selection = head.layers.clone().unwrap_or(LayerSelection { indices: vec![last], combine: LayerCombine::Mean });
+    Cow::Owned(rows.iter().map(|r| selection.combine(r, mask, last, info.hidden_size)).collect())
+}
+
+/// An ONNX classifier's answer from its own model: the mean of the windows'
+/// probabilities with windows; its scores and no split of them with `explain`.
+async fn onnx_classify(head: &OnnxHead, input: &ClassifyInput, cut: Cut) -> Result<Classified, InferenceError> {
+    let prepared = head.inference.prepare(input.texts.clone(), cut, LayerMask::LAST).await?;
+    let computed = head.inference.run(prepared, input.deadline).await?;
+    if input.windows.is_some() {
+        let w = computed.into_windowed();
+        let probabilities = w
+            .windows
+            .iter()
+            .map(|windows| {
+                let mut mean = vec![0f32; head.labels.len()];
+                for window in windows {
+                    for (m, p) in mean.iter_mut().zip(head.probabilities(window.row(0))) {
+                        *m += p / windows.len() as f32;
+                    }
+                }
+                mean
+            })
+            .collect();
+        return Ok(Classified { probabilities, explanations: None, timing: w.timing });
+    }
+    let encoded = computed.into_encoded();
+    let probabilities = encoded.rows.iter().map(|r| head.probabilities(r.row(0))).collect();
+    let explanations = input.explain.then(|| {
+        encoded
+            .rows
+            .iter()
+            .zip(encoded.tokens)
+            .zip(encoded.offsets)
+            .map(|((rows, tokens), offsets)| Explained {
+                tokens,
+                offsets,
+                attribution: None,
+                scores: head.scores(rows.row(0)),
+            })
+            .collect()
+    });
+    Ok(Classified { probabilities, explanations, timing: encoded.timing })
+}
