@@ -61,6 +61,10 @@ pub struct BatcherConfig {
     /// Most estimated queue time a live request is admitted behind (zero: only
     /// its own deadline bounds it).
     pub max_queue_wait: Duration,
+    /// Time two model calls of different shapes when a worker starts, so that
+    /// the queue-time estimate knows a call's fixed cost apart from its cost
+    /// per token before traffic teaches it (real models; fakes in tests skip it).
+    pub calibrate: bool,
 }
 
 impl BatcherConfig {
@@ -75,6 +79,7 @@ impl BatcherConfig {
             max_request_tokens: limits.max_request_tokens,
             call_overhead_tokens: batching.call_overhead_tokens,
             max_queue_wait: Duration::from_millis(batching.max_queue_wait_ms),
+            calibrate: false,
         }
     }
 }
@@ -87,6 +92,8 @@ pub struct Batched {
     pub queue_time: Duration,
     /// From the start of its first model call to the end of its last.
     pub inference_time: Duration,
+    /// The queue time estimated when it was admitted (None: no estimate yet).
+    pub queue_estimate: Option<Duration>,
 }
 
 type Reply = oneshot::Sender<Result<Batched, BatchError>>;
@@ -100,6 +107,8 @@ struct Job {
     seqs: Vec<Tokenized>,
     deadline: Instant,
     queued_at: Instant,
+    /// What admission estimated its queue time to be.
+    queue_estimate: Mutex<Option<Duration>>,
     state: Mutex<JobState>,
 }
 
@@ -136,6 +145,7 @@ impl Job {
         if state.remaining == 0 {
             let rows = state.rows.iter_mut().map(|r| r.take().expect("every row done")).collect();
             let batched = Batched {
+                queue_estimate: *self.queue_estimate.lock().unwrap_or_else(|p| p.into_inner()),
                 rows,
                 queue_time: first.saturating_duration_since(self.queued_at),
                 inference_time: first.elapsed(),
@@ -172,6 +182,8 @@ struct Queue {
     /// Tokens of the queued live sequences (what a new live request waits behind:
     /// batch work comes after it).
     live_tokens: usize,
+    /// Queued live sequences.
+    live_items: usize,
     closed: bool,
 }
 
@@ -187,9 +199,9 @@ struct Shared {
     jobs: AtomicU64,
     /// Per worker: when its current model call started (ms since `started`, + 1), 0 when idle.
     busy_since_ms: Vec<AtomicU64>,
-    /// Per worker: real tokens per second of model time over its recent calls
-    /// (f64 bits; 0 until it has one), for the queue-time estimate.
-    drain_rate: Vec<AtomicU64>,
+    /// Per worker: its fitted cost of a model call (see [`CallCost`]), for the
+    /// queue-time estimate; None until it has one.
+    call_cost: Vec<Mutex<Option<CostModel>>>,
 }
 
 impl Shared {
@@ -240,7 +252,13 @@ impl Batcher {
         name: &str,
     ) -> Batcher {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { items: VecDeque::new(), tokens: 0, live_tokens: 0, closed: false }),
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                tokens: 0,
+                live_tokens: 0,
+                live_items: 0,
+                closed: false,
+            }),
             wake: Condvar::new(),
             config,
             metrics,
@@ -248,7 +266,7 @@ impl Batcher {
             last_refusal_warning: AtomicU64::new(0),
             jobs: AtomicU64::new(0),
             busy_since_ms: (0..encoders.len()).map(|_| AtomicU64::new(0)).collect(),
-            drain_rate: (0..encoders.len()).map(|_| AtomicU64::new(0)).collect(),
+            call_cost: (0..encoders.len()).map(|_| Mutex::new(None)).collect(),
         });
         let workers = encoders
             .into_iter()
@@ -317,6 +335,7 @@ impl Batcher {
             seqs,
             deadline,
             queued_at: Instant::now(),
+            queue_estimate: Mutex::new(None),
             state: Mutex::new(JobState { rows: vec![None; n], remaining: n, reply: Some(tx), first_start: None }),
         });
         (job, rx)
@@ -329,6 +348,7 @@ impl Batcher {
         queue.tokens += tokens;
         if !job.background {
             queue.live_tokens += tokens;
+            queue.live_items += n;
         }
         self.shared.metrics.queue_depth.set(queue.items.len() as i64);
         self.shared.wake.notify_all();
@@ -338,7 +358,12 @@ impl Batcher {
     /// when the queue cannot take them all; gives up at `deadline`.
     pub async fn run(&self, seqs: Vec<Tokenized>, deadline: Instant) -> Result<Batched, BatchError> {
         if seqs.is_empty() {
-            return Ok(Batched { rows: Vec::new(), queue_time: Duration::ZERO, inference_time: Duration::ZERO });
+            return Ok(Batched {
+                rows: Vec::new(),
+                queue_time: Duration::ZERO,
+                inference_time: Duration::ZERO,
+                queue_estimate: None,
+            });
         }
         self.check_request_tokens(&seqs)?;
         let (job, rx) = self.new_job(seqs, deadline, false);
@@ -346,7 +371,7 @@ impl Batcher {
             let mut queue = self.shared.queue();
             self.admit(&queue, job.seqs.len())?;
             self.admit_tokens(&queue, tokens_of(&job.seqs))?;
-            self.admit_wait(&queue, deadline)?;
+            *job.queue_estimate.lock().unwrap_or_else(|p| p.into_inner()) = self.admit_wait(&queue, deadline)?;
             self.enqueue(&mut queue, &job);
         }
         let timeout = deadline.saturating_duration_since(Instant::now());
@@ -365,7 +390,12 @@ impl Batcher {
     /// single sentences keep their latency while a head trains. No deadline.
     pub fn run_blocking(&self, seqs: Vec<Tokenized>) -> Result<Batched, BatchError> {
         if seqs.is_empty() {
-            return Ok(Batched { rows: Vec::new(), queue_time: Duration::ZERO, inference_time: Duration::ZERO });
+            return Ok(Batched {
+                rows: Vec::new(),
+                queue_time: Duration::ZERO,
+                inference_time: Duration::ZERO,
+                queue_estimate: None,
+            });
         }
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let (job, rx) = self.new_job(seqs, far, true);
@@ -405,24 +435,24 @@ impl Batcher {
     }
 
     /// Whether a live request due at `deadline` can wait behind the queued live
-    /// work: refused at once when that work, at the rate the workers have been
-    /// draining tokens, would take longer than `max_queue_wait` or than the
-    /// request has left. Waiting longer only makes its answer late (a 504 at the
-    /// deadline, or an answer its client gave up on) while the queue holds it;
-    /// refused, a load balancer can send it to another replica now. A refusal is
-    /// counted. Until a worker has measured its rate, only the other bounds hold.
-    fn admit_wait(&self, queue: &Queue, deadline: Instant) -> Result<(), BatchError> {
+    /// work: refused at once when that work would take longer than
+    /// `max_queue_wait` or than the request has left. Waiting longer only makes
+    /// its answer late (a 504 at the deadline, or an answer its client gave up
+    /// on) while the queue holds it; refused, a load balancer can send it to
+    /// another replica now. The estimate is what the queued work costs at the
+    /// batch sizes it will run at: the calls it needs (by batch size and token
+    /// budget) times a call's fixed cost, plus its padded tokens times the cost
+    /// per token, both fitted on the workers' calls ([`CallCost`]), shared out
+    /// over the workers. A refusal is counted. Until a worker has a fit, only
+    /// the other bounds hold.
+    /// Returns the estimate (None: none yet).
+    fn admit_wait(&self, queue: &Queue, deadline: Instant) -> Result<Option<Duration>, BatchError> {
         let s = &self.shared;
-        let rate: f64 = s.drain_rate.iter().map(|r| f64::from_bits(r.load(Ordering::Relaxed))).sum();
-        if queue.live_tokens == 0 || rate <= 0.0 {
-            return Ok(());
-        }
-        // A rate so small that the wait overflows a Duration is a wait past any bound.
-        let waiting = Duration::try_from_secs_f64(queue.live_tokens as f64 / rate).unwrap_or(Duration::MAX);
+        let Some(waiting) = self.queued_work_time(queue.live_items, queue.live_tokens) else { return Ok(None) };
         let left = deadline.saturating_duration_since(Instant::now());
         let limit = if s.config.max_queue_wait.is_zero() { left } else { s.config.max_queue_wait.min(left) };
         if waiting <= limit {
-            return Ok(());
+            return Ok(Some(waiting));
         }
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let (waiting_ms, limit_ms) = (ms(waiting), ms(limit));
@@ -435,6 +465,30 @@ impl Batcher {
             )
         });
         Err(BatchError::QueueWait { waiting_ms, limit_ms })
+    }
+
+    /// Estimated model time of `items` live sequences of `tokens` real tokens
+    /// queued now (None: no worker has measured its calls yet).
+    fn queued_work_time(&self, items: usize, tokens: usize) -> Option<Duration> {
+        let s = &self.shared;
+        if tokens == 0 {
+            return Some(Duration::ZERO);
+        }
+        let fits: Vec<CostModel> =
+            s.call_cost.iter().filter_map(|c| *c.lock().unwrap_or_else(|p| p.into_inner())).collect();
+        if fits.is_empty() {
+            return None;
+        }
+        let workers = fits.len() as f64;
+        let mean = |f: fn(&CostModel) -> f64| fits.iter().map(f).sum::<f64>() / workers;
+        let (per_call, per_token, padding) = (mean(|c| c.per_call), mean(|c| c.per_token), mean(|c| c.padding));
+        let padded = tokens as f64 * padding;
+        let calls = (items as f64 / s.config.max_batch_size as f64)
+            .ceil()
+            .max((padded / s.config.max_batch_tokens as f64).ceil())
+            .max(1.0);
+        // A wait too long for a Duration is a wait past any bound.
+        Some(Duration::try_from_secs_f64((calls * per_call + padded * per_token) / workers).unwrap_or(Duration::MAX))
     }
 
     /// Whether `queue` can take `n` more sequences; a refusal is counted.
@@ -495,7 +549,11 @@ impl Drop for Batcher {
 
 fn worker_loop<E: Encoder>(shared: &Shared, worker: usize, mut encoder: E) {
     let m = &shared.metrics;
-    let mut drain = DrainRate::default();
+    let mut cost = CallCost::default();
+    if shared.config.calibrate {
+        calibrate(&mut encoder, &mut cost);
+        *shared.call_cost[worker].lock().unwrap_or_else(|p| p.into_inner()) = cost.model();
+    }
     while let Some(batch) = next_batch(shared) {
         let now = Instant::now();
         let (live, dead): (Vec<Item>, Vec<Item>) = batch.into_iter().partition(|item| item.job.is_wanted(now));
@@ -539,9 +597,8 @@ fn worker_loop<E: Encoder>(shared: &Shared, worker: usize, mut encoder: E) {
         };
         match result {
             Ok(rows) if rows.len() == live.len() => {
-                if let Some(rate) = drain.record(tokens, took) {
-                    shared.drain_rate[worker].store(rate.to_bits(), Ordering::Relaxed);
-                }
+                cost.record(longest * seqs.len(), tokens, took);
+                *shared.call_cost[worker].lock().unwrap_or_else(|p| p.into_inner()) = cost.model();
                 for (item, rows) in live.iter().zip(rows) {
                     item.job.complete(item.index, rows, batch_start);
                 }
@@ -604,33 +661,117 @@ fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
         picked.into_iter().map(|pos| queue.items.remove(pos).expect("planned position")).collect();
     queue.tokens -= batch.iter().map(Item::len).sum::<usize>();
     queue.live_tokens -= batch.iter().filter(|item| !item.job.background).map(Item::len).sum::<usize>();
+    queue.live_items -= batch.iter().filter(|item| !item.job.background).count();
     shared.metrics.queue_depth.set(queue.items.len() as i64);
     drop(queue);
     batch.sort_by_key(Item::len);
     Some(batch)
 }
 
-/// A worker's tokens per second of model time, over its recent calls: sums
-/// decayed per call, so a burst's large batches soon outweigh the small calls
-/// of a quiet spell. A worker's first call (which pays one-time costs) is left out.
-#[derive(Default)]
-struct DrainRate {
+/// A worker's model time per call, fitted as `per_call + per_token x padded
+/// tokens` by least squares over its calls, recent ones weighing most. Fitted
+/// on one shape alone (a quiet spell of single sentences), the two parts
+/// cannot be told apart, and their sum per token overstated what full batches
+/// cost per token about twice (a burst after a quiet spell was half refused):
+/// so calls of a new shape carry their full weight, and the calibration calls
+/// at start (two shapes) stay in the fit with a small fixed weight.
+#[derive(Debug, Default)]
+struct CallCost {
     calls: u64,
-    tokens: f64,
-    seconds: f64,
+    /// Decayed sums over calls: weight, padded tokens (x), seconds (y), x², xy,
+    /// and real tokens (for the padding ratio).
+    sums: [f64; 6],
+    /// The calibration calls' sums, never decayed.
+    prior: [f64; 6],
 }
 
-impl DrainRate {
-    const DECAY: f64 = 0.9;
+/// What [`CallCost`] has learned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CostModel {
+    per_call: f64,
+    per_token: f64,
+    /// Padded tokens per real token in a call.
+    padding: f64,
+}
 
-    fn record(&mut self, tokens: usize, took: Duration) -> Option<f64> {
+impl CallCost {
+    const DECAY: f64 = 0.95;
+    /// Weight of the calibration calls against the decayed sums (at most 20).
+    const PRIOR_WEIGHT: f64 = 2.0;
+
+    fn point(padded: usize, real: usize, took: Duration) -> [f64; 6] {
+        let (x, y) = (padded as f64, took.as_secs_f64());
+        [1.0, x, y, x * x, x * y, real as f64]
+    }
+
+    /// Counts one call of `padded` tokens (`real` without padding) that took `took`.
+    fn record(&mut self, padded: usize, real: usize, took: Duration) {
         self.calls += 1;
-        if self.calls == 1 {
+        if self.calls == 1 && self.prior[0] == 0.0 {
+            return; // a worker's first call pays one-time costs
+        }
+        let p = Self::point(padded, real, took);
+        for (s, v) in self.sums.iter_mut().zip(p) {
+            *s = *s * Self::DECAY + v;
+        }
+    }
+
+    /// Records a calibration call: kept in every later fit.
+    fn calibrated(&mut self, padded: usize, took: Duration) {
+        let p = Self::point(padded, padded, took);
+        for (s, v) in self.prior.iter_mut().zip(p) {
+            *s += Self::PRIOR_WEIGHT * v;
+        }
+    }
+
+    fn model(&self) -> Option<CostModel> {
+        let t: Vec<f64> = self.sums.iter().zip(self.prior).map(|(s, p)| s + p).collect();
+        let [w, x, y, xx, xy, real] = [t[0], t[1], t[2], t[3], t[4], t[5]];
+        if w <= 0.0 || x <= 0.0 || y <= 0.0 {
             return None;
         }
-        self.tokens = self.tokens * Self::DECAY + tokens as f64;
-        self.seconds = self.seconds * Self::DECAY + took.as_secs_f64();
-        (self.seconds > 0.0).then(|| self.tokens / self.seconds)
+        let padding = if real > 0.0 { (x / real).max(1.0) } else { 1.0 };
+        let variance = xx / w - (x / w).powi(2);
+        let (mean_x, mean_y) = (x / w, y / w);
+        // One shape only (or nearly): all of it per token, as a rate.
+        if variance <= (0.05 * mean_x).powi(2) {
+            return Some(CostModel { per_call: 0.0, per_token: y / x, padding });
+        }
+        let slope = (xy / w - mean_x * mean_y) / variance;
+        let intercept = mean_y - slope * mean_x;
+        let model = match (intercept >= 0.0, slope >= 0.0) {
+            (true, true) => CostModel { per_call: intercept, per_token: slope, padding },
+            (false, _) => CostModel { per_call: 0.0, per_token: y / x, padding },
+            (true, false) => CostModel { per_call: mean_y, per_token: 0.0, padding },
+        };
+        Some(model)
+    }
+}
+
+/// Two calls of different shapes through a new worker's encoder (after one
+/// that pays first-call costs): a small fixed weight in its cost fit.
+fn calibrate<E: Encoder>(encoder: &mut E, cost: &mut CallCost) {
+    let seq = |len: usize| Tokenized {
+        ids: vec![1000; len],
+        type_ids: vec![0; len],
+        tokens: Vec::new(),
+        offsets: Vec::new(),
+        special: vec![false; len],
+        layers: crate::layers::LayerMask::LAST,
+    };
+    let shapes = [(1usize, 16usize), (1, 16), (16, 64)];
+    for (i, (size, len)) in shapes.into_iter().enumerate() {
+        let batch: Vec<Tokenized> = (0..size).map(|_| seq(len)).collect();
+        let refs: Vec<&Tokenized> = batch.iter().collect();
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encoder.encode(&refs)));
+        if !matches!(result, Ok(Ok(_))) {
+            tracing::warn!("calibration call failed; the queue-time estimate learns from traffic alone");
+            return;
+        }
+        if i > 0 {
+            cost.calibrated(size * len, started.elapsed());
+        }
     }
 }
 
@@ -717,6 +858,7 @@ mod tests {
             max_request_tokens: usize::MAX,
             call_overhead_tokens,
             max_queue_wait: Duration::ZERO,
+            calibrate: false,
         }
     }
 
@@ -761,17 +903,34 @@ mod tests {
     }
 
     #[test]
-    fn drain_rate_leaves_out_the_first_call_and_follows_recent_calls() {
-        let mut drain = DrainRate::default();
-        assert_eq!(drain.record(10, Duration::from_secs(1)), None, "the first call pays one-time costs");
-        let first = drain.record(100, Duration::from_millis(100)).unwrap();
-        assert!((first - 1000.0).abs() < 1e-6, "{first}");
-        // Faster calls (a burst's larger batches) soon dominate the estimate.
-        let mut rate = first;
-        for _ in 0..30 {
-            rate = drain.record(400, Duration::from_millis(100)).unwrap();
+    fn call_cost_separates_the_fixed_cost_from_the_cost_per_token() {
+        // Calls of 5 ms + 0.1 ms per padded token.
+        let took = |padded: usize| Duration::from_secs_f64(0.005 + 0.0001 * padded as f64);
+        let mut cost = CallCost::default();
+        cost.record(10, 10, Duration::from_secs(1));
+        assert_eq!(cost.model(), None, "the first call pays one-time costs");
+        // One shape alone: all of it per token (a rate), as before.
+        for _ in 0..20 {
+            cost.record(10, 10, took(10));
         }
-        assert!((3900.0..4000.0).contains(&rate), "{rate}");
+        let one = cost.model().unwrap();
+        assert!(one.per_call == 0.0 && (one.per_token - 0.0006).abs() < 1e-9, "{one:?}");
+        // With calibration calls of two shapes, single sentences no longer
+        // overstate what a full batch costs per token.
+        let mut calibrated = CallCost::default();
+        calibrated.calibrated(16, took(16));
+        calibrated.calibrated(1024, took(1024));
+        for _ in 0..20 {
+            calibrated.record(10, 10, took(10));
+        }
+        let fit = calibrated.model().unwrap();
+        assert!((fit.per_call - 0.005).abs() < 1e-6 && (fit.per_token - 0.0001).abs() < 1e-8, "{fit:?}");
+        // 40 requests of 8 sentences of 12 tokens: 5 calls of 64 sequences.
+        let estimate = 5.0 * fit.per_call + 40.0 * 8.0 * 12.0 * fit.per_token;
+        assert!((estimate - (5.0 * 0.005 + 3840.0 * 0.0001)).abs() < 1e-6);
+        // Padding is learned per call.
+        calibrated.record(200, 100, took(200));
+        assert!(calibrated.model().unwrap().padding > 1.0);
     }
 
     #[test]

@@ -148,6 +148,8 @@ pub struct Timing {
     pub tokenize: Duration,
     pub queue: Duration,
     pub inference: Duration,
+    /// What admission estimated the queue time to be (`x-queue-estimate-ms`).
+    pub queue_estimate: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +166,8 @@ impl Inference {
     /// Starts the model's workers (one per session) behind one queue;
     /// `metrics` labels what `/metrics` shows of it.
     pub fn start(model: Model, config: BatcherConfig, metrics: RuntimeMetrics) -> Inference {
+        // A real model's workers time two call shapes first (batching.rs, `calibrate`).
+        let config = BatcherConfig { calibrate: true, ..config };
         Self::with_encoders(model.info, model.tokenizer, model.encoders, config, metrics)
     }
 
@@ -275,7 +279,12 @@ impl Inference {
     pub async fn run(&self, prepared: Prepared, deadline: Instant) -> Result<Computed, InferenceError> {
         let Prepared { seqs, per_text, tokens, offsets, tokenize } = prepared;
         let batched = self.batcher.run(seqs, deadline).await?;
-        let timing = Timing { tokenize, queue: batched.queue_time, inference: batched.inference_time };
+        let timing = Timing {
+            tokenize,
+            queue: batched.queue_time,
+            inference: batched.inference_time,
+            queue_estimate: batched.queue_estimate,
+        };
         Ok(Computed { tokens, offsets, rows: batched.rows, per_text, timing })
     }
 

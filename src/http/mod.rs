@@ -185,13 +185,18 @@ pub const HEAD_VERSION: HeaderName = HeaderName::from_static("x-head-version");
 pub const ENCODER_FINGERPRINT: HeaderName = HeaderName::from_static("x-encoder-fingerprint");
 
 /// `x-tokenize-time-ms`, `x-queue-time-ms`, `x-inference-time-ms` for a response.
-pub fn timing_headers(timing: &Timing) -> [(HeaderName, HeaderValue); 3] {
+pub fn timing_headers(timing: &Timing) -> axum::response::AppendHeaders<Vec<(HeaderName, HeaderValue)>> {
     let ms = |d: Duration| HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3)).expect("digits");
-    [
+    let mut headers = vec![
         (HeaderName::from_static("x-tokenize-time-ms"), ms(timing.tokenize)),
         (HeaderName::from_static("x-queue-time-ms"), ms(timing.queue)),
         (HeaderName::from_static("x-inference-time-ms"), ms(timing.inference)),
-    ]
+    ];
+    if let Some(estimate) = timing.queue_estimate {
+        // What admission expected the queue time to be: beside x-queue-time-ms, its error.
+        headers.push((HeaderName::from_static("x-queue-estimate-ms"), ms(estimate)));
+    }
+    axum::response::AppendHeaders(headers)
 }
 
 /// Reads the whole request body within `server.body_read_timeout_ms` (408

@@ -97,6 +97,7 @@ fn config() -> BatcherConfig {
         max_request_tokens: 10_000,
         call_overhead_tokens: 32,
         max_queue_wait: Duration::ZERO,
+        calibrate: false,
     }
 }
 
