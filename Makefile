@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: bench-heads attack setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
+.PHONY: bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
 
 # MODEL=all-mpnet-base-v2 (or distilbert-base-shaped) sets that encoder up too.
 MODEL ?=
@@ -74,6 +74,21 @@ soak: setup
 attack: setup
 	$(CARGO) build --release
 	python3 bench/attack.py --bin target/release/distilserve
+
+# The worst request the limits admit over every option combination (route,
+# pooling, layers, concat, windows, several heads, explain, JSON and .npy): its
+# peak RSS in a fresh process (bench/worst_request.py; the deploy memory
+# figures come from it). About 3 minutes.
+MODEL_DIR ?= models/all-minilm-l6-v2
+worst-request: setup
+	$(CARGO) build --release
+	python3 bench/worst_request.py --bin target/release/distilserve --model-dir $(MODEL_DIR) --markdown
+
+# Queue-time admission against what the queue then took: a burst after idle,
+# a steady load of 128 clients, an overload at twice the capacity (bench/admission.py).
+bench-admission: setup
+	$(CARGO) build --release
+	python3 bench/admission.py --bin target/release/distilserve --model-dir $(MODEL_DIR) --markdown
 
 # A 3-class head trained over the API on 2,000 sentences of an unseen data set
 # while single sentences arrive at 10/s: upload to ready, their p50/p99 (bench/heads_api.py).

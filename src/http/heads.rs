@@ -483,6 +483,9 @@ pub async fn rollback_head(
 ) -> Result<Json<HeadSummary>, ApiError> {
     stored_only(&state, &name)?;
     let _one_at_a_time = state.admin_lock.lock().await;
+    if state.store.active_version(&name).is_none() {
+        return Err(ApiError::not_found(format!("no head named {name:?} in the heads folder")));
+    }
     let _held = lock_head(&state, &name).await?;
     let (store, info, wanted) = (state.store.clone(), state.encoder().info.clone(), name.clone());
     let rolled = tokio::task::spawn_blocking(move || {
@@ -555,6 +558,9 @@ pub async fn delete_head(State(state): State<AppState>, Path(name): Path<String>
         ));
     }
     let _one_at_a_time = state.admin_lock.lock().await;
+    if !state.store.has_head(&name) && state.heads.get(Some(&name)).is_err() {
+        return Err(ApiError::not_found(format!("no head named {name:?}")));
+    }
     let _held = lock_head(&state, &name).await?;
     let (store, wanted) = (state.store.clone(), name.clone());
     let had_file =
