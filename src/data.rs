@@ -64,10 +64,22 @@ pub struct LabelledRow {
 
 /// Parses uploaded rows in the formats of a split file (see the module doc);
 /// errors name the line or row.
-pub fn parse_rows(text: &str, format: RowFormat) -> anyhow::Result<Vec<LabelledRow>> {
+/// Why uploaded rows were not read.
+#[derive(Debug, thiserror::Error)]
+pub enum RowsError {
+    /// More than the most rows allowed: reading stopped at the first one over.
+    #[error("more than {0} rows")]
+    TooMany(usize),
+    #[error(transparent)]
+    Invalid(#[from] anyhow::Error),
+}
+
+/// Rows of an upload, read one at a time and stopped at the first row past
+/// `max_rows`: a body of many tiny rows never becomes more than `max_rows` rows.
+pub fn parse_rows(text: &str, format: RowFormat, max_rows: usize) -> Result<Vec<LabelledRow>, RowsError> {
     let rows = match format {
-        RowFormat::Jsonl => read_jsonl("upload", text)?,
-        RowFormat::Csv => read_csv("upload", text)?,
+        RowFormat::Jsonl => read_jsonl("upload", text, max_rows)?,
+        RowFormat::Csv => read_csv("upload", text, max_rows)?,
     };
     Ok(rows
         .into_iter()
@@ -173,13 +185,13 @@ fn read_rows(path: &Path) -> anyhow::Result<Vec<RawRow>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {} as UTF-8", path.display()))?;
     let shown = path.display().to_string();
     if path.extension().is_some_and(|e| e == "csv") {
-        read_csv(&shown, &text)
+        read_csv(&shown, &text, usize::MAX).map_err(anyhow::Error::from)
     } else {
-        read_jsonl(&shown, &text)
+        read_jsonl(&shown, &text, usize::MAX).map_err(anyhow::Error::from)
     }
 }
 
-fn read_jsonl(shown: &str, text: &str) -> anyhow::Result<Vec<RawRow>> {
+fn read_jsonl(shown: &str, text: &str, max_rows: usize) -> Result<Vec<RawRow>, RowsError> {
     #[derive(Deserialize)]
     struct Row {
         text: String,
@@ -187,19 +199,20 @@ fn read_jsonl(shown: &str, text: &str) -> anyhow::Result<Vec<RawRow>> {
         #[serde(default)]
         split: Option<String>,
     }
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| {
-            let row: Row = serde_json::from_str(line).with_context(|| {
-                format!("{shown} line {}: expected {{\"text\": string, \"label\": int or string}}", i + 1)
-            })?;
-            Ok(RawRow { text: row.text, label: row.label, split: row.split })
-        })
-        .collect()
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        if rows.len() == max_rows {
+            return Err(RowsError::TooMany(max_rows));
+        }
+        let row: Row = serde_json::from_str(line).with_context(|| {
+            format!("{shown} line {}: expected {{\"text\": string, \"label\": int or string}}", i + 1)
+        })?;
+        rows.push(RawRow { text: row.text, label: row.label, split: row.split });
+    }
+    Ok(rows)
 }
 
-fn read_csv(shown: &str, text: &str) -> anyhow::Result<Vec<RawRow>> {
+fn read_csv(shown: &str, text: &str, max_rows: usize) -> Result<Vec<RawRow>, RowsError> {
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let headers = reader.headers().with_context(|| format!("{shown}: no header row"))?.clone();
     let position = |name: &str| headers.iter().position(|h| h.trim() == name);
@@ -207,6 +220,9 @@ fn read_csv(shown: &str, text: &str) -> anyhow::Result<Vec<RawRow>> {
     let (text_col, label_col, split_col) = (column("text")?, column("label")?, position("split"));
     let mut rows = Vec::new();
     for (i, record) in reader.records().enumerate() {
+        if rows.len() == max_rows {
+            return Err(RowsError::TooMany(max_rows));
+        }
         let record = record.with_context(|| format!("{shown} row {}", i + 2))?;
         let text = record.get(text_col).unwrap_or_default().to_string();
         let raw = record.get(label_col).unwrap_or_default().trim();
@@ -220,6 +236,20 @@ fn read_csv(shown: &str, text: &str) -> anyhow::Result<Vec<RawRow>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uploads_stop_at_the_first_row_past_the_limit() {
+        let csv = format!("text,label\n{}", "x,a\n".repeat(10));
+        assert_eq!(parse_rows(&csv, RowFormat::Csv, 10).unwrap().len(), 10);
+        assert!(matches!(parse_rows(&csv, RowFormat::Csv, 9), Err(RowsError::TooMany(9))));
+        let jsonl = "{\"text\": \"x\", \"label\": \"a\"}\n".repeat(10);
+        assert_eq!(parse_rows(&jsonl, RowFormat::Jsonl, 10).unwrap().len(), 10);
+        assert!(matches!(parse_rows(&jsonl, RowFormat::Jsonl, 3), Err(RowsError::TooMany(3))));
+        // A bad row past the limit is never read: the limit answers first.
+        let broken = format!("{jsonl}not json\n");
+        assert!(matches!(parse_rows(&broken, RowFormat::Jsonl, 5), Err(RowsError::TooMany(5))));
+        assert!(matches!(parse_rows(&broken, RowFormat::Jsonl, 50), Err(RowsError::Invalid(_))));
+    }
 
     #[test]
     fn jsonl_with_meta_and_csv_with_names() {

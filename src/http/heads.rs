@@ -20,7 +20,7 @@ use super::types::{
 use super::AppState;
 use crate::config::HeadKind;
 use crate::config::PoolingChoice;
-use crate::data::{parse_rows, RowFormat};
+use crate::data::{parse_rows, RowFormat, RowsError};
 use crate::heads::jobs::{Job, JobState, SubmitError};
 use crate::heads::store::{HeadLock, LockError, RollbackError};
 use crate::heads::upload::{prepare, Example, Options};
@@ -247,9 +247,22 @@ struct Creation {
     options: Options,
 }
 
-fn from_json(body: &[u8]) -> Result<Creation, ApiError> {
-    let request: CreateHeadRequest = serde_json::from_slice(body).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
+fn too_many_examples(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_examples",
+        format!("more than training.max_examples ({max}) examples; reading stopped there"),
+    )
+}
+
+fn from_json(body: &[u8], max_examples: usize) -> Result<Creation, ApiError> {
+    super::types::MAX_EXAMPLES.with(|m| m.set(max_examples));
+    let parsed = serde_json::from_slice::<CreateHeadRequest>(body);
+    super::types::MAX_EXAMPLES.with(|m| m.set(usize::MAX));
+    let request: CreateHeadRequest = parsed.map_err(|e| {
+        if e.to_string().starts_with(super::types::TOO_MANY_EXAMPLES) {
+            too_many_examples(max_examples)
+        } else if e.is_syntax() || e.is_eof() {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
         } else {
             ApiError::invalid("invalid_request", format!("the body is not a head to create: {e}"))
@@ -282,12 +295,20 @@ fn from_json(body: &[u8]) -> Result<Creation, ApiError> {
     })
 }
 
-fn from_rows(body: &[u8], format: RowFormat, query: CreateHeadQuery) -> Result<Creation, ApiError> {
+fn from_rows(
+    body: &[u8],
+    format: RowFormat,
+    query: CreateHeadQuery,
+    max_examples: usize,
+) -> Result<Creation, ApiError> {
     let name = query.name.ok_or_else(|| {
         ApiError::invalid("invalid_request", "with a CSV or JSONL body the head's name goes in the query: ?name=...")
     })?;
     let text = std::str::from_utf8(body).map_err(|_| ApiError::invalid("invalid_request", "the body is not UTF-8"))?;
-    let rows = parse_rows(text, format).map_err(|e| ApiError::invalid("invalid_request", format!("{e:#}")))?;
+    let rows = parse_rows(text, format, max_examples).map_err(|e| match e {
+        RowsError::TooMany(max) => too_many_examples(max),
+        RowsError::Invalid(e) => ApiError::invalid("invalid_request", format!("{e:#}")),
+    })?;
     let alphas = query
         .alphas
         .map(|a| a.split(',').map(|v| v.trim().parse::<f64>()).collect::<Result<Vec<_>, _>>())
@@ -347,17 +368,15 @@ pub async fn create_head(
         query.map_err(|e| ApiError::invalid("invalid_request", format!("bad query string: {}", e.body_text())))?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let creation = match mime.as_str() {
+    let format = match mime.as_str() {
         "application/json" => {
             if query.name.is_some() || query.alphas.is_some() || query.pooling.is_some() {
                 return Err(ApiError::invalid("invalid_request", "with a JSON body, name and options go in the body"));
             }
-            from_json(&body)?
+            None
         }
-        "text/csv" => from_rows(&body, RowFormat::Csv, query)?,
-        "application/jsonl" | "application/x-ndjson" | "application/jsonlines" => {
-            from_rows(&body, RowFormat::Jsonl, query)?
-        }
+        "text/csv" => Some(RowFormat::Csv),
+        "application/jsonl" | "application/x-ndjson" | "application/jsonlines" => Some(RowFormat::Jsonl),
         _ => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -366,6 +385,16 @@ pub async fn create_head(
             ))
         }
     };
+    // One upload is decoded at a time, on a blocking thread: a body of many
+    // tiny rows costs the rows kept (at most training.max_examples), once.
+    let _one_upload = state.uploads.acquire().await.map_err(internal)?;
+    let max_examples = state.settings.training.max_examples;
+    let creation = tokio::task::spawn_blocking(move || match format {
+        None => from_json(&body, max_examples),
+        Some(format) => from_rows(&body, format, query, max_examples),
+    })
+    .await
+    .map_err(internal)??;
     let name = creation.name;
     if !crate::config::is_valid_head_name(&name) {
         return Err(ApiError::invalid(
@@ -396,7 +425,9 @@ pub async fn create_head(
             format!("head {name:?} exists; send \"replace\": true (or ?replace=true) to train a new version of it"),
         ));
     }
-    let prepared = prepare(creation.examples, &creation.options, &state.settings.training).map_err(|e| {
+    let (examples, options, limits) = (creation.examples, creation.options, state.settings.training.clone());
+    let prepared = tokio::task::spawn_blocking(move || prepare(examples, &options, &limits)).await.map_err(internal)?;
+    let prepared = prepared.map_err(|e| {
         let status = if e.too_large { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::UNPROCESSABLE_ENTITY };
         ApiError::new(status, e.code, e.message)
     })?;

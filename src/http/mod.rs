@@ -54,6 +54,8 @@ pub struct AppInner {
     pub metrics: Arc<Metrics>,
     /// Routes that change the served heads run one at a time.
     pub admin_lock: tokio::sync::Mutex<()>,
+    /// Uploads to `POST /heads` are decoded one at a time (their memory is bounded).
+    pub uploads: tokio::sync::Semaphore,
 }
 
 /// Cheap to clone; handed to every handler.
@@ -81,6 +83,7 @@ impl AppState {
             warming: AtomicBool::new(false),
             metrics,
             admin_lock: tokio::sync::Mutex::new(()),
+            uploads: tokio::sync::Semaphore::new(1),
         }))
     }
 

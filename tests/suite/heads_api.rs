@@ -272,6 +272,22 @@ async fn every_refusal_has_its_status_and_code() {
     }
     let big = json!({"name": "big", "examples": [{"text": "x".repeat(500_000), "label": "a"}]});
     assert_eq!(refused(big).await.0, 413);
+    // Rows past training.max_examples stop the reading of a CSV or JSONL body too.
+    for (content_type, row) in [("text/csv", "x,a\n"), ("application/jsonl", "{\"text\":\"x\",\"label\":\"a\"}\n")] {
+        let header = if content_type == "text/csv" { "text,label\n" } else { "" };
+        let body = format!("{header}{}", row.repeat(3001));
+        let response = server
+            .client
+            .post(server.url("/heads?name=rows"))
+            .bearer_auth(ADMIN)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, code, message) = error_of(response).await;
+        assert_eq!((status, code.as_str()), (413, "too_many_examples"), "{content_type}: {message}");
+    }
     let (status, code, _) = error_of(
         server
             .client
