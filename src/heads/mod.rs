@@ -174,6 +174,9 @@ impl Heads {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let found = match store.scan() {
             Ok(found) => found,
+            // A folder not made yet (a fresh deployment before its first head
+            // is written) holds no heads, and nothing was seen there to lose.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && seen.is_empty() => Vec::new(),
             Err(e) => {
                 tracing::warn!(dir = %store.dir().display(), error = %e, "cannot list the heads folder; every loaded head keeps serving");
                 // No path in what clients see: the setting's name stands for it.

@@ -108,6 +108,21 @@ async fn a_folder_that_cannot_be_listed_keeps_every_head_serving() {
 }
 
 #[tokio::test]
+async fn a_heads_folder_not_made_yet_is_no_failure() {
+    // A fresh deployment: no head written, so no folder yet.
+    let mut s = common::settings_for(&common::fixture("tiny-distilbert"));
+    s.classify.watch_interval_ms = 50;
+    assert!(!s.classify.heads_dir.exists());
+    let server = TestServer::start(s).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listed: Value = server.get("/heads").await.json().await.unwrap();
+    assert!(listed.get("folder_error").is_none(), "{listed}");
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "distilserve_heads_folder_errors_total 0"), "no failure counted");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_head_named_in_the_settings_cannot_be_deleted_and_a_restart_works() {
     let root = tempfile::tempdir().unwrap();
     let mut s = settings(root.path());
