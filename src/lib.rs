@@ -19,7 +19,10 @@
 //! - `heads`: the served heads: logistic file format and explanations, training
 //!   search, versions in the heads folder, trainings over the API, ONNX classifiers.
 //! - `http`: routes, request/response types, errors, auth, middleware.
-//! - `startup`: build, serve, train missing heads, watch the heads folder, drain.
+//! - `server`: transport: the accept loop, connection limits, write deadline,
+//!   one shutdown signal for every listener, graceful drain.
+//! - `startup`: assemble the application, train missing heads, watch the heads
+//!   folder, serve through `server`, drain.
 //! - `cli`, `commands`, `report`: the command line's batch work.
 
 #![forbid(unsafe_code)]
@@ -43,6 +46,7 @@ pub mod npy;
 pub mod pooling;
 pub mod report;
 pub mod runtimes;
+pub mod server;
 pub mod startup;
 pub mod telemetry;
 pub mod tokenize;

@@ -4,7 +4,8 @@ use clap::Parser;
 use distilserve::cli::{Cli, Command, SettingsArgs, SpecFormat};
 use distilserve::commands;
 use distilserve::http::ApiDoc;
-use distilserve::startup::{shutdown_signal, Application};
+use distilserve::server::shutdown_signal;
+use distilserve::startup::Application;
 use utoipa::OpenApi;
 
 /// mimalloc for our allocations; its `override` feature also routes malloc,

@@ -1,4 +1,6 @@
-//! Building and running the server: load the model, bind, serve, drain.
+//! Assembling the application: load the model, start its runtimes, load or
+//! train the heads, bind the listeners, start the background jobs (startup
+//! training, the heads folder watch), serve through `server`, drain.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use crate::http::{router, router_for, AppState, Routes};
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::runtimes::Runtimes;
+use crate::server::{self, ConnectionLimits};
 
 pub struct Application {
     listener: TcpListener,
@@ -59,16 +62,27 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let runtimes =
             Arc::new(Runtimes::start(model, BatcherConfig::new(&settings.batching, &settings.limits), metrics.clone()));
+        // Past this point the model's worker threads run: every failure stops them, here.
+        match Self::assemble(settings, runtimes.clone(), metrics).await {
+            Ok(app) => Ok(app),
+            Err(e) => {
+                stop_runtimes(runtimes).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Heads, listeners and state around running model runtimes.
+    async fn assemble(
+        settings: Settings,
+        runtimes: Arc<Runtimes>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Application> {
         let startup_heads = {
             let (settings, shared) = (settings.clone(), runtimes.clone());
-            match tokio::task::spawn_blocking(move || load_configured(&settings, &shared)).await {
-                Ok(Ok(heads)) => heads,
-                Ok(Err(e)) => {
-                    stop_runtimes(runtimes).await;
-                    return Err(e);
-                }
-                Err(e) => return Err(e).context("head loading task failed"),
-            }
+            tokio::task::spawn_blocking(move || load_configured(&settings, &shared))
+                .await
+                .context("head loading task failed")??
         };
         let heads = Heads::new(default_head(&settings), settings.classify.serve.clone());
         for head in startup_heads.loaded {
@@ -86,25 +100,16 @@ impl Application {
         };
         heads.set_pending(startup_heads.to_train.len());
         let address = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener = match TcpListener::bind(&address).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                stop_runtimes(runtimes).await;
-                return Err(e).with_context(|| format!("cannot listen on {address} (server.host, server.port)"));
-            }
-        };
-        let private = if settings.server.private_address.is_empty() {
-            None
-        } else {
-            match TcpListener::bind(&settings.server.private_address).await {
-                Ok(listener) => Some(listener),
-                Err(e) => {
-                    stop_runtimes(runtimes).await;
-                    return Err(e).with_context(|| {
-                        format!("cannot listen on {} (server.private_address)", settings.server.private_address)
-                    });
-                }
-            }
+        let listener = TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (server.host, server.port)"))?;
+        let private = match settings.server.private_address.as_str() {
+            "" => None,
+            address => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address} (server.private_address)"))?,
+            ),
         };
         let state = AppState::new(runtimes, heads, settings, metrics);
         Ok(Application { listener, private, state, to_train: startup_heads.to_train })
@@ -156,37 +161,16 @@ impl Application {
             }
         };
         tracing::info!(address = %self.listener.local_addr()?, "listening");
-        let limits = ConnectionLimits::of(&state.settings);
+        let mut listeners = Vec::new();
         match self.private {
-            None => serve_connections(self.listener, router(state.clone()), signal, limits, drain).await,
+            None => listeners.push((self.listener, router(state.clone()))),
             Some(private) => {
                 tracing::info!(address = %private.local_addr()?, "listening for operators (/metrics, /info, admin routes)");
-                // One shutdown signal for both listeners.
-                let (stop, stopping) = tokio::sync::watch::channel(false);
-                let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-                    let _ = rx.wait_for(|&s| s).await;
-                };
-                let public = serve_connections(
-                    self.listener,
-                    router_for(state.clone(), Routes::Public),
-                    stopped(stopping.clone()),
-                    limits,
-                    drain,
-                );
-                let private = serve_connections(
-                    private,
-                    router_for(state.clone(), Routes::Private),
-                    stopped(stopping),
-                    limits,
-                    drain,
-                );
-                let signal = async move {
-                    signal.await;
-                    let _ = stop.send(true);
-                };
-                tokio::join!(public, private, signal);
+                listeners.push((self.listener, router_for(state.clone(), Routes::Public)));
+                listeners.push((private, router_for(state.clone(), Routes::Private)));
             }
         }
+        server::serve(listeners, signal, ConnectionLimits::of(&state.settings.server), drain).await;
         watcher.abort();
         let unfinished = state.jobs.close();
         if unfinished > 0 {
@@ -198,178 +182,6 @@ impl Application {
         stop_runtimes(state.runtimes.clone()).await;
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// What one client connection may cost: see `serve_connections`.
-#[derive(Debug, Clone, Copy)]
-struct ConnectionLimits {
-    /// From accepting a connection (or finishing a response on it) to the end
-    /// of the next request's headers; a silent or idle connection is closed.
-    header_timeout: Duration,
-    /// Longest wait for a client to take a response's bytes.
-    write_timeout: Duration,
-    /// Connections served at once; beyond, the service stops accepting.
-    max_connections: usize,
-}
-
-impl ConnectionLimits {
-    fn of(settings: &Settings) -> Self {
-        let server = &settings.server;
-        ConnectionLimits {
-            header_timeout: Duration::from_millis(server.header_read_timeout_ms),
-            write_timeout: Duration::from_millis(server.write_timeout_ms),
-            max_connections: server.max_connections,
-        }
-    }
-}
-
-/// Accepts connections until `shutdown` completes, then stops accepting and
-/// gives open connections `drain` to finish their requests (idle keep-alive
-/// connections close at once). HTTP/1.1 only: a connection that does not
-/// send a request's headers within the header timeout is closed (hyper starts
-/// that timer at once; its HTTP/1-or-2 detection had none), a client that
-/// stops reading its response is cut off after the write timeout, and at most
-/// `max_connections` are open: beyond, the service waits before accepting more
-/// (the kernel's backlog holds them) and says so in the log.
-async fn serve_connections(
-    listener: TcpListener,
-    app: axum::Router,
-    shutdown: impl Future<Output = ()>,
-    limits: ConnectionLimits,
-    drain: Duration,
-) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use tower::Service;
-
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let mut last_limit_warning: Option<Instant> = None;
-    tokio::pin!(shutdown);
-    loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                if last_limit_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    tracing::warn!(
-                        max_connections = limits.max_connections,
-                        "connection limit reached (server.max_connections): not accepting until one closes"
-                    );
-                    last_limit_warning = Some(Instant::now());
-                }
-                tokio::select! {
-                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-                    _ = &mut shutdown => break,
-                }
-            }
-        };
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    app.clone().call(request.map(axum::body::Body::new))
-                });
-                let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
-                let connection = graceful.watch(builder.serve_connection(io, service));
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    // Client resets and header timeouts end up here; they are not server errors.
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "connection closed with an error");
-                    }
-                });
-            }
-            _ = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(timeout_ms = drain.as_millis() as u64, "drain timeout: closing remaining connections");
-    }
-}
-
-/// A stream whose writes fail with `TimedOut` when the peer has taken no bytes
-/// for `timeout`: a client that stops reading cannot hold a connection, its
-/// handler and its response in memory for ever.
-struct WriteDeadline<S> {
-    inner: S,
-    timeout: Duration,
-    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<S> WriteDeadline<S> {
-    fn new(inner: S, timeout: Duration) -> Self {
-        WriteDeadline { inner, timeout, stalled: None }
-    }
-
-    /// Passes a finished write through (disarming the timer); a pending one
-    /// arms the timer, or fails once it has run out.
-    fn watch<T>(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        poll: std::task::Poll<std::io::Result<T>>,
-    ) -> std::task::Poll<std::io::Result<T>> {
-        if poll.is_ready() {
-            self.stalled = None;
-            return poll;
-        }
-        let timeout = self.timeout;
-        let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match sleep.as_mut().poll(cx) {
-            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client took no response bytes within server.write_timeout_ms",
-            ))),
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let poll = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.watch(cx, poll)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let poll = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
-        self.watch(cx, poll)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -452,23 +264,4 @@ async fn watch_heads_folder(state: AppState) {
 /// Drains every model runtime (on a blocking thread: it joins worker threads).
 async fn stop_runtimes(runtimes: Arc<Runtimes>) {
     tokio::task::spawn_blocking(move || runtimes.shutdown()).await.ok();
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
 }
