@@ -15,11 +15,9 @@ Prints one JSON object; --markdown prints table rows.
 
     python3 bench/admission.py --bin target/release/distilserve [--bin OLD] [--markdown]
 """
-import argparse, http.client, json, os, socket, subprocess, threading, time
+import argparse, http.client, json, threading, time
 
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+from serving import start, stop
 
 
 def post(port, body, timeout=60):
@@ -61,17 +59,8 @@ def summary(results, wall):
 
 
 def run_binary(binary, model_dir, sentences, clients, seconds):
-    port = free_port()
-    log = open(f"/tmp/admission-{port}.log", "w")
-    proc = subprocess.Popen([binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--model-dir", model_dir,
-                             "--heads", "", "--default-head", ""], stdout=log, stderr=subprocess.STDOUT)
+    proc, port = start(binary, model_dir, log_name="admission")
     try:
-        for _ in range(600):
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2); c.request("GET", "/health/ready")
-                if c.getresponse().status == 200: break
-            except OSError: pass
-            time.sleep(0.1)
         out = {}
         # Burst after idle.
         for i in range(5):
@@ -90,10 +79,10 @@ def run_binary(binary, model_dir, sentences, clients, seconds):
 
         # Steady closed loop.
         results = []
-        stop = time.perf_counter() + seconds
+        until = time.perf_counter() + seconds
         def client(k):
             i = k
-            while time.perf_counter() < stop:
+            while time.perf_counter() < until:
                 r = post(port, {"inputs": sentences[i % len(sentences)], "pooling": "mean"})
                 with lock: results.append(r)
                 i += clients
@@ -122,9 +111,7 @@ def run_binary(binary, model_dir, sentences, clients, seconds):
         out["overload"] = {"offered_per_s": round(rate, 1), **summary(results, time.perf_counter() - t0)}
         return out
     finally:
-        proc.terminate()
-        try: proc.wait(30)
-        except subprocess.TimeoutExpired: proc.kill()
+        stop(proc)
 
 
 def main():

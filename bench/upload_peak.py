@@ -10,13 +10,11 @@ Then four CSV uploads at once. Prints one JSON object.
 
     python3 bench/upload_peak.py --bin target/release/distilserve
 """
-import argparse, http.client, json, os, socket, subprocess, threading, time
+import argparse, http.client, json, os, subprocess, threading, time
+
+from serving import start, stop
 
 ADMIN = "upload-peak-admin"
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
 def kb(pid, field):
@@ -45,18 +43,9 @@ def bodies(limit):
 
 
 def run(binary, model_dir, limit):
-    port = free_port()
-    env = dict(os.environ, DISTILSERVE_SECURITY__ADMIN_KEY=ADMIN)
-    proc = subprocess.Popen([binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--model-dir", model_dir,
-                             "--heads", "", "--default-head", "", "--heads-dir", f"/tmp/upload-peak-{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    heads_dir = f"/tmp/upload-peak-heads-{os.getpid()}"
+    proc, port = start(binary, model_dir, "--heads-dir", heads_dir, admin_key=ADMIN, log_name="upload-peak")
     try:
-        for _ in range(300):
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2); c.request("GET", "/health/ready")
-                if c.getresponse().status == 200: break
-            except OSError: pass
-            time.sleep(0.1)
         out = {}
         for name, path, body, ct in bodies(limit):
             time.sleep(0.5)
@@ -77,8 +66,8 @@ def run(binary, model_dir, limit):
                                 "peak_over_before_mb": round((kb(proc.pid, "VmHWM") - before) / 1024)}
         return out
     finally:
-        proc.terminate(); proc.wait(20)
-        subprocess.run(["rm", "-rf", f"/tmp/upload-peak-{port}"])
+        stop(proc)
+        subprocess.run(["rm", "-rf", heads_dir])
 
 
 def main():

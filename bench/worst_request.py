@@ -16,13 +16,12 @@ Prints one JSON object; --markdown prints table rows.
 
     python3 bench/worst_request.py --bin target/release/distilserve [--model-dir DIR] [--markdown]
 """
-import argparse, http.client, json, os, socket, subprocess, sys, time
+import argparse, http.client, json, os, subprocess, sys, time
+
+import serving
+from serving import stop
 
 ADMIN = "worst-request-admin"
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
 def status_kb(pid, field):
@@ -62,25 +61,11 @@ def main():
     heads_dir = f"/tmp/worst-request-heads-{os.getpid()}"
 
     def start():
-        port = free_port()
-        log = open(f"/tmp/worst-request-{port}.log", "w")
-        env = dict(os.environ, DISTILSERVE_SECURITY__ADMIN_KEY=ADMIN)
-        cmd = [a.bin, "serve", "--host", "127.0.0.1", "--port", str(port), "--model-dir", a.model_dir,
-               "--heads", "", "--default-head", "", "--heads-dir", heads_dir, *a.server_arg]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        for _ in range(600):
-            try:
-                if request(port, "GET", "/health/ready")[0] == 200: break
-            except OSError: pass
-            time.sleep(0.1)
+        proc, port = serving.start(a.bin, a.model_dir, "--heads-dir", heads_dir, *a.server_arg,
+                                   admin_key=ADMIN, log_name="worst-request")
         for _ in range(10):
             request(port, "POST", "/embed", {"inputs": "a gripping, funny film", "pooling": "mean"})
         return proc, port
-
-    def stop(proc):
-        proc.terminate()
-        try: proc.wait(20)
-        except subprocess.TimeoutExpired: proc.kill()
 
     proc, port = start()
     pid = proc.pid

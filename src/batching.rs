@@ -108,7 +108,7 @@ struct Job {
     deadline: Instant,
     queued_at: Instant,
     /// What admission estimated its queue time to be.
-    queue_estimate: Mutex<Option<Duration>>,
+    queue_estimate: Option<Duration>,
     state: Mutex<JobState>,
 }
 
@@ -145,7 +145,7 @@ impl Job {
         if state.remaining == 0 {
             let rows = state.rows.iter_mut().map(|r| r.take().expect("every row done")).collect();
             let batched = Batched {
-                queue_estimate: *self.queue_estimate.lock().unwrap_or_else(|p| p.into_inner()),
+                queue_estimate: self.queue_estimate,
                 rows,
                 queue_time: first.saturating_duration_since(self.queued_at),
                 inference_time: first.elapsed(),
@@ -326,6 +326,7 @@ impl Batcher {
         seqs: Vec<Tokenized>,
         deadline: Instant,
         background: bool,
+        queue_estimate: Option<Duration>,
     ) -> (Arc<Job>, oneshot::Receiver<Result<Batched, BatchError>>) {
         let (tx, rx) = oneshot::channel();
         let n = seqs.len();
@@ -335,7 +336,7 @@ impl Batcher {
             seqs,
             deadline,
             queued_at: Instant::now(),
-            queue_estimate: Mutex::new(None),
+            queue_estimate,
             state: Mutex::new(JobState { rows: vec![None; n], remaining: n, reply: Some(tx), first_start: None }),
         });
         (job, rx)
@@ -366,14 +367,15 @@ impl Batcher {
             });
         }
         self.check_request_tokens(&seqs)?;
-        let (job, rx) = self.new_job(seqs, deadline, false);
-        {
+        let rx = {
             let mut queue = self.shared.queue();
-            self.admit(&queue, job.seqs.len())?;
-            self.admit_tokens(&queue, tokens_of(&job.seqs))?;
-            *job.queue_estimate.lock().unwrap_or_else(|p| p.into_inner()) = self.admit_wait(&queue, deadline)?;
+            self.admit(&queue, seqs.len())?;
+            self.admit_tokens(&queue, tokens_of(&seqs))?;
+            let estimate = self.admit_wait(&queue, deadline)?;
+            let (job, rx) = self.new_job(seqs, deadline, false, estimate);
             self.enqueue(&mut queue, &job);
-        }
+            rx
+        };
         let timeout = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result,
@@ -398,7 +400,7 @@ impl Batcher {
             });
         }
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let (job, rx) = self.new_job(seqs, far, true);
+        let (job, rx) = self.new_job(seqs, far, true, None);
         {
             let mut queue = self.shared.queue();
             if queue.closed {
@@ -725,8 +727,7 @@ impl CallCost {
     }
 
     fn model(&self) -> Option<CostModel> {
-        let t: Vec<f64> = self.sums.iter().zip(self.prior).map(|(s, p)| s + p).collect();
-        let [w, x, y, xx, xy, real] = [t[0], t[1], t[2], t[3], t[4], t[5]];
+        let [w, x, y, xx, xy, real]: [f64; 6] = std::array::from_fn(|i| self.sums[i] + self.prior[i]);
         if w <= 0.0 || x <= 0.0 || y <= 0.0 {
             return None;
         }

@@ -62,8 +62,6 @@ pub struct LabelledRow {
     pub split: Option<String>,
 }
 
-/// Parses uploaded rows in the formats of a split file (see the module doc);
-/// errors name the line or row.
 /// Why uploaded rows were not read.
 #[derive(Debug, thiserror::Error)]
 pub enum RowsError {
@@ -74,8 +72,9 @@ pub enum RowsError {
     Invalid(#[from] anyhow::Error),
 }
 
-/// Rows of an upload, read one at a time and stopped at the first row past
-/// `max_rows`: a body of many tiny rows never becomes more than `max_rows` rows.
+/// Parses uploaded rows in the formats of a split file (see the module doc);
+/// errors name the line or row. Read one at a time and stopped at the first
+/// row past `max_rows`: a body of many tiny rows never becomes more than `max_rows` rows.
 pub fn parse_rows(text: &str, format: RowFormat, max_rows: usize) -> Result<Vec<LabelledRow>, RowsError> {
     let rows = match format {
         RowFormat::Jsonl => read_jsonl("upload", text, max_rows)?,

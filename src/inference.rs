@@ -242,7 +242,7 @@ impl Inference {
     pub async fn prepare(&self, texts: Vec<String>, cut: Cut, layers: LayerMask) -> Result<Prepared, InferenceError> {
         self.batcher.check_capacity(texts.len())?;
         let started = Instant::now();
-        let (seqs, per_text) = match cut {
+        let (mut seqs, per_text) = match cut {
             Cut::Truncate(truncate) => {
                 let seqs = self.tokenize(texts, truncate).await?;
                 let n = seqs.len();
@@ -267,7 +267,6 @@ impl Inference {
         };
         let tokenize = started.elapsed();
         self.metrics.tokenize.observe(tokenize.as_secs_f64());
-        let mut seqs: Vec<Tokenized> = seqs;
         seqs.iter_mut().for_each(|s| s.layers = layers);
         self.batcher.check_request_tokens(&seqs)?;
         let tokens = seqs.iter_mut().map(|s| std::mem::take(&mut s.tokens)).collect();

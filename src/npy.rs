@@ -60,12 +60,9 @@ fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
 /// Encodes a C-ordered array; `data.len()` must equal the product of `shape`.
 pub fn encode<T: Element>(shape: &[usize], data: &[T]) -> Vec<u8> {
     assert_eq!(shape.iter().product::<usize>(), data.len(), "npy shape does not match the data");
-    let mut out = header(T::DESCR, shape);
-    out.reserve(std::mem::size_of_val(data));
-    for &v in data {
-        v.write_le(&mut out);
-    }
-    out
+    let mut out = Writer::new(shape);
+    out.extend(data);
+    out.finish()
 }
 
 /// Writes an array in place, element by element, into one buffer sized once:
@@ -76,7 +73,7 @@ pub struct Writer<T: Element> {
     _element: std::marker::PhantomData<T>,
 }
 
-impl<T: Element + Default> Writer<T> {
+impl<T: Element> Writer<T> {
     pub fn new(shape: &[usize]) -> Self {
         let count: usize = shape.iter().product();
         let mut out = header(T::DESCR, shape);

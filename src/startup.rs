@@ -244,7 +244,6 @@ async fn watch_heads_folder(state: AppState) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let state = state.clone();
         let synced = tokio::task::spawn_blocking({
             let state = state.clone();
             move || state.heads.sync_folder(&state.store, &state.encoder().info)

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::logistic::{head_path, LogisticHead};
+use super::logistic::{head_path, validate_head_name, LogisticHead};
 use crate::atomic_file::write_atomic;
 
 /// Folder of the versions, inside the heads folder (hidden from the scan).
@@ -132,7 +132,7 @@ impl HeadStore {
     }
 
     fn lock_file(&self, name: &str, suffix: &str) -> std::io::Result<std::fs::File> {
-        head_path(&self.dir, name).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        validate_head_name(name).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let dir = self.dir.join(LOCKS_DIR);
         std::fs::create_dir_all(&dir)?;
         std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(format!("{name}.{suffix}")))
@@ -236,8 +236,13 @@ impl HeadStore {
 
     /// Makes the version published before the active one active again, once
     /// it is checked (readable, this head's, made for `encoder`): nothing is
-    /// switched when any check fails. Returns the version.
-    pub fn rollback(&self, name: &str, encoder: &crate::model::ModelInfo) -> Result<String, RollbackError> {
+    /// switched when any check fails. Returns the version and the head, as
+    /// checked (what the active file now holds).
+    pub fn rollback(
+        &self,
+        name: &str,
+        encoder: &crate::model::ModelInfo,
+    ) -> Result<(String, LogisticHead), RollbackError> {
         let io = |e: anyhow::Error| {
             RollbackError::Folder(format!("{e:#}").replace(&self.dir.display().to_string(), "<heads_dir>"))
         };
@@ -265,7 +270,7 @@ impl HeadStore {
         head.check_encoder(&shown, encoder).map_err(|e| RollbackError::OtherEncoder(e.to_string()))?;
         let bytes = std::fs::read(&file).map_err(|e| damaged(e.to_string()))?;
         write_atomic(&head_path(&self.dir, name).map_err(io)?, &bytes).map_err(io)?;
-        Ok(previous)
+        Ok((previous, head))
     }
 
     /// Removes the head: its active file first (replicas stop serving it),
@@ -352,9 +357,9 @@ mod tests {
         assert!(!dir.path().join(".versions/topic").join(format!("{}.json", v[0])).exists());
 
         let encoder = tiny_encoder();
-        assert_eq!(store.rollback("topic", &encoder).unwrap(), v[1]);
+        assert_eq!(store.rollback("topic", &encoder).unwrap().0, v[1]);
         assert_eq!(store.active_version("topic").as_deref(), Some(v[1].as_str()));
-        assert_eq!(store.rollback("topic", &encoder), Err(RollbackError::NoPrevious { active: v[1].clone() }));
+        assert_eq!(store.rollback("topic", &encoder).unwrap_err(), RollbackError::NoPrevious { active: v[1].clone() });
         // Publishing again after a rollback makes the new version active.
         store.publish(&heads[2]).unwrap();
         assert_eq!(store.active_version("topic").as_deref(), Some(v[2].as_str()));

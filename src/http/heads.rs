@@ -519,16 +519,7 @@ pub async fn rollback_head(
     }
     let _held = lock_head(&state, &name).await?;
     let (store, info, wanted) = (state.store.clone(), state.encoder().info.clone(), name.clone());
-    let rolled = tokio::task::spawn_blocking(move || {
-        let version = store.rollback(&wanted, &info)?;
-        let path = crate::heads::logistic::head_path(store.dir(), &wanted)
-            .map_err(|e| RollbackError::Folder(e.to_string()))?;
-        let head = crate::heads::logistic::LogisticHead::load(&path)
-            .map_err(|e| RollbackError::Folder(format!("the active file cannot be read back: {e}")))?;
-        Ok::<_, RollbackError>((version, head))
-    })
-    .await
-    .map_err(internal)?;
+    let rolled = tokio::task::spawn_blocking(move || store.rollback(&wanted, &info)).await.map_err(internal)?;
     let (version, head) = rolled.map_err(|e| {
         let (status, code) = match &e {
             RollbackError::NoActive => (StatusCode::NOT_FOUND, "not_found"),

@@ -1,0 +1,33 @@
+"""The binary under test, started on a free loopback port and stopped: shared
+by bench/worst_request.py, bench/admission.py and bench/upload_peak.py."""
+import http.client, os, socket, subprocess, time
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def start(binary, model_dir, *args, admin_key=None, log_name="serve"):
+    """`binary serve` on the model with no configured heads, plus `args`;
+    returns (process, port) once /health/ready answers 200 (or after 60 s)."""
+    port = free_port()
+    env = dict(os.environ)
+    if admin_key:
+        env["DISTILSERVE_SECURITY__ADMIN_KEY"] = admin_key
+    log = open(f"/tmp/{log_name}-{port}.log", "w")
+    proc = subprocess.Popen([binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--model-dir", model_dir,
+                             "--heads", "", "--default-head", "", *args],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    for _ in range(600):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2); c.request("GET", "/health/ready")
+            if c.getresponse().status == 200: break
+        except OSError: pass
+        time.sleep(0.1)
+    return proc, port
+
+
+def stop(proc):
+    proc.terminate()
+    try: proc.wait(20)
+    except subprocess.TimeoutExpired: proc.kill()
