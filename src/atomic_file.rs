@@ -15,6 +15,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         // In the target folder, so that the rename never crosses file systems;
         // a leftover from a killed process has a `.tmp` prefix and is never read.
         let mut file = tempfile::Builder::new().prefix(".tmp").tempfile_in(dir)?;
+        // tempfile makes its files 0600; ours are read by other processes that
+        // may run as other users (replicas sharing a heads volume, a container
+        // whose image was built as root), as a plain create would allow.
+        #[cfg(unix)]
+        file.as_file().set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         file.write_all(bytes)?;
         file.as_file().sync_all()?;
         pause_for_fault_injection();
@@ -51,5 +56,15 @@ mod tests {
         let names: Vec<_> =
             std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.json")]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn written_files_are_readable_by_other_users() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("head.json");
+        write_atomic(&path, b"{}").unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
     }
 }
