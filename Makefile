@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
+.PHONY: image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
 
 # MODEL=all-mpnet-base-v2 (or distilbert-base-shaped) sets that encoder up too.
 MODEL ?=
@@ -100,6 +100,24 @@ bench-heads: setup
 bench-extraction: setup
 	$(CARGO) build --release
 	"$$(scripts/python-env.sh)" bench/extraction.py --bin target/release/distilserve
+
+# The CPU image with podman or docker (scripts/build-image.sh: local Debian
+# bases where registry images cannot be pulled). IMAGE names the tag.
+IMAGE ?= distilserve:latest
+image: setup
+	scripts/build-image.sh $(IMAGE)
+
+# The image as deployed: three replicas under --memory 512m --read-only behind
+# nginx, a head trained on one and served by all, stop and kill under load, the
+# worst admitted request (tests/container/test_image.py; CI runs it).
+container-test: image test-deps
+	python3 tests/container/test_image.py --image $(IMAGE)
+
+# The container against the host binary in one run: c=1 latency and c=32
+# throughput of /classify, alternating rounds (bench/container.py). About 1 minute.
+bench-container: image
+	$(CARGO) build --release
+	python3 bench/container.py --image $(IMAGE)
 
 # Regenerate openapi.yaml from the code (tests/suite/openapi.rs fails when it drifts).
 openapi:

@@ -1,16 +1,37 @@
 #!/usr/bin/env bash
 # System packages the test suite drives for real: nginx (tests/suite/topology.rs,
 # the load-balancer topology), Chromium and Node (tests/suite/playground.rs, the
-# page at /, driven through tests/browser/cdp.mjs).
+# page at /, driven through tests/browser/cdp.mjs), and promtool
+# (tests/suite/dashboards.rs checks deploy/prometheus/alerts.yaml with it): only
+# that binary, taken from Debian's `prometheus` package into
+# $DISTILSERVE_CACHE/bin, so that no Prometheus server is installed or started.
 # Installs the missing ones with apt (Debian packages) when run as root;
 # otherwise says what to install. Idempotent.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+promtool="$CACHE_DIR/bin/promtool"
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$promtool" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) \
+      || { [ "$(id -u)" = 0 ] && apt-get update -qq >&2 && (cd "$tmp" && apt-get download prometheus >/dev/null); } \
+      || die "cannot download Debian's prometheus package (for promtool)"
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+    mkdir -p "$CACHE_DIR/bin"
+    mv "$tmp/x/usr/bin/promtool" "$promtool.tmp" && mv "$promtool.tmp" "$promtool"
+    rm -rf "$tmp"
+    log "promtool installed in $promtool"
+  else
+    die "promtool missing: install Prometheus's promtool (Debian package prometheus)"
+  fi
+fi
+
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 if [ ${#missing[@]} -eq 0 ]; then
-  log "test dependencies present: nginx, chromium, node"
+  log "test dependencies present: nginx, chromium, node, promtool"
   exit 0
 fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then

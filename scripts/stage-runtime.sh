@@ -5,16 +5,20 @@
 #   DEST/distilserve, DEST/libonnxruntime.so*   (the library beside the binary)
 #   DEST/config/, DEST/vendor/swagger-ui/, DEST/data/rotten_tomatoes/
 #   DEST/models/all-minilm-l6-v2/, DEST/models/heads/   (unless --without-model)
+# Only the graph config/default.toml serves (model.file) is copied, and the
+# binary's debug line tables are stripped (99 -> 19 MB; backtraces keep names).
 #
-#   scripts/stage-runtime.sh DEST [--without-model] [--bin PATH]
+#   scripts/stage-runtime.sh DEST [--without-model] [--bin PATH] [--keep-debug]
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 dest="${1:?usage: scripts/stage-runtime.sh DEST [--without-model] [--bin PATH]}"; shift
 with_model=1
+strip_debug=1
 bin="$REPO_ROOT/target/release/distilserve"
 while [ $# -gt 0 ]; do
   case "$1" in
     --without-model) with_model=0 ;;
     --bin) bin="$2"; shift ;;
+    --keep-debug) strip_debug=0 ;;
     *) die "unknown option $1" ;;
   esac
   shift
@@ -24,6 +28,7 @@ done
 
 mkdir -p "$dest/config" "$dest/vendor" "$dest/data" "$dest/models/heads" "$dest/features"
 cp "$bin" "$dest/distilserve"
+if [ "$strip_debug" = 1 ] && command -v strip >/dev/null; then strip --strip-debug "$dest/distilserve"; fi
 cp -P "$REPO_ROOT"/vendor/onnxruntime/libonnxruntime* "$dest/"
 cp "$REPO_ROOT/config/default.toml" "$dest/config/"
 cp -r "$REPO_ROOT/vendor/swagger-ui" "$dest/vendor/"
@@ -32,8 +37,10 @@ if [ "$with_model" = 1 ]; then
   model="$REPO_ROOT/models/all-minilm-l6-v2"
   "$REPO_ROOT/scripts/verify-model.sh" "$model" >/dev/null || die "default model missing or damaged (scripts/setup.sh)"
   mkdir -p "$dest/models/all-minilm-l6-v2"
-  # The fp32 and int8 graphs; model.opt.onnx is left out (no faster here, BENCHMARKS.md).
-  for f in manifest.json config.json tokenizer.json model.onnx model.int8.onnx; do
+  # The graph the configuration serves (model.file); the others (model.opt.onnx,
+  # model.int8.onnx) are left out: mount a models folder to serve them.
+  graph="$(sed -n 's/^file *= *"\(.*\)"/\1/p' "$REPO_ROOT/config/default.toml" | head -n1)"
+  for f in manifest.json config.json tokenizer.json "${graph:-model.onnx}"; do
     cp "$model/$f" "$dest/models/all-minilm-l6-v2/"
   done
   if ls "$REPO_ROOT"/models/heads/*.json >/dev/null 2>&1; then

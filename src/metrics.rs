@@ -103,6 +103,11 @@ pub struct Metrics {
     training_duration: HistogramFamily<OutcomeLabels>,
     pub trainings_queued: Gauge,
     pub heads_folder_errors: Counter,
+    /// Set at each scrape (`Metrics::observe_process`).
+    resident_memory: Gauge,
+    memory_limit: Gauge,
+    workers_dead: Gauge,
+    longest_call: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -187,6 +192,31 @@ impl Metrics {
         registry.register("distilserve_head_info", "Heads being served", head_info.clone());
         let ready = Gauge::default();
         registry.register("distilserve_ready", "1 when ready for traffic", ready.clone());
+        let resident_memory = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of this process (Linux /proc/self/status VmRSS)",
+            resident_memory.clone(),
+        );
+        let memory_limit = Gauge::default();
+        registry.register(
+            "distilserve_memory_limit_bytes",
+            "The container's memory limit (cgroup memory.max or memory.limit_in_bytes); 0 when there is none",
+            memory_limit.clone(),
+        );
+        let workers_dead = Gauge::default();
+        registry.register(
+            "distilserve_workers_dead",
+            "Encoder inference workers that died (liveness fails: restart the process)",
+            workers_dead.clone(),
+        );
+        let longest_call = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "distilserve_worker_longest_call_seconds",
+            "How long the encoder worker longest inside its current model call has been there (0 when idle); \
+             over server.worker_stuck_ms liveness fails",
+            longest_call.clone(),
+        );
         let worker_panics = Counter::default();
         registry.register(
             "distilserve_worker_panics",
@@ -214,6 +244,13 @@ impl Metrics {
             "From the start of a head's training to ready or failed",
             training_duration.clone(),
         );
+        // Both outcomes exist at 0 from the start: increase() and alerts on
+        // them then see the first failure, not only the second.
+        for outcome in ["ready", "failed"] {
+            let labels = OutcomeLabels { outcome: outcome.into() };
+            trainings.get_or_create(&labels);
+            training_duration.get_or_create(&labels);
+        }
         let trainings_queued = Gauge::default();
         registry.register(
             "distilserve_head_trainings_waiting",
@@ -241,7 +278,25 @@ impl Metrics {
             trainings,
             training_duration,
             trainings_queued,
+            resident_memory,
+            memory_limit,
+            workers_dead,
+            longest_call,
         }
+    }
+
+    /// Readings taken at scrape time: this process's resident memory against
+    /// its container's limit (the alert "memory near the limit" divides one
+    /// by the other), and the encoder workers' health as liveness sees it.
+    pub fn observe_process(&self, workers_dead: usize, longest_call: Duration) {
+        if let Some(rss) = resident_memory_bytes() {
+            self.resident_memory.set(rss as i64);
+        }
+        if let Some(limit) = memory_limit_bytes() {
+            self.memory_limit.set(limit as i64);
+        }
+        self.workers_dead.set(workers_dead as i64);
+        self.longest_call.set(longest_call.as_secs_f64());
     }
 
     /// Counts one prediction of `head` whose top label is `label`.
@@ -292,6 +347,24 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
+}
+
+fn resident_memory_bytes() -> Option<u64> {
+    // In kB whatever the page size.
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The memory limit of the cgroup this process runs in (v2, then v1); None
+/// when there is none ("max", or v1's near-2^63 "unlimited").
+fn memory_limit_bytes() -> Option<u64> {
+    ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .filter(|&limit| limit < 1 << 60)
 }
 
 /// One runtime's queue metrics: handles shared with the registry (or

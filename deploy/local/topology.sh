@@ -7,6 +7,8 @@
 #   deploy/local/topology.sh kill DIR I         SIGKILL replica I (1-based)
 #   deploy/local/topology.sh start DIR I        start replica I again, wait until ready
 #   deploy/local/topology.sh down DIR           stop everything
+#   deploy/local/topology.sh nginx DIR          only nginx, in front of replicas
+#                                               started otherwise (tests/container/)
 #
 # Environment: REPLICAS (3), NGINX_PORT (18080), BASE_PORT (18081: replica I on
 # BASE_PORT+I-1), DISTILSERVE_BIN (target/release/distilserve), SERVE_FLAGS
@@ -85,10 +87,7 @@ up() {
   mkdir -p "$dir"
   echo "${SERVE_FLAGS:-}" >"$dir/serve-flags"
   for i in $(seq "$REPLICAS"); do start_replica "$dir" "$i"; done
-  write_nginx_conf "$dir"
-  "$NGINX" -t -q -p "$dir/nginx" -c "$dir/nginx/nginx.conf" || die "nginx rejected $dir/nginx/nginx.conf"
-  "$NGINX" -p "$dir/nginx" -c "$dir/nginx/nginx.conf"
-  echo "nginx on http://127.0.0.1:$NGINX_PORT -> $REPLICAS replicas"
+  start_nginx "$dir"
 }
 
 down() {
@@ -100,9 +99,19 @@ down() {
   wait 2>/dev/null || true
 }
 
+start_nginx() {  # start_nginx DIR
+  local dir="$1"
+  [ -x "$NGINX" ] || die "nginx is not installed (apt-get install nginx-light; scripts/install-test-deps.sh)"
+  write_nginx_conf "$dir"
+  "$NGINX" -t -q -p "$dir/nginx" -c "$dir/nginx/nginx.conf" || die "nginx rejected $dir/nginx/nginx.conf"
+  "$NGINX" -p "$dir/nginx" -c "$dir/nginx/nginx.conf"
+  echo "nginx on http://127.0.0.1:$NGINX_PORT -> $REPLICAS replicas"
+}
+
 cmd="${1:-}"
 case "$cmd" in
   up) up "${2:?DIR}" ;;
+  nginx) mkdir -p "${2:?DIR}"; start_nginx "$2" ;;
   down) down "${2:?DIR}" ;;
   kill) kill -9 "$(cat "${2:?DIR}/replica-${3:?I}.pid")"; echo "replica $3 killed" ;;
   start) start_replica "${2:?DIR}" "${3:?I}" ;;
@@ -113,5 +122,5 @@ case "$cmd" in
     echo "logs in $dir; Ctrl-C to stop"
     while true; do sleep 3600; done
     ;;
-  *) sed -n '2,16p' "$0"; exit 2 ;;
+  *) sed -n '2,18p' "$0"; exit 2 ;;
 esac

@@ -82,6 +82,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let ready =
         state.heads.ready() && !state.draining.load(Ordering::Relaxed) && !state.warming.load(Ordering::Relaxed);
     metrics.ready.set(i64::from(ready));
+    let workers = state.encoder().health();
+    metrics.observe_process(workers.dead, workers.longest_call);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render())
 }
 

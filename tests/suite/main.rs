@@ -23,6 +23,7 @@ mod http_classify;
 mod http_compat;
 mod http_embed;
 mod long_texts;
+mod monitoring;
 mod openapi;
 mod operations;
 mod playground;
