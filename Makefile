@@ -109,8 +109,10 @@ image: setup
 
 # The image as deployed: three replicas under --memory 512m --read-only behind
 # nginx, a head trained on one and served by all, stop and kill under load, the
-# worst admitted request (tests/container/test_image.py; CI runs it).
+# worst admitted request, compose brought up (tests/container/test_image.py;
+# CI runs it), after the Kubernetes and compose files' checks (scripts/check-deploy.sh).
 container-test: image test-deps
+	scripts/check-deploy.sh
 	python3 tests/container/test_image.py --image $(IMAGE)
 
 # The container against the host binary in one run: c=1 latency and c=32

@@ -28,7 +28,7 @@ c = yaml.safe_load(open(sys.argv[1]))
 s = c["services"]
 assert set(s) == {"distilserve", "nginx"}, s.keys()
 d = s["distilserve"]
-assert d["deploy"]["replicas"] == 3 and d["deploy"]["resources"]["limits"]["memory"] == "512M", d["deploy"]
+assert d["deploy"]["replicas"] == 3 and d["deploy"]["mode"] == "replicated" and d["deploy"]["resources"]["limits"]["memory"] == "512M", d["deploy"]
 assert d["read_only"] is True and "heads:/app/models/heads" in d["volumes"], d
 assert "heads" in c["volumes"] and s["nginx"]["depends_on"]["distilserve"]["condition"] == "service_healthy"
 PY

@@ -248,8 +248,8 @@ impl Metrics {
         // them then see the first failure, not only the second.
         for outcome in ["ready", "failed"] {
             let labels = OutcomeLabels { outcome: outcome.into() };
-            trainings.get_or_create(&labels);
-            training_duration.get_or_create(&labels);
+            let _ = trainings.get_or_create(&labels);
+            let _ = training_duration.get_or_create(&labels);
         }
         let trainings_queued = Gauge::default();
         registry.register(

@@ -16,6 +16,10 @@ deploy/nginx/proxy.conf (deploy/local/topology.sh nginx). Checks, in order:
               tokens concatenated as .npy; the worst of bench/worst_request.py),
               found by bisection on one replica: it is answered, the replica
               is not OOM-killed, its peak RSS (VmHWM) is printed against 512 MiB
+  compose     deploy/compose.yaml brought up with podman-compose (three
+              replicas, nginx from Debian's package in its own image with
+              deploy/nginx/compose-static.conf): /classify through its nginx
+              answered by every replica, then down
 
 Prints one JSON line per check and a summary; exits 1 when a check fails.
 
@@ -164,12 +168,53 @@ def examples(per_label=12):
     return out
 
 
+def compose_check(a, check):
+    compose = shutil.which("podman-compose") or os.path.join(
+        os.environ.get("DISTILSERVE_CACHE", os.path.expanduser("~/.cache/distilserve")), "deploy-venv/bin/podman-compose")
+    if os.path.basename(ENGINE) != "podman":
+        return check("compose", True, skipped="docker: `docker compose` is not driven here")
+    if not os.path.exists(compose):
+        return check("compose", False, message="podman-compose missing: scripts/check-deploy.sh installs it")
+    nginx_image = "localhost/distilserve-nginx:bookworm"
+    if subprocess.run([ENGINE, "image", "exists", nginx_image]).returncode != 0:
+        sh("build", "-q", "-f", f"{REPO}/tests/container/nginx.Containerfile", "-t", nginx_image, f"{REPO}/tests/container")
+    port = a.port + 50
+    env = {**os.environ, "DISTILSERVE_IMAGE": a.image, "NGINX_IMAGE": nginx_image,
+           "NGINX_CONF": "./nginx/compose-static.conf", "DISTILSERVE_PORT": str(port)}
+    project = ["-p", f"{PREFIX}-compose", "-f", f"{REPO}/deploy/compose.yaml"]
+    subprocess.run([compose, *project, "down", "-v", "-t", "5"], env=env, capture_output=True)
+    t = time.time()
+    up = subprocess.run([compose, *project, "up", "-d"], env=env, capture_output=True, text=True)
+    try:
+        if up.returncode != 0:
+            return check("compose", False, message=(up.stdout + up.stderr)[-1500:])
+        upstreams, status = set(), None
+        while time.time() - t < 180:
+            try:
+                status, headers, _ = request(port, "POST", "/classify", {"inputs": "a gripping, funny film"}, timeout=10)
+                if status == 200:
+                    upstreams.add(headers.get("X-Upstream"))
+                    if len(upstreams) == 3:
+                        break
+                    continue
+            except OSError:
+                pass
+            time.sleep(0.2)
+        running = sh("ps", "--filter", f"label=io.podman.compose.project={PREFIX}-compose",
+                     "--format", "{{.Names}} {{.Status}}").splitlines()
+        check("compose", len(upstreams) == 3, seconds_to_all_replicas=round(time.time() - t, 1),
+              replicas_answering=len(upstreams), containers=running)
+    finally:
+        subprocess.run([compose, *project, "down", "-v", "-t", "10"], env=env, capture_output=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--image", default="distilserve:latest")
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--port", type=int, default=18180, help="nginx; replicas on PORT+1..., private PORT+101...")
     ap.add_argument("--keep", action="store_true", help="leave containers and nginx running")
+    ap.add_argument("--skip-compose", action="store_true")
     a = ap.parse_args()
     if ENGINE is None:
         print("SKIPPED: no container engine (podman or docker) and none could be installed", flush=True)
@@ -297,6 +342,10 @@ def main():
               and limit == 512 * 2**20,
               texts=best + 1, limit_seen_by_service=limit, answer_mb=round(len(payload) / 2**20, 1), status=s, peak_rss_mb=hwm, limit_mb=512,
               oom_killed=st["OOMKilled"], container_status=st["Status"])
+
+        # --- compose, as written, with podman-compose
+        if not a.skip_compose:
+            compose_check(a, check)
     except Exception as e:  # a step that could not run counts as a failed check
         check("error", False, message=str(e)[-1000:])
         for i in range(reps.n):
