@@ -19,7 +19,7 @@ use crate::heads::training::{save_head, train_head, Extraction};
 use crate::model::Model;
 use crate::npy;
 use crate::pooling::{argmax, FeaturePooling};
-use crate::report::{confusion_svg, CandidateRow, Report, Row};
+use crate::report::{CandidateRow, Report, Row};
 
 /// The encoder for a batch job: one session with every configured thread.
 fn load_model(settings: &Settings) -> anyhow::Result<Model> {
@@ -247,8 +247,9 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
     let json_path = stem.with_extension("json");
     let svg_path = PathBuf::from(format!("{}-confusion.svg", stem.display()));
     write_atomic(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
-    let title = format!("{} on {} / {} (normalised by true label)", head.name, data_name, args.split);
-    write_atomic(&svg_path, confusion_svg(&title, &labels, &report.rows[0].metrics.confusion).as_bytes())?;
+    let title = format!("{} on {} / {}", head.name, data_name, args.split);
+    let svg = crate::svg::confusion_matrix(&labels, &report.rows[0].metrics.confusion, &title);
+    write_atomic(&svg_path, svg.as_bytes())?;
     println!("\nreport: {}\nconfusion matrix: {}", json_path.display(), svg_path.display());
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! - leaves: `tokenize` (text to ids), `pooling` (rows to vectors, softmax,
 //!   argmax), `npy`, `atomic_file`, `data` (labelled data sets), `metrics`
 //!   (the Prometheus registry), `telemetry` (logs), `layers` (which hidden
-//!   states a request wants and how several combine; over `pooling`).
+//!   states a request wants and how several combine; over `pooling`), `svg`
+//!   (the confusion-matrix picture of the API and of `evaluate`).
 //! - `cost`: what a request's answer and working memory will take, priced
 //!   before any work (`limits.max_response_bytes`, `max_request_memory_bytes`).
 //! - `encoder`: the [`encoder::Encoder`] trait, the seam in front of the runtime.
@@ -48,5 +49,6 @@ pub mod report;
 pub mod runtimes;
 pub mod server;
 pub mod startup;
+pub mod svg;
 pub mod telemetry;
 pub mod tokenize;

@@ -1,5 +1,5 @@
-//! Evaluation reports: a text table for the terminal, a JSON report, and the
-//! normalised confusion matrix as an SVG picture.
+//! Evaluation reports: a text table for the terminal and a JSON report (the
+//! confusion matrix's picture is `svg`'s).
 
 use std::fmt::Write as _;
 
@@ -108,100 +108,5 @@ impl Report {
             }
         }
         out
-    }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-/// The confusion matrix normalised by true label (each row sums to 1), as SVG.
-pub fn confusion_svg(title: &str, labels: &[String], confusion: &[Vec<usize>]) -> String {
-    let k = labels.len();
-    let cell = 90.0;
-    let (left, top) = (130.0, 80.0);
-    let size = cell * k as f64;
-    // Wide enough for the title at about 8 px a character.
-    let w = (left + size + 30.0).max(title.chars().count() as f64 * 8.0 + 40.0);
-    let h = top + size + 70.0;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ =
-        writeln!(svg, r#"<text x="{}" y="28" font-size="16" text-anchor="middle">{}</text>"#, w / 2.0, escape(title));
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="{}" font-size="13" text-anchor="middle">predicted label</text>"#,
-        left + size / 2.0,
-        top + size + 55.0
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="20" y="{}" font-size="13" text-anchor="middle" transform="rotate(-90 20 {})">true label</text>"#,
-        top + size / 2.0,
-        top + size / 2.0
-    );
-    for (i, row) in confusion.iter().enumerate() {
-        let total: usize = row.iter().sum();
-        for (j, &count) in row.iter().enumerate() {
-            let share = if total == 0 { 0.0 } else { count as f64 / total as f64 };
-            // White to dark blue; text flips to white on dark cells.
-            let shade = |c: f64| (255.0 - share * (255.0 - c)).round() as u8;
-            let (x, y) = (left + j as f64 * cell, top + i as f64 * cell);
-            let _ = writeln!(
-                svg,
-                r#"<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="rgb({},{},{})" stroke="gray"/>"#,
-                shade(8.0),
-                shade(48.0),
-                shade(107.0)
-            );
-            let colour = if share > 0.5 { "white" } else { "black" };
-            let _ = writeln!(
-                svg,
-                r#"<text x="{}" y="{}" font-size="15" text-anchor="middle" fill="{colour}">{share:.2}</text>"#,
-                x + cell / 2.0,
-                y + cell / 2.0
-            );
-            let _ = writeln!(
-                svg,
-                r#"<text x="{}" y="{}" font-size="11" text-anchor="middle" fill="{colour}">({count})</text>"#,
-                x + cell / 2.0,
-                y + cell / 2.0 + 18.0
-            );
-        }
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" font-size="13" text-anchor="end">{}</text>"#,
-            left - 8.0,
-            top + i as f64 * cell + cell / 2.0 + 4.0,
-            escape(&labels[i])
-        );
-    }
-    for (j, l) in labels.iter().enumerate() {
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" font-size="13" text-anchor="middle">{}</text>"#,
-            left + j as f64 * cell + cell / 2.0,
-            top + size + 20.0,
-            escape(l)
-        );
-    }
-    svg.push_str("</svg>\n");
-    svg
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn svg_holds_normalised_shares_and_escaped_labels() {
-        let svg = confusion_svg("t <1>", &["a&b".into(), "c".into()], &[vec![3, 1], vec![0, 4]]);
-        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert!(svg.contains(">0.75<") && svg.contains(">0.25<") && svg.contains(">1.00<"));
-        assert!(svg.contains("a&amp;b") && svg.contains("t &lt;1&gt;"));
     }
 }

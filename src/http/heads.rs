@@ -215,7 +215,7 @@ pub async fn confusion_svg(State(state): State<AppState>, Path(name): Path<Strin
         (None, Some(m)) => ("validation", m),
         _ => return Err(ApiError::not_found(format!("head {name:?} has no held-out metrics"))),
     };
-    let svg = super::svg::confusion_matrix(
+    let svg = crate::svg::confusion_matrix(
         &h.labels,
         &metrics.confusion,
         &format!("{name}: {part}, accuracy {:.3}", metrics.accuracy),

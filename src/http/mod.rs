@@ -8,7 +8,6 @@ pub mod embed;
 pub mod error;
 pub mod heads;
 pub mod meta;
-mod svg;
 pub mod types;
 
 use std::ops::Deref;

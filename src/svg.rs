@@ -1,10 +1,13 @@
-//! A confusion matrix drawn as a self-contained SVG (no scripts, no remote
-//! assets): rows are true labels, columns predicted ones, each cell shaded by
-//! its share of the row, with the count written in it.
+//! The one SVG writer: a confusion matrix drawn as a self-contained SVG (no
+//! scripts, no remote assets) for `GET /heads/{name}/confusion.svg` and
+//! `distilserve evaluate`'s report. Rows are true labels, columns predicted
+//! ones, each cell shaded by its share of the row (blue on the diagonal, red
+//! off it), with the count written in it and the share in its tooltip.
 
 use std::fmt::Write;
 
-fn escape(text: &str) -> String {
+/// Text made safe inside SVG/XML elements and attributes.
+pub fn escape(text: &str) -> String {
     text.chars()
         .map(|c| match c {
             '<' => "&lt;".to_string(),
@@ -46,8 +49,8 @@ pub fn confusion_matrix(labels: &[String], confusion: &[Vec<usize>], title: &str
     );
     let _ = write!(svg, r#"<title>{}</title><rect width="100%" height="100%" fill="white"/>"#, escape(title));
     let _ = write!(svg, r#"<text x="10" y="20" font-size="14">{}</text>"#, escape(title));
-    let _ = write!(svg, r#"<text x="{}" y="44" text-anchor="middle">predicted</text>"#, left + cell * k / 2);
-    let _ = write!(svg, r#"<text x="10" y="{}" >true</text>"#, top - 8);
+    let _ = write!(svg, r#"<text x="{}" y="44" text-anchor="middle">predicted label</text>"#, left + cell * k / 2);
+    let _ = write!(svg, r#"<text x="10" y="{}" >true label</text>"#, top - 8);
     for (i, label) in labels.iter().enumerate() {
         let x = left + cell * i + cell / 2;
         let _ = write!(
