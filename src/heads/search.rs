@@ -214,14 +214,6 @@ fn select_rows(x: &Array2<f64>, rows: &[usize]) -> Array2<f64> {
     x.select(Axis(0), rows)
 }
 
-/// One model fit of the search: a candidate on one fold.
-struct Task {
-    /// Index into the feature sets (layer option x pooling).
-    set: usize,
-    alpha: f64,
-    fold: usize,
-}
-
 /// Runs `f` over `items` on every available core, keeping the order.
 fn parallel_map<T: Sync, R: Send>(items: &[T], threads: Option<usize>, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -282,9 +274,13 @@ fn choose(candidates: &[Candidate], hidden: usize, held_out: usize) -> Candidate
         .clone()
 }
 
-/// Trains a head: every (pooling, alpha) candidate is scored by `selection`,
-/// one is chosen by [`choose`], and the final model is fitted (see
-/// [`Selection`]). Deterministic for the same inputs.
+/// Trains a head in named steps: the configuration is checked, the feature
+/// matrices of every (layers, pooling) set are laid out for the selection
+/// ([`SearchData`]), every alpha path is fitted and scored
+/// ([`score_alpha_paths`]), fold scores become candidates ([`candidates`]),
+/// one is chosen ([`choose`]), its held-out logits give the temperature
+/// ([`calibrate`]), the final model is fitted ([`final_fit`]) and the head
+/// file assembled. Deterministic for the same inputs.
 pub fn train(
     name: &str,
     encoder: EncoderStamp,
@@ -292,184 +288,19 @@ pub fn train(
     config: &TrainConfig,
 ) -> anyhow::Result<LogisticHead> {
     let TrainingData { labels, train, validation, data_dir, data_fingerprints } = data;
-    if config.poolings.is_empty() || config.alphas.is_empty() {
-        bail!("training needs at least one pooling and one alpha");
-    }
-    if let Some(bad) = config.alphas.iter().find(|a| !a.is_finite() || **a < 0.0) {
-        bail!("alpha {bad} is not a finite non-negative number");
-    }
+    check_config(config)?;
     let started = Instant::now();
     let classes = labels.len();
-    let hidden = encoder.hidden_size;
-    if config.layer_options.is_empty() {
-        bail!("training needs at least one layer option");
-    }
-    // Feature sets: every layer option with every pooling.
-    let sets: Vec<(Option<LayerSelection>, FeaturePooling)> =
-        config.layer_options.iter().flat_map(|l| config.poolings.iter().map(move |&p| (l.clone(), p))).collect();
-    let features = |set: &LabelledFeatures<'_>, (layers, pooling): &(Option<LayerSelection>, FeaturePooling)| {
-        to_f64(&set.features.get(*pooling, layers.as_ref()))
-    };
-
-    // What candidates are fitted on and scored against, per feature set.
-    let (fit_sets, score_sets, folds): (Vec<Array2<f64>>, Vec<Option<Array2<f64>>>, usize) = match config.selection {
-        Selection::Validation => {
-            let Some(v) = validation.as_ref() else {
-                bail!("selection on the validation split, but the data set has none")
-            };
-            (
-                sets.iter().map(|set| features(&train, set)).collect(),
-                sets.iter().map(|set| Some(features(v, set))).collect(),
-                1,
-            )
-        }
-        Selection::CrossValidation { folds } => {
-            let pooled = sets
-                .iter()
-                .map(|set| match validation.as_ref() {
-                    Some(v) => ndarray::concatenate(Axis(0), &[features(&train, set).view(), features(v, set).view()])
-                        .expect("same width"),
-                    None => features(&train, set),
-                })
-                .collect::<Vec<_>>();
-            (pooled, vec![None; sets.len()], folds)
-        }
-    };
-    let fit_labels: Vec<usize> = match (config.selection, validation.as_ref()) {
-        (Selection::CrossValidation { .. }, Some(v)) => train.labels.iter().chain(v.labels).copied().collect(),
-        _ => train.labels.to_vec(),
-    };
-    if let Selection::CrossValidation { folds } = config.selection {
-        if folds < 2 || folds > fit_labels.len() {
-            bail!("cross-validation needs 2 to {} folds, got {folds}", fit_labels.len());
-        }
-    }
-
-    let tasks: Vec<Task> = (0..sets.len())
-        .flat_map(|set| {
-            config.alphas.iter().flat_map(move |&alpha| (0..folds).map(move |fold| Task { set, alpha, fold }))
-        })
-        .collect();
-    let fits_done = std::sync::atomic::AtomicUsize::new(0);
-    // Per task: accuracy, log-loss, and the held-out rows' logits with their labels
-    // (what the temperature is fitted on, for the chosen candidate).
-    type Scored = (f64, f64, Array2<f64>, Vec<usize>);
-    // One job per (feature set, fold): its alphas from the strongest penalty
-    // down, each fit starting from the previous solution.
-    let mut jobs: Vec<(usize, usize)> =
-        (0..sets.len()).flat_map(|set| (0..folds).map(move |fold| (set, fold))).collect();
-    // Widest first: the threads finish together instead of one waiting on the
-    // last wide fit (a job's time grows with its width).
-    jobs.sort_by_key(|&(set, _)| std::cmp::Reverse(fit_sets[set].ncols()));
-    let mut alphas_down: Vec<f64> = config.alphas.clone();
-    alphas_down.sort_by(|a, b| b.total_cmp(a));
-    type AlphaPath = Vec<(f64, Scored)>;
-    let per_job = parallel_map(&jobs, config.threads, |&(set, fold)| -> anyhow::Result<AlphaPath> {
-        let x = &fit_sets[set];
-        let (fit_x, fit_y, score_x, score_y) = match (&score_sets[set], validation.as_ref()) {
-            (Some(vx), Some(v)) => (x.clone(), fit_labels.clone(), vx.clone(), v.labels.to_vec()),
-            _ => {
-                let (held, kept): (Vec<usize>, Vec<usize>) = (0..fit_labels.len()).partition(|i| i % folds == fold);
-                (
-                    select_rows(x, &kept),
-                    kept.iter().map(|&i| fit_labels[i]).collect(),
-                    select_rows(x, &held),
-                    held.iter().map(|&i| fit_labels[i]).collect(),
-                )
-            }
-        };
-        let scaler = Scaler::fit(&fit_x);
-        let (fit_x, scaled) = (scaler.apply(&fit_x), scaler.apply(&score_x));
-        let mut previous: Option<Fitted> = None;
-        let mut out = Vec::with_capacity(alphas_down.len());
-        for &alpha in &alphas_down {
-            let fitted = fit_f32(&fit_x, &fit_y, classes, alpha, config.max_iterations, previous.as_ref())?;
-            let (accuracy, log_loss, _) = score(&fitted, &scaled, &score_y);
-            if let Some(progress) = &config.progress {
-                progress.call(fits_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, tasks.len());
-            }
-            out.push((alpha, (accuracy, log_loss, fitted.logits(&scaled), score_y.clone())));
-            previous = Some(fitted);
-        }
-        Ok(out)
-    });
-    // Back in task order (set, alpha, fold).
-    let mut by_task: BTreeMap<(usize, usize, u64), Scored> = BTreeMap::new();
-    for (&(set, fold), result) in jobs.iter().zip(per_job) {
-        for (alpha, scored) in result.map_err(|e| anyhow!("{e:#}"))? {
-            by_task.insert((set, fold, alpha.to_bits()), scored);
-        }
-    }
-    let scores: Vec<anyhow::Result<Scored>> = tasks
-        .iter()
-        .map(|t| Ok(by_task.remove(&(t.set, t.fold, t.alpha.to_bits())).expect("every task scored")))
-        .collect();
-    let mut candidates = Vec::new();
-    for (chunk, task) in scores.chunks(folds).zip(tasks.iter().step_by(folds)) {
-        let (mut accuracy, mut log_loss) = (0.0, 0.0);
-        for result in chunk {
-            let (a, l, _, _) = result.as_ref().map_err(|e| anyhow!("{e:#}"))?;
-            accuracy += a / folds as f64;
-            log_loss += l / folds as f64;
-        }
-        let (layers, pooling) = sets[task.set].clone();
-        tracing::info!(
-            head = name,
-            pooling = %pooling,
-            layers = layers.as_ref().map(|l| l.describe(encoder.last_layer())).unwrap_or_else(|| "-1".into()),
-            alpha = task.alpha,
-            accuracy,
-            log_loss,
-            "candidate scored"
-        );
-        candidates.push(Candidate { pooling, layers, alpha: task.alpha, accuracy, log_loss });
-    }
-    let held_out = match (config.selection, validation.as_ref()) {
-        (Selection::Validation, Some(v)) => v.labels.len(),
-        _ => fit_labels.len(),
-    };
-    let best = choose(&candidates, hidden, held_out);
-    // The chosen candidate's held-out logits, every fold together: a temperature
-    // fitted on them never sees the final fit's own training rows, nor test.
-    let best_task = tasks
-        .iter()
-        .position(|t| sets[t.set] == (best.layers.clone(), best.pooling) && t.alpha == best.alpha)
-        .expect("the chosen candidate was scored");
-    let (held_logits, held_labels): (Vec<Array2<f64>>, Vec<usize>) = {
-        let mut logits = Vec::new();
-        let mut labels = Vec::new();
-        for result in &scores[best_task..best_task + folds] {
-            let (_, _, z, y) = result.as_ref().map_err(|e| anyhow!("{e:#}"))?;
-            logits.push(z.clone());
-            labels.extend(y);
-        }
-        (logits, labels)
-    };
-    let held_logits =
-        ndarray::concatenate(Axis(0), &held_logits.iter().map(|a| a.view()).collect::<Vec<_>>()).expect("same width");
-    let calibration = fit_temperature(&held_logits, &held_labels);
-
-    let index = sets.iter().position(|set| *set == (best.layers.clone(), best.pooling)).expect("a searched set");
-    let x = &fit_sets[index];
-    let scaler = Scaler::fit(x);
-    let fitted = fit_f64(&scaler.apply(x), &fit_labels, classes, best.alpha, config.max_iterations, None)?;
-    let (fit_accuracy, _, fit_pred) = score(&fitted, &scaler.apply(x), &fit_labels);
-    // A final fit far below what its candidate scored on held-out rows did not
-    // converge: refuse it rather than publish a head that answers one class.
-    if fit_accuracy + 0.05 < best.accuracy {
-        bail!(
-            "the final fit did not converge: accuracy {fit_accuracy:.4} on its own training rows, while the chosen \
-             candidate scored {:.4} held out; try more training.max_iterations or another alpha",
-            best.accuracy
-        );
-    }
+    let search = SearchData::new(config, &train, validation.as_ref())?;
+    let scores = score_alpha_paths(&search, config, classes)?;
+    let candidates = candidates(&search, config, &scores, name, &encoder);
+    let best = choose(&candidates, encoder.hidden_size, search.held_out);
+    let calibration = calibrate(&search, &scores, &best);
+    let set = search.index_of(&best);
+    let (scaler, fitted, fit_pred) = final_fit(&search.fit[set], &search.fit_labels, classes, &best, config)?;
     // Held-out validation metrics exist only when validation was not fitted on.
-    let validation_metrics = match (config.selection, validation.as_ref()) {
-        (Selection::Validation, Some(v)) => {
-            let (_, _, pred) =
-                score(&fitted, &scaler.apply(&features(v, &(best.layers.clone(), best.pooling))), v.labels);
-            Some(Metrics::compute(labels, v.labels, &pred))
-        }
+    let validation_metrics = match (&search.score[set], &search.score_labels) {
+        (Some(x), Some(y)) => Some(Metrics::compute(labels, y, &score(&fitted, &scaler.apply(x), y).2)),
         _ => None,
     };
 
@@ -484,7 +315,7 @@ pub fn train(
         training: TrainingRecord {
             data_dir,
             data_fingerprints,
-            train_examples: fit_labels.len(),
+            train_examples: search.fit_labels.len(),
             selection: config.selection,
             max_iterations: config.max_iterations,
             alpha: best.alpha,
@@ -495,7 +326,7 @@ pub fn train(
             calibration: Some(calibration.clone()),
         },
         metrics: HeadMetrics {
-            train: Some(Metrics::compute(labels, &fit_labels, &fit_pred)),
+            train: Some(Metrics::compute(labels, &search.fit_labels, &fit_pred)),
             validation: validation_metrics,
             test: None,
             test_calibration: None,
@@ -511,6 +342,230 @@ pub fn train(
         checksum: String::new(),
     };
     Ok(head.sealed())
+}
+
+fn check_config(config: &TrainConfig) -> anyhow::Result<()> {
+    if config.poolings.is_empty() || config.alphas.is_empty() {
+        bail!("training needs at least one pooling and one alpha");
+    }
+    if let Some(bad) = config.alphas.iter().find(|a| !a.is_finite() || **a < 0.0) {
+        bail!("alpha {bad} is not a finite non-negative number");
+    }
+    if config.layer_options.is_empty() {
+        bail!("training needs at least one layer option");
+    }
+    Ok(())
+}
+
+/// One (layers, pooling) pair the search tries.
+type FeatureSet = (Option<LayerSelection>, FeaturePooling);
+
+/// A fit's accuracy and log-loss on its held-out rows, and those rows' logits
+/// with their labels (what the temperature is fitted on, for the chosen one).
+type Scored = (f64, f64, Array2<f64>, Vec<usize>);
+
+/// Scores by (feature set, fold, alpha's bits).
+type Scores = BTreeMap<(usize, usize, u64), Scored>;
+
+/// What every candidate is fitted and scored on, per feature set (every
+/// layer option with every pooling): with [`Selection::Validation`], fitted
+/// on train and scored on validation; with cross-validation, train and
+/// validation pooled and cut into `folds` (row `i` held out in fold `i % folds`).
+struct SearchData {
+    sets: Vec<FeatureSet>,
+    fit: Vec<Array2<f64>>,
+    /// Validation's rows per set; None under cross-validation.
+    score: Vec<Option<Array2<f64>>>,
+    fit_labels: Vec<usize>,
+    score_labels: Option<Vec<usize>>,
+    folds: usize,
+    /// Predictions a candidate's accuracy is measured on (its standard error).
+    held_out: usize,
+}
+
+impl SearchData {
+    fn new(
+        config: &TrainConfig,
+        train: &LabelledFeatures<'_>,
+        validation: Option<&LabelledFeatures<'_>>,
+    ) -> anyhow::Result<SearchData> {
+        let sets: Vec<FeatureSet> =
+            config.layer_options.iter().flat_map(|l| config.poolings.iter().map(move |&p| (l.clone(), p))).collect();
+        let features = |split: &LabelledFeatures<'_>, (layers, pooling): &FeatureSet| {
+            to_f64(&split.features.get(*pooling, layers.as_ref()))
+        };
+        match config.selection {
+            Selection::Validation => {
+                let Some(v) = validation else { bail!("selection on the validation split, but the data set has none") };
+                Ok(SearchData {
+                    fit: sets.iter().map(|set| features(train, set)).collect(),
+                    score: sets.iter().map(|set| Some(features(v, set))).collect(),
+                    fit_labels: train.labels.to_vec(),
+                    score_labels: Some(v.labels.to_vec()),
+                    folds: 1,
+                    held_out: v.labels.len(),
+                    sets,
+                })
+            }
+            Selection::CrossValidation { folds } => {
+                let fit_labels: Vec<usize> = match validation {
+                    Some(v) => train.labels.iter().chain(v.labels).copied().collect(),
+                    None => train.labels.to_vec(),
+                };
+                if folds < 2 || folds > fit_labels.len() {
+                    bail!("cross-validation needs 2 to {} folds, got {folds}", fit_labels.len());
+                }
+                let fit = sets
+                    .iter()
+                    .map(|set| match validation {
+                        Some(v) => {
+                            ndarray::concatenate(Axis(0), &[features(train, set).view(), features(v, set).view()])
+                                .expect("same width")
+                        }
+                        None => features(train, set),
+                    })
+                    .collect();
+                Ok(SearchData {
+                    fit,
+                    score: vec![None; sets.len()],
+                    held_out: fit_labels.len(),
+                    fit_labels,
+                    score_labels: None,
+                    folds,
+                    sets,
+                })
+            }
+        }
+    }
+
+    /// Rows fitted on and rows scored on, with their labels, for one fold of one set.
+    fn split(&self, set: usize, fold: usize) -> (Array2<f64>, Vec<usize>, Array2<f64>, Vec<usize>) {
+        let x = &self.fit[set];
+        match (&self.score[set], &self.score_labels) {
+            (Some(vx), Some(vy)) => (x.clone(), self.fit_labels.clone(), vx.clone(), vy.clone()),
+            _ => {
+                let (held, kept): (Vec<usize>, Vec<usize>) =
+                    (0..self.fit_labels.len()).partition(|i| i % self.folds == fold);
+                (
+                    select_rows(x, &kept),
+                    kept.iter().map(|&i| self.fit_labels[i]).collect(),
+                    select_rows(x, &held),
+                    held.iter().map(|&i| self.fit_labels[i]).collect(),
+                )
+            }
+        }
+    }
+
+    fn index_of(&self, candidate: &Candidate) -> usize {
+        self.sets.iter().position(|set| *set == (candidate.layers.clone(), candidate.pooling)).expect("a searched set")
+    }
+}
+
+/// Every (feature set, fold) job fits its alphas from the strongest penalty
+/// down, each fit starting from the previous solution; jobs run in parallel,
+/// widest first, so that the threads finish together instead of one waiting on
+/// the last wide fit (a job's time grows with its width).
+fn score_alpha_paths(search: &SearchData, config: &TrainConfig, classes: usize) -> anyhow::Result<Scores> {
+    let mut jobs: Vec<(usize, usize)> =
+        (0..search.sets.len()).flat_map(|set| (0..search.folds).map(move |fold| (set, fold))).collect();
+    jobs.sort_by_key(|&(set, _)| std::cmp::Reverse(search.fit[set].ncols()));
+    let mut alphas_down: Vec<f64> = config.alphas.clone();
+    alphas_down.sort_by(|a, b| b.total_cmp(a));
+    let fits = jobs.len() * alphas_down.len();
+    let fits_done = std::sync::atomic::AtomicUsize::new(0);
+    let per_job = parallel_map(&jobs, config.threads, |&(set, fold)| -> anyhow::Result<Vec<(f64, Scored)>> {
+        let (fit_x, fit_y, score_x, score_y) = search.split(set, fold);
+        let scaler = Scaler::fit(&fit_x);
+        let (fit_x, scaled) = (scaler.apply(&fit_x), scaler.apply(&score_x));
+        let mut previous: Option<Fitted> = None;
+        let mut path = Vec::with_capacity(alphas_down.len());
+        for &alpha in &alphas_down {
+            let fitted = fit_f32(&fit_x, &fit_y, classes, alpha, config.max_iterations, previous.as_ref())?;
+            let (accuracy, log_loss, _) = score(&fitted, &scaled, &score_y);
+            if let Some(progress) = &config.progress {
+                progress.call(fits_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, fits);
+            }
+            path.push((alpha, (accuracy, log_loss, fitted.logits(&scaled), score_y.clone())));
+            previous = Some(fitted);
+        }
+        Ok(path)
+    });
+    let mut scores = Scores::new();
+    for (&(set, fold), path) in jobs.iter().zip(per_job) {
+        for (alpha, scored) in path.map_err(|e| anyhow!("{e:#}"))? {
+            scores.insert((set, fold, alpha.to_bits()), scored);
+        }
+    }
+    Ok(scores)
+}
+
+/// One candidate per (feature set, alpha), in that order: its accuracy and
+/// log-loss averaged over the folds.
+fn candidates(
+    search: &SearchData,
+    config: &TrainConfig,
+    scores: &Scores,
+    name: &str,
+    encoder: &EncoderStamp,
+) -> Vec<Candidate> {
+    let mut candidates = Vec::with_capacity(search.sets.len() * config.alphas.len());
+    for (set, (layers, pooling)) in search.sets.iter().enumerate() {
+        for &alpha in &config.alphas {
+            let (mut accuracy, mut log_loss) = (0.0, 0.0);
+            for fold in 0..search.folds {
+                let (a, l, _, _) = &scores[&(set, fold, alpha.to_bits())];
+                accuracy += a / search.folds as f64;
+                log_loss += l / search.folds as f64;
+            }
+            tracing::info!(
+                head = name,
+                pooling = %pooling,
+                layers = layers.as_ref().map(|l| l.describe(encoder.last_layer())).unwrap_or_else(|| "-1".into()),
+                alpha,
+                accuracy,
+                log_loss,
+                "candidate scored"
+            );
+            candidates.push(Candidate { pooling: *pooling, layers: layers.clone(), alpha, accuracy, log_loss });
+        }
+    }
+    candidates
+}
+
+/// The temperature, fitted on the chosen candidate's held-out logits of every
+/// fold together: it never sees the final fit's own training rows, nor test.
+fn calibrate(search: &SearchData, scores: &Scores, best: &Candidate) -> Calibration {
+    let set = search.index_of(best);
+    let held: Vec<&Scored> = (0..search.folds).map(|fold| &scores[&(set, fold, best.alpha.to_bits())]).collect();
+    let logits = ndarray::concatenate(Axis(0), &held.iter().map(|(_, _, z, _)| z.view()).collect::<Vec<_>>())
+        .expect("same width");
+    let labels: Vec<usize> = held.iter().flat_map(|(_, _, _, y)| y.iter().copied()).collect();
+    fit_temperature(&logits, &labels)
+}
+
+/// The chosen candidate fitted on every row it was searched on (in double
+/// precision), with its predictions on those rows. A fit far below what the
+/// candidate scored held out did not converge: refused rather than published
+/// as a head that answers one class.
+fn final_fit(
+    x: &Array2<f64>,
+    y: &[usize],
+    classes: usize,
+    best: &Candidate,
+    config: &TrainConfig,
+) -> anyhow::Result<(Scaler, Fitted, Vec<usize>)> {
+    let scaler = Scaler::fit(x);
+    let scaled = scaler.apply(x);
+    let fitted = fit_f64(&scaled, y, classes, best.alpha, config.max_iterations, None)?;
+    let (fit_accuracy, _, predictions) = score(&fitted, &scaled, y);
+    if fit_accuracy + 0.05 < best.accuracy {
+        bail!(
+            "the final fit did not converge: accuracy {fit_accuracy:.4} on its own training rows, while the chosen \
+             candidate scored {:.4} held out; try more training.max_iterations or another alpha",
+            best.accuracy
+        );
+    }
+    Ok((scaler, fitted, predictions))
 }
 
 #[cfg(test)]
@@ -539,6 +594,83 @@ mod tests {
         // more it shrinks and the best alone is left.
         let chosen = choose(&candidates, 8, 10_000_000);
         assert_eq!((chosen.pooling, chosen.layers), (FeaturePooling::ClsMean, concat));
+    }
+
+    /// `n` rows whose one feature is the row's index, under both poolings.
+    fn indexed(n: usize, offset: usize) -> PooledFeatures {
+        let column = Array2::from_shape_fn((n, 1), |(i, _)| (i + offset) as f32);
+        PooledFeatures { layers: vec![1], hidden: 1, cls: column.clone(), mean: column }
+    }
+
+    fn config(selection: Selection) -> TrainConfig {
+        TrainConfig {
+            poolings: vec![FeaturePooling::Cls, FeaturePooling::Mean],
+            layer_options: vec![None],
+            alphas: vec![1.0],
+            max_iterations: 10,
+            selection,
+            progress: None,
+            threads: Some(1),
+        }
+    }
+
+    #[test]
+    fn cross_validation_pools_both_splits_and_holds_each_row_out_once() {
+        let (train, validation) = (indexed(7, 0), indexed(3, 7));
+        let labels: Vec<usize> = (0..10).map(|i| i % 2).collect();
+        let search = SearchData::new(
+            &config(Selection::CrossValidation { folds: 3 }),
+            &LabelledFeatures { features: &train, labels: &labels[..7] },
+            Some(&LabelledFeatures { features: &validation, labels: &labels[7..] }),
+        )
+        .unwrap();
+        assert_eq!((search.sets.len(), search.folds, search.held_out), (2, 3, 10));
+        assert_eq!(search.fit_labels, labels);
+        let mut held_out = Vec::new();
+        for fold in 0..3 {
+            let (fit_x, fit_y, held_x, held_y) = search.split(1, fold);
+            assert_eq!(fit_x.nrows() + held_x.nrows(), 10);
+            // Row i (feature value i) is held out in fold i % 3, labels follow their rows.
+            for (row, &label) in held_x.column(0).iter().zip(&held_y) {
+                assert_eq!(*row as usize % 3, fold);
+                assert_eq!(label, *row as usize % 2);
+                held_out.push(*row as usize);
+            }
+            assert!(fit_x.column(0).iter().zip(&fit_y).all(|(row, &label)| label == *row as usize % 2));
+        }
+        held_out.sort();
+        assert_eq!(held_out, (0..10).collect::<Vec<_>>());
+        // Folds out of range are refused before any fit.
+        let too_many = SearchData::new(
+            &config(Selection::CrossValidation { folds: 11 }),
+            &LabelledFeatures { features: &train, labels: &labels[..7] },
+            Some(&LabelledFeatures { features: &validation, labels: &labels[7..] }),
+        );
+        assert!(too_many.err().unwrap().to_string().contains("2 to 10 folds"));
+    }
+
+    #[test]
+    fn validation_selection_fits_on_train_and_scores_on_validation_only() {
+        let (train, validation) = (indexed(6, 0), indexed(4, 100));
+        let labels = [0, 1, 0, 1, 0, 1];
+        let search = SearchData::new(
+            &config(Selection::Validation),
+            &LabelledFeatures { features: &train, labels: &labels },
+            Some(&LabelledFeatures { features: &validation, labels: &[1, 0, 1, 0] }),
+        )
+        .unwrap();
+        assert_eq!((search.folds, search.held_out), (1, 4));
+        let (fit_x, fit_y, held_x, held_y) = search.split(0, 0);
+        assert_eq!(fit_x.column(0).to_vec(), (0..6).map(f64::from).collect::<Vec<_>>());
+        assert_eq!(fit_y, labels);
+        assert_eq!(held_x.column(0).to_vec(), (100..104).map(f64::from).collect::<Vec<_>>());
+        assert_eq!(held_y, [1, 0, 1, 0]);
+        let none = SearchData::new(
+            &config(Selection::Validation),
+            &LabelledFeatures { features: &train, labels: &labels },
+            None,
+        );
+        assert!(none.err().unwrap().to_string().contains("has none"));
     }
 
     /// Labels drawn from softmax(z) for two-class logits z, by a fixed generator.
