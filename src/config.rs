@@ -557,11 +557,8 @@ impl Settings {
             });
         }
         for (name, head) in &self.heads {
-            if !is_valid_head_name(name) {
-                return Err(ConfigError::Invalid {
-                    key: "heads",
-                    problem: format!("head name {name:?} must be 1-64 letters, digits, '_' or '-'"),
-                });
+            if let Err(invalid) = HeadName::parse(name) {
+                return Err(ConfigError::Invalid { key: "heads", problem: invalid.to_string() });
             }
             let missing = match head.kind {
                 HeadKind::Logistic if head.data.is_none() => Some("data"),
@@ -602,18 +599,67 @@ impl Settings {
     }
 }
 
-/// A head name is 1-64 ASCII letters, digits, '_' or '-', not starting with
-/// '-': it names a file, a URL segment and a metrics label.
-pub fn is_valid_head_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && !name.starts_with('-')
+/// A head's name, parsed once wherever one comes in (settings, routes, the
+/// command line, the heads folder's listing): 1-64 ASCII letters, digits, '_'
+/// or '-', not starting with '-'. It names files in the heads folder, a URL
+/// segment and a metrics label; the paths of a head's files are made from it
+/// only ([`HeadName::file_in`]), so none can leave its folder.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HeadName(String);
+
+/// The one wording of the rule, for every place that refuses a name.
+#[derive(Debug, thiserror::Error)]
+#[error("head name {0:?} must be 1-64 letters, digits, '_' or '-', not starting with '-'")]
+pub struct InvalidHeadName(pub String);
+
+impl HeadName {
+    pub fn parse(name: &str) -> Result<HeadName, InvalidHeadName> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            && !name.starts_with('-');
+        if valid {
+            Ok(HeadName(name.to_string()))
+        } else {
+            Err(InvalidHeadName(name.to_string()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `<dir>/<name><suffix>`.
+    pub fn file_in(&self, dir: &Path, suffix: &str) -> PathBuf {
+        dir.join(format!("{}{suffix}", self.0))
+    }
+}
+
+impl std::fmt::Display for HeadName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_names_are_parsed_once_with_one_rule() {
+        for good in ["sentiment", "a", "topics_v2", "x-y", &"n".repeat(64)] {
+            let name = HeadName::parse(good).unwrap();
+            assert_eq!(name.as_str(), good);
+            assert_eq!(name.file_in(Path::new("/heads"), ".json"), PathBuf::from(format!("/heads/{good}.json")));
+        }
+        for bad in ["", "-x", "../etc", "a/b", "a.b", "é", "a b", &"n".repeat(65)] {
+            let refused = HeadName::parse(bad).unwrap_err();
+            assert_eq!(
+                refused.to_string(),
+                format!("head name {bad:?} must be 1-64 letters, digits, '_' or '-', not starting with '-'")
+            );
+        }
+    }
 
     fn env_of(vars: &[(&str, &str)]) -> Env {
         // figment's Env reads the real environment; tests use a unique prefix so

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -497,18 +497,10 @@ impl LogisticHead {
     }
 }
 
-/// Path of a head's file; `name` is checked so that it cannot leave `dir`.
+/// Path of a head's file (`<dir>/<name>.json`); a name that is no
+/// [`HeadName`](crate::config::HeadName) is refused, so it cannot leave `dir`.
 pub fn head_path(dir: &Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
-    validate_head_name(name)?;
-    Ok(dir.join(format!("{name}.json")))
-}
-
-pub fn validate_head_name(name: &str) -> anyhow::Result<()> {
-    if crate::config::is_valid_head_name(name) {
-        Ok(())
-    } else {
-        Err(anyhow!("invalid head name {name:?}: use 1-64 letters, digits, '_' or '-'"))
-    }
+    Ok(crate::config::HeadName::parse(name)?.file_in(dir, ".json"))
 }
 
 #[cfg(test)]

@@ -28,8 +28,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::logistic::{head_path, validate_head_name, LogisticHead};
+use super::logistic::{head_path, LogisticHead};
 use crate::atomic_file::write_atomic;
+use crate::config::HeadName;
 
 /// Folder of the versions, inside the heads folder (hidden from the scan).
 const VERSIONS_DIR: &str = ".versions";
@@ -113,8 +114,7 @@ impl HeadStore {
     }
 
     fn versions_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
-        head_path(&self.dir, name)?; // checks the name
-        Ok(self.dir.join(VERSIONS_DIR).join(name))
+        Ok(HeadName::parse(name)?.file_in(&self.dir.join(VERSIONS_DIR), ""))
     }
 
     fn history(&self, name: &str) -> anyhow::Result<History> {
@@ -132,10 +132,14 @@ impl HeadStore {
     }
 
     fn lock_file(&self, name: &str, suffix: &str) -> std::io::Result<std::fs::File> {
-        validate_head_name(name).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let name = HeadName::parse(name).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let dir = self.dir.join(LOCKS_DIR);
         std::fs::create_dir_all(&dir)?;
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(format!("{name}.{suffix}")))
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(name.file_in(&dir, &format!(".{suffix}")))
     }
 
     /// Holds `name` for a training, rollback or delete, or says another
@@ -318,7 +322,7 @@ impl HeadStore {
             let entry = entry?;
             let Ok(file_name) = entry.file_name().into_string() else { continue };
             let Some(name) = file_name.strip_suffix(".json") else { continue };
-            if crate::config::is_valid_head_name(name) {
+            if HeadName::parse(name).is_ok() {
                 found.push((name.to_string(), entry.path()));
             }
         }

@@ -396,12 +396,7 @@ pub async fn create_head(
     .await
     .map_err(internal)??;
     let name = creation.name;
-    if !crate::config::is_valid_head_name(&name) {
-        return Err(ApiError::invalid(
-            "invalid_head_name",
-            format!("head name {name:?} must be 1-64 letters, digits, '_' or '-'"),
-        ));
-    }
+    crate::config::HeadName::parse(&name).map_err(|e| ApiError::invalid("invalid_head_name", e.to_string()))?;
     if creation.description.as_ref().is_some_and(|d| d.len() > MAX_DESCRIPTION_BYTES) {
         return Err(ApiError::invalid("invalid_request", format!("description is over {MAX_DESCRIPTION_BYTES} bytes")));
     }
@@ -451,7 +446,7 @@ pub async fn create_head(
 /// A head that rollback and delete can act on: a valid name (else 404, as no
 /// such head can exist), not an ONNX head from the settings (409).
 fn stored_only(state: &AppState, name: &str) -> Result<(), ApiError> {
-    if !crate::config::is_valid_head_name(name) {
+    if crate::config::HeadName::parse(name).is_err() {
         return Err(ApiError::not_found(format!("no head named {name:?}")));
     }
     if let Ok(head) = state.heads.get(Some(name)) {
