@@ -7,8 +7,10 @@ pub mod compat;
 pub mod embed;
 pub mod error;
 pub mod heads;
+pub mod heads_admin;
 pub mod meta;
 pub mod types;
+pub mod upload;
 
 use std::ops::Deref;
 use std::sync::atomic::AtomicBool;
@@ -131,10 +133,10 @@ impl Deref for AppState {
         heads::list_heads,
         heads::get_head,
         heads::confusion_svg,
-        heads::create_head,
-        heads::rollback_head,
-        heads::delete_head,
-        heads::reload_head,
+        heads_admin::create_head,
+        heads_admin::rollback_head,
+        heads_admin::delete_head,
+        heads_admin::reload_head,
         compat::tokenize,
         compat::openai_embeddings,
         meta::ready,
@@ -328,14 +330,14 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
     let read_body = axum::middleware::from_fn_with_state(state.clone(), read_body_with_deadline);
     let read_upload = axum::middleware::from_fn_with_state(state.clone(), read_upload_with_deadline);
     let upload = Router::new()
-        .route("/heads", post(heads::create_head))
+        .route("/heads", post(heads_admin::create_head))
         .route_layer(DefaultBodyLimit::max(state.settings.training.max_upload_bytes))
         .route_layer(read_upload)
         .route_layer(require_admin.clone());
     let admin = Router::new()
-        .route("/heads/{name}/reload", post(heads::reload_head))
-        .route("/heads/{name}/rollback", post(heads::rollback_head))
-        .route("/heads/{name}", axum::routing::delete(heads::delete_head))
+        .route("/heads/{name}/reload", post(heads_admin::reload_head))
+        .route("/heads/{name}/rollback", post(heads_admin::rollback_head))
+        .route("/heads/{name}", axum::routing::delete(heads_admin::delete_head))
         .route_layer(read_body.clone())
         .route_layer(require_admin);
     let inference = Router::new()
