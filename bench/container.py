@@ -23,20 +23,6 @@ if ENGINE and os.path.basename(ENGINE) == "podman":
     os.environ.setdefault("CONTAINERS_CONF", os.path.join(REPO, "deploy/podman/containers.conf"))
 
 
-def wait_ready(port, limit=120):
-    start = time.time()
-    while time.time() - start < limit:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/health/ready")
-            if c.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing ready on {port}")
-
-
 def classify(conn, text):
     body = json.dumps({"inputs": text})
     conn.request("POST", "/classify", body, {"content-type": "application/json"})
@@ -113,8 +99,9 @@ def main():
                    check=True, capture_output=True)
     rows = []
     try:
-        wait_ready(host_port)
-        wait_ready(box_port)
+        for port in (host_port, box_port):
+            if not serving.wait_ready(port, 120):
+                raise RuntimeError(f"nothing ready on {port}")
         for r in range(a.rounds):
             for where, port in [("host", host_port), ("container", box_port)]:
                 p50, p99 = latency(port, texts, a.requests)

@@ -1,5 +1,6 @@
 """The binary under test, started on a free loopback port and stopped: shared
-by bench/worst_request.py, bench/admission.py and bench/upload_peak.py."""
+by bench/worst_request.py, bench/admission.py, bench/upload_peak.py and
+bench/container.py (which waits for a container with `wait_ready`)."""
 import http.client, os, socket, subprocess, time
 
 
@@ -18,13 +19,20 @@ def start(binary, model_dir, *args, admin_key=None, log_name="serve"):
     proc = subprocess.Popen([binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--model-dir", model_dir,
                              "--heads", "", "--default-head", "", *args],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
-    for _ in range(600):
+    wait_ready(port)
+    return proc, port
+
+
+def wait_ready(port, limit_s=60):
+    """Whether /health/ready on `port` answered 200 within `limit_s`."""
+    start = time.time()
+    while time.time() - start < limit_s:
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=2); c.request("GET", "/health/ready")
-            if c.getresponse().status == 200: break
+            if c.getresponse().status == 200: return True
         except OSError: pass
         time.sleep(0.1)
-    return proc, port
+    return False
 
 
 def stop(proc):

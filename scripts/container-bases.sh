@@ -27,13 +27,16 @@ BUILD_IMAGE="localhost/distilserve-build:rust-$rust_version"
 exists() { "$ENGINE" image inspect "$1" >/dev/null 2>&1; }
 
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
-minbase() {  # a fresh minbase root file system in $work/$1
-  command -v debootstrap >/dev/null || die "debootstrap is needed (apt-get install debootstrap)"
-  [ "$(id -u)" = 0 ] || die "debootstrap needs root"
-  local t=$SECONDS
-  debootstrap --variant=minbase "$SUITE" "$work/$1" "$MIRROR" >"$work/$1.log" 2>&1 \
-    || { tail -20 "$work/$1.log" >&2; die "debootstrap failed"; }
-  log "debootstrap $SUITE minbase in $((SECONDS - t)) s"
+minbase() {  # a copy of one minbase root file system (debootstrap runs once) in $work/$1
+  if [ ! -d "$work/minbase" ]; then
+    command -v debootstrap >/dev/null || die "debootstrap is needed (apt-get install debootstrap)"
+    [ "$(id -u)" = 0 ] || die "debootstrap needs root"
+    local t=$SECONDS
+    debootstrap --variant=minbase "$SUITE" "$work/minbase" "$MIRROR" >"$work/minbase.log" 2>&1 \
+      || { tail -20 "$work/minbase.log" >&2; die "debootstrap failed"; }
+    log "debootstrap $SUITE minbase in $((SECONDS - t)) s"
+  fi
+  cp -a "$work/minbase" "$work/$1"
 }
 slim() {  # what debian:*-slim leaves out
   rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/* \

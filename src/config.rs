@@ -599,12 +599,13 @@ impl Settings {
     }
 }
 
-/// A head's name, parsed once wherever one comes in (settings, routes, the
-/// command line, the heads folder's listing): 1-64 ASCII letters, digits, '_'
-/// or '-', not starting with '-'. It names files in the heads folder, a URL
-/// segment and a metrics label; the paths of a head's files are made from it
-/// only ([`HeadName::file_in`]), so none can leave its folder.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A head's name, checked by one rule wherever one comes in (settings,
+/// `POST /heads`, rollback and delete, the heads folder's listing, the files
+/// of a head): 1-64 ASCII letters, digits, '_' or '-', not starting with '-'.
+/// It names files in the heads folder, a URL segment and a metrics label; the
+/// paths of a head's files are made from it only ([`HeadName::file_in`]), so
+/// none can leave its folder. Names are still `String`s elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeadName(String);
 
 /// The one wording of the rule, for every place that refuses a name.
@@ -632,12 +633,6 @@ impl HeadName {
     /// `<dir>/<name><suffix>`.
     pub fn file_in(&self, dir: &Path, suffix: &str) -> PathBuf {
         dir.join(format!("{}{suffix}", self.0))
-    }
-}
-
-impl std::fmt::Display for HeadName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
