@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
+.PHONY: bench-clients image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
 
 # MODEL=all-mpnet-base-v2 (or distilbert-base-shaped) sets that encoder up too.
 MODEL ?=
@@ -23,7 +23,7 @@ run: setup
 # In the release profile: the dependencies `make run` built are reused, not
 # compiled a second time in another profile.
 test: setup test-deps
-	DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test --release
+	DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" DISTILSERVE_CLIENTS_PYTHON="$$(scripts/clients-env.sh)" $(CARGO) test --release
 
 # The schemathesis contract test with a 10-minute budget (CI runs it for 60 s).
 contract: setup
@@ -124,3 +124,12 @@ bench-container: image
 # Regenerate openapi.yaml from the code (tests/suite/openapi.rs fails when it drifts).
 openapi:
 	$(CARGO) run --quiet -- openapi --format yaml > openapi.yaml.tmp && mv openapi.yaml.tmp openapi.yaml
+
+# A 5,000-text corpus through langchain-openai (its default chunks), the openai
+# SDK (2,048 a request) and /embed (256 a request), one after the other, against
+# a release server on the default settings (tests/clients/test_clients.py --corpus).
+CORPUS ?= 5000
+bench-clients: setup
+	$(CARGO) build --release
+	test -f models/heads/sentiment.json || target/release/distilserve train --head sentiment
+	bench/clients.sh $(CORPUS)

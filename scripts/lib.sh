@@ -36,3 +36,18 @@ pip_download() {
 
 # Write a file atomically: content on stdin, renamed into place when complete.
 atomic_write() { local dest="$1"; cat > "$dest.tmp.$$" && mv -f "$dest.tmp.$$" "$dest"; }
+
+# ensure_venv DIR REQUIREMENTS WHAT: creates (once) a Python venv in DIR with the
+# pinned REQUIREMENTS file installed; reinstalls only when that file changes.
+ensure_venv() {
+  local dir="$1" req="$2" what="$3" stamp want
+  stamp="$dir/.requirements.sha256"
+  want="$(sha256sum "$req" | cut -d' ' -f1)"
+  if [ ! -x "$dir/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "creating $what in $dir"
+    python3 -m venv "$dir"
+    "$dir/bin/python" -m pip install -q --upgrade pip >&2
+    "$dir/bin/python" -m pip install -q -r "$req" >&2
+    echo "$want" > "$stamp"
+  fi
+}

@@ -96,6 +96,33 @@ pub struct Batched {
     pub queue_estimate: Option<Duration>,
 }
 
+/// Work admitted to the queue, its rows not yet computed.
+pub struct Submitted {
+    rx: Option<oneshot::Receiver<Result<Batched, BatchError>>>,
+    deadline: Instant,
+}
+
+impl Submitted {
+    /// The rows, or the deadline's error. Dropped unawaited (or timed out), the
+    /// job is marked unwanted and the workers skip what is left of it.
+    pub async fn wait(self) -> Result<Batched, BatchError> {
+        let Some(rx) = self.rx else {
+            return Ok(Batched {
+                rows: Vec::new(),
+                queue_time: Duration::ZERO,
+                inference_time: Duration::ZERO,
+                queue_estimate: None,
+            });
+        };
+        let timeout = self.deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_closed)) => Err(BatchError::ShuttingDown),
+            Err(_elapsed) => Err(BatchError::DeadlineExceeded),
+        }
+    }
+}
+
 type Reply = oneshot::Sender<Result<Batched, BatchError>>;
 
 /// One request's sequences and where their results go.
@@ -358,31 +385,34 @@ impl Batcher {
     /// Queues `seqs` and waits for their rows, in the same order. Refuses at once
     /// when the queue cannot take them all; gives up at `deadline`.
     pub async fn run(&self, seqs: Vec<Tokenized>, deadline: Instant) -> Result<Batched, BatchError> {
+        self.submit(seqs, deadline)?.wait().await
+    }
+
+    /// Admits and queues `seqs` at once (the refusals of [`Batcher::run`]);
+    /// their rows are awaited with [`Submitted::wait`]. Lets a caller keep
+    /// several parts of one request queued (`Inference::embed_corpus`).
+    pub fn submit(&self, seqs: Vec<Tokenized>, deadline: Instant) -> Result<Submitted, BatchError> {
         if seqs.is_empty() {
-            return Ok(Batched {
-                rows: Vec::new(),
-                queue_time: Duration::ZERO,
-                inference_time: Duration::ZERO,
-                queue_estimate: None,
-            });
+            return Ok(Submitted { rx: None, deadline });
         }
         self.check_request_tokens(&seqs)?;
-        let rx = {
-            let mut queue = self.shared.queue();
-            self.admit(&queue, seqs.len())?;
-            self.admit_tokens(&queue, tokens_of(&seqs))?;
-            let estimate = self.admit_wait(&queue, deadline)?;
-            let (job, rx) = self.new_job(seqs, deadline, false, estimate);
-            self.enqueue(&mut queue, &job);
-            rx
+        let mut queue = self.shared.queue();
+        self.admit(&queue, seqs.len())?;
+        self.admit_tokens(&queue, tokens_of(&seqs))?;
+        let estimate = self.admit_wait(&queue, deadline)?;
+        let (job, rx) = self.new_job(seqs, deadline, false, estimate);
+        self.enqueue(&mut queue, &job);
+        Ok(Submitted { rx: Some(rx), deadline })
+    }
+
+    /// Estimated model time of `items` sequences of `tokens` tokens on an
+    /// empty queue, and of the live work queued now (None: no fit yet).
+    pub fn estimate(&self, items: usize, tokens: usize) -> Option<(Duration, Duration)> {
+        let queued = {
+            let queue = self.shared.queue();
+            (queue.live_items, queue.live_tokens)
         };
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_closed)) => Err(BatchError::ShuttingDown),
-            // Dropping `rx` here marks the job unwanted: workers skip what is left of it.
-            Err(_elapsed) => Err(BatchError::DeadlineExceeded),
-        }
+        Some((self.queued_work_time(items, tokens)?, self.queued_work_time(queued.0, queued.1)?))
     }
 
     /// For batch jobs on a plain thread (head training): their own lane past

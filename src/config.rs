@@ -345,6 +345,10 @@ pub struct BatchingSettings {
 pub struct LimitSettings {
     pub max_inputs: usize,
     pub max_request_tokens: usize,
+    /// Most inputs and tokens of one request on the routes that answer one
+    /// pooled vector per text (OpenAI's, TEI's), computed in parts of the two above.
+    pub max_pooled_inputs: usize,
+    pub max_pooled_tokens: usize,
     pub window_stride_tokens: usize,
     /// Most bytes of one answer, as priced before any work (`cost.rs`).
     pub max_response_bytes: u64,
@@ -486,6 +490,8 @@ impl Settings {
         positive("batching.queue_capacity", self.batching.queue_capacity)?;
         positive("batching.sessions", self.batching.sessions)?;
         positive("limits.max_inputs", self.limits.max_inputs)?;
+        positive("limits.max_pooled_inputs", self.limits.max_pooled_inputs)?;
+        positive("limits.max_pooled_tokens", self.limits.max_pooled_tokens)?;
         positive("limits.max_request_tokens", self.limits.max_request_tokens)?;
         positive("limits.max_response_bytes", self.limits.max_response_bytes as usize)?;
         positive("limits.max_request_memory_bytes", self.limits.max_request_memory_bytes as usize)?;

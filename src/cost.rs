@@ -127,6 +127,16 @@ impl Cost {
         Cost { answer_bytes, memory_bytes }
     }
 
+    /// A corpus-sized pooled request computed in parts (`Inference::embed_corpus`):
+    /// one vector per text in the answer (as JSON: base64 is smaller), and the
+    /// hidden states of at most `held_tokens` tokens (the parts queued at once).
+    pub fn corpus(texts: usize, held_tokens: usize, shape: EmbedShape) -> Cost {
+        let texts = texts as u64;
+        let answer_bytes = JSON_ENVELOPE_BYTES + texts * (shape.width as u64 * JSON_BYTES_PER_FLOAT + 2 + 96);
+        let memory_bytes = rows_bytes(held_tokens as u64, shape.hidden, shape.layers_held) + answer_bytes;
+        Cost { answer_bytes, memory_bytes }
+    }
+
     /// `token_counts` as for [`Cost::embed`]; `token_text_bytes` counts the
     /// word pieces once (each head's explanation repeats them).
     pub fn classify(token_counts: &[usize], token_text_bytes: u64, shape: ClassifyShape) -> Cost {

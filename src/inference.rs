@@ -5,14 +5,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::batching::{BatchError, Batcher, BatcherConfig, BatcherStats};
+use std::collections::VecDeque;
+
+use crate::batching::{BatchError, Batched, Batcher, BatcherConfig, BatcherStats, Submitted};
 use crate::cost::{json_strings_bytes, AnswerFormat, Cost, CostError, CostLimits, EmbedShape};
 use crate::encoder::Encoder;
 use crate::layers::{LayerMask, LayerSelection};
 use crate::metrics::RuntimeMetrics;
 use crate::model::{Model, ModelInfo};
 use crate::pooling::{normalize, pool, pool_windows, Pooling, Rows};
-use crate::tokenize::{TextTokenizer, TokenizeError, Tokenized};
+use crate::tokenize::{TextTokenizer, TokenizeError, Tokenized, Truncation};
 
 /// Requests with at most this much text are tokenized on the async thread.
 const INLINE_TOKENIZE_BYTES: usize = 2048;
@@ -160,6 +162,61 @@ pub enum InferenceError {
     Batch(#[from] BatchError),
     #[error(transparent)]
     Cost(#[from] CostError),
+    #[error(
+        "the request holds about {work_ms} ms of model time on this replica, more than its deadline leaves \
+         ({left_ms} ms of server.request_timeout_ms): send fewer or shorter texts per request"
+    )]
+    TooMuchWork { work_ms: u64, left_ms: u64 },
+}
+
+/// One input of a corpus request: a text, or a sequence of the model's own token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CorpusItem {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// Bounds of a corpus request: the whole (`limits.max_pooled_inputs`,
+/// `limits.max_pooled_tokens`) and each part it is queued in (the
+/// per-request `limits.max_inputs`, `limits.max_request_tokens`).
+#[derive(Debug, Clone, Copy)]
+pub struct CorpusBounds {
+    pub max_tokens: usize,
+    pub part_inputs: usize,
+    pub part_tokens: usize,
+    pub limits: CostLimits,
+}
+
+/// One pooled vector per input, not normalised (callers cut `dimensions` first).
+pub struct Pooled {
+    pub vectors: Vec<Vec<f32>>,
+    pub token_counts: Vec<usize>,
+    pub timing: Timing,
+}
+
+/// Parts of one corpus request queued at once: the next part waits in the
+/// queue while the workers compute the one before, so batches stay full.
+const PARTS_IN_FLIGHT: usize = 2;
+/// How long a refused later part waits before it is offered again.
+const PART_RETRY: Duration = Duration::from_millis(20);
+
+/// Consecutive runs of `seqs`, each at most `inputs` sequences and `tokens` tokens.
+fn split_parts(seqs: Vec<Tokenized>, inputs: usize, tokens: usize) -> Vec<Vec<Tokenized>> {
+    let mut parts: Vec<Vec<Tokenized>> = Vec::new();
+    let mut held = 0;
+    for seq in seqs {
+        match parts.last_mut() {
+            Some(part) if part.len() < inputs && held + seq.len() <= tokens => {
+                held += seq.len();
+                part.push(seq);
+            }
+            _ => {
+                held = seq.len();
+                parts.push(vec![seq]);
+            }
+        }
+    }
+    parts
 }
 
 impl Inference {
@@ -367,6 +424,133 @@ impl Inference {
             ),
         };
         Ok(Embedded { tokens: encoded.tokens, token_counts, hidden, vectors, timing: encoded.timing })
+    }
+
+    /// A corpus-sized pooled request (OpenAI's 2,048 inputs, LangChain's
+    /// 1,000-text chunks): tokenized whole and bounded (`bounds.max_tokens`,
+    /// its answer and memory priced, its model time against its deadline),
+    /// then queued in parts within the per-request bounds, a few at once, so
+    /// that each part is admitted as a request of its own and live requests
+    /// interleave with it. Once the first part is in, a busy queue delays the
+    /// later ones (they wait for an earlier part, then retry) instead of
+    /// losing accepted work; the deadline bounds the whole.
+    pub async fn embed_corpus(
+        &self,
+        input: Vec<CorpusItem>,
+        truncation: Truncation,
+        deadline: Instant,
+        pooling: Pooling,
+        bounds: CorpusBounds,
+    ) -> Result<Pooled, InferenceError> {
+        let n = input.len();
+        self.batcher.check_capacity(n.min(bounds.part_inputs))?;
+        let bytes: usize = input
+            .iter()
+            .map(|item| match item {
+                CorpusItem::Text(t) => t.len(),
+                CorpusItem::Ids(ids) => 4 * ids.len(),
+            })
+            .sum();
+        let started = Instant::now();
+        let tokenizer = self.tokenizer.clone();
+        let encode = move || -> Result<Vec<Tokenized>, TokenizeError> {
+            input
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    CorpusItem::Text(text) => tokenizer.encode_with(i, text, truncation),
+                    CorpusItem::Ids(ids) => tokenizer.from_ids(i, ids, truncation),
+                })
+                .collect()
+        };
+        let mut seqs = if bytes <= INLINE_TOKENIZE_BYTES {
+            encode()?
+        } else {
+            tokio::task::spawn_blocking(encode).await.unwrap_or_else(|join_error| {
+                Err(TokenizeError::Failed { index: 0, message: format!("tokenizer task failed: {join_error}") })
+            })?
+        };
+        let tokenize = started.elapsed();
+        self.metrics.tokenize.observe(tokenize.as_secs_f64());
+        // Pooled answers need no word pieces: parts are cheap to offer again.
+        for s in seqs.iter_mut() {
+            s.tokens = Vec::new();
+            s.offsets = Vec::new();
+        }
+        let token_counts: Vec<usize> = seqs.iter().map(Tokenized::len).collect();
+        let tokens: usize = token_counts.iter().sum();
+        if tokens > bounds.max_tokens {
+            return Err(BatchError::TooManyTokens { tokens, limit: bounds.max_tokens }.into());
+        }
+        let parts = split_parts(seqs, bounds.part_inputs.max(1), bounds.part_tokens.max(1));
+        let mut held: Vec<usize> = parts.iter().map(|p| p.iter().map(Tokenized::len).sum()).collect();
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        let shape = EmbedShape {
+            hidden: self.info.hidden_size,
+            layers_held: 1,
+            width: self.info.hidden_size,
+            per_token: false,
+            format: AnswerFormat::Json,
+        };
+        Cost::corpus(n, held.iter().take(PARTS_IN_FLIGHT).sum(), shape).check(bounds.limits)?;
+        if let Some((work, _queued)) = self.batcher.estimate(n, tokens) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if work > left {
+                let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                return Err(InferenceError::TooMuchWork { work_ms: ms(work), left_ms: ms(left) });
+            }
+        }
+
+        let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(n);
+        let mut first: Option<Batched> = None;
+        let mut collect = |batched: Batched| {
+            vectors.extend(batched.rows.iter().map(|r| pool(r, pooling).expect("cls or mean pools")));
+            first.get_or_insert(Batched { rows: Vec::new(), ..batched });
+        };
+        let mut in_flight: VecDeque<Submitted> = VecDeque::new();
+        for (number, part) in parts.into_iter().enumerate() {
+            loop {
+                match self.batcher.submit(part.clone(), deadline) {
+                    Ok(submitted) => {
+                        in_flight.push_back(submitted);
+                        break;
+                    }
+                    Err(
+                        BatchError::QueueFull { .. }
+                        | BatchError::QueueFullTokens { .. }
+                        | BatchError::QueueWait { .. },
+                    ) if number > 0 => {
+                        if Instant::now() >= deadline {
+                            return Err(BatchError::DeadlineExceeded.into());
+                        }
+                        match in_flight.pop_front() {
+                            Some(earlier) => collect(earlier.wait().await?),
+                            None => tokio::time::sleep(PART_RETRY).await,
+                        }
+                    }
+                    Err(refused) => return Err(refused.into()),
+                }
+            }
+            while in_flight.len() >= PARTS_IN_FLIGHT {
+                collect(in_flight.pop_front().expect("non-empty").wait().await?);
+            }
+        }
+        while let Some(submitted) = in_flight.pop_front() {
+            collect(submitted.wait().await?);
+        }
+        let first = first.unwrap_or(Batched {
+            rows: Vec::new(),
+            queue_time: Duration::ZERO,
+            inference_time: Duration::ZERO,
+            queue_estimate: None,
+        });
+        let timing = Timing {
+            tokenize,
+            queue: first.queue_time,
+            inference: started.elapsed().saturating_sub(tokenize + first.queue_time),
+            queue_estimate: first.queue_estimate,
+        };
+        Ok(Pooled { vectors, token_counts, timing })
     }
 
     /// Runs a few model calls of typical shapes (1, 4 and 16 texts of about 8,

@@ -59,29 +59,56 @@ pub enum TokenizeError {
 
 pub struct TextTokenizer {
     truncating: Tokenizer,
+    /// Keeps a long text's end (TEI's `truncation_direction: "left"`).
+    truncating_left: Tokenizer,
     untruncated: Tokenizer,
     max_tokens: usize,
+}
+
+/// What to do with a text over the model's maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Truncation {
+    /// Refuse it, naming its length.
+    Refuse,
+    /// Keep its first tokens.
+    Right,
+    /// Keep its last tokens.
+    Left,
+}
+
+impl Truncation {
+    pub fn of(truncate: bool) -> Truncation {
+        if truncate {
+            Truncation::Right
+        } else {
+            Truncation::Refuse
+        }
+    }
 }
 
 impl TextTokenizer {
     pub fn from_file(path: &Path, max_tokens: usize) -> anyhow::Result<Self> {
         let load =
             || Tokenizer::from_file(path).map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()));
-        let mut truncating = load()?;
-        let mut untruncated = load()?;
-        // A baked-in padding (e.g. Fixed(128)) would make every text pay for the longest.
-        truncating.with_padding(None);
-        untruncated.with_padding(None);
-        truncating
-            .with_truncation(Some(TruncationParams {
+        let truncated = |direction: Option<TruncationDirection>| -> anyhow::Result<Tokenizer> {
+            let mut tokenizer = load()?;
+            // A baked-in padding (e.g. Fixed(128)) would make every text pay for the longest.
+            tokenizer.with_padding(None);
+            let params = direction.map(|direction| TruncationParams {
                 max_length: max_tokens,
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
-                direction: TruncationDirection::Right,
-            }))
-            .map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?;
-        untruncated.with_truncation(None).map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?;
-        Ok(Self { truncating, untruncated, max_tokens })
+                direction,
+            });
+            tokenizer.with_truncation(params).map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?;
+            Ok(tokenizer)
+        };
+        Ok(Self {
+            truncating: truncated(Some(TruncationDirection::Right))?,
+            truncating_left: truncated(Some(TruncationDirection::Left))?,
+            untruncated: truncated(None)?,
+            max_tokens,
+        })
     }
 
     pub fn max_tokens(&self) -> usize {
@@ -91,9 +118,15 @@ impl TextTokenizer {
     /// Tokenizes `text` (input number `index` of a request, for error messages).
     /// With `truncate` false, a text over the maximum is an error naming its length.
     pub fn encode(&self, index: usize, text: &str, truncate: bool) -> Result<Tokenized, TokenizeError> {
+        self.encode_with(index, text, Truncation::of(truncate))
+    }
+
+    /// [`TextTokenizer::encode`], truncating from either end.
+    pub fn encode_with(&self, index: usize, text: &str, truncation: Truncation) -> Result<Tokenized, TokenizeError> {
         let failed = |e: tokenizers::Error| TokenizeError::Failed { index, message: e.to_string() };
-        let encoding = self.truncating.encode(text, true).map_err(failed)?;
-        if !truncate && !encoding.get_overflowing().is_empty() {
+        let tokenizer = if truncation == Truncation::Left { &self.truncating_left } else { &self.truncating };
+        let encoding = tokenizer.encode(text, true).map_err(failed)?;
+        if truncation == Truncation::Refuse && !encoding.get_overflowing().is_empty() {
             let full = self.untruncated.encode(text, true).map_err(failed)?;
             return Err(TokenizeError::TooLong { index, tokens: full.len(), max: self.max_tokens });
         }
@@ -156,7 +189,57 @@ impl TextTokenizer {
 
     /// Tokenizes several texts; the first failure wins.
     pub fn encode_all<S: AsRef<str>>(&self, texts: &[S], truncate: bool) -> Result<Vec<Tokenized>, TokenizeError> {
-        texts.iter().enumerate().map(|(i, t)| self.encode(i, t.as_ref(), truncate)).collect()
+        self.encode_all_with(texts, Truncation::of(truncate))
+    }
+
+    /// [`TextTokenizer::encode_all`], truncating from either end.
+    pub fn encode_all_with<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        truncation: Truncation,
+    ) -> Result<Vec<Tokenized>, TokenizeError> {
+        texts.iter().enumerate().map(|(i, t)| self.encode_with(i, t.as_ref(), truncation)).collect()
+    }
+
+    /// A sequence given as the model's own token ids (OpenAI's and TEI's
+    /// pre-tokenized inputs), used as they are: no special tokens added.
+    /// Ids outside the vocabulary are refused; over the maximum, cut as asked.
+    pub fn from_ids(&self, index: usize, ids: &[u32], truncation: Truncation) -> Result<Tokenized, TokenizeError> {
+        let vocab = self.untruncated.get_vocab_size(true);
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(TokenizeError::Failed {
+                index,
+                message: format!("token id {bad} is outside the model's vocabulary (0 to {})", vocab - 1),
+            });
+        }
+        if ids.is_empty() {
+            return Err(TokenizeError::Failed { index, message: "no token ids".into() });
+        }
+        let kept = match truncation {
+            _ if ids.len() <= self.max_tokens => ids,
+            Truncation::Refuse => {
+                return Err(TokenizeError::TooLong { index, tokens: ids.len(), max: self.max_tokens });
+            }
+            Truncation::Right => &ids[..self.max_tokens],
+            Truncation::Left => &ids[ids.len() - self.max_tokens..],
+        };
+        let specials: Vec<u32> =
+            self.untruncated.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
+        Ok(Tokenized {
+            ids: kept.iter().map(|&i| i64::from(i)).collect(),
+            type_ids: vec![0; kept.len()],
+            tokens: kept.iter().map(|&i| self.untruncated.id_to_token(i).unwrap_or_default()).collect(),
+            offsets: vec![(0, 0); kept.len()],
+            special: kept.iter().map(|i| specials.contains(i)).collect(),
+            layers: Default::default(),
+        })
+    }
+
+    /// Token ids back to text (TEI's `/decode`).
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizeError> {
+        self.untruncated
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| TokenizeError::Failed { index: 0, message: e.to_string() })
     }
 }
 

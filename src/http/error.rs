@@ -129,6 +129,9 @@ impl From<InferenceError> for ApiError {
             InferenceError::Tokenize(e) => e.into(),
             InferenceError::Batch(e) => e.into(),
             InferenceError::Cost(e) => e.into(),
+            e @ InferenceError::TooMuchWork { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_much_work", e.to_string())
+            }
         }
     }
 }

@@ -117,6 +117,8 @@ pub async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
         limits: LimitsDescription {
             max_inputs: s.limits.max_inputs,
             max_request_tokens: s.limits.max_request_tokens,
+            max_pooled_inputs: s.limits.max_pooled_inputs,
+            max_pooled_tokens: s.limits.max_pooled_tokens,
             max_response_bytes: s.limits.max_response_bytes,
             max_request_memory_bytes: s.limits.max_request_memory_bytes,
             max_body_bytes: s.server.max_body_bytes,

@@ -3,12 +3,14 @@
 
 pub mod auth;
 pub mod classify;
-pub mod compat;
 pub mod embed;
 pub mod error;
 pub mod heads;
 pub mod heads_admin;
 pub mod meta;
+pub mod openai;
+pub mod tei;
+pub mod tokenize;
 pub mod types;
 pub mod upload;
 
@@ -137,8 +139,20 @@ impl Deref for AppState {
         heads_admin::rollback_head,
         heads_admin::delete_head,
         heads_admin::reload_head,
-        compat::tokenize,
-        compat::openai_embeddings,
+        tokenize::tokenize,
+        openai::embeddings,
+        openai::embeddings_alias,
+        tei::root,
+        tei::embed,
+        tei::embed_all,
+        tei::predict,
+        tei::head_classify,
+        tei::head_predict,
+        tei::head_info,
+        tei::tokenize,
+        tei::decode,
+        tei::info,
+        tei::health,
         meta::ready,
         meta::live,
         meta::metrics,
@@ -149,7 +163,8 @@ impl Deref for AppState {
     tags(
         (name = "inference", description = "Model passes"),
         (name = "heads", description = "Classification heads: list, inspect; with the admin key create from labelled examples, roll back, delete"),
-        (name = "service", description = "Health and description")
+        (name = "service", description = "Health and description"),
+        (name = "tei", description = "Text Embeddings Inference's API under /tei (README \"Moving from TEI\"); /tei/embeddings and /tei/v1/embeddings are the OpenAI routes, /tei/metrics is /metrics")
     )
 )]
 pub struct ApiDoc;
@@ -343,8 +358,23 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
     let inference = Router::new()
         .route("/embed", post(embed::embed))
         .route("/classify", post(classify::classify))
-        .route("/tokenize", post(compat::tokenize))
-        .route("/v1/embeddings", post(compat::openai_embeddings))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/embeddings", post(openai::embeddings))
+        .route("/tei", post(tei::root))
+        .route("/tei/", post(tei::root))
+        .route("/tei/embed", post(tei::embed))
+        .route("/tei/embed_all", post(tei::embed_all))
+        .route("/tei/predict", post(tei::predict))
+        .route("/tei/tokenize", post(tei::tokenize))
+        .route("/tei/decode", post(tei::decode))
+        .route("/tei/info", get(tei::info))
+        .route("/tei/embeddings", post(openai::embeddings))
+        .route("/tei/v1/embeddings", post(openai::embeddings))
+        .route("/tei/heads/{name}", post(tei::head_classify))
+        .route("/tei/heads/{name}/", post(tei::head_classify))
+        .route("/tei/heads/{name}/predict", post(tei::head_predict))
+        .route("/tei/heads/{name}/info", get(tei::head_info))
         .route("/heads", get(heads::list_heads))
         .route("/heads/{name}", get(heads::get_head))
         .route("/heads/{name}/confusion.svg", get(heads::confusion_svg))
@@ -353,8 +383,12 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
     let health = Router::new()
         .route("/health", get(meta::ready))
         .route("/health/ready", get(meta::ready))
-        .route("/health/live", get(meta::live));
-    let mut operator = Router::new().route("/metrics", get(meta::metrics)).route("/info", get(meta::info));
+        .route("/health/live", get(meta::live))
+        .route("/tei/health", get(tei::health));
+    let mut operator = Router::new()
+        .route("/metrics", get(meta::metrics))
+        .route("/tei/metrics", get(meta::metrics))
+        .route("/info", get(meta::info));
     let mut operational = Router::new()
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/", get(meta::playground))

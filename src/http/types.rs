@@ -56,6 +56,76 @@ impl<'de> Deserialize<'de> for Inputs {
     }
 }
 
+/// Inputs of the corpus routes (OpenAI's `input`, TEI's `inputs`): a text, a
+/// list of texts, one sequence of the model's own token ids, or a list of such
+/// sequences (texts and id lists may be mixed, as TEI allows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingInputs(pub Vec<crate::inference::CorpusItem>);
+
+impl utoipa::PartialSchema for EmbeddingInputs {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let text = || ObjectBuilder::new().schema_type(Type::String).min_length(Some(1));
+        let id = || ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0));
+        let ids = || ArrayBuilder::new().items(id()).min_items(Some(1));
+        OneOfBuilder::new()
+            .item(text().description(Some("One text")))
+            .item(
+                ArrayBuilder::new()
+                    .items(OneOfBuilder::new().item(text()).item(ids()))
+                    .min_items(Some(1))
+                    .description(Some("Texts, or token-id sequences, in order")),
+            )
+            .item(ids().description(Some("One sequence of the model's token ids (as /tokenize gives them)")))
+            .into()
+    }
+}
+
+impl ToSchema for EmbeddingInputs {}
+
+impl<'de> Deserialize<'de> for EmbeddingInputs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use crate::inference::CorpusItem;
+        use serde::de::Error;
+        use serde_json::Value;
+        let id = |v: &Value, at: &str| -> Result<u32, D::Error> {
+            v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
+                D::Error::custom(format!("{at} must be a token id (a whole number of at least 0), found {v}"))
+            })
+        };
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(EmbeddingInputs(vec![CorpusItem::Text(s)])),
+            Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_number) => {
+                let ids: Result<Vec<u32>, D::Error> =
+                    items.iter().enumerate().map(|(i, v)| id(v, &format!("input[{i}]"))).collect();
+                Ok(EmbeddingInputs(vec![CorpusItem::Ids(ids?)]))
+            }
+            Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(CorpusItem::Text(s)),
+                    Value::Array(ids) => ids
+                        .iter()
+                        .enumerate()
+                        .map(|(j, v)| id(v, &format!("input[{i}][{j}]")))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(CorpusItem::Ids),
+                    other => Err(D::Error::custom(format!(
+                        "input[{i}] must be a string or a list of token ids, found {}",
+                        json_type(&other)
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(EmbeddingInputs),
+            other => Err(D::Error::custom(format!(
+                "input must be a string, a list of strings, or token ids, found {}",
+                json_type(&other)
+            ))),
+        }
+    }
+}
+
 fn json_type(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
@@ -173,6 +243,9 @@ pub struct ModelDescription {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LimitsDescription {
     pub max_inputs: usize,
+    /// Inputs and tokens of one request to the OpenAI and TEI embedding routes (computed in parts).
+    pub max_pooled_inputs: usize,
+    pub max_pooled_tokens: usize,
     /// Most tokens per request, after tokenization with truncation (413 `too_many_tokens` above).
     pub max_request_tokens: usize,
     /// Most bytes of one answer, priced before any work (413 `response_too_large` above).
@@ -223,7 +296,7 @@ pub struct ClassifyRequest {
     /// Answer `abstain` (with `abstained: true`) for a text whose top
     /// probability is below this (0-1); overrides the head's own
     /// `min_probability` (set when it was created). None: always answer.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "probability")]
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub min_probability: Option<f32>,
     /// Classify a text longer than the model's maximum from overlapping windows
@@ -434,7 +507,7 @@ pub struct TrainingOptions {
     #[serde(default)]
     pub test_fraction: Option<f64>,
     /// The head's default `min_probability` on `/classify` (0-1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "probability")]
     pub min_probability: Option<f32>,
 }
 
@@ -506,6 +579,7 @@ pub struct CreateHeadQuery {
     pub alphas: Option<String>,
     pub cv_folds: Option<usize>,
     pub test_fraction: Option<f64>,
+    #[serde(default, deserialize_with = "probability")]
     pub min_probability: Option<f32>,
 }
 
@@ -555,6 +629,29 @@ pub enum EncodingFormat {
     Base64,
 }
 
+/// An optional probability, checked as the number sent: as an `f32` a value
+/// just past 1 (1.0000000000000002) would round into range.
+fn probability<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<f32>, D::Error> {
+    use serde::de::Error;
+    match Option::<f64>::deserialize(deserializer)? {
+        Some(p) if (0.0..=1.0).contains(&p) => Ok(Some(p as f32)),
+        Some(p) => Err(D::Error::custom(format!("min_probability must be between 0 and 1, got {p}"))),
+        None => Ok(None),
+    }
+}
+
+/// An optional nested object, refused in serde's other form of a struct (a list).
+fn object<'de, D: serde::Deserializer<'de>, T: serde::de::DeserializeOwned>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Value>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(v @ serde_json::Value::Object(_)) => serde_json::from_value(v).map(Some).map_err(D::Error::custom),
+        Some(other) => Err(D::Error::custom(format!("expected an object, found {}", json_type(&other)))),
+    }
+}
+
 /// An optional whole number written as JSON allows (`8` or `8.0`, as JSON
 /// Schema's `integer` does); values past `usize` saturate.
 fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
@@ -576,9 +673,10 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Opt
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiEmbeddingRequest {
-    /// Text or texts to embed.
+    /// Text or texts to embed, or the model's own token ids (as `/tokenize`
+    /// gives them, used as they are): up to limits.max_pooled_inputs.
     #[schema(example = json!(["a gripping, funny film"]))]
-    pub input: Inputs,
+    pub input: EmbeddingInputs,
     /// Echoed in the answer; the served model answers whatever is named.
     #[serde(default)]
     pub model: Option<String>,
@@ -624,4 +722,238 @@ pub struct OpenAiEmbeddingResponse {
     pub data: Vec<OpenAiEmbedding>,
     pub model: String,
     pub usage: OpenAiUsage,
+}
+
+// Text Embeddings Inference (TEI)'s wire format, served under /tei (http/tei.rs).
+
+/// Which end of a long input TEI's `truncate` keeps (`right` cuts the end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ToSchema)]
+pub enum TeiTruncationDirection {
+    #[serde(alias = "left")]
+    Left,
+    #[default]
+    #[serde(alias = "right")]
+    Right,
+}
+
+/// `POST /tei/embed` (and `/tei/`): TEI's request. Unknown fields are refused.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TeiEmbedRequest {
+    /// Texts or token-id sequences: up to limits.max_pooled_inputs.
+    #[schema(example = json!(["a gripping, funny film"]))]
+    pub inputs: EmbeddingInputs,
+    /// Cut inputs over the model's maximum (else 413, as TEI without `--auto-truncate`).
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    #[serde(default)]
+    pub truncation_direction: TeiTruncationDirection,
+    /// Scale each vector to unit length (TEI's default).
+    #[serde(default = "yes")]
+    #[schema(default = true)]
+    pub normalize: bool,
+    /// Keep each vector's first `dimensions` values (before normalising).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1)]
+    pub dimensions: Option<usize>,
+    /// No prompts are configured for the served model: any name is a 422.
+    #[serde(default)]
+    pub prompt_name: Option<String>,
+}
+
+/// `POST /tei/embed_all`: every token's last hidden state.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TeiEmbedAllRequest {
+    #[schema(example = json!(["a gripping, funny film"]))]
+    pub inputs: Inputs,
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    /// Only `right` here (422 for `left`).
+    #[serde(default)]
+    pub truncation_direction: TeiTruncationDirection,
+    #[serde(default)]
+    pub prompt_name: Option<String>,
+}
+
+/// TEI's `/predict` input: a text, a pair `[a, b]`, or a batch `[[a], [a, b], ...]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeiPredictInput {
+    pub batch: bool,
+    /// Each a text (one string) or a pair (two).
+    pub sequences: Vec<Vec<String>>,
+}
+
+impl utoipa::PartialSchema for TeiPredictInput {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let text = || ObjectBuilder::new().schema_type(Type::String).min_length(Some(1));
+        let seq = || ArrayBuilder::new().items(text()).min_items(Some(1)).max_items(Some(2));
+        OneOfBuilder::new()
+            .item(text().description(Some("One text")))
+            .item(seq().description(Some("One text, or a pair of texts (refused: no pair head is served)")))
+            .item(ArrayBuilder::new().items(seq()).min_items(Some(1)).description(Some("A batch")))
+            .into()
+    }
+}
+
+impl ToSchema for TeiPredictInput {}
+
+impl<'de> Deserialize<'de> for TeiPredictInput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        use serde_json::Value;
+        let sequence = |v: Value, at: String| -> Result<Vec<String>, D::Error> {
+            match v {
+                Value::Array(items) if (1..=2).contains(&items.len()) => items
+                    .into_iter()
+                    .map(|t| match t {
+                        Value::String(s) => Ok(s),
+                        other => Err(D::Error::custom(format!("{at} holds {}, not a string", json_type(&other)))),
+                    })
+                    .collect(),
+                _ => Err(D::Error::custom(format!("{at} must be a text [a] or a pair [a, b]"))),
+            }
+        };
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(TeiPredictInput { batch: false, sequences: vec![vec![s]] }),
+            Value::Array(items) if items.first().is_some_and(Value::is_string) => {
+                Ok(TeiPredictInput { batch: false, sequences: vec![sequence(Value::Array(items), "inputs".into())?] })
+            }
+            Value::Array(items) => Ok(TeiPredictInput {
+                batch: true,
+                sequences: items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| sequence(v, format!("inputs[{i}]")))
+                    .collect::<Result<_, _>>()?,
+            }),
+            other => {
+                Err(D::Error::custom(format!("inputs must be a text, a pair or a batch, found {}", json_type(&other))))
+            }
+        }
+    }
+}
+
+/// `POST /tei/predict`: the default head (or the head of `/tei/heads/{name}`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TeiPredictRequest {
+    pub inputs: TeiPredictInput,
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    /// Only `right` here (422 for `left`).
+    #[serde(default)]
+    pub truncation_direction: TeiTruncationDirection,
+    /// Heads answer calibrated probabilities; `true` is a 422.
+    #[serde(default)]
+    pub raw_scores: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TeiPrediction {
+    pub score: f32,
+    pub label: String,
+}
+
+/// One input's labels, most probable first (a batch answers one list per input).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TeiPredictResponse {
+    Single(Vec<TeiPrediction>),
+    Batch(Vec<Vec<TeiPrediction>>),
+}
+
+/// `POST /tei/heads/{name}`: the Hugging Face Inference API's text
+/// classification (what `huggingface_hub`'s `text_classification` sends).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HfClassifyRequest {
+    #[schema(example = json!("a gripping, funny film"))]
+    pub inputs: Inputs,
+    #[serde(default, deserialize_with = "object")]
+    pub parameters: Option<HfClassifyParameters>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HfClassifyParameters {
+    /// `softmax` only (heads answer probabilities); others are a 422.
+    #[serde(default)]
+    pub function_to_apply: Option<String>,
+    /// The `top_k` most probable labels (all when absent).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1)]
+    pub top_k: Option<usize>,
+}
+
+/// `POST /tei/tokenize`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TeiTokenizeRequest {
+    #[schema(example = json!("a gripping, funny film"))]
+    pub inputs: Inputs,
+    #[serde(default = "yes")]
+    #[schema(default = true)]
+    pub add_special_tokens: bool,
+    #[serde(default)]
+    pub prompt_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TeiToken {
+    pub id: u32,
+    pub text: String,
+    pub special: bool,
+    /// Character offsets into the input (null for special tokens).
+    pub start: Option<usize>,
+    pub stop: Option<usize>,
+}
+
+/// `POST /tei/decode`: one sequence of ids, or several.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TeiDecodeRequest {
+    pub ids: TeiIds,
+    #[serde(default = "yes")]
+    #[schema(default = true)]
+    pub skip_special_tokens: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TeiIds {
+    One(Vec<u32>),
+    Many(Vec<Vec<u32>>),
+}
+
+/// `GET /tei/info`: TEI's description of the served model.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TeiInfo {
+    pub model_id: String,
+    pub model_sha: Option<String>,
+    pub model_dtype: String,
+    /// `{"embedding": {"pooling": ...}}`, or `{"classifier": {"id2label", "label2id"}}` for a head.
+    #[schema(value_type = Object)]
+    pub model_type: serde_json::Value,
+    pub max_concurrent_requests: usize,
+    pub max_input_length: usize,
+    pub max_batch_tokens: usize,
+    pub max_batch_requests: Option<usize>,
+    pub max_client_batch_size: usize,
+    pub auto_truncate: bool,
+    pub tokenization_workers: usize,
+    pub version: String,
+    pub sha: Option<String>,
+    pub docker_label: Option<String>,
+}
+
+/// TEI's error body: the message, TEI's error type, and our stable code.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TeiErrorResponse {
+    pub error: String,
+    /// `Validation`, `Tokenizer`, `Overloaded`, `Unhealthy`, `Backend` or `Empty`.
+    pub error_type: String,
+    /// This service's code for the error (as in `{"error": {"code"}}` elsewhere).
+    pub code: String,
 }

@@ -8,6 +8,7 @@ mod common;
 mod batching;
 mod batching_queue;
 mod cli_batch;
+mod clients;
 mod contract;
 mod deploy;
 mod docs;

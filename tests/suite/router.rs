@@ -126,3 +126,35 @@ async fn more_queued_work_than_a_request_may_wait_for_is_a_json_503_with_retry_a
     assert_eq!(busy.await.unwrap().unwrap().status(), 200);
     assert_eq!(queued.await.unwrap().unwrap().status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corpus_with_more_model_time_than_its_deadline_is_refused_before_any_work() {
+    let dir = crate::common::fixture("tiny-distilbert");
+    let mut settings = crate::common::settings_for(&dir);
+    settings.server.request_timeout_ms = 1000;
+    let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), 64).unwrap();
+    let state = AppState::with_encoders(ModelInfo::synthetic("slow", 4, 64), tokenizer, vec![SlowPerToken], settings);
+    let app = router(state.clone());
+    let post = |path: &'static str, body: Value| {
+        let request = Request::builder().method("POST").uri(path).header("content-type", "application/json");
+        app.clone().oneshot(request.body(Body::from(body.to_string())).unwrap())
+    };
+    // The queue learns the pace (its first call is left out of the estimate).
+    for _ in 0..3 {
+        assert_eq!(post("/embed", json!({"inputs": ["good"]})).await.unwrap().status(), 200);
+    }
+    let computed = state.encoder().batch_stats().sequences;
+    // 100 texts of 3 tokens at 5 ms per token: about 1.5 s of model time, 1 s left.
+    let started = std::time::Instant::now();
+    let response = post("/v1/embeddings", json!({"input": vec!["good"; 100]})).await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "refused at once");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let answer: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(answer["error"]["code"], "too_much_work", "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("request_timeout_ms"), "{answer}");
+    assert_eq!(state.encoder().batch_stats().sequences, computed, "nothing was computed for it");
+    // A corpus that fits its deadline is answered.
+    let response = post("/v1/embeddings", json!({"input": vec!["good"; 20]})).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
