@@ -78,6 +78,20 @@ pub struct ExtractArgs {
     /// Output folder: <out>/<split>/X.npy (float32) and y.npy (int64), <out>/meta.json.
     #[arg(long)]
     pub out: PathBuf,
+    /// Compute the features with a running deployment instead of the local
+    /// model: its base URL (a load balancer in front of replicas), e.g.
+    /// http://distilserve:8080. Resumable: run again after an interruption.
+    #[arg(long)]
+    pub remote: Option<String>,
+    /// Bearer key of the deployment (its security.api_key), with --remote.
+    #[arg(long, env = "DISTILSERVE_REMOTE_API_KEY", hide_env_values = true)]
+    pub remote_api_key: Option<String>,
+    /// Requests in flight at once, with --remote.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Texts per request, with --remote (at most the deployment's limits.max_inputs).
+    #[arg(long, default_value_t = 128)]
+    pub shard_size: usize,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -90,6 +104,11 @@ pub struct TrainArgs {
     /// Data set folder.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Train on features already extracted (`extract`, local or --remote:
+    /// <dir>/<split>/X.npy, y.npy, meta.json) instead of running the model:
+    /// their pooling and hidden states are the head's, alpha is searched.
+    #[arg(long, conflicts_with_all = ["data", "pooling"])]
+    pub features: Option<PathBuf>,
     /// Pooling, or auto to let the search choose it (see --cv-folds).
     #[arg(long, value_enum)]
     pub pooling: Option<PoolingChoice>,

@@ -10,7 +10,7 @@ use crate::atomic_file::write_atomic;
 use crate::cli::{EvaluateArgs, ExtractArgs, HealthcheckArgs, TrainArgs};
 use crate::config::{HeadKind, HeadSettings, Settings};
 use crate::data::Dataset;
-use crate::features::{layers_to_extract, FeatureCache, Progress};
+use crate::features::{layers_to_extract, FeatureCache, PooledFeatures, Progress};
 use crate::heads::logistic::{head_path, LogisticHead};
 use crate::heads::metrics::Metrics;
 use crate::heads::onnx::map_labels;
@@ -20,6 +20,7 @@ use crate::model::Model;
 use crate::npy;
 use crate::pooling::{argmax, FeaturePooling};
 use crate::report::{CandidateRow, Report, Row};
+use ndarray::{Array2, ArrayView2, Axis, Slice};
 
 /// The encoder for a batch job: one session with every configured thread.
 fn load_model(settings: &Settings) -> anyhow::Result<Model> {
@@ -46,6 +47,9 @@ fn with_extraction<T>(
 }
 
 pub fn extract(args: &ExtractArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.remote {
+        return crate::remote::extract(args, url);
+    }
     let settings = args.settings.settings()?;
     let dataset = Dataset::open(&args.data)?;
     let splits: Vec<String> = if args.splits.is_empty() {
@@ -56,6 +60,8 @@ pub fn extract(args: &ExtractArgs) -> anyhow::Result<()> {
     let mut model = load_model(&settings)?;
     let data_name = args.data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut written = BTreeMap::new();
+    let mut resolved = Vec::new();
+    let mut width = 0;
     with_extraction(&settings, &mut model, |extraction| {
         for name in &splits {
             let split = dataset.split(name)?;
@@ -66,7 +72,9 @@ pub fn extract(args: &ExtractArgs) -> anyhow::Result<()> {
             )?;
             let extract = layers_to_extract(&[Some(layers.clone())], extraction.info.last_layer());
             let features = extraction.features(&data_name, &split, &extract)?.get(args.pooling, Some(&layers));
+            resolved = layers.indices.clone();
             let dir = args.out.join(name);
+            width = features.ncols();
             let x: Vec<f32> = features.iter().copied().collect();
             let y: Vec<i64> = split.labels.iter().map(|&l| l as i64).collect();
             write_atomic(&dir.join("X.npy"), &npy::encode(&[features.nrows(), features.ncols()], &x))?;
@@ -80,6 +88,8 @@ pub fn extract(args: &ExtractArgs) -> anyhow::Result<()> {
         "labels": dataset.labels,
         "pooling": args.pooling,
         "layers": args.layers.to_string(),
+        "layer_indices": resolved,
+        "width": width,
         "model": model.info.name,
         "model_fingerprint": model.info.fingerprint,
         "max_tokens": model.info.max_tokens,
@@ -122,10 +132,14 @@ fn head_settings(settings: &Settings, args: &TrainArgs) -> anyhow::Result<HeadSe
 
 pub fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     let settings = args.settings.settings()?;
-    let head_settings = head_settings(&settings, args)?;
-    let mut model = load_model(&settings)?;
-    let mut head =
-        with_extraction(&settings, &mut model, |extraction| train_head(&args.head, &head_settings, extraction))?;
+    let mut head = match &args.features {
+        Some(dir) => train_on_features(&settings, args, dir)?,
+        None => {
+            let head_settings = head_settings(&settings, args)?;
+            let mut model = load_model(&settings)?;
+            with_extraction(&settings, &mut model, |extraction| train_head(&args.head, &head_settings, extraction))?
+        }
+    };
     let path = save_head(&mut head, &crate::heads::store::HeadStore::of(&settings))?;
     println!("head {} written to {}", head.name, path.display());
     println!(
@@ -141,6 +155,125 @@ pub fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `extract` writes beside the arrays (`meta.json`), as far as training reads it.
+#[derive(serde::Deserialize)]
+struct FeaturesMeta {
+    labels: Vec<String>,
+    pooling: FeaturePooling,
+    layers: crate::config::LayerSpec,
+    /// The hidden states pooled, resolved against the model (in the order combined).
+    layer_indices: Vec<usize>,
+    width: usize,
+    model: String,
+    model_fingerprint: String,
+    max_tokens: usize,
+    data: PathBuf,
+}
+
+/// A split's features from `dir/<split>/X.npy` and `y.npy`, as the search
+/// takes them: per hidden state, its block of the pooled vector (a mean of
+/// several is every state's block: their mean is itself).
+fn features_split(
+    dir: &std::path::Path,
+    split: &str,
+    meta: &FeaturesMeta,
+    hidden: usize,
+) -> anyhow::Result<Option<(PooledFeatures, Vec<usize>)>> {
+    let x_path = dir.join(split).join("X.npy");
+    if !x_path.exists() {
+        return Ok(None);
+    }
+    let (shape, x) = npy::decode::<f32>(&std::fs::read(&x_path)?).with_context(|| x_path.display().to_string())?;
+    let (y_shape, y) = npy::decode::<i64>(&std::fs::read(dir.join(split).join("y.npy"))?)?;
+    if shape.len() != 2 || shape[1] != meta.width || y_shape != [shape[0]] {
+        bail!("{}: shape {shape:?} with labels {y_shape:?}; meta.json says width {}", x_path.display(), meta.width);
+    }
+    let labels = y
+        .iter()
+        .map(|&l| usize::try_from(l).ok().filter(|&l| l < meta.labels.len()))
+        .collect::<Option<Vec<_>>>()
+        .with_context(|| format!("{split}/y.npy has a label outside 0..{}", meta.labels.len()))?;
+    let x = Array2::from_shape_vec((shape[0], shape[1]), x)?;
+    let mut layers = meta.layer_indices.clone();
+    layers.sort_unstable();
+    layers.dedup();
+    let concat = meta.layers.combine == crate::layers::LayerCombine::Concat;
+    let blocks = |pooled: ArrayView2<f32>| -> Array2<f32> {
+        let views: Vec<_> = layers
+            .iter()
+            .map(|l| {
+                let k = if concat { meta.layer_indices.iter().position(|i| i == l).expect("listed") } else { 0 };
+                pooled.slice_axis(Axis(1), Slice::from(k * hidden..(k + 1) * hidden))
+            })
+            .collect();
+        ndarray::concatenate(Axis(1), &views).expect("same rows")
+    };
+    let width = x.ncols();
+    let none = || Array2::<f32>::zeros((x.nrows(), layers.len() * hidden));
+    let (cls, mean) = match meta.pooling {
+        FeaturePooling::Cls => (blocks(x.view()), none()),
+        FeaturePooling::Mean => (none(), blocks(x.view())),
+        FeaturePooling::ClsMean => (
+            blocks(x.slice_axis(Axis(1), Slice::from(..width / 2))),
+            blocks(x.slice_axis(Axis(1), Slice::from(width / 2..))),
+        ),
+    };
+    Ok(Some((PooledFeatures { layers, hidden, cls, mean }, labels)))
+}
+
+/// `train --features DIR`: a head searched (alpha, as configured) on arrays
+/// `extract` wrote, for the encoder they came from, without running a model.
+fn train_on_features(settings: &Settings, args: &TrainArgs, dir: &std::path::Path) -> anyhow::Result<LogisticHead> {
+    use crate::heads::search::{train, LabelledFeatures, TrainConfig, TrainingData};
+    let meta_path = dir.join("meta.json");
+    let meta: FeaturesMeta = serde_json::from_str(
+        &std::fs::read_to_string(&meta_path)
+            .with_context(|| format!("{}: run `distilserve extract` first", meta_path.display()))?,
+    )
+    .with_context(|| meta_path.display().to_string())?;
+    let per_pooling = if meta.pooling == FeaturePooling::ClsMean { meta.width / 2 } else { meta.width };
+    let hidden = match meta.layers.combine {
+        crate::layers::LayerCombine::Concat => per_pooling / meta.layer_indices.len().max(1),
+        crate::layers::LayerCombine::Mean => per_pooling,
+    };
+    let (train_features, train_labels) =
+        features_split(dir, "train", &meta, hidden)?.with_context(|| format!("no train split in {}", dir.display()))?;
+    let validation = features_split(dir, "validation", &meta, hidden)?;
+    let selection = (meta.layers.indices != [-1])
+        .then(|| crate::layers::LayerSelection { indices: meta.layer_indices.clone(), combine: meta.layers.combine });
+    let defaults = settings.heads.get(&args.head).cloned().unwrap_or_else(|| HeadSettings::logistic(meta.data.clone()));
+    let config = TrainConfig {
+        poolings: vec![meta.pooling],
+        layer_options: vec![selection],
+        alphas: args.alphas.clone().unwrap_or(defaults.alphas),
+        max_iterations: args.max_iterations.unwrap_or(defaults.max_iterations),
+        progress: None,
+        threads: None,
+        selection: crate::heads::training::selection_of(args.cv_folds.unwrap_or(defaults.cv_folds)),
+    };
+    let encoder = crate::heads::logistic::EncoderStamp {
+        name: meta.model.clone(),
+        fingerprint: meta.model_fingerprint.clone(),
+        hidden_size: hidden,
+        max_tokens: meta.max_tokens,
+        layers: None,
+    };
+    let data = TrainingData {
+        labels: &meta.labels,
+        train: LabelledFeatures { features: &train_features, labels: &train_labels },
+        validation: validation.as_ref().map(|(f, l)| LabelledFeatures { features: f, labels: l }),
+        data_dir: meta.data.display().to_string(),
+        data_fingerprints: BTreeMap::new(),
+    };
+    let mut head = train(&args.head, encoder, data, &config)?;
+    if let Some((features, labels)) = features_split(dir, "test", &meta, hidden)? {
+        let x = features.get(head.pooling, head.layers.as_ref());
+        head.metrics.test = Some(Metrics::compute(&meta.labels, &labels, &head.predict(&x)));
+        head.metrics.test_calibration = Some(head.calibration_error(&x, &labels));
+    }
+    Ok(head)
 }
 
 pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {

@@ -127,7 +127,7 @@ impl Progress {
         self
     }
 
-    fn update(&self, done: usize, total: usize) {
+    pub fn update(&self, done: usize, total: usize) {
         self.bar.set_length(total as u64);
         self.bar.set_position(done as u64);
         if let Some(observer) = &self.observer {
@@ -135,7 +135,7 @@ impl Progress {
         }
     }
 
-    fn finish(&self, total: usize) {
+    pub fn finish(&self, total: usize) {
         self.bar.finish_and_clear();
         let secs = self.started.elapsed().as_secs_f64();
         tracing::info!(

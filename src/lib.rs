@@ -24,7 +24,8 @@
 //!   one shutdown signal for every listener, graceful drain.
 //! - `startup`: assemble the application, train missing heads, watch the heads
 //!   folder, serve through `server`, drain.
-//! - `cli`, `commands`, `report`: the command line's batch work.
+//! - `cli`, `commands`, `report`: the command line's batch work; `remote`:
+//!   `extract --remote`, a data set through a running deployment over HTTP.
 
 #![forbid(unsafe_code)]
 
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod pooling;
+pub mod remote;
 pub mod report;
 pub mod runtimes;
 pub mod server;

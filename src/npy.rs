@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 
 const MAGIC: &[u8] = b"\x93NUMPY";
+/// The media type `/embed` answers `.npy` with.
+pub const MEDIA_TYPE: &str = "application/x-npy";
 
 /// Element types we write.
 pub trait Element: Copy {

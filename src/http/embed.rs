@@ -12,7 +12,7 @@ use crate::inference::{EmbedOptions, Embedded, Vectors};
 use crate::layers::LayerSelection;
 use crate::npy;
 
-pub const NPY_MEDIA_TYPE: &str = "application/x-npy";
+pub const NPY_MEDIA_TYPE: &str = crate::npy::MEDIA_TYPE;
 /// Header carrying the per-text token counts of a `.npy` answer (comma-separated).
 pub const TOKEN_COUNTS_HEADER: &str = "x-token-counts";
 

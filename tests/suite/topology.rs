@@ -261,3 +261,155 @@ async fn a_head_created_through_nginx_is_served_by_every_replica() {
         assert!(at < 10.0, "a /classify {at:.1} s after ready answered {status}");
     }
 }
+
+/// `.npy` float32 array at `path`: (shape, values).
+fn read_npy(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    distilserve::npy::decode::<f32>(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_extraction_through_nginx_resumes_after_a_kill_and_equals_a_local_one() {
+    let ports = free_ports(4);
+    let (nginx_port, base_port) = (ports[0], ports[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let config = root.join("replica.toml");
+    std::fs::write(&config, "[classify]\nserve = []\ndefault_head = \"\"\n").unwrap();
+    let flags =
+        format!("--config {} --model-dir {} --intra-threads 1", config.display(), fixture("tiny-distilbert").display());
+    let topology = Topology {
+        dir,
+        env: vec![
+            ("REPLICAS".into(), "3".into()),
+            ("NGINX_PORT".into(), nginx_port.to_string()),
+            ("BASE_PORT".into(), base_port.to_string()),
+            ("DISTILSERVE_BIN".into(), env!("CARGO_BIN_EXE_distilserve").into()),
+            ("SERVE_FLAGS".into(), flags),
+        ],
+    };
+    let up = topology.run(&["up", root.to_str().unwrap()]);
+    assert!(up.contains("nginx on"), "{up}");
+
+    // 3,000 labelled texts of the fixtures' vocabulary.
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let words = ["good", "great", "fun", "bad", "dull", "boring", "film", "plot", "acting", "story"];
+    let rows: String = (0..3000)
+        .map(|i| {
+            let text = (0..3 + i % 7).map(|k| words[(i * 7 + k * 3) % words.len()]).collect::<Vec<_>>().join(" ");
+            let label = usize::from(words[(i * 7) % words.len()].starts_with(['g', 'f']));
+            json!({"text": text, "label": label}).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(data.join("train.jsonl"), rows).unwrap();
+    std::fs::write(data.join("meta.json"), r#"{"labels": ["neg", "pos"]}"#).unwrap();
+
+    let bin = env!("CARGO_BIN_EXE_distilserve");
+    let remote_out = root.join("remote");
+    let remote = |cmd: &mut Command| {
+        cmd.args(["extract", "--split", "train", "--pooling", "mean", "--shard-size", "8", "--concurrency", "2"])
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&remote_out)
+            .args(["--remote", &format!("http://127.0.0.1:{nginx_port}")])
+            .env("DISTILSERVE_LOG_FORMAT", "text")
+            .env("NO_COLOR", "1");
+    };
+    // Killed once about a third of its 375 shards are on disk.
+    let mut first = Command::new(bin);
+    remote(&mut first);
+    let mut child = first.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let partial = remote_out.join(".partial/train");
+    let started = Instant::now();
+    let shards = || std::fs::read_dir(&partial).map(|d| d.filter(|e| e.is_ok()).count()).unwrap_or(0);
+    let killed_after = loop {
+        let n = shards();
+        if n >= 120 {
+            child.kill().unwrap();
+            break n;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "finished before it could be interrupted ({n} shards)");
+        assert!(started.elapsed() < Duration::from_secs(120), "only {n} shards in 2 minutes");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.wait().unwrap();
+    assert!(!remote_out.join("train/X.npy").exists(), "an interrupted run writes no arrays");
+
+    // Run again: it continues where it stopped.
+    let mut second = Command::new(bin);
+    remote(&mut second);
+    let out = second.output().unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{log}");
+    let resumed: usize = log
+        .split("resuming: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume line: {log}"));
+    assert!(
+        resumed >= killed_after * 8 - 16 && resumed < 3000,
+        "resumed after {resumed} texts ({killed_after} shards seen)"
+    );
+    assert!(!remote_out.join(".partial").exists(), "the partial folder is removed once complete");
+
+    // The same arrays as a local extraction with the same model.
+    let local_out = root.join("local");
+    let out = Command::new(bin)
+        .args(["extract", "--split", "train", "--pooling", "mean", "--intra-threads", "1"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&local_out)
+        .arg("--model-dir")
+        .arg(fixture("tiny-distilbert"))
+        .env("DISTILSERVE_CLASSIFY__FEATURE_CACHE_DIR", root.join("cache"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (remote_shape, remote_x) = read_npy(&remote_out.join("train/X.npy"));
+    let (local_shape, local_x) = read_npy(&local_out.join("train/X.npy"));
+    assert_eq!(remote_shape, local_shape);
+    assert_eq!(remote_shape[0], 3000);
+    let worst = crate::common::max_abs_diff(&remote_x, &local_x);
+    assert!(worst < 1e-5, "remote and local features differ by {worst}");
+    assert_eq!(
+        std::fs::read(remote_out.join("train/y.npy")).unwrap(),
+        std::fs::read(local_out.join("train/y.npy")).unwrap()
+    );
+    let meta = |dir: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap()
+    };
+    let (remote_meta, local_meta) = (meta(&remote_out), meta(&local_out));
+    for key in ["model_fingerprint", "max_tokens", "layer_indices", "width", "pooling", "labels"] {
+        assert_eq!(remote_meta[key], local_meta[key], "meta.json {key}");
+    }
+    eprintln!(
+        "remote extraction: interrupted after {killed_after} shards, resumed at {resumed} texts; max diff {worst:e}"
+    );
+
+    // A head trained on the remote arrays (no model run) is served for the model they came from.
+    let heads = root.join("heads");
+    let out = Command::new(bin)
+        .args(["train", "--head", "remote", "--alphas", "0.1,1"])
+        .arg("--features")
+        .arg(&remote_out)
+        .arg("--heads-dir")
+        .arg(&heads)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut settings = crate::common::settings_for(&fixture("tiny-distilbert"));
+    settings.heads.insert("remote".into(), distilserve::config::HeadSettings::logistic(data.clone()));
+    settings.classify.serve = vec!["remote".into()];
+    settings.classify.default_head = "remote".into();
+    settings.classify.heads_dir = heads;
+    let server = crate::common::TestServer::start(settings).await;
+    let answer: serde_json::Value =
+        server.post_json("/classify", json!({"inputs": ["good fun film"]})).await.json().await.unwrap();
+    let label = answer["predictions"][0]["label"].as_str().unwrap_or_default().to_string();
+    assert!(label == "neg" || label == "pos", "{answer}");
+    server.stop().await;
+}
