@@ -30,8 +30,10 @@ missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
+# npm installs the JavaScript client tests/suite/clients.rs drives (scripts/clients-env.sh).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -eq 0 ]; then
-  log "test dependencies present: nginx, chromium, node, promtool"
+  log "test dependencies present: nginx, chromium, node, npm, promtool"
   exit 0
 fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then

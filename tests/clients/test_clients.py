@@ -19,6 +19,7 @@ first failed check.
 import argparse
 import json
 import re
+import subprocess
 import sys
 import time
 import urllib.request
@@ -39,10 +40,22 @@ def post(url, body):
 
 
 def snippets(readme):
-    """(name, code) of each README block marked `<!-- client: NAME -->`."""
-    found = re.findall(r"<!-- client: ([\w-]+) -->\n```python\n(.*?)```", readme, re.S)
-    assert len(found) >= 6, f"README has {len(found)} client snippets"
+    """(name, language, code) of each README block marked `<!-- client: NAME -->`."""
+    found = re.findall(r"<!-- client: ([\w-]+) -->\n```(python|js)\n(.*?)```", readme, re.S)
+    assert len(found) >= 7, f"README has {len(found)} client snippets"
     return found
+
+
+def run_js(name, code):
+    """Runs a JavaScript snippet with Node where scripts/clients-env.sh installed
+    the SDK ($DISTILSERVE_CACHE/clients-node, beside this venv); returns its `vectors`."""
+    node_dir = Path(sys.prefix).parent / "clients-node"
+    assert (node_dir / "node_modules/openai").is_dir(), f"{node_dir}: run scripts/clients-env.sh"
+    script = node_dir / f"snippet-{name}.mjs"
+    script.write_text(code + "\nconsole.log(JSON.stringify({ vectors }));\n")
+    out = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"{name}: {out.stderr}"
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 class Reference:
@@ -74,10 +87,13 @@ def check_vectors(name, got, texts, reference):
 
 def run_snippets(url, reference):
     texts = ["a gripping, funny film", "dull"]
-    for name, code in snippets((REPO / "README.md").read_text()):
+    for name, language, code in snippets((REPO / "README.md").read_text()):
         scope = {}
         started = time.perf_counter()
-        exec(compile(code.replace(README_URL, url), f"README:{name}", "exec"), scope)
+        if language == "js":
+            scope = run_js(name, code.replace(README_URL, url))
+        else:
+            exec(compile(code.replace(README_URL, url), f"README:{name}", "exec"), scope)
         took = (time.perf_counter() - started) * 1000
         checked = []
         if "vectors" in scope:
