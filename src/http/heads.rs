@@ -136,7 +136,7 @@ pub async fn get_head(State(state): State<AppState>, Path(name): Path<String>) -
         Some(head) => {
             let mut detail = HeadDetail {
                 summary: summary(&state, &head),
-                encoder: None,
+                encoder_stamp: None,
                 training: None,
                 metrics: None,
                 status: "ready".into(),
@@ -145,7 +145,7 @@ pub async fn get_head(State(state): State<AppState>, Path(name): Path<String>) -
                 job,
             };
             if let Head::Logistic(h) = &*head {
-                detail.encoder = serde_json::to_value(&h.encoder).ok();
+                detail.encoder_stamp = serde_json::to_value(&h.encoder).ok();
                 detail.training = serde_json::to_value(&h.training).ok();
                 detail.metrics = serde_json::to_value(&h.metrics).ok();
                 detail.description = h.description.clone();
@@ -169,7 +169,7 @@ pub async fn get_head(State(state): State<AppState>, Path(name): Path<String>) -
                     test_accuracy: None,
                     created_unix: None,
                 },
-                encoder: None,
+                encoder_stamp: None,
                 training: None,
                 metrics: None,
                 status: serde_json::to_value(job.state)

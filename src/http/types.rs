@@ -440,9 +440,11 @@ pub struct HeadsResponse {
 pub struct HeadDetail {
     #[serde(flatten)]
     pub summary: HeadSummary,
-    /// The encoder the head was trained on (logistic heads).
+    /// The encoder the head was trained on (logistic heads): name,
+    /// fingerprint, hidden size, maximum tokens. (`encoder`, from the summary,
+    /// names the encoder it serves on.)
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub encoder: Option<serde_json::Value>,
+    pub encoder_stamp: Option<serde_json::Value>,
     /// Training record: data, selection, search candidates, chosen alpha.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub training: Option<serde_json::Value>,

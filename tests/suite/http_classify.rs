@@ -65,7 +65,10 @@ async fn a_head_trained_at_startup_serves_and_is_loaded_after_a_restart() {
     assert!(heads["heads"][0]["test_accuracy"].as_f64().unwrap() >= 0.9);
     let detail: Value = server.get("/heads/toy").await.json().await.unwrap();
     assert_eq!(detail["metrics"]["test"]["confusion"].as_array().unwrap().len(), 2);
-    assert_eq!(detail["encoder"]["name"], "tiny-distilbert");
+    assert_eq!(detail["encoder_stamp"]["name"], "tiny-distilbert");
+    assert_eq!(detail["encoder"], "tiny-distilbert", "the summary's name, not a second `encoder` key");
+    let raw = server.get("/heads/toy").await.text().await.unwrap();
+    assert_eq!(raw.matches("\"encoder\":").count(), 1, "one `encoder` key: {raw}");
     assert!(detail["training"]["candidates"].as_array().unwrap().len() >= 2);
     server.stop().await;
 
