@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::Json;
 
 use super::embed::validate_inputs;
+use super::error::refusals::{DeadlinePassed, MalformedJson, NotJson, OverLimits};
 use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::heads::lookup;
 use std::collections::BTreeMap;
@@ -27,13 +28,13 @@ use axum::response::Response;
     request_body = ClassifyRequest,
     responses(
         (status = 200, description = "Per input: top label, its probability, every label's probability. With `heads`, one such answer per head (`results`), from one encoder pass", body = ClassifyAnswer),
-        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        MalformedJson,
         (status = 404, description = "Unknown head", body = ErrorResponse),
-        (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit, or the answer (`response_too_large`, limits.max_response_bytes) or the request's working memory (`request_too_costly`, limits.max_request_memory_bytes) as priced before any work", body = ErrorResponse),
-        (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
+        OverLimits,
+        NotJson,
         (status = 422, description = "Invalid field, empty input, or input too long with truncate=false", body = ErrorResponse),
         (status = 503, description = "Queue full or too long (`overloaded`), head still training (`not_ready`) or failed at startup (`head_failed`), or shutting down", body = ErrorResponse),
-        (status = 504, description = "Deadline passed", body = ErrorResponse),
+        DeadlinePassed,
     )
 )]
 pub async fn classify(

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::error::refusals::{DeadlinePassed, MalformedJson, NotJson, OverLimits, Overloaded};
 use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::types::{EmbedRequest, EmbedResponse};
 use super::{timing_headers, AppState};
@@ -111,13 +112,13 @@ pub fn validate_inputs(texts: Vec<String>, max_inputs: usize) -> Result<Vec<Stri
         (status = 200, description = "Hidden states as JSON; with `Accept: application/x-npy`, a NumPy array \
             (`[n, hidden]` pooled, `[n, max_tokens, hidden]` zero-padded for `none`, token counts in `x-token-counts`)",
             content((EmbedResponse = "application/json"), (Vec<u8> = "application/x-npy"))),
-        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        MalformedJson,
         (status = 406, description = "Unsupported Accept", body = ErrorResponse),
-        (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit, or the answer (`response_too_large`, limits.max_response_bytes) or the request's working memory (`request_too_costly`, limits.max_request_memory_bytes) as priced before any work", body = ErrorResponse),
-        (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
+        OverLimits,
+        NotJson,
         (status = 422, description = "Invalid field, empty input, layers the model does not have (`invalid_layers`), or input too long with truncate=false", body = ErrorResponse),
-        (status = 503, description = "Queue full or its queued work longer than the request can wait (`overloaded`), or shutting down; retry after the Retry-After seconds", body = ErrorResponse),
-        (status = 504, description = "Deadline passed", body = ErrorResponse),
+        Overloaded,
+        DeadlinePassed,
     )
 )]
 pub async fn embed(

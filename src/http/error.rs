@@ -158,3 +158,51 @@ impl<T: Serialize> IntoResponse for ApiJson<T> {
         Json(self.0).into_response()
     }
 }
+
+/// Refusals several routes answer, each declared once for the OpenAPI
+/// document: a route lists those it can give (`responses(..., MalformedJson)`),
+/// so the same refusal reads the same everywhere.
+#[allow(dead_code)] // Only their schemas are used.
+pub mod refusals {
+    use super::ErrorResponse;
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 400, description = "Malformed JSON (`invalid_json`)")]
+    pub struct MalformedJson(ErrorResponse);
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 415, description = "Content-Type is not application/json (`unsupported_media_type`)")]
+    pub struct NotJson(ErrorResponse);
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(
+        status = 413,
+        description = "Over a limit: the body (`payload_too_large`), texts (`too_many_inputs`, limits.max_inputs) or tokens (`too_many_tokens`, limits.max_request_tokens), or the answer (`response_too_large`, limits.max_response_bytes) or the working memory (`request_too_costly`, limits.max_request_memory_bytes) as priced before any work"
+    )]
+    pub struct OverLimits(ErrorResponse);
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(
+        status = 503,
+        description = "The inference queue is full or holds more work than the request can wait for (`overloaded`), or the service is shutting down (`shutting_down`); retry after the Retry-After seconds"
+    )]
+    pub struct Overloaded(ErrorResponse);
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 504, description = "Not answered within server.request_timeout_ms (`deadline_exceeded`)")]
+    pub struct DeadlinePassed(ErrorResponse);
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(
+        status = 401,
+        description = "The admin key is missing or wrong (`Authorization: Bearer <security.admin_key>`)"
+    )]
+    pub struct NoAdminKey(ErrorResponse);
+
+    #[derive(utoipa::IntoResponses)]
+    #[response(
+        status = 403,
+        description = "Admin routes are off: no security.admin_key is configured (`admin_disabled`)"
+    )]
+    pub struct AdminOff(ErrorResponse);
+}

@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::error::refusals::{AdminOff, MalformedJson, NoAdminKey};
 use super::error::{ApiError, ErrorResponse};
 use super::heads::summary;
 use super::types::{CreateHeadQuery, CreateHeadRequest, HeadAccepted, HeadSummary};
@@ -39,9 +40,9 @@ const MAX_DESCRIPTION_BYTES: usize = 2000;
     responses(
         (status = 202, description = "Accepted: training runs in the background; follow `Location` (GET /heads/{name})", body = HeadAccepted,
             headers(("location" = String, description = "/heads/{name}"))),
-        (status = 400, description = "Malformed JSON", body = ErrorResponse),
-        (status = 401, description = "The admin key is missing or wrong", body = ErrorResponse),
-        (status = 403, description = "Admin routes are off: no security.admin_key is configured", body = ErrorResponse),
+        MalformedJson,
+        NoAdminKey,
+        AdminOff,
         (status = 409, description = "The name is taken (`head_exists`; send `replace`), or that head is being trained, rolled back or deleted on any replica sharing the heads folder (`training_in_progress`), or is an ONNX head (`not_stored`)", body = ErrorResponse),
         (status = 413, description = "Body over training.max_upload_bytes, or more examples (`too_many_examples`) or labels (`too_many_labels`) than the settings allow", body = ErrorResponse),
         (status = 415, description = "Content-Type is not JSON, CSV or JSONL", body = ErrorResponse),
@@ -188,8 +189,8 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     params(("name" = String, Path, description = "Head name")),
     responses(
         (status = 200, description = "The version published before the active one is active again (on every replica sharing the heads folder within classify.watch_interval_ms)", body = HeadSummary),
-        (status = 401, description = "The admin key is missing or wrong", body = ErrorResponse),
-        (status = 403, description = "Admin routes are off", body = ErrorResponse),
+        NoAdminKey,
+        AdminOff,
         (status = 404, description = "No such head in the heads folder", body = ErrorResponse),
         (status = 409, description = "No earlier version (`no_previous_version`), the active version missing from the history (`history_mismatch`), the earlier version damaged (`version_damaged`) or made for another encoder (`encoder_mismatch`), a training, rollback or delete of it in progress on any replica (`training_in_progress`), or an ONNX head (`not_stored`); nothing was switched", body = ErrorResponse),
         (status = 503, description = "The heads folder cannot be read or written (`heads_folder_unavailable`); nothing was switched", body = ErrorResponse),
@@ -234,8 +235,8 @@ pub async fn rollback_head(
     params(("name" = String, Path, description = "Head name")),
     responses(
         (status = 204, description = "Deleted with every version; no longer served (by other replicas sharing the folder within classify.watch_interval_ms)"),
-        (status = 401, description = "The admin key is missing or wrong", body = ErrorResponse),
-        (status = 403, description = "Admin routes are off", body = ErrorResponse),
+        NoAdminKey,
+        AdminOff,
         (status = 404, description = "No such head", body = ErrorResponse),
         (status = 409, description = "The default head (`default_head`), a head the settings name (`head_in_settings`), an ONNX head (`not_stored`), or one being trained, rolled back or deleted on any replica (`training_in_progress`)", body = ErrorResponse),
     ),
@@ -291,8 +292,8 @@ pub async fn delete_head(State(state): State<AppState>, Path(name): Path<String>
     params(("name" = String, Path, description = "Head name (one of classify.serve)")),
     responses(
         (status = 200, description = "The head was read again from disk and now serves", body = HeadSummary),
-        (status = 401, description = "The admin key is missing or wrong (`Authorization: Bearer <security.admin_key>`)", body = ErrorResponse),
-        (status = 403, description = "Admin routes are off: no security.admin_key is configured", body = ErrorResponse),
+        NoAdminKey,
+        AdminOff,
         (status = 404, description = "Not a served head", body = ErrorResponse),
         (status = 409, description = "Head still training at startup", body = ErrorResponse),
         (status = 422, description = "The file is missing, damaged, or for another encoder: the previous head keeps serving", body = ErrorResponse),

@@ -7,6 +7,7 @@ use axum::Json;
 use base64::Engine as _;
 
 use super::embed::fingerprint_header;
+use super::error::refusals::{DeadlinePassed, MalformedJson, NotJson, Overloaded};
 use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::types::{
     EmbeddingInputs, EncodingFormat, OpenAiEmbedding, OpenAiEmbeddingRequest, OpenAiEmbeddingResponse, OpenAiUsage,
@@ -19,31 +20,20 @@ use crate::inference::{CorpusBounds, CorpusItem, Pooled};
 use crate::pooling::{normalize, Pooling};
 use crate::tokenize::Truncation;
 
-/// The refusals of the corpus routes (OpenAI's and TEI's embeddings), declared once.
+/// The refusals of OpenAI's embeddings routes beyond the shared ones, declared once.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // Only its schema is used.
 pub enum CorpusRefusals {
-    #[response(status = 400, description = "Malformed JSON")]
-    Malformed(ErrorResponse),
     #[response(
         status = 413,
         description = "Body, inputs (limits.max_pooled_inputs) or tokens (`too_many_tokens`, limits.max_pooled_tokens) over the limit, or more model time than the deadline leaves (`too_much_work`)"
     )]
     TooLarge(ErrorResponse),
-    #[response(status = 415, description = "Content-Type is not application/json")]
-    MediaType(ErrorResponse),
     #[response(
         status = 422,
         description = "Invalid or unknown field, dimensions 0 (`invalid_dimensions`), empty input, or a token id outside the vocabulary"
     )]
     Invalid(ErrorResponse),
-    #[response(
-        status = 503,
-        description = "Queue full or its queued work longer than the request can wait (`overloaded`), or shutting down"
-    )]
-    Unavailable(ErrorResponse),
-    #[response(status = 504, description = "Deadline passed")]
-    Deadline(ErrorResponse),
 }
 
 #[utoipa::path(
@@ -55,6 +45,10 @@ pub enum CorpusRefusals {
     responses(
         (status = 200, description = "One pooled vector per input (openai.pooling, unit length when openai.normalize)", body = OpenAiEmbeddingResponse),
         CorpusRefusals,
+        MalformedJson,
+        NotJson,
+        Overloaded,
+        DeadlinePassed,
     )
 )]
 pub async fn embeddings(
@@ -107,6 +101,10 @@ pub async fn embeddings(
     responses(
         (status = 200, description = "As POST /v1/embeddings", body = OpenAiEmbeddingResponse),
         CorpusRefusals,
+        MalformedJson,
+        NotJson,
+        Overloaded,
+        DeadlinePassed,
     )
 )]
 pub async fn embeddings_alias(

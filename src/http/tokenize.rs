@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::Json;
 
 use super::embed::validate_inputs;
+use super::error::refusals::{MalformedJson, NotJson};
 use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::types::{Token, TokenizeRequest, TokenizeResponse};
 use super::AppState;
@@ -16,9 +17,9 @@ use crate::tokenize::char_offsets;
     request_body = TokenizeRequest,
     responses(
         (status = 200, description = "Ids, word pieces and character offsets per input", body = TokenizeResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        MalformedJson,
         (status = 413, description = "Body, input count or tokens (`too_many_tokens`, limits.max_request_tokens) over the limit", body = ErrorResponse),
-        (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
+        NotJson,
         (status = 422, description = "Invalid field, empty input, or input too long with truncate=false", body = ErrorResponse),
     )
 )]
