@@ -3,9 +3,7 @@
 //! back, delete it, or re-read a configured one from disk. Each holds the
 //! head's lock in the shared folder while it acts.
 
-use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,10 +12,9 @@ use super::error::refusals::{AdminOff, MalformedJson, NoAdminKey};
 use super::error::{ApiError, ErrorResponse};
 use super::heads::summary;
 use super::types::{CreateHeadQuery, CreateHeadRequest, HeadAccepted, HeadSummary};
-use super::upload::{from_json, from_rows};
+use super::upload::Upload;
 use super::AppState;
 use crate::config::HeadKind;
-use crate::data::RowFormat;
 use crate::heads::jobs::{Job, SubmitError};
 use crate::heads::store::{HeadLock, LockError, RollbackError};
 use crate::heads::upload::prepare;
@@ -55,42 +52,9 @@ const MAX_DESCRIPTION_BYTES: usize = 2000;
 pub async fn create_head(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<CreateHeadQuery>, QueryRejection>,
-    body: Bytes,
+    Upload(creation): Upload,
 ) -> Result<Response, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::invalid("invalid_request", format!("bad query string: {}", e.body_text())))?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let format = match mime.as_str() {
-        "application/json" => {
-            if query.name.is_some() || query.alphas.is_some() || query.pooling.is_some() {
-                return Err(ApiError::invalid("invalid_request", "with a JSON body, name and options go in the body"));
-            }
-            None
-        }
-        "text/csv" => Some(RowFormat::Csv),
-        "application/jsonl" | "application/x-ndjson" | "application/jsonlines" => Some(RowFormat::Jsonl),
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the examples as application/json, text/csv or application/jsonl",
-            ))
-        }
-    };
-    // One upload is decoded at a time, on a blocking thread: a body of many
-    // tiny rows costs the rows kept (at most training.max_examples), once.
-    let _one_upload = state.uploads.acquire().await.map_err(internal)?;
-    let max_examples = state.settings.training.max_examples;
-    let creation = tokio::task::spawn_blocking(move || match format {
-        None => from_json(&body, max_examples),
-        Some(format) => from_rows(&body, format, query, max_examples),
-    })
-    .await
-    .map_err(internal)??;
-    let name = creation.name;
-    crate::config::HeadName::parse(&name).map_err(|e| ApiError::invalid("invalid_head_name", e.to_string()))?;
+    let name = creation.name.as_str().to_string();
     if creation.description.as_ref().is_some_and(|d| d.len() > MAX_DESCRIPTION_BYTES) {
         return Err(ApiError::invalid("invalid_request", format!("description is over {MAX_DESCRIPTION_BYTES} bytes")));
     }

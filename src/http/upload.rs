@@ -1,37 +1,93 @@
-//! The body of `POST /heads` decoded whatever its format (JSON with options,
-//! or CSV/JSONL rows with options in the query), stopping at the first row
-//! past `training.max_examples`; run on a blocking thread by the handler.
+//! The body of `POST /heads` as an extractor that picks the format by
+//! `Content-Type` (JSON with options, or CSV/JSONL rows with options in the
+//! query): decoded one upload at a time on a blocking thread, stopping at the
+//! first row past `training.max_examples`, the head's name parsed once.
 
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Query, Request};
+use axum::http::{header, StatusCode};
 
 use super::error::ApiError;
 use super::types::{CreateHeadQuery, CreateHeadRequest, ExampleInput, LabelValue, TrainingOptions};
-use crate::config::PoolingChoice;
+use super::AppState;
+use crate::config::{HeadName, PoolingChoice};
 use crate::data::{parse_rows, RowFormat, RowsError};
 use crate::heads::upload::{Example, Options};
 
+/// A pooling option as `PoolingChoice` spells it (its serde names).
 fn parse_pooling(value: Option<&str>) -> Result<Option<PoolingChoice>, ApiError> {
     value
-        .map(|p| match p {
-            "auto" => Ok(PoolingChoice::Auto),
-            "cls" => Ok(PoolingChoice::Cls),
-            "mean" => Ok(PoolingChoice::Mean),
-            "cls_mean" => Ok(PoolingChoice::ClsMean),
-            other => Err(ApiError::invalid(
-                "invalid_option",
-                format!("pooling {other:?} is not one of auto, cls, mean, cls_mean"),
-            )),
+        .map(|p| {
+            serde_json::from_value(serde_json::Value::String(p.to_string())).map_err(|_| {
+                ApiError::invalid("invalid_option", format!("pooling {p:?} is not one of auto, cls, mean, cls_mean"))
+            })
         })
         .transpose()
 }
 
+/// `POST /heads`'s request, whatever the body's format.
+pub struct Upload(pub Creation);
+
+impl FromRequest<AppState> for Upload {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let Query(query) = Query::<CreateHeadQuery>::try_from_uri(req.uri())
+            .map_err(|e| ApiError::invalid("invalid_request", format!("bad query string: {}", e.body_text())))?;
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let format = match mime.as_str() {
+            "application/json" => {
+                if query.name.is_some() || query.alphas.is_some() || query.pooling.is_some() {
+                    return Err(ApiError::invalid(
+                        "invalid_request",
+                        "with a JSON body, name and options go in the body",
+                    ));
+                }
+                None
+            }
+            "text/csv" => Some(RowFormat::Csv),
+            "application/jsonl" | "application/x-ndjson" | "application/jsonlines" => Some(RowFormat::Jsonl),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send the examples as application/json, text/csv or application/jsonl",
+                ))
+            }
+        };
+        let body = Bytes::from_request(req, state).await.map_err(|e| {
+            let code =
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "invalid_request" };
+            ApiError::new(e.status(), code, e.body_text())
+        })?;
+        // One upload is decoded at a time, on a blocking thread: a body of many
+        // tiny rows costs the rows kept (at most training.max_examples), once.
+        let _one_upload = state.uploads.acquire().await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("upload queue closed: {e}"))
+        })?;
+        let max_examples = state.settings.training.max_examples;
+        let creation = tokio::task::spawn_blocking(move || match format {
+            None => from_json(&body, max_examples),
+            Some(format) => from_rows(&body, format, query, max_examples),
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("decoding failed: {e}")))??;
+        Ok(Upload(creation))
+    }
+}
+
 /// The request, whatever the body's format: name, examples, options.
-pub(super) struct Creation {
-    pub(super) name: String,
-    pub(super) examples: Vec<Example>,
-    pub(super) replace: bool,
-    pub(super) description: Option<String>,
-    pub(super) options: Options,
+pub struct Creation {
+    pub name: HeadName,
+    pub examples: Vec<Example>,
+    pub replace: bool,
+    pub description: Option<String>,
+    pub options: Options,
+}
+
+fn head_name(name: &str) -> Result<HeadName, ApiError> {
+    HeadName::parse(name).map_err(|e| ApiError::invalid("invalid_head_name", e.to_string()))
 }
 
 fn too_many_examples(max: usize) -> ApiError {
@@ -42,7 +98,7 @@ fn too_many_examples(max: usize) -> ApiError {
     )
 }
 
-pub(super) fn from_json(body: &[u8], max_examples: usize) -> Result<Creation, ApiError> {
+fn from_json(body: &[u8], max_examples: usize) -> Result<Creation, ApiError> {
     super::types::MAX_EXAMPLES.with(|m| m.set(max_examples));
     let parsed = serde_json::from_slice::<CreateHeadRequest>(body);
     super::types::MAX_EXAMPLES.with(|m| m.set(usize::MAX));
@@ -57,7 +113,7 @@ pub(super) fn from_json(body: &[u8], max_examples: usize) -> Result<Creation, Ap
     })?;
     let TrainingOptions { pooling, alphas, cv_folds, test_fraction, min_probability } = request.options;
     Ok(Creation {
-        name: request.name,
+        name: head_name(&request.name)?,
         examples: request
             .examples
             .into_iter()
@@ -82,7 +138,7 @@ pub(super) fn from_json(body: &[u8], max_examples: usize) -> Result<Creation, Ap
     })
 }
 
-pub(super) fn from_rows(
+fn from_rows(
     body: &[u8],
     format: RowFormat,
     query: CreateHeadQuery,
@@ -102,7 +158,7 @@ pub(super) fn from_rows(
         .transpose()
         .map_err(|_| ApiError::invalid("invalid_option", "alphas must be comma-separated numbers"))?;
     Ok(Creation {
-        name,
+        name: head_name(&name)?,
         examples: rows.into_iter().map(|r| Example { text: r.text, label: r.label, split: r.split }).collect(),
         replace: query.replace.unwrap_or(false),
         description: query.description,
