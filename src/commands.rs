@@ -12,8 +12,8 @@ use crate::config::{HeadKind, HeadSettings, Settings};
 use crate::data::Dataset;
 use crate::features::{layers_to_extract, FeatureCache, PooledFeatures, Progress};
 use crate::heads::logistic::{head_path, LogisticHead};
-use crate::heads::metrics::Metrics;
 use crate::heads::onnx::map_labels;
+use crate::heads::scores::Scores;
 use crate::heads::search::plain_logistic;
 use crate::heads::training::{save_head, train_head, Extraction};
 use crate::model::Model;
@@ -270,7 +270,7 @@ fn train_on_features(settings: &Settings, args: &TrainArgs, dir: &std::path::Pat
     let mut head = train(&args.head, encoder, data, &config)?;
     if let Some((features, labels)) = features_split(dir, "test", &meta, hidden)? {
         let x = features.get(head.pooling, head.layers.as_ref());
-        head.metrics.test = Some(Metrics::compute(&meta.labels, &labels, &head.predict(&x)));
+        head.metrics.test = Some(Scores::compute(&meta.labels, &labels, &head.predict(&x)));
         head.metrics.test_calibration = Some(head.calibration_error(&x, &labels));
     }
     Ok(head)
@@ -313,7 +313,7 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
                 head.layers_label(),
                 head.training.alpha
             ),
-            metrics: Metrics::compute(&labels, &split.labels, &predicted),
+            metrics: Scores::compute(&labels, &split.labels, &predicted),
         });
 
         // (a) The majority class of the train split.
@@ -323,7 +323,7 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
         rows.push(Row {
             name: "majority".into(),
             description: format!("always {:?}, the most frequent train label", labels[majority]),
-            metrics: Metrics::compute(&labels, &split.labels, &vec![majority; split.labels.len()]),
+            metrics: Scores::compute(&labels, &split.labels, &vec![majority; split.labels.len()]),
         });
 
         // (b) The lecture's reference: scikit-learn's plain LogisticRegression()
@@ -345,7 +345,7 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
                     "LogisticRegression() as in the lecture: raw {pooling} features of the last layer, C = 1, \
                      100 iterations, train split only"
                 ),
-                metrics: Metrics::compute(&labels, &split.labels, &predicted),
+                metrics: Scores::compute(&labels, &split.labels, &predicted),
             });
         }
         Ok(())
@@ -464,7 +464,7 @@ fn evaluate_onnx(
     Ok(Row {
         name: name.to_string(),
         description: format!("pre-trained ONNX classifier {}", dir.display()),
-        metrics: Metrics::compute(labels, truth, &predicted),
+        metrics: Scores::compute(labels, truth, &predicted),
     })
 }
 

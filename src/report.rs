@@ -5,14 +5,14 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::heads::metrics::Metrics;
+use crate::heads::scores::Scores;
 
 /// One classifier's result on the evaluated split.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub name: String,
     pub description: String,
-    pub metrics: Metrics,
+    pub metrics: Scores,
 }
 
 /// One feature set of the head's search with its best alpha.

@@ -201,7 +201,7 @@ fn default_head(settings: &Settings) -> String {
 fn train_missing_heads(state: &AppState, names: &[String]) {
     let settings = &state.settings;
     let cache = FeatureCache::new(&settings.classify.feature_cache_dir);
-    let encoder = state.encoder();
+    let encoder = state.encoder_runtime();
     let mut source = encoder.queued_encoder();
     let mut extraction = Extraction {
         source: &mut source,
@@ -246,7 +246,7 @@ async fn watch_heads_folder(state: AppState) {
         ticks.tick().await;
         let synced = tokio::task::spawn_blocking({
             let state = state.clone();
-            move || state.heads.sync_folder(&state.store, &state.encoder().info)
+            move || state.heads.sync_folder(&state.store, &state.encoder_runtime().info)
         })
         .await;
         let Ok(report) = synced else { continue };

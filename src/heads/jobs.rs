@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::logistic::{EncoderStamp, LabelCount, LogisticHead, UploadRecord};
-use super::metrics::Metrics as HeadMetrics;
+use super::scores::Scores;
 use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
 use super::store::{version_of, HeadStore};
 use super::training::{layer_options_of, poolings_of, save_head, selection_of};
@@ -430,7 +430,7 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
     // The held-out part is looked at once, after the choice: for the report.
     let x = test_features.get(head.pooling, head.layers.as_ref());
     let predicted = head.predict(&x);
-    head.metrics.test = Some(HeadMetrics::compute(&p.labels, &p.test_labels, &predicted));
+    head.metrics.test = Some(Scores::compute(&p.labels, &p.test_labels, &predicted));
     head.metrics.test_calibration = Some(head.calibration_error(&x, &p.test_labels));
     head.description = job.description.clone();
     head.min_probability = p.options.min_probability;

@@ -11,7 +11,7 @@ use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::metrics::Metrics;
+use super::scores::Scores;
 use crate::atomic_file::write_atomic;
 use crate::layers::LayerSelection;
 use crate::model::ModelInfo;
@@ -128,9 +128,9 @@ pub struct LabelCount {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct HeadMetrics {
-    pub train: Option<Metrics>,
-    pub validation: Option<Metrics>,
-    pub test: Option<Metrics>,
+    pub train: Option<Scores>,
+    pub validation: Option<Scores>,
+    pub test: Option<Scores>,
     /// How well the probabilities match the frequencies on the test (held-out) part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_calibration: Option<CalibrationError>,

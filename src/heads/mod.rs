@@ -12,8 +12,8 @@
 pub mod classify;
 pub mod jobs;
 pub mod logistic;
-pub mod metrics;
 pub mod onnx;
+pub mod scores;
 pub mod search;
 pub mod store;
 pub mod training;

@@ -13,7 +13,7 @@ use ndarray::{Array1, Array2, Axis};
 use super::logistic::{
     Calibration, Candidate, EncoderStamp, HeadMetrics, LogisticHead, Selection, TrainingRecord, FORMAT_VERSION,
 };
-use super::metrics::Metrics;
+use super::scores::Scores;
 use crate::features::PooledFeatures;
 use crate::layers::LayerSelection;
 use crate::pooling::{argmax, softmax, FeaturePooling};
@@ -300,7 +300,7 @@ pub fn train(
     let (scaler, fitted, fit_pred) = final_fit(&search.fit[set], &search.fit_labels, classes, &best, config)?;
     // Held-out validation metrics exist only when validation was not fitted on.
     let validation_metrics = match (&search.score[set], &search.score_labels) {
-        (Some(x), Some(y)) => Some(Metrics::compute(labels, y, &score(&fitted, &scaler.apply(x), y).2)),
+        (Some(x), Some(y)) => Some(Scores::compute(labels, y, &score(&fitted, &scaler.apply(x), y).2)),
         _ => None,
     };
 
@@ -326,7 +326,7 @@ pub fn train(
             calibration: Some(calibration.clone()),
         },
         metrics: HeadMetrics {
-            train: Some(Metrics::compute(labels, &search.fit_labels, &fit_pred)),
+            train: Some(Scores::compute(labels, &search.fit_labels, &fit_pred)),
             validation: validation_metrics,
             test: None,
             test_calibration: None,
@@ -364,8 +364,8 @@ type FeatureSet = (Option<LayerSelection>, FeaturePooling);
 /// with their labels (what the temperature is fitted on, for the chosen one).
 type Scored = (f64, f64, Array2<f64>, Vec<usize>);
 
-/// Scores by (feature set, fold, alpha's bits).
-type Scores = BTreeMap<(usize, usize, u64), Scored>;
+/// Scores of each alpha path by (feature set, fold, alpha's bits).
+type PathScores = BTreeMap<(usize, usize, u64), Scored>;
 
 /// What every candidate is fitted and scored on, per feature set (every
 /// layer option with every pooling): with [`Selection::Validation`], fitted
@@ -465,7 +465,7 @@ impl SearchData {
 /// down, each fit starting from the previous solution; jobs run in parallel,
 /// widest first, so that the threads finish together instead of one waiting on
 /// the last wide fit (a job's time grows with its width).
-fn score_alpha_paths(search: &SearchData, config: &TrainConfig, classes: usize) -> anyhow::Result<Scores> {
+fn score_alpha_paths(search: &SearchData, config: &TrainConfig, classes: usize) -> anyhow::Result<PathScores> {
     let mut jobs: Vec<(usize, usize)> =
         (0..search.sets.len()).flat_map(|set| (0..search.folds).map(move |fold| (set, fold))).collect();
     jobs.sort_by_key(|&(set, _)| std::cmp::Reverse(search.fit[set].ncols()));
@@ -490,7 +490,7 @@ fn score_alpha_paths(search: &SearchData, config: &TrainConfig, classes: usize) 
         }
         Ok(path)
     });
-    let mut scores = Scores::new();
+    let mut scores = PathScores::new();
     for (&(set, fold), path) in jobs.iter().zip(per_job) {
         for (alpha, scored) in path.map_err(|e| anyhow!("{e:#}"))? {
             scores.insert((set, fold, alpha.to_bits()), scored);
@@ -504,7 +504,7 @@ fn score_alpha_paths(search: &SearchData, config: &TrainConfig, classes: usize) 
 fn candidates(
     search: &SearchData,
     config: &TrainConfig,
-    scores: &Scores,
+    scores: &PathScores,
     name: &str,
     encoder: &EncoderStamp,
 ) -> Vec<Candidate> {
@@ -534,7 +534,7 @@ fn candidates(
 
 /// The temperature, fitted on the chosen candidate's held-out logits of every
 /// fold together: it never sees the final fit's own training rows, nor test.
-fn calibrate(search: &SearchData, scores: &Scores, best: &Candidate) -> Calibration {
+fn calibrate(search: &SearchData, scores: &PathScores, best: &Candidate) -> Calibration {
     let set = search.index_of(best);
     let held: Vec<&Scored> = (0..search.folds).map(|fold| &scores[&(set, fold, best.alpha.to_bits())]).collect();
     let logits = ndarray::concatenate(Axis(0), &held.iter().map(|(_, _, z, _)| z.view()).collect::<Vec<_>>())

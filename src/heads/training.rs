@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, Context};
 
 use super::logistic::{head_path, EncoderStamp, LogisticHead, Selection};
-use super::metrics::Metrics;
+use super::scores::Scores;
 use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
 use super::store::HeadStore;
 use crate::config::{HeadSettings, LayerSpec, PoolingChoice};
@@ -148,7 +148,7 @@ pub fn train_head(
         let features = extraction.features(&data_name, test, &layers)?;
         let x = features.get(head.pooling, head.layers.as_ref());
         let predicted = head.predict(&x);
-        head.metrics.test = Some(Metrics::compute(&dataset.labels, &test.labels, &predicted));
+        head.metrics.test = Some(Scores::compute(&dataset.labels, &test.labels, &predicted));
         head.metrics.test_calibration = Some(head.calibration_error(&x, &test.labels));
     }
     tracing::info!(

@@ -83,10 +83,10 @@ pub async fn classify(
         truncate: request.truncate,
         deadline: state.deadline(),
         explain: request.explain,
-        windows: request.windows.then(|| state.settings.limits.window_stride(state.encoder().info.max_tokens)),
+        windows: request.windows.then(|| state.settings.limits.window_stride(state.encoder_runtime().info.max_tokens)),
         limits: CostLimits::of(&state.settings.limits),
     };
-    let all = classify_heads(&heads, state.encoder(), input).await?;
+    let all = classify_heads(&heads, state.encoder_runtime(), input).await?;
     let timing = all.first().map(|c| c.timing).unwrap_or_default();
     let results: Vec<ClassifyResponse> = heads
         .iter()
@@ -140,7 +140,7 @@ fn answer(state: &AppState, head: &Head, classified: Classified, min_probability
     ClassifyResponse {
         head: head.name().to_string(),
         head_version: head.version(),
-        encoder_fingerprint: head.encoder_fingerprint(&state.encoder().info).to_string(),
+        encoder_fingerprint: head.encoder_fingerprint(&state.encoder_runtime().info).to_string(),
         predictions,
     }
 }

@@ -59,7 +59,7 @@ impl serde::Serialize for EmbeddingsView<'_> {
 
 /// `x-encoder-fingerprint`: which encoder computed an answer.
 pub fn fingerprint_header(state: &AppState) -> [(axum::http::HeaderName, HeaderValue); 1] {
-    let fingerprint = HeaderValue::from_str(&state.encoder().info.fingerprint).expect("hex digits");
+    let fingerprint = HeaderValue::from_str(&state.encoder_runtime().info.fingerprint).expect("hex digits");
     [(super::ENCODER_FINGERPRINT, fingerprint)]
 }
 
@@ -134,8 +134,8 @@ pub async fn embed(
             "windows pools a long text's windows together: use pooling cls or mean, without return_tokens",
         ));
     }
-    let windows = request.windows.then(|| state.settings.limits.window_stride(state.encoder().info.max_tokens));
-    let info = &state.encoder().info;
+    let windows = request.windows.then(|| state.settings.limits.window_stride(state.encoder_runtime().info.max_tokens));
+    let info = &state.encoder_runtime().info;
     let requested = request.layers.as_deref().unwrap_or(&[-1]);
     let layers = LayerSelection::resolve(requested, request.layer_combine, info.layers)
         .map_err(|e| ApiError::invalid("invalid_layers", e.to_string()))?;
@@ -149,7 +149,7 @@ pub async fn embed(
         return_tokens: request.return_tokens,
     };
     let limits = CostLimits::of(&state.settings.limits);
-    let embedded = state.encoder().embed(texts, request.truncate, state.deadline(), options, limits).await?;
+    let embedded = state.encoder_runtime().embed(texts, request.truncate, state.deadline(), options, limits).await?;
     let timing = timing_headers(&embedded.timing);
     let Embedded { tokens, token_counts, hidden, vectors, .. } = embedded;
 
@@ -186,7 +186,7 @@ pub async fn embed(
                 Vectors::PerToken(rows) => rows.iter().map(|r| r.data.len()).sum(),
             };
             let body = EmbedResponseView {
-                model: &state.encoder().info.name,
+                model: &state.encoder_runtime().info.name,
                 pooling: request.pooling,
                 normalized: request.normalize,
                 dimensions: hidden,

@@ -164,7 +164,7 @@ pub async fn get_head(State(state): State<AppState>, Path(name): Path<String>) -
                     default: false,
                     pooling: None,
                     layers: None,
-                    encoder: Some(state.encoder().info.name.clone()),
+                    encoder: Some(state.encoder_runtime().info.name.clone()),
                     validation_accuracy: None,
                     test_accuracy: None,
                     created_unix: None,

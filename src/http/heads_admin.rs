@@ -171,7 +171,7 @@ pub async fn rollback_head(
         return Err(ApiError::not_found(format!("no head named {name:?} in the heads folder")));
     }
     let _held = lock_head(&state, &name).await?;
-    let (store, info, wanted) = (state.store.clone(), state.encoder().info.clone(), name.clone());
+    let (store, info, wanted) = (state.store.clone(), state.encoder_runtime().info.clone(), name.clone());
     let rolled = tokio::task::spawn_blocking(move || store.rollback(&wanted, &info)).await.map_err(internal)?;
     let (version, head) = rolled.map_err(|e| {
         let (status, code) = match &e {

@@ -108,8 +108,11 @@ impl AppState {
         AppState::new(runtimes, Heads::new(String::new(), Vec::new()), settings, metrics)
     }
 
-    /// The encoder's runtime: what `/embed`, `/tokenize` and logistic heads use.
-    pub fn encoder(&self) -> &Inference {
+    /// The encoder's runtime (tokenizer, queue, workers: an [`Inference`]),
+    /// what `/embed`, `/tokenize` and logistic heads use; not to be confused
+    /// with the [`crate::encoder::Encoder`] trait, one forward pass, which its
+    /// workers call (`OrtEncoder` in production).
+    pub fn encoder_runtime(&self) -> &Inference {
         &self.runtimes.encoder
     }
 

@@ -55,7 +55,7 @@ pub async fn embeddings(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<OpenAiEmbeddingRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let hidden = state.encoder().info.hidden_size;
+    let hidden = state.encoder_runtime().info.hidden_size;
     // The schema cannot know the model's width: more than it gives the whole vector.
     let dimensions = match request.dimensions {
         None => hidden,
@@ -85,7 +85,7 @@ pub async fn embeddings(
     let body = OpenAiEmbeddingResponse {
         object: "list".into(),
         data,
-        model: request.model.clone().unwrap_or_else(|| state.encoder().info.name.clone()),
+        model: request.model.clone().unwrap_or_else(|| state.encoder_runtime().info.name.clone()),
         usage: OpenAiUsage { prompt_tokens, total_tokens: prompt_tokens },
     };
     Ok((timing_headers(&pooled.timing), fingerprint_header(&state), Json(body)))
@@ -157,5 +157,5 @@ pub async fn embed_corpus(
         part_tokens: limits.max_request_tokens,
         limits: CostLimits::of(limits),
     };
-    Ok(state.encoder().embed_corpus(items, truncation, state.deadline(), pooling, bounds).await?)
+    Ok(state.encoder_runtime().embed_corpus(items, truncation, state.deadline(), pooling, bounds).await?)
 }

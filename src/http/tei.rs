@@ -178,7 +178,7 @@ pub async fn embed(
     TeiJson(request): TeiJson<TeiEmbedRequest>,
 ) -> Result<Response, TeiError> {
     no_prompt(&request.prompt_name)?;
-    let hidden = state.encoder().info.hidden_size;
+    let hidden = state.encoder_runtime().info.hidden_size;
     let dimensions = match request.dimensions {
         Some(0) => return Err(TeiError(ApiError::invalid("invalid_dimensions", "dimensions must be at least 1"))),
         d => d.unwrap_or(hidden).min(hidden),
@@ -233,7 +233,7 @@ pub async fn embed_all(
     };
     let limits = CostLimits::of(&state.settings.limits);
     let truncate = request.truncate.unwrap_or(false);
-    let embedded = state.encoder().embed(texts, truncate, state.deadline(), options, limits).await?;
+    let embedded = state.encoder_runtime().embed(texts, truncate, state.deadline(), options, limits).await?;
     let Vectors::PerToken(rows) = embedded.vectors else { unreachable!("pooling none answers per token") };
     let hidden = embedded.hidden;
     let body: Vec<Vec<&[f32]>> = rows.iter().map(|r| r.data.chunks_exact(hidden).collect()).collect();
@@ -318,7 +318,7 @@ async fn labelled(
         windows: None,
         limits: CostLimits::of(&state.settings.limits),
     };
-    let classified = classify_heads(std::slice::from_ref(head), state.encoder(), input).await?;
+    let classified = classify_heads(std::slice::from_ref(head), state.encoder_runtime(), input).await?;
     let labels = head.labels();
     let classified = classified.into_iter().next().expect("one head");
     Ok(classified
@@ -433,7 +433,7 @@ pub async fn decode(
             format!("{} sequences in one request; the limit is {max}", sequences.len()),
         )));
     }
-    let tokenizer = &state.encoder().tokenizer;
+    let tokenizer = &state.encoder_runtime().tokenizer;
     let texts = sequences
         .iter()
         .enumerate()
@@ -449,7 +449,7 @@ pub async fn decode(
 
 fn info_of(state: &AppState, model_type: serde_json::Value) -> TeiInfo {
     let s = &state.settings;
-    let model = &state.encoder().info;
+    let model = &state.encoder_runtime().info;
     TeiInfo {
         model_id: model.name.clone(),
         model_sha: Some(model.fingerprint.clone()),
@@ -517,7 +517,7 @@ pub async fn health(State(state): State<AppState>) -> Result<StatusCode, TeiErro
     let ready = state.heads.ready()
         && !state.draining.load(Ordering::Relaxed)
         && !state.warming.load(Ordering::Relaxed)
-        && state.encoder().health().dead == 0;
+        && state.encoder_runtime().health().dead == 0;
     if ready {
         Ok(StatusCode::OK)
     } else {

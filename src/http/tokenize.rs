@@ -34,8 +34,8 @@ pub async fn tokenize(
 /// Each text's tokens as the model sees them (character offsets), within the
 /// per-request token bound: `/tokenize` and TEI's `/tei/tokenize`.
 pub async fn tokens_of(state: &AppState, texts: Vec<String>, truncate: bool) -> Result<Vec<Vec<Token>>, ApiError> {
-    let seqs = state.encoder().tokenize(texts.clone(), truncate).await?;
-    state.encoder().check_request_tokens(&seqs)?;
+    let seqs = state.encoder_runtime().tokenize(texts.clone(), truncate).await?;
+    state.encoder_runtime().check_request_tokens(&seqs)?;
     Ok(seqs
         .into_iter()
         .zip(&texts)

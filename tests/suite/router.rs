@@ -143,7 +143,7 @@ async fn a_corpus_with_more_model_time_than_its_deadline_is_refused_before_any_w
     for _ in 0..3 {
         assert_eq!(post("/embed", json!({"inputs": ["good"]})).await.unwrap().status(), 200);
     }
-    let computed = state.encoder().batch_stats().sequences;
+    let computed = state.encoder_runtime().batch_stats().sequences;
     // 100 texts of 3 tokens at 5 ms per token: about 1.5 s of model time, 1 s left.
     let started = std::time::Instant::now();
     let response = post("/v1/embeddings", json!({"input": vec!["good"; 100]})).await.unwrap();
@@ -153,7 +153,7 @@ async fn a_corpus_with_more_model_time_than_its_deadline_is_refused_before_any_w
     let answer: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(answer["error"]["code"], "too_much_work", "{answer}");
     assert!(answer["error"]["message"].as_str().unwrap().contains("request_timeout_ms"), "{answer}");
-    assert_eq!(state.encoder().batch_stats().sequences, computed, "nothing was computed for it");
+    assert_eq!(state.encoder_runtime().batch_stats().sequences, computed, "nothing was computed for it");
     // A corpus that fits its deadline is answered.
     let response = post("/v1/embeddings", json!({"input": vec!["good"; 20]})).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);

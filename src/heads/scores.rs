@@ -1,11 +1,11 @@
-//! Classification metrics: accuracy, macro-F1, per-class precision and recall,
+//! How well a head classifies (`Scores`; not the service's Prometheus `crate::metrics`): accuracy, macro-F1, per-class precision and recall,
 //! confusion matrix.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ClassMetrics {
+pub struct ClassScores {
     pub label: String,
     pub precision: f64,
     pub recall: f64,
@@ -15,17 +15,17 @@ pub struct ClassMetrics {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Metrics {
+pub struct Scores {
     pub accuracy: f64,
     pub macro_f1: f64,
     pub examples: usize,
-    pub per_class: Vec<ClassMetrics>,
+    pub per_class: Vec<ClassScores>,
     /// `confusion[true][predicted]` counts, labels in head order.
     pub confusion: Vec<Vec<usize>>,
 }
 
-impl Metrics {
-    pub fn compute(labels: &[String], truth: &[usize], predicted: &[usize]) -> Metrics {
+impl Scores {
+    pub fn compute(labels: &[String], truth: &[usize], predicted: &[usize]) -> Scores {
         assert_eq!(truth.len(), predicted.len());
         let k = labels.len();
         let mut confusion = vec![vec![0usize; k]; k];
@@ -34,7 +34,7 @@ impl Metrics {
         }
         let correct: usize = (0..k).map(|i| confusion[i][i]).sum();
         let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-        let per_class: Vec<ClassMetrics> = (0..k)
+        let per_class: Vec<ClassScores> = (0..k)
             .map(|c| {
                 let tp = confusion[c][c];
                 let predicted_c: usize = (0..k).map(|t| confusion[t][c]).sum();
@@ -42,10 +42,10 @@ impl Metrics {
                 let precision = ratio(tp, predicted_c);
                 let recall = ratio(tp, support);
                 let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
-                ClassMetrics { label: labels[c].clone(), precision, recall, f1, support }
+                ClassScores { label: labels[c].clone(), precision, recall, f1, support }
             })
             .collect();
-        Metrics {
+        Scores {
             accuracy: ratio(correct, truth.len()),
             macro_f1: per_class.iter().map(|c| c.f1).sum::<f64>() / k as f64,
             examples: truth.len(),
@@ -66,7 +66,7 @@ mod tests {
         // predicted: n n n p p p p p n n
         let truth = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1];
         let pred = [0, 0, 0, 1, 1, 1, 1, 1, 0, 0];
-        let m = Metrics::compute(&labels, &truth, &pred);
+        let m = Scores::compute(&labels, &truth, &pred);
         assert_eq!(m.confusion, vec![vec![3, 1], vec![2, 4]]);
         assert!((m.accuracy - 0.7).abs() < 1e-12);
         assert!((m.per_class[0].precision - 0.6).abs() < 1e-12);
