@@ -54,7 +54,7 @@ parity: setup
 	"$$(scripts/python-env.sh)" bench/parity.py --bin target/release/distilserve
 
 # Throughput under load against the in-process ceiling and the notebook's way in
-# Python (bench/throughput.rs; BENCHMARKS.md). About 4 minutes; run on a quiet machine.
+# Python (bench/throughput/; BENCHMARKS.md). About 4 minutes; run on a quiet machine.
 BENCH_ARGS ?=
 bench: setup
 	$(CARGO) build --release

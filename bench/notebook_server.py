@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The lecture's feature extraction, served the simplest way: the baseline that
-bench/throughput.rs measures distilserve against.
+bench/throughput/ measures distilserve against.
 
 It does what the notebook does — transformers AutoModel + AutoTokenizer, torch
 with no_grad, the last hidden state's [CLS] vector, scikit-learn's
