@@ -610,9 +610,36 @@ impl Settings {
 /// of a head): 1-64 ASCII letters, digits, '_' or '-', not starting with '-'.
 /// It names files in the heads folder, a URL segment and a metrics label; the
 /// paths of a head's files are made from it only ([`HeadName::file_in`]), so
-/// none can leave its folder. Names are still `String`s elsewhere.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// none can leave its folder. The heads folder ([`crate::heads::store::HeadStore`])
+/// and trainings take only `HeadName`s; maps keyed by it are looked up by `&str`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HeadName(String);
+
+impl std::ops::Deref for HeadName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// As the string (messages write `{name:?}`).
+impl std::fmt::Debug for HeadName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::borrow::Borrow<str> for HeadName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for HeadName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// The one wording of the rule, for every place that refuses a name.
 #[derive(Debug, thiserror::Error)]

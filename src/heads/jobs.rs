@@ -34,6 +34,7 @@ use super::store::{version_of, HeadStore};
 use super::training::{layer_options_of, poolings_of, save_head, selection_of};
 use super::upload::Prepared;
 use super::{Head, Heads};
+use crate::config::HeadName;
 use crate::config::TrainingSettings;
 use crate::features::{extract, layers_to_extract, Progress, ProgressFn};
 use crate::metrics::Metrics;
@@ -41,7 +42,7 @@ use crate::runtimes::Runtimes;
 
 /// A head to train, as accepted by `POST /heads`.
 pub struct Job {
-    pub name: String,
+    pub name: HeadName,
     /// The head's lock in the heads folder, released when the job ends.
     pub lock: Option<super::store::HeadLock>,
     pub prepared: Prepared,
@@ -118,7 +119,7 @@ impl JobStatus {
     /// A status another process wrote, as it stands: one still in progress
     /// whose owner is gone (the head's lock is free: the kernel released a dead
     /// process's lock) or silent for [`STALE_AFTER_SECONDS`] reads as failed.
-    fn judged(mut self, store: &HeadStore, name: &str) -> JobStatus {
+    fn judged(mut self, store: &HeadStore, name: &HeadName) -> JobStatus {
         if !self.in_progress() || self.owner.as_deref() == Some(this_process()) {
             return self;
         }
@@ -141,7 +142,7 @@ impl JobStatus {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubmitError {
     #[error("head {0:?} is already queued or training; wait for it (GET /heads/{0})")]
-    InProgress(String),
+    InProgress(HeadName),
     #[error("{0} trainings are already waiting (training.max_queued); retry later")]
     QueueFull(usize),
     #[error("the service is shutting down")]
@@ -164,14 +165,14 @@ pub struct Trainer {
 /// Each head's latest status here, mirrored to the heads folder for the other replicas.
 #[derive(Clone)]
 struct Statuses {
-    map: Arc<Mutex<BTreeMap<String, JobStatus>>>,
+    map: Arc<Mutex<BTreeMap<HeadName, JobStatus>>>,
     store: HeadStore,
     /// When progress was last written to the folder (at most once a second).
     last_written: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Statuses {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, JobStatus>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<HeadName, JobStatus>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -261,11 +262,13 @@ impl TrainingJobs {
     pub fn status(&self, name: &str) -> Option<JobStatus> {
         let local = self.statuses.lock().get(name).cloned();
         let store = &self.statuses.store;
-        local.or_else(|| store.read_job_status::<JobStatus>(name).map(|s| s.judged(store, name)))
+        // Only a valid name can have a status in the folder.
+        let name = HeadName::parse(name).ok()?;
+        local.or_else(|| store.read_job_status::<JobStatus>(&name).map(|s| s.judged(store, &name)))
     }
 
     /// Names with a training queued or running.
-    pub fn in_progress(&self) -> Vec<String> {
+    pub fn in_progress(&self) -> Vec<HeadName> {
         let statuses = self.statuses.lock();
         statuses
             .iter()
@@ -275,7 +278,7 @@ impl TrainingJobs {
     }
 
     /// Forgets a finished job's status (the head was deleted).
-    pub fn forget(&self, name: &str) {
+    pub fn forget(&self, name: &HeadName) {
         let mut statuses = self.statuses.lock();
         if statuses.get(name).is_none_or(|s| matches!(s.state, JobState::Ready | JobState::Failed)) {
             statuses.remove(name);
@@ -293,7 +296,7 @@ impl TrainingJobs {
 
 /// Every [`HEARTBEAT_SECONDS`], rewrites the status of each training queued
 /// or running here, until the jobs are dropped.
-fn heartbeat(statuses: &std::sync::Weak<Mutex<BTreeMap<String, JobStatus>>>, store: &HeadStore) {
+fn heartbeat(statuses: &std::sync::Weak<Mutex<BTreeMap<HeadName, JobStatus>>>, store: &HeadStore) {
     loop {
         std::thread::sleep(std::time::Duration::from_secs(HEARTBEAT_SECONDS));
         let Some(map) = statuses.upgrade() else { return };
@@ -309,7 +312,7 @@ fn heartbeat(statuses: &std::sync::Weak<Mutex<BTreeMap<String, JobStatus>>>, sto
 
 /// Changes `name`'s status; a change of state or phase is written to the
 /// heads folder at once, progress within a phase at most once a second.
-fn update(statuses: &Statuses, name: &str, change: impl FnOnce(&mut JobStatus)) {
+fn update(statuses: &Statuses, name: &HeadName, change: impl FnOnce(&mut JobStatus)) {
     let mut map = statuses.lock();
     let Some(status) = map.get_mut(name) else { return };
     let before = (status.state, status.phase.clone());
@@ -322,8 +325,8 @@ fn update(statuses: &Statuses, name: &str, change: impl FnOnce(&mut JobStatus)) 
     }
 }
 
-fn phase_reporter(statuses: &Statuses, name: &str, phase: &'static str) -> ProgressFn {
-    let (statuses, name) = (statuses.clone(), name.to_string());
+fn phase_reporter(statuses: &Statuses, name: &HeadName, phase: &'static str) -> ProgressFn {
+    let (statuses, name) = (statuses.clone(), name.clone());
     ProgressFn(Arc::new(move |done, total| {
         update(&statuses, &name, |s| {
             s.phase = Some(phase.to_string());

@@ -25,6 +25,7 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::bail;
 
+use crate::config::HeadName;
 use crate::config::{HeadKind, Settings};
 use crate::model::ModelInfo;
 use crate::runtimes::Runtimes;
@@ -99,7 +100,7 @@ pub enum Lookup {
 pub struct Heads {
     map: RwLock<BTreeMap<String, Arc<Head>>>,
     /// Head files as last seen in the heads folder (see [`Heads::sync_folder`]).
-    seen: std::sync::Mutex<BTreeMap<String, FileStamp>>,
+    seen: std::sync::Mutex<BTreeMap<HeadName, FileStamp>>,
     default: String,
     pending: AtomicUsize,
     configured: Vec<String>,
@@ -200,7 +201,7 @@ impl Heads {
                     continue;
                 }
             };
-            if head.name != *name {
+            if head.name != name.as_str() {
                 tracing::warn!(head = %name, holds = %head.name, "head file holds another head; not loaded");
                 continue;
             }
@@ -209,15 +210,15 @@ impl Heads {
                 continue;
             }
             let version = store::version_of(&head);
-            let current = self.read_map().get(name).map(|h| h.version());
+            let current = self.read_map().get(name.as_str()).map(|h| h.version());
             if current.as_deref() == Some(version.as_str()) {
                 continue;
             }
             tracing::info!(head = %name, version = %version, previous = ?current, "head loaded from the heads folder");
             self.insert(Head::Logistic(head));
-            report.loaded.push(name.clone());
+            report.loaded.push(name.to_string());
         }
-        let gone: Vec<String> = seen.keys().filter(|n| !found.iter().any(|(f, _)| f == *n)).cloned().collect();
+        let gone: Vec<HeadName> = seen.keys().filter(|n| !found.iter().any(|(f, _)| f == *n)).cloned().collect();
         for name in gone {
             seen.remove(&name);
             if self.is_configured(&name) {
@@ -225,8 +226,8 @@ impl Heads {
                 continue;
             }
             let mut map = self.write_map();
-            if matches!(map.get(&name).map(|h| h.kind()), Some(HeadKind::Logistic)) {
-                map.remove(&name);
+            if matches!(map.get(name.as_str()).map(|h| h.kind()), Some(HeadKind::Logistic)) {
+                map.remove(name.as_str());
                 tracing::info!(head = %name, "head file removed from the heads folder; no longer served");
                 report.removed.push(name);
             }
@@ -308,7 +309,7 @@ impl FileStamp {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
     pub loaded: Vec<String>,
-    pub removed: Vec<String>,
+    pub removed: Vec<HeadName>,
     /// Why the folder could not be listed (nothing changed).
     pub error: Option<String>,
 }
@@ -355,7 +356,10 @@ fn load_logistic_as(
     match h.check_encoder(&path, info) {
         Ok(()) => {}
         Err(e @ logistic::HeadFileError::WrongEncoder { .. }) if per_encoder => {
-            if let Some(own) = store::HeadStore::of(settings).newest_for_encoder(name, &info.fingerprint) {
+            let own = HeadName::parse(name)
+                .ok()
+                .and_then(|n| store::HeadStore::of(settings).newest_for_encoder(&n, &info.fingerprint));
+            if let Some(own) = own {
                 tracing::info!(
                     head = %name,
                     version = %store::version_of(&own),

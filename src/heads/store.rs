@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::logistic::{head_path, LogisticHead};
+use super::logistic::LogisticHead;
 use crate::atomic_file::write_atomic;
 use crate::config::HeadName;
 
@@ -113,12 +113,17 @@ impl HeadStore {
         &self.dir
     }
 
-    fn versions_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
-        Ok(HeadName::parse(name)?.file_in(&self.dir.join(VERSIONS_DIR), ""))
+    fn versions_dir(&self, name: &HeadName) -> PathBuf {
+        name.file_in(&self.dir.join(VERSIONS_DIR), "")
     }
 
-    fn history(&self, name: &str) -> anyhow::Result<History> {
-        let path = self.versions_dir(name)?.join("history.json");
+    /// `<heads_dir>/<name>.json`: what replicas serve.
+    fn active_path(&self, name: &HeadName) -> PathBuf {
+        name.file_in(&self.dir, ".json")
+    }
+
+    fn history(&self, name: &HeadName) -> anyhow::Result<History> {
+        let path = self.versions_dir(name).join("history.json");
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(History::default()),
@@ -126,13 +131,12 @@ impl HeadStore {
         }
     }
 
-    fn write_history(&self, name: &str, history: &History) -> anyhow::Result<()> {
-        let path = self.versions_dir(name)?.join("history.json");
+    fn write_history(&self, name: &HeadName, history: &History) -> anyhow::Result<()> {
+        let path = self.versions_dir(name).join("history.json");
         write_atomic(&path, &serde_json::to_vec_pretty(history)?)
     }
 
-    fn lock_file(&self, name: &str, suffix: &str) -> std::io::Result<std::fs::File> {
-        let name = HeadName::parse(name).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    fn lock_file(&self, name: &HeadName, suffix: &str) -> std::io::Result<std::fs::File> {
         let dir = self.dir.join(LOCKS_DIR);
         std::fs::create_dir_all(&dir)?;
         std::fs::OpenOptions::new()
@@ -144,7 +148,7 @@ impl HeadStore {
 
     /// Holds `name` for a training, rollback or delete, or says another
     /// process (or another of this process's operations) holds it.
-    pub fn try_lock(&self, name: &str) -> Result<HeadLock, LockError> {
+    pub fn try_lock(&self, name: &HeadName) -> Result<HeadLock, LockError> {
         let file = self.lock_file(name, "lock").map_err(LockError::Io)?;
         match file.try_lock() {
             Ok(()) => Ok(HeadLock { _file: file }),
@@ -155,13 +159,13 @@ impl HeadStore {
 
     /// Whether a process holds `name` (a training in progress somewhere);
     /// false when the lock can be had, or cannot be tried (read-only folder).
-    pub fn is_locked(&self, name: &str) -> bool {
+    pub fn is_locked(&self, name: &HeadName) -> bool {
         matches!(self.try_lock(name), Err(LockError::Held))
     }
 
     /// Waits for the history of `name` to be free: writes of versions and the
     /// active file go one at a time across processes.
-    fn lock_history(&self, name: &str) -> anyhow::Result<std::fs::File> {
+    fn lock_history(&self, name: &HeadName) -> anyhow::Result<std::fs::File> {
         let file = self.lock_file(name, "history.lock").context("cannot lock the head's history")?;
         file.lock().context("cannot lock the head's history")?;
         Ok(file)
@@ -172,15 +176,16 @@ impl HeadStore {
     /// file, then the history, then the active file; readers only follow the
     /// active file. Returns the version.
     pub fn publish(&self, head: &LogisticHead) -> anyhow::Result<String> {
-        let _history = self.lock_history(&head.name)?;
+        let name = HeadName::parse(&head.name)?;
+        let _history = self.lock_history(&name)?;
         let version = version_of(head);
         let bytes = serde_json::to_vec_pretty(head)?;
-        let dir = self.versions_dir(&head.name)?;
+        let dir = self.versions_dir(&name);
         let file = dir.join(format!("{version}.json"));
         if !file.is_file() {
             write_atomic(&file, &bytes)?;
         }
-        let mut history = self.history(&head.name)?;
+        let mut history = self.history(&name)?;
         history.versions.retain(|v| v.version != version);
         history.versions.push(VersionEntry {
             version: version.clone(),
@@ -202,8 +207,8 @@ impl HeadStore {
                 i += 1;
             }
         }
-        self.write_history(&head.name, &history)?;
-        write_atomic(&head_path(&self.dir, &head.name)?, &bytes)?;
+        self.write_history(&name, &history)?;
+        write_atomic(&self.active_path(&name), &bytes)?;
         for old in pruned {
             let _ = std::fs::remove_file(dir.join(format!("{}.json", old.version)));
         }
@@ -213,28 +218,28 @@ impl HeadStore {
     /// The newest version of `name` trained on the encoder `fingerprint`, if
     /// one is kept and valid: what a service running that encoder serves when
     /// the active file was made for another.
-    pub fn newest_for_encoder(&self, name: &str, fingerprint: &str) -> Option<LogisticHead> {
-        let dir = self.versions_dir(name).ok()?;
+    pub fn newest_for_encoder(&self, name: &HeadName, fingerprint: &str) -> Option<LogisticHead> {
+        let dir = self.versions_dir(name);
         let history = self.history(name).ok()?;
         history.versions.iter().rev().filter(|v| v.encoder.as_deref().is_none_or(|e| e == fingerprint)).find_map(|v| {
             let head = LogisticHead::load(&dir.join(format!("{}.json", v.version))).ok()?;
-            (head.encoder.fingerprint == fingerprint && head.name == name).then_some(head)
+            (head.encoder.fingerprint == fingerprint && head.name == name.as_str()).then_some(head)
         })
     }
 
     /// Versions of `name`, oldest first (at most `keep`).
-    pub fn versions(&self, name: &str) -> anyhow::Result<Vec<VersionEntry>> {
+    pub fn versions(&self, name: &HeadName) -> anyhow::Result<Vec<VersionEntry>> {
         Ok(self.history(name)?.versions)
     }
 
     /// Whether `name` has an active file.
-    pub fn has_head(&self, name: &str) -> bool {
-        head_path(&self.dir, name).is_ok_and(|p| p.is_file())
+    pub fn has_head(&self, name: &HeadName) -> bool {
+        self.active_path(name).is_file()
     }
 
     /// The version the active file holds, if there is one and it is valid.
-    pub fn active_version(&self, name: &str) -> Option<String> {
-        let head = LogisticHead::load(&head_path(&self.dir, name).ok()?).ok()?;
+    pub fn active_version(&self, name: &HeadName) -> Option<String> {
+        let head = LogisticHead::load(&self.active_path(name)).ok()?;
         Some(version_of(&head))
     }
 
@@ -244,7 +249,7 @@ impl HeadStore {
     /// checked (what the active file now holds).
     pub fn rollback(
         &self,
-        name: &str,
+        name: &HeadName,
         encoder: &crate::model::ModelInfo,
     ) -> Result<(String, LogisticHead), RollbackError> {
         let io = |e: anyhow::Error| {
@@ -262,31 +267,31 @@ impl HeadStore {
             return Err(RollbackError::NoPrevious { active });
         }
         let previous = history.versions[position - 1].version.clone();
-        let file = self.versions_dir(name).map_err(io)?.join(format!("{previous}.json"));
+        let file = self.versions_dir(name).join(format!("{previous}.json"));
         // Errors name the file relative to the folder, never its full path.
-        let shown = Path::new("<heads_dir>").join(VERSIONS_DIR).join(name).join(format!("{previous}.json"));
+        let shown = Path::new("<heads_dir>").join(VERSIONS_DIR).join(name.as_str()).join(format!("{previous}.json"));
         let damaged = |message: String| RollbackError::Damaged { version: previous.clone(), message };
         let head = LogisticHead::load(&file)
             .map_err(|e| damaged(e.to_string().replace(&file.display().to_string(), &shown.display().to_string())))?;
-        if head.name != name {
+        if head.name != name.as_str() {
             return Err(damaged(format!("it holds head {:?}", head.name)));
         }
         head.check_encoder(&shown, encoder).map_err(|e| RollbackError::OtherEncoder(e.to_string()))?;
         let bytes = std::fs::read(&file).map_err(|e| damaged(e.to_string()))?;
-        write_atomic(&head_path(&self.dir, name).map_err(io)?, &bytes).map_err(io)?;
+        write_atomic(&self.active_path(name), &bytes).map_err(io)?;
         Ok((previous, head))
     }
 
     /// Removes the head: its active file first (replicas stop serving it),
     /// then every version. True when there was an active file.
-    pub fn delete(&self, name: &str) -> anyhow::Result<bool> {
-        let active = head_path(&self.dir, name)?;
+    pub fn delete(&self, name: &HeadName) -> anyhow::Result<bool> {
+        let active = self.active_path(name);
         let existed = match std::fs::remove_file(&active) {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(e).with_context(|| format!("cannot remove {}", active.display())),
         };
-        let versions = self.versions_dir(name)?;
+        let versions = self.versions_dir(name);
         if versions.exists() {
             std::fs::remove_dir_all(&versions).with_context(|| format!("cannot remove {}", versions.display()))?;
         }
@@ -294,36 +299,34 @@ impl HeadStore {
     }
 
     /// Records the status of `name`'s training for every replica (atomic; best effort).
-    pub fn write_job_status<T: Serialize>(&self, name: &str, status: &T) {
-        let Ok(path) = head_path(&self.dir.join(JOBS_DIR), name) else { return };
+    pub fn write_job_status<T: Serialize>(&self, name: &HeadName, status: &T) {
+        let path = name.file_in(&self.dir.join(JOBS_DIR), ".json");
         if let Err(e) = serde_json::to_vec(status).map_err(anyhow::Error::from).and_then(|b| write_atomic(&path, &b)) {
             tracing::warn!(head = %name, error = %format!("{e:#}"), "could not record the training status in the heads folder");
         }
     }
 
     /// The status a replica recorded for `name`'s training, if any.
-    pub fn read_job_status<T: serde::de::DeserializeOwned>(&self, name: &str) -> Option<T> {
-        let path = head_path(&self.dir.join(JOBS_DIR), name).ok()?;
+    pub fn read_job_status<T: serde::de::DeserializeOwned>(&self, name: &HeadName) -> Option<T> {
+        let path = name.file_in(&self.dir.join(JOBS_DIR), ".json");
         serde_json::from_slice(&std::fs::read(path).ok()?).ok()
     }
 
-    pub fn remove_job_status(&self, name: &str) {
-        if let Ok(path) = head_path(&self.dir.join(JOBS_DIR), name) {
-            let _ = std::fs::remove_file(path);
-        }
+    pub fn remove_job_status(&self, name: &HeadName) {
+        let _ = std::fs::remove_file(name.file_in(&self.dir.join(JOBS_DIR), ".json"));
     }
 
     /// Active head files in the folder: (name, path), names valid, sorted.
     /// A listing that fails, even part way, is an error: never a folder
     /// without heads (that would read as every head deleted).
-    pub fn scan(&self) -> std::io::Result<Vec<(String, PathBuf)>> {
+    pub fn scan(&self) -> std::io::Result<Vec<(HeadName, PathBuf)>> {
         let mut found = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
             let Ok(file_name) = entry.file_name().into_string() else { continue };
             let Some(name) = file_name.strip_suffix(".json") else { continue };
-            if HeadName::parse(name).is_ok() {
-                found.push((name.to_string(), entry.path()));
+            if let Ok(name) = HeadName::parse(name) {
+                found.push((name, entry.path()));
             }
         }
         found.sort();
@@ -334,6 +337,10 @@ impl HeadStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn name(s: &str) -> HeadName {
+        HeadName::parse(s).unwrap()
+    }
     use crate::heads::logistic::tests::tiny_head;
 
     /// The encoder `tiny_head` was made for.
@@ -354,26 +361,30 @@ mod tests {
             heads.push(h.sealed());
         }
         let v: Vec<String> = heads.iter().map(|h| store.publish(h).unwrap()).collect();
-        assert_eq!(store.active_version("topic").as_deref(), Some(v[2].as_str()));
+        assert_eq!(store.active_version(&name("topic")).as_deref(), Some(v[2].as_str()));
         // Kept: the last two; the first version's file is gone.
-        let kept: Vec<String> = store.versions("topic").unwrap().into_iter().map(|e| e.version).collect();
+        let kept: Vec<String> = store.versions(&name("topic")).unwrap().into_iter().map(|e| e.version).collect();
         assert_eq!(kept, vec![v[1].clone(), v[2].clone()]);
         assert!(!dir.path().join(".versions/topic").join(format!("{}.json", v[0])).exists());
 
         let encoder = tiny_encoder();
-        assert_eq!(store.rollback("topic", &encoder).unwrap().0, v[1]);
-        assert_eq!(store.active_version("topic").as_deref(), Some(v[1].as_str()));
-        assert_eq!(store.rollback("topic", &encoder).unwrap_err(), RollbackError::NoPrevious { active: v[1].clone() });
+        assert_eq!(store.rollback(&name("topic"), &encoder).unwrap().0, v[1]);
+        assert_eq!(store.active_version(&name("topic")).as_deref(), Some(v[1].as_str()));
+        assert_eq!(
+            store.rollback(&name("topic"), &encoder).unwrap_err(),
+            RollbackError::NoPrevious { active: v[1].clone() }
+        );
         // Publishing again after a rollback makes the new version active.
         store.publish(&heads[2]).unwrap();
-        assert_eq!(store.active_version("topic").as_deref(), Some(v[2].as_str()));
+        assert_eq!(store.active_version(&name("topic")).as_deref(), Some(v[2].as_str()));
 
-        assert_eq!(store.scan().unwrap().into_iter().map(|(n, _)| n).collect::<Vec<_>>(), vec!["topic"]);
-        assert!(store.delete("topic").unwrap());
+        assert_eq!(store.scan().unwrap().into_iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(), vec!["topic"]);
+        assert!(store.delete(&name("topic")).unwrap());
         assert!(store.scan().unwrap().is_empty());
         assert!(!dir.path().join(".versions/topic").exists());
-        assert!(!store.delete("topic").unwrap());
-        assert!(store.delete("../etc").is_err());
+        assert!(!store.delete(&name("topic")).unwrap());
+        // A name that would leave the folder cannot be made, so no store call can take one.
+        assert!(HeadName::parse("../etc").is_err());
         // A folder that cannot be listed is an error, not an empty folder.
         assert!(HeadStore::new(dir.path().join("gone"), 2).scan().is_err());
     }
@@ -390,11 +401,11 @@ mod tests {
         let v2 = store.publish(&second).unwrap();
         std::fs::write(dir.path().join(".versions/t").join(format!("{v1}.json")), b"{\"broken\":").unwrap();
         let encoder = tiny_encoder();
-        let err = store.rollback("t", &encoder).unwrap_err();
+        let err = store.rollback(&name("t"), &encoder).unwrap_err();
         assert!(matches!(err, RollbackError::Damaged { .. }), "{err}");
         // No path of this machine in what a client may be shown.
         assert!(!err.to_string().contains(&dir.path().display().to_string()), "{err}");
-        assert_eq!(store.active_version("t").as_deref(), Some(v2.as_str()));
+        assert_eq!(store.active_version(&name("t")).as_deref(), Some(v2.as_str()));
     }
 
     #[test]
@@ -409,21 +420,21 @@ mod tests {
         second.intercept[1] = 3.0;
         let v2 = store.publish(&second.sealed()).unwrap();
         assert_ne!(v1, v2);
-        assert!(matches!(store.rollback("t", &encoder), Err(RollbackError::OtherEncoder(_))));
-        assert_eq!(store.active_version("t").as_deref(), Some(v2.as_str()));
+        assert!(matches!(store.rollback(&name("t"), &encoder), Err(RollbackError::OtherEncoder(_))));
+        assert_eq!(store.active_version(&name("t")).as_deref(), Some(v2.as_str()));
     }
 
     #[test]
     fn a_head_held_by_one_holder_is_refused_to_another_until_released() {
         let dir = tempfile::tempdir().unwrap();
         let store = HeadStore::new(dir.path(), 5);
-        let held = store.try_lock("t").unwrap();
+        let held = store.try_lock(&name("t")).unwrap();
         // Another open file description: what another process would have.
-        assert!(matches!(store.try_lock("t"), Err(LockError::Held)));
-        assert!(store.is_locked("t"));
-        assert!(store.try_lock("other").is_ok());
+        assert!(matches!(store.try_lock(&name("t")), Err(LockError::Held)));
+        assert!(store.is_locked(&name("t")));
+        assert!(store.try_lock(&name("other")).is_ok());
         drop(held);
-        assert!(!store.is_locked("t"));
-        assert!(store.try_lock("t").is_ok());
+        assert!(!store.is_locked(&name("t")));
+        assert!(store.try_lock(&name("t")).is_ok());
     }
 }

@@ -13,6 +13,7 @@ use axum::Json;
 use super::error::{ApiError, ErrorResponse};
 use super::types::{HeadDetail, HeadSummary, HeadsResponse, VersionDescription};
 use super::AppState;
+use crate::config::HeadName;
 use crate::heads::jobs::JobState;
 use crate::heads::{Head, Lookup};
 
@@ -29,11 +30,13 @@ pub fn lookup(state: &AppState, name: Option<&str>) -> Result<Arc<Head>, ApiErro
                 ),
                 // Trained by another replica and not picked up here yet (within
                 // classify.watch_interval_ms): 503, which a load balancer retries elsewhere.
-                Some(JobState::Ready) if state.store.has_head(name) => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_ready",
-                    format!("head {name:?} is ready in the heads folder and is being loaded here; retry shortly"),
-                ),
+                Some(JobState::Ready) if HeadName::parse(name).is_ok_and(|n| state.store.has_head(&n)) => {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not_ready",
+                        format!("head {name:?} is ready in the heads folder and is being loaded here; retry shortly"),
+                    )
+                }
                 _ => ApiError::not_found(format!("no head named {name:?}; see GET /heads")),
             },
             Lookup::NotReady => ApiError::new(
@@ -93,7 +96,14 @@ pub async fn list_heads(State(state): State<AppState>) -> Json<HeadsResponse> {
         .filter(|c| !heads.iter().any(|h| &h.name == *c) && !failed.contains_key(*c))
         .cloned()
         .collect();
-    pending.extend(state.jobs.in_progress().into_iter().filter(|n| !heads.iter().any(|h| &h.name == n)));
+    pending.extend(
+        state
+            .jobs
+            .in_progress()
+            .into_iter()
+            .filter(|n| !heads.iter().any(|h| h.name == n.as_str()))
+            .map(|n| n.to_string()),
+    );
     Json(HeadsResponse {
         default_head: state.heads.default_name().to_string(),
         heads,
@@ -104,9 +114,9 @@ pub async fn list_heads(State(state): State<AppState>) -> Json<HeadsResponse> {
 }
 
 fn versions_of(state: &AppState, name: &str, active: &str) -> Vec<VersionDescription> {
-    state
-        .store
-        .versions(name)
+    HeadName::parse(name)
+        .ok()
+        .and_then(|name| state.store.versions(&name).ok())
         .unwrap_or_default()
         .into_iter()
         .map(|v| VersionDescription { active: v.version == active, version: v.version, created_unix: v.created_unix })

@@ -15,6 +15,7 @@ use super::types::{CreateHeadQuery, CreateHeadRequest, HeadAccepted, HeadSummary
 use super::upload::Upload;
 use super::AppState;
 use crate::config::HeadKind;
+use crate::config::HeadName;
 use crate::heads::jobs::{Job, SubmitError};
 use crate::heads::store::{HeadLock, LockError, RollbackError};
 use crate::heads::upload::prepare;
@@ -54,11 +55,11 @@ pub async fn create_head(
     headers: HeaderMap,
     Upload(creation): Upload,
 ) -> Result<Response, ApiError> {
-    let name = creation.name.as_str().to_string();
+    let name = creation.name;
     if creation.description.as_ref().is_some_and(|d| d.len() > MAX_DESCRIPTION_BYTES) {
         return Err(ApiError::invalid("invalid_request", format!("description is over {MAX_DESCRIPTION_BYTES} bytes")));
     }
-    let existing = state.heads.get(Some(&name));
+    let existing = state.heads.get(Some(name.as_str()));
     if let Ok(head) = &existing {
         if head.kind() == HeadKind::Onnx {
             return Err(ApiError::new(
@@ -70,7 +71,7 @@ pub async fn create_head(
     }
     let on_disk =
         crate::heads::logistic::head_path(&state.settings.classify.heads_dir, &name).is_ok_and(|p| p.exists());
-    let taken = existing.is_ok() || on_disk || state.heads.configured().contains(&name);
+    let taken = existing.is_ok() || on_disk || state.heads.configured().iter().any(|c| c == name.as_str());
     if taken && !creation.replace {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -96,17 +97,18 @@ pub async fn create_head(
     tracing::info!(head = %name, request_id = %request_id, examples = status.examples, labels = status.label_counts.len(), replace = taken, "head training queued");
     let location = format!("/heads/{name}");
     let mut response =
-        (StatusCode::ACCEPTED, Json(HeadAccepted { name, location: location.clone(), job: status })).into_response();
+        (StatusCode::ACCEPTED, Json(HeadAccepted { name: name.to_string(), location: location.clone(), job: status }))
+            .into_response();
     response.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&location).expect("a valid head name"));
     Ok(response)
 }
 
 /// A head that rollback and delete can act on: a valid name (else 404, as no
 /// such head can exist), not an ONNX head from the settings (409).
-fn stored_only(state: &AppState, name: &str) -> Result<(), ApiError> {
-    if crate::config::HeadName::parse(name).is_err() {
+fn stored_only(state: &AppState, name: &str) -> Result<HeadName, ApiError> {
+    let Ok(parsed) = HeadName::parse(name) else {
         return Err(ApiError::not_found(format!("no head named {name:?}")));
-    }
+    };
     if let Ok(head) = state.heads.get(Some(name)) {
         if head.kind() == HeadKind::Onnx {
             return Err(ApiError::new(
@@ -116,15 +118,15 @@ fn stored_only(state: &AppState, name: &str) -> Result<(), ApiError> {
             ));
         }
     }
-    Ok(())
+    Ok(parsed)
 }
 
 /// Holds `name` in the heads folder against every replica sharing it (and
 /// this one's own training of it), or answers 409. Where the folder cannot
 /// hold a lock file (read-only), nothing can be published or deleted there
 /// either: the operation goes on and fails or not on its own.
-async fn lock_head(state: &AppState, name: &str) -> Result<Option<HeadLock>, ApiError> {
-    let (store, wanted) = (state.store.clone(), name.to_string());
+async fn lock_head(state: &AppState, name: &HeadName) -> Result<Option<HeadLock>, ApiError> {
+    let (store, wanted) = (state.store.clone(), name.clone());
     match tokio::task::spawn_blocking(move || store.try_lock(&wanted)).await.map_err(internal)? {
         Ok(lock) => Ok(Some(lock)),
         Err(LockError::Held) => Err(ApiError::new(
@@ -165,7 +167,7 @@ pub async fn rollback_head(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<HeadSummary>, ApiError> {
-    stored_only(&state, &name)?;
+    let name = stored_only(&state, &name)?;
     let _one_at_a_time = state.admin_lock.lock().await;
     if state.store.active_version(&name).is_none() {
         return Err(ApiError::not_found(format!("no head named {name:?} in the heads folder")));
@@ -207,8 +209,8 @@ pub async fn rollback_head(
     security(("admin_key" = []))
 )]
 pub async fn delete_head(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    stored_only(&state, &name)?;
-    if name == state.heads.default_name() {
+    let name = stored_only(&state, &name)?;
+    if name.as_str() == state.heads.default_name() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "default_head",
@@ -233,7 +235,7 @@ pub async fn delete_head(State(state): State<AppState>, Path(name): Path<String>
         ));
     }
     let _one_at_a_time = state.admin_lock.lock().await;
-    if !state.store.has_head(&name) && state.heads.get(Some(&name)).is_err() {
+    if !state.store.has_head(&name) && state.heads.get(Some(name.as_str())).is_err() {
         return Err(ApiError::not_found(format!("no head named {name:?}")));
     }
     let _held = lock_head(&state, &name).await?;
