@@ -27,6 +27,18 @@
 //! - `cli`, `commands`, `report`: the command line's batch work; `remote`:
 //!   `extract --remote`, a data set through a running deployment over HTTP.
 
+//!
+//! Locks, one policy: a `std` `Mutex`/`RwLock` is taken with
+//! `unwrap_or_else(|p| p.into_inner())` everywhere: a panic elsewhere while it
+//! was held (caught by `CatchPanicLayer` or a worker's restart) must not turn
+//! every later request into a 500, and nothing kept under our locks is left
+//! half-written in a way that matters more than answering (queues, maps of
+//! heads and statuses, counters). None is held across an `.await`; the async
+//! ones (`tokio::sync`) are the admin routes' one-at-a-time lock and the
+//! upload semaphore. Across replicas, heads are held with `flock`
+//! (`heads::store`). (The search's per-slot result mutexes are written once
+//! each; a panicking fit re-raises from the thread scope instead.)
+
 #![forbid(unsafe_code)]
 
 pub mod atomic_file;
