@@ -398,7 +398,7 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
     let progress =
         Progress::new(format!("{}/upload", job.name)).observed(phase_reporter(statuses, &job.name, "extracting"));
     let mut source = encoder.queued_encoder();
-    let layer_options = layer_options_of(&job.name, &settings.layers, &encoder.info)?;
+    let layer_options = layer_options_of(&job.name, &p.options.layers, &encoder.info)?;
     let layers = layers_to_extract(&layer_options, encoder.info.last_layer());
     let all = extract(
         &mut source,

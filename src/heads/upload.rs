@@ -28,6 +28,8 @@ pub struct Example {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Options {
     pub pooling: Option<PoolingChoice>,
+    /// Hidden states tried, as in `[training] layers` ("-1", "mean(-4,-3,-2,-1)", "concat(-2,-1)").
+    pub layers: Option<Vec<String>>,
     pub alphas: Option<Vec<f64>>,
     pub cv_folds: Option<usize>,
     pub test_fraction: Option<f64>,
@@ -38,6 +40,7 @@ pub struct Options {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
     pub pooling: PoolingChoice,
+    pub layers: Vec<crate::config::LayerSpec>,
     pub alphas: Vec<f64>,
     pub cv_folds: usize,
     pub test_fraction: f64,
@@ -85,6 +88,8 @@ const MAX_ALPHAS: usize = 20;
 /// The label `/classify` answers when the top probability is below `min_probability`.
 pub const ABSTAIN: &str = "abstain";
 const MAX_FOLDS: usize = 20;
+/// Most hidden-state options one training may search.
+const MAX_LAYER_OPTIONS: usize = 8;
 
 fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, UploadError> {
     let alphas = options.alphas.clone().unwrap_or_else(|| limits.alphas.clone());
@@ -94,6 +99,22 @@ fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, Upl
             format!("alphas must be 1 to {MAX_ALPHAS} finite non-negative numbers, got {alphas:?}"),
         ));
     }
+    let layers = match &options.layers {
+        None => limits.layers.clone(),
+        Some(specs) => {
+            if specs.is_empty() || specs.len() > MAX_LAYER_OPTIONS {
+                return Err(invalid(
+                    "invalid_option",
+                    format!("layers lists 1 to {MAX_LAYER_OPTIONS} options, got {}", specs.len()),
+                ));
+            }
+            specs
+                .iter()
+                .map(|spec| crate::config::LayerSpec::try_from(spec.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid("invalid_option", format!("layers: {e}")))?
+        }
+    };
     let cv_folds = options.cv_folds.unwrap_or(limits.cv_folds);
     if !(2..=MAX_FOLDS).contains(&cv_folds) {
         return Err(invalid("invalid_option", format!("cv_folds must be 2 to {MAX_FOLDS}, got {cv_folds}")));
@@ -112,6 +133,7 @@ fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, Upl
     }
     Ok(Resolved {
         pooling: options.pooling.unwrap_or(PoolingChoice::Auto),
+        layers,
         alphas,
         cv_folds,
         test_fraction,

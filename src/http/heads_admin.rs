@@ -85,6 +85,14 @@ pub async fn create_head(
         let status = if e.too_large { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::UNPROCESSABLE_ENTITY };
         ApiError::new(status, e.code, e.message)
     })?;
+    // Every option checked before anything is queued: hidden states the encoder can give.
+    let info = &state.encoder_runtime().info;
+    crate::heads::training::layer_options_of(&name, &prepared.options.layers, info).map_err(|_| {
+        ApiError::invalid(
+            "invalid_option",
+            format!("layers: no option fits the encoder {} (hidden states 0 to {})", info.name, info.last_layer()),
+        )
+    })?;
     let lock = lock_head(&state, &name).await?;
     let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let job =

@@ -499,6 +499,13 @@ pub struct TrainingOptions {
     /// `auto` (chosen by cross-validation, the default), `cls`, `mean` or `cls_mean`.
     #[serde(default)]
     pub pooling: Option<String>,
+    /// Hidden states tried, each with every pooling (default: `[training] layers`):
+    /// `"-1"` the last layer's, `"mean(-4,-3,-2,-1)"` the element-wise mean of the
+    /// last four, `"concat(-2,-1)"` the last two side by side; 1 to 8 options.
+    /// Options the encoder cannot give are left out (all of them: 422).
+    #[serde(default)]
+    #[schema(example = json!(["-1", "concat(-2,-1)"]), min_items = 1, max_items = 8)]
+    pub layers: Option<Vec<String>>,
     /// L2 penalties tried.
     #[serde(default)]
     pub alphas: Option<Vec<f64>>,
@@ -577,6 +584,8 @@ pub struct CreateHeadQuery {
     pub replace: Option<bool>,
     pub description: Option<String>,
     pub pooling: Option<String>,
+    /// Semicolon-separated hidden-state options, e.g. `-1;concat(-2,-1)`.
+    pub layers: Option<String>,
     /// Comma-separated, e.g. `1,10,100`.
     pub alphas: Option<String>,
     pub cv_folds: Option<usize>,

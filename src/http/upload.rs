@@ -38,7 +38,7 @@ impl FromRequest<AppState> for Upload {
         let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         let format = match mime.as_str() {
             "application/json" => {
-                if query.name.is_some() || query.alphas.is_some() || query.pooling.is_some() {
+                if query.name.is_some() || query.alphas.is_some() || query.pooling.is_some() || query.layers.is_some() {
                     return Err(ApiError::invalid(
                         "invalid_request",
                         "with a JSON body, name and options go in the body",
@@ -111,7 +111,7 @@ fn from_json(body: &[u8], max_examples: usize) -> Result<Creation, ApiError> {
             ApiError::invalid("invalid_request", format!("the body is not a head to create: {e}"))
         }
     })?;
-    let TrainingOptions { pooling, alphas, cv_folds, test_fraction, min_probability } = request.options;
+    let TrainingOptions { pooling, layers, alphas, cv_folds, test_fraction, min_probability } = request.options;
     Ok(Creation {
         name: head_name(&request.name)?,
         examples: request
@@ -130,6 +130,7 @@ fn from_json(body: &[u8], max_examples: usize) -> Result<Creation, ApiError> {
         description: request.description,
         options: Options {
             pooling: parse_pooling(pooling.as_deref())?,
+            layers,
             alphas,
             cv_folds,
             test_fraction,
@@ -164,6 +165,7 @@ fn from_rows(
         description: query.description,
         options: Options {
             pooling: parse_pooling(query.pooling.as_deref())?,
+            layers: query.layers.map(|l| l.split(';').map(|s| s.trim().to_string()).collect()),
             alphas,
             cv_folds: query.cv_folds,
             test_fraction: query.test_fraction,

@@ -594,3 +594,42 @@ async fn calibration_is_reported_and_low_confidence_answers_abstain() {
     assert_eq!((status, code.as_str()), (422, "invalid_label"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_hidden_states_searched_are_an_option_of_the_upload() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    let body = json!({"name": "layered", "examples": examples(10),
+        "options": {"layers": ["concat(-2,-1)"], "pooling": "mean", "alphas": [1.0], "cv_folds": 2}});
+    assert_eq!(create(&server, body).await.status(), 202);
+    let detail = wait_for(&server, "layered", "ready").await;
+    let candidates = detail["training"]["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), 1, "one layer option x one pooling x one alpha: {candidates:?}");
+    assert_eq!(detail["layers"], "concat(-2,-1)");
+    assert_eq!(candidates[0]["layers"], json!({"indices": [1, 2], "combine": "concat"}));
+    // In the query of a CSV upload, options are separated by ';'.
+    let mut csv = String::from("text,label\n");
+    for e in examples(10) {
+        csv.push_str(&format!("\"{}\",{}\n", e["text"].as_str().unwrap(), e["label"].as_str().unwrap()));
+    }
+    let response = server
+        .client
+        .post(server.url("/heads?name=layered-csv&layers=-1;concat(-2,-1)&pooling=cls&alphas=1&cv_folds=2"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let detail = wait_for(&server, "layered-csv", "ready").await;
+    assert_eq!(detail["training"]["candidates"].as_array().unwrap().len(), 2);
+    // Refused before anything is queued: none the 2-layer encoder can give, not a layer option, none at all.
+    for layers in [json!(["mean(-4,-3,-2,-1)"]), json!(["bogus"]), json!([])] {
+        let body = json!({"name": "refused", "examples": examples(10), "options": {"layers": layers}});
+        let (status, code, message) = error_of(create(&server, body).await).await;
+        assert_eq!((status, code.as_str()), (422, "invalid_option"), "{layers}: {message}");
+    }
+    assert_eq!(server.get("/heads/refused").await.status(), 404);
+    server.stop().await;
+}
