@@ -96,6 +96,13 @@ pub struct Batched {
     pub queue_estimate: Option<Duration>,
 }
 
+impl Batched {
+    /// The answer to no sequences.
+    fn empty() -> Batched {
+        Batched { rows: Vec::new(), queue_time: Duration::ZERO, inference_time: Duration::ZERO, queue_estimate: None }
+    }
+}
+
 /// Work admitted to the queue, its rows not yet computed.
 pub struct Submitted {
     rx: Option<oneshot::Receiver<Result<Batched, BatchError>>>,
@@ -107,12 +114,7 @@ impl Submitted {
     /// job is marked unwanted and the workers skip what is left of it.
     pub async fn wait(self) -> Result<Batched, BatchError> {
         let Some(rx) = self.rx else {
-            return Ok(Batched {
-                rows: Vec::new(),
-                queue_time: Duration::ZERO,
-                inference_time: Duration::ZERO,
-                queue_estimate: None,
-            });
+            return Ok(Batched::empty());
         };
         let timeout = self.deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(timeout, rx).await {
@@ -406,13 +408,9 @@ impl Batcher {
     }
 
     /// Estimated model time of `items` sequences of `tokens` tokens on an
-    /// empty queue, and of the live work queued now (None: no fit yet).
-    pub fn estimate(&self, items: usize, tokens: usize) -> Option<(Duration, Duration)> {
-        let queued = {
-            let queue = self.shared.queue();
-            (queue.live_items, queue.live_tokens)
-        };
-        Some((self.queued_work_time(items, tokens)?, self.queued_work_time(queued.0, queued.1)?))
+    /// empty queue (None: no fit yet).
+    pub fn estimate(&self, items: usize, tokens: usize) -> Option<Duration> {
+        self.queued_work_time(items, tokens)
     }
 
     /// For batch jobs on a plain thread (head training): their own lane past
@@ -422,12 +420,7 @@ impl Batcher {
     /// single sentences keep their latency while a head trains. No deadline.
     pub fn run_blocking(&self, seqs: Vec<Tokenized>) -> Result<Batched, BatchError> {
         if seqs.is_empty() {
-            return Ok(Batched {
-                rows: Vec::new(),
-                queue_time: Duration::ZERO,
-                inference_time: Duration::ZERO,
-                queue_estimate: None,
-            });
+            return Ok(Batched::empty());
         }
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let (job, rx) = self.new_job(seqs, far, true, None);

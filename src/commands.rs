@@ -52,11 +52,7 @@ pub fn extract(args: &ExtractArgs) -> anyhow::Result<()> {
     }
     let settings = args.settings.settings()?;
     let dataset = Dataset::open(&args.data)?;
-    let splits: Vec<String> = if args.splits.is_empty() {
-        ["train", "validation", "test"].iter().filter(|s| dataset.has_split(s)).map(|s| s.to_string()).collect()
-    } else {
-        args.splits.clone()
-    };
+    let splits = dataset.splits_or_all(&args.splits);
     let mut model = load_model(&settings)?;
     let data_name = args.data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut written = BTreeMap::new();

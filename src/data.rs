@@ -132,6 +132,15 @@ impl Dataset {
         split_path(&self.dir, name).is_ok()
     }
 
+    /// The splits `asked` for, or when none are, train, validation and test where present.
+    pub fn splits_or_all(&self, asked: &[String]) -> Vec<String> {
+        if asked.is_empty() {
+            ["train", "validation", "test"].iter().filter(|s| self.has_split(s)).map(|s| s.to_string()).collect()
+        } else {
+            asked.to_vec()
+        }
+    }
+
     pub fn split(&self, name: &str) -> anyhow::Result<Split> {
         let path = split_path(&self.dir, name)?;
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;

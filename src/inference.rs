@@ -493,7 +493,7 @@ impl Inference {
             format: AnswerFormat::Json,
         };
         Cost::corpus(n, held.iter().take(PARTS_IN_FLIGHT).sum(), shape).check(bounds.limits)?;
-        if let Some((work, _queued)) = self.batcher.estimate(n, tokens) {
+        if let Some(work) = self.batcher.estimate(n, tokens) {
             let left = deadline.saturating_duration_since(Instant::now());
             if work > left {
                 let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -502,10 +502,11 @@ impl Inference {
         }
 
         let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(n);
-        let mut first: Option<Batched> = None;
+        // The first part's queue time and estimate stand for the request's.
+        let mut first_queue: Option<(Duration, Option<Duration>)> = None;
         let mut collect = |batched: Batched| {
             vectors.extend(batched.rows.iter().map(|r| pool(r, pooling).expect("cls or mean pools")));
-            first.get_or_insert(Batched { rows: Vec::new(), ..batched });
+            first_queue.get_or_insert((batched.queue_time, batched.queue_estimate));
         };
         let mut in_flight: VecDeque<Submitted> = VecDeque::new();
         for (number, part) in parts.into_iter().enumerate() {
@@ -538,18 +539,9 @@ impl Inference {
         while let Some(submitted) = in_flight.pop_front() {
             collect(submitted.wait().await?);
         }
-        let first = first.unwrap_or(Batched {
-            rows: Vec::new(),
-            queue_time: Duration::ZERO,
-            inference_time: Duration::ZERO,
-            queue_estimate: None,
-        });
-        let timing = Timing {
-            tokenize,
-            queue: first.queue_time,
-            inference: started.elapsed().saturating_sub(tokenize + first.queue_time),
-            queue_estimate: first.queue_estimate,
-        };
+        let (queue, queue_estimate) = first_queue.unwrap_or_default();
+        let timing =
+            Timing { tokenize, queue, inference: started.elapsed().saturating_sub(tokenize + queue), queue_estimate };
         Ok(Pooled { vectors, token_counts, timing })
     }
 

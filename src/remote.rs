@@ -138,12 +138,8 @@ async fn run(args: &ExtractArgs, url: &str) -> anyhow::Result<()> {
         api_key: args.remote_api_key.clone().filter(|k| !k.is_empty()),
     };
     let dataset = Dataset::open(&args.data)?;
-    let names: Vec<String> = if args.splits.is_empty() {
-        ["train", "validation", "test"].iter().filter(|s| dataset.has_split(s)).map(|s| s.to_string()).collect()
-    } else {
-        args.splits.clone()
-    };
-    let splits = names.iter().map(|n| dataset.split(n)).collect::<anyhow::Result<Vec<_>>>()?;
+    let splits =
+        dataset.splits_or_all(&args.splits).iter().map(|n| dataset.split(n)).collect::<anyhow::Result<Vec<_>>>()?;
     let served = describe(&remote, pooling, args).await?;
     let job = Job {
         data: args.data.display().to_string(),

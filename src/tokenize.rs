@@ -63,6 +63,10 @@ pub struct TextTokenizer {
     truncating_left: Tokenizer,
     untruncated: Tokenizer,
     max_tokens: usize,
+    /// Ids of the special tokens ([CLS], [SEP], ...) and the vocabulary's size:
+    /// what token-id inputs are checked against.
+    special_ids: Vec<u32>,
+    vocab_size: usize,
 }
 
 /// What to do with a text over the model's maximum.
@@ -103,11 +107,17 @@ impl TextTokenizer {
             tokenizer.with_truncation(params).map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?;
             Ok(tokenizer)
         };
+        let untruncated = truncated(None)?;
+        let special_ids =
+            untruncated.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
+        let vocab_size = untruncated.get_vocab_size(true);
         Ok(Self {
             truncating: truncated(Some(TruncationDirection::Right))?,
             truncating_left: truncated(Some(TruncationDirection::Left))?,
-            untruncated: truncated(None)?,
+            untruncated,
             max_tokens,
+            special_ids,
+            vocab_size,
         })
     }
 
@@ -189,32 +199,28 @@ impl TextTokenizer {
 
     /// Tokenizes several texts; the first failure wins.
     pub fn encode_all<S: AsRef<str>>(&self, texts: &[S], truncate: bool) -> Result<Vec<Tokenized>, TokenizeError> {
-        self.encode_all_with(texts, Truncation::of(truncate))
+        texts.iter().enumerate().map(|(i, t)| self.encode(i, t.as_ref(), truncate)).collect()
     }
 
-    /// [`TextTokenizer::encode_all`], truncating from either end.
-    pub fn encode_all_with<S: AsRef<str>>(
-        &self,
-        texts: &[S],
-        truncation: Truncation,
-    ) -> Result<Vec<Tokenized>, TokenizeError> {
-        texts.iter().enumerate().map(|(i, t)| self.encode_with(i, t.as_ref(), truncation)).collect()
+    /// Refuses ids outside the vocabulary, and no ids at all (input number `index`).
+    fn check_ids(&self, index: usize, ids: &[u32]) -> Result<(), TokenizeError> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            return Err(TokenizeError::Failed {
+                index,
+                message: format!("token id {bad} is outside the model's vocabulary (0 to {})", self.vocab_size - 1),
+            });
+        }
+        if ids.is_empty() {
+            return Err(TokenizeError::Failed { index, message: "no token ids".into() });
+        }
+        Ok(())
     }
 
     /// A sequence given as the model's own token ids (OpenAI's and TEI's
     /// pre-tokenized inputs), used as they are: no special tokens added.
     /// Ids outside the vocabulary are refused; over the maximum, cut as asked.
     pub fn from_ids(&self, index: usize, ids: &[u32], truncation: Truncation) -> Result<Tokenized, TokenizeError> {
-        let vocab = self.untruncated.get_vocab_size(true);
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(TokenizeError::Failed {
-                index,
-                message: format!("token id {bad} is outside the model's vocabulary (0 to {})", vocab - 1),
-            });
-        }
-        if ids.is_empty() {
-            return Err(TokenizeError::Failed { index, message: "no token ids".into() });
-        }
+        self.check_ids(index, ids)?;
         let kept = match truncation {
             _ if ids.len() <= self.max_tokens => ids,
             Truncation::Refuse => {
@@ -223,23 +229,23 @@ impl TextTokenizer {
             Truncation::Right => &ids[..self.max_tokens],
             Truncation::Left => &ids[ids.len() - self.max_tokens..],
         };
-        let specials: Vec<u32> =
-            self.untruncated.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
         Ok(Tokenized {
             ids: kept.iter().map(|&i| i64::from(i)).collect(),
             type_ids: vec![0; kept.len()],
             tokens: kept.iter().map(|&i| self.untruncated.id_to_token(i).unwrap_or_default()).collect(),
             offsets: vec![(0, 0); kept.len()],
-            special: kept.iter().map(|i| specials.contains(i)).collect(),
+            special: kept.iter().map(|i| self.special_ids.contains(i)).collect(),
             layers: Default::default(),
         })
     }
 
-    /// Token ids back to text (TEI's `/decode`).
-    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizeError> {
+    /// Token ids back to text (TEI's `/decode`; sequence number `index`):
+    /// ids outside the vocabulary are refused, not skipped as the tokenizer would.
+    pub fn decode(&self, index: usize, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizeError> {
+        self.check_ids(index, ids)?;
         self.untruncated
             .decode(ids, skip_special_tokens)
-            .map_err(|e| TokenizeError::Failed { index: 0, message: e.to_string() })
+            .map_err(|e| TokenizeError::Failed { index, message: e.to_string() })
     }
 }
 

@@ -86,21 +86,28 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
 
 /// Checks a request's texts: at least one, none empty, at most `max_inputs`.
 pub fn validate_inputs(texts: Vec<String>, max_inputs: usize) -> Result<Vec<String>, ApiError> {
-    if texts.is_empty() {
-        return Err(ApiError::invalid("empty_input", "inputs is an empty list: send at least one text"));
+    check_inputs("inputs", texts.len(), texts.iter().position(|t| t.is_empty()), max_inputs)?;
+    Ok(texts)
+}
+
+/// The checks of [`validate_inputs`] on a request's list `field` of `count`
+/// inputs whose first empty text (if any) is at `first_empty`.
+pub fn check_inputs(field: &str, count: usize, first_empty: Option<usize>, max_inputs: usize) -> Result<(), ApiError> {
+    if count == 0 {
+        return Err(ApiError::invalid("empty_input", format!("{field} is an empty list: send at least one text")));
     }
-    if texts.len() > max_inputs {
+    if count > max_inputs {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_inputs",
-            format!("{} inputs in one request; the limit is {max_inputs}", texts.len()),
+            format!("{count} inputs in one request; the limit is {max_inputs}"),
         ));
     }
     // Only "" is refused (as the schema's minLength says); whitespace is text like any other.
-    if let Some(i) = texts.iter().position(|t| t.is_empty()) {
+    if let Some(i) = first_empty {
         return Err(ApiError::invalid("empty_input", format!("input {i} is empty")));
     }
-    Ok(texts)
+    Ok(())
 }
 
 #[utoipa::path(

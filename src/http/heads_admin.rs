@@ -69,9 +69,8 @@ pub async fn create_head(
             ));
         }
     }
-    let on_disk =
-        crate::heads::logistic::head_path(&state.settings.classify.heads_dir, &name).is_ok_and(|p| p.exists());
-    let taken = existing.is_ok() || on_disk || state.heads.configured().iter().any(|c| c == name.as_str());
+    let taken =
+        existing.is_ok() || state.store.has_head(&name) || state.heads.configured().iter().any(|c| c == name.as_str());
     if taken && !creation.replace {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use base64::Engine as _;
 
-use super::embed::fingerprint_header;
+use super::embed::{check_inputs, fingerprint_header};
 use super::error::refusals::{DeadlinePassed, MalformedJson, NotJson, Overloaded};
 use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::types::{
@@ -134,19 +134,8 @@ pub async fn embed_corpus(
 ) -> Result<Pooled, ApiError> {
     let limits = &state.settings.limits;
     let items = inputs.0;
-    if items.is_empty() {
-        return Err(ApiError::invalid("empty_input", "input is an empty list: send at least one text"));
-    }
-    if items.len() > limits.max_pooled_inputs {
-        return Err(ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_inputs",
-            format!("{} inputs in one request; the limit is {}", items.len(), limits.max_pooled_inputs),
-        ));
-    }
-    if let Some(i) = items.iter().position(|item| matches!(item, CorpusItem::Text(t) if t.is_empty())) {
-        return Err(ApiError::invalid("empty_input", format!("input {i} is empty")));
-    }
+    let first_empty = items.iter().position(|item| matches!(item, CorpusItem::Text(t) if t.is_empty()));
+    check_inputs("input", items.len(), first_empty, limits.max_pooled_inputs)?;
     let pooling = match state.settings.openai.pooling {
         SentencePooling::Cls => Pooling::Cls,
         SentencePooling::Mean => Pooling::Mean,

@@ -437,11 +437,7 @@ pub async fn decode(
     let texts = sequences
         .iter()
         .enumerate()
-        .map(|(i, ids)| {
-            // Checked against the vocabulary first: the tokenizer would skip unknown ids silently.
-            tokenizer.from_ids(i, ids, Truncation::Right)?;
-            tokenizer.decode(ids, request.skip_special_tokens)
-        })
+        .map(|(i, ids)| tokenizer.decode(i, ids, request.skip_special_tokens))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ApiError::from)?;
     Ok(Json(texts))
