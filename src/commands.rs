@@ -222,7 +222,7 @@ fn features_split(
 /// `train --features DIR`: a head searched (alpha, as configured) on arrays
 /// `extract` wrote, for the encoder they came from, without running a model.
 fn train_on_features(settings: &Settings, args: &TrainArgs, dir: &std::path::Path) -> anyhow::Result<LogisticHead> {
-    use crate::heads::search::{train, LabelledFeatures, TrainConfig, TrainingData};
+    use crate::heads::search::{train, ClassWeight, LabelledFeatures, TrainConfig, TrainingData};
     let meta_path = dir.join("meta.json");
     let meta: FeaturesMeta = serde_json::from_str(
         &std::fs::read_to_string(&meta_path)
@@ -247,6 +247,7 @@ fn train_on_features(settings: &Settings, args: &TrainArgs, dir: &std::path::Pat
         max_iterations: args.max_iterations.unwrap_or(defaults.max_iterations),
         progress: None,
         threads: None,
+        class_weight: ClassWeight::None,
         selection: crate::heads::training::selection_of(args.cv_folds.unwrap_or(defaults.cv_folds)),
     };
     let encoder = crate::heads::logistic::EncoderStamp {
@@ -258,8 +259,13 @@ fn train_on_features(settings: &Settings, args: &TrainArgs, dir: &std::path::Pat
     };
     let data = TrainingData {
         labels: &meta.labels,
-        train: LabelledFeatures { features: &train_features, labels: &train_labels },
-        validation: validation.as_ref().map(|(f, l)| LabelledFeatures { features: f, labels: l }),
+        train: LabelledFeatures { features: &train_features, labels: &train_labels, texts: None, source: "train" },
+        validation: validation.as_ref().map(|(f, l)| LabelledFeatures {
+            features: f,
+            labels: l,
+            texts: None,
+            source: "validation",
+        }),
         data_dir: meta.data.display().to_string(),
         data_fingerprints: BTreeMap::new(),
     };

@@ -420,15 +420,25 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
         selection: selection_of(p.options.cv_folds),
         progress: Some(phase_reporter(statuses, &job.name, "searching")),
         threads: search_threads(settings.search_threads),
+        class_weight: p.class_weight.clone(),
     };
     let data = TrainingData {
         labels: &p.labels,
-        train: LabelledFeatures { features: &train_features, labels: &p.train_labels },
+        train: LabelledFeatures {
+            features: &train_features,
+            labels: &p.train_labels,
+            texts: Some(&p.train_texts),
+            source: "upload",
+        },
         validation: None,
         data_dir: "upload".into(),
         data_fingerprints: [("upload".to_string(), p.fingerprint.clone())].into_iter().collect(),
     };
     let mut head = train(&job.name, EncoderStamp::of(&encoder.info), data, &config)?;
+    // Suspects name training rows; the user knows the upload's.
+    for suspect in &mut head.suspects {
+        suspect.row = p.train_rows[suspect.row];
+    }
     update(statuses, &job.name, |s| s.phase = Some("evaluating".into()));
     // The held-out part is looked at once, after the choice: for the report.
     let x = test_features.get(head.pooling, head.layers.as_ref());
@@ -441,6 +451,7 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
         request_id: job.request_id.clone(),
         label_counts: p.label_counts.clone(),
         test_source: p.test_source.clone(),
+        warnings: p.warnings.clone(),
     });
     update(statuses, &job.name, |s| s.phase = Some("saving".into()));
     save_head(&mut head, &trainer.store)?;

@@ -62,6 +62,69 @@ pub struct Candidate {
     pub alpha: f64,
     pub accuracy: f64,
     pub log_loss: f64,
+    /// Label weights of its training rows (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weighting: Option<Weighting>,
+    /// Macro-F1 of its held-out predictions, every fold's together (absent in
+    /// heads trained before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macro_f1: Option<f64>,
+}
+
+/// How a candidate's training rows were weighted by label (`options.class_weight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weighting {
+    /// scikit-learn's `"balanced"`: label c weighs n / (labels x n_c).
+    Balanced,
+    /// The weights the request gave per label.
+    Given,
+}
+
+/// The metric the search chooses a candidate by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectBy {
+    Accuracy,
+    /// When labels are weighted: accuracy rewards ignoring a rare label, which
+    /// is what weighting is asked to undo.
+    MacroF1,
+}
+
+/// The label weights the chosen candidate was fitted with. The solver has no
+/// per-row weights, so a weight is applied as whole repeats of its label's
+/// rows in the fitted part (never the held-out part): `repeats` are those
+/// counts, within 5% of the ratios of `weights` (scaled by up to 10).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassWeights {
+    pub weighting: Weighting,
+    /// Per label, in label order.
+    pub weights: Vec<f64>,
+    pub repeats: Vec<usize>,
+}
+
+/// Held-out macro-F1 of the best candidate with and without label weights
+/// (`class_weight: "auto"`): what weighting did on this data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightingEffect {
+    pub unweighted_macro_f1: f64,
+    pub weighted_macro_f1: f64,
+}
+
+/// A training example whose cross-validated probability for its own label is
+/// among the lowest: its label may be wrong (`GET /heads/{name}/suspects`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Suspect {
+    /// `upload` (`row`: the example's position in the upload, from 0) or the
+    /// data set's split (`row`: its position in that split's file).
+    pub source: String,
+    pub row: usize,
+    pub text: String,
+    pub label: String,
+    /// The label the held-out fit gave it.
+    pub predicted: String,
+    /// The held-out probability of `label`, temperature applied.
+    pub probability: f64,
 }
 
 impl Candidate {
@@ -92,6 +155,15 @@ pub struct TrainingRecord {
     /// The temperature search on the chosen candidate's held-out predictions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
+    /// What candidates were chosen by (absent: accuracy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select_by: Option<SelectBy>,
+    /// Label weights of the chosen candidate (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<ClassWeights>,
+    /// With `class_weight: "auto"`: held-out macro-F1 with and without weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weighting_effect: Option<WeightingEffect>,
 }
 
 /// Temperature scaling fitted during the search (see `search::fit_temperature`).
@@ -117,6 +189,9 @@ pub struct UploadRecord {
     /// Where the held-out part came from: `"upload"` (rows marked `test`), or
     /// `"stratified split of <fraction>"` made by the service.
     pub test_source: String,
+    /// What the upload's label counts leave uncertain (a label too rare to evaluate).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -179,6 +254,10 @@ pub struct LogisticHead {
     /// `weights[class][feature]` on standardised features.
     pub weights: Vec<Vec<f32>>,
     pub intercept: Vec<f32>,
+    /// Training examples whose labels look wrong, lowest probability first
+    /// (cross-validated searches; absent otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspects: Vec<Suspect>,
     /// sha256 of this file's JSON with `checksum` empty.
     pub checksum: String,
 }
@@ -535,6 +614,9 @@ pub(crate) mod tests {
                 seconds: 0.0,
                 upload: None,
                 calibration: None,
+                select_by: None,
+                class_weights: None,
+                weighting_effect: None,
             },
             metrics: HeadMetrics::default(),
             created_unix: 1,
@@ -545,6 +627,7 @@ pub(crate) mod tests {
             scaler_scale: vec![1.0, 1.0],
             weights: vec![vec![1.0, -1.0], vec![-1.0, 1.0]],
             intercept: vec![0.0, 0.0],
+            suspects: Vec::new(),
             checksum: String::new(),
         }
     }

@@ -26,22 +26,12 @@ pub struct Scores {
 
 impl Scores {
     pub fn compute(labels: &[String], truth: &[usize], predicted: &[usize]) -> Scores {
-        assert_eq!(truth.len(), predicted.len());
         let k = labels.len();
-        let mut confusion = vec![vec![0usize; k]; k];
-        for (&t, &p) in truth.iter().zip(predicted) {
-            confusion[t][p] += 1;
-        }
+        let confusion = confusion(k, truth, predicted);
         let correct: usize = (0..k).map(|i| confusion[i][i]).sum();
-        let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         let per_class: Vec<ClassScores> = (0..k)
             .map(|c| {
-                let tp = confusion[c][c];
-                let predicted_c: usize = (0..k).map(|t| confusion[t][c]).sum();
-                let support: usize = confusion[c].iter().sum();
-                let precision = ratio(tp, predicted_c);
-                let recall = ratio(tp, support);
-                let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
+                let (precision, recall, f1, support) = class_scores(&confusion, c);
                 ClassScores { label: labels[c].clone(), precision, recall, f1, support }
             })
             .collect();
@@ -53,6 +43,42 @@ impl Scores {
             confusion,
         }
     }
+}
+
+/// Macro-F1 of `predicted` against `truth` over `classes` labels (what the
+/// search scores a candidate by when labels are weighted).
+pub fn macro_f1(classes: usize, truth: &[usize], predicted: &[usize]) -> f64 {
+    let confusion = confusion(classes, truth, predicted);
+    (0..classes).map(|c| class_scores(&confusion, c).2).sum::<f64>() / classes.max(1) as f64
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// `confusion[true][predicted]` counts.
+fn confusion(classes: usize, truth: &[usize], predicted: &[usize]) -> Vec<Vec<usize>> {
+    assert_eq!(truth.len(), predicted.len());
+    let mut confusion = vec![vec![0usize; classes]; classes];
+    for (&t, &p) in truth.iter().zip(predicted) {
+        confusion[t][p] += 1;
+    }
+    confusion
+}
+
+/// Precision, recall, F1 and support of class `c`.
+fn class_scores(confusion: &[Vec<usize>], c: usize) -> (f64, f64, f64, usize) {
+    let tp = confusion[c][c];
+    let predicted_c: usize = confusion.iter().map(|row| row[c]).sum();
+    let support: usize = confusion[c].iter().sum();
+    let precision = ratio(tp, predicted_c);
+    let recall = ratio(tp, support);
+    let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
+    (precision, recall, f1, support)
 }
 
 #[cfg(test)]
@@ -76,5 +102,6 @@ mod tests {
         let f1_pos = 2.0 * 0.8 * (4.0 / 6.0) / (0.8 + 4.0 / 6.0);
         assert!((m.macro_f1 - (f1_neg + f1_pos) / 2.0).abs() < 1e-12);
         assert_eq!(m.per_class[1].support, 6);
+        assert_eq!(macro_f1(2, &truth, &pred), m.macro_f1);
     }
 }

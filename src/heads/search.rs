@@ -11,9 +11,10 @@ use linfa_logistic::MultiLogisticRegression;
 use ndarray::{Array1, Array2, Axis};
 
 use super::logistic::{
-    Calibration, Candidate, EncoderStamp, HeadMetrics, LogisticHead, Selection, TrainingRecord, FORMAT_VERSION,
+    Calibration, Candidate, ClassWeights, EncoderStamp, HeadMetrics, LogisticHead, SelectBy, Selection, Suspect,
+    TrainingRecord, Weighting, WeightingEffect, FORMAT_VERSION,
 };
-use super::scores::Scores;
+use super::scores::{macro_f1, Scores};
 use crate::features::PooledFeatures;
 use crate::layers::LayerSelection;
 use crate::pooling::{argmax, softmax, FeaturePooling};
@@ -30,7 +31,28 @@ pub struct TrainConfig {
     pub progress: Option<crate::features::ProgressFn>,
     /// Threads fitting candidates at once; None: every core.
     pub threads: Option<usize>,
+    /// Label weights tried; any but `None` chooses candidates by macro-F1.
+    pub class_weight: ClassWeight,
 }
+
+/// `options.class_weight`: how the training rows' labels are weighted.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ClassWeight {
+    #[default]
+    None,
+    Balanced,
+    /// Both unweighted and balanced candidates, the better by held-out macro-F1.
+    Auto,
+    /// Per label, in label order.
+    Given(Vec<f64>),
+}
+
+/// Largest ratio between two label weights (a weight is applied as repeated
+/// rows: see [`ClassWeights`]).
+pub const MAX_WEIGHT_RATIO: f64 = 100.0;
+
+/// Examples listed as suspects (`GET /heads/{name}/suspects`).
+const MAX_SUSPECTS: usize = 50;
 
 /// What a head is trained on: its label names, the train split and the
 /// validation split when there is one, and where they came from.
@@ -48,6 +70,9 @@ pub struct TrainingData<'a> {
 pub struct LabelledFeatures<'a> {
     pub features: &'a PooledFeatures,
     pub labels: &'a [usize],
+    /// The split's texts (for the suspects), and what `Suspect::source` calls it.
+    pub texts: Option<&'a [String]>,
+    pub source: &'a str,
 }
 
 struct Scaler {
@@ -252,26 +277,35 @@ pub fn plain_logistic(
 }
 
 /// The selection protocol, fixed before any head was scored with layer
-/// options (README, "Choosing a head"): the best mean held-out accuracy wins,
-/// except that every candidate within one standard error of it,
-/// sqrt(acc (1 - acc) / n) over the `held_out` predictions, counts as tied,
-/// and a tie goes to the simpler candidate: fewer features; among equally
-/// wide ones the more accurate, then the lower log-loss. The test split plays
-/// no part.
-fn choose(candidates: &[Candidate], hidden: usize, held_out: usize) -> Candidate {
-    let best = candidates.iter().map(|c| c.accuracy).fold(f64::NEG_INFINITY, f64::max);
+/// options (README, "Choosing a head"): the best mean held-out accuracy (or
+/// macro-F1, when labels are weighted) wins, except that every candidate
+/// within one standard error of it, sqrt(m (1 - m) / n) over the `held_out`
+/// predictions, counts as tied, and a tie goes to the simpler candidate:
+/// fewer features; among equally wide ones the better, then the lower
+/// log-loss. The test split plays no part.
+fn choose<'c>(
+    candidates: impl IntoIterator<Item = &'c Candidate>,
+    hidden: usize,
+    held_out: usize,
+    by: SelectBy,
+) -> Option<Candidate> {
+    let candidates: Vec<&Candidate> = candidates.into_iter().collect();
+    let metric = |c: &Candidate| match by {
+        SelectBy::Accuracy => c.accuracy,
+        SelectBy::MacroF1 => c.macro_f1.unwrap_or(0.0),
+    };
+    let best = candidates.iter().map(|c| metric(c)).fold(f64::NEG_INFINITY, f64::max);
     let standard_error = (best * (1.0 - best) / held_out.max(1) as f64).sqrt();
     candidates
-        .iter()
-        .filter(|c| c.accuracy >= best - standard_error)
+        .into_iter()
+        .filter(|c| metric(c) >= best - standard_error)
         .min_by(|a, b| {
             a.width(hidden)
                 .cmp(&b.width(hidden))
-                .then(b.accuracy.total_cmp(&a.accuracy))
+                .then(metric(b).total_cmp(&metric(a)))
                 .then(a.log_loss.total_cmp(&b.log_loss))
         })
-        .expect("at least one candidate")
-        .clone()
+        .cloned()
 }
 
 /// Trains a head in named steps: the configuration is checked, the feature
@@ -291,18 +325,32 @@ pub fn train(
     check_config(config)?;
     let started = Instant::now();
     let classes = labels.len();
-    let search = SearchData::new(config, &train, validation.as_ref())?;
+    let mut search = SearchData::new(config, &train, validation.as_ref())?;
+    search.weightings = weightings_of(&config.class_weight, &search.fit_labels, classes)?;
+    let select_by = if config.class_weight == ClassWeight::None { SelectBy::Accuracy } else { SelectBy::MacroF1 };
     let scores = score_alpha_paths(&search, config, classes)?;
-    let candidates = candidates(&search, config, &scores, name, &encoder);
-    let best = choose(&candidates, encoder.hidden_size, search.held_out);
+    let candidates = candidates(&search, config, &scores, classes, name, &encoder);
+    let hidden = encoder.hidden_size;
+    let best = choose(&candidates, hidden, search.held_out, select_by).expect("at least one candidate");
+    let weighting_effect = (config.class_weight == ClassWeight::Auto).then(|| {
+        let best_of = |weighted: bool| {
+            choose(candidates.iter().filter(|c| c.weighting.is_some() == weighted), hidden, search.held_out, select_by)
+                .and_then(|c| c.macro_f1)
+                .unwrap_or(0.0)
+        };
+        WeightingEffect { unweighted_macro_f1: best_of(false), weighted_macro_f1: best_of(true) }
+    });
     let calibration = calibrate(&search, &scores, &best);
-    let set = search.index_of(&best);
-    let (scaler, fitted, fit_pred) = final_fit(&search.fit[set], &search.fit_labels, classes, &best, config)?;
+    let (set, weighting) = search.index_of(&best);
+    let class_weights = search.weightings[weighting].clone();
+    let (scaler, fitted, fit_pred) =
+        final_fit(&search.fit[set], &search.fit_labels, classes, &best, class_weights.as_ref(), config)?;
     // Held-out validation metrics exist only when validation was not fitted on.
     let validation_metrics = match (&search.score[set], &search.score_labels) {
         (Some(x), Some(y)) => Some(Scores::compute(labels, y, &score(&fitted, &scaler.apply(x), y).2)),
         _ => None,
     };
+    let suspects = suspects(&search, &scores, &best, calibration.temperature, labels, &train, validation.as_ref());
 
     let head = LogisticHead {
         format_version: FORMAT_VERSION,
@@ -324,6 +372,9 @@ pub fn train(
             seconds: started.elapsed().as_secs_f64(),
             upload: None,
             calibration: Some(calibration.clone()),
+            select_by: (select_by != SelectBy::Accuracy).then_some(select_by),
+            class_weights,
+            weighting_effect,
         },
         metrics: HeadMetrics {
             train: Some(Scores::compute(labels, &search.fit_labels, &fit_pred)),
@@ -339,6 +390,7 @@ pub fn train(
         scaler_scale: scaler.scale.iter().map(|&v| v as f32).collect(),
         weights: (0..classes).map(|c| fitted.weights.column(c).iter().map(|&v| v as f32).collect()).collect(),
         intercept: fitted.intercept.iter().map(|&v| v as f32).collect(),
+        suspects,
         checksum: String::new(),
     };
     Ok(head.sealed())
@@ -364,8 +416,8 @@ type FeatureSet = (Option<LayerSelection>, FeaturePooling);
 /// with their labels (what the temperature is fitted on, for the chosen one).
 type Scored = (f64, f64, Array2<f64>, Vec<usize>);
 
-/// Scores of each alpha path by (feature set, fold, alpha's bits).
-type PathScores = BTreeMap<(usize, usize, u64), Scored>;
+/// Scores of each alpha path by (feature set, fold, weighting, alpha's bits).
+type PathScores = BTreeMap<(usize, usize, usize, u64), Scored>;
 
 /// What every candidate is fitted and scored on, per feature set (every
 /// layer option with every pooling): with [`Selection::Validation`], fitted
@@ -381,6 +433,8 @@ struct SearchData {
     folds: usize,
     /// Predictions a candidate's accuracy is measured on (its standard error).
     held_out: usize,
+    /// Label weights tried with every set (None: unweighted).
+    weightings: Vec<Option<ClassWeights>>,
 }
 
 impl SearchData {
@@ -405,6 +459,7 @@ impl SearchData {
                     folds: 1,
                     held_out: v.labels.len(),
                     sets,
+                    weightings: vec![None],
                 })
             }
             Selection::CrossValidation { folds } => {
@@ -433,6 +488,7 @@ impl SearchData {
                     score_labels: None,
                     folds,
                     sets,
+                    weightings: vec![None],
                 })
             }
         }
@@ -456,8 +512,83 @@ impl SearchData {
         }
     }
 
-    fn index_of(&self, candidate: &Candidate) -> usize {
-        self.sets.iter().position(|set| *set == (candidate.layers.clone(), candidate.pooling)).expect("a searched set")
+    /// Rows of `fit` (cross-validation) or of validation held out in `fold`, in
+    /// the order [`SearchData::split`] gives them.
+    fn held_rows(&self, fold: usize) -> Vec<usize> {
+        match &self.score_labels {
+            Some(vy) => (0..vy.len()).collect(),
+            None => (0..self.fit_labels.len()).filter(|i| i % self.folds == fold).collect(),
+        }
+    }
+
+    /// The candidate's feature set and weighting.
+    fn index_of(&self, candidate: &Candidate) -> (usize, usize) {
+        let set = self
+            .sets
+            .iter()
+            .position(|set| *set == (candidate.layers.clone(), candidate.pooling))
+            .expect("a searched set");
+        let weighting = self
+            .weightings
+            .iter()
+            .position(|w| w.as_ref().map(|w| w.weighting) == candidate.weighting)
+            .expect("a searched weighting");
+        (set, weighting)
+    }
+}
+
+/// The weightings `choice` asks to try, for rows labelled `labels`.
+fn weightings_of(choice: &ClassWeight, labels: &[usize], classes: usize) -> anyhow::Result<Vec<Option<ClassWeights>>> {
+    let weighted = |weighting, weights: Vec<f64>| ClassWeights { weighting, repeats: repeats_of(&weights), weights };
+    let balanced = || {
+        let mut counts = vec![0usize; classes];
+        for &l in labels {
+            counts[l] += 1;
+        }
+        let n = labels.len() as f64;
+        weighted(Weighting::Balanced, counts.iter().map(|&c| n / (classes as f64 * c.max(1) as f64)).collect())
+    };
+    Ok(match choice {
+        ClassWeight::None => vec![None],
+        ClassWeight::Balanced => vec![Some(balanced())],
+        ClassWeight::Auto => vec![None, Some(balanced())],
+        ClassWeight::Given(weights) => {
+            if weights.len() != classes || weights.iter().any(|w| !w.is_finite() || *w <= 0.0) {
+                bail!("class weights must be {classes} finite positive numbers, got {weights:?}");
+            }
+            vec![Some(weighted(Weighting::Given, weights.clone()))]
+        }
+    })
+}
+
+/// Whole repeats per label whose ratios are within 5% of `weights`' (ratios
+/// capped at [`MAX_WEIGHT_RATIO`]): the smallest scale, 1 to 10, that gets
+/// there (else 10), so that the lightest label's rows appear once when it can.
+fn repeats_of(weights: &[f64]) -> Vec<usize> {
+    let lightest = weights.iter().copied().fold(f64::INFINITY, f64::min);
+    let ratios: Vec<f64> = weights.iter().map(|w| (w / lightest).min(MAX_WEIGHT_RATIO)).collect();
+    let at =
+        |scale: usize| -> Vec<usize> { ratios.iter().map(|r| (r * scale as f64).round().max(1.0) as usize).collect() };
+    let error = |repeats: &[usize], scale: usize| {
+        ratios.iter().zip(repeats).map(|(r, &n)| (n as f64 / scale as f64 - r).abs() / r).fold(0.0, f64::max)
+    };
+    (1..=10)
+        .map(|scale| (at(scale), scale))
+        .find(|(r, scale)| error(r, *scale) <= 0.05)
+        .map_or_else(|| at(10), |(r, _)| r)
+}
+
+/// `x` and `y` with each row repeated as often as its label says.
+fn repeated(x: &Array2<f64>, y: &[usize], repeats: &[usize]) -> (Array2<f64>, Vec<usize>) {
+    let rows: Vec<usize> = (0..y.len()).flat_map(|i| std::iter::repeat(i).take(repeats[y[i]])).collect();
+    (select_rows(x, &rows), rows.iter().map(|&i| y[i]).collect())
+}
+
+/// The fitted part of `x`, `y` as `weights` weigh it.
+fn weighed(x: Array2<f64>, y: Vec<usize>, weights: Option<&ClassWeights>) -> (Array2<f64>, Vec<usize>) {
+    match weights {
+        Some(w) => repeated(&x, &y, &w.repeats),
+        None => (x, y),
     }
 }
 
@@ -466,15 +597,19 @@ impl SearchData {
 /// widest first, so that the threads finish together instead of one waiting on
 /// the last wide fit (a job's time grows with its width).
 fn score_alpha_paths(search: &SearchData, config: &TrainConfig, classes: usize) -> anyhow::Result<PathScores> {
-    let mut jobs: Vec<(usize, usize)> =
-        (0..search.sets.len()).flat_map(|set| (0..search.folds).map(move |fold| (set, fold))).collect();
-    jobs.sort_by_key(|&(set, _)| std::cmp::Reverse(search.fit[set].ncols()));
+    let mut jobs: Vec<(usize, usize, usize)> = (0..search.sets.len())
+        .flat_map(|set| {
+            (0..search.folds).flat_map(move |fold| (0..search.weightings.len()).map(move |w| (set, fold, w)))
+        })
+        .collect();
+    jobs.sort_by_key(|&(set, _, _)| std::cmp::Reverse(search.fit[set].ncols()));
     let mut alphas_down: Vec<f64> = config.alphas.clone();
     alphas_down.sort_by(|a, b| b.total_cmp(a));
     let fits = jobs.len() * alphas_down.len();
     let fits_done = std::sync::atomic::AtomicUsize::new(0);
-    let per_job = parallel_map(&jobs, config.threads, |&(set, fold)| -> anyhow::Result<Vec<(f64, Scored)>> {
+    let per_job = parallel_map(&jobs, config.threads, |&(set, fold, w)| -> anyhow::Result<Vec<(f64, Scored)>> {
         let (fit_x, fit_y, score_x, score_y) = search.split(set, fold);
+        let (fit_x, fit_y) = weighed(fit_x, fit_y, search.weightings[w].as_ref());
         let scaler = Scaler::fit(&fit_x);
         let (fit_x, scaled) = (scaler.apply(&fit_x), scaler.apply(&score_x));
         let mut previous: Option<Fitted> = None;
@@ -491,42 +626,61 @@ fn score_alpha_paths(search: &SearchData, config: &TrainConfig, classes: usize) 
         Ok(path)
     });
     let mut scores = PathScores::new();
-    for (&(set, fold), path) in jobs.iter().zip(per_job) {
+    for (&(set, fold, w), path) in jobs.iter().zip(per_job) {
         for (alpha, scored) in path.map_err(|e| anyhow!("{e:#}"))? {
-            scores.insert((set, fold, alpha.to_bits()), scored);
+            scores.insert((set, fold, w, alpha.to_bits()), scored);
         }
     }
     Ok(scores)
 }
 
-/// One candidate per (feature set, alpha), in that order: its accuracy and
-/// log-loss averaged over the folds.
+/// One candidate per (feature set, weighting, alpha), in that order: its
+/// accuracy and log-loss averaged over the folds, its macro-F1 over every
+/// fold's held-out predictions together.
 fn candidates(
     search: &SearchData,
     config: &TrainConfig,
     scores: &PathScores,
+    classes: usize,
     name: &str,
     encoder: &EncoderStamp,
 ) -> Vec<Candidate> {
-    let mut candidates = Vec::with_capacity(search.sets.len() * config.alphas.len());
+    let mut candidates = Vec::with_capacity(search.sets.len() * search.weightings.len() * config.alphas.len());
     for (set, (layers, pooling)) in search.sets.iter().enumerate() {
-        for &alpha in &config.alphas {
-            let (mut accuracy, mut log_loss) = (0.0, 0.0);
-            for fold in 0..search.folds {
-                let (a, l, _, _) = &scores[&(set, fold, alpha.to_bits())];
-                accuracy += a / search.folds as f64;
-                log_loss += l / search.folds as f64;
+        for (w, weights) in search.weightings.iter().enumerate() {
+            for &alpha in &config.alphas {
+                let (mut accuracy, mut log_loss) = (0.0, 0.0);
+                let (mut truth, mut predicted) = (Vec::new(), Vec::new());
+                for fold in 0..search.folds {
+                    let (a, l, logits, y) = &scores[&(set, fold, w, alpha.to_bits())];
+                    accuracy += a / search.folds as f64;
+                    log_loss += l / search.folds as f64;
+                    truth.extend_from_slice(y);
+                    predicted.extend(logits.rows().into_iter().map(|row| argmax(row.iter().copied())));
+                }
+                let macro_f1 = macro_f1(classes, &truth, &predicted);
+                let weighting = weights.as_ref().map(|w| w.weighting);
+                tracing::info!(
+                    head = name,
+                    pooling = %pooling,
+                    layers = layers.as_ref().map(|l| l.describe(encoder.last_layer())).unwrap_or_else(|| "-1".into()),
+                    weighting = ?weighting,
+                    alpha,
+                    accuracy,
+                    macro_f1,
+                    log_loss,
+                    "candidate scored"
+                );
+                candidates.push(Candidate {
+                    pooling: *pooling,
+                    layers: layers.clone(),
+                    alpha,
+                    accuracy,
+                    log_loss,
+                    weighting,
+                    macro_f1: Some(macro_f1),
+                });
             }
-            tracing::info!(
-                head = name,
-                pooling = %pooling,
-                layers = layers.as_ref().map(|l| l.describe(encoder.last_layer())).unwrap_or_else(|| "-1".into()),
-                alpha,
-                accuracy,
-                log_loss,
-                "candidate scored"
-            );
-            candidates.push(Candidate { pooling: *pooling, layers: layers.clone(), alpha, accuracy, log_loss });
         }
     }
     candidates
@@ -535,8 +689,8 @@ fn candidates(
 /// The temperature, fitted on the chosen candidate's held-out logits of every
 /// fold together: it never sees the final fit's own training rows, nor test.
 fn calibrate(search: &SearchData, scores: &PathScores, best: &Candidate) -> Calibration {
-    let set = search.index_of(best);
-    let held: Vec<&Scored> = (0..search.folds).map(|fold| &scores[&(set, fold, best.alpha.to_bits())]).collect();
+    let (set, w) = search.index_of(best);
+    let held: Vec<&Scored> = (0..search.folds).map(|fold| &scores[&(set, fold, w, best.alpha.to_bits())]).collect();
     let logits = ndarray::concatenate(Axis(0), &held.iter().map(|(_, _, z, _)| z.view()).collect::<Vec<_>>())
         .expect("same width");
     let labels: Vec<usize> = held.iter().flat_map(|(_, _, _, y)| y.iter().copied()).collect();
@@ -552,12 +706,13 @@ fn final_fit(
     y: &[usize],
     classes: usize,
     best: &Candidate,
+    weights: Option<&ClassWeights>,
     config: &TrainConfig,
 ) -> anyhow::Result<(Scaler, Fitted, Vec<usize>)> {
-    let scaler = Scaler::fit(x);
-    let scaled = scaler.apply(x);
-    let fitted = fit_f64(&scaled, y, classes, best.alpha, config.max_iterations, None)?;
-    let (fit_accuracy, _, predictions) = score(&fitted, &scaled, y);
+    let (fit_x, fit_y) = weighed(x.clone(), y.to_vec(), weights);
+    let scaler = Scaler::fit(&fit_x);
+    let fitted = fit_f64(&scaler.apply(&fit_x), &fit_y, classes, best.alpha, config.max_iterations, None)?;
+    let (fit_accuracy, _, predictions) = score(&fitted, &scaler.apply(x), y);
     if fit_accuracy + 0.05 < best.accuracy {
         bail!(
             "the final fit did not converge: accuracy {fit_accuracy:.4} on its own training rows, while the chosen \
@@ -568,12 +723,64 @@ fn final_fit(
     Ok((scaler, fitted, predictions))
 }
 
+/// The searched rows whose held-out probability for their own label (the
+/// chosen candidate's, temperature applied) is lowest and below one half, at
+/// most [`MAX_SUSPECTS`], lowest first: each row was predicted by a fit that
+/// never saw it. Rows of a split without texts are left out.
+fn suspects(
+    search: &SearchData,
+    scores: &PathScores,
+    best: &Candidate,
+    temperature: Option<f64>,
+    labels: &[String],
+    train: &LabelledFeatures<'_>,
+    validation: Option<&LabelledFeatures<'_>>,
+) -> Vec<Suspect> {
+    let (set, w) = search.index_of(best);
+    // Under cross-validation the rows are train's then validation's; with a
+    // validation split, validation's alone.
+    let origin = |row: usize| -> Option<(&LabelledFeatures<'_>, usize)> {
+        match (&search.score_labels, validation) {
+            (Some(_), v) => v.map(|v| (v, row)),
+            (None, Some(v)) if row >= train.labels.len() => Some((v, row - train.labels.len())),
+            (None, _) => Some((train, row)),
+        }
+    };
+    let t = temperature.unwrap_or(1.0);
+    let mut doubtful = Vec::new();
+    for fold in 0..search.folds {
+        let (_, _, logits, y) = &scores[&(set, fold, w, best.alpha.to_bits())];
+        for ((row, z), &label) in search.held_rows(fold).into_iter().zip(logits.rows()).zip(y) {
+            let p = softmax(&z.iter().map(|v| v / t).collect::<Vec<_>>());
+            if p[label] < 0.5 {
+                doubtful.push((p[label], row, label, argmax(p.iter().copied())));
+            }
+        }
+    }
+    doubtful.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    doubtful
+        .into_iter()
+        .filter_map(|(probability, row, label, predicted)| {
+            let (split, row) = origin(row)?;
+            Some(Suspect {
+                source: split.source.to_string(),
+                row,
+                text: split.texts?.get(row)?.clone(),
+                label: labels[label].clone(),
+                predicted: labels[predicted].clone(),
+                probability,
+            })
+        })
+        .take(MAX_SUSPECTS)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn candidate(pooling: FeaturePooling, layers: Option<LayerSelection>, alpha: f64, accuracy: f64) -> Candidate {
-        Candidate { pooling, layers, alpha, accuracy, log_loss: 0.5 }
+        Candidate { pooling, layers, alpha, accuracy, log_loss: 0.5, weighting: None, macro_f1: None }
     }
 
     #[test]
@@ -588,11 +795,11 @@ mod tests {
             candidate(FeaturePooling::Mean, mean4.clone(), 100.0, 0.797),     // hidden, within, more accurate
             candidate(FeaturePooling::Cls, None, 10.0, 0.700),                // hidden, far below
         ];
-        let chosen = choose(&candidates, 8, 10_000);
+        let chosen = choose(&candidates, 8, 10_000, SelectBy::Accuracy).unwrap();
         assert_eq!((chosen.pooling, chosen.layers.clone()), (FeaturePooling::Mean, mean4));
         // With fewer held-out predictions the standard error grows; with many
         // more it shrinks and the best alone is left.
-        let chosen = choose(&candidates, 8, 10_000_000);
+        let chosen = choose(&candidates, 8, 10_000_000, SelectBy::Accuracy).unwrap();
         assert_eq!((chosen.pooling, chosen.layers), (FeaturePooling::ClsMean, concat));
     }
 
@@ -611,6 +818,7 @@ mod tests {
             selection,
             progress: None,
             threads: Some(1),
+            class_weight: ClassWeight::None,
         }
     }
 
@@ -620,8 +828,8 @@ mod tests {
         let labels: Vec<usize> = (0..10).map(|i| i % 2).collect();
         let search = SearchData::new(
             &config(Selection::CrossValidation { folds: 3 }),
-            &LabelledFeatures { features: &train, labels: &labels[..7] },
-            Some(&LabelledFeatures { features: &validation, labels: &labels[7..] }),
+            &LabelledFeatures { features: &train, labels: &labels[..7], texts: None, source: "t" },
+            Some(&LabelledFeatures { features: &validation, labels: &labels[7..], texts: None, source: "t" }),
         )
         .unwrap();
         assert_eq!((search.sets.len(), search.folds, search.held_out), (2, 3, 10));
@@ -643,8 +851,8 @@ mod tests {
         // Folds out of range are refused before any fit.
         let too_many = SearchData::new(
             &config(Selection::CrossValidation { folds: 11 }),
-            &LabelledFeatures { features: &train, labels: &labels[..7] },
-            Some(&LabelledFeatures { features: &validation, labels: &labels[7..] }),
+            &LabelledFeatures { features: &train, labels: &labels[..7], texts: None, source: "t" },
+            Some(&LabelledFeatures { features: &validation, labels: &labels[7..], texts: None, source: "t" }),
         );
         assert!(too_many.err().unwrap().to_string().contains("2 to 10 folds"));
     }
@@ -655,8 +863,8 @@ mod tests {
         let labels = [0, 1, 0, 1, 0, 1];
         let search = SearchData::new(
             &config(Selection::Validation),
-            &LabelledFeatures { features: &train, labels: &labels },
-            Some(&LabelledFeatures { features: &validation, labels: &[1, 0, 1, 0] }),
+            &LabelledFeatures { features: &train, labels: &labels, texts: None, source: "t" },
+            Some(&LabelledFeatures { features: &validation, labels: &[1, 0, 1, 0], texts: None, source: "t" }),
         )
         .unwrap();
         assert_eq!((search.folds, search.held_out), (1, 4));
@@ -667,7 +875,7 @@ mod tests {
         assert_eq!(held_y, [1, 0, 1, 0]);
         let none = SearchData::new(
             &config(Selection::Validation),
-            &LabelledFeatures { features: &train, labels: &labels },
+            &LabelledFeatures { features: &train, labels: &labels, texts: None, source: "t" },
             None,
         );
         assert!(none.err().unwrap().to_string().contains("has none"));
@@ -702,5 +910,37 @@ mod tests {
         let t = overconfident.temperature.expect("worth using");
         assert!((t - 4.0).abs() < 0.4, "{overconfident:?}");
         assert!(overconfident.held_out_log_loss_scaled < overconfident.held_out_log_loss * 0.9);
+    }
+
+    #[test]
+    fn label_weights_become_whole_repeats_within_five_percent_and_never_of_held_out_rows() {
+        assert_eq!(repeats_of(&[1.0, 9.0]), vec![1, 9]);
+        assert_eq!(repeats_of(&[0.5, 0.5]), vec![1, 1]);
+        // 1 : 5.33 needs a scale of 2 (2 : 11 is 1 : 5.5, within 5%).
+        assert_eq!(repeats_of(&[0.59375, 3.1666]), vec![2, 11]);
+        // Ratios past the cap count as the cap.
+        assert_eq!(repeats_of(&[1.0, 1000.0]), vec![1, 100]);
+        let labels = [0, 0, 0, 0, 0, 0, 1, 1];
+        let balanced = weightings_of(&ClassWeight::Balanced, &labels, 2).unwrap();
+        let w = balanced[0].as_ref().unwrap();
+        assert_eq!(
+            (w.weighting, w.weights.clone(), w.repeats.clone()),
+            (Weighting::Balanced, vec![8.0 / 12.0, 2.0], vec![1, 3])
+        );
+        assert_eq!(weightings_of(&ClassWeight::Auto, &labels, 2).unwrap().len(), 2);
+        assert!(weightings_of(&ClassWeight::Given(vec![1.0]), &labels, 2).is_err());
+        // Only the fitted part of a fold is repeated: the held-out rows are as they were.
+        let features = indexed(8, 0);
+        let search = SearchData::new(
+            &config(Selection::CrossValidation { folds: 2 }),
+            &LabelledFeatures { features: &features, labels: &labels, texts: None, source: "t" },
+            None,
+        )
+        .unwrap();
+        let (fit_x, fit_y, held_x, _) = search.split(0, 0);
+        let (x, y) = repeated(&fit_x, &fit_y, &w.repeats);
+        assert_eq!(held_x.nrows(), 4);
+        assert_eq!(y, vec![0, 0, 0, 1, 1, 1]);
+        assert_eq!(x.column(0).to_vec(), vec![1.0, 3.0, 5.0, 7.0, 7.0, 7.0]);
     }
 }

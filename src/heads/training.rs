@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context};
 
 use super::logistic::{head_path, EncoderStamp, LogisticHead, Selection};
 use super::scores::Scores;
-use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
+use super::search::{train, ClassWeight, LabelledFeatures, TrainConfig, TrainingData};
 use super::store::HeadStore;
 use crate::config::{HeadSettings, LayerSpec, PoolingChoice};
 use crate::data::{Dataset, Split};
@@ -130,15 +130,23 @@ pub fn train_head(
         max_iterations: settings.max_iterations,
         progress: None,
         threads: None,
+        class_weight: ClassWeight::None,
         selection: selection_of(settings.cv_folds),
     };
     let data = TrainingData {
         labels: &dataset.labels,
-        train: LabelledFeatures { features: &train_features, labels: &train_split.labels },
-        validation: validation_split
-            .as_ref()
-            .zip(validation_features.as_ref())
-            .map(|(s, f)| LabelledFeatures { features: f, labels: &s.labels }),
+        train: LabelledFeatures {
+            features: &train_features,
+            labels: &train_split.labels,
+            texts: Some(&train_split.texts),
+            source: "train",
+        },
+        validation: validation_split.as_ref().zip(validation_features.as_ref()).map(|(s, f)| LabelledFeatures {
+            features: f,
+            labels: &s.labels,
+            texts: Some(&s.texts),
+            source: "validation",
+        }),
         data_dir: data_dir.display().to_string(),
         data_fingerprints: fingerprints,
     };

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 use super::logistic::LabelCount;
+use super::search::{ClassWeight, MAX_WEIGHT_RATIO};
 use crate::config::{PoolingChoice, TrainingSettings};
 
 /// One uploaded example.
@@ -34,6 +35,47 @@ pub struct Options {
     pub cv_folds: Option<usize>,
     pub test_fraction: Option<f64>,
     pub min_probability: Option<f32>,
+    pub class_weight: Option<ClassWeightOption>,
+}
+
+/// `options.class_weight` as sent: by name, or a weight per label (labels
+/// left out weigh 1).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClassWeightOption {
+    None,
+    Balanced,
+    Auto,
+    PerLabel(BTreeMap<String, f64>),
+}
+
+impl std::str::FromStr for ClassWeightOption {
+    type Err = UploadError;
+
+    /// `none`, `balanced`, `auto`, or `label:weight` pairs separated by `;`
+    /// (the query form of a CSV or JSONL upload).
+    fn from_str(s: &str) -> Result<Self, UploadError> {
+        match s.trim() {
+            "none" => Ok(ClassWeightOption::None),
+            "balanced" => Ok(ClassWeightOption::Balanced),
+            "auto" => Ok(ClassWeightOption::Auto),
+            pairs => pairs
+                .split(';')
+                .map(|pair| {
+                    let (label, weight) = pair.rsplit_once(':').ok_or(())?;
+                    Ok((label.trim().to_string(), weight.trim().parse::<f64>().map_err(|_| ())?))
+                })
+                .collect::<Result<BTreeMap<_, _>, ()>>()
+                .map(ClassWeightOption::PerLabel)
+                .map_err(|()| {
+                    invalid(
+                        "invalid_option",
+                        format!(
+                            "class_weight is none, balanced, auto or label:weight pairs separated by ';', got {s:?}"
+                        ),
+                    )
+                }),
+        }
+    }
 }
 
 /// Options with every default filled in.
@@ -45,6 +87,7 @@ pub struct Resolved {
     pub cv_folds: usize,
     pub test_fraction: f64,
     pub min_probability: Option<f32>,
+    pub class_weight: ClassWeightOption,
 }
 
 /// Why an upload is refused: a stable code and a message naming the problem.
@@ -75,6 +118,12 @@ pub struct Prepared {
     pub options: Resolved,
     /// sha256 of every example, label and split: recorded in the head file.
     pub fingerprint: String,
+    /// `options.class_weight` by label index.
+    pub class_weight: ClassWeight,
+    /// Positions in the upload of the training rows (`train_texts`' order).
+    pub train_rows: Vec<usize>,
+    /// Labels too rare to evaluate, and the like: answered with the upload.
+    pub warnings: Vec<String>,
 }
 
 impl Prepared {
@@ -138,6 +187,7 @@ fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, Upl
         cv_folds,
         test_fraction,
         min_probability: options.min_probability,
+        class_weight: options.class_weight.clone().unwrap_or(ClassWeightOption::None),
     })
 }
 
@@ -258,6 +308,8 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
     } else {
         format!("stratified split of {} per label, by sha256 of the text", options.test_fraction)
     };
+    let class_weight = class_weight_of(&options.class_weight, &labels)?;
+    let warnings = label_count_warnings(&label_counts);
     let (train_texts, train_labels) = train_rows.iter().map(|&(i, l)| (examples[i].text.clone(), l)).unzip();
     let (test_texts, test_labels) = test_rows.iter().map(|&(i, l)| (examples[i].text.clone(), l)).unzip();
     Ok(Prepared {
@@ -270,6 +322,58 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
         test_source,
         options,
         fingerprint: format!("{:x}", hasher.finalize()),
+        class_weight,
+        train_rows: train_rows.iter().map(|&(i, _)| i).collect(),
+        warnings,
+    })
+}
+
+/// Held-out examples below which a label's precision and recall on them are
+/// too uncertain to read (one example moves its recall by 10 points or more).
+const MIN_HELD_OUT_PER_LABEL: usize = 10;
+
+fn label_count_warnings(counts: &[LabelCount]) -> Vec<String> {
+    counts
+        .iter()
+        .filter(|c| c.test < MIN_HELD_OUT_PER_LABEL)
+        .map(|c| {
+            format!(
+                "label {:?} has {} held-out examples (fewer than {MIN_HELD_OUT_PER_LABEL}): its precision and recall \
+                 on them are too uncertain to read; send more examples of it",
+                c.label, c.test
+            )
+        })
+        .collect()
+}
+
+/// The weights `option` asks for, by label index: per-label weights must
+/// name labels of the upload and be positive, within [`MAX_WEIGHT_RATIO`] of each other.
+fn class_weight_of(option: &ClassWeightOption, labels: &[String]) -> Result<ClassWeight, UploadError> {
+    Ok(match option {
+        ClassWeightOption::None => ClassWeight::None,
+        ClassWeightOption::Balanced => ClassWeight::Balanced,
+        ClassWeightOption::Auto => ClassWeight::Auto,
+        ClassWeightOption::PerLabel(given) => {
+            if let Some(unknown) = given.keys().find(|l| !labels.contains(l)) {
+                return Err(invalid(
+                    "invalid_option",
+                    format!("class_weight names label {unknown:?}, which no example has (labels: {labels:?})"),
+                ));
+            }
+            let weights: Vec<f64> = labels.iter().map(|l| given.get(l).copied().unwrap_or(1.0)).collect();
+            let (lightest, heaviest) =
+                weights.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &w| (lo.min(w), hi.max(w)));
+            if weights.iter().any(|w| !w.is_finite() || *w <= 0.0) || heaviest / lightest > MAX_WEIGHT_RATIO {
+                return Err(invalid(
+                    "invalid_option",
+                    format!(
+                        "class_weight: weights must be positive numbers within {MAX_WEIGHT_RATIO}x of each other \
+                         (labels left out weigh 1), got {given:?}"
+                    ),
+                ));
+            }
+            ClassWeight::Given(weights)
+        }
     })
 }
 

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use crate::batching::BatchError;
 use crate::cost::CostError;
+use crate::heads::upload::UploadError;
 use crate::inference::InferenceError;
 use crate::tokenize::TokenizeError;
 
@@ -110,6 +111,13 @@ impl From<BatchError> for ApiError {
             }
         };
         ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> Self {
+        let status = if e.too_large { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::UNPROCESSABLE_ENTITY };
+        ApiError::new(status, e.code, e.message)
     }
 }
 

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::{ApiError, ErrorResponse};
-use super::types::{HeadDetail, HeadSummary, HeadsResponse, VersionDescription};
+use super::types::{HeadDetail, HeadSummary, HeadsResponse, SuspectsResponse, VersionDescription};
 use super::AppState;
 use crate::config::HeadName;
 use crate::heads::jobs::JobState;
@@ -221,4 +221,31 @@ pub async fn confusion_svg(State(state): State<AppState>, Path(name): Path<Strin
         &format!("{name}: {part}, accuracy {:.3}", metrics.accuracy),
     );
     Ok(([(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "no-cache")], svg).into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/heads/{name}/suspects",
+    tag = "heads",
+    params(("name" = String, Path, description = "Head name")),
+    responses(
+        (status = 200, description = "Training examples whose labels look wrong: the lowest cross-validated probabilities of their own label (below 0.5), lowest first, at most 50", body = SuspectsResponse),
+        (status = 404, description = "Unknown head, or an ONNX classifier (it was not trained here)", body = ErrorResponse),
+    ),
+    security(("admin_key" = []))
+)]
+pub async fn suspects(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<SuspectsResponse>, ApiError> {
+    let head = lookup(&state, Some(&name))?;
+    let Head::Logistic(h) = &*head else {
+        return Err(ApiError::not_found(format!("head {name:?} is an ONNX classifier: it was not trained here")));
+    };
+    Ok(Json(SuspectsResponse {
+        name: h.name.clone(),
+        version: head.version(),
+        selection: h.training.selection.to_string(),
+        suspects: h.suspects.clone(),
+    }))
 }

@@ -80,10 +80,8 @@ pub async fn create_head(
     }
     let (examples, options, limits) = (creation.examples, creation.options, state.settings.training.clone());
     let prepared = tokio::task::spawn_blocking(move || prepare(examples, &options, &limits)).await.map_err(internal)?;
-    let prepared = prepared.map_err(|e| {
-        let status = if e.too_large { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::UNPROCESSABLE_ENTITY };
-        ApiError::new(status, e.code, e.message)
-    })?;
+    let prepared = prepared?;
+    let warnings = prepared.warnings.clone();
     // Every option checked before anything is queued: hidden states the encoder can give.
     let info = &state.encoder_runtime().info;
     crate::heads::training::layer_options_of(&name, &prepared.options.layers, info).map_err(|_| {
@@ -103,9 +101,11 @@ pub async fn create_head(
     })?;
     tracing::info!(head = %name, request_id = %request_id, examples = status.examples, labels = status.label_counts.len(), replace = taken, "head training queued");
     let location = format!("/heads/{name}");
-    let mut response =
-        (StatusCode::ACCEPTED, Json(HeadAccepted { name: name.to_string(), location: location.clone(), job: status }))
-            .into_response();
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(HeadAccepted { name: name.to_string(), location: location.clone(), job: status, warnings }),
+    )
+        .into_response();
     response.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&location).expect("a valid head name"));
     Ok(response)
 }

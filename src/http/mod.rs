@@ -138,6 +138,7 @@ impl Deref for AppState {
         heads::list_heads,
         heads::get_head,
         heads::confusion_svg,
+        heads::suspects,
         heads_admin::create_head,
         heads_admin::rollback_head,
         heads_admin::delete_head,
@@ -356,6 +357,7 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
         .route("/heads/{name}/reload", post(heads_admin::reload_head))
         .route("/heads/{name}/rollback", post(heads_admin::rollback_head))
         .route("/heads/{name}", axum::routing::delete(heads_admin::delete_head))
+        .route("/heads/{name}/suspects", get(heads::suspects))
         .route_layer(read_body.clone())
         .route_layer(require_admin);
     let inference = Router::new()

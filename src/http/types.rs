@@ -518,6 +518,23 @@ pub struct TrainingOptions {
     /// The head's default `min_probability` on `/classify` (0-1).
     #[serde(default, deserialize_with = "probability")]
     pub min_probability: Option<f32>,
+    /// Label weights of the training rows: `"none"` (the default), `"balanced"`
+    /// (label c weighs n / (labels x n_c)), `"auto"` (both tried, the better by
+    /// held-out macro-F1), or a weight per label (`{"spam": 5}`; labels left
+    /// out weigh 1; within 100x of each other). Any weighting chooses
+    /// candidates by held-out macro-F1 instead of accuracy.
+    #[serde(default)]
+    #[schema(example = json!("balanced"))]
+    pub class_weight: Option<ClassWeightInput>,
+}
+
+/// `options.class_weight`: a name or a weight per label.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ClassWeightInput {
+    /// `none`, `balanced` or `auto`.
+    Name(String),
+    PerLabel(std::collections::BTreeMap<String, f64>),
 }
 
 /// `POST /heads` with a JSON body. CSV or JSONL bodies carry the same examples
@@ -592,6 +609,19 @@ pub struct CreateHeadQuery {
     pub test_fraction: Option<f64>,
     #[serde(default, deserialize_with = "probability")]
     pub min_probability: Option<f32>,
+    /// `none`, `balanced`, `auto`, or `label:weight` pairs separated by `;`.
+    pub class_weight: Option<String>,
+}
+
+/// `GET /heads/{name}/suspects`: what to check before training again.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SuspectsResponse {
+    pub name: String,
+    pub version: String,
+    /// How the held-out probabilities were made (suspects need cross-validation;
+    /// a head chosen on a validation split lists that split's rows).
+    pub selection: String,
+    pub suspects: Vec<crate::heads::logistic::Suspect>,
 }
 
 /// `202 Accepted` of `POST /heads`: follow `Location` (`GET /heads/{name}`).
@@ -600,6 +630,10 @@ pub struct HeadAccepted {
     pub name: String,
     pub location: String,
     pub job: crate::heads::jobs::JobStatus,
+    /// What the examples leave uncertain (a label with too few held-out
+    /// examples to evaluate); training goes on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `POST /tokenize`.

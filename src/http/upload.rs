@@ -8,11 +8,11 @@ use axum::extract::{FromRequest, Query, Request};
 use axum::http::{header, StatusCode};
 
 use super::error::ApiError;
-use super::types::{CreateHeadQuery, CreateHeadRequest, ExampleInput, LabelValue, TrainingOptions};
+use super::types::{ClassWeightInput, CreateHeadQuery, CreateHeadRequest, ExampleInput, LabelValue, TrainingOptions};
 use super::AppState;
 use crate::config::{HeadName, PoolingChoice};
 use crate::data::{parse_rows, RowFormat, RowsError};
-use crate::heads::upload::{Example, Options};
+use crate::heads::upload::{ClassWeightOption, Example, Options};
 
 /// A pooling option as `PoolingChoice` spells it (its serde names).
 fn parse_pooling(value: Option<&str>) -> Result<Option<PoolingChoice>, ApiError> {
@@ -23,6 +23,22 @@ fn parse_pooling(value: Option<&str>) -> Result<Option<PoolingChoice>, ApiError>
             })
         })
         .transpose()
+}
+
+/// `options.class_weight` of a JSON body: a name as the query spells it, or weights by label.
+fn class_weight_option(input: ClassWeightInput) -> Result<ClassWeightOption, ApiError> {
+    Ok(match input {
+        ClassWeightInput::Name(name) if !name.contains(':') => name.parse()?,
+        ClassWeightInput::Name(name) => {
+            return Err(ApiError::invalid(
+                "invalid_option",
+                format!(
+                    "class_weight is \"none\", \"balanced\", \"auto\" or an object of weights by label, got {name:?}"
+                ),
+            ))
+        }
+        ClassWeightInput::PerLabel(weights) => ClassWeightOption::PerLabel(weights),
+    })
 }
 
 /// `POST /heads`'s request, whatever the body's format.
@@ -111,7 +127,8 @@ fn from_json(body: &[u8], max_examples: usize) -> Result<Creation, ApiError> {
             ApiError::invalid("invalid_request", format!("the body is not a head to create: {e}"))
         }
     })?;
-    let TrainingOptions { pooling, layers, alphas, cv_folds, test_fraction, min_probability } = request.options;
+    let TrainingOptions { pooling, layers, alphas, cv_folds, test_fraction, min_probability, class_weight } =
+        request.options;
     Ok(Creation {
         name: head_name(&request.name)?,
         examples: request
@@ -135,6 +152,7 @@ fn from_json(body: &[u8], max_examples: usize) -> Result<Creation, ApiError> {
             cv_folds,
             test_fraction,
             min_probability,
+            class_weight: class_weight.map(class_weight_option).transpose()?,
         },
     })
 }
@@ -170,6 +188,7 @@ fn from_rows(
             cv_folds: query.cv_folds,
             test_fraction: query.test_fraction,
             min_probability: query.min_probability,
+            class_weight: query.class_weight.as_deref().map(str::parse).transpose()?,
         },
     })
 }

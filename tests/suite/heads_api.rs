@@ -633,3 +633,120 @@ async fn the_hidden_states_searched_are_an_option_of_the_upload() {
     assert_eq!(server.get("/heads/refused").await.status(), 404);
     server.stop().await;
 }
+
+/// `n` examples of `label`, worded from `examples`'s vocabulary of it.
+fn of_label(label: &str, n: usize) -> Vec<Value> {
+    examples(n).into_iter().filter(|e| e["label"] == label).collect()
+}
+
+#[tokio::test]
+async fn label_weights_are_an_option_searched_by_macro_f1_and_rare_labels_are_warned_of() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    // 1:5, each label held out at 20%: 8 and 2 held out, both under 10.
+    let imbalanced = plus(of_label("sport", 40), of_label("tech", 8));
+    let options = json!({"class_weight": "auto", "pooling": "mean", "alphas": [1.0], "cv_folds": 2, "layers": ["-1"]});
+    let response = create(&server, json!({"name": "weighted", "examples": imbalanced, "options": options})).await;
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    let warnings: Vec<&str> = accepted["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("\"sport\" has 8 held-out") && warnings[1].contains("\"tech\" has 2 held-out"));
+    let detail = wait_for(&server, "weighted", "ready").await;
+    let training = &detail["training"];
+    assert_eq!(training["select_by"], "macro_f1");
+    assert_eq!(training["upload"]["warnings"].as_array().unwrap().len(), 2);
+    // "auto": one unweighted and one balanced candidate, each with its held-out macro-F1.
+    let candidates = training["candidates"].as_array().unwrap();
+    let weightings: Vec<&Value> = candidates.iter().map(|c| &c["weighting"]).collect();
+    assert_eq!(weightings, vec![&Value::Null, &json!("balanced")]);
+    assert!(candidates.iter().all(|c| c["macro_f1"].as_f64().is_some_and(|f| (0.0..=1.0).contains(&f))));
+    let effect = &training["weighting_effect"];
+    assert_eq!(effect["unweighted_macro_f1"], candidates[0]["macro_f1"]);
+    assert_eq!(effect["weighted_macro_f1"], candidates[1]["macro_f1"]);
+
+    // Given weights, as repeats in their ratio; balanced weights are n / (labels x n_c) of the fitted rows.
+    let options =
+        json!({"class_weight": {"tech": 5}, "pooling": "mean", "alphas": [1.0], "cv_folds": 2, "layers": ["-1"]});
+    let body =
+        json!({"name": "given", "examples": plus(of_label("sport", 40), of_label("tech", 8)), "options": options});
+    assert_eq!(create(&server, body).await.status(), 202);
+    let given = wait_for(&server, "given", "ready").await;
+    assert_eq!(
+        given["training"]["class_weights"],
+        json!({"weighting": "given", "weights": [1.0, 5.0], "repeats": [1, 5]})
+    );
+    let csv: String = std::iter::once("text,label\n".to_string())
+        .chain(
+            plus(of_label("sport", 40), of_label("tech", 8))
+                .iter()
+                .map(|e| format!("\"{}\",{}\n", e["text"].as_str().unwrap(), e["label"].as_str().unwrap())),
+        )
+        .collect();
+    let response = server
+        .client
+        .post(server.url("/heads?name=balanced&class_weight=balanced&pooling=mean&alphas=1&cv_folds=2&layers=-1"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let balanced = wait_for(&server, "balanced", "ready").await;
+    let record = &balanced["training"]["class_weights"];
+    assert_eq!(record["weighting"], "balanced");
+    let fitted: Vec<f64> =
+        balanced["job"]["label_counts"].as_array().unwrap().iter().map(|c| c["train"].as_f64().unwrap()).collect();
+    let n: f64 = fitted.iter().sum();
+    let weights: Vec<f64> = record["weights"].as_array().unwrap().iter().map(|w| w.as_f64().unwrap()).collect();
+    for (w, count) in weights.iter().zip(&fitted) {
+        assert!((w - n / (2.0 * count)).abs() < 1e-9, "{weights:?} for {fitted:?}");
+    }
+    let repeats: Vec<f64> = record["repeats"].as_array().unwrap().iter().map(|r| r.as_f64().unwrap()).collect();
+    let (asked, applied) = (weights[1] / weights[0], repeats[1] / repeats[0]);
+    assert!((applied / asked - 1.0).abs() <= 0.05, "repeats {repeats:?} for weights {weights:?}");
+
+    // Refused before anything is queued.
+    for weight in [json!("heavy"), json!({"nope": 2}), json!({"tech": 1000}), json!({"tech": -1}), json!("tech:2")] {
+        let body = json!({"name": "refused", "examples": examples(10), "options": {"class_weight": weight}});
+        let (status, code, message) = error_of(create(&server, body).await).await;
+        assert_eq!((status, code.as_str()), (422, "invalid_option"), "{weight}: {message}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn suspects_are_the_training_rows_whose_held_out_probability_of_their_label_is_lowest() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    let mut upload = examples(20);
+    // Two sport texts labelled food and tech: wrong labels, as users make them.
+    upload[3]["label"] = json!("food");
+    upload[7]["label"] = json!("tech");
+    let options = json!({"pooling": "mean", "alphas": [1.0], "cv_folds": 4, "layers": ["-1"]});
+    let body = json!({"name": "noisy", "examples": upload, "options": options});
+    assert_eq!(create(&server, body).await.status(), 202);
+    wait_for(&server, "noisy", "ready").await;
+    // The admin's: the texts are training data.
+    assert_eq!(server.get("/heads/noisy/suspects").await.status(), 401);
+    let response = server.client.get(server.url("/heads/noisy/suspects")).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["selection"], "4-fold cross-validation on train+validation");
+    let suspects = answer["suspects"].as_array().unwrap();
+    assert!(!suspects.is_empty());
+    let mut previous = 0.0;
+    for s in suspects {
+        // Each names its row of the upload, as sent.
+        let row = s["row"].as_u64().unwrap() as usize;
+        assert_eq!(s["source"], "upload");
+        assert_eq!((&s["text"], &s["label"]), (&upload[row]["text"], &upload[row]["label"]), "{s}");
+        let p = s["probability"].as_f64().unwrap();
+        assert!(p < 0.5 && p >= previous, "lowest first, below one half: {suspects:?}");
+        previous = p;
+    }
+    let rows: Vec<u64> = suspects.iter().map(|s| s["row"].as_u64().unwrap()).collect();
+    assert!(rows.contains(&3) && rows.contains(&7), "the mislabelled rows are suspects: {suspects:?}");
+    server.stop().await;
+}
