@@ -3,7 +3,7 @@
 //! and `label` columns), and optionally `meta.json` naming the labels in order.
 //! Labels may be indices into those names or the names themselves.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
@@ -39,11 +39,24 @@ enum RawLabel {
     Name(String),
 }
 
+impl RawLabel {
+    /// The label as the file wrote it: a name, or an index as digits.
+    fn written(self) -> String {
+        match self {
+            RawLabel::Index(i) => i.to_string(),
+            RawLabel::Name(n) => n,
+        }
+    }
+}
+
 struct RawRow {
     text: String,
     label: RawLabel,
     /// `split` column or field, when the file has one (uploads: `train`/`test`).
     split: Option<String>,
+    /// Other classifiers' labels for the text, by name (`POST
+    /// /heads/{name}/evaluate`): a CSV's other columns, a JSONL row's `predictions`.
+    predictions: BTreeMap<String, String>,
 }
 
 /// How uploaded examples are written: the two formats of a split file.
@@ -60,6 +73,8 @@ pub struct LabelledRow {
     pub text: String,
     pub label: String,
     pub split: Option<String>,
+    /// See `RawRow::predictions`.
+    pub predictions: BTreeMap<String, String>,
 }
 
 /// Why uploaded rows were not read.
@@ -82,14 +97,7 @@ pub fn parse_rows(text: &str, format: RowFormat, max_rows: usize) -> Result<Vec<
     };
     Ok(rows
         .into_iter()
-        .map(|r| LabelledRow {
-            text: r.text,
-            label: match r.label {
-                RawLabel::Index(i) => i.to_string(),
-                RawLabel::Name(n) => n,
-            },
-            split: r.split,
-        })
+        .map(|r| LabelledRow { text: r.text, label: r.label.written(), split: r.split, predictions: r.predictions })
         .collect())
 }
 
@@ -206,6 +214,8 @@ fn read_jsonl(shown: &str, text: &str, max_rows: usize) -> Result<Vec<RawRow>, R
         label: RawLabel,
         #[serde(default)]
         split: Option<String>,
+        #[serde(default)]
+        predictions: BTreeMap<String, RawLabel>,
     }
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -215,7 +225,8 @@ fn read_jsonl(shown: &str, text: &str, max_rows: usize) -> Result<Vec<RawRow>, R
         let row: Row = serde_json::from_str(line).with_context(|| {
             format!("{shown} line {}: expected {{\"text\": string, \"label\": int or string}}", i + 1)
         })?;
-        rows.push(RawRow { text: row.text, label: row.label, split: row.split });
+        let predictions = row.predictions.into_iter().map(|(name, label)| (name, label.written())).collect();
+        rows.push(RawRow { text: row.text, label: row.label, split: row.split, predictions });
     }
     Ok(rows)
 }
@@ -226,6 +237,12 @@ fn read_csv(shown: &str, text: &str, max_rows: usize) -> Result<Vec<RawRow>, Row
     let position = |name: &str| headers.iter().position(|h| h.trim() == name);
     let column = |name: &str| position(name).ok_or_else(|| anyhow!("{shown}: no `{name}` column in the header"));
     let (text_col, label_col, split_col) = (column("text")?, column("label")?, position("split"));
+    let others: Vec<(usize, String)> = headers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![Some(text_col), Some(label_col), split_col].contains(&Some(*i)))
+        .map(|(i, h)| (i, h.trim().to_string()))
+        .collect();
     let mut rows = Vec::new();
     for (i, record) in reader.records().enumerate() {
         if rows.len() == max_rows {
@@ -236,7 +253,11 @@ fn read_csv(shown: &str, text: &str, max_rows: usize) -> Result<Vec<RawRow>, Row
         let raw = record.get(label_col).unwrap_or_default().trim();
         let label = raw.parse::<usize>().map(RawLabel::Index).unwrap_or_else(|_| RawLabel::Name(raw.to_string()));
         let split = split_col.and_then(|c| record.get(c)).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
-        rows.push(RawRow { text, label, split });
+        let predictions = others
+            .iter()
+            .map(|(c, name)| (name.clone(), record.get(*c).unwrap_or_default().trim().to_string()))
+            .collect();
+        rows.push(RawRow { text, label, split, predictions });
     }
     Ok(rows)
 }

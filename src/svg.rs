@@ -30,9 +30,8 @@ fn shorten(label: &str) -> String {
     }
 }
 
-/// `confusion[true][predicted]` counts, labels in the same order.
-pub fn confusion_matrix(labels: &[String], confusion: &[Vec<usize>], title: &str) -> String {
-    let k = labels.len();
+/// Cell size, width and height of the matrix of `k` labels.
+fn matrix_size(k: usize) -> (usize, usize, usize) {
     let cell = if k <= 6 {
         64
     } else if k <= 20 {
@@ -40,8 +39,33 @@ pub fn confusion_matrix(labels: &[String], confusion: &[Vec<usize>], title: &str
     } else {
         16
     };
-    let (left, top) = (140, 130);
-    let (width, height) = (left + cell * k + 20, top + cell * k + 40);
+    (cell, MATRIX_LEFT + cell * k + 20, MATRIX_TOP + cell * k + 40)
+}
+
+const MATRIX_LEFT: usize = 140;
+const MATRIX_TOP: usize = 130;
+
+/// Several classifiers' matrices over the same labels, side by side (`POST /heads/{name}/evaluate?format=svg`).
+pub fn confusion_matrices(labels: &[String], matrices: &[(String, &[Vec<usize>])]) -> String {
+    let (_, width, height) = matrix_size(labels.len());
+    let total = width * matrices.len().max(1);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="{height}" viewBox="0 0 {total} {height}" role="img">"#
+    );
+    for (i, (title, confusion)) in matrices.iter().enumerate() {
+        let one = confusion_matrix(labels, confusion, title);
+        // A nested <svg> placed at its column keeps each matrix's own coordinates.
+        svg.push_str(&one.replacen("<svg ", &format!(r#"<svg x="{}" y="0" "#, i * width), 1));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// `confusion[true][predicted]` counts, labels in the same order.
+pub fn confusion_matrix(labels: &[String], confusion: &[Vec<usize>], title: &str) -> String {
+    let k = labels.len();
+    let (cell, width, height) = matrix_size(k);
+    let (left, top) = (MATRIX_LEFT, MATRIX_TOP);
     let mut svg = String::new();
     let _ = write!(
         svg,
@@ -115,5 +139,12 @@ mod tests {
         }
         assert!(svg.contains("&lt;pos &amp; co&gt;") && !svg.contains("<pos"));
         assert!(svg.contains("75.0% of the row"));
+        let both = confusion_matrices(
+            &labels,
+            &[("a".into(), &[vec![3, 1], vec![2, 4]]), ("b".into(), &[vec![4, 0], vec![0, 6]])],
+        );
+        assert_eq!(both.matches("<svg").count(), 3);
+        let (_, width, _) = matrix_size(2);
+        assert!(both.contains(&format!(r#"<svg x="{width}" y="0" "#)) && both.contains(">6<"));
     }
 }

@@ -11,7 +11,7 @@ use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::scores::Scores;
+use super::scores::{expected_calibration_error, Scores, CALIBRATION_BINS};
 use crate::atomic_file::write_atomic;
 use crate::layers::LayerSelection;
 use crate::model::ModelInfo;
@@ -426,26 +426,13 @@ impl LogisticHead {
 
     /// [`CalibrationError`] of this head on rows `x` with true labels `truth`.
     pub fn calibration_error(&self, x: &Array2<f32>, truth: &[usize]) -> CalibrationError {
-        const BINS: usize = 10;
-        let ece = |head: &LogisticHead| -> f64 {
-            let mut count = [0usize; BINS];
-            let mut confidence = [0f64; BINS];
-            let mut correct = [0f64; BINS];
-            for (row, &t) in x.rows().into_iter().zip(truth) {
-                let features: Vec<f32> = row.iter().copied().collect();
-                let p = head.probabilities(&features);
-                let best = argmax(p.iter().copied());
-                let bin = ((f64::from(p[best]) * BINS as f64) as usize).min(BINS - 1);
-                count[bin] += 1;
-                confidence[bin] += f64::from(p[best]);
-                correct[bin] += f64::from(u8::from(best == t));
-            }
-            let n = truth.len().max(1) as f64;
-            (0..BINS).filter(|&b| count[b] > 0).map(|b| (correct[b] - confidence[b]).abs() / n).sum()
+        let ece = |head: &LogisticHead| {
+            let rows = x.rows().into_iter().map(|row| head.probabilities(&row.iter().copied().collect::<Vec<_>>()));
+            expected_calibration_error(rows, truth)
         };
         let mut plain = self.clone();
         plain.temperature = None;
-        CalibrationError { ece: ece(self), ece_without_temperature: ece(&plain), bins: BINS }
+        CalibrationError { ece: ece(self), ece_without_temperature: ece(&plain), bins: CALIBRATION_BINS }
     }
 
     pub fn save(&mut self, path: &Path) -> anyhow::Result<()> {

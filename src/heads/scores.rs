@@ -81,6 +81,76 @@ fn class_scores(confusion: &[Vec<usize>], c: usize) -> (f64, f64, f64, usize) {
     (precision, recall, f1, support)
 }
 
+/// Bins of the expected calibration error.
+pub const CALIBRATION_BINS: usize = 10;
+
+/// Expected calibration error of `probabilities` (one row per text, labels in
+/// order) against `truth`: texts binned by the top label's probability
+/// ([`CALIBRATION_BINS`] equal-width bins), the mean over bins, weighted by
+/// their share of texts, of |accuracy - mean probability|. 0 is perfectly calibrated.
+pub fn expected_calibration_error<P: AsRef<[f32]>>(probabilities: impl IntoIterator<Item = P>, truth: &[usize]) -> f64 {
+    let mut count = [0usize; CALIBRATION_BINS];
+    let mut confidence = [0f64; CALIBRATION_BINS];
+    let mut correct = [0f64; CALIBRATION_BINS];
+    for (p, &t) in probabilities.into_iter().zip(truth) {
+        let p = p.as_ref();
+        let best = crate::pooling::argmax(p.iter().copied());
+        let bin = ((f64::from(p[best]) * CALIBRATION_BINS as f64) as usize).min(CALIBRATION_BINS - 1);
+        count[bin] += 1;
+        confidence[bin] += f64::from(p[best]);
+        correct[bin] += f64::from(u8::from(best == t));
+    }
+    let n = truth.len().max(1) as f64;
+    (0..CALIBRATION_BINS).filter(|&b| count[b] > 0).map(|b| (correct[b] - confidence[b]).abs() / n).sum()
+}
+
+/// McNemar's test of two classifiers on the same texts: only the texts
+/// exactly one of them got right count. `p_value` is the exact two-sided
+/// binomial test of those counts against an even split (statsmodels'
+/// `mcnemar(exact=True)`); `chi_square` the continuity-corrected statistic
+/// (`exact=False`), for reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct McNemar {
+    pub only_a_correct: usize,
+    pub only_b_correct: usize,
+    pub p_value: f64,
+    pub chi_square: f64,
+}
+
+impl McNemar {
+    pub fn of(a_correct: &[bool], b_correct: &[bool]) -> McNemar {
+        assert_eq!(a_correct.len(), b_correct.len());
+        let only_a = a_correct.iter().zip(b_correct).filter(|(a, b)| **a && !**b).count();
+        let only_b = a_correct.iter().zip(b_correct).filter(|(a, b)| !**a && **b).count();
+        let n = only_a + only_b;
+        let chi_square =
+            if n == 0 { 0.0 } else { ((only_a as f64 - only_b as f64).abs() - 1.0).max(0.0).powi(2) / n as f64 };
+        McNemar {
+            only_a_correct: only_a,
+            only_b_correct: only_b,
+            p_value: binomial_two_sided(only_a.min(only_b), n),
+            chi_square,
+        }
+    }
+}
+
+/// P(X <= k) doubled (at most 1) for X ~ Binomial(n, 1/2), in log space so
+/// that large n neither underflows nor overflows.
+fn binomial_two_sided(k: usize, n: usize) -> f64 {
+    if n == 0 {
+        return 1.0;
+    }
+    let mut log_term = -(n as f64) * std::f64::consts::LN_2; // log C(n, 0) / 2^n
+    let mut logs = Vec::with_capacity(k + 1);
+    for i in 0..=k {
+        logs.push(log_term);
+        log_term += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
+    }
+    let top = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let tail = top.exp() * logs.iter().map(|l| (l - top).exp()).sum::<f64>();
+    (2.0 * tail).min(1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +173,28 @@ mod tests {
         assert!((m.macro_f1 - (f1_neg + f1_pos) / 2.0).abs() < 1e-12);
         assert_eq!(m.per_class[1].support, 6);
         assert_eq!(macro_f1(2, &truth, &pred), m.macro_f1);
+    }
+
+    #[test]
+    fn mcnemar_matches_the_binomial_and_chi_square_by_hand() {
+        // 10 texts only a got right, 2 only b: P(X <= 2) for Binomial(12, 1/2) = 79 / 4096.
+        let a: Vec<bool> = (0..20).map(|i| i < 15).collect();
+        let b: Vec<bool> = (0..20).map(|i| i < 5 || (15..17).contains(&i)).collect();
+        let m = McNemar::of(&a, &b);
+        assert_eq!((m.only_a_correct, m.only_b_correct), (10, 2));
+        assert!((m.p_value - 2.0 * 79.0 / 4096.0).abs() < 1e-12, "{m:?}");
+        assert!((m.chi_square - 49.0 / 12.0).abs() < 1e-12);
+        // Even splits are p = 1; large counts stay finite: 600 vs 400 of 1,000 is p < 1e-9.
+        assert_eq!(McNemar::of(&[true, false], &[false, true]).p_value, 1.0);
+        let p = binomial_two_sided(400, 1000);
+        assert!(p > 0.0 && p < 1e-9, "{p}");
+    }
+
+    #[test]
+    fn calibration_error_of_known_bins() {
+        // Two texts at 0.9 (one right), two at 0.6 (both right): |0.5 - 0.9| / 2 + |1 - 0.6| / 2.
+        let p = [vec![0.1f32, 0.9], vec![0.1, 0.9], vec![0.4, 0.6], vec![0.4, 0.6]];
+        let ece = expected_calibration_error(&p, &[1, 0, 1, 1]);
+        assert!((ece - 0.4).abs() < 1e-6, "{ece}");
     }
 }

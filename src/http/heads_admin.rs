@@ -12,7 +12,7 @@ use super::error::refusals::{AdminOff, MalformedJson, NoAdminKey};
 use super::error::{ApiError, ErrorResponse};
 use super::heads::summary;
 use super::types::{CreateHeadQuery, CreateHeadRequest, HeadAccepted, HeadSummary};
-use super::upload::Upload;
+use super::upload::{Creation, Upload};
 use super::AppState;
 use crate::config::HeadKind;
 use crate::config::HeadName;
@@ -53,7 +53,7 @@ const MAX_DESCRIPTION_BYTES: usize = 2000;
 pub async fn create_head(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Upload(creation): Upload,
+    Upload(creation): Upload<Creation>,
 ) -> Result<Response, ApiError> {
     let name = creation.name;
     if creation.description.as_ref().is_some_and(|d| d.len() > MAX_DESCRIPTION_BYTES) {

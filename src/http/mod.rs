@@ -5,6 +5,7 @@ pub mod auth;
 pub mod classify;
 pub mod embed;
 pub mod error;
+pub mod evaluate;
 pub mod heads;
 pub mod heads_admin;
 pub mod meta;
@@ -139,6 +140,7 @@ impl Deref for AppState {
         heads::get_head,
         heads::confusion_svg,
         heads::suspects,
+        evaluate::evaluate,
         heads_admin::create_head,
         heads_admin::rollback_head,
         heads_admin::delete_head,
@@ -350,6 +352,7 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
     let read_upload = axum::middleware::from_fn_with_state(state.clone(), read_upload_with_deadline);
     let upload = Router::new()
         .route("/heads", post(heads_admin::create_head))
+        .route("/heads/{name}/evaluate", post(evaluate::evaluate))
         .route_layer(DefaultBodyLimit::max(state.settings.training.max_upload_bytes))
         .route_layer(read_upload)
         .route_layer(require_admin.clone());

@@ -569,17 +569,17 @@ pub const TOO_MANY_EXAMPLES: &str = "too many examples";
 
 /// The examples of a JSON upload, one at a time: a body of many tiny examples
 /// never becomes more than `training.max_examples` of them in memory.
-fn bounded_examples<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ExampleInput>, D::Error> {
-    struct Bounded;
-    impl<'de> serde::de::Visitor<'de> for Bounded {
-        type Value = Vec<ExampleInput>;
+fn bounded_examples<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    struct Bounded<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a list of examples")
         }
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             let max = MAX_EXAMPLES.with(std::cell::Cell::get);
             let mut examples = Vec::new();
-            while let Some(example) = seq.next_element::<ExampleInput>()? {
+            while let Some(example) = seq.next_element::<T>()? {
                 if examples.len() == max {
                     return Err(serde::de::Error::custom(TOO_MANY_EXAMPLES));
                 }
@@ -588,7 +588,7 @@ fn bounded_examples<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Exampl
             Ok(examples)
         }
     }
-    d.deserialize_seq(Bounded)
+    d.deserialize_seq(Bounded(std::marker::PhantomData))
 }
 
 /// Query of `POST /heads` when the body is CSV or JSONL.
@@ -611,6 +611,87 @@ pub struct CreateHeadQuery {
     pub min_probability: Option<f32>,
     /// `none`, `balanced`, `auto`, or `label:weight` pairs separated by `;`.
     pub class_weight: Option<String>,
+}
+
+/// `POST /heads/{name}/evaluate` with a JSON body. A CSV body has columns
+/// `text`, `label` and one per existing classifier (its predicted label for
+/// the row); a JSONL row is `{"text", "label", "predictions": {...}}`; `compare` goes in the query.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateRequest {
+    /// Labelled texts, at most `training.max_examples`.
+    #[serde(deserialize_with = "bounded_examples")]
+    pub examples: Vec<EvaluationExample>,
+    /// Other served heads with the same labels, evaluated on the same texts (at most 8).
+    #[serde(default)]
+    #[schema(example = json!(["sst2"]))]
+    pub compare: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationExample {
+    pub text: String,
+    /// A label of the head, by name or by index.
+    pub label: LabelValue,
+    /// What other classifiers answered for this text, by classifier name (a
+    /// label, by name or index): every example names the same classifiers.
+    #[serde(default)]
+    #[schema(example = json!({"vader": "pos"}))]
+    pub predictions: std::collections::BTreeMap<String, LabelValue>,
+}
+
+/// Query of `POST /heads/{name}/evaluate`: `compare` for a CSV or JSONL body.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EvaluateQuery {
+    /// Comma-separated served heads to compare with (CSV or JSONL bodies).
+    pub compare: Option<String>,
+    /// `json` (the default) or `svg`: every classifier's confusion matrix, side by side.
+    pub format: Option<String>,
+}
+
+/// One classifier's figures on the evaluated texts.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SystemEvaluation {
+    pub name: String,
+    /// `head` (the one evaluated), `compared` (another served head) or
+    /// `predictions` (a column of the file).
+    pub role: String,
+    /// The head's version (heads only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Accuracy, macro-F1, per-label precision/recall/F1, confusion matrix.
+    pub scores: crate::heads::scores::Scores,
+    /// Expected calibration error of its probabilities (heads only; 10 bins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration_error: Option<f64>,
+}
+
+/// Two classifiers on the same texts, with McNemar's test.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PairComparison {
+    pub a: String,
+    pub b: String,
+    /// Accuracy of b minus accuracy of a.
+    pub accuracy_difference: f64,
+    #[serde(flatten)]
+    pub test: crate::heads::scores::McNemar,
+}
+
+/// `POST /heads/{name}/evaluate`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EvaluateResponse {
+    pub head: String,
+    pub examples: usize,
+    /// The head's labels: the order of every confusion matrix.
+    pub labels: Vec<String>,
+    /// The head first, then the compared heads, then the prediction columns.
+    pub systems: Vec<SystemEvaluation>,
+    /// Every pair of classifiers, in the order of `systems`.
+    pub comparisons: Vec<PairComparison>,
+    pub seconds: f64,
 }
 
 /// `GET /heads/{name}/suspects`: what to check before training again.

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::types::{ClassWeightInput, CreateHeadQuery, CreateHeadRequest, ExampleInput, LabelValue, TrainingOptions};
 use super::AppState;
 use crate::config::{HeadName, PoolingChoice};
-use crate::data::{parse_rows, RowFormat, RowsError};
+use crate::data::{parse_rows, LabelledRow, RowFormat, RowsError};
 use crate::heads::upload::{ClassWeightOption, Example, Options};
 
 /// A pooling option as `PoolingChoice` spells it (its serde names).
@@ -41,24 +41,31 @@ fn class_weight_option(input: ClassWeightInput) -> Result<ClassWeightOption, Api
     })
 }
 
-/// `POST /heads`'s request, whatever the body's format.
-pub struct Upload(pub Creation);
+/// A body of labelled rows, whatever its format: JSON (`T` as a whole),
+/// or CSV/JSONL rows with the rest in the query (`T::Query`).
+pub trait UploadBody: Sized + Send + 'static {
+    type Query: serde::de::DeserializeOwned + Send + 'static;
+    /// `Some(reason)` when the query says what a JSON body must say itself.
+    fn query_with_json(query: &Self::Query) -> Option<&'static str>;
+    fn from_json(body: &[u8], max_rows: usize) -> Result<Self, ApiError>;
+    fn from_rows(rows: Vec<LabelledRow>, query: Self::Query) -> Result<Self, ApiError>;
+}
 
-impl FromRequest<AppState> for Upload {
+/// The request of `POST /heads` ([`Creation`]) or `POST /heads/{name}/evaluate`.
+pub struct Upload<T>(pub T);
+
+impl<T: UploadBody> FromRequest<AppState> for Upload<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let Query(query) = Query::<CreateHeadQuery>::try_from_uri(req.uri())
+        let Query(query) = Query::<T::Query>::try_from_uri(req.uri())
             .map_err(|e| ApiError::invalid("invalid_request", format!("bad query string: {}", e.body_text())))?;
         let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         let format = match mime.as_str() {
             "application/json" => {
-                if query.name.is_some() || query.alphas.is_some() || query.pooling.is_some() || query.layers.is_some() {
-                    return Err(ApiError::invalid(
-                        "invalid_request",
-                        "with a JSON body, name and options go in the body",
-                    ));
+                if let Some(reason) = T::query_with_json(&query) {
+                    return Err(ApiError::invalid("invalid_request", reason));
                 }
                 None
             }
@@ -83,14 +90,42 @@ impl FromRequest<AppState> for Upload {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("upload queue closed: {e}"))
         })?;
         let max_examples = state.settings.training.max_examples;
-        let creation = tokio::task::spawn_blocking(move || match format {
-            None => from_json(&body, max_examples),
-            Some(format) => from_rows(&body, format, query, max_examples),
+        let decoded = tokio::task::spawn_blocking(move || match format {
+            None => T::from_json(&body, max_examples),
+            Some(format) => T::from_rows(parse_upload_rows(&body, format, max_examples)?, query),
         })
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("decoding failed: {e}")))??;
-        Ok(Upload(creation))
+        Ok(Upload(decoded))
     }
+}
+
+fn parse_upload_rows(body: &[u8], format: RowFormat, max_examples: usize) -> Result<Vec<LabelledRow>, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::invalid("invalid_request", "the body is not UTF-8"))?;
+    parse_rows(text, format, max_examples).map_err(|e| match e {
+        RowsError::TooMany(max) => too_many_examples(max),
+        RowsError::Invalid(e) => ApiError::invalid("invalid_request", format!("{e:#}")),
+    })
+}
+
+/// A JSON body of at most `max_examples` examples; `what` names it in errors.
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    max_examples: usize,
+    what: &str,
+) -> Result<T, ApiError> {
+    super::types::MAX_EXAMPLES.with(|m| m.set(max_examples));
+    let parsed = serde_json::from_slice::<T>(body);
+    super::types::MAX_EXAMPLES.with(|m| m.set(usize::MAX));
+    parsed.map_err(|e| {
+        if e.to_string().starts_with(super::types::TOO_MANY_EXAMPLES) {
+            too_many_examples(max_examples)
+        } else if e.is_syntax() || e.is_eof() {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
+        } else {
+            ApiError::invalid("invalid_request", format!("the body is not {what}: {e}"))
+        }
+    })
 }
 
 /// The request, whatever the body's format: name, examples, options.
@@ -114,19 +149,24 @@ fn too_many_examples(max: usize) -> ApiError {
     )
 }
 
-fn from_json(body: &[u8], max_examples: usize) -> Result<Creation, ApiError> {
-    super::types::MAX_EXAMPLES.with(|m| m.set(max_examples));
-    let parsed = serde_json::from_slice::<CreateHeadRequest>(body);
-    super::types::MAX_EXAMPLES.with(|m| m.set(usize::MAX));
-    let request: CreateHeadRequest = parsed.map_err(|e| {
-        if e.to_string().starts_with(super::types::TOO_MANY_EXAMPLES) {
-            too_many_examples(max_examples)
-        } else if e.is_syntax() || e.is_eof() {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
-        } else {
-            ApiError::invalid("invalid_request", format!("the body is not a head to create: {e}"))
-        }
-    })?;
+impl UploadBody for Creation {
+    type Query = CreateHeadQuery;
+
+    fn query_with_json(query: &CreateHeadQuery) -> Option<&'static str> {
+        (query.name.is_some() || query.alphas.is_some() || query.pooling.is_some() || query.layers.is_some())
+            .then_some("with a JSON body, name and options go in the body")
+    }
+
+    fn from_json(body: &[u8], max_examples: usize) -> Result<Creation, ApiError> {
+        creation_from_json(parse_json(body, max_examples, "a head to create")?)
+    }
+
+    fn from_rows(rows: Vec<LabelledRow>, query: CreateHeadQuery) -> Result<Creation, ApiError> {
+        creation_from_rows(rows, query)
+    }
+}
+
+fn creation_from_json(request: CreateHeadRequest) -> Result<Creation, ApiError> {
     let TrainingOptions { pooling, layers, alphas, cv_folds, test_fraction, min_probability, class_weight } =
         request.options;
     Ok(Creation {
@@ -157,19 +197,9 @@ fn from_json(body: &[u8], max_examples: usize) -> Result<Creation, ApiError> {
     })
 }
 
-fn from_rows(
-    body: &[u8],
-    format: RowFormat,
-    query: CreateHeadQuery,
-    max_examples: usize,
-) -> Result<Creation, ApiError> {
+fn creation_from_rows(rows: Vec<LabelledRow>, query: CreateHeadQuery) -> Result<Creation, ApiError> {
     let name = query.name.ok_or_else(|| {
         ApiError::invalid("invalid_request", "with a CSV or JSONL body the head's name goes in the query: ?name=...")
-    })?;
-    let text = std::str::from_utf8(body).map_err(|_| ApiError::invalid("invalid_request", "the body is not UTF-8"))?;
-    let rows = parse_rows(text, format, max_examples).map_err(|e| match e {
-        RowsError::TooMany(max) => too_many_examples(max),
-        RowsError::Invalid(e) => ApiError::invalid("invalid_request", format!("{e:#}")),
     })?;
     let alphas = query
         .alphas

@@ -750,3 +750,150 @@ async fn suspects_are_the_training_rows_whose_held_out_probability_of_their_labe
     assert!(rows.contains(&3) && rows.contains(&7), "the mislabelled rows are suspects: {suspects:?}");
     server.stop().await;
 }
+
+/// The label a keyword rule gives `text` (a classifier the user already has).
+fn keyword_rule(text: &str) -> &'static str {
+    if ["match", "goal", "team"].iter().any(|w| text.contains(w)) {
+        "sport"
+    } else if ["soup", "bread", "cheese"].iter().any(|w| text.contains(w)) {
+        "food"
+    } else {
+        "tech"
+    }
+}
+
+/// P(X <= k) doubled, at most 1, for X ~ Binomial(n, 1/2), summed directly.
+fn mcnemar_p(only_a: usize, only_b: usize) -> f64 {
+    let n = only_a + only_b;
+    let mut choose = 1.0f64;
+    let mut tail = 0.0;
+    for i in 0..=only_a.min(only_b) {
+        tail += choose;
+        choose = choose * (n - i) as f64 / (i + 1) as f64;
+    }
+    (2.0 * tail / 2f64.powi(n as i32)).min(1.0)
+}
+
+#[tokio::test]
+async fn evaluate_compares_heads_and_prediction_columns_on_the_same_texts_with_mcnemar() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    let quick = |name: &str, pooling: &str, examples: Vec<Value>| json!({"name": name, "examples": examples, "options": {"pooling": pooling, "alphas": [1.0], "cv_folds": 2, "layers": ["-1"]}});
+    for body in [
+        quick("topics", "mean", examples(12)),
+        quick("topics-cls", "cls", examples(12)),
+        quick("two", "mean", plus(of_label("sport", 12), of_label("tech", 12))),
+    ] {
+        assert_eq!(create(&server, body).await.status(), 202);
+    }
+    for name in ["topics", "topics-cls", "two"] {
+        wait_for(&server, name, "ready").await;
+    }
+    // Texts the heads were not trained on; the rule's label is not always right.
+    let texts: Vec<(String, &str)> = (0..8)
+        .flat_map(|i| {
+            [
+                (format!("team {i} and bread"), "sport"),
+                (format!("cheese with code {i}"), "food"),
+                (format!("screen of the match {i}"), "tech"),
+            ]
+        })
+        .map(|(t, l)| (t, l))
+        .collect();
+    let examples: Vec<Value> = texts
+        .iter()
+        .map(|(t, l)| json!({"text": t, "label": l, "predictions": {"keyword": keyword_rule(t)}}))
+        .collect();
+    let evaluate =
+        |body: Value| server.client.post(server.url("/heads/topics/evaluate")).bearer_auth(ADMIN).json(&body).send();
+    let response = evaluate(json!({"examples": examples, "compare": ["topics-cls"]})).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["examples"], 24);
+    let systems = answer["systems"].as_array().unwrap();
+    let roles: Vec<(&str, &str)> =
+        systems.iter().map(|s| (s["name"].as_str().unwrap(), s["role"].as_str().unwrap())).collect();
+    assert_eq!(roles, vec![("topics", "head"), ("topics-cls", "compared"), ("keyword", "predictions")]);
+
+    // Every figure is what /classify's answers and the rule give on the same texts.
+    let inputs: Vec<&str> = texts.iter().map(|(t, _)| t.as_str()).collect();
+    let classified: Value = server
+        .post_json("/classify", json!({"inputs": inputs, "heads": ["topics", "topics-cls"]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut correct: Vec<Vec<bool>> = Vec::new();
+    for result in classified["results"].as_array().unwrap() {
+        correct.push(
+            result["predictions"].as_array().unwrap().iter().zip(&texts).map(|(p, (_, l))| p["label"] == *l).collect(),
+        );
+    }
+    correct.push(texts.iter().map(|(t, l)| keyword_rule(t) == *l).collect());
+    for (system, right) in systems.iter().zip(&correct) {
+        let accuracy = right.iter().filter(|r| **r).count() as f64 / 24.0;
+        assert!((system["scores"]["accuracy"].as_f64().unwrap() - accuracy).abs() < 1e-12, "{system}");
+        let confusion: u64 = system["scores"]["confusion"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap())
+            .map(|c| c.as_u64().unwrap())
+            .sum();
+        assert_eq!(confusion, 24);
+    }
+    assert!(systems[0]["calibration_error"].is_number() && systems[2]["calibration_error"].is_null());
+    let comparisons = answer["comparisons"].as_array().unwrap();
+    assert_eq!(comparisons.len(), 3);
+    for (c, (a, b)) in comparisons.iter().zip([(0, 1), (0, 2), (1, 2)]) {
+        assert_eq!((&c["a"], &c["b"]), (&systems[a]["name"], &systems[b]["name"]));
+        let only_a = correct[a].iter().zip(&correct[b]).filter(|(x, y)| **x && !**y).count();
+        let only_b = correct[a].iter().zip(&correct[b]).filter(|(x, y)| !**x && **y).count();
+        assert_eq!(
+            (c["only_a_correct"].as_u64().unwrap(), c["only_b_correct"].as_u64().unwrap()),
+            (only_a as u64, only_b as u64)
+        );
+        assert!((c["p_value"].as_f64().unwrap() - mcnemar_p(only_a, only_b)).abs() < 1e-9, "{c}");
+    }
+
+    // The same file as CSV (the rule a column, labels by index) gives the same figures; SVG draws them.
+    let mut csv = String::from("text,label,keyword\n");
+    let index = |l: &str| ["food", "sport", "tech"].iter().position(|x| *x == l).unwrap();
+    for (t, l) in &texts {
+        csv.push_str(&format!("{t},{},{}\n", index(l), keyword_rule(t)));
+    }
+    let post_csv = |query: &str, body: String| {
+        server
+            .client
+            .post(server.url(&format!("/heads/topics/evaluate{query}")))
+            .bearer_auth(ADMIN)
+            .header("content-type", "text/csv")
+            .body(body)
+            .send()
+    };
+    let from_csv: Value = post_csv("?compare=topics-cls", csv.clone()).await.unwrap().json().await.unwrap();
+    assert_eq!(from_csv["systems"], answer["systems"]);
+    assert_eq!(from_csv["comparisons"], answer["comparisons"]);
+    let picture = post_csv("?compare=topics-cls&format=svg", csv.clone()).await.unwrap();
+    assert_eq!(picture.headers()["content-type"], "image/svg+xml");
+    assert_eq!(picture.text().await.unwrap().matches("<svg").count(), 4);
+
+    // Refusals.
+    let no_key = server.client.post(server.url("/heads/topics/evaluate")).json(&json!({"examples": []})).send();
+    assert_eq!(no_key.await.unwrap().status(), 401);
+    let refused = |body: Value| async { error_of(evaluate(body).await.unwrap()).await };
+    let (status, code, _) = refused(json!({"examples": []})).await;
+    assert_eq!((status, code.as_str()), (422, "empty_input"));
+    let (status, code, message) = refused(json!({"examples": [{"text": "x", "label": "cars"}]})).await;
+    assert_eq!((status, code.as_str()), (422, "unknown_label"), "{message}");
+    let (status, code, message) = refused(json!({"examples": examples, "compare": ["two"]})).await;
+    assert_eq!((status, code.as_str()), (422, "labels_differ"), "{message}");
+    let (status, _, _) = refused(json!({"examples": examples, "compare": ["nobody"]})).await;
+    assert_eq!(status, 404);
+    let uneven = json!({"examples": [examples[0].clone(), {"text": "x", "label": "food"}]});
+    let (status, code, message) = refused(uneven).await;
+    assert_eq!((status, code.as_str()), (422, "invalid_request"), "{message}");
+    let (status, code, _) = error_of(post_csv("?format=pdf", csv).await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (422, "invalid_option"));
+    server.stop().await;
+}
