@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: bench-clients image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
+.PHONY: bench-heads-tasks bench-clients image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
 
 # MODEL=all-mpnet-base-v2 (or distilbert-base-shaped) sets that encoder up too.
 MODEL ?=
@@ -95,6 +95,12 @@ bench-admission: setup
 bench-heads: setup
 	$(CARGO) build --release
 	python3 bench/heads_api.py --bin target/release/distilserve
+
+# Issue 26's figures: label weights on a 1:9 subset, the default head against
+# VADER with McNemar's test, suspects (bench/heads_tasks.py).
+bench-heads-tasks: setup
+	$(CARGO) build --release
+	python3 bench/heads_tasks.py --bin target/release/distilserve
 
 # Feature-extraction speed against Python onnxruntime (bench/extraction.py).
 bench-extraction: setup

@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::error::refusals::{AdminOff, DeadlinePassed, MalformedJson, NoAdminKey};
 use super::error::{ApiError, ErrorResponse};
 use super::heads::lookup;
 use super::types::{
@@ -34,6 +35,16 @@ const MAX_COMPARED: usize = 8;
 pub struct Evaluation {
     rows: Vec<Row>,
     compare: Vec<String>,
+    /// `format=svg`: the confusion matrices instead of JSON.
+    svg: bool,
+}
+
+fn wants_svg(format: Option<&str>) -> Result<bool, ApiError> {
+    match format {
+        None | Some("json") => Ok(false),
+        Some("svg") => Ok(true),
+        Some(other) => Err(ApiError::invalid("invalid_option", format!("format is json or svg, got {other:?}"))),
+    }
 }
 
 struct Row {
@@ -56,7 +67,8 @@ impl UploadBody for Evaluation {
         query.compare.is_some().then_some("with a JSON body, `compare` goes in the body")
     }
 
-    fn from_json(body: &[u8], max_rows: usize) -> Result<Evaluation, ApiError> {
+    fn from_json(body: &[u8], query: EvaluateQuery, max_rows: usize) -> Result<Evaluation, ApiError> {
+        let svg = wants_svg(query.format.as_deref())?;
         let request: EvaluateRequest = super::upload::parse_json(body, max_rows, "labelled texts to evaluate on")?;
         let rows = request
             .examples
@@ -67,16 +79,17 @@ impl UploadBody for Evaluation {
                 predictions: predictions.into_iter().map(|(name, label)| (name, written(label))).collect(),
             })
             .collect();
-        Ok(Evaluation { rows, compare: request.compare })
+        Ok(Evaluation { rows, compare: request.compare, svg })
     }
 
     fn from_rows(rows: Vec<LabelledRow>, query: EvaluateQuery) -> Result<Evaluation, ApiError> {
+        let svg = wants_svg(query.format.as_deref())?;
         let compare = query
             .compare
             .map(|c| c.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect())
             .unwrap_or_default();
         let rows = rows.into_iter().map(|r| Row { text: r.text, label: r.label, predictions: r.predictions }).collect();
-        Ok(Evaluation { rows, compare })
+        Ok(Evaluation { rows, compare, svg })
     }
 }
 
@@ -96,34 +109,27 @@ fn label_index(labels: &[String], written: &str) -> Option<usize> {
     ),
     responses(
         (status = 200, description = "Every classifier's accuracy, macro-F1, per-label figures, confusion matrix (and calibration error for heads) on the same texts, and McNemar's test between every pair; with `format=svg`, the confusion matrices side by side", body = EvaluateResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorResponse),
-        (status = 401, description = "Missing or wrong admin key", body = ErrorResponse),
+        MalformedJson,
+        NoAdminKey,
+        AdminOff,
         (status = 404, description = "Unknown head (or compared head)", body = ErrorResponse),
         (status = 413, description = "More than training.max_examples texts, or a body over training.max_upload_bytes", body = ErrorResponse),
         (status = 415, description = "Not JSON, CSV or JSONL", body = ErrorResponse),
         (status = 422, description = "No texts, a label the head does not have (`unknown_label`), a compared head with other labels (`labels_differ`), uneven prediction columns, or an invalid option", body = ErrorResponse),
-        (status = 503, description = "Queue full (`overloaded`), or a head still training", body = ErrorResponse),
-        (status = 504, description = "A part not answered within server.request_timeout_ms", body = ErrorResponse),
+        (status = 503, description = "Queue full or too long (`overloaded`), a head still training (`not_ready`) or failed at startup (`head_failed`), or shutting down", body = ErrorResponse),
+        DeadlinePassed,
     ),
     security(("admin_key" = []))
 )]
 pub async fn evaluate(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(query): Query<EvaluateQuery>,
     Upload(evaluation): Upload<Evaluation>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let svg = match query.format.as_deref() {
-        None | Some("json") => false,
-        Some("svg") => true,
-        Some(other) => {
-            return Err(ApiError::invalid("invalid_option", format!("format is json or svg, got {other:?}")));
-        }
-    };
+    let Evaluation { rows, compare, svg } = evaluation;
     let head = lookup(&state, Some(&name))?;
     let labels = head.labels().to_vec();
-    let Evaluation { rows, compare } = evaluation;
     if rows.is_empty() {
         return Err(ApiError::invalid("empty_input", "no labelled texts to evaluate on"));
     }

@@ -10,6 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::error::refusals::{AdminOff, NoAdminKey};
 use super::error::{ApiError, ErrorResponse};
 use super::types::{HeadDetail, HeadSummary, HeadsResponse, SuspectsResponse, VersionDescription};
 use super::AppState;
@@ -231,6 +232,8 @@ pub async fn confusion_svg(State(state): State<AppState>, Path(name): Path<Strin
     responses(
         (status = 200, description = "Training examples whose labels look wrong: the lowest cross-validated probabilities of their own label (below 0.5), lowest first, at most 50", body = SuspectsResponse),
         (status = 404, description = "Unknown head, or an ONNX classifier (it was not trained here)", body = ErrorResponse),
+        NoAdminKey,
+        AdminOff,
     ),
     security(("admin_key" = []))
 )]

@@ -47,7 +47,7 @@ pub trait UploadBody: Sized + Send + 'static {
     type Query: serde::de::DeserializeOwned + Send + 'static;
     /// `Some(reason)` when the query says what a JSON body must say itself.
     fn query_with_json(query: &Self::Query) -> Option<&'static str>;
-    fn from_json(body: &[u8], max_rows: usize) -> Result<Self, ApiError>;
+    fn from_json(body: &[u8], query: Self::Query, max_rows: usize) -> Result<Self, ApiError>;
     fn from_rows(rows: Vec<LabelledRow>, query: Self::Query) -> Result<Self, ApiError>;
 }
 
@@ -91,7 +91,7 @@ impl<T: UploadBody> FromRequest<AppState> for Upload<T> {
         })?;
         let max_examples = state.settings.training.max_examples;
         let decoded = tokio::task::spawn_blocking(move || match format {
-            None => T::from_json(&body, max_examples),
+            None => T::from_json(&body, query, max_examples),
             Some(format) => T::from_rows(parse_upload_rows(&body, format, max_examples)?, query),
         })
         .await
@@ -157,7 +157,7 @@ impl UploadBody for Creation {
             .then_some("with a JSON body, name and options go in the body")
     }
 
-    fn from_json(body: &[u8], max_examples: usize) -> Result<Creation, ApiError> {
+    fn from_json(body: &[u8], _query: CreateHeadQuery, max_examples: usize) -> Result<Creation, ApiError> {
         creation_from_json(parse_json(body, max_examples, "a head to create")?)
     }
 
