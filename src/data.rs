@@ -37,14 +37,17 @@ struct Meta {
 enum RawLabel {
     Index(usize),
     Name(String),
+    /// Several labels (JSONL rows of a multi-label upload).
+    Names(Vec<String>),
 }
 
 impl RawLabel {
-    /// The label as the file wrote it: a name, or an index as digits.
-    fn written(self) -> String {
+    /// The labels as the file wrote them: names, or indices as digits.
+    fn written(self) -> Vec<String> {
         match self {
-            RawLabel::Index(i) => i.to_string(),
-            RawLabel::Name(n) => n,
+            RawLabel::Index(i) => vec![i.to_string()],
+            RawLabel::Name(n) => vec![n],
+            RawLabel::Names(names) => names,
         }
     }
 }
@@ -71,11 +74,16 @@ pub enum RowFormat {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelledRow {
     pub text: String,
-    pub label: String,
+    /// One label, or several (a JSONL list); a CSV cell is one string.
+    pub labels: Vec<String>,
     pub split: Option<String>,
     /// See `RawRow::predictions`.
     pub predictions: BTreeMap<String, String>,
 }
+
+/// How a prediction given as a list is written (it is then no label of the
+/// head, and refused as such).
+const PREDICTION_LIST_SEPARATOR: &str = "|";
 
 /// Why uploaded rows were not read.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +105,7 @@ pub fn parse_rows(text: &str, format: RowFormat, max_rows: usize) -> Result<Vec<
     };
     Ok(rows
         .into_iter()
-        .map(|r| LabelledRow { text: r.text, label: r.label.written(), split: r.split, predictions: r.predictions })
+        .map(|r| LabelledRow { text: r.text, labels: r.label.written(), split: r.split, predictions: r.predictions })
         .collect())
 }
 
@@ -119,7 +127,7 @@ impl Dataset {
                 .iter()
                 .filter_map(|r| match &r.label {
                     RawLabel::Name(n) => Some(n.clone()),
-                    RawLabel::Index(_) => None,
+                    RawLabel::Index(_) | RawLabel::Names(_) => None,
                 })
                 .collect();
             if !names.is_empty() {
@@ -162,6 +170,9 @@ impl Dataset {
         for (line, row) in rows.into_iter().enumerate() {
             let index = match &row.label {
                 RawLabel::Index(i) if *i < self.labels.len() => *i,
+                RawLabel::Names(_) => {
+                    bail!("{} row {}: several labels; a data set split has one per row", path.display(), line + 1)
+                }
                 RawLabel::Name(n) => self.labels.iter().position(|l| l == n).ok_or_else(|| {
                     anyhow!("{} row {}: label {n:?} is not one of {:?}", path.display(), line + 1, self.labels)
                 })?,
@@ -225,7 +236,11 @@ fn read_jsonl(shown: &str, text: &str, max_rows: usize) -> Result<Vec<RawRow>, R
         let row: Row = serde_json::from_str(line).with_context(|| {
             format!("{shown} line {}: expected {{\"text\": string, \"label\": int or string}}", i + 1)
         })?;
-        let predictions = row.predictions.into_iter().map(|(name, label)| (name, label.written())).collect();
+        let predictions = row
+            .predictions
+            .into_iter()
+            .map(|(name, label)| (name, label.written().join(PREDICTION_LIST_SEPARATOR)))
+            .collect();
         rows.push(RawRow { text: row.text, label: row.label, split: row.split, predictions });
     }
     Ok(rows)

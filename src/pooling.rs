@@ -179,6 +179,16 @@ pub fn softmax(scores: &[f64]) -> Vec<f64> {
     exp.into_iter().map(|e| e / sum).collect()
 }
 
+/// A label's own probability from its score (multi-label heads), stable for large |z|.
+pub fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
 /// Index of the largest value; the first one on ties, 0 for an empty input.
 pub fn argmax<T: PartialOrd + Copy>(values: impl IntoIterator<Item = T>) -> usize {
     let mut best: Option<(usize, T)> = None;

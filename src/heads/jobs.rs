@@ -28,16 +28,18 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::logistic::{EncoderStamp, LabelCount, LogisticHead, UploadRecord};
-use super::scores::Scores;
+use super::multi_label::{train_multi_label, MultiLabelData};
+use super::scores::{MultiLabelScores, Scores};
 use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
 use super::store::{version_of, HeadStore};
 use super::training::{layer_options_of, poolings_of, save_head, selection_of};
-use super::upload::Prepared;
+use super::upload::{LabelSets, Prepared};
 use super::{Head, Heads};
 use crate::config::HeadName;
 use crate::config::TrainingSettings;
-use crate::features::{extract, layers_to_extract, Progress, ProgressFn};
+use crate::features::{extract, layers_to_extract, PooledFeatures, Progress, ProgressFn};
 use crate::metrics::Metrics;
+use crate::model::ModelInfo;
 use crate::runtimes::Runtimes;
 
 /// A head to train, as accepted by `POST /heads`.
@@ -422,29 +424,11 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
         threads: search_threads(settings.search_threads),
         class_weight: p.class_weight.clone(),
     };
-    let data = TrainingData {
-        labels: &p.labels,
-        train: LabelledFeatures {
-            features: &train_features,
-            labels: &p.train_labels,
-            texts: Some(&p.train_texts),
-            source: "upload",
-        },
-        validation: None,
-        data_dir: "upload".into(),
-        data_fingerprints: [("upload".to_string(), p.fingerprint.clone())].into_iter().collect(),
+    let mut head = match &p.label_sets {
+        Some(sets) => train_multi_label_job(job, &config, &train_features, &test_features, sets, &encoder.info)?,
+        None => train_single_label_job(job, &config, &train_features, &test_features, &encoder.info)?,
     };
-    let mut head = train(&job.name, EncoderStamp::of(&encoder.info), data, &config)?;
-    // Suspects name training rows; the user knows the upload's.
-    for suspect in &mut head.suspects {
-        suspect.row = p.train_rows[suspect.row];
-    }
     update(statuses, &job.name, |s| s.phase = Some("evaluating".into()));
-    // The held-out part is looked at once, after the choice: for the report.
-    let x = test_features.get(head.pooling, head.layers.as_ref());
-    let predicted = head.predict(&x);
-    head.metrics.test = Some(Scores::compute(&p.labels, &p.test_labels, &predicted));
-    head.metrics.test_calibration = Some(head.calibration_error(&x, &p.test_labels));
     head.description = job.description.clone();
     head.min_probability = p.options.min_probability;
     head.training.upload = Some(UploadRecord {
@@ -455,5 +439,68 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
     });
     update(statuses, &job.name, |s| s.phase = Some("saving".into()));
     save_head(&mut head, &trainer.store)?;
+    Ok(head)
+}
+
+/// One label per example: the search, the suspects by upload row, test metrics.
+fn train_single_label_job(
+    job: &Job,
+    config: &TrainConfig,
+    train_features: &PooledFeatures,
+    test_features: &PooledFeatures,
+    info: &ModelInfo,
+) -> anyhow::Result<LogisticHead> {
+    let p = &job.prepared;
+    let data = TrainingData {
+        labels: &p.labels,
+        train: LabelledFeatures {
+            features: train_features,
+            labels: &p.train_labels,
+            texts: Some(&p.train_texts),
+            source: "upload",
+        },
+        validation: None,
+        data_dir: "upload".into(),
+        data_fingerprints: [("upload".to_string(), p.fingerprint.clone())].into_iter().collect(),
+    };
+    let mut head = train(&job.name, EncoderStamp::of(info), data, config)?;
+    // Suspects name training rows; the user knows the upload's.
+    for suspect in &mut head.suspects {
+        suspect.row = p.train_rows[suspect.row];
+    }
+    // The held-out part is looked at once, after the choice: for the report.
+    let x = test_features.get(head.pooling, head.layers.as_ref());
+    let predicted = head.predict(&x);
+    head.metrics.test = Some(Scores::compute(&p.labels, &p.test_labels, &predicted));
+    head.metrics.test_calibration = Some(head.calibration_error(&x, &p.test_labels));
+    Ok(head)
+}
+
+/// Several labels per example: one-vs-rest, thresholds, test metrics.
+fn train_multi_label_job(
+    job: &Job,
+    config: &TrainConfig,
+    train_features: &PooledFeatures,
+    test_features: &PooledFeatures,
+    sets: &LabelSets,
+    info: &ModelInfo,
+) -> anyhow::Result<LogisticHead> {
+    let p = &job.prepared;
+    let data = MultiLabelData {
+        labels: &p.labels,
+        features: train_features,
+        sets: &sets.train,
+        data_dir: "upload".into(),
+        data_fingerprints: [("upload".to_string(), p.fingerprint.clone())].into_iter().collect(),
+    };
+    let mut head = train_multi_label(&job.name, EncoderStamp::of(info), data, config)?;
+    let x = test_features.get(head.pooling, head.layers.as_ref());
+    let predicted: Vec<Vec<usize>> = x
+        .rows()
+        .into_iter()
+        .map(|row| head.label_set(&head.probabilities(&row.iter().copied().collect::<Vec<_>>())))
+        .collect();
+    let thresholds = head.multi_label.as_ref().map(|m| m.thresholds.clone()).unwrap_or_default();
+    head.metrics.multi_label_test = Some(MultiLabelScores::compute(&p.labels, &thresholds, &sets.test, &predicted));
     Ok(head)
 }

@@ -11,11 +11,11 @@ use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::scores::{expected_calibration_error, Scores, CALIBRATION_BINS};
+use super::scores::{expected_calibration_error, MultiLabelScores, Scores, CALIBRATION_BINS};
 use crate::atomic_file::write_atomic;
 use crate::layers::LayerSelection;
 use crate::model::ModelInfo;
-use crate::pooling::{argmax, softmax, FeaturePooling, Rows};
+use crate::pooling::{argmax, sigmoid, softmax, FeaturePooling, Rows};
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -69,6 +69,10 @@ pub struct Candidate {
     /// heads trained before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub macro_f1: Option<f64>,
+    /// Multi-label heads: micro-F1 of its held-out decisions at 0.5 (`accuracy`
+    /// is then the share of texts whose whole label set was right).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_f1: Option<f64>,
 }
 
 /// How a candidate's training rows were weighted by label (`options.class_weight`).
@@ -89,6 +93,8 @@ pub enum SelectBy {
     /// When labels are weighted: accuracy rewards ignoring a rare label, which
     /// is what weighting is asked to undo.
     MacroF1,
+    /// Multi-label heads: every (text, label) decision at a threshold of 0.5.
+    MicroF1,
 }
 
 /// The label weights the chosen candidate was fitted with. The solver has no
@@ -101,6 +107,13 @@ pub struct ClassWeights {
     /// Per label, in label order.
     pub weights: Vec<f64>,
     pub repeats: Vec<usize>,
+}
+
+/// What makes a head multi-label: each label's decision threshold, chosen on
+/// the cross-validation's held-out probabilities for that label's F1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultiLabel {
+    pub thresholds: Vec<f32>,
 }
 
 /// Held-out macro-F1 of the best candidate with and without label weights
@@ -209,6 +222,12 @@ pub struct HeadMetrics {
     /// How well the probabilities match the frequencies on the test (held-out) part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_calibration: Option<CalibrationError>,
+    /// A multi-label head's figures on its training rows and its held-out part
+    /// (`train` and `test` are then absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_label_train: Option<MultiLabelScores>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_label_test: Option<MultiLabelScores>,
 }
 
 /// Expected calibration error: texts binned by the top label's probability
@@ -258,6 +277,10 @@ pub struct LogisticHead {
     /// (cross-validated searches; absent otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suspects: Vec<Suspect>,
+    /// A multi-label head: one logistic regression per label (one-vs-rest),
+    /// each label's probability its own sigmoid, not a softmax over labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_label: Option<MultiLabel>,
     /// sha256 of this file's JSON with `checksum` empty.
     pub checksum: String,
 }
@@ -368,7 +391,19 @@ impl LogisticHead {
                 acc / self.temperature.unwrap_or(1.0)
             })
             .collect();
+        if self.multi_label.is_some() {
+            return z.into_iter().map(|z| sigmoid(z) as f32).collect();
+        }
         softmax(&z).into_iter().map(|p| p as f32).collect()
+    }
+
+    /// A multi-label head's labels for `probabilities`: those at or over their
+    /// threshold (none is an answer too). For a single-label head, the most probable.
+    pub fn label_set(&self, probabilities: &[f32]) -> Vec<usize> {
+        match &self.multi_label {
+            Some(m) => (0..probabilities.len()).filter(|&l| probabilities[l] >= m.thresholds[l]).collect(),
+            None => vec![argmax(probabilities.iter().copied())],
+        }
     }
 
     /// Predicted label index for each row of `x`.
@@ -528,6 +563,11 @@ impl LogisticHead {
         if self.scaler_scale.iter().any(|&s| s <= 0.0) {
             bail!("non-positive scale in the scaler");
         }
+        if let Some(m) = &self.multi_label {
+            if m.thresholds.len() != k || m.thresholds.iter().any(|t| !(0.0..=1.0).contains(t)) {
+                bail!("a multi-label head needs {k} thresholds between 0 and 1, has {:?}", m.thresholds);
+            }
+        }
         Ok(())
     }
 
@@ -615,6 +655,7 @@ pub(crate) mod tests {
             weights: vec![vec![1.0, -1.0], vec![-1.0, 1.0]],
             intercept: vec![0.0, 0.0],
             suspects: Vec::new(),
+            multi_label: None,
             checksum: String::new(),
         }
     }

@@ -4,7 +4,8 @@
 //! keeps up with the heads folder that replicas may share.
 //!
 //! `classify` (the `/classify` pipeline), `logistic` (head file,
-//! probabilities, explanations), `search` (training),
+//! probabilities, explanations), `search` (training), `multi_label` (training
+//! one-vs-rest heads),
 //! `training` (from settings and a data set to a saved head), `store`
 //! (versions, rollback, delete), `upload` (examples sent over the API and
 //! their split), `jobs` (trainings over the API), `onnx`, `metrics`.
@@ -12,6 +13,7 @@
 pub mod classify;
 pub mod jobs;
 pub mod logistic;
+pub mod multi_label;
 pub mod onnx;
 pub mod scores;
 pub mod search;

@@ -45,6 +45,77 @@ impl Scores {
     }
 }
 
+/// How well a multi-label head classifies: every (text, label) decision
+/// counted once (micro), each label on its own (macro, per label), and whole
+/// label sets (subset accuracy: the texts whose predicted set is exactly right).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MultiLabelScores {
+    pub micro_f1: f64,
+    pub macro_f1: f64,
+    pub subset_accuracy: f64,
+    pub examples: usize,
+    pub per_label: Vec<LabelScores>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LabelScores {
+    pub label: String,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// Texts that carry this label.
+    pub support: usize,
+    /// The probability at or over which the head answers this label.
+    pub threshold: f32,
+}
+
+impl MultiLabelScores {
+    /// `truth[i]` and `predicted[i]`: text i's label indices.
+    pub fn compute(labels: &[String], thresholds: &[f32], truth: &[Vec<usize>], predicted: &[Vec<usize>]) -> Self {
+        assert_eq!(truth.len(), predicted.len());
+        let f1 = |tp: usize, fp: usize, fn_: usize| {
+            let (p, r) = (ratio(tp, tp + fp), ratio(tp, tp + fn_));
+            (p, r, if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) })
+        };
+        let (mut all_tp, mut all_fp, mut all_fn) = (0, 0, 0);
+        let per_label: Vec<LabelScores> = labels
+            .iter()
+            .enumerate()
+            .map(|(l, label)| {
+                let (mut tp, mut fp, mut fn_) = (0, 0, 0);
+                for (t, p) in truth.iter().zip(predicted) {
+                    match (t.contains(&l), p.contains(&l)) {
+                        (true, true) => tp += 1,
+                        (false, true) => fp += 1,
+                        (true, false) => fn_ += 1,
+                        (false, false) => {}
+                    }
+                }
+                (all_tp, all_fp, all_fn) = (all_tp + tp, all_fp + fp, all_fn + fn_);
+                let (precision, recall, f1) = f1(tp, fp, fn_);
+                LabelScores { label: label.clone(), precision, recall, f1, support: tp + fn_, threshold: thresholds[l] }
+            })
+            .collect();
+        let exact = truth
+            .iter()
+            .zip(predicted)
+            .filter(|(t, p)| {
+                let (mut t, mut p) = ((*t).clone(), (*p).clone());
+                t.sort_unstable();
+                p.sort_unstable();
+                t == p
+            })
+            .count();
+        MultiLabelScores {
+            micro_f1: f1(all_tp, all_fp, all_fn).2,
+            macro_f1: per_label.iter().map(|l| l.f1).sum::<f64>() / labels.len().max(1) as f64,
+            subset_accuracy: ratio(exact, truth.len()),
+            examples: truth.len(),
+            per_label,
+        }
+    }
+}
+
 /// Macro-F1 of `predicted` against `truth` over `classes` labels (what the
 /// search scores a candidate by when labels are weighted).
 pub fn macro_f1(classes: usize, truth: &[usize], predicted: &[usize]) -> f64 {
@@ -188,6 +259,23 @@ mod tests {
         assert_eq!(McNemar::of(&[true, false], &[false, true]).p_value, 1.0);
         let p = binomial_two_sided(400, 1000);
         assert!(p > 0.0 && p < 1e-9, "{p}");
+    }
+
+    #[test]
+    fn multi_label_scores_of_known_sets() {
+        let labels = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        // a: tp 2, fn 0, fp 1; b: tp 1, fn 1; c: fp 1. Micro: tp 3, fp 2, fn 1.
+        let truth = vec![vec![0, 1], vec![0], vec![1], vec![]];
+        let predicted = vec![vec![1, 0], vec![0, 2], vec![0], vec![]];
+        let m = MultiLabelScores::compute(&labels, &[0.5, 0.4, 0.6], &truth, &predicted);
+        let micro = 2.0 * 0.6 * 0.75 / (0.6 + 0.75);
+        assert!((m.micro_f1 - micro).abs() < 1e-12, "{m:?}");
+        assert_eq!((m.per_label[0].support, m.per_label[1].support, m.per_label[2].support), (2, 2, 0));
+        assert!((m.per_label[0].precision - 2.0 / 3.0).abs() < 1e-12 && m.per_label[0].recall == 1.0);
+        assert_eq!((m.per_label[1].precision, m.per_label[1].recall, m.per_label[2].f1), (1.0, 0.5, 0.0));
+        // Texts 0 (same set, other order) and 3 (both empty) are exactly right.
+        assert_eq!(m.subset_accuracy, 0.5);
+        assert_eq!(m.per_label[1].threshold, 0.4);
     }
 
     #[test]

@@ -75,26 +75,26 @@ pub struct LabelledFeatures<'a> {
     pub source: &'a str,
 }
 
-struct Scaler {
-    mean: Array1<f64>,
-    scale: Array1<f64>,
+pub(super) struct Scaler {
+    pub(super) mean: Array1<f64>,
+    pub(super) scale: Array1<f64>,
 }
 
 impl Scaler {
-    fn fit(x: &Array2<f64>) -> Scaler {
+    pub(super) fn fit(x: &Array2<f64>) -> Scaler {
         let mean = x.mean_axis(Axis(0)).expect("rows");
         let scale = x.std_axis(Axis(0), 0.0).mapv(|s| if s > 1e-12 { s } else { 1.0 });
         Scaler { mean, scale }
     }
 
-    fn apply(&self, x: &Array2<f64>) -> Array2<f64> {
+    pub(super) fn apply(&self, x: &Array2<f64>) -> Array2<f64> {
         (x - &self.mean) / &self.scale
     }
 }
 
-struct Fitted {
-    weights: Array2<f64>, // [features, classes]
-    intercept: Array1<f64>,
+pub(super) struct Fitted {
+    pub(super) weights: Array2<f64>, // [features, classes]
+    pub(super) intercept: Array1<f64>,
 }
 
 impl Fitted {
@@ -129,7 +129,7 @@ const GRADIENT_TOLERANCE_PER_ROW: f64 = 1e-4;
 /// alpha, which converges in far fewer iterations.
 macro_rules! fit_in {
     ($name:ident, $f:ty) => {
-        fn $name(
+        pub(super) fn $name(
             x: &Array2<f64>,
             y: &[usize],
             classes: usize,
@@ -235,12 +235,16 @@ fn fit_temperature(logits: &Array2<f64>, y: &[usize]) -> Calibration {
     }
 }
 
-fn select_rows(x: &Array2<f64>, rows: &[usize]) -> Array2<f64> {
+pub(super) fn select_rows(x: &Array2<f64>, rows: &[usize]) -> Array2<f64> {
     x.select(Axis(0), rows)
 }
 
 /// Runs `f` over `items` on every available core, keeping the order.
-fn parallel_map<T: Sync, R: Send>(items: &[T], threads: Option<usize>, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+pub(super) fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: Option<usize>,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let threads = threads.unwrap_or(cores).min(items.len()).max(1);
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -283,7 +287,7 @@ pub fn plain_logistic(
 /// predictions, counts as tied, and a tie goes to the simpler candidate:
 /// fewer features; among equally wide ones the better, then the lower
 /// log-loss. The test split plays no part.
-fn choose<'c>(
+pub(super) fn choose<'c>(
     candidates: impl IntoIterator<Item = &'c Candidate>,
     hidden: usize,
     held_out: usize,
@@ -293,6 +297,7 @@ fn choose<'c>(
     let metric = |c: &Candidate| match by {
         SelectBy::Accuracy => c.accuracy,
         SelectBy::MacroF1 => c.macro_f1.unwrap_or(0.0),
+        SelectBy::MicroF1 => c.micro_f1.unwrap_or(0.0),
     };
     let best = candidates.iter().map(|c| metric(c)).fold(f64::NEG_INFINITY, f64::max);
     let standard_error = (best * (1.0 - best) / held_out.max(1) as f64).sqrt();
@@ -381,6 +386,8 @@ pub fn train(
             validation: validation_metrics,
             test: None,
             test_calibration: None,
+            multi_label_train: None,
+            multi_label_test: None,
         },
         created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         description: None,
@@ -391,12 +398,13 @@ pub fn train(
         weights: (0..classes).map(|c| fitted.weights.column(c).iter().map(|&v| v as f32).collect()).collect(),
         intercept: fitted.intercept.iter().map(|&v| v as f32).collect(),
         suspects,
+        multi_label: None,
         checksum: String::new(),
     };
     Ok(head.sealed())
 }
 
-fn check_config(config: &TrainConfig) -> anyhow::Result<()> {
+pub(super) fn check_config(config: &TrainConfig) -> anyhow::Result<()> {
     if config.poolings.is_empty() || config.alphas.is_empty() {
         bail!("training needs at least one pooling and one alpha");
     }
@@ -410,7 +418,7 @@ fn check_config(config: &TrainConfig) -> anyhow::Result<()> {
 }
 
 /// One (layers, pooling) pair the search tries.
-type FeatureSet = (Option<LayerSelection>, FeaturePooling);
+pub(super) type FeatureSet = (Option<LayerSelection>, FeaturePooling);
 
 /// A fit's accuracy and log-loss on its held-out rows, and those rows' logits
 /// with their labels (what the temperature is fitted on, for the chosen one).
@@ -423,22 +431,22 @@ type PathScores = BTreeMap<(usize, usize, usize, u64), Scored>;
 /// layer option with every pooling): with [`Selection::Validation`], fitted
 /// on train and scored on validation; with cross-validation, train and
 /// validation pooled and cut into `folds` (row `i` held out in fold `i % folds`).
-struct SearchData {
-    sets: Vec<FeatureSet>,
-    fit: Vec<Array2<f64>>,
+pub(super) struct SearchData {
+    pub(super) sets: Vec<FeatureSet>,
+    pub(super) fit: Vec<Array2<f64>>,
     /// Validation's rows per set; None under cross-validation.
     score: Vec<Option<Array2<f64>>>,
     fit_labels: Vec<usize>,
     score_labels: Option<Vec<usize>>,
-    folds: usize,
+    pub(super) folds: usize,
     /// Predictions a candidate's accuracy is measured on (its standard error).
-    held_out: usize,
+    pub(super) held_out: usize,
     /// Label weights tried with every set (None: unweighted).
     weightings: Vec<Option<ClassWeights>>,
 }
 
 impl SearchData {
-    fn new(
+    pub(super) fn new(
         config: &TrainConfig,
         train: &LabelledFeatures<'_>,
         validation: Option<&LabelledFeatures<'_>>,
@@ -514,7 +522,7 @@ impl SearchData {
 
     /// Rows of `fit` (cross-validation) or of validation held out in `fold`, in
     /// the order [`SearchData::split`] gives them.
-    fn held_rows(&self, fold: usize) -> Vec<usize> {
+    pub(super) fn held_rows(&self, fold: usize) -> Vec<usize> {
         match &self.score_labels {
             Some(vy) => (0..vy.len()).collect(),
             None => (0..self.fit_labels.len()).filter(|i| i % self.folds == fold).collect(),
@@ -679,6 +687,7 @@ fn candidates(
                     log_loss,
                     weighting,
                     macro_f1: Some(macro_f1),
+                    micro_f1: None,
                 });
             }
         }
@@ -780,7 +789,7 @@ mod tests {
     use super::*;
 
     fn candidate(pooling: FeaturePooling, layers: Option<LayerSelection>, alpha: f64, accuracy: f64) -> Candidate {
-        Candidate { pooling, layers, alpha, accuracy, log_loss: 0.5, weighting: None, macro_f1: None }
+        Candidate { pooling, layers, alpha, accuracy, log_loss: 0.5, weighting: None, macro_f1: None, micro_f1: None }
     }
 
     #[test]

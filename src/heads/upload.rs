@@ -20,7 +20,8 @@ use crate::config::{PoolingChoice, TrainingSettings};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
     pub text: String,
-    pub label: String,
+    /// One label; any number (none included) for a multi-label head.
+    pub labels: Vec<String>,
     /// `train` (also `validation`), `test`, or none.
     pub split: Option<String>,
 }
@@ -36,6 +37,8 @@ pub struct Options {
     pub test_fraction: Option<f64>,
     pub min_probability: Option<f32>,
     pub class_weight: Option<ClassWeightOption>,
+    /// Several labels per example, one logistic regression per label.
+    pub multi_label: Option<bool>,
 }
 
 /// `options.class_weight` as sent: by name, or a weight per label (labels
@@ -88,6 +91,7 @@ pub struct Resolved {
     pub test_fraction: f64,
     pub min_probability: Option<f32>,
     pub class_weight: ClassWeightOption,
+    pub multi_label: bool,
 }
 
 /// Why an upload is refused: a stable code and a message naming the problem.
@@ -124,6 +128,15 @@ pub struct Prepared {
     pub train_rows: Vec<usize>,
     /// Labels too rare to evaluate, and the like: answered with the upload.
     pub warnings: Vec<String>,
+    /// A multi-label upload's label sets (`train_labels` and `test_labels` are then empty).
+    pub label_sets: Option<LabelSets>,
+}
+
+/// Each example's label indices, in the order of `train_texts` and `test_texts`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelSets {
+    pub train: Vec<Vec<usize>>,
+    pub test: Vec<Vec<usize>>,
 }
 
 impl Prepared {
@@ -188,6 +201,7 @@ fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, Upl
         test_fraction,
         min_probability: options.min_probability,
         class_weight: options.class_weight.clone().unwrap_or(ClassWeightOption::None),
+        multi_label: options.multi_label.unwrap_or(false),
     })
 }
 
@@ -218,10 +232,19 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
                 ),
             ));
         }
-        if e.label.trim().is_empty() || e.label.len() > 200 || e.label == ABSTAIN {
+        if e.labels.iter().any(|l| l.trim().is_empty() || l.len() > 200 || l == ABSTAIN) {
             return Err(invalid(
                 "invalid_label",
                 format!("example {i} has an empty label, one over 200 bytes, or {ABSTAIN:?} (what /classify answers below min_probability)"),
+            ));
+        }
+        if !options.multi_label && e.labels.len() != 1 {
+            return Err(invalid(
+                "invalid_label",
+                format!(
+                    "example {i} has {} labels; one per example, or set options.multi_label (multi_label=true)",
+                    e.labels.len()
+                ),
             ));
         }
         let test = match e.split.as_deref() {
@@ -235,14 +258,18 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
             }
         };
         test_marked.push(test);
-        for part in [e.text.as_str(), "\u{1f}", e.label.as_str(), "\u{1f}", e.split.as_deref().unwrap_or(""), "\u{1e}"]
-        {
+        let labels = e.labels.join("\u{1d}");
+        for part in [e.text.as_str(), "\u{1f}", labels.as_str(), "\u{1f}", e.split.as_deref().unwrap_or(""), "\u{1e}"] {
             hasher.update(part.as_bytes());
         }
     }
+    let fingerprint = format!("{:x}", hasher.finalize());
+    if options.multi_label {
+        return prepare_multi_label(examples, &test_marked, options, limits, fingerprint);
+    }
     let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, e) in examples.iter().enumerate() {
-        by_label.entry(e.label.as_str()).or_default().push(i);
+        by_label.entry(e.labels[0].as_str()).or_default().push(i);
     }
     if by_label.len() < 2 {
         return Err(invalid(
@@ -321,10 +348,114 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
         label_counts,
         test_source,
         options,
-        fingerprint: format!("{:x}", hasher.finalize()),
+        fingerprint,
         class_weight,
         train_rows: train_rows.iter().map(|&(i, _)| i).collect(),
         warnings,
+        label_sets: None,
+    })
+}
+
+/// The multi-label part of [`prepare`]: every label of the union needs
+/// `training.min_examples_per_label` examples that carry it; the held-out part
+/// is the rows marked `test`, else `test_fraction` of all rows by the sha256 of
+/// the text (not stratified: a row has several labels); the rest is ordered the
+/// same way, its folds by position.
+fn prepare_multi_label(
+    examples: Vec<Example>,
+    test_marked: &[bool],
+    options: Resolved,
+    limits: &TrainingSettings,
+    fingerprint: String,
+) -> Result<Prepared, UploadError> {
+    if options.class_weight != ClassWeightOption::None {
+        return Err(invalid("invalid_option", "class_weight applies to single-label heads".into()));
+    }
+    let names: std::collections::BTreeSet<&str> =
+        examples.iter().flat_map(|e| e.labels.iter().map(String::as_str)).collect();
+    let labels: Vec<String> = names.iter().map(|l| l.to_string()).collect();
+    if labels.len() < 2 {
+        return Err(invalid(
+            "too_few_labels",
+            format!("a multi-label head needs at least 2 labels, the examples have {}", labels.len()),
+        ));
+    }
+    if labels.len() > limits.max_labels {
+        return Err(UploadError {
+            code: "too_many_labels",
+            message: format!("{} labels, more than training.max_labels ({})", labels.len(), limits.max_labels),
+            too_large: true,
+        });
+    }
+    let sets: Vec<Vec<usize>> = examples
+        .iter()
+        .map(|e| {
+            let mut set: Vec<usize> =
+                e.labels.iter().map(|l| labels.binary_search(l).expect("a label of the union")).collect();
+            set.sort_unstable();
+            set.dedup();
+            set
+        })
+        .collect();
+    let minimum = limits.min_examples_per_label.max(options.cv_folds + 1);
+    let count = |l: usize| sets.iter().filter(|s| s.contains(&l)).count();
+    let scarce: Vec<String> =
+        (0..labels.len()).filter(|&l| count(l) < minimum).map(|l| format!("{:?} ({})", labels[l], count(l))).collect();
+    if !scarce.is_empty() {
+        return Err(invalid(
+            "too_few_examples",
+            format!(
+                "each label needs at least {minimum} examples that carry it; these have fewer: {}",
+                scarce.join(", ")
+            ),
+        ));
+    }
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_cached_key(|&i| Sha256::digest(examples[i].text.as_bytes()));
+    let any_marked = test_marked.iter().any(|&t| t);
+    let (test, train): (Vec<usize>, Vec<usize>) = if any_marked {
+        order.iter().partition(|&&i| test_marked[i])
+    } else {
+        let held = ((examples.len() as f64 * options.test_fraction).round() as usize)
+            .clamp(1, examples.len() - options.cv_folds);
+        let train = order.split_off(held);
+        (order, train)
+    };
+    if train.len() < options.cv_folds || test.is_empty() {
+        return Err(invalid(
+            "invalid_split",
+            format!("{} examples to train on and {} held out", train.len(), test.len()),
+        ));
+    }
+    let label_counts: Vec<LabelCount> = (0..labels.len())
+        .map(|l| LabelCount {
+            label: labels[l].clone(),
+            train: train.iter().filter(|&&i| sets[i].contains(&l)).count(),
+            test: test.iter().filter(|&&i| sets[i].contains(&l)).count(),
+        })
+        .collect();
+    let test_source = if any_marked {
+        "upload".to_string()
+    } else {
+        format!("{} of the examples, by sha256 of the text", options.test_fraction)
+    };
+    Ok(Prepared {
+        warnings: label_count_warnings(&label_counts),
+        train_texts: train.iter().map(|&i| examples[i].text.clone()).collect(),
+        test_texts: test.iter().map(|&i| examples[i].text.clone()).collect(),
+        label_sets: Some(LabelSets {
+            train: train.iter().map(|&i| sets[i].clone()).collect(),
+            test: test.iter().map(|&i| sets[i].clone()).collect(),
+        }),
+        train_labels: Vec::new(),
+        test_labels: Vec::new(),
+        labels,
+        label_counts,
+        test_source,
+        options,
+        fingerprint,
+        class_weight: ClassWeight::None,
+        train_rows: train,
     })
 }
 
@@ -386,7 +517,11 @@ mod tests {
         per_label
             .iter()
             .flat_map(|&(label, n)| {
-                (0..n).map(move |i| Example { text: format!("{label} text {i}"), label: label.into(), split: None })
+                (0..n).map(move |i| Example {
+                    text: format!("{label} text {i}"),
+                    labels: vec![label.into()],
+                    split: None,
+                })
             })
             .collect()
     }

@@ -128,11 +128,20 @@ fn answer(state: &AppState, head: &Head, classified: Classified, min_probability
             let label = if abstained { ABSTAIN.to_string() } else { labels[best].clone() };
             state.metrics.record_prediction(head.name(), &label);
             let explanation = explanations.as_mut().and_then(Iterator::next).map(|e| explanation(head, labels, e));
+            let set = match head {
+                Head::Logistic(h) if h.multi_label.is_some() => {
+                    let mut set = h.label_set(&p);
+                    set.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
+                    Some(set.into_iter().map(|l| labels[l].clone()).collect())
+                }
+                _ => None,
+            };
             Prediction {
                 label,
                 probability: p[best],
                 probabilities: labels.iter().cloned().zip(p).collect(),
                 abstained,
+                labels: set,
                 explanation,
             }
         })

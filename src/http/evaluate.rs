@@ -53,11 +53,10 @@ struct Row {
     predictions: BTreeMap<String, String>,
 }
 
+/// One label as written; a list (several labels) is kept as `a|b`, which is
+/// no label of the head and refused as such.
 fn written(label: LabelValue) -> String {
-    match label {
-        LabelValue::Name(n) => n,
-        LabelValue::Index(i) => i.to_string(),
-    }
+    label.written(None).join("|")
 }
 
 impl UploadBody for Evaluation {
@@ -88,7 +87,10 @@ impl UploadBody for Evaluation {
             .compare
             .map(|c| c.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect())
             .unwrap_or_default();
-        let rows = rows.into_iter().map(|r| Row { text: r.text, label: r.label, predictions: r.predictions }).collect();
+        let rows = rows
+            .into_iter()
+            .map(|r| Row { text: r.text, label: r.labels.join("|"), predictions: r.predictions })
+            .collect();
         Ok(Evaluation { rows, compare, svg })
     }
 }
@@ -233,6 +235,14 @@ fn heads_to_run(state: &AppState, head: Arc<Head>, compare: &[String]) -> Result
             format!("compare lists at most {MAX_COMPARED} heads, got {}", compare.len()),
         ));
     }
+    let multi = |h: &Head| matches!(h, Head::Logistic(l) if l.multi_label.is_some());
+    if multi(&head) {
+        let h = &head;
+        return Err(ApiError::invalid(
+            "invalid_request",
+            format!("head {:?} is multi-label: its held-out figures are in GET /heads/{{name}}; evaluate takes one label per text", h.name()),
+        ));
+    }
     let mut heads = vec![head];
     let mut wanted: Vec<String> = heads[0].labels().to_vec();
     wanted.sort();
@@ -241,6 +251,12 @@ fn heads_to_run(state: &AppState, head: Arc<Head>, compare: &[String]) -> Result
             return Err(ApiError::invalid("invalid_option", format!("head {other:?} is listed twice")));
         }
         let h = lookup(state, Some(other))?;
+        if multi(&h) {
+            return Err(ApiError::invalid(
+                "invalid_request",
+                format!("head {other:?} is multi-label; evaluate compares single-label heads"),
+            ));
+        }
         let mut theirs: Vec<String> = h.labels().to_vec();
         theirs.sort();
         if theirs != wanted {

@@ -69,9 +69,13 @@ pub(super) fn summary(state: &AppState, head: &Head) -> HeadSummary {
         }),
         validation_accuracy: None,
         test_accuracy: None,
+        multi_label: false,
+        test_micro_f1: None,
         created_unix: None,
     };
     if let Head::Logistic(h) = head {
+        s.multi_label = h.multi_label.is_some();
+        s.test_micro_f1 = h.metrics.multi_label_test.as_ref().map(|m| m.micro_f1);
         s.pooling = Some(h.pooling.to_string());
         s.layers = Some(h.layers_label());
         s.validation_accuracy = h.metrics.validation.as_ref().map(|m| m.accuracy);
@@ -178,6 +182,8 @@ pub async fn get_head(State(state): State<AppState>, Path(name): Path<String>) -
                     encoder: Some(state.encoder_runtime().info.name.clone()),
                     validation_accuracy: None,
                     test_accuracy: None,
+                    multi_label: false,
+                    test_micro_f1: None,
                     created_unix: None,
                 },
                 encoder_stamp: None,

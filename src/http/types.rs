@@ -319,6 +319,11 @@ pub struct Prediction {
     /// then `abstain` (the top label is still in `probabilities`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub abstained: bool,
+    /// A multi-label head's answer: every label at or over its threshold (none
+    /// is an answer too), most probable first. Each label's probability is its
+    /// own (they need not sum to 1); `label` is then the most probable one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
     /// With `explain`: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub explanation: Option<Explanation>,
@@ -416,6 +421,11 @@ pub struct HeadSummary {
     pub validation_accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_accuracy: Option<f64>,
+    /// Several labels per text (one-vs-rest); its held-out micro-F1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub multi_label: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_micro_f1: Option<f64>,
     /// Unix time the head was trained (logistic heads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_unix: Option<u64>,
@@ -478,6 +488,23 @@ pub struct VersionDescription {
 pub enum LabelValue {
     Name(String),
     Index(u64),
+    /// Several labels (a multi-label upload).
+    Names(Vec<String>),
+}
+
+impl LabelValue {
+    /// The labels as written: a list as it is; one name split on `separator`
+    /// when given (a multi-label upload's string); an index as digits.
+    pub fn written(self, separator: Option<&str>) -> Vec<String> {
+        match self {
+            LabelValue::Names(names) => names,
+            LabelValue::Name(n) => match separator {
+                Some(sep) => n.split(sep).map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+                None => vec![n],
+            },
+            LabelValue::Index(i) => vec![i.to_string()],
+        }
+    }
 }
 
 /// One labelled example of `POST /heads`.
@@ -526,6 +553,14 @@ pub struct TrainingOptions {
     #[serde(default)]
     #[schema(example = json!("balanced"))]
     pub class_weight: Option<ClassWeightInput>,
+    /// Several labels per example (a list, or one string split on
+    /// `label_separator`), one logistic regression per label: `/classify`
+    /// answers the set of labels over their thresholds.
+    #[serde(default)]
+    pub multi_label: Option<bool>,
+    /// What separates labels in one string of a multi-label upload (default `|`).
+    #[serde(default)]
+    pub label_separator: Option<String>,
 }
 
 /// `options.class_weight`: a name or a weight per label.
@@ -611,6 +646,9 @@ pub struct CreateHeadQuery {
     pub min_probability: Option<f32>,
     /// `none`, `balanced`, `auto`, or `label:weight` pairs separated by `;`.
     pub class_weight: Option<String>,
+    /// Several labels per row, separated in the label cell by `label_separator` (`|`).
+    pub multi_label: Option<bool>,
+    pub label_separator: Option<String>,
 }
 
 /// `POST /heads/{name}/evaluate` with a JSON body. A CSV body has columns

@@ -25,6 +25,18 @@ fn parse_pooling(value: Option<&str>) -> Result<Option<PoolingChoice>, ApiError>
         .transpose()
 }
 
+/// What splits one label string into several: only for a multi-label upload.
+fn separator_of(multi_label: Option<bool>, separator: Option<String>) -> Result<Option<String>, ApiError> {
+    match (multi_label.unwrap_or(false), separator) {
+        (true, Some(sep)) if sep.is_empty() => {
+            Err(ApiError::invalid("invalid_option", "label_separator must not be empty"))
+        }
+        (true, sep) => Ok(Some(sep.unwrap_or_else(|| "|".into()))),
+        (false, Some(_)) => Err(ApiError::invalid("invalid_option", "label_separator needs multi_label: true")),
+        (false, None) => Ok(None),
+    }
+}
+
 /// `options.class_weight` of a JSON body: a name as the query spells it, or weights by label.
 fn class_weight_option(input: ClassWeightInput) -> Result<ClassWeightOption, ApiError> {
     Ok(match input {
@@ -167,8 +179,18 @@ impl UploadBody for Creation {
 }
 
 fn creation_from_json(request: CreateHeadRequest) -> Result<Creation, ApiError> {
-    let TrainingOptions { pooling, layers, alphas, cv_folds, test_fraction, min_probability, class_weight } =
-        request.options;
+    let TrainingOptions {
+        pooling,
+        layers,
+        alphas,
+        cv_folds,
+        test_fraction,
+        min_probability,
+        class_weight,
+        multi_label,
+        label_separator,
+    } = request.options;
+    let separator = separator_of(multi_label, label_separator)?;
     Ok(Creation {
         name: head_name(&request.name)?,
         examples: request
@@ -176,10 +198,7 @@ fn creation_from_json(request: CreateHeadRequest) -> Result<Creation, ApiError> 
             .into_iter()
             .map(|ExampleInput { text, label, split }| Example {
                 text,
-                label: match label {
-                    LabelValue::Name(n) => n,
-                    LabelValue::Index(i) => i.to_string(),
-                },
+                labels: label.written(separator.as_deref()),
                 split,
             })
             .collect(),
@@ -193,11 +212,13 @@ fn creation_from_json(request: CreateHeadRequest) -> Result<Creation, ApiError> 
             test_fraction,
             min_probability,
             class_weight: class_weight.map(class_weight_option).transpose()?,
+            multi_label,
         },
     })
 }
 
 fn creation_from_rows(rows: Vec<LabelledRow>, query: CreateHeadQuery) -> Result<Creation, ApiError> {
+    let separator = separator_of(query.multi_label, query.label_separator.clone())?;
     let name = query.name.ok_or_else(|| {
         ApiError::invalid("invalid_request", "with a CSV or JSONL body the head's name goes in the query: ?name=...")
     })?;
@@ -208,7 +229,17 @@ fn creation_from_rows(rows: Vec<LabelledRow>, query: CreateHeadQuery) -> Result<
         .map_err(|_| ApiError::invalid("invalid_option", "alphas must be comma-separated numbers"))?;
     Ok(Creation {
         name: head_name(&name)?,
-        examples: rows.into_iter().map(|r| Example { text: r.text, label: r.label, split: r.split }).collect(),
+        examples: rows
+            .into_iter()
+            .map(|r| {
+                let labels = match (&separator, <[String; 1]>::try_from(r.labels)) {
+                    (Some(sep), Ok([one])) => LabelValue::Name(one).written(Some(sep)),
+                    (_, Ok([one])) => vec![one],
+                    (_, Err(several)) => several,
+                };
+                Example { text: r.text, labels, split: r.split }
+            })
+            .collect(),
         replace: query.replace.unwrap_or(false),
         description: query.description,
         options: Options {
@@ -219,6 +250,7 @@ fn creation_from_rows(rows: Vec<LabelledRow>, query: CreateHeadQuery) -> Result<
             test_fraction: query.test_fraction,
             min_probability: query.min_probability,
             class_weight: query.class_weight.as_deref().map(str::parse).transpose()?,
+            multi_label: query.multi_label,
         },
     })
 }

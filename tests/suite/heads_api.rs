@@ -897,3 +897,121 @@ async fn evaluate_compares_heads_and_prediction_columns_on_the_same_texts_with_m
     assert_eq!((status, code.as_str()), (422, "invalid_option"));
     server.stop().await;
 }
+
+/// Texts about one or two of the three topics, labelled with the topics they are about.
+fn multi_labelled(n: usize) -> Vec<(String, Vec<&'static str>)> {
+    let words = [
+        ("sport", ["match", "goal", "team", "score"]),
+        ("food", ["soup", "bread", "cheese", "taste"]),
+        ("tech", ["chip", "code", "screen", "battery"]),
+    ];
+    (0..n)
+        .map(|i| {
+            let first = i % 3;
+            let mut topics = vec![first];
+            if i % 2 == 0 {
+                topics.push((first + 1 + (i / 6) % 2) % 3);
+            }
+            let text: Vec<String> =
+                topics.iter().map(|&t| format!("{} {}", words[t].1[i % 4], words[t].1[(i + 1) % 4])).collect();
+            (format!("{} number {i}", text.join(" and ")), topics.iter().map(|&t| words[t].0).collect())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn multi_label_heads_answer_the_labels_over_their_thresholds() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    let rows = multi_labelled(60);
+    let uploaded: Vec<Value> = rows.iter().map(|(t, l)| json!({"text": t, "label": l})).collect();
+    let options =
+        json!({"multi_label": true, "pooling": "mean", "alphas": [0.1, 1.0], "cv_folds": 3, "layers": ["-1"]});
+    assert_eq!(
+        create(&server, json!({"name": "topics-ml", "examples": uploaded, "options": options})).await.status(),
+        202
+    );
+    let detail = wait_for(&server, "topics-ml", "ready").await;
+    assert_eq!(detail["multi_label"], true);
+    assert_eq!(detail["training"]["select_by"], "micro_f1");
+    let candidates = detail["training"]["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), 2);
+    assert!(candidates.iter().all(|c| c["micro_f1"].is_number() && c["macro_f1"].is_number()));
+    let test = &detail["metrics"]["multi_label_test"];
+    assert_eq!(test["examples"], 12, "20% of 60 held out: {test}");
+    assert_eq!(detail["test_micro_f1"], test["micro_f1"]);
+    let thresholds: Vec<f64> =
+        test["per_label"].as_array().unwrap().iter().map(|l| l["threshold"].as_f64().unwrap()).collect();
+    assert_eq!(thresholds.len(), 3);
+    assert!(thresholds.iter().all(|t| (0.05..=0.95).contains(t)), "{thresholds:?}");
+    assert!(test["subset_accuracy"].is_number() && test["per_label"][0]["recall"].is_number());
+
+    // /classify: the labels at or over their thresholds, most probable first; `label` the most probable.
+    let inputs = ["goal team and soup bread", "chip screen", "cheese taste and code battery"];
+    let answer: Value =
+        server.post_json("/classify", json!({"inputs": inputs, "head": "topics-ml"})).await.json().await.unwrap();
+    let labels = ["food", "sport", "tech"];
+    for prediction in answer["predictions"].as_array().unwrap() {
+        let p: Vec<f64> = labels.iter().map(|l| prediction["probabilities"][l].as_f64().unwrap()).collect();
+        let mut expected: Vec<usize> = (0..3).filter(|&l| p[l] >= thresholds[l] - 1e-6).collect();
+        expected.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
+        let got: Vec<&str> = prediction["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+        assert_eq!(got, expected.iter().map(|&l| labels[l]).collect::<Vec<_>>(), "{prediction}");
+        let top = (0..3).max_by(|a, b| p[*a].total_cmp(&p[*b])).unwrap();
+        assert_eq!(prediction["label"], labels[top]);
+    }
+    // A single-label head's answer has no label set.
+    let single = create(&server, json!({"name": "single", "examples": examples(10), "options": {"cv_folds": 2, "alphas": [1.0], "pooling": "mean", "layers": ["-1"]}})).await;
+    assert_eq!(single.status(), 202);
+    wait_for(&server, "single", "ready").await;
+    let answer: Value =
+        server.post_json("/classify", json!({"inputs": "chip", "head": "single"})).await.json().await.unwrap();
+    assert!(answer["predictions"][0].get("labels").is_none());
+
+    // CSV: labels separated in one cell.
+    let mut csv = String::from("text,label\n");
+    for (t, l) in &rows {
+        csv.push_str(&format!("{t},{}\n", l.join(";")));
+    }
+    let response = server
+        .client
+        .post(server.url(
+            "/heads?name=topics-csv&multi_label=true&label_separator=;&pooling=mean&alphas=1&cv_folds=3&layers=-1",
+        ))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let from_csv = wait_for(&server, "topics-csv", "ready").await;
+    assert_eq!(from_csv["labels"], json!(labels));
+    assert_eq!(from_csv["job"]["label_counts"], detail["job"]["label_counts"]);
+
+    // Refusals.
+    let listed: Vec<Value> = rows.iter().map(|(t, l)| json!({"text": t, "label": l})).collect();
+    for (body, code) in [
+        (json!({"name": "r", "examples": listed.clone()}), "invalid_label"),
+        (json!({"name": "r", "examples": listed.clone(), "options": {"label_separator": ";"}}), "invalid_option"),
+        (
+            json!({"name": "r", "examples": listed.clone(), "options": {"multi_label": true, "class_weight": "balanced"}}),
+            "invalid_option",
+        ),
+        (json!({"name": "r", "examples": listed[..9].to_vec(), "options": {"multi_label": true}}), "too_few_examples"),
+    ] {
+        let (status, got, message) = error_of(create(&server, body).await).await;
+        assert_eq!((status, got.as_str()), (422, code), "{message}");
+    }
+    let evaluate = server
+        .client
+        .post(server.url("/heads/topics-ml/evaluate"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"examples": [{"text": "chip", "label": "tech"}]}))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = error_of(evaluate).await;
+    assert_eq!((status, code.as_str()), (422, "invalid_request"));
+    server.stop().await;
+}
