@@ -259,12 +259,19 @@ fn train_on_features(settings: &Settings, args: &TrainArgs, dir: &std::path::Pat
     };
     let data = TrainingData {
         labels: &meta.labels,
-        train: LabelledFeatures { features: &train_features, labels: &train_labels, texts: None, source: "train" },
+        train: LabelledFeatures {
+            features: &train_features,
+            labels: &train_labels,
+            texts: None,
+            source: "train",
+            pair: None,
+        },
         validation: validation.as_ref().map(|(f, l)| LabelledFeatures {
             features: f,
             labels: l,
             texts: None,
             source: "validation",
+            pair: None,
         }),
         data_dir: meta.data.display().to_string(),
         data_fingerprints: BTreeMap::new(),

@@ -60,6 +60,8 @@ struct RawRow {
     /// Other classifiers' labels for the text, by name (`POST
     /// /heads/{name}/evaluate`): a CSV's other columns, a JSONL row's `predictions`.
     predictions: BTreeMap<String, String>,
+    /// The second text of a pair (`text_pair` column or field).
+    text_pair: Option<String>,
 }
 
 /// How uploaded examples are written: the two formats of a split file.
@@ -79,6 +81,7 @@ pub struct LabelledRow {
     pub split: Option<String>,
     /// See `RawRow::predictions`.
     pub predictions: BTreeMap<String, String>,
+    pub text_pair: Option<String>,
 }
 
 /// How a prediction given as a list is written (it is then no label of the
@@ -105,7 +108,13 @@ pub fn parse_rows(text: &str, format: RowFormat, max_rows: usize) -> Result<Vec<
     };
     Ok(rows
         .into_iter()
-        .map(|r| LabelledRow { text: r.text, labels: r.label.written(), split: r.split, predictions: r.predictions })
+        .map(|r| LabelledRow {
+            text: r.text,
+            labels: r.label.written(),
+            split: r.split,
+            predictions: r.predictions,
+            text_pair: r.text_pair,
+        })
         .collect())
 }
 
@@ -227,6 +236,8 @@ fn read_jsonl(shown: &str, text: &str, max_rows: usize) -> Result<Vec<RawRow>, R
         split: Option<String>,
         #[serde(default)]
         predictions: BTreeMap<String, RawLabel>,
+        #[serde(default)]
+        text_pair: Option<String>,
     }
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -241,7 +252,7 @@ fn read_jsonl(shown: &str, text: &str, max_rows: usize) -> Result<Vec<RawRow>, R
             .into_iter()
             .map(|(name, label)| (name, label.written().join(PREDICTION_LIST_SEPARATOR)))
             .collect();
-        rows.push(RawRow { text: row.text, label: row.label, split: row.split, predictions });
+        rows.push(RawRow { text: row.text, label: row.label, split: row.split, predictions, text_pair: row.text_pair });
     }
     Ok(rows)
 }
@@ -252,10 +263,11 @@ fn read_csv(shown: &str, text: &str, max_rows: usize) -> Result<Vec<RawRow>, Row
     let position = |name: &str| headers.iter().position(|h| h.trim() == name);
     let column = |name: &str| position(name).ok_or_else(|| anyhow!("{shown}: no `{name}` column in the header"));
     let (text_col, label_col, split_col) = (column("text")?, column("label")?, position("split"));
+    let pair_col = position("text_pair");
     let others: Vec<(usize, String)> = headers
         .iter()
         .enumerate()
-        .filter(|(i, _)| ![Some(text_col), Some(label_col), split_col].contains(&Some(*i)))
+        .filter(|(i, _)| ![Some(text_col), Some(label_col), split_col, pair_col].contains(&Some(*i)))
         .map(|(i, h)| (i, h.trim().to_string()))
         .collect();
     let mut rows = Vec::new();
@@ -272,7 +284,8 @@ fn read_csv(shown: &str, text: &str, max_rows: usize) -> Result<Vec<RawRow>, Row
             .iter()
             .map(|(c, name)| (name.clone(), record.get(*c).unwrap_or_default().trim().to_string()))
             .collect();
-        rows.push(RawRow { text, label, split, predictions });
+        let text_pair = pair_col.and_then(|c| record.get(c)).map(str::to_string);
+        rows.push(RawRow { text, label, split, predictions, text_pair });
     }
     Ok(rows)
 }

@@ -179,6 +179,28 @@ pub fn softmax(scores: &[f64]) -> Vec<f64> {
     exp.into_iter().map(|e| e / sum).collect()
 }
 
+/// The features of a text pair from its two pooled vectors u and v:
+/// [u, v, |u - v|, u * v], Sentence-BERT's classification objective.
+pub fn pair_features(u: &[f32], v: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(4 * u.len());
+    out.extend_from_slice(u);
+    out.extend_from_slice(v);
+    out.extend(u.iter().zip(v).map(|(a, b)| (a - b).abs()));
+    out.extend(u.iter().zip(v).map(|(a, b)| a * b));
+    out
+}
+
+/// [`pair_features`] of every row of `u` with the same row of `v`.
+pub fn pair_rows(u: &ndarray::Array2<f32>, v: &ndarray::Array2<f32>) -> ndarray::Array2<f32> {
+    let width = 4 * u.ncols();
+    let mut out = ndarray::Array2::zeros((u.nrows(), width));
+    for ((mut row, a), b) in out.rows_mut().into_iter().zip(u.rows()).zip(v.rows()) {
+        let (a, b): (Vec<f32>, Vec<f32>) = (a.iter().copied().collect(), b.iter().copied().collect());
+        row.assign(&ndarray::Array1::from(pair_features(&a, &b)));
+    }
+    out
+}
+
 /// A label's own probability from its score (multi-label heads), stable for large |z|.
 pub fn sigmoid(z: f64) -> f64 {
     if z >= 0.0 {

@@ -17,7 +17,7 @@ use crate::cost::{ClassifyShape, Cost, CostLimits};
 use crate::inference::{Cut, Encoded, Inference, InferenceError, Prepared, Timing};
 use crate::layers::{LayerCombine, LayerMask, LayerSelection};
 use crate::model::ModelInfo;
-use crate::pooling::{pool_windows, FeaturePooling, Rows};
+use crate::pooling::{pair_features, pool_windows, FeaturePooling, Rows};
 
 /// One `/classify` request, every option already checked.
 #[derive(Debug, Clone)]
@@ -31,6 +31,9 @@ pub struct ClassifyInput {
     /// Cut long texts into windows this many word pieces apart, pooled together.
     pub windows: Option<usize>,
     pub limits: CostLimits,
+    /// Each text's second text, for pair heads (every head then is one;
+    /// neither windows nor explanations).
+    pub pairs: Option<Vec<String>>,
 }
 
 /// One head's answer.
@@ -63,7 +66,12 @@ pub async fn classify(
         if !needs_encoder {
             return Ok(None);
         }
-        let prepared = encoder.prepare(input.texts.clone(), cut, mask).await?;
+        // A pair's second texts go through the encoder with the first ones, after them.
+        let texts = match &input.pairs {
+            Some(pairs) => input.texts.iter().chain(pairs).cloned().collect(),
+            None => input.texts.clone(),
+        };
+        let prepared = encoder.prepare(texts, cut, mask).await?;
         price(heads, &prepared, mask, &encoder.info, input.explain).check(input.limits)?;
         encoder.run(prepared, input.deadline).await.map(Some)
     };
@@ -156,7 +164,13 @@ fn classify_encoded(
         let r = rows.get_or_insert_with(own_rows);
         r.iter().map(|r| head.pooling.features(r)).collect()
     });
-    let probabilities = features.iter().map(|f| head.probabilities(f)).collect();
+    let probabilities = if head.pair {
+        // Rows are the first texts, then their second texts in the same order.
+        let (first, second) = features.split_at(features.len() / 2);
+        first.iter().zip(second).map(|(u, v)| head.probabilities(&pair_features(u, v))).collect()
+    } else {
+        features.iter().map(|f| head.probabilities(f)).collect()
+    };
     let explanations = explain.then(|| {
         rows.get_or_insert_with(own_rows)
             .iter()

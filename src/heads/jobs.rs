@@ -396,7 +396,10 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
     let p = &job.prepared;
     let encoder = &trainer.runtimes.encoder;
     let settings = &trainer.settings;
-    let texts: Vec<String> = p.train_texts.iter().chain(&p.test_texts).cloned().collect();
+    // A pair upload's second texts follow its first ones, in the same order.
+    let seconds: (&[String], &[String]) = p.pairs.as_ref().map_or((&[], &[]), |(a, b)| (a, b));
+    let texts: Vec<String> =
+        p.train_texts.iter().chain(&p.test_texts).chain(seconds.0).chain(seconds.1).cloned().collect();
     let progress =
         Progress::new(format!("{}/upload", job.name)).observed(phase_reporter(statuses, &job.name, "extracting"));
     let mut source = encoder.queued_encoder();
@@ -412,8 +415,10 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
         settings.batch_tokens.max(encoder.info.max_tokens),
         &progress,
     )?;
-    let n_train = p.train_texts.len();
-    let (train_features, test_features) = (all.slice_rows(0, n_train), all.slice_rows(n_train, texts.len()));
+    let (n_train, n) = (p.train_texts.len(), p.train_texts.len() + p.test_texts.len());
+    let (train_features, test_features) = (all.slice_rows(0, n_train), all.slice_rows(n_train, n));
+    let second_features =
+        p.pairs.as_ref().map(|_| (all.slice_rows(n, n + n_train), all.slice_rows(n + n_train, 2 * n)));
     let config = TrainConfig {
         poolings: poolings_of(p.options.pooling),
         layer_options,
@@ -426,7 +431,24 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
     };
     let mut head = match &p.label_sets {
         Some(sets) => train_multi_label_job(job, &config, &train_features, &test_features, sets, &encoder.info)?,
-        None => train_single_label_job(job, &config, &train_features, &test_features, &encoder.info)?,
+        None => {
+            let train = LabelledFeatures {
+                features: &train_features,
+                labels: &p.train_labels,
+                // Suspects list first texts: of a pair, that would mislead.
+                texts: p.pairs.is_none().then_some(p.train_texts.as_slice()),
+                source: "upload",
+                pair: second_features.as_ref().map(|(train, _)| train),
+            };
+            let test = LabelledFeatures {
+                features: &test_features,
+                labels: &p.test_labels,
+                texts: None,
+                source: "upload",
+                pair: second_features.as_ref().map(|(_, test)| test),
+            };
+            train_single_label_job(job, &config, train, test, &encoder.info)?
+        }
     };
     update(statuses, &job.name, |s| s.phase = Some("evaluating".into()));
     head.description = job.description.clone();
@@ -446,19 +468,14 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
 fn train_single_label_job(
     job: &Job,
     config: &TrainConfig,
-    train_features: &PooledFeatures,
-    test_features: &PooledFeatures,
+    fitted: LabelledFeatures<'_>,
+    test: LabelledFeatures<'_>,
     info: &ModelInfo,
 ) -> anyhow::Result<LogisticHead> {
     let p = &job.prepared;
     let data = TrainingData {
         labels: &p.labels,
-        train: LabelledFeatures {
-            features: train_features,
-            labels: &p.train_labels,
-            texts: Some(&p.train_texts),
-            source: "upload",
-        },
+        train: fitted,
         validation: None,
         data_dir: "upload".into(),
         data_fingerprints: [("upload".to_string(), p.fingerprint.clone())].into_iter().collect(),
@@ -469,7 +486,7 @@ fn train_single_label_job(
         suspect.row = p.train_rows[suspect.row];
     }
     // The held-out part is looked at once, after the choice: for the report.
-    let x = test_features.get(head.pooling, head.layers.as_ref());
+    let x = test.get(head.pooling, head.layers.as_ref());
     let predicted = head.predict(&x);
     head.metrics.test = Some(Scores::compute(&p.labels, &p.test_labels, &predicted));
     head.metrics.test_calibration = Some(head.calibration_error(&x, &p.test_labels));

@@ -281,6 +281,10 @@ pub struct LogisticHead {
     /// each label's probability its own sigmoid, not a softmax over labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multi_label: Option<MultiLabel>,
+    /// A pair head: it reads [u, v, |u - v|, u * v] of a text pair's pooled
+    /// vectors (`pooling::pair_features`), four times the pooled width.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pair: bool,
     /// sha256 of this file's JSON with `checksum` empty.
     pub checksum: String,
 }
@@ -531,7 +535,8 @@ impl LogisticHead {
 
     fn validate_shape(&self) -> anyhow::Result<()> {
         let k = self.labels.len();
-        let width = self.pooling.width(self.row_width(self.encoder.hidden_size));
+        let pooled = self.pooling.width(self.row_width(self.encoder.hidden_size));
+        let width = if self.pair { 4 * pooled } else { pooled };
         if let Some(layers) = &self.layers {
             let last = self.encoder.last_layer();
             if layers.indices.is_empty() || layers.indices.iter().any(|&i| i > last) {
@@ -656,6 +661,7 @@ pub(crate) mod tests {
             intercept: vec![0.0, 0.0],
             suspects: Vec::new(),
             multi_label: None,
+            pair: false,
             checksum: String::new(),
         }
     }

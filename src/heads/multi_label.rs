@@ -135,7 +135,7 @@ pub fn train_multi_label(
     let placeholder = vec![0usize; n];
     let search = SearchData::new(
         config,
-        &LabelledFeatures { features, labels: &placeholder, texts: None, source: "upload" },
+        &LabelledFeatures { features, labels: &placeholder, texts: None, source: "upload", pair: None },
         None,
     )?;
     let mut alphas_down = config.alphas.clone();
@@ -269,6 +269,7 @@ pub fn train_multi_label(
         intercept,
         suspects: Vec::new(),
         multi_label: Some(MultiLabel { thresholds: thresholds_f32 }),
+        pair: false,
         checksum: String::new(),
     };
     Ok(head.sealed())

@@ -73,6 +73,19 @@ pub struct LabelledFeatures<'a> {
     /// The split's texts (for the suspects), and what `Suspect::source` calls it.
     pub texts: Option<&'a [String]>,
     pub source: &'a str,
+    /// The features of each row's second text (a pair head: rows are pairs).
+    pub pair: Option<&'a PooledFeatures>,
+}
+
+impl LabelledFeatures<'_> {
+    /// The rows' features for one (layers, pooling): pooled, or a pair's [u, v, |u - v|, u * v].
+    pub fn get(&self, pooling: FeaturePooling, layers: Option<&LayerSelection>) -> Array2<f32> {
+        let u = self.features.get(pooling, layers);
+        match self.pair {
+            Some(second) => crate::pooling::pair_rows(&u, &second.get(pooling, layers)),
+            None => u,
+        }
+    }
 }
 
 pub(super) struct Scaler {
@@ -399,6 +412,7 @@ pub fn train(
         intercept: fitted.intercept.iter().map(|&v| v as f32).collect(),
         suspects,
         multi_label: None,
+        pair: train.pair.is_some(),
         checksum: String::new(),
     };
     Ok(head.sealed())
@@ -454,7 +468,7 @@ impl SearchData {
         let sets: Vec<FeatureSet> =
             config.layer_options.iter().flat_map(|l| config.poolings.iter().map(move |&p| (l.clone(), p))).collect();
         let features = |split: &LabelledFeatures<'_>, (layers, pooling): &FeatureSet| {
-            to_f64(&split.features.get(*pooling, layers.as_ref()))
+            to_f64(&split.get(*pooling, layers.as_ref()))
         };
         match config.selection {
             Selection::Validation => {
@@ -837,8 +851,14 @@ mod tests {
         let labels: Vec<usize> = (0..10).map(|i| i % 2).collect();
         let search = SearchData::new(
             &config(Selection::CrossValidation { folds: 3 }),
-            &LabelledFeatures { features: &train, labels: &labels[..7], texts: None, source: "t" },
-            Some(&LabelledFeatures { features: &validation, labels: &labels[7..], texts: None, source: "t" }),
+            &LabelledFeatures { features: &train, labels: &labels[..7], texts: None, source: "t", pair: None },
+            Some(&LabelledFeatures {
+                features: &validation,
+                labels: &labels[7..],
+                texts: None,
+                source: "t",
+                pair: None,
+            }),
         )
         .unwrap();
         assert_eq!((search.sets.len(), search.folds, search.held_out), (2, 3, 10));
@@ -860,8 +880,14 @@ mod tests {
         // Folds out of range are refused before any fit.
         let too_many = SearchData::new(
             &config(Selection::CrossValidation { folds: 11 }),
-            &LabelledFeatures { features: &train, labels: &labels[..7], texts: None, source: "t" },
-            Some(&LabelledFeatures { features: &validation, labels: &labels[7..], texts: None, source: "t" }),
+            &LabelledFeatures { features: &train, labels: &labels[..7], texts: None, source: "t", pair: None },
+            Some(&LabelledFeatures {
+                features: &validation,
+                labels: &labels[7..],
+                texts: None,
+                source: "t",
+                pair: None,
+            }),
         );
         assert!(too_many.err().unwrap().to_string().contains("2 to 10 folds"));
     }
@@ -872,8 +898,14 @@ mod tests {
         let labels = [0, 1, 0, 1, 0, 1];
         let search = SearchData::new(
             &config(Selection::Validation),
-            &LabelledFeatures { features: &train, labels: &labels, texts: None, source: "t" },
-            Some(&LabelledFeatures { features: &validation, labels: &[1, 0, 1, 0], texts: None, source: "t" }),
+            &LabelledFeatures { features: &train, labels: &labels, texts: None, source: "t", pair: None },
+            Some(&LabelledFeatures {
+                features: &validation,
+                labels: &[1, 0, 1, 0],
+                texts: None,
+                source: "t",
+                pair: None,
+            }),
         )
         .unwrap();
         assert_eq!((search.folds, search.held_out), (1, 4));
@@ -884,7 +916,7 @@ mod tests {
         assert_eq!(held_y, [1, 0, 1, 0]);
         let none = SearchData::new(
             &config(Selection::Validation),
-            &LabelledFeatures { features: &train, labels: &labels, texts: None, source: "t" },
+            &LabelledFeatures { features: &train, labels: &labels, texts: None, source: "t", pair: None },
             None,
         );
         assert!(none.err().unwrap().to_string().contains("has none"));
@@ -942,7 +974,7 @@ mod tests {
         let features = indexed(8, 0);
         let search = SearchData::new(
             &config(Selection::CrossValidation { folds: 2 }),
-            &LabelledFeatures { features: &features, labels: &labels, texts: None, source: "t" },
+            &LabelledFeatures { features: &features, labels: &labels, texts: None, source: "t", pair: None },
             None,
         )
         .unwrap();

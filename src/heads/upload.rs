@@ -22,6 +22,8 @@ pub struct Example {
     pub text: String,
     /// One label; any number (none included) for a multi-label head.
     pub labels: Vec<String>,
+    /// The second text of a pair (a pair head: every example has one).
+    pub text_pair: Option<String>,
     /// `train` (also `validation`), `test`, or none.
     pub split: Option<String>,
 }
@@ -130,6 +132,8 @@ pub struct Prepared {
     pub warnings: Vec<String>,
     /// A multi-label upload's label sets (`train_labels` and `test_labels` are then empty).
     pub label_sets: Option<LabelSets>,
+    /// A pair upload's second texts, in the order of `train_texts` and `test_texts`.
+    pub pairs: Option<(Vec<String>, Vec<String>)>,
 }
 
 /// Each example's label indices, in the order of `train_texts` and `test_texts`.
@@ -238,6 +242,22 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
                 format!("example {i} has an empty label, one over 200 bytes, or {ABSTAIN:?} (what /classify answers below min_probability)"),
             ));
         }
+        if e.text_pair.is_some() != examples[0].text_pair.is_some() {
+            return Err(invalid(
+                "invalid_pair",
+                format!(
+                    "example {i} and example 0 differ in having a text_pair: a pair head needs one on every example"
+                ),
+            ));
+        }
+        if let Some(pair) = &e.text_pair {
+            if pair.trim().is_empty() || pair.len() > limits.max_text_bytes {
+                return Err(invalid(
+                    "invalid_pair",
+                    format!("example {i} has an empty text_pair or one over training.max_text_bytes"),
+                ));
+            }
+        }
         if !options.multi_label && e.labels.len() != 1 {
             return Err(invalid(
                 "invalid_label",
@@ -262,6 +282,14 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
         for part in [e.text.as_str(), "\u{1f}", labels.as_str(), "\u{1f}", e.split.as_deref().unwrap_or(""), "\u{1e}"] {
             hasher.update(part.as_bytes());
         }
+        if let Some(pair) = &e.text_pair {
+            hasher.update(b"\x1d");
+            hasher.update(pair.as_bytes());
+        }
+    }
+    let paired = examples.first().is_some_and(|e| e.text_pair.is_some());
+    if paired && options.multi_label {
+        return Err(invalid("invalid_option", "a pair head takes one label per pair, not multi_label".into()));
     }
     let fingerprint = format!("{:x}", hasher.finalize());
     if options.multi_label {
@@ -307,7 +335,7 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
             rows.iter().partition(|&&i| test_marked[i])
         } else {
             let mut ordered = rows.clone();
-            ordered.sort_by_cached_key(|&i| Sha256::digest(examples[i].text.as_bytes()));
+            ordered.sort_by_cached_key(|&i| split_key(&examples[i]));
             let held =
                 ((rows.len() as f64 * options.test_fraction).round() as usize).clamp(1, rows.len() - options.cv_folds);
             let train = ordered.split_off(held);
@@ -350,10 +378,28 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
         options,
         fingerprint,
         class_weight,
+        pairs: paired.then(|| {
+            let pair = |rows: &[(usize, usize)]| -> Vec<String> {
+                rows.iter().map(|&(i, _)| examples[i].text_pair.clone().unwrap_or_default()).collect()
+            };
+            (pair(&train_rows), pair(&test_rows))
+        }),
         train_rows: train_rows.iter().map(|&(i, _)| i).collect(),
         warnings,
         label_sets: None,
     })
+}
+
+/// What orders examples for the held-out split: the sha256 of the text (and
+/// of its pair's second text), the same for the same examples in any order.
+fn split_key(e: &Example) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(e.text.as_bytes());
+    if let Some(pair) = &e.text_pair {
+        hasher.update(b"\x1d");
+        hasher.update(pair.as_bytes());
+    }
+    hasher.finalize().into()
 }
 
 /// The multi-label part of [`prepare`]: every label of the union needs
@@ -456,6 +502,7 @@ fn prepare_multi_label(
         fingerprint,
         class_weight: ClassWeight::None,
         train_rows: train,
+        pairs: None,
     })
 }
 
@@ -521,6 +568,7 @@ mod tests {
                     text: format!("{label} text {i}"),
                     labels: vec![label.into()],
                     split: None,
+                    text_pair: None,
                 })
             })
             .collect()

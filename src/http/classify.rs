@@ -63,6 +63,12 @@ pub async fn classify(
     };
     let heads = names.iter().map(|n| lookup(&state, n.as_deref())).collect::<Result<Vec<_>, _>>()?;
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
+    let pairs =
+        request.text_pair.map(|p| validate_inputs(p.into_vec(), state.settings.limits.max_inputs)).transpose()?;
+    super::heads::check_pairs(&heads, pairs.as_deref(), texts.len())?;
+    if pairs.is_some() && (request.windows || request.explain) {
+        return Err(ApiError::invalid("invalid_request", "text pairs are classified without windows or explain"));
+    }
     if request.windows && request.explain {
         return Err(ApiError::invalid(
             "invalid_request",
@@ -85,6 +91,7 @@ pub async fn classify(
         explain: request.explain,
         windows: request.windows.then(|| state.settings.limits.window_stride(state.encoder_runtime().info.max_tokens)),
         limits: CostLimits::of(&state.settings.limits),
+        pairs,
     };
     let all = classify_heads(&heads, state.encoder_runtime(), input).await?;
     let timing = all.first().map(|c| c.timing).unwrap_or_default();

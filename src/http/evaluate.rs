@@ -136,6 +136,7 @@ pub async fn evaluate(
         return Err(ApiError::invalid("empty_input", "no labelled texts to evaluate on"));
     }
     let heads = heads_to_run(&state, head, &compare)?;
+    super::heads::check_pairs(&heads, None, rows.len())?;
     let truth = rows
         .iter()
         .enumerate()
@@ -162,6 +163,7 @@ pub async fn evaluate(
             explain: false,
             windows: None,
             limits: CostLimits::of(&state.settings.limits),
+            pairs: None,
         };
         for (all, answer) in probabilities.iter_mut().zip(classify_heads(&heads, state.encoder_runtime(), input).await?)
         {

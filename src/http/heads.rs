@@ -71,10 +71,12 @@ pub(super) fn summary(state: &AppState, head: &Head) -> HeadSummary {
         test_accuracy: None,
         multi_label: false,
         test_micro_f1: None,
+        pair: false,
         created_unix: None,
     };
     if let Head::Logistic(h) = head {
         s.multi_label = h.multi_label.is_some();
+        s.pair = h.pair;
         s.test_micro_f1 = h.metrics.multi_label_test.as_ref().map(|m| m.micro_f1);
         s.pooling = Some(h.pooling.to_string());
         s.layers = Some(h.layers_label());
@@ -184,6 +186,7 @@ pub async fn get_head(State(state): State<AppState>, Path(name): Path<String>) -
                     test_accuracy: None,
                     multi_label: false,
                     test_micro_f1: None,
+                    pair: false,
                     created_unix: None,
                 },
                 encoder_stamp: None,
@@ -257,4 +260,34 @@ pub async fn suspects(
         selection: h.training.selection.to_string(),
         suspects: h.suspects.clone(),
     }))
+}
+
+/// Pair heads take a second text per text, the others none: every head of a
+/// request agrees with `pairs`, which has one per text.
+pub fn check_pairs(heads: &[Arc<Head>], pairs: Option<&[String]>, texts: usize) -> Result<(), ApiError> {
+    let is_pair = |h: &Head| matches!(h, Head::Logistic(l) if l.pair);
+    match pairs {
+        None => match heads.iter().find(|h| is_pair(h)) {
+            Some(h) => Err(ApiError::invalid(
+                "invalid_request",
+                format!("head {:?} classifies text pairs: send text_pair, one second text per input", h.name()),
+            )),
+            None => Ok(()),
+        },
+        Some(pairs) => {
+            if let Some(h) = heads.iter().find(|h| !is_pair(h)) {
+                return Err(ApiError::invalid(
+                    "invalid_request",
+                    format!("text_pair is for pair heads; head {:?} classifies single texts", h.name()),
+                ));
+            }
+            if pairs.len() != texts {
+                return Err(ApiError::invalid(
+                    "invalid_request",
+                    format!("{} inputs and {} text_pair texts: one second text per input", texts, pairs.len()),
+                ));
+            }
+            Ok(())
+        }
+    }
 }

@@ -290,11 +290,21 @@ async fn predict_with(
         return Err(unsupported("raw_scores: heads answer calibrated probabilities; leave raw_scores false"));
     }
     let TeiPredictInput { batch, sequences } = request.inputs;
-    if sequences.iter().any(|s| s.len() == 2) {
-        return Err(unsupported("text pairs need a pair head, and none is served: send single texts"));
-    }
-    let texts = sequences.into_iter().flatten().collect();
-    let mut predictions = labelled(state, &head, texts, request.truncate.unwrap_or(false)).await?;
+    let is_pair_head = matches!(&*head, Head::Logistic(h) if h.pair);
+    let (texts, pairs) = if is_pair_head {
+        if sequences.iter().any(|s| s.len() != 2) {
+            return Err(unsupported("this head classifies text pairs: send [[text, text_pair], ...]"));
+        }
+        let (first, second): (Vec<String>, Vec<String>) =
+            sequences.into_iter().map(|mut s| (s.remove(0), s.remove(0))).unzip();
+        (first, Some(second))
+    } else {
+        if sequences.iter().any(|s| s.len() == 2) {
+            return Err(unsupported("text pairs need a pair head (trained with text_pair): send single texts"));
+        }
+        (sequences.into_iter().flatten().collect(), None)
+    };
+    let mut predictions = labelled(state, &head, texts, pairs, request.truncate.unwrap_or(false)).await?;
     Ok(Json(if batch {
         TeiPredictResponse::Batch(predictions)
     } else {
@@ -307,9 +317,12 @@ async fn labelled(
     state: &AppState,
     head: &Arc<Head>,
     texts: Vec<String>,
+    pairs: Option<Vec<String>>,
     truncate: bool,
 ) -> Result<Vec<Vec<TeiPrediction>>, TeiError> {
     let texts = validate_inputs(texts, state.settings.limits.max_inputs)?;
+    let pairs = pairs.map(|p| validate_inputs(p, state.settings.limits.max_inputs)).transpose()?;
+    super::heads::check_pairs(std::slice::from_ref(head), pairs.as_deref(), texts.len())?;
     let input = ClassifyInput {
         texts,
         truncate,
@@ -317,6 +330,7 @@ async fn labelled(
         explain: false,
         windows: None,
         limits: CostLimits::of(&state.settings.limits),
+        pairs,
     };
     let classified = classify_heads(std::slice::from_ref(head), state.encoder_runtime(), input).await?;
     let labels = head.labels();
@@ -363,7 +377,7 @@ pub async fn head_classify(
         return Err(TeiError(ApiError::invalid("invalid_request", "top_k must be at least 1")));
     }
     // Truncated, as the Inference API's pipelines do.
-    let mut predictions = labelled(&state, &head, request.inputs.into_vec(), true).await?;
+    let mut predictions = labelled(&state, &head, request.inputs.into_vec(), None, true).await?;
     if let Some(k) = parameters.top_k {
         predictions.iter_mut().for_each(|p| p.truncate(k));
     }

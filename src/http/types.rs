@@ -274,6 +274,11 @@ pub struct InfoResponse {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifyRequest {
+    /// For a pair head: each input's second text (duplicates, entailment,
+    /// query/document relevance), as many as `inputs`.
+    #[serde(default)]
+    #[schema(example = json!(["a film that never finds its footing"]))]
+    pub text_pair: Option<Inputs>,
     /// Text or texts to classify (each non-empty).
     #[schema(example = json!(["a gripping, funny film"]))]
     pub inputs: Inputs,
@@ -426,6 +431,9 @@ pub struct HeadSummary {
     pub multi_label: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_micro_f1: Option<f64>,
+    /// Classifies text pairs (`text_pair` on `/classify`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pair: bool,
     /// Unix time the head was trained (logistic heads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_unix: Option<u64>,
@@ -512,6 +520,10 @@ impl LabelValue {
 #[serde(deny_unknown_fields)]
 pub struct ExampleInput {
     pub text: String,
+    /// The second text of a pair: a pair head (duplicates, entailment,
+    /// query/document relevance) is trained when every example has one.
+    #[serde(default)]
+    pub text_pair: Option<String>,
     pub label: LabelValue,
     /// `train` or `test`. When any example says `test`, those are the held-out
     /// part; otherwise the service holds out `test_fraction` of each label.

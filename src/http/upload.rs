@@ -196,10 +196,11 @@ fn creation_from_json(request: CreateHeadRequest) -> Result<Creation, ApiError> 
         examples: request
             .examples
             .into_iter()
-            .map(|ExampleInput { text, label, split }| Example {
+            .map(|ExampleInput { text, text_pair, label, split }| Example {
                 text,
                 labels: label.written(separator.as_deref()),
                 split,
+                text_pair,
             })
             .collect(),
         replace: request.replace,
@@ -237,7 +238,7 @@ fn creation_from_rows(rows: Vec<LabelledRow>, query: CreateHeadQuery) -> Result<
                     (_, Ok([one])) => vec![one],
                     (_, Err(several)) => several,
                 };
-                Example { text: r.text, labels, split: r.split }
+                Example { text: r.text, labels, split: r.split, text_pair: r.text_pair }
             })
             .collect(),
         replace: query.replace.unwrap_or(false),

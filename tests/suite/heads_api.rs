@@ -1015,3 +1015,131 @@ async fn multi_label_heads_answer_the_labels_over_their_thresholds() {
     assert_eq!((status, code.as_str()), (422, "invalid_request"));
     server.stop().await;
 }
+
+/// Probabilities of a head file on one feature vector: standardise, weigh, scale by the temperature, softmax.
+fn head_probabilities(head: &Value, x: &[f64]) -> Vec<f64> {
+    let floats = |v: &Value| v.as_array().unwrap().iter().map(|f| f.as_f64().unwrap()).collect::<Vec<f64>>();
+    let (mean, scale) = (floats(&head["scaler_mean"]), floats(&head["scaler_scale"]));
+    let z: Vec<f64> = head["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(floats(&head["intercept"]))
+        .map(|(w, b)| b + floats(w).iter().enumerate().map(|(j, w)| w * (x[j] - mean[j]) / scale[j]).sum::<f64>())
+        .map(|z| z / head["temperature"].as_f64().unwrap_or(1.0))
+        .collect();
+    let top = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let total: f64 = z.iter().map(|v| (v - top).exp()).sum();
+    z.iter().map(|v| (v - top).exp() / total).collect()
+}
+
+#[tokio::test]
+async fn pair_heads_read_both_texts_as_sentence_bert_does() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    // Same topic or not: the label is about the pair, not either text.
+    let texts = examples(10);
+    let pairs: Vec<Value> = (0..60)
+        .map(|i| {
+            let (a, b) = (&texts[i % 30], &texts[(i * 7 + 3) % 30]);
+            let label = if a["label"] == b["label"] { "same" } else { "different" };
+            json!({"text": a["text"], "text_pair": b["text"], "label": label})
+        })
+        .collect();
+    let options = json!({"pooling": "mean", "alphas": [1.0], "cv_folds": 3, "layers": ["-1"]});
+    assert_eq!(
+        create(&server, json!({"name": "same-topic", "examples": pairs, "options": options})).await.status(),
+        202
+    );
+    let detail = wait_for(&server, "same-topic", "ready").await;
+    assert_eq!(detail["pair"], true);
+    assert!(detail["metrics"]["test"]["accuracy"].is_number());
+
+    // /classify: the head file on [u, v, |u - v|, u * v] of the two texts' pooled vectors, from /embed.
+    let (a, b) = ("goal team and score", "soup bread cheese");
+    let answer: Value = server
+        .post_json("/classify", json!({"inputs": [a], "text_pair": [b], "head": "same-topic"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let embedded: Value =
+        server.post_json("/embed", json!({"inputs": [a, b], "pooling": "mean"})).await.json().await.unwrap();
+    let vector = |i: usize| -> Vec<f64> {
+        embedded["embeddings"][i].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+    };
+    let (u, v) = (vector(0), vector(1));
+    let mut x = u.clone();
+    x.extend(&v);
+    x.extend(u.iter().zip(&v).map(|(p, q)| (p - q).abs()));
+    x.extend(u.iter().zip(&v).map(|(p, q)| p * q));
+    let head_file: Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.path().join("same-topic.json")).unwrap()).unwrap();
+    assert_eq!(head_file["pair"], true);
+    let expected = head_probabilities(&head_file, &x);
+    let labels: Vec<&str> = head_file["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    for (label, p) in labels.iter().zip(&expected) {
+        let got = answer["predictions"][0]["probabilities"][label].as_f64().unwrap();
+        assert!((got - p).abs() < 1e-4, "{label}: {got} vs {p}");
+    }
+    // TEI's predict with a batch of pairs, [[text, text_pair]], answers the same.
+    let tei: Value =
+        server.post_json("/tei/heads/same-topic/predict", json!({"inputs": [[a, b]]})).await.json().await.unwrap();
+    for item in tei[0].as_array().unwrap() {
+        let got = item["score"].as_f64().unwrap();
+        let want = answer["predictions"][0]["probabilities"][item["label"].as_str().unwrap()].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-6);
+    }
+    // CSV with a text_pair column.
+    let mut csv = String::from("text,text_pair,label\n");
+    for i in 0..60 {
+        let (a, b) = (&texts[i % 30], &texts[(i * 7 + 3) % 30]);
+        let label = if a["label"] == b["label"] { "same" } else { "different" };
+        csv.push_str(&format!("{},{},{label}\n", a["text"].as_str().unwrap(), b["text"].as_str().unwrap()));
+    }
+    let response = server
+        .client
+        .post(server.url("/heads?name=same-csv&pooling=mean&alphas=1&cv_folds=3&layers=-1"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(wait_for(&server, "same-csv", "ready").await["pair"], true);
+
+    // Refusals.
+    let mut uneven = pairs_of(&texts);
+    uneven[5].as_object_mut().unwrap().remove("text_pair");
+    let (status, code, message) = error_of(create(&server, json!({"name": "r", "examples": uneven})).await).await;
+    assert_eq!((status, code.as_str()), (422, "invalid_pair"), "{message}");
+    assert_eq!(
+        create(&server, json!({"name": "plain", "examples": examples(10), "options": options})).await.status(),
+        202
+    );
+    wait_for(&server, "plain", "ready").await;
+    for body in [
+        json!({"inputs": [a], "head": "same-topic"}),
+        json!({"inputs": [a], "text_pair": [b], "head": "plain"}),
+        json!({"inputs": [a, a], "text_pair": [b], "head": "same-topic"}),
+        json!({"inputs": [a], "text_pair": [b], "head": "same-topic", "windows": true}),
+        json!({"inputs": [a], "text_pair": [b], "heads": ["same-topic", "plain"]}),
+    ] {
+        let (status, code, message) = error_of(server.post_json("/classify", body.clone()).await).await;
+        assert_eq!((status, code.as_str()), (422, "invalid_request"), "{body}: {message}");
+    }
+    let single = server.post_json("/tei/heads/same-topic/predict", json!({"inputs": a})).await;
+    assert_eq!(single.status(), 422);
+    let body: Value = single.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("pairs"), "{body}");
+    server.stop().await;
+}
+
+fn pairs_of(texts: &[Value]) -> Vec<Value> {
+    (0..30)
+        .map(
+            |i| json!({"text": texts[i]["text"], "text_pair": texts[(i + 1) % 30]["text"], "label": texts[i]["label"]}),
+        )
+        .collect()
+}
