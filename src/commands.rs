@@ -248,6 +248,7 @@ fn train_on_features(settings: &Settings, args: &TrainArgs, dir: &std::path::Pat
         progress: None,
         threads: None,
         class_weight: ClassWeight::None,
+        time_budget: None,
         selection: crate::heads::training::selection_of(args.cv_folds.unwrap_or(defaults.cv_folds)),
     };
     let encoder = crate::heads::logistic::EncoderStamp {

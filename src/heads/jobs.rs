@@ -428,6 +428,7 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
         progress: Some(phase_reporter(statuses, &job.name, "searching")),
         threads: search_threads(settings.search_threads),
         class_weight: p.class_weight.clone(),
+        time_budget: p.options.time_budget,
     };
     let mut head = match &p.label_sets {
         Some(sets) => train_multi_label_job(job, &config, &train_features, &test_features, sets, &encoder.info)?,

@@ -177,6 +177,19 @@ pub struct TrainingRecord {
     /// With `class_weight: "auto"`: held-out macro-F1 with and without weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weighting_effect: Option<WeightingEffect>,
+    /// With `time_budget_s`: how much of the search it allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<SearchBudget>,
+}
+
+/// What a search's time budget left in and out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchBudget {
+    pub seconds: f64,
+    /// (Layers, pooling) sets whose every fold and alpha was scored.
+    pub feature_sets_searched: usize,
+    /// Sets not finished when the budget ended, left out of the choice.
+    pub feature_sets_left_out: usize,
 }
 
 /// Temperature scaling fitted during the search (see `search::fit_temperature`).
@@ -649,6 +662,7 @@ pub(crate) mod tests {
                 select_by: None,
                 class_weights: None,
                 weighting_effect: None,
+                budget: None,
             },
             metrics: HeadMetrics::default(),
             created_unix: 1,

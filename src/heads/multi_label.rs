@@ -257,6 +257,7 @@ pub fn train_multi_label(
             select_by: Some(SelectBy::MicroF1),
             class_weights: None,
             weighting_effect: None,
+            budget: None,
         },
         metrics: HeadMetrics { multi_label_train: Some(train_scores), ..HeadMetrics::default() },
         created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -300,6 +301,7 @@ mod tests {
             progress: None,
             threads: Some(1),
             class_weight: super::super::search::ClassWeight::None,
+            time_budget: None,
         };
         let (binary, fitted) = fit_label(&x, &[1, 1, 1], 1.0, &config, None, false).unwrap();
         assert!(fitted.is_none());

@@ -11,8 +11,8 @@ use linfa_logistic::MultiLogisticRegression;
 use ndarray::{Array1, Array2, Axis};
 
 use super::logistic::{
-    Calibration, Candidate, ClassWeights, EncoderStamp, HeadMetrics, LogisticHead, SelectBy, Selection, Suspect,
-    TrainingRecord, Weighting, WeightingEffect, FORMAT_VERSION,
+    Calibration, Candidate, ClassWeights, EncoderStamp, HeadMetrics, LogisticHead, SearchBudget, SelectBy, Selection,
+    Suspect, TrainingRecord, Weighting, WeightingEffect, FORMAT_VERSION,
 };
 use super::scores::{macro_f1, Scores};
 use crate::features::PooledFeatures;
@@ -33,6 +33,9 @@ pub struct TrainConfig {
     pub threads: Option<usize>,
     /// Label weights tried; any but `None` chooses candidates by macro-F1.
     pub class_weight: ClassWeight,
+    /// The search stops starting fits after this long: feature sets are then
+    /// searched narrowest first, and those not finished are left out.
+    pub time_budget: Option<std::time::Duration>,
 }
 
 /// `options.class_weight`: how the training rows' labels are weighted.
@@ -258,6 +261,16 @@ pub(super) fn parallel_map<T: Sync, R: Send>(
     threads: Option<usize>,
     f: impl Fn(&T) -> R + Sync,
 ) -> Vec<R> {
+    parallel_map_until(items, threads, None, f).into_iter().map(|r| r.expect("no deadline")).collect()
+}
+
+/// As [`parallel_map`], but no item starts after `deadline`: those are None.
+pub(super) fn parallel_map_until<T: Sync, R: Send>(
+    items: &[T],
+    threads: Option<usize>,
+    deadline: Option<Instant>,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<Option<R>> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let threads = threads.unwrap_or(cores).min(items.len()).max(1);
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -267,11 +280,14 @@ pub(super) fn parallel_map<T: Sync, R: Send>(
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(item) = items.get(i) else { break };
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
                 *results[i].lock().expect("result slot") = Some(f(item));
             });
         }
     });
-    results.into_iter().map(|r| r.into_inner().expect("result slot").expect("every item ran")).collect()
+    results.into_iter().map(|r| r.into_inner().expect("result slot")).collect()
 }
 
 /// scikit-learn's `LogisticRegression()` with its defaults, as the lecture
@@ -349,7 +365,18 @@ pub fn train(
     let scores = score_alpha_paths(&search, config, classes)?;
     let candidates = candidates(&search, config, &scores, classes, name, &encoder);
     let hidden = encoder.hidden_size;
-    let best = choose(&candidates, hidden, search.held_out, select_by).expect("at least one candidate");
+    let searched = (0..search.sets.len()).filter(|&set| complete(&search, config, &scores, set)).count();
+    let budget = config.time_budget.map(|b| SearchBudget {
+        seconds: b.as_secs_f64(),
+        feature_sets_searched: searched,
+        feature_sets_left_out: search.sets.len() - searched,
+    });
+    let Some(best) = choose(&candidates, hidden, search.held_out, select_by) else {
+        bail!(
+            "the time budget ({:.1} s) ended before one feature set was searched: give more time, or fewer layer options and poolings",
+            config.time_budget.map_or(0.0, |b| b.as_secs_f64())
+        );
+    };
     let weighting_effect = (config.class_weight == ClassWeight::Auto).then(|| {
         let best_of = |weighted: bool| {
             choose(candidates.iter().filter(|c| c.weighting.is_some() == weighted), hidden, search.held_out, select_by)
@@ -393,6 +420,7 @@ pub fn train(
             select_by: (select_by != SelectBy::Accuracy).then_some(select_by),
             class_weights,
             weighting_effect,
+            budget,
         },
         metrics: HeadMetrics {
             train: Some(Scores::compute(labels, &search.fit_labels, &fit_pred)),
@@ -624,31 +652,41 @@ fn score_alpha_paths(search: &SearchData, config: &TrainConfig, classes: usize) 
             (0..search.folds).flat_map(move |fold| (0..search.weightings.len()).map(move |w| (set, fold, w)))
         })
         .collect();
-    jobs.sort_by_key(|&(set, _, _)| std::cmp::Reverse(search.fit[set].ncols()));
+    match config.time_budget {
+        // Widest first, so that the threads finish together.
+        None => jobs.sort_by_key(|&(set, _, _)| std::cmp::Reverse(search.fit[set].ncols())),
+        // Narrowest (cheapest, and the protocol's tie-break) first, one set's jobs together, so
+        // that sets finish one after another and a budget leaves whole sets out.
+        Some(_) => jobs.sort_by_key(|&(set, fold, w)| (search.fit[set].ncols(), set, fold, w)),
+    }
+    let deadline = config.time_budget.map(|b| Instant::now() + b);
     let mut alphas_down: Vec<f64> = config.alphas.clone();
     alphas_down.sort_by(|a, b| b.total_cmp(a));
     let fits = jobs.len() * alphas_down.len();
     let fits_done = std::sync::atomic::AtomicUsize::new(0);
-    let per_job = parallel_map(&jobs, config.threads, |&(set, fold, w)| -> anyhow::Result<Vec<(f64, Scored)>> {
-        let (fit_x, fit_y, score_x, score_y) = search.split(set, fold);
-        let (fit_x, fit_y) = weighed(fit_x, fit_y, search.weightings[w].as_ref());
-        let scaler = Scaler::fit(&fit_x);
-        let (fit_x, scaled) = (scaler.apply(&fit_x), scaler.apply(&score_x));
-        let mut previous: Option<Fitted> = None;
-        let mut path = Vec::with_capacity(alphas_down.len());
-        for &alpha in &alphas_down {
-            let fitted = fit_f32(&fit_x, &fit_y, classes, alpha, config.max_iterations, previous.as_ref())?;
-            let (accuracy, log_loss, _) = score(&fitted, &scaled, &score_y);
-            if let Some(progress) = &config.progress {
-                progress.call(fits_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, fits);
+    let per_job =
+        parallel_map_until(&jobs, config.threads, deadline, |&(set, fold, w)| -> anyhow::Result<Vec<(f64, Scored)>> {
+            let (fit_x, fit_y, score_x, score_y) = search.split(set, fold);
+            let (fit_x, fit_y) = weighed(fit_x, fit_y, search.weightings[w].as_ref());
+            let scaler = Scaler::fit(&fit_x);
+            let (fit_x, scaled) = (scaler.apply(&fit_x), scaler.apply(&score_x));
+            let mut previous: Option<Fitted> = None;
+            let mut path = Vec::with_capacity(alphas_down.len());
+            for &alpha in &alphas_down {
+                let fitted = fit_f32(&fit_x, &fit_y, classes, alpha, config.max_iterations, previous.as_ref())?;
+                let (accuracy, log_loss, _) = score(&fitted, &scaled, &score_y);
+                if let Some(progress) = &config.progress {
+                    progress.call(fits_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, fits);
+                }
+                path.push((alpha, (accuracy, log_loss, fitted.logits(&scaled), score_y.clone())));
+                previous = Some(fitted);
             }
-            path.push((alpha, (accuracy, log_loss, fitted.logits(&scaled), score_y.clone())));
-            previous = Some(fitted);
-        }
-        Ok(path)
-    });
+            Ok(path)
+        });
     let mut scores = PathScores::new();
     for (&(set, fold, w), path) in jobs.iter().zip(per_job) {
+        // Not started within the time budget: its set is left out (see `candidates`).
+        let Some(path) = path else { continue };
         for (alpha, scored) in path.map_err(|e| anyhow!("{e:#}"))? {
             scores.insert((set, fold, w, alpha.to_bits()), scored);
         }
@@ -669,6 +707,9 @@ fn candidates(
 ) -> Vec<Candidate> {
     let mut candidates = Vec::with_capacity(search.sets.len() * search.weightings.len() * config.alphas.len());
     for (set, (layers, pooling)) in search.sets.iter().enumerate() {
+        if !complete(search, config, scores, set) {
+            continue;
+        }
         for (w, weights) in search.weightings.iter().enumerate() {
             for &alpha in &config.alphas {
                 let (mut accuracy, mut log_loss) = (0.0, 0.0);
@@ -707,6 +748,15 @@ fn candidates(
         }
     }
     candidates
+}
+
+/// Whether every fold, weighting and alpha of feature set `set` was scored
+/// (a time budget may have stopped the search before).
+fn complete(search: &SearchData, config: &TrainConfig, scores: &PathScores, set: usize) -> bool {
+    (0..search.folds).all(|fold| {
+        (0..search.weightings.len())
+            .all(|w| config.alphas.iter().all(|a| scores.contains_key(&(set, fold, w, a.to_bits()))))
+    })
 }
 
 /// The temperature, fitted on the chosen candidate's held-out logits of every
@@ -842,6 +892,7 @@ mod tests {
             progress: None,
             threads: Some(1),
             class_weight: ClassWeight::None,
+            time_budget: None,
         }
     }
 
@@ -983,5 +1034,14 @@ mod tests {
         assert_eq!(held_x.nrows(), 4);
         assert_eq!(y, vec![0, 0, 0, 1, 1, 1]);
         assert_eq!(x.column(0).to_vec(), vec![1.0, 3.0, 5.0, 7.0, 7.0, 7.0]);
+    }
+
+    #[test]
+    fn no_item_starts_after_the_deadline() {
+        let items: Vec<usize> = (0..8).collect();
+        let all = parallel_map_until(&items, Some(2), None, |i| i * 2);
+        assert_eq!(all, (0..8).map(|i| Some(i * 2)).collect::<Vec<_>>());
+        let passed = Instant::now() - std::time::Duration::from_millis(1);
+        assert!(parallel_map_until(&items, Some(2), Some(passed), |i| i * 2).iter().all(Option::is_none));
     }
 }

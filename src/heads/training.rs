@@ -131,6 +131,7 @@ pub fn train_head(
         progress: None,
         threads: None,
         class_weight: ClassWeight::None,
+        time_budget: None,
         selection: selection_of(settings.cv_folds),
     };
     let data = TrainingData {

@@ -41,6 +41,10 @@ pub struct Options {
     pub class_weight: Option<ClassWeightOption>,
     /// Several labels per example, one logistic regression per label.
     pub multi_label: Option<bool>,
+    /// This many alphas, log-spaced over the range of `[training] alphas` (instead of `alphas`).
+    pub alpha_grid: Option<usize>,
+    /// Seconds the search may take (see `TrainConfig::time_budget`).
+    pub time_budget_s: Option<f64>,
 }
 
 /// `options.class_weight` as sent: by name, or a weight per label (labels
@@ -94,6 +98,7 @@ pub struct Resolved {
     pub min_probability: Option<f32>,
     pub class_weight: ClassWeightOption,
     pub multi_label: bool,
+    pub time_budget: Option<std::time::Duration>,
 }
 
 /// Why an upload is refused: a stable code and a message naming the problem.
@@ -150,6 +155,25 @@ impl Prepared {
 }
 
 const MAX_ALPHAS: usize = 20;
+const MAX_TIME_BUDGET_S: f64 = 3600.0;
+
+/// `n` alphas spaced evenly in log scale from the smallest positive to the
+/// largest of `configured` (`[training] alphas`).
+fn alpha_grid(configured: &[f64], n: usize) -> Result<Vec<f64>, UploadError> {
+    if !(2..=MAX_ALPHAS).contains(&n) {
+        return Err(invalid("invalid_option", format!("alpha_grid must be 2 to {MAX_ALPHAS}, got {n}")));
+    }
+    let positive = configured.iter().copied().filter(|a| *a > 0.0);
+    let (lo, hi) = positive.fold((f64::INFINITY, 0.0f64), |(lo, hi), a| (lo.min(a), hi.max(a)));
+    if !(lo.is_finite() && hi > lo) {
+        return Err(invalid(
+            "invalid_option",
+            format!("alpha_grid needs [training] alphas to span a range, they are {configured:?}"),
+        ));
+    }
+    let step = (hi / lo).ln() / (n - 1) as f64;
+    Ok((0..n).map(|i| if i == n - 1 { hi } else { lo * (step * i as f64).exp() }).collect())
+}
 
 /// The label `/classify` answers when the top probability is below `min_probability`.
 pub const ABSTAIN: &str = "abstain";
@@ -158,7 +182,14 @@ const MAX_FOLDS: usize = 20;
 const MAX_LAYER_OPTIONS: usize = 8;
 
 fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, UploadError> {
-    let alphas = options.alphas.clone().unwrap_or_else(|| limits.alphas.clone());
+    let alphas = match (&options.alphas, options.alpha_grid) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("invalid_option", "send alphas or alpha_grid, not both".into()));
+        }
+        (Some(alphas), None) => alphas.clone(),
+        (None, Some(n)) => alpha_grid(&limits.alphas, n)?,
+        (None, None) => limits.alphas.clone(),
+    };
     if alphas.is_empty() || alphas.len() > MAX_ALPHAS || alphas.iter().any(|a| !a.is_finite() || *a < 0.0) {
         return Err(invalid(
             "invalid_option",
@@ -206,6 +237,18 @@ fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, Upl
         min_probability: options.min_probability,
         class_weight: options.class_weight.clone().unwrap_or(ClassWeightOption::None),
         multi_label: options.multi_label.unwrap_or(false),
+        time_budget: match options.time_budget_s {
+            None => None,
+            Some(s) if s.is_finite() && s > 0.0 && s <= MAX_TIME_BUDGET_S => {
+                Some(std::time::Duration::from_secs_f64(s))
+            }
+            Some(s) => {
+                return Err(invalid(
+                    "invalid_option",
+                    format!("time_budget_s must be more than 0 and at most {MAX_TIME_BUDGET_S}, got {s}"),
+                ))
+            }
+        },
     })
 }
 
@@ -414,8 +457,8 @@ fn prepare_multi_label(
     limits: &TrainingSettings,
     fingerprint: String,
 ) -> Result<Prepared, UploadError> {
-    if options.class_weight != ClassWeightOption::None {
-        return Err(invalid("invalid_option", "class_weight applies to single-label heads".into()));
+    if options.class_weight != ClassWeightOption::None || options.time_budget.is_some() {
+        return Err(invalid("invalid_option", "class_weight and time_budget_s apply to single-label heads".into()));
     }
     let names: std::collections::BTreeSet<&str> =
         examples.iter().flat_map(|e| e.labels.iter().map(String::as_str)).collect();

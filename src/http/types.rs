@@ -573,6 +573,13 @@ pub struct TrainingOptions {
     /// What separates labels in one string of a multi-label upload (default `|`).
     #[serde(default)]
     pub label_separator: Option<String>,
+    /// Instead of `alphas`: this many (2-20), log-spaced over the range of `[training] alphas`.
+    #[serde(default)]
+    pub alpha_grid: Option<usize>,
+    /// Seconds the search may take (at most 3600): feature sets are then searched narrowest
+    /// first, and those not finished in time are left out (`training.budget` says how many).
+    #[serde(default)]
+    pub time_budget_s: Option<f64>,
 }
 
 /// `options.class_weight`: a name or a weight per label.
@@ -661,6 +668,8 @@ pub struct CreateHeadQuery {
     /// Several labels per row, separated in the label cell by `label_separator` (`|`).
     pub multi_label: Option<bool>,
     pub label_separator: Option<String>,
+    pub alpha_grid: Option<usize>,
+    pub time_budget_s: Option<f64>,
 }
 
 /// `POST /heads/{name}/evaluate` with a JSON body. A CSV body has columns

@@ -189,6 +189,8 @@ fn creation_from_json(request: CreateHeadRequest) -> Result<Creation, ApiError> 
         class_weight,
         multi_label,
         label_separator,
+        alpha_grid,
+        time_budget_s,
     } = request.options;
     let separator = separator_of(multi_label, label_separator)?;
     Ok(Creation {
@@ -214,6 +216,8 @@ fn creation_from_json(request: CreateHeadRequest) -> Result<Creation, ApiError> 
             min_probability,
             class_weight: class_weight.map(class_weight_option).transpose()?,
             multi_label,
+            alpha_grid,
+            time_budget_s,
         },
     })
 }
@@ -252,6 +256,8 @@ fn creation_from_rows(rows: Vec<LabelledRow>, query: CreateHeadQuery) -> Result<
             min_probability: query.min_probability,
             class_weight: query.class_weight.as_deref().map(str::parse).transpose()?,
             multi_label: query.multi_label,
+            alpha_grid: query.alpha_grid,
+            time_budget_s: query.time_budget_s,
         },
     })
 }

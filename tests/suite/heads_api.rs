@@ -1143,3 +1143,46 @@ fn pairs_of(texts: &[Value]) -> Vec<Value> {
         )
         .collect()
 }
+
+#[tokio::test]
+async fn the_alpha_grid_and_a_time_budget_are_options_of_the_search() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    // 3 alphas log-spaced over [training] alphas (1 to 10,000), with a budget that leaves everything in.
+    let options = json!({"alpha_grid": 3, "pooling": "mean", "cv_folds": 2, "time_budget_s": 600});
+    assert_eq!(
+        create(&server, json!({"name": "grid", "examples": examples(10), "options": options})).await.status(),
+        202
+    );
+    let detail = wait_for(&server, "grid", "ready").await;
+    let alphas: Vec<f64> =
+        detail["training"]["candidates"].as_array().unwrap().iter().map(|c| c["alpha"].as_f64().unwrap()).collect();
+    // Two layer options of the 2-layer fixture, one pooling, three alphas.
+    assert_eq!(alphas.len(), 6);
+    for (got, want) in alphas.iter().zip([1.0, 100.0, 10_000.0, 1.0, 100.0, 10_000.0]) {
+        assert!((got - want).abs() < 1e-6 * want, "{alphas:?}");
+    }
+    assert_eq!(
+        detail["training"]["budget"],
+        json!({"seconds": 600.0, "feature_sets_searched": 2, "feature_sets_left_out": 0})
+    );
+    // A budget over before the first fit starts: the training fails, saying so.
+    let options = json!({"pooling": "mean", "cv_folds": 2, "time_budget_s": 1e-9});
+    assert_eq!(
+        create(&server, json!({"name": "no-time", "examples": examples(10), "options": options})).await.status(),
+        202
+    );
+    let failed = wait_for(&server, "no-time", "failed").await;
+    assert!(failed["job"]["error"].as_str().unwrap().contains("time budget"), "{failed}");
+    for options in [
+        json!({"alpha_grid": 1}),
+        json!({"alpha_grid": 3, "alphas": [1.0]}),
+        json!({"time_budget_s": 0}),
+        json!({"time_budget_s": 1e9}),
+    ] {
+        let (status, code, message) =
+            error_of(create(&server, json!({"name": "r", "examples": examples(10), "options": options})).await).await;
+        assert_eq!((status, code.as_str()), (422, "invalid_option"), "{message}");
+    }
+    server.stop().await;
+}
