@@ -1,7 +1,8 @@
 // Run in the playground page by tests/browser/cdp.mjs (ARGS is prepended by
 // tests/suite/playground.rs): train a head from a CSV through the page's form,
 // watch its progress, see it listed with its held-out accuracy and confusion
-// matrix, then classify a text and read the explanation strip.
+// matrix, then classify a text and read the explanation strip, then evaluate
+// the head against another head and a predictions column of a CSV.
 const $ = (selector) => document.querySelector(selector);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function until(what, check, ms = 45000) {
@@ -40,7 +41,28 @@ $("#text").value = ARGS.text;
 $("#go").click();
 const strip = await until("the explanation", () => $(`.card.explanation[data-head="${ARGS.name}"]`));
 const card = $(`.card.prediction[data-head="${ARGS.name}"]`);
+
+$("#eval-head").value = ARGS.name;
+const other = await until("the other head to compare with", () => $(`.eval-other[value="${ARGS.compare}"]`));
+other.checked = true;
+$("#eval-key").value = ARGS.key;
+const labelled = new DataTransfer();
+labelled.items.add(new File([ARGS.eval_csv], "labelled.csv", { type: "text/csv" }));
+$("#eval-file").files = labelled.files;
+$("#eval-send").click();
+await until("the evaluation", () => {
+  const status = $("#eval-status");
+  if (status.className === "error") throw new Error(`the page reported: ${status.textContent}`);
+  return status.dataset.done === ARGS.name;
+});
+const matrices = await until("the comparison's matrices", () => {
+  const img = $("img.comparison-matrices");
+  return img && img.complete && img.naturalWidth > 0 && img;
+});
 return {
+  systems: [...document.querySelectorAll("tr.system-row")].map((r) => [r.dataset.name, r.querySelector(".accuracy").textContent]),
+  comparisons: [...document.querySelectorAll("tr.comparison-row")].map((r) => [r.dataset.a, r.dataset.b, r.querySelector(".p-value").textContent]),
+  matrices_width: matrices.naturalWidth,
   statuses: seen,
   row: row.innerText,
   accuracy: row.querySelector(".accuracy").textContent,

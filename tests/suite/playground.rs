@@ -106,7 +106,19 @@ async fn the_page_trains_a_head_from_a_csv_and_explains_its_answer() {
         csv.push_str(&format!("{text},{label}\n"));
     }
     let text = "cheese and a screen";
-    let args = json!({"name": "page-head", "key": "page-admin", "csv": csv, "text": text});
+    // Labelled texts to evaluate on, with what a keyword rule answers for each.
+    let mut eval_csv = String::from("text,label,rule\n");
+    for (i, (t, l)) in
+        [("cheese soup", "food"), ("a screen and code", "tech"), ("bread battery", "food"), ("chip taste", "tech")]
+            .iter()
+            .cycle()
+            .take(12)
+            .enumerate()
+    {
+        let rule = if t.contains("cheese") || t.contains("bread") { "food" } else { "tech" };
+        eval_csv.push_str(&format!("{t} {i},{l},{rule}\n"));
+    }
+    let args = json!({"name": "page-head", "key": "page-admin", "csv": csv, "text": text, "compare": "blocker", "eval_csv": eval_csv});
     let script = format!("const ARGS = {args};\n{}", include_str!("../browser/train-and-explain.js"));
     let script_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(script_file.path(), script).unwrap();
@@ -132,6 +144,40 @@ async fn the_page_trains_a_head_from_a_csv_and_explains_its_answer() {
     assert_eq!(page["accuracy"], format!("{:.1}%", accuracy * 100.0));
     assert!(page["row"].as_str().unwrap().contains(head["version"].as_str().unwrap()), "{page}");
     assert!(page["image_width"].as_u64().unwrap() > 100);
+    // The comparison the page shows is the API's.
+    let evaluated: Value = server
+        .client
+        .post(server.url("/heads/page-head/evaluate?compare=blocker"))
+        .bearer_auth("page-admin")
+        .header("content-type", "text/csv")
+        .body(eval_csv)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shown: Vec<(String, String)> = page["systems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0].as_str().unwrap().to_string(), s[1].as_str().unwrap().to_string()))
+        .collect();
+    let api_systems: Vec<(String, String)> = evaluated["systems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let accuracy = s["scores"]["accuracy"].as_f64().unwrap();
+            (s["name"].as_str().unwrap().to_string(), format!("{:.1}%", accuracy * 100.0))
+        })
+        .collect();
+    assert_eq!(shown, api_systems);
+    assert_eq!(page["comparisons"].as_array().unwrap().len(), 3, "{page}");
+    let p = evaluated["comparisons"][0]["p_value"].as_f64().unwrap();
+    let shown_p: f64 = page["comparisons"][0][2].as_str().unwrap().parse().unwrap();
+    assert!((shown_p - p).abs() <= 1e-3 * p.max(1e-12), "page {shown_p} vs API {p}");
+    assert!(page["matrices_width"].as_u64().unwrap() > 300);
     let api: Value = server
         .post_json("/classify", json!({"inputs": [text], "head": "page-head", "explain": true}))
         .await
