@@ -6,18 +6,18 @@
 //! selection rule; deterministic for the same inputs.
 
 use std::collections::BTreeMap;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail};
 use ndarray::{Array1, Array2};
 
 use super::logistic::{
-    Candidate, EncoderStamp, HeadMetrics, LogisticHead, MultiLabel, SelectBy, Selection, TrainingRecord, FORMAT_VERSION,
+    Candidate, EncoderStamp, HeadMetrics, LogisticHead, MultiLabel, SelectBy, Selection, TrainingRecord,
 };
 use super::scores::MultiLabelScores;
 use super::search::{
-    check_config, choose, fit_f32, fit_f64, parallel_map, select_rows, Fitted, LabelledFeatures, Scaler, SearchData,
-    TrainConfig,
+    assemble, check_config, choose, fit_f32, fit_f64, parallel_map, select_rows, FinalFit, Fitted, LabelledFeatures,
+    Scaler, SearchData, TrainConfig,
 };
 use crate::features::PooledFeatures;
 use crate::pooling::sigmoid;
@@ -234,45 +234,26 @@ pub fn train_multi_label(
     let thresholds_f32: Vec<f32> = thresholds.iter().map(|&t| t as f32).collect();
     let train_scores = MultiLabelScores::compute(labels, &thresholds_f32, sets, &decide(&fitted_p, &thresholds));
 
-    let head = LogisticHead {
-        format_version: FORMAT_VERSION,
-        kind: "logistic".into(),
-        name: name.to_string(),
-        labels: labels.to_vec(),
-        pooling: best.pooling,
-        layers: best.layers.clone(),
-        encoder,
-        training: TrainingRecord {
-            data_dir,
-            data_fingerprints,
-            train_examples: n,
-            selection: config.selection,
-            max_iterations: config.max_iterations,
-            alpha: best.alpha,
-            held_out_accuracy: best.accuracy,
-            candidates,
-            seconds: started.elapsed().as_secs_f64(),
-            upload: None,
-            calibration: None,
-            select_by: Some(SelectBy::MicroF1),
-            class_weights: None,
-            weighting_effect: None,
-            budget: None,
-        },
-        metrics: HeadMetrics { multi_label_train: Some(train_scores), ..HeadMetrics::default() },
-        created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        description: None,
-        temperature: None,
-        min_probability: None,
-        scaler_mean: scaler.mean.iter().map(|&v| v as f32).collect(),
-        scaler_scale: scaler.scale.iter().map(|&v| v as f32).collect(),
-        weights,
-        intercept,
-        suspects: Vec::new(),
-        multi_label: Some(MultiLabel { thresholds: thresholds_f32 }),
-        pair: false,
-        checksum: String::new(),
+    let training = TrainingRecord {
+        data_dir,
+        data_fingerprints,
+        train_examples: n,
+        selection: config.selection,
+        max_iterations: config.max_iterations,
+        alpha: best.alpha,
+        held_out_accuracy: best.accuracy,
+        candidates,
+        seconds: started.elapsed().as_secs_f64(),
+        upload: None,
+        calibration: None,
+        select_by: Some(SelectBy::MicroF1),
+        class_weights: None,
+        weighting_effect: None,
+        budget: None,
     };
+    let metrics = HeadMetrics { multi_label_train: Some(train_scores), ..HeadMetrics::default() };
+    let mut head = assemble(name, labels, &best, encoder, training, metrics, FinalFit { scaler, weights, intercept });
+    head.multi_label = Some(MultiLabel { thresholds: thresholds_f32 });
     Ok(head.sealed())
 }
 

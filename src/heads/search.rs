@@ -397,7 +397,60 @@ pub fn train(
     };
     let suspects = suspects(&search, &scores, &best, calibration.temperature, labels, &train, validation.as_ref());
 
-    let head = LogisticHead {
+    let training = TrainingRecord {
+        data_dir,
+        data_fingerprints,
+        train_examples: search.fit_labels.len(),
+        selection: config.selection,
+        max_iterations: config.max_iterations,
+        alpha: best.alpha,
+        held_out_accuracy: best.accuracy,
+        candidates,
+        seconds: started.elapsed().as_secs_f64(),
+        upload: None,
+        calibration: Some(calibration.clone()),
+        select_by: (select_by != SelectBy::Accuracy).then_some(select_by),
+        class_weights,
+        weighting_effect,
+        budget,
+    };
+    let metrics = HeadMetrics {
+        train: Some(Scores::compute(labels, &search.fit_labels, &fit_pred)),
+        validation: validation_metrics,
+        ..HeadMetrics::default()
+    };
+    let fit = FinalFit {
+        scaler,
+        weights: (0..classes).map(|c| fitted.weights.column(c).iter().map(|&v| v as f32).collect()).collect(),
+        intercept: fitted.intercept.iter().map(|&v| v as f32).collect(),
+    };
+    let mut head = assemble(name, labels, &best, encoder, training, metrics, fit);
+    head.temperature = calibration.temperature;
+    head.suspects = suspects;
+    head.pair = train.pair.is_some();
+    Ok(head.sealed())
+}
+
+/// A head's parameters: standardisation, then one weight row and intercept per label.
+pub(super) struct FinalFit {
+    pub(super) scaler: Scaler,
+    pub(super) weights: Vec<Vec<f32>>,
+    pub(super) intercept: Vec<f32>,
+}
+
+/// What every trained head file holds, from the chosen candidate, the record
+/// of its training, its metrics and the final fit; the caller adds what its
+/// kind of head adds (temperature, suspects, thresholds, pairs) and seals it.
+pub(super) fn assemble(
+    name: &str,
+    labels: &[String],
+    best: &Candidate,
+    encoder: EncoderStamp,
+    training: TrainingRecord,
+    metrics: HeadMetrics,
+    fit: FinalFit,
+) -> LogisticHead {
+    LogisticHead {
         format_version: FORMAT_VERSION,
         kind: "logistic".into(),
         name: name.to_string(),
@@ -405,45 +458,21 @@ pub fn train(
         pooling: best.pooling,
         layers: best.layers.clone(),
         encoder,
-        training: TrainingRecord {
-            data_dir,
-            data_fingerprints,
-            train_examples: search.fit_labels.len(),
-            selection: config.selection,
-            max_iterations: config.max_iterations,
-            alpha: best.alpha,
-            held_out_accuracy: best.accuracy,
-            candidates,
-            seconds: started.elapsed().as_secs_f64(),
-            upload: None,
-            calibration: Some(calibration.clone()),
-            select_by: (select_by != SelectBy::Accuracy).then_some(select_by),
-            class_weights,
-            weighting_effect,
-            budget,
-        },
-        metrics: HeadMetrics {
-            train: Some(Scores::compute(labels, &search.fit_labels, &fit_pred)),
-            validation: validation_metrics,
-            test: None,
-            test_calibration: None,
-            multi_label_train: None,
-            multi_label_test: None,
-        },
+        training,
+        metrics,
         created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         description: None,
-        temperature: calibration.temperature,
+        temperature: None,
         min_probability: None,
-        scaler_mean: scaler.mean.iter().map(|&v| v as f32).collect(),
-        scaler_scale: scaler.scale.iter().map(|&v| v as f32).collect(),
-        weights: (0..classes).map(|c| fitted.weights.column(c).iter().map(|&v| v as f32).collect()).collect(),
-        intercept: fitted.intercept.iter().map(|&v| v as f32).collect(),
-        suspects,
+        scaler_mean: fit.scaler.mean.iter().map(|&v| v as f32).collect(),
+        scaler_scale: fit.scaler.scale.iter().map(|&v| v as f32).collect(),
+        weights: fit.weights,
+        intercept: fit.intercept,
+        suspects: Vec::new(),
         multi_label: None,
-        pair: train.pair.is_some(),
+        pair: false,
         checksum: String::new(),
-    };
-    Ok(head.sealed())
+    }
 }
 
 pub(super) fn check_config(config: &TrainConfig) -> anyhow::Result<()> {

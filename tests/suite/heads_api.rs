@@ -49,6 +49,19 @@ fn plus(mut a: Vec<Value>, b: Vec<Value>) -> Vec<Value> {
     a
 }
 
+/// `body` sent with the admin key to `path` as `content_type` (CSV or JSONL uploads).
+async fn upload(server: &TestServer, path: &str, content_type: &str, body: String) -> reqwest::Response {
+    server
+        .client
+        .post(server.url(path))
+        .bearer_auth(ADMIN)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn create(server: &TestServer, body: Value) -> reqwest::Response {
     server.client.post(server.url("/heads")).bearer_auth(ADMIN).json(&body).send().await.unwrap()
 }
@@ -190,15 +203,7 @@ async fn csv_and_jsonl_uploads_with_their_own_test_split() {
         let split = if i % 5 == 0 { "test" } else { "train" };
         csv.push_str(&format!("\"{}\",{},{split}\n", e["text"].as_str().unwrap(), e["label"].as_str().unwrap()));
     }
-    let response = server
-        .client
-        .post(server.url("/heads?name=from-csv&cv_folds=2&alphas=1,100"))
-        .bearer_auth(ADMIN)
-        .header("content-type", "text/csv")
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
+    let response = upload(&server, "/heads?name=from-csv&cv_folds=2&alphas=1,100", "text/csv", csv).await;
     assert_eq!(response.status(), 202);
     let detail = wait_for(&server, "from-csv", "ready").await;
     assert_eq!(detail["job"]["test_source"], "upload");
@@ -208,15 +213,7 @@ async fn csv_and_jsonl_uploads_with_their_own_test_split() {
     assert_eq!(detail["training"]["candidates"].as_array().unwrap().len(), 2 * 3 * 2);
 
     let jsonl: String = examples(10).iter().map(|e| format!("{e}\n")).collect();
-    let response = server
-        .client
-        .post(server.url("/heads?name=from-jsonl"))
-        .bearer_auth(ADMIN)
-        .header("content-type", "application/jsonl")
-        .body(jsonl)
-        .send()
-        .await
-        .unwrap();
+    let response = upload(&server, "/heads?name=from-jsonl", "application/jsonl", jsonl).await;
     assert_eq!(response.status(), 202);
     wait_for(&server, "from-jsonl", "ready").await;
     let heads: Value = server.get("/heads").await.json().await.unwrap();
@@ -612,15 +609,13 @@ async fn the_hidden_states_searched_are_an_option_of_the_upload() {
     for e in examples(10) {
         csv.push_str(&format!("\"{}\",{}\n", e["text"].as_str().unwrap(), e["label"].as_str().unwrap()));
     }
-    let response = server
-        .client
-        .post(server.url("/heads?name=layered-csv&layers=-1;concat(-2,-1)&pooling=cls&alphas=1&cv_folds=2"))
-        .bearer_auth(ADMIN)
-        .header("content-type", "text/csv")
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
+    let response = upload(
+        &server,
+        "/heads?name=layered-csv&layers=-1;concat(-2,-1)&pooling=cls&alphas=1&cv_folds=2",
+        "text/csv",
+        csv,
+    )
+    .await;
     assert_eq!(response.status(), 202);
     let detail = wait_for(&server, "layered-csv", "ready").await;
     assert_eq!(detail["training"]["candidates"].as_array().unwrap().len(), 2);
@@ -683,15 +678,13 @@ async fn label_weights_are_an_option_searched_by_macro_f1_and_rare_labels_are_wa
                 .map(|e| format!("\"{}\",{}\n", e["text"].as_str().unwrap(), e["label"].as_str().unwrap())),
         )
         .collect();
-    let response = server
-        .client
-        .post(server.url("/heads?name=balanced&class_weight=balanced&pooling=mean&alphas=1&cv_folds=2&layers=-1"))
-        .bearer_auth(ADMIN)
-        .header("content-type", "text/csv")
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
+    let response = upload(
+        &server,
+        "/heads?name=balanced&class_weight=balanced&pooling=mean&alphas=1&cv_folds=2&layers=-1",
+        "text/csv",
+        csv,
+    )
+    .await;
     assert_eq!(response.status(), 202);
     let balanced = wait_for(&server, "balanced", "ready").await;
     let record = &balanced["training"]["class_weights"];
@@ -863,18 +856,14 @@ async fn evaluate_compares_heads_and_prediction_columns_on_the_same_texts_with_m
         csv.push_str(&format!("{t},{},{}\n", index(l), keyword_rule(t)));
     }
     let post_csv = |query: &str, body: String| {
-        server
-            .client
-            .post(server.url(&format!("/heads/topics/evaluate{query}")))
-            .bearer_auth(ADMIN)
-            .header("content-type", "text/csv")
-            .body(body)
-            .send()
+        let path = format!("/heads/topics/evaluate{query}");
+        let server = &server;
+        async move { upload(server, &path, "text/csv", body).await }
     };
-    let from_csv: Value = post_csv("?compare=topics-cls", csv.clone()).await.unwrap().json().await.unwrap();
+    let from_csv: Value = post_csv("?compare=topics-cls", csv.clone()).await.json().await.unwrap();
     assert_eq!(from_csv["systems"], answer["systems"]);
     assert_eq!(from_csv["comparisons"], answer["comparisons"]);
-    let picture = post_csv("?compare=topics-cls&format=svg", csv.clone()).await.unwrap();
+    let picture = post_csv("?compare=topics-cls&format=svg", csv.clone()).await;
     assert_eq!(picture.headers()["content-type"], "image/svg+xml");
     assert_eq!(picture.text().await.unwrap().matches("<svg").count(), 4);
 
@@ -893,7 +882,7 @@ async fn evaluate_compares_heads_and_prediction_columns_on_the_same_texts_with_m
     let uneven = json!({"examples": [examples[0].clone(), {"text": "x", "label": "food"}]});
     let (status, code, message) = refused(uneven).await;
     assert_eq!((status, code.as_str()), (422, "invalid_request"), "{message}");
-    let (status, code, _) = error_of(post_csv("?format=pdf", csv).await.unwrap()).await;
+    let (status, code, _) = error_of(post_csv("?format=pdf", csv).await).await;
     assert_eq!((status, code.as_str()), (422, "invalid_option"));
     server.stop().await;
 }
@@ -973,17 +962,8 @@ async fn multi_label_heads_answer_the_labels_over_their_thresholds() {
     for (t, l) in &rows {
         csv.push_str(&format!("{t},{}\n", l.join(";")));
     }
-    let response = server
-        .client
-        .post(server.url(
-            "/heads?name=topics-csv&multi_label=true&label_separator=;&pooling=mean&alphas=1&cv_folds=3&layers=-1",
-        ))
-        .bearer_auth(ADMIN)
-        .header("content-type", "text/csv")
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
+    let query = "/heads?name=topics-csv&multi_label=true&label_separator=;&pooling=mean&alphas=1&cv_folds=3&layers=-1";
+    let response = upload(&server, query, "text/csv", csv).await;
     assert_eq!(response.status(), 202);
     let from_csv = wait_for(&server, "topics-csv", "ready").await;
     assert_eq!(from_csv["labels"], json!(labels));
@@ -1097,15 +1077,8 @@ async fn pair_heads_read_both_texts_as_sentence_bert_does() {
         let label = if a["label"] == b["label"] { "same" } else { "different" };
         csv.push_str(&format!("{},{},{label}\n", a["text"].as_str().unwrap(), b["text"].as_str().unwrap()));
     }
-    let response = server
-        .client
-        .post(server.url("/heads?name=same-csv&pooling=mean&alphas=1&cv_folds=3&layers=-1"))
-        .bearer_auth(ADMIN)
-        .header("content-type", "text/csv")
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        upload(&server, "/heads?name=same-csv&pooling=mean&alphas=1&cv_folds=3&layers=-1", "text/csv", csv).await;
     assert_eq!(response.status(), 202);
     assert_eq!(wait_for(&server, "same-csv", "ready").await["pair"], true);
 
