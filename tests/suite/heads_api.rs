@@ -1159,3 +1159,47 @@ async fn the_alpha_grid_and_a_time_budget_are_options_of_the_search() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn evaluate_compares_with_a_pretrained_onnx_classifier() {
+    let folder = tempfile::tempdir().unwrap();
+    let mut settings = common::settings_with_onnx_head();
+    settings.classify.heads_dir = folder.path().to_path_buf();
+    settings.security.admin_key = ADMIN.into();
+    let server = TestServer::start(settings).await;
+    let words = [("pos", ["great", "funny", "moving", "superb"]), ("neg", ["dull", "slow", "boring", "awful"])];
+    let labelled = |n: usize, offset: usize| -> Vec<(String, &'static str)> {
+        (0..n)
+            .flat_map(|i| {
+                words
+                    .iter()
+                    .map(move |(l, w)| (format!("a {} and {} film {}", w[i % 4], w[(i + 1) % 4], i + offset), *l))
+            })
+            .collect()
+    };
+    let examples: Vec<Value> = labelled(12, 0).iter().map(|(t, l)| json!({"text": t, "label": l})).collect();
+    let options = json!({"pooling": "mean", "alphas": [1.0], "cv_folds": 2, "layers": ["-1"]});
+    assert_eq!(create(&server, json!({"name": "mine", "examples": examples, "options": options})).await.status(), 202);
+    wait_for(&server, "mine", "ready").await;
+    let texts = labelled(6, 100);
+    let body = json!({"examples": texts.iter().map(|(t, l)| json!({"text": t, "label": l})).collect::<Vec<_>>(), "compare": ["sst2"]});
+    let response =
+        server.client.post(server.url("/heads/mine/evaluate")).bearer_auth(ADMIN).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    // The ONNX classifier's figures are its /classify answers on the same texts (labels mapped to neg/pos).
+    let inputs: Vec<&str> = texts.iter().map(|(t, _)| t.as_str()).collect();
+    let classified: Value =
+        server.post_json("/classify", json!({"inputs": inputs, "head": "sst2"})).await.json().await.unwrap();
+    let right =
+        classified["predictions"].as_array().unwrap().iter().zip(&texts).filter(|(p, (_, l))| p["label"] == *l).count();
+    let onnx = &answer["systems"][1];
+    assert_eq!((onnx["name"].as_str(), onnx["role"].as_str()), (Some("sst2"), Some("compared")));
+    assert!(
+        (onnx["scores"]["accuracy"].as_f64().unwrap() - right as f64 / texts.len() as f64).abs() < 1e-12,
+        "{answer}"
+    );
+    assert!(onnx["calibration_error"].is_number());
+    assert_eq!(answer["comparisons"][0]["b"], "sst2");
+    server.stop().await;
+}
