@@ -216,6 +216,9 @@ pub struct HeadSettings {
     /// and alpha by accuracy; 0 chooses on the validation split instead.
     #[serde(default = "default_cv_folds")]
     pub cv_folds: usize,
+    /// Label weights of the training rows (`POST /heads`' `class_weight` by name).
+    #[serde(default)]
+    pub class_weight: LabelWeighting,
     #[serde(default)]
     pub train_on_startup: bool,
     // onnx
@@ -226,6 +229,17 @@ pub struct HeadSettings {
     /// The model's label names mapped to ours; empty: the model's own labels.
     #[serde(default)]
     pub label_map: BTreeMap<String, String>,
+}
+
+/// A head's label weights as a setting: `none`, `balanced` (label c weighs
+/// n / (labels x n_c)) or `auto` (both tried; chosen by held-out macro-F1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelWeighting {
+    #[default]
+    None,
+    Balanced,
+    Auto,
 }
 
 fn default_pooling_choice() -> PoolingChoice {
@@ -255,6 +269,7 @@ impl HeadSettings {
             alphas: default_alphas(),
             max_iterations: default_max_iterations(),
             cv_folds: default_cv_folds(),
+            class_weight: LabelWeighting::None,
             train_on_startup: false,
             model_dir: None,
             model_file: default_model_file(),

@@ -11,7 +11,7 @@ use super::logistic::{head_path, EncoderStamp, LogisticHead, Selection};
 use super::scores::Scores;
 use super::search::{train, ClassWeight, LabelledFeatures, TrainConfig, TrainingData};
 use super::store::HeadStore;
-use crate::config::{HeadSettings, LayerSpec, PoolingChoice};
+use crate::config::{HeadSettings, LabelWeighting, LayerSpec, PoolingChoice};
 use crate::data::{Dataset, Split};
 use crate::encoder::Encoder;
 use crate::features::{extract, layers_to_extract, FeatureCache, PooledFeatures, Progress};
@@ -130,7 +130,11 @@ pub fn train_head(
         max_iterations: settings.max_iterations,
         progress: None,
         threads: None,
-        class_weight: ClassWeight::None,
+        class_weight: match settings.class_weight {
+            LabelWeighting::None => ClassWeight::None,
+            LabelWeighting::Balanced => ClassWeight::Balanced,
+            LabelWeighting::Auto => ClassWeight::Auto,
+        },
         time_budget: None,
         selection: selection_of(settings.cv_folds),
     };

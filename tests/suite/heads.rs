@@ -7,7 +7,7 @@ use crate::common;
 use std::path::Path;
 
 use common::{fixture, settings_for, synthetic_dataset};
-use distilserve::config::{HeadSettings, PoolingChoice};
+use distilserve::config::{HeadSettings, LabelWeighting, PoolingChoice};
 use distilserve::heads::logistic::{head_path, HeadFileError, LogisticHead};
 use distilserve::model::Model;
 
@@ -47,6 +47,29 @@ fn a_head_trained_on_a_synthetic_set_classifies_it_and_round_trips() {
     // Probabilities are a distribution.
     let p = loaded.probabilities(&vec![0.0; loaded.features()]);
     assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn a_head_in_the_settings_can_weigh_its_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_dataset(&data);
+    let mut model = tiny_model("tiny-distilbert");
+    let mut settings = head_settings(&data);
+    settings.class_weight = LabelWeighting::Auto;
+    settings.layers = vec!["-1".to_string().try_into().unwrap()];
+    let head = common::train_toy_head(&mut model, &settings, &tmp.path().join("heads"), &tmp.path().join("cache"));
+    let record = &head.training;
+    assert_eq!(record.select_by, Some(distilserve::heads::logistic::SelectBy::MacroF1));
+    // Unweighted and balanced candidates, each set and alpha: 3 poolings x 2 x 3 alphas.
+    assert_eq!(record.candidates.len(), 3 * 2 * 3);
+    assert!(record.candidates.iter().all(|c| c.macro_f1.is_some()));
+    let effect = record.weighting_effect.as_ref().expect("auto reports both");
+    assert!((0.0..=1.0).contains(&effect.unweighted_macro_f1) && (0.0..=1.0).contains(&effect.weighted_macro_f1));
+    let parsed: HeadSettings =
+        serde_json::from_value(serde_json::json!({"kind": "logistic", "data": "d", "class_weight": "balanced"}))
+            .unwrap();
+    assert_eq!(parsed.class_weight, LabelWeighting::Balanced);
 }
 
 #[test]
