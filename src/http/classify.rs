@@ -65,7 +65,7 @@ pub async fn classify(
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
     let pairs =
         request.text_pair.map(|p| validate_inputs(p.into_vec(), state.settings.limits.max_inputs)).transpose()?;
-    super::heads::check_pairs(&heads, pairs.as_deref(), texts.len())?;
+    super::heads::check_pairs(&heads, pairs.as_deref(), texts.len(), state.settings.limits.max_inputs)?;
     if pairs.is_some() && (request.windows || request.explain) {
         return Err(ApiError::invalid("invalid_request", "text pairs are classified without windows or explain"));
     }

@@ -136,7 +136,7 @@ pub async fn evaluate(
         return Err(ApiError::invalid("empty_input", "no labelled texts to evaluate on"));
     }
     let heads = heads_to_run(&state, head, &compare)?;
-    super::heads::check_pairs(&heads, None, rows.len())?;
+    super::heads::check_pairs(&heads, None, rows.len(), state.settings.limits.max_inputs)?;
     let truth = rows
         .iter()
         .enumerate()
@@ -237,14 +237,6 @@ fn heads_to_run(state: &AppState, head: Arc<Head>, compare: &[String]) -> Result
             format!("compare lists at most {MAX_COMPARED} heads, got {}", compare.len()),
         ));
     }
-    let multi = |h: &Head| matches!(h, Head::Logistic(l) if l.multi_label.is_some());
-    if multi(&head) {
-        let h = &head;
-        return Err(ApiError::invalid(
-            "invalid_request",
-            format!("head {:?} is multi-label: its held-out figures are in GET /heads/{{name}}; evaluate takes one label per text", h.name()),
-        ));
-    }
     let mut heads = vec![head];
     let mut wanted: Vec<String> = heads[0].labels().to_vec();
     wanted.sort();
@@ -253,12 +245,6 @@ fn heads_to_run(state: &AppState, head: Arc<Head>, compare: &[String]) -> Result
             return Err(ApiError::invalid("invalid_option", format!("head {other:?} is listed twice")));
         }
         let h = lookup(state, Some(other))?;
-        if multi(&h) {
-            return Err(ApiError::invalid(
-                "invalid_request",
-                format!("head {other:?} is multi-label; evaluate compares single-label heads"),
-            ));
-        }
         let mut theirs: Vec<String> = h.labels().to_vec();
         theirs.sort();
         if theirs != wanted {
@@ -268,6 +254,16 @@ fn heads_to_run(state: &AppState, head: Arc<Head>, compare: &[String]) -> Result
             ));
         }
         heads.push(h);
+    }
+    if let Some(h) = heads.iter().find(|h| matches!(&***h, Head::Logistic(l) if l.multi_label.is_some())) {
+        return Err(ApiError::invalid(
+            "invalid_request",
+            format!(
+                "head {:?} is multi-label: evaluate compares single-label heads (its held-out figures are in GET /heads/{})",
+                h.name(),
+                h.name()
+            ),
+        ));
     }
     Ok(heads)
 }

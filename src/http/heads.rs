@@ -263,8 +263,14 @@ pub async fn suspects(
 }
 
 /// Pair heads take a second text per text, the others none: every head of a
-/// request agrees with `pairs`, which has one per text.
-pub fn check_pairs(heads: &[Arc<Head>], pairs: Option<&[String]>, texts: usize) -> Result<(), ApiError> {
+/// request agrees with `pairs`, which has one per text, and both texts of a
+/// pair count toward `limits.max_inputs` (`max_inputs`), as the encoder runs both.
+pub fn check_pairs(
+    heads: &[Arc<Head>],
+    pairs: Option<&[String]>,
+    texts: usize,
+    max_inputs: usize,
+) -> Result<(), ApiError> {
     let is_pair = |h: &Head| matches!(h, Head::Logistic(l) if l.pair);
     match pairs {
         None => match heads.iter().find(|h| is_pair(h)) {
@@ -285,6 +291,13 @@ pub fn check_pairs(heads: &[Arc<Head>], pairs: Option<&[String]>, texts: usize) 
                 return Err(ApiError::invalid(
                     "invalid_request",
                     format!("{} inputs and {} text_pair texts: one second text per input", texts, pairs.len()),
+                ));
+            }
+            if 2 * texts > max_inputs {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_many_inputs",
+                    format!("{texts} pairs are {} texts, more than limits.max_inputs ({max_inputs})", 2 * texts),
                 ));
             }
             Ok(())

@@ -322,7 +322,12 @@ async fn labelled(
 ) -> Result<Vec<Vec<TeiPrediction>>, TeiError> {
     let texts = validate_inputs(texts, state.settings.limits.max_inputs)?;
     let pairs = pairs.map(|p| validate_inputs(p, state.settings.limits.max_inputs)).transpose()?;
-    super::heads::check_pairs(std::slice::from_ref(head), pairs.as_deref(), texts.len())?;
+    super::heads::check_pairs(
+        std::slice::from_ref(head),
+        pairs.as_deref(),
+        texts.len(),
+        state.settings.limits.max_inputs,
+    )?;
     let input = ClassifyInput {
         texts,
         truncate,

@@ -1102,6 +1102,10 @@ async fn pair_heads_read_both_texts_as_sentence_bert_does() {
         let (status, code, message) = error_of(server.post_json("/classify", body.clone()).await).await;
         assert_eq!((status, code.as_str()), (422, "invalid_request"), "{body}: {message}");
     }
+    // Both texts of a pair count toward limits.max_inputs (256): 129 pairs are 258 texts.
+    let many = json!({"inputs": vec![a; 129], "text_pair": vec![b; 129], "head": "same-topic"});
+    let (status, code, _) = error_of(server.post_json("/classify", many).await).await;
+    assert_eq!((status, code.as_str()), (413, "too_many_inputs"));
     let single = server.post_json("/tei/heads/same-topic/predict", json!({"inputs": a})).await;
     assert_eq!(single.status(), 422);
     let body: Value = single.json().await.unwrap();
