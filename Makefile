@@ -27,7 +27,7 @@ test: setup test-deps
 
 # The schemathesis contract test with a 10-minute budget (CI runs it for 60 s).
 contract: setup
-	CONTRACT_SECONDS=600 DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test --release --test suite contract:: -- --nocapture
+	CONTRACT_SECONDS=600 DISTILSERVE_PYTHON="$$(scripts/python-env.sh)" $(CARGO) test --release --test suite openapi::schemathesis -- --nocapture
 
 # Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each (CI: 20 s); nightly rustc, or stable with RUSTC_BOOTSTRAP.
 FUZZ_SECONDS ?= 20

@@ -2,7 +2,7 @@
 # System packages the test suite drives for real: nginx (tests/suite/topology.rs,
 # the load-balancer topology), Chromium and Node (tests/suite/playground.rs, the
 # page at /, driven through tests/browser/cdp.mjs), and promtool
-# (tests/suite/dashboards.rs checks deploy/prometheus/alerts.yaml with it): only
+# (tests/suite/monitoring.rs checks deploy/prometheus/alerts.yaml with it): only
 # that binary, taken from Debian's `prometheus` package into
 # $DISTILSERVE_CACHE/bin, so that no Prometheus server is installed or started.
 # Installs the missing ones with apt (Debian packages) when run as root;

@@ -34,7 +34,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// `DISTILSERVE_FAULT_PAUSE_BEFORE_RENAME_MS`: wait that long between writing
-/// the temporary file and renaming it, so that tests/suite/faults.rs can kill
+/// the temporary file and renaming it, so that tests/suite/heads_folder.rs can kill
 /// the process for certain inside a write. Unset in normal runs.
 fn pause_for_fault_injection() {
     if let Some(ms) = std::env::var("DISTILSERVE_FAULT_PAUSE_BEFORE_RENAME_MS").ok().and_then(|v| v.parse().ok()) {

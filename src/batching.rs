@@ -3,7 +3,7 @@
 //! fit a token budget and a batch size, run them in one call and hand each
 //! caller its rows. A full queue refuses work at once; expired or abandoned
 //! work is not computed. Generic over the encoder, so its behaviour is tested
-//! with fakes (tests/suite/batching_queue.rs) without ONNX Runtime.
+//! with fakes (tests/suite/queue.rs) without ONNX Runtime.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -5,7 +5,7 @@
 //! layers x format: a 4 KB `/embed` request for seven concatenated layers per
 //! token as `.npy` once asked for a 1.4 GB answer (RELIABILITY.md, "Bounded
 //! cost"). Both figures are upper bounds, so that an admitted answer never
-//! exceeds the limit it was admitted under (tests/suite/request_cost.rs).
+//! exceeds the limit it was admitted under (tests/suite/limits.rs).
 
 use serde::{Deserialize, Serialize};
 

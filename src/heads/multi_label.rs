@@ -116,7 +116,11 @@ fn best_threshold(probabilities: &[f64], truth: &[bool]) -> f64 {
     best.1
 }
 
-/// Trains a multi-label head (the caller records test metrics and saves it).
+/// Trains a multi-label head (the caller records test metrics and saves it):
+/// every label's held-out probabilities along each alpha path
+/// ([`held_out_paths`]), candidates scored by micro-F1 at 0.5
+/// ([`candidates`]), one chosen, each label's threshold on its held-out
+/// probabilities ([`thresholds`]), the final fit on every row ([`final_fit`]).
 pub fn train_multi_label(
     name: &str,
     encoder: EncoderStamp,
@@ -130,14 +134,53 @@ pub fn train_multi_label(
     }
     let started = Instant::now();
     let k = labels.len();
-    let n = sets.len();
     // The search's layout with placeholder labels: rows, feature sets and folds are what is shared.
-    let placeholder = vec![0usize; n];
+    let placeholder = vec![0usize; sets.len()];
     let search = SearchData::new(
         config,
         &LabelledFeatures { features, labels: &placeholder, texts: None, source: "upload", pair: None },
         None,
     )?;
+    let held_out = held_out_paths(&search, sets, k, config)?;
+    // Every fold's held-out rows together, in fold order, with their true sets.
+    let held_truth: Vec<Vec<usize>> =
+        (0..search.folds).flat_map(|fold| search.held_rows(fold)).map(|i| sets[i].clone()).collect();
+    let candidates = candidates(name, &search, &held_out, labels, &held_truth, config);
+    // One standard error of micro-F1 over every (text, label) decision.
+    let best = choose(&candidates, encoder.hidden_size, held_truth.len() * k, SelectBy::MicroF1).expect("a candidate");
+    let set = search.sets.iter().position(|s| *s == (best.layers.clone(), best.pooling)).expect("a searched set");
+    let thresholds = thresholds(&pooled(&search, &held_out, set, best.alpha), &held_truth);
+    let (fit, fitted_p) = final_fit(&search, set, sets, k, best.alpha, config)?;
+    let thresholds_f32: Vec<f32> = thresholds.iter().map(|&t| t as f32).collect();
+    let train_scores = MultiLabelScores::compute(labels, &thresholds_f32, sets, &decide(&fitted_p, &thresholds));
+
+    let training = TrainingRecord {
+        data_dir,
+        data_fingerprints,
+        train_examples: sets.len(),
+        selection: config.selection,
+        max_iterations: config.max_iterations,
+        alpha: best.alpha,
+        held_out_accuracy: best.accuracy,
+        candidates,
+        seconds: started.elapsed().as_secs_f64(),
+        upload: None,
+        calibration: None,
+        select_by: Some(SelectBy::MicroF1),
+        class_weights: None,
+        weighting_effect: None,
+        budget: None,
+    };
+    let metrics = HeadMetrics { multi_label_train: Some(train_scores), ..HeadMetrics::default() };
+    let mut head = assemble(name, labels, &best, encoder, training, metrics, fit);
+    head.multi_label = Some(MultiLabel { thresholds: thresholds_f32 });
+    Ok(head.sealed())
+}
+
+/// Each (feature set, fold): every label's regularisation path, strongest
+/// alpha first and warm-started, scored on the fold's held-out rows.
+fn held_out_paths(search: &SearchData, sets: &[Vec<usize>], k: usize, config: &TrainConfig) -> anyhow::Result<HeldOut> {
+    let n = sets.len();
     let mut alphas_down = config.alphas.clone();
     alphas_down.sort_by(|a, b| b.total_cmp(a));
     let jobs: Vec<(usize, usize)> =
@@ -173,27 +216,33 @@ pub fn train_multi_label(
             held_out.insert((set, fold, alpha), p);
         }
     }
+    Ok(held_out)
+}
 
-    // Every fold's held-out rows together, in fold order, with their true sets.
-    let held_truth: Vec<Vec<usize>> =
-        (0..search.folds).flat_map(|fold| search.held_rows(fold)).map(|i| sets[i].clone()).collect();
-    let pooled = |set: usize, alpha: f64| {
-        let parts: Vec<_> = (0..search.folds).map(|fold| held_out[&(set, fold, alpha.to_bits())].view()).collect();
-        ndarray::concatenate(ndarray::Axis(0), &parts).expect("same labels")
-    };
+/// One feature set's held-out probabilities at `alpha`, every fold's rows in fold order.
+fn pooled(search: &SearchData, held_out: &HeldOut, set: usize, alpha: f64) -> Array2<f64> {
+    let parts: Vec<_> = (0..search.folds).map(|fold| held_out[&(set, fold, alpha.to_bits())].view()).collect();
+    ndarray::concatenate(ndarray::Axis(0), &parts).expect("same labels")
+}
+
+/// Every (feature set, alpha) scored on the held-out rows: micro- and
+/// macro-F1 and subset accuracy at 0.5, and the mean binary log loss.
+fn candidates(
+    name: &str,
+    search: &SearchData,
+    held_out: &HeldOut,
+    labels: &[String],
+    held_truth: &[Vec<usize>],
+    config: &TrainConfig,
+) -> Vec<Candidate> {
+    let k = labels.len();
     let half = vec![0.5; k];
     let mut candidates = Vec::new();
     for (set, (layers, pooling)) in search.sets.iter().enumerate() {
         for &alpha in &config.alphas {
-            let p = pooled(set, alpha);
-            let scores = MultiLabelScores::compute(labels, &vec![0.5; k], &held_truth, &decide(&p, &half));
-            let mut log_loss = 0.0;
-            for (row, truth) in p.rows().into_iter().zip(&held_truth) {
-                for (l, &q) in row.iter().enumerate() {
-                    let q = if truth.contains(&l) { q } else { 1.0 - q };
-                    log_loss -= q.max(1e-15).ln() / (k * held_truth.len()) as f64;
-                }
-            }
+            let p = pooled(search, held_out, set, alpha);
+            let scores = MultiLabelScores::compute(labels, &vec![0.5; k], held_truth, &decide(&p, &half));
+            let log_loss = binary_log_loss(&p, held_truth);
             tracing::info!(head = name, pooling = %pooling, alpha, micro_f1 = scores.micro_f1, "multi-label candidate scored");
             candidates.push(Candidate {
                 pooling: *pooling,
@@ -207,54 +256,55 @@ pub fn train_multi_label(
             });
         }
     }
-    // One standard error of micro-F1 over every (text, label) decision.
-    let best = choose(&candidates, encoder.hidden_size, held_truth.len() * k, SelectBy::MicroF1).expect("a candidate");
-    let set = search.sets.iter().position(|s| *s == (best.layers.clone(), best.pooling)).expect("a searched set");
-    let p = pooled(set, best.alpha);
-    let thresholds: Vec<f64> = (0..k)
-        .map(|l| {
-            let truth: Vec<bool> = held_truth.iter().map(|t| t.contains(&l)).collect();
-            best_threshold(&p.column(l).to_vec(), &truth)
-        })
-        .collect();
+    candidates
+}
 
-    // The final fit: every row, each label in double precision.
-    let all: Vec<usize> = (0..n).collect();
+/// The mean log loss of every (text, label) decision.
+fn binary_log_loss(probabilities: &Array2<f64>, truth: &[Vec<usize>]) -> f64 {
+    let decisions = (probabilities.ncols() * truth.len()) as f64;
+    let mut log_loss = 0.0;
+    for (row, truth) in probabilities.rows().into_iter().zip(truth) {
+        for (l, &q) in row.iter().enumerate() {
+            let q = if truth.contains(&l) { q } else { 1.0 - q };
+            log_loss -= q.max(1e-15).ln() / decisions;
+        }
+    }
+    log_loss
+}
+
+/// Each label's threshold for its best held-out F1.
+fn thresholds(probabilities: &Array2<f64>, truth: &[Vec<usize>]) -> Vec<f64> {
+    (0..probabilities.ncols())
+        .map(|l| {
+            let positive: Vec<bool> = truth.iter().map(|t| t.contains(&l)).collect();
+            best_threshold(&probabilities.column(l).to_vec(), &positive)
+        })
+        .collect()
+}
+
+/// The final fit: every row, each of `k` labels in double precision; with
+/// the fitted rows' probabilities (for the training figures).
+fn final_fit(
+    search: &SearchData,
+    set: usize,
+    sets: &[Vec<usize>],
+    k: usize,
+    alpha: f64,
+    config: &TrainConfig,
+) -> anyhow::Result<(FinalFit, Array2<f64>)> {
+    let all: Vec<usize> = (0..sets.len()).collect();
     let scaler = Scaler::fit(&search.fit[set]);
     let x = scaler.apply(&search.fit[set]);
     let mut weights = Vec::with_capacity(k);
     let mut intercept = Vec::with_capacity(k);
-    let mut fitted_p = Array2::zeros((n, k));
+    let mut fitted_p = Array2::zeros((sets.len(), k));
     for label in 0..k {
-        let (binary, _) = fit_label(&x, &targets(sets, &all, label), best.alpha, config, None, true)?;
+        let (binary, _) = fit_label(&x, &targets(sets, &all, label), alpha, config, None, true)?;
         fitted_p.column_mut(label).assign(&Array1::from(binary.probabilities(&x)));
         weights.push(binary.weights.iter().map(|&v| v as f32).collect());
         intercept.push(binary.intercept as f32);
     }
-    let thresholds_f32: Vec<f32> = thresholds.iter().map(|&t| t as f32).collect();
-    let train_scores = MultiLabelScores::compute(labels, &thresholds_f32, sets, &decide(&fitted_p, &thresholds));
-
-    let training = TrainingRecord {
-        data_dir,
-        data_fingerprints,
-        train_examples: n,
-        selection: config.selection,
-        max_iterations: config.max_iterations,
-        alpha: best.alpha,
-        held_out_accuracy: best.accuracy,
-        candidates,
-        seconds: started.elapsed().as_secs_f64(),
-        upload: None,
-        calibration: None,
-        select_by: Some(SelectBy::MicroF1),
-        class_weights: None,
-        weighting_effect: None,
-        budget: None,
-    };
-    let metrics = HeadMetrics { multi_label_train: Some(train_scores), ..HeadMetrics::default() };
-    let mut head = assemble(name, labels, &best, encoder, training, metrics, FinalFit { scaler, weights, intercept });
-    head.multi_label = Some(MultiLabel { thresholds: thresholds_f32 });
-    Ok(head.sealed())
+    Ok((FinalFit { scaler, weights, intercept }, fitted_p))
 }
 
 #[cfg(test)]

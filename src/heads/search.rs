@@ -365,36 +365,18 @@ pub fn train(
     let scores = score_alpha_paths(&search, config, classes)?;
     let candidates = candidates(&search, config, &scores, classes, name, &encoder);
     let hidden = encoder.hidden_size;
-    let searched = (0..search.sets.len()).filter(|&set| complete(&search, config, &scores, set)).count();
-    let budget = config.time_budget.map(|b| SearchBudget {
-        seconds: b.as_secs_f64(),
-        feature_sets_searched: searched,
-        feature_sets_left_out: search.sets.len() - searched,
-    });
+    let budget = search_budget(&search, config, &scores);
     let Some(best) = choose(&candidates, hidden, search.held_out, select_by) else {
         bail!(
             "the time budget ({:.1} s) ended before one feature set was searched: give more time, or fewer layer options and poolings",
             config.time_budget.map_or(0.0, |b| b.as_secs_f64())
         );
     };
-    let weighting_effect = (config.class_weight == ClassWeight::Auto).then(|| {
-        let best_of = |weighted: bool| {
-            choose(candidates.iter().filter(|c| c.weighting.is_some() == weighted), hidden, search.held_out, select_by)
-                .and_then(|c| c.macro_f1)
-                .unwrap_or(0.0)
-        };
-        WeightingEffect { unweighted_macro_f1: best_of(false), weighted_macro_f1: best_of(true) }
-    });
+    let weighting_effect = weighting_effect(config, &candidates, hidden, search.held_out, select_by);
     let calibration = calibrate(&search, &scores, &best);
     let (set, weighting) = search.index_of(&best);
     let class_weights = search.weightings[weighting].clone();
-    let (scaler, fitted, fit_pred) =
-        final_fit(&search.fit[set], &search.fit_labels, classes, &best, class_weights.as_ref(), config)?;
-    // Held-out validation metrics exist only when validation was not fitted on.
-    let validation_metrics = match (&search.score[set], &search.score_labels) {
-        (Some(x), Some(y)) => Some(Scores::compute(labels, y, &score(&fitted, &scaler.apply(x), y).2)),
-        _ => None,
-    };
+    let (fit, metrics) = fit_chosen(&search, set, labels, &best, class_weights.as_ref(), config)?;
     let suspects = suspects(&search, &scores, &best, calibration.temperature, labels, &train, validation.as_ref());
 
     let training = TrainingRecord {
@@ -414,9 +396,33 @@ pub fn train(
         weighting_effect,
         budget,
     };
+    let mut head = assemble(name, labels, &best, encoder, training, metrics, fit);
+    head.temperature = calibration.temperature;
+    head.suspects = suspects;
+    head.pair = train.pair.is_some();
+    Ok(head.sealed())
+}
+
+/// The chosen candidate fitted on every fitted row ([`final_fit`]), with its
+/// training figures and, where validation was not fitted on, its validation figures.
+fn fit_chosen(
+    search: &SearchData,
+    set: usize,
+    labels: &[String],
+    best: &Candidate,
+    class_weights: Option<&ClassWeights>,
+    config: &TrainConfig,
+) -> anyhow::Result<(FinalFit, HeadMetrics)> {
+    let classes = labels.len();
+    let (scaler, fitted, fit_pred) =
+        final_fit(&search.fit[set], &search.fit_labels, classes, best, class_weights, config)?;
+    let validation = match (&search.score[set], &search.score_labels) {
+        (Some(x), Some(y)) => Some(Scores::compute(labels, y, &score(&fitted, &scaler.apply(x), y).2)),
+        _ => None,
+    };
     let metrics = HeadMetrics {
         train: Some(Scores::compute(labels, &search.fit_labels, &fit_pred)),
-        validation: validation_metrics,
+        validation,
         ..HeadMetrics::default()
     };
     let fit = FinalFit {
@@ -424,11 +430,35 @@ pub fn train(
         weights: (0..classes).map(|c| fitted.weights.column(c).iter().map(|&v| v as f32).collect()).collect(),
         intercept: fitted.intercept.iter().map(|&v| v as f32).collect(),
     };
-    let mut head = assemble(name, labels, &best, encoder, training, metrics, fit);
-    head.temperature = calibration.temperature;
-    head.suspects = suspects;
-    head.pair = train.pair.is_some();
-    Ok(head.sealed())
+    Ok((fit, metrics))
+}
+
+/// How much of the search a time budget let run (none without a budget).
+fn search_budget(search: &SearchData, config: &TrainConfig, scores: &PathScores) -> Option<SearchBudget> {
+    let searched = (0..search.sets.len()).filter(|&set| complete(search, config, scores, set)).count();
+    config.time_budget.map(|b| SearchBudget {
+        seconds: b.as_secs_f64(),
+        feature_sets_searched: searched,
+        feature_sets_left_out: search.sets.len() - searched,
+    })
+}
+
+/// With `class_weight = "auto"`: the best unweighted and weighted candidates' macro-F1.
+fn weighting_effect(
+    config: &TrainConfig,
+    candidates: &[Candidate],
+    hidden: usize,
+    held_out: usize,
+    select_by: SelectBy,
+) -> Option<WeightingEffect> {
+    (config.class_weight == ClassWeight::Auto).then(|| {
+        let best_of = |weighted: bool| {
+            choose(candidates.iter().filter(|c| c.weighting.is_some() == weighted), hidden, held_out, select_by)
+                .and_then(|c| c.macro_f1)
+                .unwrap_or(0.0)
+        };
+        WeightingEffect { unweighted_macro_f1: best_of(false), weighted_macro_f1: best_of(true) }
+    })
 }
 
 /// A head's parameters: standardisation, then one weight row and intercept per label.
@@ -929,18 +959,10 @@ mod tests {
     fn cross_validation_pools_both_splits_and_holds_each_row_out_once() {
         let (train, validation) = (indexed(7, 0), indexed(3, 7));
         let labels: Vec<usize> = (0..10).map(|i| i % 2).collect();
-        let search = SearchData::new(
-            &config(Selection::CrossValidation { folds: 3 }),
-            &LabelledFeatures { features: &train, labels: &labels[..7], texts: None, source: "t", pair: None },
-            Some(&LabelledFeatures {
-                features: &validation,
-                labels: &labels[7..],
-                texts: None,
-                source: "t",
-                pair: None,
-            }),
-        )
-        .unwrap();
+        let fit = LabelledFeatures { features: &train, labels: &labels[..7], texts: None, source: "t", pair: None };
+        let held =
+            LabelledFeatures { features: &validation, labels: &labels[7..], texts: None, source: "t", pair: None };
+        let search = SearchData::new(&config(Selection::CrossValidation { folds: 3 }), &fit, Some(&held)).unwrap();
         assert_eq!((search.sets.len(), search.folds, search.held_out), (2, 3, 10));
         assert_eq!(search.fit_labels, labels);
         let mut held_out = Vec::new();
@@ -958,17 +980,7 @@ mod tests {
         held_out.sort();
         assert_eq!(held_out, (0..10).collect::<Vec<_>>());
         // Folds out of range are refused before any fit.
-        let too_many = SearchData::new(
-            &config(Selection::CrossValidation { folds: 11 }),
-            &LabelledFeatures { features: &train, labels: &labels[..7], texts: None, source: "t", pair: None },
-            Some(&LabelledFeatures {
-                features: &validation,
-                labels: &labels[7..],
-                texts: None,
-                source: "t",
-                pair: None,
-            }),
-        );
+        let too_many = SearchData::new(&config(Selection::CrossValidation { folds: 11 }), &fit, Some(&held));
         assert!(too_many.err().unwrap().to_string().contains("2 to 10 folds"));
     }
 

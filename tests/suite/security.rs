@@ -1,12 +1,19 @@
-//! Access: the API key on and off for every route, CORS off by default and
-//! configurable (the admin key on admin routes: hardening.rs). Tiny DistilBERT fixture over a socket.
+//! Access: the API key on and off for every route, checked before the body is
+//! read; operational routes optionally protected and moved to a private
+//! address; admin routes off without `security.admin_key` and needing it when
+//! set; CORS off by default and configurable. Tiny DistilBERT fixture over a
+//! socket.
 
 use crate::common;
 
-use common::{error_of, fixture, settings_for, TestServer};
-use serde_json::json;
+use std::time::{Duration, Instant};
 
-// Routes that change the heads take the admin key instead: hardening.rs.
+use common::{error_of, fixture, settings_for, tiny_distilbert, TestServer};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+// Routes that change the heads take the admin key instead (below).
 const INFERENCE: [(&str, &str); 7] = [
     ("POST", "/embed"),
     ("POST", "/classify"),
@@ -138,6 +145,72 @@ async fn with_a_private_address_operator_routes_leave_the_public_port() {
     for path in ["/health", "/health/live", "/health/ready"] {
         assert_eq!(client.get(at(server.addr, path)).send().await.unwrap().status(), 200, "public {path}");
         assert_eq!(client.get(at(private, path)).send().await.unwrap().status(), 200, "private {path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn authentication_comes_before_reading_the_body() {
+    let mut settings = tiny_distilbert();
+    settings.security.api_key = "k3y".into();
+    settings.server.body_read_timeout_ms = 10_000;
+    let server = TestServer::start(settings).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    // Headers promising a large body that never comes, with a wrong key.
+    stream
+        .write_all(b"POST /embed HTTP/1.1\r\nhost: x\r\nauthorization: Bearer nope\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut head))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 401");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    server.stop().await;
+}
+
+/// Every route that changes the served heads.
+const ADMIN_ROUTES: [(&str, &str); 4] =
+    [("POST", "/heads/x/reload"), ("POST", "/heads/x/rollback"), ("DELETE", "/heads/x"), ("POST", "/heads")];
+
+fn admin_request(server: &TestServer, method: &str, path: &str) -> reqwest::RequestBuilder {
+    let request = match method {
+        "DELETE" => server.client.delete(server.url(path)),
+        _ => server.client.post(server.url(path)),
+    };
+    request.json(&serde_json::json!({"name": "x", "examples": []}))
+}
+
+#[tokio::test]
+async fn admin_routes_are_off_without_an_admin_key_and_need_it_when_set() {
+    let server = TestServer::start(tiny_distilbert()).await;
+    for (method, path) in ADMIN_ROUTES {
+        let (status, code, message) = error_of(admin_request(&server, method, path).send().await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (403, "admin_disabled"), "{method} {path}");
+        assert!(message.contains("security.admin_key"), "{message}");
+    }
+    server.stop().await;
+
+    let mut settings = tiny_distilbert();
+    settings.security.admin_key = "adm1n".into();
+    settings.security.api_key = "user".into();
+    let server = TestServer::start(settings).await;
+    for (method, path) in ADMIN_ROUTES {
+        for key in [None, Some("user"), Some("adm1"), Some("wrong")] {
+            let mut request = admin_request(&server, method, path);
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let (status, code, _) = error_of(request.send().await.unwrap()).await;
+            assert_eq!((status, code.as_str()), (401, "unauthorized"), "{method} {path} with {key:?}");
+        }
+        // With the admin key the handler answers: no head named x (or no examples).
+        let response = admin_request(&server, method, path).bearer_auth("adm1n").send().await.unwrap();
+        let (status, _, _) = error_of(response).await;
+        assert!(status == 404 || status == 422, "{method} {path}: {status}");
     }
     server.stop().await;
 }

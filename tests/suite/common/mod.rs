@@ -2,6 +2,8 @@
 //! server, and a real server on a loopback port.
 #![allow(dead_code)]
 
+pub mod fakes;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -56,6 +58,11 @@ pub fn settings_for(model_dir: &Path) -> Settings {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     s.classify.heads_dir = std::env::temp_dir().join(format!("distilserve-test-heads-{}-{n}", std::process::id()));
     s
+}
+
+/// `settings_for` the tiny DistilBERT fixture.
+pub fn tiny_distilbert() -> Settings {
+    settings_for(&fixture("tiny-distilbert"))
 }
 
 /// Settings that serve the tiny ONNX sentiment classifier fixture as head `sst2`

@@ -1,15 +1,18 @@
-//! Logistic heads on the tiny DistilBERT fixture: training on a synthetic data
-//! set, the head file (round trip, corruption, truncation, another encoder),
-//! determinism, and the feature cache.
+//! Training logistic heads and their file: on a synthetic data set with the tiny
+//! DistilBERT fixture (classifies it, reproducibly, with the feature cache and
+//! its recovery; label weights from the settings), the head file (round trip;
+//! truncated, altered, wrong-shaped or foreign-encoder files refused), and heads
+//! kept per encoder in one heads folder (switching back trains nothing).
 
 use crate::common;
 
 use std::path::Path;
 
-use common::{fixture, settings_for, synthetic_dataset};
+use common::{fixture, settings_for, settings_with_toy_head, synthetic_dataset, wait_ready, TestServer};
 use distilserve::config::{HeadSettings, LabelWeighting, PoolingChoice};
 use distilserve::heads::logistic::{head_path, HeadFileError, LogisticHead};
 use distilserve::model::Model;
+use serde_json::{json, Value};
 
 fn head_settings(data: &Path) -> HeadSettings {
     let mut h = HeadSettings::logistic(data.to_path_buf());
@@ -175,4 +178,47 @@ fn head_files_must_be_plain_files_of_bounded_size() {
     // A folder is not a head either.
     let err = LogisticHead::load(dir.path()).unwrap_err().to_string();
     assert!(err.contains("not a regular file"), "{err}");
+}
+
+async fn toy_head(server: &TestServer) -> Value {
+    let heads: Value = server.get("/heads").await.json().await.unwrap();
+    heads["heads"].as_array().unwrap().iter().find(|h| h["name"] == "toy").cloned().expect("toy is served")
+}
+
+/// One heads folder, two encoders: each start on the other encoder trains
+/// that encoder's own head instead of refusing the active file, and switching
+/// back serves the first encoder's head again without training it anew.
+#[tokio::test]
+async fn heads_are_kept_per_encoder() {
+    let root = tempfile::tempdir().unwrap();
+    let distilbert = settings_with_toy_head(root.path(), true);
+    let mut bert = distilbert.clone();
+    bert.model.dir = fixture("tiny-bert");
+
+    let server = TestServer::start(distilbert.clone()).await;
+    wait_ready(&server).await;
+    let first = toy_head(&server).await;
+    assert_eq!(first["encoder"], "tiny-distilbert");
+    // Of the default layer options, a 2-layer encoder has "-1" and "concat(-2,-1)"
+    // ("mean(-4,-3,-2,-1)" is left out of its search).
+    let layers = first["layers"].as_str().expect("pooled hidden states are reported");
+    assert!(["-1", "concat(-2,-1)"].contains(&layers), "{layers}");
+    server.stop().await;
+
+    let server = TestServer::start(bert).await;
+    wait_ready(&server).await;
+    let second = toy_head(&server).await;
+    assert_eq!(second["encoder"], "tiny-bert");
+    assert_ne!(second["version"], first["version"]);
+    let answer = server.post_json("/classify", json!({"inputs": ["good fun"]})).await;
+    assert_eq!(answer.status(), 200);
+    server.stop().await;
+
+    // Back to DistilBERT: its own version, loaded (ready at once), not retrained.
+    let server = TestServer::start(distilbert).await;
+    assert_eq!(server.get("/health").await.status(), 200, "no training needed");
+    let again = toy_head(&server).await;
+    assert_eq!(again["version"], first["version"]);
+    assert_eq!(again["encoder"], "tiny-distilbert");
+    server.stop().await;
 }

@@ -1,11 +1,43 @@
-//! The binary refuses bad set-ups with one clear line naming the file or
-//! setting and the fix, and exit status 1: never a panic.
+//! Starting the service: liveness and readiness are distinct probes, warm-up runs
+//! the model before ready, and bad set-ups (missing model or library, CUDA
+//! without a GPU, a bad setting, a corrupt model) are refused by the binary with
+//! one clear line naming the problem, exit 1.
 
 use crate::common;
 
 use std::process::Command;
 
-use common::fixture;
+use common::{fixture, settings_for, TestServer};
+
+#[tokio::test]
+async fn liveness_and_readiness_are_distinct_probes() {
+    let server = TestServer::start(settings_for(&fixture("tiny-distilbert"))).await;
+    for path in ["/health/live", "/health/ready", "/health"] {
+        let response = server.get(path).await;
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    assert_eq!(server.get("/health/live").await.json::<serde_json::Value>().await.unwrap()["status"], "alive");
+    assert_eq!(server.get("/health/ready").await.json::<serde_json::Value>().await.unwrap()["status"], "ok");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_warm_up_the_model_has_run_before_ready() {
+    let mut settings = common::settings_for(&common::fixture("tiny-distilbert"));
+    settings.model.warm_up = true;
+    let server = common::TestServer::start(settings).await;
+    common::wait_ready(&server).await;
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    let batches = metrics
+        .lines()
+        .find(|l| l.starts_with("distilserve_batches_total{runtime=\"encoder\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse::<f64>().unwrap())
+        .unwrap_or(0.0);
+    // 3 lengths x 3 batch sizes, before any request.
+    assert!(batches >= 9.0, "{batches} model calls before the first request");
+    server.stop().await;
+}
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_distilserve"));

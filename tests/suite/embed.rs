@@ -1,10 +1,15 @@
-//! POST /embed, /info and /health over a real socket, on the tiny DistilBERT
-//! fixture: results against Python onnxruntime, every output form, and every
-//! documented error.
+//! POST /embed, /info and /health: results against Python onnxruntime, every
+//! output form (pooling, normalisation, layers, `.npy` that NumPy loads), every
+//! documented error, concurrent callers. Tiny DistilBERT fixture over a socket;
+//! pooling below the handler in process over a fake encoder; `.npy` of the real
+//! model in NumPy.
 
 use crate::common;
 
-use common::{error_of, fixture, max_abs_diff, reference, settings_for, TestServer};
+use std::process::Command;
+
+use common::fakes::send;
+use common::{default_model_dir, error_of, fixture, max_abs_diff, python, reference, settings_for, TestServer};
 use distilserve::npy;
 use serde_json::{json, Value};
 
@@ -299,5 +304,52 @@ async fn layers_combined_by_mean_or_concat_over_http() {
     }
     let response = server.post_json("/embed", json!({"inputs": ["dull"], "layer_combine": "sum"})).await;
     assert_eq!(error_of(response).await.0, 422);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn embeddings_pass_through_pooling_and_normalisation_below_the_handler() {
+    let body = json!({"inputs": ["good", "a long one"], "pooling": "mean", "normalize": true}).to_string();
+    let (status, answer) = send("POST", "/embed", Some("application/json"), &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["dimensions"], 4);
+    let v: Vec<f64> = answer["embeddings"][0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let norm = 30f64.sqrt();
+    for (got, want) in v.iter().zip([1.0, 2.0, 3.0, 4.0]) {
+        assert!((got - want / norm).abs() < 1e-6, "{v:?}");
+    }
+    let body = json!({"inputs": "good", "pooling": "none"}).to_string();
+    let (_, answer) = send("POST", "/embed", Some("application/json"), &body).await;
+    let tokens = answer["token_counts"][0].as_u64().unwrap() as usize;
+    assert_eq!(answer["embeddings"][0].as_array().unwrap().len(), tokens);
+    assert_eq!(answer["embeddings"][0][0], json!([1.0, 2.0, 3.0, 4.0]));
+}
+
+#[tokio::test]
+async fn npy_answer_loads_in_numpy() {
+    let dir = default_model_dir();
+    let server = TestServer::start(settings_for(&dir)).await;
+    let texts = ["a gripping, funny film", "dull", "the acting is wooden and the plot goes nowhere"];
+    let tmp = tempfile::tempdir().unwrap();
+    for (pooling, want_shape) in [("mean", "(3, 384)"), ("none", "(3, 11, 384)")] {
+        let response = server
+            .client
+            .post(server.url("/embed"))
+            .header("accept", "application/x-npy")
+            .json(&json!({"inputs": texts, "pooling": pooling}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let counts = response.headers()["x-token-counts"].to_str().unwrap().to_string();
+        let path = tmp.path().join(format!("{pooling}.npy"));
+        std::fs::write(&path, response.bytes().await.unwrap()).unwrap();
+        let script = "import io, sys, numpy as np; a = np.load(io.BytesIO(open(sys.argv[1], 'rb').read())); \
+                      print(a.shape, a.dtype, bool(np.isfinite(a).all()))";
+        let out = Command::new(python()).args(["-c", script]).arg(&path).output().expect("python runs");
+        assert!(out.status.success(), "numpy failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{want_shape} float32 True"));
+        assert_eq!(counts, "7,3,11");
+    }
     server.stop().await;
 }

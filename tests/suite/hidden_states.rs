@@ -1,13 +1,16 @@
-//! The model runtime against Python onnxruntime on the committed tiny graphs: a
-//! real DistilBERT graph (no token_type_ids), a BERT graph (with them), and a
-//! DistilBERT sequence classifier. Batched and padded, the real-token rows must
-//! equal the unpadded reference within 1e-4.
+//! The hidden states are the model's: the runtime against Python onnxruntime on the
+//! committed tiny graphs (a real DistilBERT graph without token_type_ids, a BERT
+//! graph with them, a DistilBERT sequence classifier; batched and padded, the
+//! real-token rows equal the unpadded reference within 1e-4, every layer too),
+//! the real default model over HTTP against Python onnxruntime, and
+//! all-mpnet-base-v2 against PyTorch where it is set up.
 
 use crate::common;
 
-use common::{fixture, max_abs_diff, reference, settings_for};
+use common::{default_model_dir, fixture, max_abs_diff, reference, settings_for, TestServer};
 use distilserve::encoder::Encoder;
 use distilserve::model::Model;
+use serde_json::{json, Value};
 
 fn check_against_reference(name: &str) -> Model {
     let dir = fixture(name);
@@ -125,4 +128,63 @@ fn layer_outputs_match_python_onnxruntime_in_mixed_batches() {
             one.iter().zip(&two).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x + y) / 2.0)).collect();
         assert!(max_abs_diff(&combined.data, &want) < 1e-4, "{name}: mean of the last two layers");
     }
+}
+
+#[tokio::test]
+async fn hidden_states_match_python_onnxruntime() {
+    let dir = default_model_dir();
+    let reference = reference(&dir.join("reference.json"));
+    assert!(reference.items.len() >= 8);
+    let server = TestServer::start(settings_for(&dir)).await;
+    let texts: Vec<&str> = reference.items.iter().map(|i| i.text.as_str()).collect();
+    let body: Value =
+        server.post_json("/embed", json!({"inputs": texts, "return_tokens": true})).await.json().await.unwrap();
+    assert_eq!(body["dimensions"], 384);
+    let mut worst = 0f32;
+    for (i, item) in reference.items.iter().enumerate() {
+        assert_eq!(body["tokens"][i], json!(item.tokens), "{:?}", item.text);
+        let got: Vec<Vec<f32>> = serde_json::from_value(body["embeddings"][i].clone()).unwrap();
+        let want = item.last_hidden_state.as_ref().unwrap();
+        assert_eq!(got.len(), want.len());
+        worst = worst.max(max_abs_diff(&got.concat(), &want.concat()));
+    }
+    assert!(worst < 1e-4, "max abs difference {worst}");
+    eprintln!("default model: max abs difference to Python onnxruntime {worst:.2e}");
+    server.stop().await;
+}
+
+/// all-mpnet-base-v2 served as exported: the per-token hidden states of a
+/// padded batch (pad id 1, no token_type_ids) against PyTorch's, each text run
+/// alone by transformers at export time.
+#[tokio::test]
+async fn mpnet_matches_pytorch_within_1e_3() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-mpnet-base-v2");
+    let reference_path = dir.join("torch_reference.json");
+    if !reference_path.is_file() {
+        eprintln!(
+            "SKIPPED mpnet_matches_pytorch_within_1e_3: {} is not set up \
+             (scripts/fetch-model.sh all-mpnet-base-v2, or make setup MODEL=all-mpnet-base-v2)",
+            dir.display()
+        );
+        return;
+    }
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(&reference_path).unwrap()).unwrap();
+    let items = reference["texts"].as_array().unwrap();
+    let server = TestServer::start(settings_for(&dir)).await;
+    let info: Value = server.get("/info").await.json().await.unwrap();
+    assert_eq!(info["model"]["hidden_size"], 768);
+    assert_eq!(info["model"]["layers"], 12);
+    assert_eq!(info["model"]["inputs"], json!(["input_ids", "attention_mask"]));
+    let texts: Vec<&str> = items.iter().map(|i| i["text"].as_str().unwrap()).collect();
+    let body: Value = server.post_json("/embed", json!({"inputs": texts})).await.json().await.unwrap();
+    let mut worst = 0f32;
+    for (i, item) in items.iter().enumerate() {
+        let want: Vec<Vec<f32>> = serde_json::from_value(item["last_hidden_state"].clone()).unwrap();
+        let got: Vec<Vec<f32>> = serde_json::from_value(body["embeddings"][i].clone()).unwrap();
+        assert_eq!(got.len(), want.len(), "tokens of {:?}", texts[i]);
+        worst = worst.max(max_abs_diff(&got.concat(), &want.concat()));
+    }
+    eprintln!("all-mpnet-base-v2: max abs difference to PyTorch {worst:.2e}");
+    assert!(worst < 1e-3, "max abs difference to PyTorch {worst}");
+    server.stop().await;
 }

@@ -1,13 +1,17 @@
-//! Property tests (proptest) where a fuzzer would go: request decoding over a
-//! real socket, tokenization of arbitrary text, `.npy` encoding and decoding,
-//! and head-file parsing, each with the crashers' classics pinned as cases
-//! (empty, whitespace, emoji, control characters, 1 MB of one character, lone
-//! surrogates in JSON escapes). Bounded for CI: PROPTEST_CASES raises it.
+//! Malformed and hostile input gets a clear error, never a panic or a 5xx: every
+//! extractor rejection as our JSON error with its status (in process over a fake
+//! encoder); property tests (proptest) where a fuzzer would go: bodies thrown at
+//! every POST route over a real socket, tokenization of arbitrary text, `.npy`
+//! encoding and decoding, and head files mutated or edited, each with the
+//! crashers' classics pinned as cases (empty, whitespace, emoji, control
+//! characters, 1 MB of one character, lone surrogates in JSON escapes). Bounded
+//! for CI: PROPTEST_CASES raises it.
 
 use crate::common;
 
 use std::sync::OnceLock;
 
+use common::fakes::send;
 use common::{fixture, settings_for, TestServer};
 use distilserve::heads::logistic::LogisticHead;
 use distilserve::model::Model;
@@ -296,4 +300,22 @@ fn arbitrary_bodies_get_json_answers_and_never_a_5xx() {
         })
         .unwrap();
     runtime.block_on(server.stop());
+}
+
+#[tokio::test]
+async fn every_rejection_is_our_json_error_with_its_status() {
+    let cases: [(&str, &str, Option<&str>, &str, u16, &str); 7] = [
+        ("POST", "/embed", Some("application/json"), "{not json", 400, "invalid_json"),
+        ("POST", "/embed", Some("text/plain"), "{}", 415, "unsupported_media_type"),
+        ("POST", "/embed", Some("application/json"), r#"{"inputs": "x", "pooling": "max"}"#, 422, "invalid_request"),
+        ("POST", "/embed", Some("application/json"), r#"{"inputs": []}"#, 422, "empty_input"),
+        ("GET", "/embed", None, "", 405, "method_not_allowed"),
+        ("GET", "/no/such/route", None, "", 404, "not_found"),
+        ("POST", "/heads/x/reload", None, "", 403, "admin_disabled"),
+    ];
+    for (method, uri, ct, body, status, code) in cases {
+        let (got, answer) = send(method, uri, ct, body).await;
+        assert_eq!((got.as_u16(), answer["error"]["code"].as_str()), (status, Some(code)), "{method} {uri} {body}");
+    }
+    // Over the token budget (413 `too_many_tokens`): limits.rs.
 }

@@ -1,17 +1,30 @@
-//! The batching queue with fake encoders (no ONNX Runtime): each caller gets
-//! its own rows, length grouping, batch size and token budget, the oldest
-//! sequence first, fairness between requests, deadlines, departed callers,
-//! refusals (queue full, queue time over the bound or the deadline), batch jobs' own lane (after live requests), drain on shutdown, failures and panics
-//! confined to their batch, worker health.
+//! The batching queue and admission. With fake encoders (no ONNX Runtime): each
+//! caller gets its own rows, length grouping, batch size and token budget, the
+//! oldest sequence first, fairness between requests, deadlines, departed
+//! callers, refusals (queue full, queue time over the bound or the deadline),
+//! batch jobs' own lane (after live requests), drain on shutdown, failures and
+//! panics confined to their batch, worker health; the queue-time refusal as the
+//! HTTP application answers it. Behind a real server on the tiny DistilBERT
+//! graph: 503 with Retry-After when full, 504 past the deadline, a client that
+//! hangs up is not computed.
+
+use crate::common;
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::fakes::{app_over, SlowPerToken};
+use common::{error_of, fixture, settings_for, TestServer};
 use distilserve::batching::{BatchError, Batcher, BatcherConfig};
 use distilserve::encoder::Encoder;
+use distilserve::http::router;
 use distilserve::metrics::RuntimeMetrics;
 use distilserve::pooling::Rows;
 use distilserve::tokenize::Tokenized;
+use serde_json::{json, Value};
+use tower::ServiceExt;
 
 /// Records each call's sequences (by first id), can be held at a gate, and
 /// fails any call containing a sequence of length `fail_len`. Each output row
@@ -487,4 +500,92 @@ async fn live_requests_go_before_batch_jobs_queued_earlier() {
     assert!(calls[1].iter().any(|&(id, _)| id == 7), "calls: {calls:?}");
     let job_ids: Vec<i64> = calls[1..].iter().flatten().map(|&(id, _)| id).filter(|&id| id >= 100).collect();
     assert_eq!(job_ids.len(), 8, "every sequence of the batch job computed once: {calls:?}");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let mut settings = settings_for(&fixture("tiny-distilbert"));
+    settings.batching.queue_capacity = 2;
+    let server = TestServer::start(settings).await;
+    let response = server.post_json("/embed", json!({"inputs": ["a", "b", "c"]})).await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    let (status, code, _) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (503, "overloaded"));
+    // Work that fits is still served.
+    assert_eq!(server.post_json("/embed", json!({"inputs": ["a", "b"]})).await.status(), 200);
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "distilserve_refused_requests_total{runtime=\"encoder\"} 1"), "{metrics}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_passed_deadline_answers_504() {
+    let mut settings = settings_for(&fixture("tiny-distilbert"));
+    settings.server.request_timeout_ms = 20;
+    settings.batching.max_wait_ms = 300;
+    let server = TestServer::start(settings).await;
+    let (status, code, _) = error_of(server.post_json("/embed", json!({"inputs": "a"})).await).await;
+    assert_eq!((status, code.as_str()), (504, "deadline_exceeded"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_is_not_computed() {
+    use tokio::io::AsyncWriteExt;
+    // The worker waits 400 ms to fill a batch; the client hangs up after 50 ms.
+    let mut settings = settings_for(&fixture("tiny-distilbert"));
+    settings.batching.max_wait_ms = 400;
+    let server = TestServer::start(settings).await;
+    let body = json!({"inputs": ["one", "two", "three"]}).to_string();
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "POST /embed HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    let value = |name: &str| -> u64 {
+        let series = format!("{name}{{runtime=\"encoder\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&series)).unwrap_or_else(|| panic!("{name} missing"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("distilserve_skipped_sequences_total"), 3, "{metrics}");
+    assert_eq!(value("distilserve_sequences_total"), 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_queued_work_than_a_request_may_wait_for_is_a_json_503_with_retry_after() {
+    let app = router(app_over("slow", SlowPerToken, |s| s.batching.max_queue_wait_ms = 300));
+    let embed = |texts: Vec<&str>| {
+        let body = json!({"inputs": texts, "pooling": "mean"}).to_string();
+        let request = Request::builder().method("POST").uri("/embed").header("content-type", "application/json");
+        app.clone().oneshot(request.body(Body::from(body)).unwrap())
+    };
+    // The queue learns the pace (its first call is left out of the estimate).
+    for _ in 0..3 {
+        assert_eq!(embed(vec!["good"]).await.unwrap().status(), 200);
+    }
+    // One request keeps the worker busy (64 texts: over a second), a second one
+    // queues behind it: over a second of work at 5 ms per token. (Each sleep is
+    // far inside the busy call's 1.6 s.)
+    let busy = tokio::spawn(embed(vec!["a fine film"; 64]));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let queued = tokio::spawn(embed(vec!["a fine film"; 64]));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let response = embed(vec!["good"]).await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "refused at once");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let answer: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(answer["error"]["code"], "overloaded", "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("300 ms"), "{answer}");
+    // What was admitted is answered.
+    assert_eq!(busy.await.unwrap().unwrap().status(), 200);
+    assert_eq!(queued.await.unwrap().unwrap().status(), 200);
 }
