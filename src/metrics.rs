@@ -103,6 +103,8 @@ pub struct Metrics {
     training_duration: HistogramFamily<OutcomeLabels>,
     pub trainings_queued: Gauge,
     pub heads_folder_errors: Counter,
+    /// Connections answered 503 at `server.max_connections` (`server::serve`).
+    pub refused_connections: Counter,
     /// Set at each scrape (`Metrics::observe_process`).
     resident_memory: Gauge,
     memory_limit: Gauge,
@@ -263,8 +265,15 @@ impl Metrics {
             "Looks at the heads folder that failed (listing it); the heads loaded kept serving",
             heads_folder_errors.clone(),
         );
+        let refused_connections = Counter::default();
+        registry.register(
+            "distilserve_refused_connections",
+            "Connections answered 503 (429 under /tei) at once because server.max_connections were open",
+            refused_connections.clone(),
+        );
         Metrics {
             heads_folder_errors,
+            refused_connections,
             registry,
             http_requests,
             http_duration,

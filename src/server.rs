@@ -7,30 +7,67 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 
 use crate::config::ServerSettings;
 
 /// What one client connection may cost: see `serve_connections`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// From accepting a connection (or finishing a response on it) to the end
     /// of the next request's headers; a silent or idle connection is closed.
     pub header_timeout: Duration,
     /// Longest wait for a client to take a response's bytes.
     pub write_timeout: Duration,
-    /// Connections served at once; beyond, the service stops accepting.
+    /// Connections served at once; beyond, each new one is answered 503.
     pub max_connections: usize,
+    /// Connections answered 503 because `max_connections` were open.
+    pub refused: Counter,
 }
 
 impl ConnectionLimits {
-    pub fn of(server: &ServerSettings) -> Self {
+    pub fn of(server: &ServerSettings, refused: Counter) -> Self {
         ConnectionLimits {
             header_timeout: Duration::from_millis(server.header_read_timeout_ms),
             write_timeout: Duration::from_millis(server.write_timeout_ms),
             max_connections: server.max_connections,
+            refused,
         }
     }
+}
+
+/// Connections being refused at once, at most: past `max_connections` and
+/// this, a new connection is closed as soon as it is accepted.
+const MAX_REFUSING: usize = 256;
+
+/// The most of a refused request's body read before answering (so that the
+/// answer is not lost to a reset for unread bytes), and how long that may take.
+const REFUSED_BODY_BYTES: usize = 64 * 1024;
+const REFUSED_BODY_WAIT: Duration = Duration::from_secs(1);
+
+/// The answer to a request on a connection past `max_connections`: 503 with
+/// `Retry-After` and our error body (TEI's, 429, under `/tei`, as TEI
+/// answers when its concurrency limit is reached). A load balancer retries it
+/// on another replica; a client backs off. Nothing of the application runs.
+async fn refuse_over_capacity(
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<axum::body::Body>, std::convert::Infallible> {
+    let tei = request.uri().path().starts_with("/tei/") || request.uri().path() == "/tei";
+    let body = axum::body::Body::new(request.into_body());
+    let _ = tokio::time::timeout(REFUSED_BODY_WAIT, axum::body::to_bytes(body, REFUSED_BODY_BYTES)).await;
+    let message = "the server has server.max_connections connections open: retry later";
+    let (status, json) = if tei {
+        (429, serde_json::json!({"error": message, "error_type": "Overloaded", "code": "overloaded"}))
+    } else {
+        (503, serde_json::json!({"error": {"code": "overloaded", "message": message}}))
+    };
+    Ok(hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("retry-after", "1")
+        .body(axum::body::Body::from(json.to_string()))
+        .expect("a valid response"))
 }
 
 /// Accepts connections until `shutdown` completes, then stops accepting and
@@ -39,8 +76,11 @@ impl ConnectionLimits {
 /// send a request's headers within the header timeout is closed (hyper starts
 /// that timer at once; its HTTP/1-or-2 detection had none), a client that
 /// stops reading its response is cut off after the write timeout, and at most
-/// `max_connections` are open: beyond, the service waits before accepting more
-/// (the kernel's backlog holds them) and says so in the log.
+/// `max_connections` are served: beyond, each new connection's request is
+/// answered 503 at once (`refuse_over_capacity`) and the connection closed,
+/// counted and logged (at most every 10 s). Waiting in the kernel's backlog
+/// instead would hide the overload from the queue's admission and from the
+/// load balancer, and let clients wait past any bound.
 pub async fn serve_connections(
     listener: TcpListener,
     app: axum::Router,
@@ -54,26 +94,13 @@ pub async fn serve_connections(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut refusing_builder = hyper::server::conn::http1::Builder::new();
+    refusing_builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(false);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING));
     let mut last_limit_warning: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                if last_limit_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    tracing::warn!(
-                        max_connections = limits.max_connections,
-                        "connection limit reached (server.max_connections): not accepting until one closes"
-                    );
-                    last_limit_warning = Some(Instant::now());
-                }
-                tokio::select! {
-                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-                    _ = &mut shutdown => break,
-                }
-            }
-        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _peer) = match accepted {
@@ -86,6 +113,28 @@ pub async fn serve_connections(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    limits.refused.inc();
+                    if last_limit_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(
+                            max_connections = limits.max_connections,
+                            refused_total = limits.refused.get(),
+                            "connection limit reached (server.max_connections): answering new connections 503"
+                        );
+                        last_limit_warning = Some(Instant::now());
+                    }
+                    // Past the refusals' own bound the connection is dropped as it is.
+                    if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                        let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
+                        let connection = refusing_builder
+                            .serve_connection(io, hyper::service::service_fn(refuse_over_capacity));
+                        tokio::spawn(async move {
+                            let _permit = permit;
+                            let _ = connection.await;
+                        });
+                    }
+                    continue;
+                };
                 let app = app.clone();
                 let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                     app.clone().call(request.map(axum::body::Body::new))
@@ -199,7 +248,7 @@ pub async fn serve(
         let stopped = async move {
             let _ = stopping.wait_for(|&s| s).await;
         };
-        serving.spawn(serve_connections(listener, app, stopped, limits, drain));
+        serving.spawn(serve_connections(listener, app, stopped, limits.clone(), drain));
     }
     let signal = async move {
         shutdown.await;
@@ -263,7 +312,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_listener_stops_on_one_signal_and_connections_past_the_cap_wait() {
+    async fn every_listener_stops_on_one_signal_and_connections_past_the_cap_are_refused_at_once() {
         let app = || axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let (a, b) = (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
         let (addr_a, addr_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
@@ -272,7 +321,9 @@ mod tests {
             header_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(5),
             max_connections: 1,
+            refused: Counter::default(),
         };
+        let counted = limits.refused.clone();
         let server = tokio::spawn(serve(
             vec![(a, app()), (b, app())],
             async { stopped.await.unwrap() },
@@ -288,14 +339,28 @@ mod tests {
         };
         assert!(get(addr_a).await.ends_with("ok"));
         assert!(get(addr_b).await.ends_with("ok"));
-        // One connection held open on a: a second one there waits for it.
+        // One connection held open on a: a second one there is answered 503 at once.
         let held = tokio::net::TcpStream::connect(addr_a).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let waiting = tokio::spawn(get(addr_a));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!waiting.is_finished(), "served past server.max_connections");
+        let started = Instant::now();
+        let refused = tokio::time::timeout(Duration::from_secs(2), get(addr_a)).await.expect("answered at once");
+        assert!(started.elapsed() < Duration::from_millis(500), "refused after {:?}", started.elapsed());
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        assert!(refused.to_lowercase().contains("retry-after: 1") && refused.contains(r#""code":"overloaded""#));
+        assert_eq!(counted.get(), 1);
+        // Under /tei, TEI's answer: 429.
+        let mut s = tokio::net::TcpStream::connect(addr_a).await.unwrap();
+        s.write_all(b"POST /tei/embed HTTP/1.1\r\nhost: x\r\ncontent-length: 17\r\n\r\n{\"inputs\": \"hi\"}")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out).await.unwrap();
+        let tei = String::from_utf8_lossy(&out);
+        assert!(tei.starts_with("HTTP/1.1 429") && tei.contains(r#""error_type":"Overloaded""#), "{tei}");
+        // Once the held connection closes, connections are served again.
         drop(held);
-        assert!(tokio::time::timeout(Duration::from_secs(6), waiting).await.unwrap().unwrap().ends_with("ok"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(get(addr_a).await.ends_with("ok"));
         stop.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(5), server).await.expect("both listeners stopped").unwrap();
         assert!(

@@ -170,7 +170,13 @@ impl Application {
                 listeners.push((private, router_for(state.clone(), Routes::Private)));
             }
         }
-        server::serve(listeners, signal, ConnectionLimits::of(&state.settings.server), drain).await;
+        server::serve(
+            listeners,
+            signal,
+            ConnectionLimits::of(&state.settings.server, state.metrics.refused_connections.clone()),
+            drain,
+        )
+        .await;
         watcher.abort();
         let unfinished = state.jobs.close();
         if unfinished > 0 {

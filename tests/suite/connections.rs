@@ -8,7 +8,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{fixture, settings_for, tiny_distilbert, TestServer};
+use common::{error_of, fixture, settings_for, tiny_distilbert, TestServer};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -53,7 +53,7 @@ async fn silent_and_idle_connections_are_closed_within_the_header_timeout() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_limit_wait_to_be_accepted() {
+async fn connections_beyond_the_limit_are_answered_503_at_once() {
     let mut settings = tiny_distilbert();
     settings.server.max_connections = 2;
     settings.server.header_read_timeout_ms = 1000;
@@ -61,12 +61,19 @@ async fn connections_beyond_the_limit_wait_to_be_accepted() {
     let _a = TcpStream::connect(server.addr).await.unwrap();
     let _b = TcpStream::connect(server.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // A third client waits in the backlog until the silent ones time out.
+    // A third client is answered at once, a JSON 503 the load balancer retries elsewhere.
+    let client = reqwest::Client::new();
     let started = Instant::now();
-    let response = reqwest::Client::new().get(server.url("/health/live")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(700), "served after {waited:?}: the limit did not hold");
+    let response = client.post(server.url("/embed")).json(&json!({"inputs": ["good"]})).send().await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500), "refused after {:?}", started.elapsed());
+    assert_eq!(response.headers()["retry-after"], "1");
+    let (status, code, message) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (503, "overloaded"), "{message}");
+    assert!(message.contains("server.max_connections"), "{message}");
+    // Once the silent ones time out, the service serves again, and counted the refusal.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let metrics = client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("distilserve_refused_connections_total 1\n"), "{metrics}");
     server.stop().await;
 }
 
