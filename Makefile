@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: bench-heads-tasks bench-clients image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
+.PHONY: bench-classify-memory bench-heads-tasks bench-clients image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
 
 # MODEL=all-mpnet-base-v2 (or distilbert-base-shaped) sets that encoder up too.
 MODEL ?=
@@ -89,6 +89,12 @@ worst-request: setup
 bench-admission: setup
 	$(CARGO) build --release
 	python3 bench/admission.py --bin target/release/distilserve --model-dir $(MODEL_DIR) --markdown
+
+# Peak memory of /classify with 128 requests of 16 sentences in flight on the
+# default head (four hidden states averaged), this build (bench/classify_memory.py).
+bench-classify-memory: setup
+	$(CARGO) build --release
+	python3 bench/classify_memory.py --bin target/release/distilserve --model-dir $(MODEL_DIR) --texts 16
 
 # A 3-class head trained over the API on 2,000 sentences of an unseen data set
 # while single sentences arrive at 10/s: upload to ready, their p50/p99 (bench/heads_api.py).

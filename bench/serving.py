@@ -8,16 +8,17 @@ def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
-def start(binary, model_dir, *args, admin_key=None, log_name="serve"):
-    """`binary serve` on the model with no configured heads, plus `args`;
-    returns (process, port) once /health/ready answers 200 (or after 60 s)."""
+def start(binary, model_dir, *args, admin_key=None, log_name="serve", heads=""):
+    """`binary serve` on the model with the configured heads `heads` (none by
+    default; also the default head), plus `args`; returns (process, port) once
+    /health/ready answers 200 (or after 60 s)."""
     port = free_port()
     env = dict(os.environ)
     if admin_key:
         env["DISTILSERVE_SECURITY__ADMIN_KEY"] = admin_key
     log = open(f"/tmp/{log_name}-{port}.log", "w")
     proc = subprocess.Popen([binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--model-dir", model_dir,
-                             "--heads", "", "--default-head", "", *args],
+                             "--heads", heads, "--default-head", heads, *args],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     wait_ready(port)
     return proc, port

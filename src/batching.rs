@@ -127,6 +127,11 @@ impl Submitted {
 
 type Reply = oneshot::Sender<Result<Batched, BatchError>>;
 
+/// Reduces one sequence's rows on the worker as soon as they are computed
+/// (for `/classify`: a head's layers combined and pooled), so that a request
+/// holds its reduced rows, not every layer's, until its last sequence is done.
+pub type Reduce = Arc<dyn Fn(Rows) -> Rows + Send + Sync>;
+
 /// One request's sequences and where their results go.
 struct Job {
     /// Arrival order among jobs: fair planning round-robins between jobs.
@@ -138,6 +143,8 @@ struct Job {
     queued_at: Instant,
     /// What admission estimated its queue time to be.
     queue_estimate: Option<Duration>,
+    /// Applied to each sequence's rows before they are kept.
+    reduce: Option<Reduce>,
     state: Mutex<JobState>,
 }
 
@@ -164,6 +171,17 @@ impl Job {
     }
 
     fn complete(&self, index: usize, rows: Rows, batch_start: Instant) {
+        let rows = match &self.reduce {
+            None => rows,
+            Some(reduce) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reduce(rows))) {
+                Ok(rows) => rows,
+                Err(panic) => {
+                    let message = crate::telemetry::panic_message(&*panic);
+                    tracing::error!(panic = %message, "reducing a sequence's rows panicked; request failed");
+                    return self.fail(BatchError::WorkerPanicked);
+                }
+            },
+        };
         let mut state = self.state();
         if state.reply.is_none() {
             return;
@@ -356,6 +374,7 @@ impl Batcher {
         deadline: Instant,
         background: bool,
         queue_estimate: Option<Duration>,
+        reduce: Option<Reduce>,
     ) -> (Arc<Job>, oneshot::Receiver<Result<Batched, BatchError>>) {
         let (tx, rx) = oneshot::channel();
         let n = seqs.len();
@@ -366,6 +385,7 @@ impl Batcher {
             deadline,
             queued_at: Instant::now(),
             queue_estimate,
+            reduce,
             state: Mutex::new(JobState { rows: vec![None; n], remaining: n, reply: Some(tx), first_start: None }),
         });
         (job, rx)
@@ -390,10 +410,30 @@ impl Batcher {
         self.submit(seqs, deadline)?.wait().await
     }
 
+    /// As [`Batcher::run`], each sequence's rows reduced by `reduce` on the
+    /// worker as soon as they are computed.
+    pub async fn run_reduced(
+        &self,
+        seqs: Vec<Tokenized>,
+        deadline: Instant,
+        reduce: Option<Reduce>,
+    ) -> Result<Batched, BatchError> {
+        self.submit_reduced(seqs, deadline, reduce)?.wait().await
+    }
+
     /// Admits and queues `seqs` at once (the refusals of [`Batcher::run`]);
     /// their rows are awaited with [`Submitted::wait`]. Lets a caller keep
     /// several parts of one request queued (`Inference::embed_corpus`).
     pub fn submit(&self, seqs: Vec<Tokenized>, deadline: Instant) -> Result<Submitted, BatchError> {
+        self.submit_reduced(seqs, deadline, None)
+    }
+
+    fn submit_reduced(
+        &self,
+        seqs: Vec<Tokenized>,
+        deadline: Instant,
+        reduce: Option<Reduce>,
+    ) -> Result<Submitted, BatchError> {
         if seqs.is_empty() {
             return Ok(Submitted { rx: None, deadline });
         }
@@ -402,7 +442,7 @@ impl Batcher {
         self.admit(&queue, seqs.len())?;
         self.admit_tokens(&queue, tokens_of(&seqs))?;
         let estimate = self.admit_wait(&queue, deadline)?;
-        let (job, rx) = self.new_job(seqs, deadline, false, estimate);
+        let (job, rx) = self.new_job(seqs, deadline, false, estimate, reduce);
         self.enqueue(&mut queue, &job);
         Ok(Submitted { rx: Some(rx), deadline })
     }
@@ -423,7 +463,7 @@ impl Batcher {
             return Ok(Batched::empty());
         }
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let (job, rx) = self.new_job(seqs, far, true, None);
+        let (job, rx) = self.new_job(seqs, far, true, None, None);
         {
             let mut queue = self.shared.queue();
             if queue.closed {

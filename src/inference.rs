@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::VecDeque;
 
-use crate::batching::{BatchError, Batched, Batcher, BatcherConfig, BatcherStats, Submitted};
+use crate::batching::{BatchError, Batched, Batcher, BatcherConfig, BatcherStats, Reduce, Submitted};
 use crate::cost::{json_strings_bytes, AnswerFormat, Cost, CostError, CostLimits, EmbedShape};
 use crate::encoder::Encoder;
 use crate::layers::{LayerMask, LayerSelection};
@@ -32,13 +32,17 @@ pub struct Inference {
 pub struct Encoded {
     pub tokens: Vec<Vec<String>>,
     pub offsets: Vec<Vec<(usize, usize)>>,
+    /// Per input its model rows (reduced, when the request asked for it:
+    /// [`Prepared::reduced`]).
     pub rows: Vec<Rows>,
+    /// Real tokens per input.
+    pub lengths: Vec<usize>,
     pub timing: Timing,
 }
 
 impl Encoded {
     pub fn token_counts(&self) -> Vec<usize> {
-        self.rows.iter().map(|r| r.rows).collect()
+        self.lengths.clone()
     }
 }
 
@@ -61,9 +65,17 @@ pub struct Prepared {
     tokens: Vec<Vec<String>>,
     offsets: Vec<Vec<(usize, usize)>>,
     tokenize: Duration,
+    reduce: Option<Reduce>,
 }
 
 impl Prepared {
+    /// Each sequence's rows reduced by `reduce` on the worker as soon as they
+    /// are computed (what `Computed` then holds), instead of kept whole.
+    pub fn reduced(mut self, reduce: Reduce) -> Prepared {
+        self.reduce = Some(reduce);
+        self
+    }
+
     /// Real tokens per text, all of a text's windows together.
     pub fn token_counts(&self) -> Vec<usize> {
         let mut lengths = self.seqs.iter().map(Tokenized::len);
@@ -86,6 +98,8 @@ pub struct Computed {
     tokens: Vec<Vec<String>>,
     offsets: Vec<Vec<(usize, usize)>>,
     rows: Vec<Rows>,
+    /// Real tokens per sequence.
+    lengths: Vec<usize>,
     per_text: Vec<usize>,
     pub timing: Timing,
 }
@@ -94,15 +108,24 @@ impl Computed {
     /// One sequence per text (prepared with [`Cut::Truncate`]).
     pub fn into_encoded(self) -> Encoded {
         debug_assert!(self.per_text.iter().all(|&n| n == 1));
-        Encoded { tokens: self.tokens, offsets: self.offsets, rows: self.rows, timing: self.timing }
+        Encoded {
+            tokens: self.tokens,
+            offsets: self.offsets,
+            rows: self.rows,
+            lengths: self.lengths,
+            timing: self.timing,
+        }
     }
 
     /// Each text's windows (prepared with [`Cut::Windows`]).
     pub fn into_windowed(self) -> Windowed {
         let mut rows = self.rows.into_iter();
         let windows: Vec<Vec<Rows>> = self.per_text.iter().map(|&n| rows.by_ref().take(n).collect()).collect();
-        let token_counts = windows.iter().map(|w| w.iter().map(|r| r.rows).sum()).collect();
-        Windowed { windows, token_counts, timing: self.timing }
+        let mut lengths = self.lengths.into_iter();
+        let window_lengths: Vec<Vec<usize>> =
+            self.per_text.iter().map(|&n| lengths.by_ref().take(n).collect()).collect();
+        let token_counts = window_lengths.iter().map(|w| w.iter().sum()).collect();
+        Windowed { windows, window_lengths, token_counts, timing: self.timing }
     }
 }
 
@@ -140,6 +163,8 @@ pub struct Embedded {
 /// Texts cut into windows: each text's windows' rows, in order.
 pub struct Windowed {
     pub windows: Vec<Vec<Rows>>,
+    /// Real tokens of each text's windows.
+    pub window_lengths: Vec<Vec<usize>>,
     /// Tokens computed per text, all windows together.
     pub token_counts: Vec<usize>,
     pub timing: Timing,
@@ -328,20 +353,21 @@ impl Inference {
         self.batcher.check_request_tokens(&seqs)?;
         let tokens = seqs.iter_mut().map(|s| std::mem::take(&mut s.tokens)).collect();
         let offsets = seqs.iter_mut().map(|s| std::mem::take(&mut s.offsets)).collect();
-        Ok(Prepared { seqs, per_text, tokens, offsets, tokenize })
+        Ok(Prepared { seqs, per_text, tokens, offsets, tokenize, reduce: None })
     }
 
     /// Queues a prepared request and waits for every sequence's rows.
     pub async fn run(&self, prepared: Prepared, deadline: Instant) -> Result<Computed, InferenceError> {
-        let Prepared { seqs, per_text, tokens, offsets, tokenize } = prepared;
-        let batched = self.batcher.run(seqs, deadline).await?;
+        let Prepared { seqs, per_text, tokens, offsets, tokenize, reduce } = prepared;
+        let lengths = seqs.iter().map(Tokenized::len).collect();
+        let batched = self.batcher.run_reduced(seqs, deadline, reduce).await?;
         let timing = Timing {
             tokenize,
             queue: batched.queue_time,
             inference: batched.inference_time,
             queue_estimate: batched.queue_estimate,
         };
-        Ok(Computed { tokens, offsets, rows: batched.rows, per_text, timing })
+        Ok(Computed { tokens, offsets, rows: batched.rows, lengths, per_text, timing })
     }
 
     /// Hidden states of `texts`, pooled and normalised as asked, priced

@@ -17,7 +17,7 @@ use crate::cost::{ClassifyShape, Cost, CostLimits};
 use crate::inference::{Cut, Encoded, Inference, InferenceError, Prepared, Timing};
 use crate::layers::{LayerCombine, LayerMask, LayerSelection};
 use crate::model::ModelInfo;
-use crate::pooling::{pair_features, pool_windows, FeaturePooling, Rows};
+use crate::pooling::{cls, mean, pair_features, FeaturePooling, Rows};
 
 /// One `/classify` request, every option already checked.
 #[derive(Debug, Clone)]
@@ -60,6 +60,9 @@ pub async fn classify(
     input: ClassifyInput,
 ) -> Result<Vec<Classified>, InferenceError> {
     let mask = layers_for(heads, &encoder.info);
+    // Explanations need every token's rows; otherwise each sequence is reduced
+    // to the heads' features as soon as it is computed.
+    let summary = (!input.explain).then(|| Arc::new(Summary::of(heads, &encoder.info)));
     let needs_encoder = heads.iter().any(|h| matches!(**h, Head::Logistic(_)));
     let cut = input.windows.map_or(Cut::Truncate(input.truncate), Cut::Windows);
     let encoding = async {
@@ -73,6 +76,10 @@ pub async fn classify(
         };
         let prepared = encoder.prepare(texts, cut, mask).await?;
         price(heads, &prepared, mask, &encoder.info, input.explain).check(input.limits)?;
+        let prepared = match &summary {
+            Some(summary) => prepared.reduced(summary.reducer(mask, &encoder.info)),
+            None => prepared,
+        };
         encoder.run(prepared, input.deadline).await.map(Some)
     };
     let onnx = async {
@@ -91,6 +98,7 @@ pub async fn classify(
     let answers = match (computed, input.windows) {
         (Some(computed), Some(_)) => {
             let windowed = computed.into_windowed();
+            let summary = summary.as_ref().expect("windows are never explained");
             let mut answers = Vec::with_capacity(heads.len());
             for head in heads {
                 answers.push(match &**head {
@@ -98,9 +106,8 @@ pub async fn classify(
                         probabilities: windowed
                             .windows
                             .iter()
-                            .map(|windows| {
-                                h.probabilities(&pool_windows(&head_rows(h, windows, mask, &encoder.info), h.pooling))
-                            })
+                            .zip(&windowed.window_lengths)
+                            .map(|(windows, lengths)| h.probabilities(&summary.features(h, windows, lengths)))
                             .collect(),
                         explanations: None,
                         timing: windowed.timing,
@@ -121,8 +128,8 @@ pub async fn classify(
                         encoded.as_ref().expect("encoded for logistic heads"),
                         mask,
                         &encoder.info,
+                        summary.as_deref(),
                         &mut pooled,
-                        input.explain,
                     )),
                     Head::Onnx(_) => onnx.next().expect("one result per ONNX head"),
                 })
@@ -133,7 +140,10 @@ pub async fn classify(
 }
 
 /// The request's cost on the encoder: its hidden states, and its answer for
-/// every head (with explanations, a part per token and label).
+/// every head (with explanations, a part per token and label). Every layer's
+/// rows are priced as held: an upper bound without explanations, where each
+/// sequence is reduced as it is computed ([`Summary`]) and only a model
+/// call's batch holds them (measured: `bench/classify_memory.py`).
 fn price(heads: &[Arc<Head>], prepared: &Prepared, mask: LayerMask, info: &ModelInfo, explain: bool) -> Cost {
     let shape = ClassifyShape {
         hidden: info.hidden_size,
@@ -147,22 +157,28 @@ fn price(heads: &[Arc<Head>], prepared: &Prepared, mask: LayerMask, info: &Model
     Cost::classify(&prepared.token_counts(), token_text_bytes, shape)
 }
 
-/// A logistic head's answer from the encoder's rows (the hidden states of
-/// `mask` side by side); `pooled` keeps each (layers, pooling)'s features, so
-/// that heads reading alike share them.
+/// A logistic head's answer from the encoder's rows: reduced by `summary`
+/// as they were computed, or (to explain) the hidden states of `mask` side by
+/// side; `pooled` keeps each (layers, pooling)'s features, so that heads
+/// reading alike share them.
 fn classify_encoded(
     head: &LogisticHead,
     encoded: &Encoded,
     mask: LayerMask,
     info: &ModelInfo,
+    summary: Option<&Summary>,
     pooled: &mut BTreeMap<(Option<LayerSelection>, FeaturePooling), Vec<Vec<f32>>>,
-    explain: bool,
 ) -> Classified {
     let own_rows = || head_rows(head, &encoded.rows, mask, info);
     let mut rows = None;
-    let features = pooled.entry((head.layers.clone(), head.pooling)).or_insert_with(|| {
-        let r = rows.get_or_insert_with(own_rows);
-        r.iter().map(|r| head.pooling.features(r)).collect()
+    let features = pooled.entry((head.layers.clone(), head.pooling)).or_insert_with(|| match summary {
+        Some(summary) => encoded
+            .rows
+            .iter()
+            .zip(&encoded.lengths)
+            .map(|(r, &n)| summary.features(head, std::slice::from_ref(r), &[n]))
+            .collect(),
+        None => rows.get_or_insert_with(own_rows).iter().map(|r| head.pooling.features(r)).collect(),
     });
     let probabilities = if head.pair {
         // Rows are the first texts, then their second texts in the same order.
@@ -171,7 +187,7 @@ fn classify_encoded(
     } else {
         features.iter().map(|f| head.probabilities(f)).collect()
     };
-    let explanations = explain.then(|| {
+    let explanations = summary.is_none().then(|| {
         rows.get_or_insert_with(own_rows)
             .iter()
             .zip(encoded.tokens.iter().cloned())
@@ -184,6 +200,93 @@ fn classify_encoded(
             .collect()
     });
     Classified { probabilities, explanations, timing: encoded.timing }
+}
+
+/// What a sequence is reduced to for the logistic heads (see
+/// [`Prepared::reduced`](crate::inference::Prepared::reduced)): for each
+/// distinct layer selection among them, its combined first ([CLS]) row and
+/// the mean of its combined rows; row 0 holds every selection's first row side
+/// by side, row 1 every mean. A few kilobytes a sequence, where its rows are
+/// tokens x hidden x layers.
+pub struct Summary {
+    /// Distinct selections (`None`: the last hidden state) and their offsets.
+    parts: Vec<(Option<LayerSelection>, usize)>,
+    width: usize,
+}
+
+impl Summary {
+    fn of(heads: &[Arc<Head>], info: &ModelInfo) -> Summary {
+        let mut parts: Vec<(Option<LayerSelection>, usize)> = Vec::new();
+        let mut width = 0;
+        for head in heads {
+            let Head::Logistic(h) = &**head else { continue };
+            if parts.iter().all(|(s, _)| *s != h.layers) {
+                parts.push((h.layers.clone(), width));
+                width += h.layers.as_ref().map_or(info.hidden_size, |s| s.width(info.hidden_size));
+            }
+        }
+        Summary { parts, width }
+    }
+
+    /// The reduction, run on the worker for each computed sequence.
+    fn reducer(self: &Arc<Self>, mask: LayerMask, info: &ModelInfo) -> crate::batching::Reduce {
+        let (summary, last, hidden) = (self.clone(), info.last_layer(), info.hidden_size);
+        Arc::new(move |rows: Rows| {
+            let mut data = vec![0f32; 2 * summary.width];
+            for (selection, offset) in &summary.parts {
+                let combined = match selection {
+                    None if mask.is_last_only() => Cow::Borrowed(&rows),
+                    _ => {
+                        let default = LayerSelection { indices: vec![last], combine: LayerCombine::Mean };
+                        Cow::Owned(selection.as_ref().unwrap_or(&default).combine(&rows, mask, last, hidden))
+                    }
+                };
+                let w = combined.cols;
+                data[*offset..offset + w].copy_from_slice(&cls(&combined));
+                data[summary.width + offset..summary.width + offset + w].copy_from_slice(&mean(&combined));
+            }
+            Rows { rows: 2, cols: summary.width, data }
+        })
+    }
+
+    /// One text's features for `head` from its sequences' reduced rows (one,
+    /// or a window each) and their real tokens: the first rows averaged over
+    /// windows, the means weighted by tokens (as `pool_windows` pools).
+    fn features(&self, head: &LogisticHead, reduced: &[Rows], lengths: &[usize]) -> Vec<f32> {
+        let offset = self.parts.iter().find(|(s, _)| *s == head.layers).expect("a summarised selection").1;
+        let width = self.part_width(offset);
+        let part = |row: usize, r: &Rows| r.row(row)[offset..offset + width].to_vec();
+        if reduced.len() == 1 {
+            return match head.pooling {
+                FeaturePooling::Cls => part(0, &reduced[0]),
+                FeaturePooling::Mean => part(1, &reduced[0]),
+                FeaturePooling::ClsMean => [part(0, &reduced[0]), part(1, &reduced[0])].concat(),
+            };
+        }
+        let weighted = |row: usize, weights: &dyn Fn(usize) -> f64| -> Vec<f32> {
+            let mut sum = vec![0f64; width];
+            let total: f64 = (0..reduced.len()).map(weights).sum();
+            for (i, r) in reduced.iter().enumerate() {
+                for (acc, v) in sum.iter_mut().zip(&r.row(row)[offset..offset + width]) {
+                    *acc += f64::from(*v) * weights(i);
+                }
+            }
+            sum.into_iter().map(|s| (s / total.max(f64::MIN_POSITIVE)) as f32).collect()
+        };
+        let cls = || weighted(0, &|_| 1.0);
+        let mean = || weighted(1, &|i| lengths[i] as f64);
+        match head.pooling {
+            FeaturePooling::Cls => cls(),
+            FeaturePooling::Mean => mean(),
+            FeaturePooling::ClsMean => [cls(), mean()].concat(),
+        }
+    }
+
+    /// The width of the part at `offset`.
+    fn part_width(&self, offset: usize) -> usize {
+        let next = self.parts.iter().map(|(_, o)| *o).filter(|&o| o > offset).min();
+        next.unwrap_or(self.width) - offset
+    }
 }
 
 /// What the encoder must return for `heads`: every logistic head's layers.

@@ -1207,3 +1207,83 @@ async fn evaluate_compares_with_a_pretrained_onnx_classifier() {
     assert_eq!(answer["comparisons"][0]["b"], "sst2");
     server.stop().await;
 }
+
+/// /classify reduces each sequence to the heads' features as soon as it is
+/// computed (layers combined, then pooled): its probabilities must still be
+/// the head file applied to /embed's vectors of the head's layers, for two
+/// heads reading different layers in one pass, over windows, and with
+/// explanations (which keep every token's rows).
+#[tokio::test]
+async fn heads_reading_several_layers_answer_as_their_file_on_embed_vectors() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    for (name, layers, pooling) in [("two-layers", "concat(-2,-1)", "cls_mean"), ("last", "-1", "mean")] {
+        let options = json!({"layers": [layers], "pooling": pooling, "alphas": [1.0], "cv_folds": 2});
+        assert_eq!(
+            create(&server, json!({"name": name, "examples": examples(10), "options": options})).await.status(),
+            202
+        );
+        wait_for(&server, name, "ready").await;
+    }
+    let long = "the match had a late goal and the team kept the score ".repeat(12);
+    let texts = ["chip and screen", "soup and bread", long.as_str()];
+    for windows in [false, true] {
+        let answer: Value = server
+            .post_json("/classify", json!({"inputs": texts, "heads": ["two-layers", "last"], "windows": windows}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        for (h, name) in ["two-layers", "last"].iter().enumerate() {
+            let head_file: Value =
+                serde_json::from_str(&std::fs::read_to_string(folder.path().join(format!("{name}.json"))).unwrap())
+                    .unwrap();
+            let layers = head_file["layers"]["indices"].clone();
+            let combine = head_file["layers"]["combine"].as_str().unwrap_or("mean").to_string();
+            let embedded = |pooling: &str| {
+                let body = json!({"inputs": texts, "pooling": pooling, "layers": layers, "layer_combine": combine, "windows": windows});
+                let server = &server;
+                async move { server.post_json("/embed", body).await.json::<Value>().await.unwrap() }
+            };
+            let (cls, mean) = (embedded("cls").await, embedded("mean").await);
+            for i in 0..texts.len() {
+                let vector = |e: &Value| -> Vec<f64> {
+                    e["embeddings"][i].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+                };
+                let x = match head_file["pooling"].as_str().unwrap() {
+                    "cls_mean" => [vector(&cls), vector(&mean)].concat(),
+                    "mean" => vector(&mean),
+                    other => panic!("{other}"),
+                };
+                let expected = head_probabilities(&head_file, &x);
+                let labels = head_file["labels"].as_array().unwrap();
+                for (label, p) in labels.iter().zip(&expected) {
+                    let got = answer["results"][h]["predictions"][i]["probabilities"][label.as_str().unwrap()]
+                        .as_f64()
+                        .unwrap();
+                    assert!((got - p).abs() < 1e-4, "{name}, text {i}, windows {windows}: {got} vs {p}");
+                }
+            }
+        }
+        if !windows {
+            let explained: Value = server
+                .post_json("/classify", json!({"inputs": texts, "heads": ["two-layers", "last"], "explain": true}))
+                .await
+                .json()
+                .await
+                .unwrap();
+            for h in 0..2 {
+                for i in 0..texts.len() {
+                    let (a, b) = (
+                        &answer["results"][h]["predictions"][i]["probabilities"],
+                        &explained["results"][h]["predictions"][i]["probabilities"],
+                    );
+                    for (label, p) in a.as_object().unwrap() {
+                        assert!((p.as_f64().unwrap() - b[label].as_f64().unwrap()).abs() < 1e-5, "{a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+    server.stop().await;
+}
