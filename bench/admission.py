@@ -17,7 +17,7 @@ Prints one JSON object; --markdown prints table rows.
 """
 import argparse, http.client, json, threading, time
 
-from serving import start, stop
+from serving import cpu_name, start, stop
 
 
 def post(port, body, timeout=60):
@@ -124,7 +124,7 @@ def main():
     ap.add_argument("--markdown", action="store_true")
     a = ap.parse_args()
     sentences = [json.loads(l)["text"] for l in open(a.data)]
-    cpu = open("/proc/cpuinfo").read().split("model name")[1].split(":")[1].split("\n")[0].strip()
+    cpu = cpu_name()
     result = {"cpu": cpu, "model": a.model_dir, "clients": a.clients, "seconds": a.seconds, "runs": {}}
     for b in (a.bin or ["target/release/distilserve"]):
         result["runs"][b] = run_binary(b, a.model_dir, sentences, a.clients, a.seconds)

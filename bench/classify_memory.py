@@ -15,7 +15,7 @@ requests answered and their p50/p99, as one JSON object.
 """
 import argparse, http.client, json, threading, time
 
-from serving import start, stop
+from serving import cpu_name, start, stop
 
 
 def rss_mb(pid, field):
@@ -68,7 +68,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=20)
     a = ap.parse_args()
     sentences = [json.loads(l)["text"] for l in open(a.data)]
-    cpu = open("/proc/cpuinfo").read().split("model name")[1].split(":")[1].split("\n")[0].strip()
+    cpu = cpu_name()
     out = {"cpu": cpu, "model": a.model_dir, "clients": a.clients, "texts_per_request": a.texts, "runs": {}}
     for b in (a.bin or ["target/release/distilserve"]):
         out["runs"][b] = run_binary(b, a.model_dir, sentences, a.clients, a.texts, a.seconds)

@@ -116,7 +116,7 @@ def main():
         subprocess.run([ENGINE, "rm", "-f", "-t", "5", box], capture_output=True)
         shutil.rmtree(heads, ignore_errors=True)
 
-    cpu = open("/proc/cpuinfo").read().split("model name")[1].split(":")[1].split("\n")[0].strip()
+    cpu = serving.cpu_name()
     mean = lambda where, k: statistics.mean(r[k] for r in rows if r["where"] == where)
     print(f"| {cpu}, {a.rounds} alternating rounds | host | container | container / host |")
     print("|---|---|---|---|")

@@ -4,6 +4,11 @@ bench/container.py (which waits for a container with `wait_ready`)."""
 import http.client, os, socket, subprocess, time
 
 
+def cpu_name():
+    """This machine's CPU model, to name beside every figure."""
+    return next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+
+
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 

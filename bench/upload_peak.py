@@ -12,7 +12,7 @@ Then four CSV uploads at once. Prints one JSON object.
 """
 import argparse, http.client, json, os, subprocess, threading, time
 
-from serving import start, stop
+from serving import cpu_name, start, stop
 
 ADMIN = "upload-peak-admin"
 
@@ -76,7 +76,7 @@ def main():
     ap.add_argument("--model-dir", default="models/all-minilm-l6-v2")
     ap.add_argument("--limit", type=int, default=16 * 2**20)
     a = ap.parse_args()
-    cpu = open("/proc/cpuinfo").read().split("model name")[1].split(":")[1].split("\n")[0].strip()
+    cpu = cpu_name()
     print(json.dumps({"cpu": cpu, "runs": {b: run(b, a.model_dir, a.limit) for b in (a.bin or ["target/release/distilserve"])}}, indent=1))
 
 

@@ -171,7 +171,7 @@ def main():
             print(json.dumps(row), file=sys.stderr)
 
         worst = max((r for r in rows if r.get("peak_rss_mb")), key=lambda r: r["peak_rss_mb"])
-        cpu = open("/proc/cpuinfo").read().split("model name")[1].split(":")[1].split("\n")[0].strip()
+        cpu = serving.cpu_name()
         result = {"cpu": cpu, "model": info["model"]["name"], "limits": limits, "idle_rss_mb": round(idle_mb),
                   "worst": worst, "rows": rows}
         if a.markdown:
