@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: bench-classify-memory bench-heads-tasks bench-clients image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
+.PHONY: bench-flops bench-classify-memory bench-heads-tasks bench-clients image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
 
 # MODEL=all-mpnet-base-v2 (or distilbert-base-shaped) sets that encoder up too.
 MODEL ?=
@@ -89,6 +89,11 @@ worst-request: setup
 bench-admission: setup
 	$(CARGO) build --release
 	python3 bench/admission.py --bin target/release/distilserve --model-dir $(MODEL_DIR) --markdown
+
+# Operations per token, tokens/s of the fp32, fused and int8 graphs, and the
+# CPU's measured peak in ONNX Runtime's own kernels (bench/flops.py).
+bench-flops: setup
+	"$$(scripts/python-env.sh)" bench/flops.py models/all-minilm-l6-v2 $(wildcard models/all-mpnet-base-v2)
 
 # Peak memory of /classify with 128 requests of 16 sentences in flight on the
 # default head (four hidden states averaged), this build (bench/classify_memory.py).
