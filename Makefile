@@ -93,7 +93,7 @@ bench-admission: setup
 # Operations per token, tokens/s of the fp32, fused and int8 graphs, and the
 # CPU's measured peak in ONNX Runtime's own kernels (bench/flops.py).
 bench-flops: setup
-	"$$(scripts/python-env.sh)" bench/flops.py models/all-minilm-l6-v2 $(wildcard models/all-mpnet-base-v2)
+	"$$(scripts/python-env.sh)" bench/flops.py $(wildcard models/distilbert-base-shaped) models/all-minilm-l6-v2 $(wildcard models/all-mpnet-base-v2)
 
 # Peak memory of /classify with 128 requests of 16 sentences in flight on the
 # default head (four hidden states averaged), this build (bench/classify_memory.py).

@@ -19,7 +19,10 @@ from pathlib import Path
 
 
 def ops_per_token(config, n):
-    d, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    # DistilBERT's configuration names them dim, hidden_dim and n_layers.
+    d = config.get("hidden_size") or config["dim"]
+    i = config.get("intermediate_size") or config["hidden_dim"]
+    layers = config.get("num_hidden_layers") or config["n_layers"]
     return layers * (2 * (4 * d * d + 2 * d * i) + 4 * n * d)
 
 
