@@ -40,12 +40,6 @@ pub struct Encoded {
     pub timing: Timing,
 }
 
-impl Encoded {
-    pub fn token_counts(&self) -> Vec<usize> {
-        self.lengths.clone()
-    }
-}
-
 /// How a request's texts become model sequences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
@@ -122,10 +116,8 @@ impl Computed {
         let mut rows = self.rows.into_iter();
         let windows: Vec<Vec<Rows>> = self.per_text.iter().map(|&n| rows.by_ref().take(n).collect()).collect();
         let mut lengths = self.lengths.into_iter();
-        let window_lengths: Vec<Vec<usize>> =
-            self.per_text.iter().map(|&n| lengths.by_ref().take(n).collect()).collect();
-        let token_counts = window_lengths.iter().map(|w| w.iter().sum()).collect();
-        Windowed { windows, window_lengths, token_counts, timing: self.timing }
+        let window_lengths = self.per_text.iter().map(|&n| lengths.by_ref().take(n).collect()).collect();
+        Windowed { windows, window_lengths, timing: self.timing }
     }
 }
 
@@ -165,8 +157,6 @@ pub struct Windowed {
     pub windows: Vec<Vec<Rows>>,
     /// Real tokens of each text's windows.
     pub window_lengths: Vec<Vec<usize>>,
-    /// Tokens computed per text, all windows together.
-    pub token_counts: Vec<usize>,
     pub timing: Timing,
 }
 
@@ -403,6 +393,8 @@ impl Inference {
         let computed = self.run(prepared, deadline).await?;
         if let (Some(_), Some(pooling)) = (windows, options.pooling.features()) {
             let windowed = computed.into_windowed();
+            // Tokens computed per text, all its windows together.
+            let token_counts = windowed.window_lengths.iter().map(|w| w.iter().sum()).collect();
             let vectors = windowed
                 .windows
                 .into_iter()
@@ -417,14 +409,14 @@ impl Inference {
                 .collect();
             return Ok(Embedded {
                 tokens: Vec::new(),
-                token_counts: windowed.token_counts,
+                token_counts,
                 hidden,
                 vectors: Vectors::Pooled(vectors),
                 timing: windowed.timing,
             });
         }
         let encoded = computed.into_encoded();
-        let token_counts = encoded.token_counts();
+        let token_counts = encoded.lengths;
         // Each text's rows are combined as the one before is dropped: never
         // every layer of every text and their combination at once.
         let mut rows: Vec<Rows> = encoded.rows.into_iter().map(combine).collect();

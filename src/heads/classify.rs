@@ -209,20 +209,22 @@ fn classify_encoded(
 /// by side, row 1 every mean. A few kilobytes a sequence, where its rows are
 /// tokens x hidden x layers.
 pub struct Summary {
-    /// Distinct selections (`None`: the last hidden state) and their offsets.
-    parts: Vec<(Option<LayerSelection>, usize)>,
+    /// Distinct selections (`None`: the last hidden state), each with its
+    /// offset and width in a reduced row.
+    parts: Vec<(Option<LayerSelection>, usize, usize)>,
     width: usize,
 }
 
 impl Summary {
     fn of(heads: &[Arc<Head>], info: &ModelInfo) -> Summary {
-        let mut parts: Vec<(Option<LayerSelection>, usize)> = Vec::new();
+        let mut parts: Vec<(Option<LayerSelection>, usize, usize)> = Vec::new();
         let mut width = 0;
         for head in heads {
             let Head::Logistic(h) = &**head else { continue };
-            if parts.iter().all(|(s, _)| *s != h.layers) {
-                parts.push((h.layers.clone(), width));
-                width += h.layers.as_ref().map_or(info.hidden_size, |s| s.width(info.hidden_size));
+            if parts.iter().all(|(s, ..)| *s != h.layers) {
+                let w = h.layers.as_ref().map_or(info.hidden_size, |s| s.width(info.hidden_size));
+                parts.push((h.layers.clone(), width, w));
+                width += w;
             }
         }
         Summary { parts, width }
@@ -232,20 +234,14 @@ impl Summary {
     fn reducer(self: &Arc<Self>, mask: LayerMask, info: &ModelInfo) -> crate::batching::Reduce {
         let (summary, last, hidden) = (self.clone(), info.last_layer(), info.hidden_size);
         Arc::new(move |rows: Rows| {
-            let mut data = vec![0f32; 2 * summary.width];
-            for (selection, offset) in &summary.parts {
-                let combined = match selection {
-                    None if mask.is_last_only() => Cow::Borrowed(&rows),
-                    _ => {
-                        let default = LayerSelection { indices: vec![last], combine: LayerCombine::Mean };
-                        Cow::Owned(selection.as_ref().unwrap_or(&default).combine(&rows, mask, last, hidden))
-                    }
-                };
-                let w = combined.cols;
+            let width = summary.width;
+            let mut data = vec![0f32; 2 * width];
+            for (selection, offset, w) in &summary.parts {
+                let combined = selected(selection.as_ref(), &rows, mask, last, hidden);
                 data[*offset..offset + w].copy_from_slice(&cls(&combined));
-                data[summary.width + offset..summary.width + offset + w].copy_from_slice(&mean(&combined));
+                data[width + offset..width + offset + w].copy_from_slice(&mean(&combined));
             }
-            Rows { rows: 2, cols: summary.width, data }
+            Rows { rows: 2, cols: width, data }
         })
     }
 
@@ -253,16 +249,7 @@ impl Summary {
     /// or a window each) and their real tokens: the first rows averaged over
     /// windows, the means weighted by tokens (as `pool_windows` pools).
     fn features(&self, head: &LogisticHead, reduced: &[Rows], lengths: &[usize]) -> Vec<f32> {
-        let offset = self.parts.iter().find(|(s, _)| *s == head.layers).expect("a summarised selection").1;
-        let width = self.part_width(offset);
-        let part = |row: usize, r: &Rows| r.row(row)[offset..offset + width].to_vec();
-        if reduced.len() == 1 {
-            return match head.pooling {
-                FeaturePooling::Cls => part(0, &reduced[0]),
-                FeaturePooling::Mean => part(1, &reduced[0]),
-                FeaturePooling::ClsMean => [part(0, &reduced[0]), part(1, &reduced[0])].concat(),
-            };
-        }
+        let &(_, offset, width) = self.parts.iter().find(|(s, ..)| *s == head.layers).expect("a summarised selection");
         let weighted = |row: usize, weights: &dyn Fn(usize) -> f64| -> Vec<f32> {
             let mut sum = vec![0f64; width];
             let total: f64 = (0..reduced.len()).map(weights).sum();
@@ -281,12 +268,6 @@ impl Summary {
             FeaturePooling::ClsMean => [cls(), mean()].concat(),
         }
     }
-
-    /// The width of the part at `offset`.
-    fn part_width(&self, offset: usize) -> usize {
-        let next = self.parts.iter().map(|(_, o)| *o).filter(|&o| o > offset).min();
-        next.unwrap_or(self.width) - offset
-    }
 }
 
 /// What the encoder must return for `heads`: every logistic head's layers.
@@ -301,16 +282,28 @@ fn layers_for(heads: &[Arc<Head>], info: &ModelInfo) -> LayerMask {
         .fold(LayerMask::LAST, |m, h| m.union(h, last))
 }
 
-/// A logistic head's rows from rows holding the hidden states of `mask`.
-/// Borrowed as they are when both hold the last hidden state alone (the
-/// default path copies nothing).
-fn head_rows<'a>(head: &LogisticHead, rows: &'a [Rows], mask: LayerMask, info: &ModelInfo) -> Cow<'a, [Rows]> {
-    if head.layers.is_none() && mask.is_last_only() {
-        return Cow::Borrowed(rows);
+/// A logistic head's rows, one per sequence, from rows holding the hidden states of `mask`.
+fn head_rows<'a>(head: &LogisticHead, rows: &'a [Rows], mask: LayerMask, info: &ModelInfo) -> Vec<Cow<'a, Rows>> {
+    rows.iter().map(|r| selected(head.layers.as_ref(), r, mask, info.last_layer(), info.hidden_size)).collect()
+}
+
+/// `selection`'s rows (`None`: the last hidden state) from a sequence's rows
+/// holding the hidden states of `mask` side by side. Borrowed as they are when
+/// both hold the last hidden state alone (the default path copies nothing).
+fn selected<'a>(
+    selection: Option<&LayerSelection>,
+    rows: &'a Rows,
+    mask: LayerMask,
+    last: usize,
+    hidden: usize,
+) -> Cow<'a, Rows> {
+    match selection {
+        None if mask.is_last_only() => Cow::Borrowed(rows),
+        None => Cow::Owned(
+            LayerSelection { indices: vec![last], combine: LayerCombine::Mean }.combine(rows, mask, last, hidden),
+        ),
+        Some(selection) => Cow::Owned(selection.combine(rows, mask, last, hidden)),
     }
-    let last = info.last_layer();
-    let selection = head.layers.clone().unwrap_or(LayerSelection { indices: vec![last], combine: LayerCombine::Mean });
-    Cow::Owned(rows.iter().map(|r| selection.combine(r, mask, last, info.hidden_size)).collect())
 }
 
 /// An ONNX classifier's answer from its own model: the mean of the windows'

@@ -435,11 +435,13 @@ fn fit_chosen(
 
 /// How much of the search a time budget let run (none without a budget).
 fn search_budget(search: &SearchData, config: &TrainConfig, scores: &PathScores) -> Option<SearchBudget> {
-    let searched = (0..search.sets.len()).filter(|&set| complete(search, config, scores, set)).count();
-    config.time_budget.map(|b| SearchBudget {
-        seconds: b.as_secs_f64(),
-        feature_sets_searched: searched,
-        feature_sets_left_out: search.sets.len() - searched,
+    config.time_budget.map(|b| {
+        let searched = (0..search.sets.len()).filter(|&set| complete(search, config, scores, set)).count();
+        SearchBudget {
+            seconds: b.as_secs_f64(),
+            feature_sets_searched: searched,
+            feature_sets_left_out: search.sets.len() - searched,
+        }
     })
 }
 

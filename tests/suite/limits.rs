@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::fakes::{app_over, SlowPerToken};
+use common::fakes::{state_over, SlowPerToken};
 use common::{default_model_dir, error_of, settings_for, tiny_distilbert, TestServer};
 use distilserve::config::Settings;
 use distilserve::encoder::Encoder;
@@ -208,7 +208,7 @@ async fn a_request_over_the_token_budget_is_refused_with_413_naming_count_and_li
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corpus_with_more_model_time_than_its_deadline_is_refused_before_any_work() {
-    let state = app_over("slow", SlowPerToken, |s| s.server.request_timeout_ms = 1000);
+    let state = state_over("slow", SlowPerToken, |s| s.server.request_timeout_ms = 1000);
     let app = router(state.clone());
     let post = |path: &'static str, body: Value| {
         let request = Request::builder().method("POST").uri(path).header("content-type", "application/json");

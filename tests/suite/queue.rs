@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::fakes::{app_over, SlowPerToken};
+use common::fakes::{state_over, SlowPerToken};
 use common::{error_of, fixture, settings_for, TestServer};
 use distilserve::batching::{BatchError, Batcher, BatcherConfig};
 use distilserve::encoder::Encoder;
@@ -559,7 +559,7 @@ async fn a_client_that_disconnects_is_not_computed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_queued_work_than_a_request_may_wait_for_is_a_json_503_with_retry_after() {
-    let app = router(app_over("slow", SlowPerToken, |s| s.batching.max_queue_wait_ms = 300));
+    let app = router(state_over("slow", SlowPerToken, |s| s.batching.max_queue_wait_ms = 300));
     let embed = |texts: Vec<&str>| {
         let body = json!({"inputs": texts, "pooling": "mean"}).to_string();
         let request = Request::builder().method("POST").uri("/embed").header("content-type", "application/json");

@@ -32,9 +32,9 @@ impl Encoder for SlowPerToken {
     }
 }
 
-/// The application over `encoder` (width 4, 64 tokens, the tiny fixture's
+/// The application state over `encoder` (width 4, 64 tokens, the tiny fixture's
 /// tokenizer) with the tiny fixture's settings changed by `configure`.
-pub fn app_over<E: Encoder + 'static>(
+pub fn state_over<E: Encoder + 'static>(
     name: &str,
     encoder: E,
     configure: impl FnOnce(&mut distilserve::config::Settings),
@@ -53,7 +53,7 @@ pub async fn send(method: &str, uri: &str, content_type: Option<&str>, body: &st
     if let Some(ct) = content_type {
         request = request.header("content-type", ct);
     }
-    let app = router(app_over("constant", Constant, |_| {}));
+    let app = router(state_over("constant", Constant, |_| {}));
     let response = app.oneshot(request.body(Body::from(body.to_string())).unwrap()).await.unwrap();
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
