@@ -25,14 +25,15 @@ def start(binary, model_dir, *args, admin_key=None, log_name="serve", heads=""):
     proc = subprocess.Popen([binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--model-dir", model_dir,
                              "--heads", heads, "--default-head", heads, *args],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
-    wait_ready(port)
+    wait_ready(port, proc=proc)
     return proc, port
 
 
-def wait_ready(port, limit_s=60):
-    """Whether /health/ready on `port` answered 200 within `limit_s`."""
+def wait_ready(port, limit_s=60, proc=None):
+    """Whether /health/ready on `port` answered 200 within `limit_s` (false at
+    once if `proc` exits first)."""
     start = time.time()
-    while time.time() - start < limit_s:
+    while time.time() - start < limit_s and (proc is None or proc.poll() is None):
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=2); c.request("GET", "/health/ready")
             if c.getresponse().status == 200: return True

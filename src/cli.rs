@@ -240,6 +240,10 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Model")]
     #[serde(rename = "model.allow_cpu_fallback")]
     pub allow_cpu_fallback: Option<bool>,
+    /// model.cuda_reduced_precision: TF32 matrix products and the fast layer norm on CUDA.
+    #[arg(long, help_heading = "Model")]
+    #[serde(rename = "model.cuda_reduced_precision")]
+    pub cuda_reduced_precision: Option<bool>,
     /// model.intra_threads: ONNX Runtime threads per session (0 = all cores).
     #[arg(long, help_heading = "Model")]
     #[serde(rename = "model.intra_threads")]

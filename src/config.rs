@@ -306,6 +306,7 @@ pub struct ModelSettings {
     pub execution_provider: ExecutionProvider,
     pub cuda_device_id: i32,
     pub allow_cpu_fallback: bool,
+    pub cuda_reduced_precision: bool,
     pub intra_threads: usize,
     pub inter_threads: usize,
     pub intra_op_spinning: bool,

@@ -439,7 +439,7 @@ fn session_with(
         .with_optimization_level(optimization(s.optimization_level))
         .map_err(|e| e.to_string())?;
     let mut builder = if cuda {
-        with_cuda(builder, s.cuda_device_id)?
+        with_cuda(builder, s.cuda_device_id, s.cuda_reduced_precision)?
     } else {
         let cpu = ort::ep::CPU::default().with_arena_allocator(s.cpu_memory_arena).build();
         builder.with_execution_providers([cpu]).map_err(|e| e.to_string())?
@@ -451,21 +451,27 @@ fn session_with(
 fn with_cuda(
     builder: ort::session::builder::SessionBuilder,
     device_id: i32,
+    reduced_precision: bool,
 ) -> Result<ort::session::builder::SessionBuilder, String> {
-    builder
-        .with_execution_providers([ort::ep::CUDA::default().with_device_id(device_id).build().error_on_failure()])
-        .map_err(|e| {
-            format!(
-                "CUDA execution provider could not be registered on device {device_id}: {e} \
+    // Both stated explicitly: ONNX Runtime's own defaults for them have changed
+    // between releases.
+    let cuda = ort::ep::CUDA::default()
+        .with_device_id(device_id)
+        .with_tf32(reduced_precision)
+        .with_skip_layer_norm_strict_mode(!reduced_precision);
+    builder.with_execution_providers([cuda.build().error_on_failure()]).map_err(|e| {
+        format!(
+            "CUDA execution provider could not be registered on device {device_id}: {e} \
                  (needs an NVIDIA GPU and the GPU build of ONNX Runtime, onnxruntime-gpu, with CUDA 13 and cuDNN 9)"
-            )
-        })
+        )
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
 fn with_cuda(
     _builder: ort::session::builder::SessionBuilder,
     _device_id: i32,
+    _reduced_precision: bool,
 ) -> Result<ort::session::builder::SessionBuilder, String> {
     Err("model.execution_provider = \"cuda\" but this binary was built without CUDA support \
          (rebuild with `cargo build --release --features cuda`)"
