@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: bench-flops bench-classify-memory bench-heads-tasks bench-clients image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
+.PHONY: bench-classify-graphs bench-flops bench-classify-memory bench-heads-tasks bench-clients image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
 
 # MODEL=all-mpnet-base-v2 (or distilbert-base-shaped) sets that encoder up too.
 MODEL ?=
@@ -97,6 +97,13 @@ bench-flops: setup
 
 # Peak memory of /classify with 128 requests of 16 sentences in flight on the
 # default head (four hidden states averaged), this build (bench/classify_memory.py).
+# /classify on the int8 graph (classify.model_file) against the fp32 graph,
+# /embed in both, the head's accuracy on each, the second runtime's memory
+# (BENCHMARKS.md "Heads on the int8 graph"). MODEL=all-mpnet-base-v2 adds it.
+bench-classify-graphs: setup
+	$(CARGO) build --release
+	python3 bench/classify_graphs.py --bin target/release/distilserve --model-dir models/all-minilm-l6-v2 $(if $(MODEL),--model-dir models/$(MODEL))
+
 bench-classify-memory: setup
 	$(CARGO) build --release
 	python3 bench/classify_memory.py --bin target/release/distilserve --model-dir $(MODEL_DIR) --texts 16

@@ -56,6 +56,11 @@ def main() -> None:
     pooling, alpha = head["pooling"], head["training"]["alpha"]
     data = a.data or head["training"]["data_dir"]
     head_acc = head["metrics"]["test"]["accuracy"]
+    # A head chosen between two graphs of the model (classify.model_file) is
+    # compared on the features of the graph it was trained on.
+    graph = (head["training"].get("graph_choice") or {}).get("served_on")
+    if graph:
+        extra = extra + ["--model-file", graph]
     cross_validated = "cross_validation" in json.dumps(head["training"]["selection"])
 
     with tempfile.TemporaryDirectory() as tmp:

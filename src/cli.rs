@@ -336,6 +336,10 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Classification")]
     #[serde(rename = "classify.heads_dir")]
     pub heads_dir: Option<PathBuf>,
+    /// classify.model_file: graph in model.dir the logistic heads run on (empty: model.file).
+    #[arg(long, help_heading = "Classification")]
+    #[serde(rename = "classify.model_file")]
+    pub classify_model_file: Option<String>,
     /// classify.feature_cache_dir: folder of the feature cache.
     #[arg(long, help_heading = "Classification")]
     #[serde(rename = "classify.feature_cache_dir")]

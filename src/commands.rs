@@ -27,6 +27,15 @@ fn load_model(settings: &Settings) -> anyhow::Result<Model> {
     Model::load(&settings.model, 1)
 }
 
+/// The graph heads are trained and evaluated on (`classify.model_file`), as
+/// the service serves them.
+fn load_heads_model(settings: &Settings) -> anyhow::Result<Model> {
+    match settings.heads_model() {
+        Some(heads) => Model::load(&heads, 1).context("classify.model_file: the heads' graph"),
+        None => load_model(settings),
+    }
+}
+
 fn with_extraction<T>(
     settings: &Settings,
     model: &mut Model,
@@ -132,7 +141,7 @@ pub fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         Some(dir) => train_on_features(&settings, args, dir)?,
         None => {
             let head_settings = head_settings(&settings, args)?;
-            let mut model = load_model(&settings)?;
+            let mut model = load_heads_model(&settings)?;
             with_extraction(&settings, &mut model, |extraction| train_head(&args.head, &head_settings, extraction))?
         }
     };
@@ -289,7 +298,7 @@ fn train_on_features(settings: &Settings, args: &TrainArgs, dir: &std::path::Pat
 pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
     let settings = args.settings.settings()?;
     let path = head_path(&settings.classify.heads_dir, &args.head)?;
-    let mut model = load_model(&settings)?;
+    let mut model = load_heads_model(&settings)?;
     let head = crate::heads::load_logistic_for_encoder(&settings, &args.head, &model.info)?.with_context(|| {
         format!(
             "no head {} for encoder {} in {}: run `distilserve train --head {}`",

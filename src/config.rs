@@ -96,6 +96,7 @@ pub struct ClassifySettings {
     pub heads_dir: PathBuf,
     pub feature_cache_dir: PathBuf,
     pub watch_interval_ms: u64,
+    pub model_file: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -448,7 +449,26 @@ impl Overrides {
     }
 }
 
+/// `classify.model_file = "auto"`: [`QUANTISED_GRAPH`] where exported.
+pub const AUTO_HEADS_GRAPH: &str = "auto";
+/// The int8 graph `scripts/export_model.py` writes beside `model.onnx`.
+pub const QUANTISED_GRAPH: &str = "model.int8.onnx";
+
 impl Settings {
+    /// The graph the logistic heads run on (`classify.model_file`), when it is
+    /// another file than the one `/embed` serves: the same model folder and
+    /// runtime settings, its own file. None: the heads share `/embed`'s encoder.
+    /// `auto` is the export's quantised graph where the folder has one.
+    pub fn heads_model(&self) -> Option<ModelSettings> {
+        let file = match self.classify.model_file.as_str() {
+            "" => return None,
+            AUTO_HEADS_GRAPH if self.model.dir.join(QUANTISED_GRAPH).is_file() => QUANTISED_GRAPH,
+            AUTO_HEADS_GRAPH => return None,
+            file => file,
+        };
+        (file != self.model.file).then(|| ModelSettings { file: file.to_string(), ..self.model.clone() })
+    }
+
     /// Defaults, then `file`, then the process environment, then `overrides`.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
         Self::load_with_env(file, overrides, Env::prefixed(ENV_PREFIX))
@@ -713,6 +733,26 @@ mod tests {
             std::env::set_var(format!("{prefix}{k}"), v);
         }
         Env::prefixed(&prefix)
+    }
+
+    #[test]
+    fn auto_makes_the_heads_graph_the_quantised_one_where_exported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings::defaults();
+        s.model.dir = dir.path().to_path_buf();
+        assert_eq!(s.classify.model_file, "", "off by default");
+        assert_eq!(s.heads_model(), None);
+        s.classify.model_file = "auto".into();
+        assert_eq!(s.heads_model(), None, "no int8 export: one graph");
+        std::fs::write(dir.path().join("model.int8.onnx"), b"").unwrap();
+        assert_eq!(s.heads_model().map(|m| m.file), Some("model.int8.onnx".into()));
+        s.model.file = "model.int8.onnx".into();
+        assert_eq!(s.heads_model(), None, "/embed on the int8 graph already: one graph");
+        s.model.file = "model.onnx".into();
+        s.classify.model_file = String::new();
+        assert_eq!(s.heads_model(), None, "empty: model.file");
+        s.classify.model_file = "model.opt.onnx".into();
+        assert_eq!(s.heads_model().map(|m| m.file), Some("model.opt.onnx".into()), "named: that file");
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Every model runtime the service runs, owned in one place: the encoder and
+//! Every model runtime the service runs, owned in one place: the encoder, the
+//! logistic heads' own graph of it where `classify.model_file` names one, and
 //! the ONNX classifier heads, each an [`Inference`] (sessions, queue, worker
 //! threads). Each is labelled in `/metrics` (`runtime="encoder"`,
-//! `runtime="head:<name>"`) and drained by [`Runtimes::shutdown`].
+//! `runtime="heads_encoder"`, `runtime="head:<name>"`) and drained by
+//! [`Runtimes::shutdown`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,9 +14,13 @@ use crate::metrics::{Metrics, ModelLabels};
 use crate::model::{Model, ModelInfo};
 
 pub const ENCODER: &str = "encoder";
+pub const HEADS_ENCODER: &str = "heads_encoder";
 
 pub struct Runtimes {
     pub encoder: Inference,
+    /// The graph the logistic heads run on, when it is another file than the
+    /// encoder's (`classify.model_file`).
+    heads_encoder: Option<Inference>,
     classifiers: Mutex<Classifiers>,
     batching: BatcherConfig,
     metrics: Arc<Metrics>,
@@ -31,10 +37,32 @@ struct Classifiers {
 }
 
 impl Runtimes {
-    /// Starts the encoder's workers.
-    pub fn start(encoder: Model, batching: BatcherConfig, metrics: Arc<Metrics>) -> Runtimes {
+    /// Starts the encoder's workers, and those of the heads' graph when given.
+    pub fn start(
+        encoder: Model,
+        heads_encoder: Option<Model>,
+        batching: BatcherConfig,
+        metrics: Arc<Metrics>,
+    ) -> Runtimes {
         let inference = Inference::start(encoder, batching.clone(), metrics.runtime(ENCODER));
-        Self::with_encoder(inference, batching, metrics)
+        let mut runtimes = Self::with_encoder(inference, batching, metrics);
+        if let Some(model) = heads_encoder {
+            runtimes.set_model_info(HEADS_ENCODER, &model.info);
+            let batching = runtimes.batching.clone();
+            runtimes.heads_encoder = Some(Inference::start(model, batching, runtimes.metrics.runtime(HEADS_ENCODER)));
+        }
+        runtimes
+    }
+
+    /// The runtime the logistic heads are trained, evaluated and served on:
+    /// the heads' own graph where configured, else the encoder.
+    pub fn heads_encoder(&self) -> &Inference {
+        self.heads_encoder.as_ref().unwrap_or(&self.encoder)
+    }
+
+    /// Every encoder runtime: the encoder, then the heads' own graph if any.
+    pub fn encoders(&self) -> impl Iterator<Item = (&'static str, &Inference)> {
+        std::iter::once((ENCODER, &self.encoder)).chain(self.heads_encoder.iter().map(|r| (HEADS_ENCODER, r)))
     }
 
     /// Around an encoder runtime already started (tests and fuzzing use one
@@ -42,6 +70,7 @@ impl Runtimes {
     pub fn with_encoder(inference: Inference, batching: BatcherConfig, metrics: Arc<Metrics>) -> Runtimes {
         let runtimes = Runtimes {
             encoder: inference,
+            heads_encoder: None,
             classifiers: Mutex::default(),
             batching,
             metrics,
@@ -80,8 +109,8 @@ impl Runtimes {
             let c = self.classifiers.lock().unwrap_or_else(|p| p.into_inner());
             c.active.iter().map(|(name, r)| (format!("head:{name}"), r.clone())).collect()
         };
-        for (name, runtime) in std::iter::once((ENCODER.to_string(), &self.encoder))
-            .chain(classifiers.iter().map(|(n, r)| (n.clone(), &**r)))
+        for (name, runtime) in
+            self.encoders().map(|(n, r)| (n.to_string(), r)).chain(classifiers.iter().map(|(n, r)| (n.clone(), &**r)))
         {
             match runtime.warm_up() {
                 Ok(calls) => {
@@ -92,9 +121,23 @@ impl Runtimes {
         }
     }
 
+    /// The encoders' workers together (liveness): dead ones, and the longest
+    /// call in progress.
+    pub fn health(&self) -> crate::batching::WorkerHealth {
+        self.encoders().map(|(_, r)| r.health()).fold(
+            crate::batching::WorkerHealth { dead: 0, longest_call: std::time::Duration::ZERO },
+            |a, b| crate::batching::WorkerHealth {
+                dead: a.dead + b.dead,
+                longest_call: a.longest_call.max(b.longest_call),
+            },
+        )
+    }
+
     /// Closes every queue and waits until the work already queued is done.
     pub fn shutdown(&self) {
-        self.encoder.shutdown();
+        for (_, encoder) in self.encoders() {
+            encoder.shutdown();
+        }
         let classifiers = self.classifiers.lock().unwrap_or_else(|p| p.into_inner());
         for r in classifiers.active.values().chain(&classifiers.retired) {
             r.shutdown();

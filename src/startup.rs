@@ -12,8 +12,10 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::batching::BatcherConfig;
+use crate::config::HeadName;
 use crate::config::Settings;
 use crate::features::FeatureCache;
+use crate::heads::logistic::{GraphChoice, LogisticHead};
 use crate::heads::store::HeadStore;
 use crate::heads::training::{save_head, train_head, Extraction};
 use crate::heads::{load_configured, Head, Heads};
@@ -59,9 +61,14 @@ impl Application {
                 model.info.max_tokens
             );
         }
+        let heads_model = load_heads_graph(&settings, &model).await?;
         let metrics = Arc::new(Metrics::new());
-        let runtimes =
-            Arc::new(Runtimes::start(model, BatcherConfig::new(&settings.batching, &settings.limits), metrics.clone()));
+        let runtimes = Arc::new(Runtimes::start(
+            model,
+            heads_model,
+            BatcherConfig::new(&settings.batching, &settings.limits),
+            metrics.clone(),
+        ));
         // Past this point the model's worker threads run: every failure stops them, here.
         match Self::assemble(settings, runtimes.clone(), metrics).await {
             Ok(app) => Ok(app),
@@ -90,9 +97,9 @@ impl Application {
         }
         // Heads created over the API (by any replica sharing the folder) serve after a restart too.
         let heads = {
-            let (store, info) = (HeadStore::of(&settings), runtimes.encoder.info.clone());
+            let (store, runtimes) = (HeadStore::of(&settings), runtimes.clone());
             tokio::task::spawn_blocking(move || {
-                heads.sync_folder(&store, &info);
+                heads.sync_folder(&store, &runtimes);
                 heads
             })
             .await
@@ -191,6 +198,34 @@ impl Application {
     }
 }
 
+/// The logistic heads' own graph of the model (`classify.model_file`), where
+/// it is another file than `model.file`: loaded with the same settings and
+/// sessions, and refused unless it has the model's widths.
+async fn load_heads_graph(settings: &Settings, model: &Model) -> anyhow::Result<Option<Model>> {
+    let Some(heads_settings) = settings.heads_model() else { return Ok(None) };
+    let sessions = settings.batching.sessions;
+    let loaded = tokio::task::spawn_blocking(move || Model::load(&heads_settings, sessions))
+        .await
+        .context("model loading task failed")?
+        .context("classify.model_file: the heads' graph")?;
+    let (ours, theirs) = (&loaded.info, &model.info);
+    if ours.hidden_size != theirs.hidden_size || ours.max_tokens != theirs.max_tokens || ours.layers != theirs.layers {
+        anyhow::bail!(
+            "classify.model_file {} is not a graph of model {}: hidden size {}, {} tokens, {:?} layers against {}, {}, {:?}",
+            ours.file,
+            theirs.name,
+            ours.hidden_size,
+            ours.max_tokens,
+            ours.layers,
+            theirs.hidden_size,
+            theirs.max_tokens,
+            theirs.layers
+        );
+    }
+    tracing::info!(file = %ours.file, sessions, "heads' graph loaded: logistic heads run on it, /embed on model.file");
+    Ok(Some(loaded))
+}
+
 fn default_head(settings: &Settings) -> String {
     if settings.classify.default_head.is_empty() {
         settings.classify.serve.first().cloned().unwrap_or_default()
@@ -205,37 +240,73 @@ fn default_head(settings: &Settings) -> String {
 /// `/classify`) while everything else keeps serving: a restart would fail the
 /// same way, so stopping would only make a crash loop.
 fn train_missing_heads(state: &AppState, names: &[String]) {
-    let settings = &state.settings;
-    let cache = FeatureCache::new(&settings.classify.feature_cache_dir);
-    let encoder = state.encoder_runtime();
-    let mut source = encoder.queued_encoder();
-    let mut extraction = Extraction {
-        source: &mut source,
-        info: &encoder.info,
-        tokenizer: &encoder.tokenizer,
-        cache: &cache,
-        max_batch_size: settings.batching.max_batch_size,
-        max_batch_tokens: settings.batching.max_batch_tokens,
-    };
     for name in names {
         tracing::info!(head = %name, "head file missing: training it before reporting ready");
-        let mut head = match train_head(name, &settings.heads[name], &mut extraction) {
-            Ok(head) => head,
+        match train_for_serving(state, name) {
+            Ok(head) => state.heads.finish_pending(Head::Logistic(head)),
             Err(e) => {
                 let reason = format!("{e:#}");
                 tracing::error!(head = %name, error = %reason, "training head at startup failed; the head is not served");
                 state.heads.fail_pending(name, reason);
-                continue;
             }
-        };
-        // A head that cannot be written (read-only folder, full disk) still serves
-        // from memory; it is trained again at the next start.
-        if let Err(e) = save_head(&mut head, &HeadStore::of(settings)) {
-            tracing::error!(head = %name, error = %format!("{e:#}"), "serving the trained head from memory only");
         }
-        state.heads.finish_pending(Head::Logistic(head));
     }
     tracing::info!("startup training done");
+}
+
+/// Trains head `name` on the heads' graph. Where that is a second graph of
+/// the encoder (`classify.model_file`), the head of the exact graph is taken
+/// from the folder or trained too, and [`GraphChoice`] picks the one served:
+/// both are saved, the served one last (the active file). A head that cannot
+/// be written (read-only folder, full disk) still serves from memory; it is
+/// trained again at the next start.
+fn train_for_serving(state: &AppState, name: &str) -> anyhow::Result<LogisticHead> {
+    let store = HeadStore::of(&state.settings);
+    let save = |head: &mut LogisticHead| {
+        if let Err(e) = save_head(head, &store) {
+            tracing::error!(head = %head.name, error = %format!("{e:#}"), "serving the trained head from memory only");
+        }
+    };
+    let (heads_graph, exact) = (state.heads_runtime(), state.encoder_runtime());
+    let mut head = train_on(state, heads_graph, name)?;
+    if heads_graph.info.fingerprint == exact.info.fingerprint {
+        save(&mut head);
+        return Ok(head);
+    }
+    let kept = HeadName::parse(name).ok().and_then(|n| store.newest_for_encoder(&n, &exact.info.fingerprint));
+    let mut exact_head = match kept {
+        Some(h) => h,
+        None => train_on(state, exact, name)?,
+    };
+    let choice = GraphChoice::between(
+        &heads_graph.info.file,
+        head.training.held_out_accuracy,
+        &exact.info.file,
+        exact_head.training.held_out_accuracy,
+    );
+    tracing::info!(head = %name, served_on = %choice.served_on, reason = %choice.reason(), "graph chosen for the head");
+    head.training.graph_choice = Some(choice.clone());
+    exact_head.training.graph_choice = Some(choice.clone());
+    let (mut served, mut other) = if choice.on_heads_graph() { (head, exact_head) } else { (exact_head, head) };
+    save(&mut other);
+    save(&mut served);
+    Ok(served)
+}
+
+/// Head `name` trained from its settings on `runtime`'s graph, through its queue.
+fn train_on(state: &AppState, runtime: &crate::inference::Inference, name: &str) -> anyhow::Result<LogisticHead> {
+    let settings = &state.settings;
+    let cache = FeatureCache::new(&settings.classify.feature_cache_dir);
+    let mut source = runtime.queued_encoder();
+    let mut extraction = Extraction {
+        source: &mut source,
+        info: &runtime.info,
+        tokenizer: &runtime.tokenizer,
+        cache: &cache,
+        max_batch_size: settings.batching.max_batch_size,
+        max_batch_tokens: settings.batching.max_batch_tokens,
+    };
+    train_head(name, &settings.heads[name], &mut extraction)
 }
 
 /// Every `classify.watch_interval_ms`, brings the served heads in line with
@@ -252,7 +323,7 @@ async fn watch_heads_folder(state: AppState) {
         ticks.tick().await;
         let synced = tokio::task::spawn_blocking({
             let state = state.clone();
-            move || state.heads.sync_folder(&state.store, &state.encoder_runtime().info)
+            move || state.heads.sync_folder(&state.store, &state.runtimes)
         })
         .await;
         let Ok(report) = synced else { continue };

@@ -9,11 +9,11 @@ given as DISTILSERVE_* variables) shape the run. Loads (closed loop, keep-alive,
 16 sentences per request at concurrency 8. --parity writes FILE (the first
 run: the CPU) or compares against it the per-token hidden states of 16 sentences.
 """
-import http.client, json, os, resource, subprocess, sys, threading, time
+import http.client, json, os, subprocess, sys, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from serving import cpu_name, start, stop  # noqa: E402
+from serving import closed_loop, cpu_name, rss_mib, start, stop  # noqa: E402
 
 SECONDS = float(os.environ.get("LOAD_SECONDS", "10"))
 # "clients x sentences per request", comma-separated.
@@ -31,33 +31,13 @@ def post(conn, body):
     return data
 
 
-def closed_loop(port, sentences, clients, per_request, seconds):
-    done, lat, errors = [0], [], []
-    lock = threading.Lock()
-    stop_at = time.time() + seconds
-
-    def client(k):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        i = k * 997
-        while time.time() < stop_at:
-            batch = [sentences[(i + j) % len(sentences)] for j in range(per_request)]
-            i += per_request * clients
-            t = time.perf_counter()
-            try:
-                post(conn, json.dumps({"inputs": batch, "pooling": "mean"}).encode())
-            except Exception as e:  # counted, not fatal: the figure says how many
-                errors.append(str(e)); conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60); continue
-            with lock:
-                lat.append(time.perf_counter() - t); done[0] += per_request
-
-    t0 = time.time()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    [t.start() for t in threads]; [t.join() for t in threads]
-    wall = time.time() - t0
-    lat.sort()
-    q = lambda p: round(1000 * lat[min(len(lat) - 1, int(p * len(lat)))], 2) if lat else None
-    return {"clients": clients, "per_request": per_request, "sentences_per_s": round(done[0] / wall, 1),
-            "p50_ms": q(0.5), "p99_ms": q(0.99), "errors": len(errors), "first_error": errors[0] if errors else None}
+def load(port, sentences, clients, per_request, seconds):
+    """Closed loop (bench/serving.py) of `per_request` sentences per request."""
+    body = lambda i: {"inputs": [sentences[(i * per_request + j) % len(sentences)] for j in range(per_request)],
+                      "pooling": "mean"}
+    row = closed_loop(port, "/embed", body, clients, seconds)
+    return {"clients": clients, "per_request": per_request, "sentences_per_s": round(row["per_s"] * per_request, 1),
+            "p50_ms": row["p50_ms"], "p99_ms": row["p99_ms"], "errors": row["errors"]}
 
 
 def gpu_memory_mib(pid):
@@ -67,12 +47,6 @@ def gpu_memory_mib(pid):
         return sum(int(l.split(",")[1]) for l in out.splitlines() if l.split(",")[0].strip() == str(pid))
     except Exception:
         return None
-
-
-def rss_mib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) // 1024
 
 
 def main():
@@ -105,8 +79,8 @@ def main():
                          for a, b in zip(ref["embeddings"], got["embeddings"])]
                 base["max_abs_diff_vs_cpu"] = max(diffs)
         for clients, per_request in LOADS:
-            closed_loop(port, sentences, clients, per_request, 2)  # warm-up of this shape
-            row = dict(base, **closed_loop(port, sentences, clients, per_request, SECONDS))
+            load(port, sentences, clients, per_request, 2)  # warm-up of this shape
+            row = dict(base, **load(port, sentences, clients, per_request, SECONDS))
             row["rss_peak_mib"] = rss_mib(proc.pid)
             row["gpu_mib"] = gpu_memory_mib(proc.pid) if provider == "cuda" else None
             print(json.dumps(row), flush=True)

@@ -18,6 +18,7 @@ use crate::inference::{Cut, Encoded, Inference, InferenceError, Prepared, Timing
 use crate::layers::{LayerCombine, LayerMask, LayerSelection};
 use crate::model::ModelInfo;
 use crate::pooling::{cls, mean, pair_features, FeaturePooling, Rows};
+use crate::runtimes::Runtimes;
 
 /// One `/classify` request, every option already checked.
 #[derive(Debug, Clone)]
@@ -51,6 +52,42 @@ pub struct Explained {
     pub offsets: Vec<(usize, usize)>,
     pub attribution: Option<logistic::Attribution>,
     pub scores: Vec<f32>,
+}
+
+/// Every head's answer for the input's texts, in the order of `heads`, each
+/// logistic head on the graph it was trained on: the heads' graph
+/// (`classify.model_file`), or the exact one for a head whose comparison of
+/// the two chose it. One encoder pass per graph in use.
+pub async fn classify_served(
+    runtimes: &Runtimes,
+    heads: &[Arc<Head>],
+    input: ClassifyInput,
+) -> Result<Vec<Classified>, InferenceError> {
+    let (on_heads_graph, exact) = (runtimes.heads_encoder(), &runtimes.encoder);
+    let fell_back = |h: &Head| match h {
+        Head::Logistic(l) => {
+            l.encoder.fingerprint == exact.info.fingerprint && l.encoder.fingerprint != on_heads_graph.info.fingerprint
+        }
+        Head::Onnx(_) => false,
+    };
+    if !heads.iter().any(|h| fell_back(h)) {
+        return classify(heads, on_heads_graph, input).await;
+    }
+    let (back, own): (Vec<usize>, Vec<usize>) = (0..heads.len()).partition(|&i| fell_back(&heads[i]));
+    let pick = |indices: &[usize]| indices.iter().map(|&i| heads[i].clone()).collect::<Vec<_>>();
+    let (back_heads, own_heads) = (pick(&back), pick(&own));
+    let (on_exact, on_own) = tokio::join!(classify(&back_heads, exact, input.clone()), async {
+        if own_heads.is_empty() {
+            Ok(Vec::new())
+        } else {
+            classify(&own_heads, on_heads_graph, input.clone()).await
+        }
+    });
+    let mut answers: Vec<Option<Classified>> = (0..heads.len()).map(|_| None).collect();
+    for (i, answer) in back.into_iter().zip(on_exact?).chain(own.into_iter().zip(on_own?)) {
+        answers[i] = Some(answer);
+    }
+    Ok(answers.into_iter().map(|a| a.expect("one answer per head")).collect())
 }
 
 /// Every head's answer for the input's texts, in the order of `heads`.

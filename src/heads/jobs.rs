@@ -394,7 +394,7 @@ fn search_threads(setting: usize) -> Option<usize> {
 /// Extract, search, evaluate, save: the head, published and active on disk.
 fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Result<LogisticHead> {
     let p = &job.prepared;
-    let encoder = &trainer.runtimes.encoder;
+    let encoder = trainer.runtimes.heads_encoder();
     let settings = &trainer.settings;
     // A pair upload's second texts follow its first ones, in the same order.
     let seconds: (&[String], &[String]) = p.pairs.as_ref().map_or((&[], &[]), |(a, b)| (a, b));

@@ -2,6 +2,8 @@
 //! (kept per encoder), the ONNX classifiers, and what startup does with the
 //! configured heads.
 
+use std::path::Path;
+
 use anyhow::bail;
 
 use super::logistic::{self, head_path, LogisticHead};
@@ -37,6 +39,40 @@ pub fn load_logistic_for_encoder(
     info: &ModelInfo,
 ) -> anyhow::Result<Option<LogisticHead>> {
     load_logistic_as(settings, name, info, true)
+}
+
+/// Whether a head file may serve here: made for the graph the heads run on,
+/// or for the exact graph (`model.file`) when its comparison of the two
+/// graphs chose the exact one ([`logistic::GraphChoice`]).
+pub fn check_served(head: &LogisticHead, path: &Path, runtimes: &Runtimes) -> Result<(), logistic::HeadFileError> {
+    match head.check_encoder(path, &runtimes.heads_encoder().info) {
+        Err(e @ logistic::HeadFileError::WrongEncoder { .. }) => {
+            let fell_back = head.training.graph_choice.as_ref().is_some_and(|c| !c.on_heads_graph());
+            if fell_back && head.check_encoder(path, &runtimes.encoder.info).is_ok() {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+        checked => checked,
+    }
+}
+
+fn load_logistic_served(
+    settings: &Settings,
+    name: &str,
+    runtimes: &Runtimes,
+    per_encoder: bool,
+) -> anyhow::Result<Option<LogisticHead>> {
+    let path = head_path(&settings.classify.heads_dir, name)?;
+    if path.exists() {
+        let h = LogisticHead::load(&path)?;
+        if h.name == name && check_served(&h, &path, runtimes).is_ok() {
+            tracing::info!(head = %name, path = %path.display(), graph = ?h.training.graph_choice.as_ref().map(|c| &c.served_on), "head loaded");
+            return Ok(Some(h));
+        }
+    }
+    load_logistic_as(settings, name, &runtimes.heads_encoder().info, per_encoder)
 }
 
 fn load_logistic_as(
@@ -92,9 +128,7 @@ pub fn load_one(
 ) -> anyhow::Result<Option<Head>> {
     let head = &settings.heads[name];
     Ok(match head.kind {
-        HeadKind::Logistic => {
-            load_logistic_as(settings, name, &runtimes.encoder.info, per_encoder)?.map(Head::Logistic)
-        }
+        HeadKind::Logistic => load_logistic_served(settings, name, runtimes, per_encoder)?.map(Head::Logistic),
         HeadKind::Onnx => {
             let h = OnnxHead::load(name, head, &settings.model, runtimes)?;
             tracing::info!(head = %name, labels = ?h.labels, "ONNX classifier head loaded");

@@ -180,6 +180,60 @@ pub struct TrainingRecord {
     /// With `time_budget_s`: how much of the search it allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<SearchBudget>,
+    /// Where `classify.model_file` names a second graph of the encoder: the
+    /// head trained on each graph, and which one serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_choice: Option<GraphChoice>,
+}
+
+/// Held-out accuracy a head may lose on the heads' own graph (e.g. int8)
+/// against the exact one before it is served on the exact one instead.
+pub const MAX_GRAPH_ACCURACY_DROP: f64 = 0.005;
+
+/// The head trained on the heads' graph and on the exact one, compared on
+/// held-out accuracy (each from its own search): the heads' graph serves
+/// unless it loses more than [`MAX_GRAPH_ACCURACY_DROP`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GraphChoice {
+    /// File of the graph the head is served on.
+    pub served_on: String,
+    /// The heads' graph (`classify.model_file`) and its head's held-out accuracy.
+    pub heads_graph: String,
+    pub heads_graph_accuracy: f64,
+    /// The exact graph (`model.file`) and its head's held-out accuracy.
+    pub exact_graph: String,
+    pub exact_graph_accuracy: f64,
+}
+
+impl GraphChoice {
+    pub fn between(heads_graph: &str, heads_graph_accuracy: f64, exact_graph: &str, exact_graph_accuracy: f64) -> Self {
+        let keeps = heads_graph_accuracy >= exact_graph_accuracy - MAX_GRAPH_ACCURACY_DROP;
+        GraphChoice {
+            served_on: if keeps { heads_graph } else { exact_graph }.to_string(),
+            heads_graph: heads_graph.to_string(),
+            heads_graph_accuracy,
+            exact_graph: exact_graph.to_string(),
+            exact_graph_accuracy,
+        }
+    }
+
+    pub fn on_heads_graph(&self) -> bool {
+        self.served_on == self.heads_graph
+    }
+
+    /// Why it serves where it does, for `GET /heads`.
+    pub fn reason(&self) -> String {
+        let drop = 100.0 * (self.exact_graph_accuracy - self.heads_graph_accuracy);
+        let verdict = if self.on_heads_graph() { "within" } else { "more than" };
+        format!(
+            "held-out accuracy {:.4} on {} and {:.4} on {}: {drop:+.2} points, {verdict} the {:.1} allowed",
+            self.heads_graph_accuracy,
+            self.heads_graph,
+            self.exact_graph_accuracy,
+            self.exact_graph,
+            100.0 * MAX_GRAPH_ACCURACY_DROP
+        )
+    }
 }
 
 /// What a search's time budget left in and out.
@@ -631,6 +685,19 @@ pub fn head_path(dir: &Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
 pub(crate) mod tests {
     use super::*;
 
+    #[test]
+    fn a_head_stays_on_the_heads_graph_unless_it_loses_more_than_half_a_point() {
+        // MiniLM's default head, measured: int8 per channel (MatMul only) and the quantiser's defaults.
+        let kept = GraphChoice::between("model.int8.onnx", 0.7818, "model.onnx", 0.7856);
+        assert!(kept.on_heads_graph() && kept.served_on == "model.int8.onnx");
+        assert!(kept.reason().contains("+0.38 points, within the 0.5 allowed"), "{}", kept.reason());
+        let back = GraphChoice::between("model.int8.onnx", 0.7779, "model.onnx", 0.7856);
+        assert!(!back.on_heads_graph() && back.served_on == "model.onnx");
+        assert!(back.reason().contains("+0.77 points, more than the 0.5 allowed"), "{}", back.reason());
+        let better = GraphChoice::between("model.int8.onnx", 0.80, "model.onnx", 0.79);
+        assert!(better.on_heads_graph(), "a gain keeps it too");
+    }
+
     /// A valid two-label head over 2-wide mean features (unsealed).
     pub(crate) fn tiny_head(name: &str) -> LogisticHead {
         LogisticHead {
@@ -663,6 +730,7 @@ pub(crate) mod tests {
                 class_weights: None,
                 weighting_effect: None,
                 budget: None,
+                graph_choice: None,
             },
             metrics: HeadMetrics::default(),
             created_unix: 1,

@@ -30,11 +30,10 @@ pub mod training;
 pub mod upload;
 
 use crate::config::HeadKind;
-use crate::model::ModelInfo;
 use logistic::LogisticHead;
 use onnx::OnnxHead;
 
-pub use classify::{classify, Classified, ClassifyInput, Explained};
+pub use classify::{classify, classify_served, Classified, ClassifyInput, Explained};
 pub use loading::{load_configured, load_logistic, load_logistic_for_encoder, load_one, StartupHeads};
 pub use registry::{Heads, Lookup, SyncReport};
 
@@ -66,11 +65,12 @@ impl Head {
         }
     }
 
-    /// The model whose outputs the head reads: the service's encoder for a
-    /// logistic head, its own model for an ONNX classifier.
-    pub fn encoder_fingerprint<'a>(&'a self, encoder: &'a ModelInfo) -> &'a str {
+    /// The model whose outputs the head reads: the graph of the service's
+    /// encoder it was trained on for a logistic head (it is served only
+    /// there), its own model for an ONNX classifier.
+    pub fn encoder_fingerprint(&self) -> &str {
         match self {
-            Head::Logistic(_) => &encoder.fingerprint,
+            Head::Logistic(h) => &h.encoder.fingerprint,
             Head::Onnx(h) => &h.inference.info.fingerprint,
         }
     }

@@ -170,6 +170,7 @@ pub fn train_multi_label(
         class_weights: None,
         weighting_effect: None,
         budget: None,
+        graph_choice: None,
     };
     let metrics = HeadMetrics { multi_label_train: Some(train_scores), ..HeadMetrics::default() };
     let mut head = assemble(name, labels, &best, encoder, training, metrics, fit);

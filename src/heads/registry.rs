@@ -9,7 +9,6 @@ use std::sync::{Arc, RwLock};
 use super::logistic::LogisticHead;
 use super::{store, Head};
 use crate::config::{HeadKind, HeadName};
-use crate::model::ModelInfo;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -94,7 +93,7 @@ impl Heads {
     /// Files are compared by size and modification time first, so an
     /// unchanged folder costs one `stat` per head. Heads that never had a file
     /// (ONNX heads, or trained where the folder is read-only) are left alone.
-    pub fn sync_folder(&self, store: &store::HeadStore, encoder: &ModelInfo) -> SyncReport {
+    pub fn sync_folder(&self, store: &store::HeadStore, runtimes: &crate::runtimes::Runtimes) -> SyncReport {
         let mut report = SyncReport::default();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let found = match store.scan() {
@@ -129,7 +128,7 @@ impl Heads {
                 tracing::warn!(head = %name, holds = %head.name, "head file holds another head; not loaded");
                 continue;
             }
-            if let Err(e) = head.check_encoder(path, encoder) {
+            if let Err(e) = super::loading::check_served(&head, path, runtimes) {
                 tracing::info!(head = %name, reason = %e, "head file in the heads folder is for another encoder; not served");
                 continue;
             }

@@ -395,6 +395,7 @@ pub fn train(
         class_weights,
         weighting_effect,
         budget,
+        graph_choice: None,
     };
     let mut head = assemble(name, labels, &best, encoder, training, metrics, fit);
     head.temperature = calibration.temperature;

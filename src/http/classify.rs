@@ -15,7 +15,7 @@ use super::types::{
 use super::{timing_headers, AppState, ENCODER_FINGERPRINT, HEAD_VERSION};
 use crate::cost::CostLimits;
 use crate::heads::upload::ABSTAIN;
-use crate::heads::{classify as classify_heads, Classified, ClassifyInput, Explained, Head};
+use crate::heads::{classify_served, Classified, ClassifyInput, Explained, Head};
 use crate::pooling::argmax;
 use axum::http::HeaderValue;
 use axum::response::IntoResponse;
@@ -89,11 +89,11 @@ pub async fn classify(
         truncate: request.truncate,
         deadline: state.deadline(),
         explain: request.explain,
-        windows: request.windows.then(|| state.settings.limits.window_stride(state.encoder_runtime().info.max_tokens)),
+        windows: request.windows.then(|| state.settings.limits.window_stride(state.heads_runtime().info.max_tokens)),
         limits: CostLimits::of(&state.settings.limits),
         pairs,
     };
-    let all = classify_heads(&heads, state.encoder_runtime(), input).await?;
+    let all = classify_served(&state.runtimes, &heads, input).await?;
     let timing = all.first().map(|c| c.timing).unwrap_or_default();
     let results: Vec<ClassifyResponse> = heads
         .iter()
@@ -156,7 +156,7 @@ fn answer(state: &AppState, head: &Head, classified: Classified, min_probability
     ClassifyResponse {
         head: head.name().to_string(),
         head_version: head.version(),
-        encoder_fingerprint: head.encoder_fingerprint(&state.encoder_runtime().info).to_string(),
+        encoder_fingerprint: head.encoder_fingerprint().to_string(),
         predictions,
     }
 }

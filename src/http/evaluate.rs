@@ -24,7 +24,7 @@ use super::AppState;
 use crate::cost::CostLimits;
 use crate::data::LabelledRow;
 use crate::heads::scores::{expected_calibration_error, McNemar, Scores};
-use crate::heads::{classify as classify_heads, ClassifyInput, Head};
+use crate::heads::{classify_served, ClassifyInput, Head};
 use crate::pooling::argmax;
 
 /// Most heads compared with the one evaluated, and most prediction columns.
@@ -165,8 +165,7 @@ pub async fn evaluate(
             limits: CostLimits::of(&state.settings.limits),
             pairs: None,
         };
-        for (all, answer) in probabilities.iter_mut().zip(classify_heads(&heads, state.encoder_runtime(), input).await?)
-        {
+        for (all, answer) in probabilities.iter_mut().zip(classify_served(&state.runtimes, &heads, input).await?) {
             all.extend(answer.probabilities);
         }
     }

@@ -67,6 +67,17 @@ pub(super) fn summary(state: &AppState, head: &Head) -> HeadSummary {
             Head::Logistic(h) => h.encoder.name.clone(),
             Head::Onnx(h) => h.inference.info.name.clone(),
         }),
+        graph: Some(match head {
+            Head::Logistic(h) if h.encoder.fingerprint == state.encoder_runtime().info.fingerprint => {
+                state.encoder_runtime().info.file.clone()
+            }
+            Head::Logistic(_) => state.heads_runtime().info.file.clone(),
+            Head::Onnx(h) => h.inference.info.file.clone(),
+        }),
+        graph_reason: match head {
+            Head::Logistic(h) => h.training.graph_choice.as_ref().map(|c| c.reason()),
+            Head::Onnx(_) => None,
+        },
         validation_accuracy: None,
         test_accuracy: None,
         multi_label: false,
@@ -181,7 +192,9 @@ pub async fn get_head(State(state): State<AppState>, Path(name): Path<String>) -
                     default: false,
                     pooling: None,
                     layers: None,
-                    encoder: Some(state.encoder_runtime().info.name.clone()),
+                    encoder: Some(state.heads_runtime().info.name.clone()),
+                    graph: Some(state.heads_runtime().info.file.clone()),
+                    graph_reason: None,
                     validation_accuracy: None,
                     test_accuracy: None,
                     multi_label: false,

@@ -42,7 +42,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthRes
     )
 )]
 pub async fn live(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
-    let health = state.encoder_runtime().health();
+    let health = state.runtimes.health();
     let stuck = Duration::from_millis(state.settings.server.worker_stuck_ms);
     let status = if health.dead > 0 {
         "worker_dead"
@@ -82,7 +82,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let ready =
         state.heads.ready() && !state.draining.load(Ordering::Relaxed) && !state.warming.load(Ordering::Relaxed);
     metrics.ready.set(i64::from(ready));
-    let workers = state.encoder_runtime().health();
+    let workers = state.runtimes.health();
     metrics.observe_process(workers.dead, workers.longest_call);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render())
 }

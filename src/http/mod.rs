@@ -117,6 +117,12 @@ impl AppState {
         &self.runtimes.encoder
     }
 
+    /// The runtime logistic heads are trained, evaluated and served on
+    /// (`classify.model_file`; the encoder's when that is not set).
+    pub fn heads_runtime(&self) -> &Inference {
+        self.runtimes.heads_encoder()
+    }
+
     /// When a request arriving now must be answered by.
     pub fn deadline(&self) -> Instant {
         Instant::now() + Duration::from_millis(self.settings.server.request_timeout_ms)

@@ -28,7 +28,7 @@ use super::types::{
 };
 use super::{timing_headers, AppState};
 use crate::cost::{AnswerFormat, CostLimits};
-use crate::heads::{classify as classify_heads, ClassifyInput, Head};
+use crate::heads::{classify_served, ClassifyInput, Head};
 use crate::inference::{EmbedOptions, Vectors};
 use crate::pooling::Pooling;
 use crate::tokenize::Truncation;
@@ -337,7 +337,7 @@ async fn labelled(
         limits: CostLimits::of(&state.settings.limits),
         pairs,
     };
-    let classified = classify_heads(std::slice::from_ref(head), state.encoder_runtime(), input).await?;
+    let classified = classify_served(&state.runtimes, std::slice::from_ref(head), input).await?;
     let labels = head.labels();
     let classified = classified.into_iter().next().expect("one head");
     Ok(classified
@@ -532,7 +532,7 @@ pub async fn health(State(state): State<AppState>) -> Result<StatusCode, TeiErro
     let ready = state.heads.ready()
         && !state.draining.load(Ordering::Relaxed)
         && !state.warming.load(Ordering::Relaxed)
-        && state.encoder_runtime().health().dead == 0;
+        && state.runtimes.health().dead == 0;
     if ready {
         Ok(StatusCode::OK)
     } else {

@@ -422,6 +422,15 @@ pub struct HeadSummary {
     /// head, its own model for an ONNX classifier.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encoder: Option<String>,
+    /// The ONNX graph of that encoder the head runs on, e.g. `model.int8.onnx`
+    /// (logistic heads: `classify.model_file`, else `model.file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph: Option<String>,
+    /// Why a logistic head serves on that graph where the service has two:
+    /// the held-out accuracy of the head trained on each (the heads' graph
+    /// serves unless it loses more than 0.5 points).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation_accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
