@@ -15,7 +15,8 @@
 //! - `model`: ONNX Runtime, model folders, the forward pass (`OrtEncoder`).
 //! - `batching`: the queue and worker threads, generic over `Encoder`.
 //! - `inference`: tokenize, queue, pool: text to vectors for every route.
-//! - `runtimes`: owns every model runtime (encoder, ONNX heads); drains them.
+//! - `runtimes`: owns every model runtime (encoder, the heads' own graph where
+//!   `classify.model_file` names one, ONNX heads); drains them.
 //! - `features`: batch extraction and its disk cache (commands, training).
 //! - `heads`: the served heads: logistic file format and explanations, training
 //!   search, versions in the heads folder, trainings over the API, ONNX classifiers.
