@@ -29,6 +29,7 @@ def main():
     p.add_argument("--bin", default=str(ROOT / "target/release/distilserve"))
     p.add_argument("--model-dir", action="append", default=None)
     p.add_argument("--graph", action="append", default=None, help="repeatable; default model.int8.onnx")
+    p.add_argument("--heads-from", default=str(ROOT / "models/heads"), help="heads folder copied for each model")
     p.add_argument("--seconds", type=float, default=15)
     p.add_argument("--clients", type=int, default=32)
     a = p.parse_args()
@@ -37,7 +38,7 @@ def main():
     rows = []
     for model_dir in a.model_dir or [str(ROOT / "models/all-minilm-l6-v2")]:
         heads = Path(tempfile.mkdtemp(prefix="bench-heads-"))
-        shutil.copytree(ROOT / "models/heads", heads, dirs_exist_ok=True)
+        shutil.copytree(a.heads_from, heads, dirs_exist_ok=True)
         for graph in [""] + (a.graph or ["model.int8.onnx"]):
             args = (a.bin, model_dir, "--heads-dir", str(heads), "--classify-model-file", graph)
             # The first start trains the head for this graph where it is missing;
