@@ -60,6 +60,17 @@ impl Runtimes {
         self.heads_encoder.as_ref().unwrap_or(&self.encoder)
     }
 
+    /// The runtime serving a logistic head trained on the graph `fingerprint`:
+    /// the encoder for a head that fell back to the exact graph, else the
+    /// heads' graph.
+    pub fn encoder_for(&self, fingerprint: &str) -> &Inference {
+        if fingerprint == self.encoder.info.fingerprint {
+            &self.encoder
+        } else {
+            self.heads_encoder()
+        }
+    }
+
     /// Every encoder runtime: the encoder, then the heads' own graph if any.
     pub fn encoders(&self) -> impl Iterator<Item = (&'static str, &Inference)> {
         std::iter::once((ENCODER, &self.encoder)).chain(self.heads_encoder.iter().map(|r| (HEADS_ENCODER, r)))

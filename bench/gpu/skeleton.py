@@ -11,7 +11,6 @@ structure and shapes and regenerates its large float tensors on the far side:
 Small tensors (shapes, indices, anything under 4 KiB) and every integer tensor
 stay in the graph as they are. For speed figures only, never for accuracy.
 """
-import hashlib
 import json
 import shutil
 import sys
@@ -21,15 +20,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from export_model import sha256  # noqa: E402  (the manifest's own checksum)
+
 KEEP = ["tokenizer.json", "config.json", "manifest.json"]
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def strip(model_dir: Path, out: Path) -> None:

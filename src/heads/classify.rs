@@ -65,9 +65,7 @@ pub async fn classify_served(
 ) -> Result<Vec<Classified>, InferenceError> {
     let (on_heads_graph, exact) = (runtimes.heads_encoder(), &runtimes.encoder);
     let fell_back = |h: &Head| match h {
-        Head::Logistic(l) => {
-            l.encoder.fingerprint == exact.info.fingerprint && l.encoder.fingerprint != on_heads_graph.info.fingerprint
-        }
+        Head::Logistic(l) => !std::ptr::eq(runtimes.encoder_for(&l.encoder.fingerprint), on_heads_graph),
         Head::Onnx(_) => false,
     };
     if !heads.iter().any(|h| fell_back(h)) {

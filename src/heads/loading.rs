@@ -58,35 +58,44 @@ pub fn check_served(head: &LogisticHead, path: &Path, runtimes: &Runtimes) -> Re
     }
 }
 
-fn load_logistic_served(
-    settings: &Settings,
-    name: &str,
-    runtimes: &Runtimes,
-    per_encoder: bool,
-) -> anyhow::Result<Option<LogisticHead>> {
-    let path = head_path(&settings.classify.heads_dir, name)?;
-    if path.exists() {
-        let h = LogisticHead::load(&path)?;
-        if h.name == name && check_served(&h, &path, runtimes).is_ok() {
-            tracing::info!(head = %name, path = %path.display(), graph = ?h.training.graph_choice.as_ref().map(|c| &c.served_on), "head loaded");
-            return Ok(Some(h));
-        }
-    }
-    load_logistic_as(settings, name, &runtimes.heads_encoder().info, per_encoder)
-}
-
 fn load_logistic_as(
     settings: &Settings,
     name: &str,
     info: &ModelInfo,
     per_encoder: bool,
 ) -> anyhow::Result<Option<LogisticHead>> {
+    load_checked(settings, name, info, per_encoder, |h, path| h.check_encoder(path, info))
+}
+
+/// As [`load_logistic_as`] for the service's heads: the active file is
+/// accepted where [`check_served`] accepts it (its own graph, or the exact
+/// graph it fell back to).
+fn load_logistic_served(
+    settings: &Settings,
+    name: &str,
+    runtimes: &Runtimes,
+    per_encoder: bool,
+) -> anyhow::Result<Option<LogisticHead>> {
+    let info = &runtimes.heads_encoder().info;
+    load_checked(settings, name, info, per_encoder, |h, path| check_served(h, path, runtimes))
+}
+
+/// The active file of head `name` when `check` accepts it; else, `per_encoder`,
+/// the newest kept version made for `info`'s graph (None where the head can be
+/// trained at startup instead).
+fn load_checked(
+    settings: &Settings,
+    name: &str,
+    info: &ModelInfo,
+    per_encoder: bool,
+    check: impl Fn(&LogisticHead, &Path) -> Result<(), logistic::HeadFileError>,
+) -> anyhow::Result<Option<LogisticHead>> {
     let path = head_path(&settings.classify.heads_dir, name)?;
     if !path.exists() {
         return Ok(None);
     }
     let h = LogisticHead::load(&path)?;
-    match h.check_encoder(&path, info) {
+    match check(&h, &path) {
         Ok(()) => {}
         Err(e @ logistic::HeadFileError::WrongEncoder { .. }) if per_encoder => {
             let own = HeadName::parse(name)

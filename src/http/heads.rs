@@ -68,10 +68,7 @@ pub(super) fn summary(state: &AppState, head: &Head) -> HeadSummary {
             Head::Onnx(h) => h.inference.info.name.clone(),
         }),
         graph: Some(match head {
-            Head::Logistic(h) if h.encoder.fingerprint == state.encoder_runtime().info.fingerprint => {
-                state.encoder_runtime().info.file.clone()
-            }
-            Head::Logistic(_) => state.heads_runtime().info.file.clone(),
+            Head::Logistic(h) => state.runtimes.encoder_for(&h.encoder.fingerprint).info.file.clone(),
             Head::Onnx(h) => h.inference.info.file.clone(),
         }),
         graph_reason: match head {

@@ -353,6 +353,12 @@ fn model_with_second_graph(root: &std::path::Path, python_code: &str) -> std::pa
     model
 }
 
+/// Head `name`'s entry in `GET /heads`.
+async fn served_head(server: &TestServer, name: &str) -> Value {
+    let heads: Value = server.get("/heads").await.json().await.unwrap();
+    heads["heads"].as_array().unwrap().iter().find(|h| h["name"] == name).expect("head served").clone()
+}
+
 #[tokio::test]
 async fn heads_run_on_their_own_graph_while_embed_keeps_the_exact_one() {
     let tmp = tempfile::tempdir().unwrap();
@@ -383,8 +389,7 @@ async fn heads_run_on_their_own_graph_while_embed_keeps_the_exact_one() {
     }
 
     // The head: trained on the second graph's features, served there.
-    let heads: Value = server.get("/heads").await.json().await.unwrap();
-    let toy = heads["heads"].as_array().unwrap().iter().find(|h| h["name"] == "toy").expect("toy served").clone();
+    let toy = served_head(&server, "toy").await;
     assert_eq!(toy["graph"], "model.int8.onnx", "{toy}");
     let file: Value =
         serde_json::from_str(&std::fs::read_to_string(tmp.path().join("heads/toy.json")).unwrap()).unwrap();
@@ -447,8 +452,7 @@ async fn a_head_that_loses_accuracy_on_the_heads_graph_is_served_on_the_exact_on
     let embed = server.post_json("/embed", json!({"inputs": "good"})).await;
     let exact_fingerprint = embed.headers()["x-encoder-fingerprint"].to_str().unwrap().to_string();
 
-    let heads: Value = server.get("/heads").await.json().await.unwrap();
-    let toy = heads["heads"].as_array().unwrap().iter().find(|h| h["name"] == "toy").expect("toy served").clone();
+    let toy = served_head(&server, "toy").await;
     assert_eq!(toy["graph"], "model.onnx", "{toy}");
     let reason = toy["graph_reason"].as_str().expect("a reason");
     assert!(reason.contains("model.int8.onnx") && reason.contains("more than the 0.5 allowed"), "{reason}");
