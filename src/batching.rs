@@ -616,7 +616,7 @@ fn worker_loop<E: Encoder>(shared: &Shared, worker: usize, mut encoder: E) {
     let m = &shared.metrics;
     let mut cost = CallCost::default();
     if shared.config.calibrate {
-        calibrate(&mut encoder, &mut cost);
+        calibrate(&mut encoder, &mut cost, shared.config.max_batch_size);
         *shared.call_cost[worker].lock().unwrap_or_else(|p| p.into_inner()) = cost.model();
     }
     while let Some(batch) = next_batch(shared) {
@@ -813,8 +813,9 @@ impl CallCost {
 }
 
 /// Two calls of different shapes through a new worker's encoder (after one
-/// that pays first-call costs): a small fixed weight in its cost fit.
-fn calibrate<E: Encoder>(encoder: &mut E, cost: &mut CallCost) {
+/// that pays first-call costs): a small fixed weight in its cost fit. No call
+/// holds more than `max_batch_size` sequences, as in serving.
+fn calibrate<E: Encoder>(encoder: &mut E, cost: &mut CallCost, max_batch_size: usize) {
     let seq = |len: usize| Tokenized {
         ids: vec![1000; len],
         type_ids: vec![0; len],
@@ -823,7 +824,7 @@ fn calibrate<E: Encoder>(encoder: &mut E, cost: &mut CallCost) {
         special: vec![false; len],
         layers: crate::layers::LayerMask::LAST,
     };
-    let shapes = [(1usize, 16usize), (1, 16), (16, 64)];
+    let shapes = [(1usize, 16usize), (1, 16), (16.min(max_batch_size), 64)];
     for (i, (size, len)) in shapes.into_iter().enumerate() {
         let batch: Vec<Tokenized> = (0..size).map(|_| seq(len)).collect();
         let refs: Vec<&Tokenized> = batch.iter().collect();

@@ -49,7 +49,7 @@ fn with_extraction<T>(
         info: &info,
         tokenizer: &tokenizer,
         cache: &cache,
-        max_batch_size: settings.batching.max_batch_size,
+        max_batch_size: info.sequences_per_call(settings.batching.max_batch_size),
         max_batch_tokens: settings.batching.max_batch_tokens,
     };
     job(&mut extraction)
@@ -472,7 +472,7 @@ fn evaluate_onnx(
         &tokenizer,
         texts,
         crate::layers::LayerMask::LAST,
-        settings.batching.max_batch_size,
+        model.info.sequences_per_call(settings.batching.max_batch_size),
         settings.batching.max_batch_tokens,
         &progress,
         |i, rows| {

@@ -97,6 +97,9 @@ pub struct ClassifySettings {
     pub feature_cache_dir: PathBuf,
     pub watch_interval_ms: u64,
     pub model_file: String,
+    /// Sessions of the heads' graph's runtime; 0: chosen by the graph
+    /// (`startup::heads_graph_parallelism`).
+    pub model_sessions: usize,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -740,9 +743,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Settings::defaults();
         s.model.dir = dir.path().to_path_buf();
-        assert_eq!(s.classify.model_file, "", "off by default");
-        assert_eq!(s.heads_model(), None);
-        s.classify.model_file = "auto".into();
+        assert_eq!(s.classify.model_file, "auto", "on by default");
         assert_eq!(s.heads_model(), None, "no int8 export: one graph");
         std::fs::write(dir.path().join("model.int8.onnx"), b"").unwrap();
         assert_eq!(s.heads_model().map(|m| m.file), Some("model.int8.onnx".into()));

@@ -237,7 +237,7 @@ pub fn extract(
 
 /// On-disk cache of pooled features: `<dir>/<key>.cls.npy`, `.mean.npy` and a
 /// `.json` sidecar, where the key hashes the model fingerprint, the maximum
-/// length and the data fingerprint. Written atomically; checked when read.
+/// length, the data fingerprint and how the graph is batched. Written atomically; checked when read.
 pub struct FeatureCache {
     dir: PathBuf,
 }
@@ -264,6 +264,10 @@ impl FeatureCache {
         // The last layer alone keeps the key it had before layers existed.
         if layers != [info.last_layer()] {
             text.push_str(&format!(":{layers:?}"));
+        }
+        // Such a graph's features differ with batching; they are extracted one text per call.
+        if info.quantises_per_call {
+            text.push_str(":one sequence per call");
         }
         format!("{:x}", Sha256::digest(text.as_bytes()))[..24].to_string()
     }

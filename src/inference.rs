@@ -253,6 +253,7 @@ impl Inference {
         metrics: RuntimeMetrics,
     ) -> Inference {
         let name = if info.task == "feature-extraction" { "encoder" } else { "classifier" };
+        let config = BatcherConfig { max_batch_size: info.sequences_per_call(config.max_batch_size), ..config };
         let batcher = Batcher::start(encoders, config, metrics.clone(), name);
         Inference { info, tokenizer, batcher, metrics }
     }

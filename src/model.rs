@@ -79,9 +79,26 @@ pub struct ModelInfo {
     /// model are refused by another.
     pub fingerprint: String,
     pub onnxruntime_library: PathBuf,
+    /// The graph quantises activations dynamically (ONNX Runtime's
+    /// `DynamicQuantizeLinear`): each call's int8 scale comes from the whole
+    /// batch, so a sequence's output would depend on the sequences batched
+    /// beside it (and on their padding). Such a graph runs one sequence per
+    /// call ([`ModelInfo::sequences_per_call`]).
+    pub quantises_per_call: bool,
 }
 
 impl ModelInfo {
+    /// The most sequences one model call may hold, given the configured
+    /// batch size: one on a graph that [`quantises_per_call`](Self::quantises_per_call),
+    /// so that a text's answer depends on the text alone, whatever else is queued.
+    pub fn sequences_per_call(&self, configured: usize) -> usize {
+        if self.quantises_per_call {
+            1
+        } else {
+            configured
+        }
+    }
+
     /// Index of the last hidden state (0 when the graph returns only the last).
     pub fn last_layer(&self) -> usize {
         self.layers.unwrap_or(0)
@@ -116,6 +133,7 @@ impl ModelInfo {
             labels: None,
             fingerprint: "0".repeat(64),
             onnxruntime_library: PathBuf::new(),
+            quantises_per_call: false,
         }
     }
 }
@@ -215,6 +233,31 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// Whether the ONNX file has a `DynamicQuantizeLinear` node: found as the
+/// protobuf encoding of a node's `op_type` field (field 4, 21 bytes long), so
+/// no ONNX parser is needed; the node list is in the main file even when the
+/// weights are external.
+pub fn has_dynamic_quantisation(path: &Path) -> anyhow::Result<bool> {
+    const OP_TYPE: &[u8] = b"\x22\x15DynamicQuantizeLinear";
+    let finder = memchr::memmem::Finder::new(OP_TYPE);
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    // The last OP_TYPE.len() - 1 bytes of each read are kept, for a match across two reads.
+    let mut kept = 0;
+    loop {
+        let n = file.read(&mut buf[kept..]).with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let filled = kept + n;
+        if finder.find(&buf[..filled]).is_some() {
+            return Ok(true);
+        }
+        kept = filled.min(OP_TYPE.len() - 1);
+        buf.copy_within(filled - kept..filled, 0);
+    }
 }
 
 fn read_manifest(dir: &Path) -> anyhow::Result<Option<Manifest>> {
@@ -373,6 +416,7 @@ impl Model {
                 .and_then(|r| r.as_ref().ok())
                 .map(|(_, p)| p.clone())
                 .unwrap_or_default(),
+            quantises_per_call: has_dynamic_quantisation(&model_path)?,
         };
         let info = Arc::new(info);
         let mut encoders = Vec::with_capacity(built.len());
@@ -569,4 +613,31 @@ fn forward(
             Rows { rows: t.len(), cols: h * own.len(), data }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_dynamic_quantisation;
+
+    /// A file of `len` zero bytes with `bytes` written at `at`.
+    fn file_with(len: usize, at: usize, bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut content = vec![0u8; len];
+        content[at..at + bytes.len()].copy_from_slice(bytes);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), content).unwrap();
+        file
+    }
+
+    #[test]
+    fn dynamic_quantisation_is_found_by_its_op_type_even_across_two_reads() {
+        let node = b"\x22\x15DynamicQuantizeLinear";
+        // Wholly in the first read, then straddling the first two (1 MiB reads).
+        for at in [10, (1 << 20) - 5] {
+            assert!(has_dynamic_quantisation(file_with(3 << 20, at, node).path()).unwrap(), "at {at}");
+        }
+        // The name alone (say, in a doc string) is not a node's op type.
+        let name_only = &node[2..];
+        assert!(!has_dynamic_quantisation(file_with(3 << 20, 100, name_only).path()).unwrap());
+        assert!(has_dynamic_quantisation(std::path::Path::new("/nonexistent/model.onnx")).is_err());
+    }
 }

@@ -149,10 +149,11 @@ impl Application {
                 state.warming.store(false, Ordering::Relaxed);
             });
         }
-        if !self.to_train.is_empty() {
-            let (state, names) = (state.clone(), self.to_train);
-            tokio::task::spawn_blocking(move || train_missing_heads(&state, &names));
-        }
+        let (trainer, names) = (state.clone(), self.to_train);
+        tokio::task::spawn_blocking(move || {
+            train_missing_heads(&trainer, &names);
+            close_heads_graph_if_all_fell_back(&trainer);
+        });
         let watcher = tokio::spawn(watch_heads_folder(state.clone()));
         let signal = {
             let state = state.clone();
@@ -199,11 +200,15 @@ impl Application {
 }
 
 /// The logistic heads' own graph of the model (`classify.model_file`), where
-/// it is another file than `model.file`: loaded with the same settings and
-/// sessions, and refused unless it has the model's widths.
+/// it is another file than `model.file`: loaded with the same settings, its
+/// own sessions ([`heads_graph_parallelism`]), and refused unless it has the
+/// model's widths.
 async fn load_heads_graph(settings: &Settings, model: &Model) -> anyhow::Result<Option<Model>> {
-    let Some(heads_settings) = settings.heads_model() else { return Ok(None) };
-    let sessions = settings.batching.sessions;
+    let Some(mut heads_settings) = settings.heads_model() else { return Ok(None) };
+    let per_call = crate::model::has_dynamic_quantisation(&heads_settings.dir.join(&heads_settings.file))
+        .context("classify.model_file: the heads' graph")?;
+    let (sessions, intra_threads) = heads_graph_parallelism(settings, per_call);
+    heads_settings.intra_threads = intra_threads;
     let loaded = tokio::task::spawn_blocking(move || Model::load(&heads_settings, sessions))
         .await
         .context("model loading task failed")?
@@ -222,8 +227,32 @@ async fn load_heads_graph(settings: &Settings, model: &Model) -> anyhow::Result<
             theirs.layers
         );
     }
-    tracing::info!(file = %ours.file, sessions, "heads' graph loaded: logistic heads run on it, /embed on model.file");
+    tracing::info!(
+        file = %ours.file,
+        sessions,
+        intra_threads,
+        one_sequence_per_call = per_call,
+        "heads' graph loaded: logistic heads run on it, /embed on model.file"
+    );
     Ok(Some(loaded))
+}
+
+/// Sessions of the heads' graph and intra-op threads per session:
+/// `classify.model_sessions` when set; for a graph that runs one sequence per
+/// call (dynamic int8) single-sentence calls are too small to split across
+/// threads well, so one session per core, single-threaded, up to 4 (then the
+/// cores shared out): on 2 vCPUs two such sessions answered `/classify` at
+/// 1.3x one session of two threads (BENCHMARKS.md "Heads on the int8 graph");
+/// otherwise the encoder's `batching.sessions` and `model.intra_threads`.
+fn heads_graph_parallelism(settings: &Settings, one_sequence_per_call: bool) -> (usize, usize) {
+    let configured = settings.classify.model_sessions;
+    if !one_sequence_per_call || configured > 0 {
+        let sessions = if configured > 0 { configured } else { settings.batching.sessions };
+        return (sessions, settings.model.intra_threads);
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let sessions = cores.min(4);
+    (sessions, cores / sessions)
 }
 
 fn default_head(settings: &Settings) -> String {
@@ -251,7 +280,26 @@ fn train_missing_heads(state: &AppState, names: &[String]) {
             }
         }
     }
-    tracing::info!("startup training done");
+    if !names.is_empty() {
+        tracing::info!("startup training done");
+    }
+}
+
+/// Once the startup heads are trained or loaded: the heads' own graph is
+/// closed if every head served fell back from it (see
+/// [`Runtimes::close_heads_graph_if_all_fell_back`]).
+fn close_heads_graph_if_all_fell_back(state: &AppState) {
+    let heads = state.heads.all();
+    let served = heads.iter().filter_map(|h| match &**h {
+        Head::Logistic(l) => Some(l.encoder.fingerprint.as_str()),
+        Head::Onnx(_) => None,
+    });
+    if let Some(file) = state.runtimes.close_heads_graph_if_all_fell_back(served) {
+        tracing::info!(
+            file = %file,
+            "every head fell back from the heads' graph: its runtime is closed; heads trained from now on use model.file"
+        );
+    }
 }
 
 /// Trains head `name` on the heads' graph. Where that is a second graph of

@@ -224,9 +224,11 @@ impl GraphChoice {
     /// Why it serves where it does, for `GET /heads`.
     pub fn reason(&self) -> String {
         let drop = 100.0 * (self.exact_graph_accuracy - self.heads_graph_accuracy);
+        let change =
+            if drop >= 0.0 { format!("{drop:.2} points lower") } else { format!("{:.2} points higher", -drop) };
         let verdict = if self.on_heads_graph() { "within" } else { "more than" };
         format!(
-            "held-out accuracy {:.4} on {} and {:.4} on {}: {drop:+.2} points, {verdict} the {:.1} allowed",
+            "held-out accuracy {:.4} on {} and {:.4} on {}: {change}, {verdict} the {:.1} allowed",
             self.heads_graph_accuracy,
             self.heads_graph,
             self.exact_graph_accuracy,
@@ -690,12 +692,13 @@ pub(crate) mod tests {
         // MiniLM's default head, measured: int8 per channel (MatMul only) and the quantiser's defaults.
         let kept = GraphChoice::between("model.int8.onnx", 0.7818, "model.onnx", 0.7856);
         assert!(kept.on_heads_graph() && kept.served_on == "model.int8.onnx");
-        assert!(kept.reason().contains("+0.38 points, within the 0.5 allowed"), "{}", kept.reason());
+        assert!(kept.reason().contains("0.38 points lower, within the 0.5 allowed"), "{}", kept.reason());
         let back = GraphChoice::between("model.int8.onnx", 0.7779, "model.onnx", 0.7856);
         assert!(!back.on_heads_graph() && back.served_on == "model.onnx");
-        assert!(back.reason().contains("+0.77 points, more than the 0.5 allowed"), "{}", back.reason());
+        assert!(back.reason().contains("0.77 points lower, more than the 0.5 allowed"), "{}", back.reason());
         let better = GraphChoice::between("model.int8.onnx", 0.80, "model.onnx", 0.79);
         assert!(better.on_heads_graph(), "a gain keeps it too");
+        assert!(better.reason().contains("1.00 points higher"), "{}", better.reason());
     }
 
     /// A valid two-label head over 2-wide mean features (unsealed).

@@ -110,6 +110,7 @@ pub async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
             layers: model.layers,
             file: model.file.clone(),
             fingerprint: model.fingerprint.clone(),
+            one_sequence_per_call: model.quantises_per_call,
         },
         execution_provider: model.execution_provider.clone(),
         onnxruntime_library: model.onnxruntime_library.display().to_string(),

@@ -238,6 +238,10 @@ pub struct ModelDescription {
     pub file: String,
     /// Identifies graph and tokenizer; heads record it.
     pub fingerprint: String,
+    /// The graph quantises activations with one scale per model call (dynamic
+    /// int8), so it runs one sequence per call: each text's answer is its own,
+    /// whatever is batched beside it.
+    pub one_sequence_per_call: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

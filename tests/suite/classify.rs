@@ -9,7 +9,10 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use common::{default_model_dir, error_of, fixture, python, reference, settings_with_toy_head, wait_ready, TestServer};
+use common::{
+    default_model_dir, error_of, fixture, python, reference, settings_with_toy_head, tiny_distilbert, wait_ready,
+    TestServer,
+};
 use distilserve::startup::Application;
 use serde_json::{json, Value};
 
@@ -353,6 +356,39 @@ fn model_with_second_graph(root: &std::path::Path, python_code: &str) -> std::pa
     model
 }
 
+/// A dynamically quantised graph (ONNX Runtime's `quantize_dynamic`, as the
+/// export's `model.int8.onnx`) scales each call's activations by the whole
+/// batch, so distilserve runs it one sequence per call: a text's hidden states
+/// are the same, bit for bit, alone and in a request of texts of other lengths
+/// (with batching they moved, and a served label with them).
+#[tokio::test]
+async fn a_dynamically_quantised_graph_answers_each_text_as_if_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_with_second_graph(
+        tmp.path(),
+        "import sys; from onnxruntime.quantization import QuantType, quantize_dynamic\n\
+         quantize_dynamic(sys.argv[1], sys.argv[2], per_channel=True, op_types_to_quantize=['MatMul'], \
+         weight_type=QuantType.QInt8)",
+    );
+    let mut settings = tiny_distilbert();
+    settings.model.dir = model;
+    settings.model.file = "model.int8.onnx".into();
+    let server = TestServer::start(settings).await;
+    wait_ready(&server).await;
+    let info: Value = server.get("/info").await.json().await.unwrap();
+    assert_eq!(info["model"]["one_sequence_per_call"], true, "{info}");
+
+    let reference = reference(&fixture("tiny-distilbert/expected.json"));
+    let texts: Vec<&str> = reference.items.iter().map(|i| i.text.as_str()).collect();
+    let embed = |inputs: Value| server.post_json("/embed", json!({"inputs": inputs, "pooling": "mean"}));
+    let together: Value = embed(json!(texts)).await.json().await.unwrap();
+    for (i, text) in texts.iter().enumerate() {
+        let alone: Value = embed(json!([text])).await.json().await.unwrap();
+        assert_eq!(alone["embeddings"][0], together["embeddings"][i], "{text:?}");
+    }
+    server.stop().await;
+}
+
 /// Head `name`'s entry in `GET /heads`.
 async fn served_head(server: &TestServer, name: &str) -> Value {
     let heads: Value = server.get("/heads").await.json().await.unwrap();
@@ -468,6 +504,20 @@ async fn a_head_that_loses_accuracy_on_the_heads_graph_is_served_on_the_exact_on
     // Both heads kept in the folder's history, the served one active.
     let detail: Value = server.get("/heads/toy").await.json().await.unwrap();
     assert_eq!(detail["versions"].as_array().map(|v| v.len()), Some(2), "{detail}");
+    // No head left on the heads' graph: its runtime is closed once the
+    // startup heads are in (just after ready), gone from /metrics.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = server.get("/metrics").await.text().await.unwrap();
+        let runtimes: Vec<String> =
+            metrics.lines().filter(|l| l.starts_with("distilserve_model_info")).map(String::from).collect();
+        assert!(runtimes.iter().any(|l| l.contains("runtime=\"encoder\"")), "{runtimes:?}");
+        if !runtimes.iter().any(|l| l.contains("runtime=\"heads_encoder\"")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the unused heads' graph is still open: {runtimes:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     server.stop().await;
 
     // After a restart the same head serves from disk, nothing trained again.

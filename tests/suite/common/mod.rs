@@ -52,6 +52,9 @@ pub fn settings_for(model_dir: &Path) -> Settings {
     s.server.port = 0;
     s.model.dir = model_dir.to_path_buf();
     s.model.intra_threads = 1;
+    // One graph: the tests of the heads' own graph (classify.rs) ask for it,
+    // so that the others do not load and train on a second one.
+    s.classify.model_file = String::new();
     // Not the repository's models/heads: a head trained there for another
     // model must not be found, nor one a test creates be left there.
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
