@@ -37,6 +37,10 @@ RUN need=""; \
     fi
 # Caches (cargo's registry and target, set-up downloads) persist between builds
 # on the same machine and are never part of an image.
+# With the model baked in, the default head is trained here on the graph the
+# image ships (model.onnx alone, scripts/stage-runtime.sh): one in the build
+# context may be a host's, trained on the int8 graph its heads run on by
+# default (classify.model_file = "auto"), and would not load here.
 RUN --mount=type=secret,id=ca \
     --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
@@ -50,7 +54,8 @@ RUN --mount=type=secret,id=ca \
     scripts/setup.sh; \
     cargo build --release --locked ${FEATURES:-}; \
     if [ "$BAKE_MODEL" = 1 ]; then \
-      test -f models/heads/sentiment.json || target/release/distilserve train --head sentiment; \
+      rm -f models/heads/*.json; \
+      target/release/distilserve train --head sentiment --classify-model-file ""; \
       scripts/stage-runtime.sh /stage; \
     else \
       scripts/stage-runtime.sh /stage --without-model; \
