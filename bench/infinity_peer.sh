@@ -2,15 +2,17 @@
 # Infinity (michaelfeil/infinity, PyPI infinity-emb 0.0.78) serving the same
 # ONNX graph as distilserve, for `cargo bench --bench throughput -- --peers infinity`.
 #
-#   bench/infinity_peer.sh MODEL_DIR HF_DIR PORT THREADS
+#   bench/infinity_peer.sh MODEL_DIR HF_DIR PORT THREADS [int8]
 #
 # Installs it once into $DISTILSERVE_CACHE/infinity-venv, applies the one-line
 # fix it needs with optimum 2.1 (it passes an absolute ONNX path, which optimum
 # refuses; ../shared/PLATFORM.md), lays out a sentence-transformers folder with
 # the fp32 model.onnx at its top (no quantised file, which it would prefer),
-# and serves it on the CPU with batches of 32.
+# and serves it on the CPU with batches of 32. With `int8`, the export's
+# model.int8.onnx goes beside it as model_quantized.onnx: Infinity picks a file
+# named *quantize* on the CPU, its best there.
 set -euo pipefail
-model_dir="$1" hf_dir="$2" port="$3" threads="$4"
+model_dir="$1" hf_dir="$2" port="$3" threads="$4" variant="${5:-fp32}"
 cache="${DISTILSERVE_CACHE:-$HOME/.cache/distilserve}"
 venv="$cache/infinity-venv"
 if [ ! -x "$venv/bin/infinity_emb" ]; then
@@ -27,6 +29,9 @@ mkdir -p "$folder"
 cp -r "$hf_dir"/. "$folder"/
 rm -f "$folder"/*.onnx
 cp "$model_dir/model.onnx" "$folder/model.onnx"
+if [ "$variant" = int8 ]; then
+  cp "$model_dir/model.int8.onnx" "$folder/model_quantized.onnx"
+fi
 export OMP_NUM_THREADS="$threads"
 exec "$venv/bin/infinity_emb" v2 --model-id "$folder" --served-model-name peer --engine optimum --device cpu \
   --batch-size 32 --port "$port" --host 127.0.0.1
