@@ -314,6 +314,16 @@ impl Model {
     /// Loads the model folder and builds `sessions` sessions. Errors are one
     /// clear sentence naming the file or setting and the fix.
     pub fn load(settings: &ModelSettings, sessions: usize) -> anyhow::Result<Model> {
+        Self::load_graph(settings, sessions, None)
+    }
+
+    /// As [`Model::load`], for a caller that has already read the file through
+    /// [`has_dynamic_quantisation`] (to choose `sessions`): not read again.
+    pub fn load_scanned(settings: &ModelSettings, sessions: usize, quantises_per_call: bool) -> anyhow::Result<Model> {
+        Self::load_graph(settings, sessions, Some(quantises_per_call))
+    }
+
+    fn load_graph(settings: &ModelSettings, sessions: usize, scanned: Option<bool>) -> anyhow::Result<Model> {
         let dir = &settings.dir;
         if !dir.is_dir() {
             bail!("model folder {} does not exist: run scripts/setup.sh, or set model.dir", dir.display());
@@ -416,7 +426,10 @@ impl Model {
                 .and_then(|r| r.as_ref().ok())
                 .map(|(_, p)| p.clone())
                 .unwrap_or_default(),
-            quantises_per_call: has_dynamic_quantisation(&model_path)?,
+            quantises_per_call: match scanned {
+                Some(found) => found,
+                None => has_dynamic_quantisation(&model_path)?,
+            },
         };
         let info = Arc::new(info);
         let mut encoders = Vec::with_capacity(built.len());

@@ -209,7 +209,7 @@ async fn load_heads_graph(settings: &Settings, model: &Model) -> anyhow::Result<
         .context("classify.model_file: the heads' graph")?;
     let (sessions, intra_threads) = heads_graph_parallelism(settings, per_call);
     heads_settings.intra_threads = intra_threads;
-    let loaded = tokio::task::spawn_blocking(move || Model::load(&heads_settings, sessions))
+    let loaded = tokio::task::spawn_blocking(move || Model::load_scanned(&heads_settings, sessions, per_call))
         .await
         .context("model loading task failed")?
         .context("classify.model_file: the heads' graph")?;
@@ -242,7 +242,7 @@ async fn load_heads_graph(settings: &Settings, model: &Model) -> anyhow::Result<
 /// call (dynamic int8) single-sentence calls are too small to split across
 /// threads well, so one session per core, single-threaded, up to 4 (then the
 /// cores shared out): on 2 vCPUs two such sessions answered `/classify` at
-/// 1.3x one session of two threads (BENCHMARKS.md "Heads on the int8 graph");
+/// 1.2-1.9x one session of two threads (BENCHMARKS.md "Heads on the int8 graph");
 /// otherwise the encoder's `batching.sessions` and `model.intra_threads`.
 fn heads_graph_parallelism(settings: &Settings, one_sequence_per_call: bool) -> (usize, usize) {
     let configured = settings.classify.model_sessions;
