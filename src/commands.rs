@@ -11,10 +11,11 @@ use crate::cli::{EvaluateArgs, ExtractArgs, HealthcheckArgs, TrainArgs};
 use crate::config::{HeadKind, HeadSettings, Settings};
 use crate::data::Dataset;
 use crate::features::{layers_to_extract, FeatureCache, PooledFeatures, Progress};
-use crate::heads::logistic::{head_path, LogisticHead};
+use crate::heads::logistic::{head_path, GraphChoice, LogisticHead};
 use crate::heads::onnx::map_labels;
 use crate::heads::scores::Scores;
 use crate::heads::search::plain_logistic;
+use crate::heads::store::HeadStore;
 use crate::heads::training::{save_head, train_head, Extraction};
 use crate::model::Model;
 use crate::npy;
@@ -137,15 +138,15 @@ fn head_settings(settings: &Settings, args: &TrainArgs) -> anyhow::Result<HeadSe
 
 pub fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
     let settings = args.settings.settings()?;
+    let store = HeadStore::of(&settings);
     let mut head = match &args.features {
         Some(dir) => train_on_features(&settings, args, dir)?,
-        None => {
-            let head_settings = head_settings(&settings, args)?;
-            let mut model = load_heads_model(&settings)?;
-            with_extraction(&settings, &mut model, |extraction| train_head(&args.head, &head_settings, extraction))?
-        }
+        None => train_for_serving(&settings, args, &store)?,
     };
-    let path = save_head(&mut head, &crate::heads::store::HeadStore::of(&settings))?;
+    let path = save_head(&mut head, &store)?;
+    if let Some(choice) = &head.training.graph_choice {
+        println!("served on {}: {}", choice.served_on, choice.reason());
+    }
     println!("head {} written to {}", head.name, path.display());
     println!(
         "pooling {}, alpha {} (chosen by {}), {:.1} s",
@@ -160,6 +161,32 @@ pub fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The head trained on the heads' graph, as the service serves it. Where that
+/// is a second graph (`classify.model_file`, e.g. int8), trained on the exact
+/// graph too and compared as the service does ([`GraphChoice`]): the other one
+/// is saved here, the served one (returned) by the caller, last.
+fn train_for_serving(settings: &Settings, args: &TrainArgs, store: &HeadStore) -> anyhow::Result<LogisticHead> {
+    let head_settings = head_settings(settings, args)?;
+    let train = |model: &mut Model| {
+        with_extraction(settings, model, |extraction| train_head(&args.head, &head_settings, extraction))
+    };
+    let mut heads_graph = load_heads_model(settings)?;
+    let head = train(&mut heads_graph)?;
+    if settings.heads_model().is_none() {
+        return Ok(head);
+    }
+    let (heads_file, heads_fingerprint) = (heads_graph.info.file.clone(), heads_graph.info.fingerprint.clone());
+    drop(heads_graph);
+    let mut exact = load_model(settings)?;
+    if exact.info.fingerprint == heads_fingerprint {
+        return Ok(head);
+    }
+    let exact_head = train(&mut exact)?;
+    let (served, mut other) = GraphChoice::settle(&heads_file, head, &exact.info.file, exact_head);
+    save_head(&mut other, store)?;
+    Ok(served)
 }
 
 /// What `extract` writes beside the arrays (`meta.json`), as far as training reads it.
@@ -299,7 +326,7 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
     let settings = args.settings.settings()?;
     let path = head_path(&settings.classify.heads_dir, &args.head)?;
     let mut model = load_heads_model(&settings)?;
-    let head = crate::heads::load_logistic_for_encoder(&settings, &args.head, &model.info)?.with_context(|| {
+    let missing = |model: &Model| {
         format!(
             "no head {} for encoder {} in {}: run `distilserve train --head {}`",
             args.head,
@@ -307,7 +334,18 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
             path.display(),
             args.head
         )
-    })?;
+    };
+    let mut head = crate::heads::load_logistic_for_encoder(&settings, &args.head, &model.info)?
+        .with_context(|| missing(&model))?;
+    // The head as the service serves it: the exact graph's where the
+    // comparison of the two graphs chose that one.
+    if let Some(choice) = head.training.graph_choice.clone().filter(|c| !c.on_heads_graph()) {
+        drop(model);
+        model = load_model(&settings)?;
+        head = crate::heads::load_logistic_for_encoder(&settings, &args.head, &model.info)?
+            .with_context(|| missing(&model))?;
+        println!("served on {}: {}", choice.served_on, choice.reason());
+    }
     let data_dir = args.data.clone().unwrap_or_else(|| PathBuf::from(&head.training.data_dir));
     let dataset = Dataset::open(&data_dir)?;
     if dataset.labels != head.labels {

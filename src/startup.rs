@@ -322,20 +322,11 @@ fn train_for_serving(state: &AppState, name: &str) -> anyhow::Result<LogisticHea
         return Ok(head);
     }
     let kept = HeadName::parse(name).ok().and_then(|n| store.newest_for_encoder(&n, &exact.info.fingerprint));
-    let mut exact_head = match kept {
+    let exact_head = match kept {
         Some(h) => h,
         None => train_on(state, exact, name)?,
     };
-    let choice = GraphChoice::between(
-        &heads_graph.info.file,
-        head.training.held_out_accuracy,
-        &exact.info.file,
-        exact_head.training.held_out_accuracy,
-    );
-    tracing::info!(head = %name, served_on = %choice.served_on, reason = %choice.reason(), "graph chosen for the head");
-    head.training.graph_choice = Some(choice.clone());
-    exact_head.training.graph_choice = Some(choice.clone());
-    let (mut served, mut other) = if choice.on_heads_graph() { (head, exact_head) } else { (exact_head, head) };
+    let (mut served, mut other) = GraphChoice::settle(&heads_graph.info.file, head, &exact.info.file, exact_head);
     save(&mut other);
     save(&mut served);
     Ok(served)

@@ -27,7 +27,7 @@ use anyhow::anyhow;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::logistic::{EncoderStamp, LabelCount, LogisticHead, UploadRecord};
+use super::logistic::{EncoderStamp, GraphChoice, LabelCount, LogisticHead, UploadRecord};
 use super::multi_label::{train_multi_label, MultiLabelData};
 use super::scores::{MultiLabelScores, Scores};
 use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
@@ -38,6 +38,7 @@ use super::{Head, Heads};
 use crate::config::HeadName;
 use crate::config::TrainingSettings;
 use crate::features::{extract, layers_to_extract, PooledFeatures, Progress, ProgressFn};
+use crate::inference::Inference;
 use crate::metrics::Metrics;
 use crate::model::ModelInfo;
 use crate::runtimes::Runtimes;
@@ -392,9 +393,35 @@ fn search_threads(setting: usize) -> Option<usize> {
 }
 
 /// Extract, search, evaluate, save: the head, published and active on disk.
+/// Where the heads have a graph of their own (`classify.model_file`, e.g.
+/// int8), the head is trained on it and on the exact graph, as at startup, and
+/// [`GraphChoice`] picks the one served: both are saved, the served one last.
 fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Result<LogisticHead> {
+    let (heads_graph, exact) = (trainer.runtimes.heads_encoder(), &trainer.runtimes.encoder);
+    let head = train_job_on(trainer, statuses, job, heads_graph)?;
+    let (mut served, other) = if heads_graph.info.fingerprint == exact.info.fingerprint {
+        (head, None)
+    } else {
+        let exact_head = train_job_on(trainer, statuses, job, exact)?;
+        let (served, other) = GraphChoice::settle(&heads_graph.info.file, head, &exact.info.file, exact_head);
+        (served, Some(other))
+    };
+    update(statuses, &job.name, |s| s.phase = Some("saving".into()));
+    if let Some(mut other) = other {
+        save_head(&mut other, &trainer.store)?;
+    }
+    save_head(&mut served, &trainer.store)?;
+    Ok(served)
+}
+
+/// The head trained on `encoder`'s features of the upload, with its test metrics.
+fn train_job_on(
+    trainer: &Trainer,
+    statuses: &Statuses,
+    job: &Job,
+    encoder: &Inference,
+) -> anyhow::Result<LogisticHead> {
     let p = &job.prepared;
-    let encoder = trainer.runtimes.heads_encoder();
     let settings = &trainer.settings;
     // A pair upload's second texts follow its first ones, in the same order.
     let seconds: (&[String], &[String]) = p.pairs.as_ref().map_or((&[], &[]), |(a, b)| (a, b));
@@ -460,8 +487,6 @@ fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Resul
         test_source: p.test_source.clone(),
         warnings: p.warnings.clone(),
     });
-    update(statuses, &job.name, |s| s.phase = Some("saving".into()));
-    save_head(&mut head, &trainer.store)?;
     Ok(head)
 }
 

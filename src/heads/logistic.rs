@@ -221,6 +221,34 @@ impl GraphChoice {
         self.served_on == self.heads_graph
     }
 
+    /// The same head trained on the heads' graph (`heads_graph`) and on the
+    /// exact one, compared: both stamped with the choice (and it logged),
+    /// returned as (served, other).
+    pub fn settle(
+        heads_graph: &str,
+        mut on_heads_graph: LogisticHead,
+        exact_graph: &str,
+        mut on_exact_graph: LogisticHead,
+    ) -> (LogisticHead, LogisticHead) {
+        let choice = GraphChoice::between(
+            heads_graph,
+            on_heads_graph.training.held_out_accuracy,
+            exact_graph,
+            on_exact_graph.training.held_out_accuracy,
+        );
+        tracing::info!(
+            head = %on_heads_graph.name, served_on = %choice.served_on, reason = %choice.reason(),
+            "graph chosen for the head"
+        );
+        on_heads_graph.training.graph_choice = Some(choice.clone());
+        on_exact_graph.training.graph_choice = Some(choice.clone());
+        if choice.on_heads_graph() {
+            (on_heads_graph, on_exact_graph)
+        } else {
+            (on_exact_graph, on_heads_graph)
+        }
+    }
+
     /// Why it serves where it does, for `GET /heads`.
     pub fn reason(&self) -> String {
         let drop = 100.0 * (self.exact_graph_accuracy - self.heads_graph_accuracy);

@@ -417,6 +417,19 @@ async fn a_dynamically_quantised_graph_answers_each_text_as_if_alone() {
     server.stop().await;
 }
 
+/// `/classify` of a clearly positive and a clearly negative text by `head`
+/// (else the default), its labels checked: the answer.
+async fn classify_pos_neg(server: &TestServer, head: Option<&str>) -> Value {
+    let mut body = json!({"inputs": ["good great fun", "bad dull boring"]});
+    if let Some(head) = head {
+        body["head"] = head.into();
+    }
+    let answer: Value = server.post_json("/classify", body).await.json().await.unwrap();
+    assert_eq!(answer["predictions"][0]["label"], "pos", "{answer}");
+    assert_eq!(answer["predictions"][1]["label"], "neg", "{answer}");
+    answer
+}
+
 /// Head `name`'s entry in `GET /heads`.
 async fn served_head(server: &TestServer, name: &str) -> Value {
     let heads: Value = server.get("/heads").await.json().await.unwrap();
@@ -459,15 +472,8 @@ async fn heads_run_on_their_own_graph_while_embed_keeps_the_exact_one() {
         serde_json::from_str(&std::fs::read_to_string(tmp.path().join("heads/toy.json")).unwrap()).unwrap();
     let head_fingerprint = file["encoder"]["fingerprint"].as_str().unwrap().to_string();
     assert_ne!(head_fingerprint, embed_fingerprint, "the head was trained on the fp32 graph");
-    let answer: Value = server
-        .post_json("/classify", json!({"inputs": ["good great fun", "bad dull boring"]}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let answer = classify_pos_neg(&server, None).await;
     assert_eq!(answer["encoder_fingerprint"], head_fingerprint.as_str(), "{answer}");
-    assert_eq!(answer["predictions"][0]["label"], "pos", "{answer}");
-    assert_eq!(answer["predictions"][1]["label"], "neg", "{answer}");
 
     // Two runtimes, each labelled with its graph in /metrics.
     let metrics = server.get("/metrics").await.text().await.unwrap();
@@ -491,6 +497,15 @@ async fn heads_run_on_their_own_graph_while_embed_keeps_the_exact_one() {
     assert!(format!("{error:#}").contains("classify.model_file"), "{error:#}");
 }
 
+/// A second graph with every large weight drowned in noise, as a quantisation
+/// gone wrong would leave it: a head trained on its features is no better than chance.
+const USELESS_SECOND_GRAPH: &str = "import sys, numpy as np, onnx; from onnx import numpy_helper; \
+     m = onnx.load(sys.argv[1]); rng = np.random.default_rng(0)\n\
+     for t in m.graph.initializer:\n\
+     \ta = numpy_helper.to_array(t)\n\
+     \tif a.dtype == np.float32 and a.size >= 1024: t.CopyFrom(numpy_helper.from_array((a + rng.normal(0, 50 * a.std(), a.shape)).astype(np.float32), t.name))\n\
+     onnx.save(m, sys.argv[2])";
+
 /// The heads' graph is worth it only where the head keeps its accuracy there:
 /// here it is made useless on purpose (every large weight drowned in noise, as
 /// a quantisation gone wrong would), so the head trained on it loses to the
@@ -499,15 +514,7 @@ async fn heads_run_on_their_own_graph_while_embed_keeps_the_exact_one() {
 #[tokio::test]
 async fn a_head_that_loses_accuracy_on_the_heads_graph_is_served_on_the_exact_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = model_with_second_graph(
-        tmp.path(),
-        "import sys, numpy as np, onnx; from onnx import numpy_helper; \
-         m = onnx.load(sys.argv[1]); rng = np.random.default_rng(0)\n\
-         for t in m.graph.initializer:\n\
-         \ta = numpy_helper.to_array(t)\n\
-         \tif a.dtype == np.float32 and a.size >= 1024: t.CopyFrom(numpy_helper.from_array((a + rng.normal(0, 50 * a.std(), a.shape)).astype(np.float32), t.name))\n\
-         onnx.save(m, sys.argv[2])",
-    );
+    let model = model_with_second_graph(tmp.path(), USELESS_SECOND_GRAPH);
     let mut settings = settings_with_toy_head(tmp.path(), true);
     settings.model.dir = model;
     settings.classify.model_file = "model.int8.onnx".into();
@@ -520,15 +527,8 @@ async fn a_head_that_loses_accuracy_on_the_heads_graph_is_served_on_the_exact_on
     assert_eq!(toy["graph"], "model.onnx", "{toy}");
     let reason = toy["graph_reason"].as_str().expect("a reason");
     assert!(reason.contains("model.int8.onnx") && reason.contains("more than the 0.5 allowed"), "{reason}");
-    let answer: Value = server
-        .post_json("/classify", json!({"inputs": ["good great fun", "bad dull boring"]}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let answer = classify_pos_neg(&server, None).await;
     assert_eq!(answer["encoder_fingerprint"], exact_fingerprint.as_str(), "{answer}");
-    assert_eq!(answer["predictions"][0]["label"], "pos", "{answer}");
-    assert_eq!(answer["predictions"][1]["label"], "neg", "{answer}");
     // Both heads kept in the folder's history, the served one active.
     let detail: Value = server.get("/heads/toy").await.json().await.unwrap();
     assert_eq!(detail["versions"].as_array().map(|v| v.len()), Some(2), "{detail}");
@@ -558,4 +558,116 @@ async fn a_head_that_loses_accuracy_on_the_heads_graph_is_served_on_the_exact_on
     assert_eq!(again["encoder_fingerprint"], exact_fingerprint.as_str(), "{again}");
     assert_eq!(again["head_version"], answer["head_version"], "{again}");
     server.stop().await;
+}
+
+/// A head trained over the API (`POST /heads`) is compared on both graphs as
+/// one trained at startup is: on the useless second graph it loses, so it is
+/// served on the exact one, `GET /heads` says why, and both are kept.
+#[tokio::test]
+async fn a_head_trained_over_the_api_is_served_on_the_graph_that_keeps_its_accuracy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_with_second_graph(tmp.path(), USELESS_SECOND_GRAPH);
+    let mut settings = tiny_distilbert();
+    settings.model.dir = model;
+    settings.classify.model_file = "model.int8.onnx".into();
+    settings.classify.heads_dir = tmp.path().join("heads");
+    settings.classify.feature_cache_dir = tmp.path().join("cache");
+    settings.security.admin_key = "adm1n-key".into();
+    let server = TestServer::start(settings).await;
+    wait_ready(&server).await;
+    let embed = server.post_json("/embed", json!({"inputs": "good"})).await;
+    let exact_fingerprint = embed.headers()["x-encoder-fingerprint"].to_str().unwrap().to_string();
+
+    let data = tmp.path().join("data");
+    common::synthetic_dataset(&data);
+    let examples: Vec<Value> = ["train", "validation", "test"]
+        .iter()
+        .flat_map(|split| {
+            std::fs::read_to_string(data.join(format!("{split}.jsonl")))
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .map(|line| {
+            let row: Value = serde_json::from_str(&line).unwrap();
+            json!({"text": row["text"], "label": if row["label"] == 1 { "pos" } else { "neg" }})
+        })
+        .collect();
+    let created = server
+        .client
+        .post(server.url("/heads"))
+        .bearer_auth("adm1n-key")
+        .json(&json!({"name": "uploaded", "examples": examples}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 202, "{}", created.text().await.unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let detail = loop {
+        let detail: Value = server.get("/heads/uploaded").await.json().await.unwrap();
+        assert_ne!(detail["status"], "failed", "{detail}");
+        if detail["status"] == "ready" {
+            break detail;
+        }
+        assert!(std::time::Instant::now() < deadline, "not trained in 2 minutes: {detail}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(detail["versions"].as_array().map(|v| v.len()), Some(2), "{detail}");
+    let head = served_head(&server, "uploaded").await;
+    assert_eq!(head["graph"], "model.onnx", "{head}");
+    let reason = head["graph_reason"].as_str().expect("a reason");
+    assert!(reason.contains("model.int8.onnx") && reason.contains("more than the 0.5 allowed"), "{reason}");
+    let answer = classify_pos_neg(&server, Some("uploaded")).await;
+    assert_eq!(answer["encoder_fingerprint"], exact_fingerprint.as_str(), "{answer}");
+    server.stop().await;
+}
+
+/// `distilserve train` compares the graphs as the service does: on the useless
+/// second graph the head loses, so the head file it leaves active is the exact
+/// graph's, with the comparison recorded and printed; `evaluate` then
+/// evaluates that head, on the exact graph.
+#[test]
+fn the_train_command_keeps_the_head_of_the_graph_that_keeps_its_accuracy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_with_second_graph(tmp.path(), USELESS_SECOND_GRAPH);
+    let data = tmp.path().join("data");
+    common::synthetic_dataset(&data);
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[classify]\nheads_dir = \"{}\"\nfeature_cache_dir = \"{}\"\n",
+            tmp.path().join("heads").display(),
+            tmp.path().join("cache").display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_distilserve"))
+            .args(args)
+            .args(["--classify-model-file", "model.int8.onnx", "--model-dir", model.to_str().unwrap()])
+            .args(["--config", config.to_str().unwrap()])
+            .output()
+            .expect("binary runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let stdout = run(&["train", "--head", "toy", "--alphas", "0.1,1", "--data", data.to_str().unwrap()]);
+    assert!(stdout.contains("served on model.onnx: ") && stdout.contains("more than the 0.5 allowed"), "{stdout}");
+    let head: Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("heads/toy.json")).unwrap()).unwrap();
+    assert_eq!(head["training"]["graph_choice"]["served_on"], "model.onnx", "{}", head["training"]);
+    assert_eq!(head["training"]["graph_choice"]["heads_graph"], "model.int8.onnx", "{}", head["training"]);
+
+    let stdout = run(&["evaluate", "--head", "toy", "--report-dir", tmp.path().join("reports").to_str().unwrap()]);
+    assert!(stdout.contains("served on model.onnx: "), "{stdout}");
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("reports/toy-tiny-distilbert-test.json")).expect("the report"),
+    )
+    .unwrap();
+    // On the useless graph's features a head is no better than chance (0.5).
+    let accuracy = report["rows"][0]["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.9, "the exact graph's head on its own features: {accuracy}");
 }
