@@ -13,8 +13,9 @@ Writes into OUT_DIR:
                     feature extraction every earlier layer's hidden states as
                     hidden_state_0 (embeddings) ... hidden_state_{N-1}: the service
                     asks ONNX Runtime only for the outputs a request needs
-  model.int8.onnx   dynamically quantised copy (QInt8 weights of every MatMul, per channel; the
-                    few outlier input channels kept fp32, found on --calibration-texts), unless --no-int8
+  model.int8.onnx   dynamically quantised copy (QInt8 weights of every MatMul, per channel; where
+                    that moves the output by over 20% on --calibration-texts, the few outlier input
+                    channels found there kept fp32), unless --no-int8
   model.opt.onnx    fp32 graph with attention, layer norm and GELU fused offline by
                     onnxruntime.transformers (BERT-family encoders), unless --no-fused
   tokenizer.json    fast tokenizer with padding removed (the service pads each batch
@@ -47,8 +48,8 @@ FORMAT_VERSION = 1
 # points), the quantiser's defaults (per tensor, Gather too) 0.7779 (-0.8), per
 # channel with Gather 0.7798 (-0.6); BENCHMARKS.md "Heads on the int8 graph".
 #
-# Before quantising, the few input channels that carry outliers are split off
-# and kept fp32 (LLM.int8()'s decomposition): one activation scale per tensor
+# Where needed (below), the few input channels that carry outliers are split
+# off before quantising and kept fp32 (LLM.int8()'s decomposition): one activation scale per tensor
 # cannot serve values of 2 and of 90 at once. all-mpnet-base-v2's FFN inputs
 # reach 60-100 in one to four of 3,072 channels where the median channel stays
 # below 3; quantised whole, its mean-pooled features moved by 45% of their norm,
@@ -56,11 +57,19 @@ FORMAT_VERSION = 1
 # graph's single-sentence speed (Python, two runs each); the head on its
 # features came within 0.1 test points of fp32's where plain int8 lost 0.9;
 # BENCHMARKS.md "Outlier channels kept fp32".
+#
+# The split costs MiniLM 6-9% of its int8 speed (Python, single sentences, three
+# of four rounds) in extra small ops and buys its
+# head nothing (0.7876 against 0.7886 quantised whole), so it is done only where
+# quantising whole moves the pooled output by more than a fifth of its norm
+# (MiniLM 12%, all-mpnet-base-v2 45%), measured on the calibration sentences.
+PLAIN_INT8_MAX_ERROR = 0.2
 OUTLIER_RATIO = 4.0  # a channel is an outlier above 4x the median channel's largest |x|
 OUTLIER_SHRINK = 2.0  # split an input only where that halves its range or better
 CALIBRATION_SENTENCES = 200
 INT8_QUANTISATION = {"per_channel": True, "op_types": ["MatMul"], "weights": "QInt8",
-                     "outlier_channels": {"ratio": OUTLIER_RATIO, "shrink": OUTLIER_SHRINK}}
+                     "outlier_channels": {"when_plain_error_above": PLAIN_INT8_MAX_ERROR,
+                                          "ratio": OUTLIER_RATIO, "shrink": OUTLIER_SHRINK}}
 
 
 def int8_args():
@@ -150,19 +159,43 @@ def split_outlier_channels(model, feeds, ratio=OUTLIER_RATIO, shrink=OUTLIER_SHR
     return fp32_matmuls, {"inputs_split": split_inputs, "channels": channels, "sentences": len(feeds)}
 
 
+def feature_error(reference_path: Path, path: Path, feeds) -> float:
+    """Mean relative L2 distance of `path`'s mean-pooled first output from `reference_path`'s."""
+    import numpy as np
+    import onnxruntime as ort
+    ref, got = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (reference_path, path))
+    errors = []
+    for feed in feeds:
+        a, b = (np.asarray(s.run(None, feed)[0][0], np.float64) for s in (ref, got))
+        a, b = (x.mean(0) if x.ndim == 2 else x for x in (a, b))
+        errors.append(np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-12))
+    return float(np.mean(errors))
+
+
 def quantise_int8(fp32_path: Path, int8_path: Path, feeds) -> dict:
-    """model.int8.onnx: outlier channels split off (calibrated on `feeds`), then quantised."""
+    """model.int8.onnx, quantised as INT8_QUANTISATION says. Where plain quantisation moves the
+    pooled output on `feeds` by more than PLAIN_INT8_MAX_ERROR, outlier channels (found on
+    `feeds`) are split off first; the summary says which was done and both errors."""
     import onnx
     from onnxruntime.quantization import quantize_dynamic
+    quantize_dynamic(str(fp32_path), str(int8_path), **int8_args())
+    summary = {"plain_error": round(feature_error(fp32_path, int8_path, feeds), 4), "sentences": len(feeds)}
+    if summary["plain_error"] <= PLAIN_INT8_MAX_ERROR:
+        print(f"[export] int8: quantised whole (pooled output {100 * summary['plain_error']:.1f}% from fp32's on "
+              f"{len(feeds)} calibration sentences)", file=sys.stderr)
+        return {**summary, "inputs_split": 0, "channels": 0}
     model = onnx.load(str(fp32_path))
-    keep_fp32, summary = split_outlier_channels(model, feeds)
+    keep_fp32, split = split_outlier_channels(model, feeds)
     split_path = int8_path.with_name(int8_path.stem + ".split.onnx")
     onnx.save(model, str(split_path))
     del model
     quantize_dynamic(str(split_path), str(int8_path), nodes_to_exclude=keep_fp32, **int8_args())
     split_path.unlink()
-    print(f"[export] int8: {summary['channels']} outlier channels of {summary['inputs_split']} MatMul inputs "
-          f"kept fp32 ({summary['sentences']} calibration sentences)", file=sys.stderr)
+    summary.update(inputs_split=split["inputs_split"], channels=split["channels"],
+                   split_error=round(feature_error(fp32_path, int8_path, feeds), 4))
+    print(f"[export] int8: {split['channels']} outlier channels of {split['inputs_split']} MatMul inputs kept "
+          f"fp32 (pooled output {100 * summary['plain_error']:.1f}% from fp32's quantised whole, "
+          f"{100 * summary['split_error']:.1f}% so; {len(feeds)} calibration sentences)", file=sys.stderr)
     return summary
 
 

@@ -21,7 +21,7 @@ OUT="$REPO_ROOT/models/$NAME"
 # manifest), or with the int8 graph quantised another way (before outlier
 # channels were kept fp32, say), are redone.
 if "$REPO_ROOT/scripts/verify-model.sh" "$OUT" >/dev/null 2>&1 \
-  && python3 -c 'import json, sys; m = json.load(open(sys.argv[1])); q = m.get("int8_quantisation") or {}; sys.exit("layer_outputs" not in m or q.get("op_types") != ["MatMul"] or "outlier_channels" not in q)' "$OUT/manifest.json"; then
+  && python3 -c 'import json, sys; m = json.load(open(sys.argv[1])); q = m.get("int8_quantisation") or {}; sys.exit("layer_outputs" not in m or q.get("op_types") != ["MatMul"] or "when_plain_error_above" not in (q.get("outlier_channels") or {}))' "$OUT/manifest.json"; then
   log "model $NAME already exported in $OUT"
   exit 0
 fi

@@ -7,8 +7,9 @@ Plants the outlier as real encoders carry them: one channel of the first LayerNo
 feeding a weight MatMul scaled 40x (its gamma and beta), so that channel's activations stand
 far above the others. Writes the planted graph's int8 export to OUT_INT8 and prints, as JSON:
 the channel planted and the channels split off on that input, the largest difference between
-the split fp32 graph and the planted one (the split must be exact), and the mean relative L2
-error of the mean-pooled last hidden state of int8 with and without the split.
+the split fp32 graph and the planted one (the split must be exact), the mean relative L2
+error of the mean-pooled last hidden state of int8 with and without the split, and what the
+export does with the fixture as it is (no outlier: quantised whole, byte for byte as plain).
 """
 import json
 import sys
@@ -71,6 +72,11 @@ with tempfile.TemporaryDirectory() as tmp:
         return float(np.mean([np.linalg.norm(g - r) / np.linalg.norm(r) for g, r in zip(pooled(path), reference)]))
 
     split_diff = max(float(np.abs(g - r).max()) for g, r in zip(pooled(split_path), reference))
+
+    as_is = {name: Path(tmp) / f"as_is.{name}.onnx" for name in ("export", "plain")}
+    as_is_summary = quantise_int8(src, as_is["export"], calibration)
+    quantize_dynamic(str(src), str(as_is["plain"]), **int8_args())
+    same = as_is["export"].read_bytes() == as_is["plain"].read_bytes()
     print(json.dumps({
         "planted_channel": PLANTED_CHANNEL,
         "split_channels": numpy_helper.to_array(idx).tolist(),
@@ -78,4 +84,5 @@ with tempfile.TemporaryDirectory() as tmp:
         "int8_plain_error": error(plain),
         "int8_split_error": error(out_int8),
         "summary": summary,
+        "unplanted": {"summary": as_is_summary, "same_as_plain": same},
     }))

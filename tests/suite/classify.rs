@@ -363,11 +363,13 @@ fn model_with_second_graph(root: &std::path::Path, python_code: &str) -> std::pa
 const EXPORT_INT8_WITH_OUTLIER: &str = "import runpy, sys; sys.argv[0] = 'tests/export/int8_outliers.py'; \
      runpy.run_path(sys.argv[0], run_name='__main__')";
 
-/// The export keeps an encoder's outlier channels fp32 (scripts/export_model.py
-/// `split_outlier_channels`): on the tiny DistilBERT with one LayerNorm channel
-/// planted 40x above the rest, the split finds that channel alone, computes the
-/// same function in fp32, and its int8 graph is several times closer to fp32
-/// than plain dynamic quantisation (45% -> 8% on all-mpnet-base-v2).
+/// The export keeps an encoder's outlier channels fp32 where quantising whole
+/// moves its output by more than 20% (scripts/export_model.py `quantise_int8`):
+/// on the tiny DistilBERT with one LayerNorm channel planted 40x above the rest,
+/// the split finds that channel alone, computes the same function in fp32, and
+/// its int8 graph is several times closer to fp32 than plain dynamic
+/// quantisation (45% -> 8% on all-mpnet-base-v2); without the plant the graph is
+/// quantised whole, as plain.
 #[test]
 fn the_int8_export_keeps_outlier_channels_fp32() {
     let tmp = tempfile::tempdir().unwrap();
@@ -386,6 +388,13 @@ fn the_int8_export_keeps_outlier_channels_fp32() {
     let (plain, split) =
         (measured["int8_plain_error"].as_f64().unwrap(), measured["int8_split_error"].as_f64().unwrap());
     assert!(split * 3.0 < plain, "{measured}");
+    assert!(measured["summary"]["plain_error"].as_f64().unwrap() > 0.2, "{measured}");
+    // Without the plant quantising whole keeps the output within 20%, and the
+    // export does just that.
+    let unplanted = &measured["unplanted"];
+    assert!(unplanted["summary"]["plain_error"].as_f64().unwrap() <= 0.2, "{measured}");
+    assert_eq!(unplanted["summary"]["inputs_split"], 0, "{measured}");
+    assert_eq!(unplanted["same_as_plain"], true, "{measured}");
 }
 
 /// A dynamically quantised graph (ONNX Runtime's `quantize_dynamic`, as the
