@@ -68,7 +68,9 @@ pub enum JobState {
 pub struct JobStatus {
     pub state: JobState,
     /// While training: `extracting` (features of every example), `searching`
-    /// (cross-validation fits), `evaluating` (held-out part), `saving`.
+    /// (cross-validation fits), `evaluating` (held-out part), `saving`. Where
+    /// the heads have a graph of their own (`classify.model_file`), the first
+    /// three run on it, then again on the exact graph, before `saving`.
     pub phase: Option<String>,
     /// Progress of the phase: texts or fits done, of `total`.
     pub done: usize,
