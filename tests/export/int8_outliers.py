@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
 from onnxruntime.quantization import quantize_dynamic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from export_model import int8_args, quantise_int8, split_outlier_channels  # noqa: E402
+from export_model import (int8_args, pooled_outputs, quantise_int8, relative_error,  # noqa: E402
+                          split_outlier_channels)
 
 PLANTED_CHANNEL, PLANT = 3, 40.0
 
@@ -62,16 +62,12 @@ with tempfile.TemporaryDirectory() as tmp:
     quantize_dynamic(str(planted), str(plain), **int8_args())
     summary = quantise_int8(planted, out_int8, calibration)
 
-    def pooled(path):
-        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return [s.run(["last_hidden_state"], f)[0][0].mean(0) for f in checks]
-
-    reference = pooled(planted)
+    reference = pooled_outputs(planted, checks)
 
     def error(path):
-        return float(np.mean([np.linalg.norm(g - r) / np.linalg.norm(r) for g, r in zip(pooled(path), reference)]))
+        return relative_error(reference, pooled_outputs(path, checks))
 
-    split_diff = max(float(np.abs(g - r).max()) for g, r in zip(pooled(split_path), reference))
+    split_diff = max(float(np.abs(g - r).max()) for g, r in zip(pooled_outputs(split_path, checks), reference))
 
     as_is = {name: Path(tmp) / f"as_is.{name}.onnx" for name in ("export", "plain")}
     as_is_summary = quantise_int8(src, as_is["export"], calibration)
