@@ -452,7 +452,8 @@ impl Overrides {
     }
 }
 
-/// `classify.model_file = "auto"`: [`QUANTISED_GRAPH`] where exported.
+/// `classify.model_file = "auto"`: [`QUANTISED_GRAPH`] where exported and the
+/// model runs on the CPU.
 pub const AUTO_HEADS_GRAPH: &str = "auto";
 /// The int8 graph `scripts/export_model.py` writes beside `model.onnx`.
 pub const QUANTISED_GRAPH: &str = "model.int8.onnx";
@@ -461,10 +462,15 @@ impl Settings {
     /// The graph the logistic heads run on (`classify.model_file`), when it is
     /// another file than the one `/embed` serves: the same model folder and
     /// runtime settings, its own file. None: the heads share `/embed`'s encoder.
-    /// `auto` is the export's quantised graph where the folder has one.
+    /// `auto` is the export's quantised graph where the folder has one, on
+    /// the CPU only: ONNX Runtime's CUDA provider has no kernel for its
+    /// dynamically quantised products (MatMulInteger of uint8 activations with
+    /// per-channel zero points, DynamicQuantizeLinear), so on CUDA they would
+    /// run on the host's CPU, between copies, instead of on the GPU.
     pub fn heads_model(&self) -> Option<ModelSettings> {
         let file = match self.classify.model_file.as_str() {
             "" => return None,
+            AUTO_HEADS_GRAPH if self.model.execution_provider == ExecutionProvider::Cuda => return None,
             AUTO_HEADS_GRAPH if self.model.dir.join(QUANTISED_GRAPH).is_file() => QUANTISED_GRAPH,
             AUTO_HEADS_GRAPH => return None,
             file => file,
@@ -747,6 +753,12 @@ mod tests {
         assert_eq!(s.heads_model(), None, "no int8 export: one graph");
         std::fs::write(dir.path().join("model.int8.onnx"), b"").unwrap();
         assert_eq!(s.heads_model().map(|m| m.file), Some("model.int8.onnx".into()));
+        s.model.execution_provider = ExecutionProvider::Cuda;
+        assert_eq!(s.heads_model(), None, "on CUDA: the exact graph, which the GPU runs");
+        s.classify.model_file = "model.int8.onnx".into();
+        assert_eq!(s.heads_model().map(|m| m.file), Some("model.int8.onnx".into()), "named: that file, even on CUDA");
+        s.model.execution_provider = ExecutionProvider::Cpu;
+        s.classify.model_file = "auto".into();
         s.model.file = "model.int8.onnx".into();
         assert_eq!(s.heads_model(), None, "/embed on the int8 graph already: one graph");
         s.model.file = "model.onnx".into();
