@@ -29,7 +29,7 @@ exists() { "$ENGINE" image inspect "$1" >/dev/null 2>&1; }
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 minbase() {  # a copy of one minbase root file system (debootstrap runs once) in $work/$1
   if [ ! -d "$work/minbase" ]; then
-    command -v debootstrap >/dev/null || die "debootstrap is needed (apt-get install debootstrap)"
+    command -v debootstrap >/dev/null || apt_install debootstrap || die "debootstrap is needed (apt-get install debootstrap)"
     [ "$(id -u)" = 0 ] || die "debootstrap needs root"
     local t=$SECONDS
     debootstrap --variant=minbase "$SUITE" "$work/minbase" "$MIRROR" >"$work/minbase.log" 2>&1 \
