@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the CPU image (default tag distilserve:latest) from the Dockerfile with
-# podman or docker, whichever is present (`make image`).
+# podman, else docker where its daemon answers; as root with apt, podman is
+# installed where neither is (`make image`).
 #   - Where the Dockerfile's registry bases (rust:1.95-bookworm,
 #     debian:bookworm-slim) cannot be pulled, local ones are made from Debian's
 #     packages (scripts/container-bases.sh) and passed as build arguments.
