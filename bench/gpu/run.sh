@@ -9,6 +9,9 @@
 #   models/NAME/           bench/gpu/skeleton.py strip output (no weights)
 #   sentences.json         sentences from data/rotten_tomatoes
 # Prints one JSON line per (model, provider, load) and copies them to $OUT.
+# INT8=1 adds the export's int8 graph (made there from the filled graph) as
+# model.file on the CPU and on CUDA; VARIANTS=0 leaves out the CUDA variants
+# (reduced precision, basic optimisation).
 set -euo pipefail
 PARTS=${PARTS:-/root/ortgpu}
 OUT=${OUT:-/tmp/gpu-out}
@@ -36,12 +39,18 @@ PY
 export LD_LIBRARY_PATH="$libdirs:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
 ORT=/root/ort/libonnxruntime.so.1.31.1
 for m in ${MODELS:-distilbert-base-shaped all-minilm-l6-v2 all-mpnet-base-v2}; do
-    python3 bench/gpu/skeleton.py fill ".gpu/models/$m"
+    python3 bench/gpu/skeleton.py fill ".gpu/models/$m" ${INT8:+--int8}
     run() { python3 bench/gpu/load.py /root/distilserve ".gpu/models/$m" "$@" $ORT .gpu/sentences.json \
                 --parity "/tmp/parity-$m.json" | tee -a "$OUT/gpu.jsonl"; }
     run cpu
     run cuda
-    VARIANT=reduced-precision DISTILSERVE_MODEL__CUDA_REDUCED_PRECISION=true run cuda
-    VARIANT=optimization-basic DISTILSERVE_MODEL__OPTIMIZATION_LEVEL=basic LOADS=32x1 run cuda
-    rm -f ".gpu/models/$m/model.onnx"
+    if [ "${VARIANTS:-1}" = 1 ]; then
+      VARIANT=reduced-precision DISTILSERVE_MODEL__CUDA_REDUCED_PRECISION=true run cuda
+      VARIANT=optimization-basic DISTILSERVE_MODEL__OPTIMIZATION_LEVEL=basic LOADS=32x1 run cuda
+    fi
+    if [ -n "${INT8:-}" ]; then
+      VARIANT=int8-graph DISTILSERVE_MODEL__FILE=model.int8.onnx run cpu
+      VARIANT=int8-graph DISTILSERVE_MODEL__FILE=model.int8.onnx run cuda
+    fi
+    rm -f ".gpu/models/$m/model.onnx" ".gpu/models/$m/model.int8.onnx"
 done

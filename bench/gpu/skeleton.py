@@ -6,7 +6,9 @@ Speed does not depend on the weights' values, so this keeps each graph's
 structure and shapes and regenerates its large float tensors on the far side:
 
   python3 bench/gpu/skeleton.py strip MODEL_DIR OUT_DIR   # here: graph + tokenizer, no weights
-  python3 bench/gpu/skeleton.py fill OUT_DIR              # there: model.onnx with random weights
+  python3 bench/gpu/skeleton.py fill OUT_DIR [--int8]     # there: model.onnx with random weights
+                                                          # (--int8: and model.int8.onnx quantised from
+                                                          # it as scripts/export_model.py quantises)
 
 Small tensors (shapes, indices, anything under 4 KiB) and every integer tensor
 stay in the graph as they are. For speed figures only, never for accuracy.
@@ -21,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from export_model import sha256  # noqa: E402  (the manifest's own checksum)
+from export_model import int8_args, sha256  # noqa: E402  (the export's quantisation, the manifest's checksum)
 
 KEEP = ["tokenizer.json", "config.json", "manifest.json"]
 
@@ -37,7 +39,7 @@ def strip(model_dir: Path, out: Path) -> None:
             shutil.copy(model_dir / name, out / name)
 
 
-def fill(out: Path) -> None:
+def fill(out: Path, int8: bool = False) -> None:
     m = onnx.load(str(out / "skeleton.onnx"), load_external_data=False)
     rng = np.random.default_rng(0)
     filled = 0
@@ -59,10 +61,16 @@ def fill(out: Path) -> None:
         t.raw_data = new.raw_data
         filled += arr.nbytes
     onnx.save_model(m, str(out / "model.onnx"))
+    files = ["model.onnx", "tokenizer.json", "config.json"]
+    if int8:
+        # Whole (no outlier split: random weights have no outlier channels to find).
+        from onnxruntime.quantization import quantize_dynamic
+        quantize_dynamic(str(out / "model.onnx"), str(out / "model.int8.onnx"), **int8_args())
+        files.append("model.int8.onnx")
     # The manifest describes the files served: these, not the real weights.
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["files"] = {name: {"bytes": (out / name).stat().st_size, "sha256": sha256(out / name)}
-                         for name in ["model.onnx", "tokenizer.json", "config.json"]}
+                         for name in files}
     manifest["source"] = {"model": manifest.get("name", out.name) + "'s graph with random weights (bench/gpu/skeleton.py): for speed figures only"}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     print(f"{out}: {filled / 2**20:.0f} MiB of random weights", flush=True)
@@ -72,6 +80,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "strip":
         strip(Path(sys.argv[2]), Path(sys.argv[3]))
     elif sys.argv[1] == "fill":
-        fill(Path(sys.argv[2]))
+        fill(Path(sys.argv[2]), int8="--int8" in sys.argv[3:])
     else:
         raise SystemExit(__doc__)
