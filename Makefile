@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: bench-classify-graphs bench-flops bench-classify-memory bench-heads-tasks bench-clients image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
+.PHONY: bench-train bench-classify-graphs bench-flops bench-classify-memory bench-heads-tasks bench-clients image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
 
 # MODEL=all-mpnet-base-v2 (or distilbert-base-shaped) sets that encoder up too.
 MODEL ?=
@@ -107,6 +107,13 @@ bench-classify-graphs: setup
 bench-classify-memory: setup
 	$(CARGO) build --release
 	python3 bench/classify_memory.py --bin target/release/distilserve --model-dir $(MODEL_DIR) --texts 16
+
+# The head search against scikit-learn on the same arrays, in one run: 384-,
+# 768- and 1,536-wide features and a 3-label set (bench/train_speed.py); FULL=1
+# also times the default head's whole startup search. About 3 minutes.
+bench-train: setup
+	$(CARGO) build --release
+	"$$(scripts/python-env.sh)" bench/train_speed.py --bin target/release/distilserve $(if $(FULL),--full)
 
 # A 3-class head trained over the API on 2,000 sentences of an unseen data set
 # while single sentences arrive at 10/s: upload to ready, their p50/p99 (bench/heads_api.py).

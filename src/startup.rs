@@ -15,10 +15,10 @@ use crate::batching::BatcherConfig;
 use crate::config::HeadName;
 use crate::config::Settings;
 use crate::features::FeatureCache;
-use crate::heads::logistic::{GraphChoice, LogisticHead};
+use crate::heads::logistic::LogisticHead;
 use crate::heads::store::HeadStore;
-use crate::heads::training::{save_head, train_head, Extraction};
-use crate::heads::{load_configured, Head, Heads};
+use crate::heads::training::{save_head, settle_graphs, train_head, Extraction};
+use crate::heads::{load_configured, GraphPhase, GraphState, Head, Heads};
 use crate::http::{router, router_for, AppState, Routes};
 use crate::metrics::Metrics;
 use crate::model::Model;
@@ -267,12 +267,31 @@ fn default_head(settings: &Settings) -> String {
 /// joins the registry when done, and the service is ready after the last. A
 /// head that fails is reported failed (`GET /heads`, 503 `head_failed` on
 /// `/classify`) while everything else keeps serving: a restart would fail the
-/// same way, so stopping would only make a crash loop.
+/// same way, so stopping would only make a crash loop. Where the heads have a
+/// graph of their own, each is trained there first and served; only then,
+/// with the service ready, is it trained on the exact graph and compared
+/// ([`compare_on_exact_graph`]): nothing trains twice before the first answer.
 fn train_missing_heads(state: &AppState, names: &[String]) {
+    let mut to_compare = Vec::new();
     for name in names {
         tracing::info!(head = %name, "head file missing: training it before reporting ready");
-        match train_for_serving(state, name) {
-            Ok(head) => state.heads.finish_pending(Head::Logistic(head)),
+        match train_first(state, name) {
+            Ok(head) => {
+                if state.heads_runtime().info.fingerprint != state.encoder_runtime().info.fingerprint {
+                    state.heads.set_graph_phases(
+                        name,
+                        vec![
+                            GraphPhase { graph: state.heads_runtime().info.file.clone(), phase: GraphState::Served },
+                            GraphPhase {
+                                graph: state.encoder_runtime().info.file.clone(),
+                                phase: GraphState::Training,
+                            },
+                        ],
+                    );
+                    to_compare.push(head.clone());
+                }
+                state.heads.finish_pending(Head::Logistic(head));
+            }
             Err(e) => {
                 let reason = format!("{e:#}");
                 tracing::error!(head = %name, error = %reason, "training head at startup failed; the head is not served");
@@ -283,8 +302,10 @@ fn train_missing_heads(state: &AppState, names: &[String]) {
     if !names.is_empty() {
         tracing::info!("startup training done");
     }
+    for head in to_compare {
+        compare_on_exact_graph(state, head);
+    }
 }
-
 /// Once the startup heads are trained or loaded: the heads' own graph is
 /// closed if every head served fell back from it (see
 /// [`Runtimes::close_heads_graph_if_all_fell_back`]).
@@ -302,34 +323,54 @@ fn close_heads_graph_if_all_fell_back(state: &AppState) {
     }
 }
 
-/// Trains head `name` on the heads' graph. Where that is a second graph of
-/// the encoder (`classify.model_file`), the head of the exact graph is taken
-/// from the folder or trained too, and [`GraphChoice`] picks the one served:
-/// both are saved, the served one last (the active file). A head that cannot
-/// be written (read-only folder, full disk) still serves from memory; it is
+/// Trains head `name` on the heads' graph and saves it. A head that cannot be
+/// written (read-only folder, full disk) still serves from memory; it is
 /// trained again at the next start.
-fn train_for_serving(state: &AppState, name: &str) -> anyhow::Result<LogisticHead> {
-    let store = HeadStore::of(&state.settings);
-    let save = |head: &mut LogisticHead| {
-        if let Err(e) = save_head(head, &store) {
-            tracing::error!(head = %head.name, error = %format!("{e:#}"), "serving the trained head from memory only");
-        }
-    };
-    let (heads_graph, exact) = (state.heads_runtime(), state.encoder_runtime());
-    let mut head = train_on(state, heads_graph, name)?;
-    if heads_graph.info.fingerprint == exact.info.fingerprint {
-        save(&mut head);
-        return Ok(head);
+fn train_first(state: &AppState, name: &str) -> anyhow::Result<LogisticHead> {
+    let mut head = train_on(state, state.heads_runtime(), name)?;
+    if let Err(e) = save_head(&mut head, &state.store) {
+        tracing::error!(head = %head.name, error = %format!("{e:#}"), "serving the trained head from memory only");
     }
-    let kept = HeadName::parse(name).ok().and_then(|n| store.newest_for_encoder(&n, &exact.info.fingerprint));
-    let exact_head = match kept {
-        Some(h) => h,
-        None => train_on(state, exact, name)?,
+    Ok(head)
+}
+
+/// `first`, served on the heads' graph, against the same head on the exact
+/// graph (taken from the folder where one is kept, else trained): the better
+/// by [`GraphChoice`] is served, swapped in if it is the exact graph's, both
+/// kept. A failure here leaves `first` served (logged).
+fn compare_on_exact_graph(state: &AppState, first: LogisticHead) {
+    let (heads_graph, exact) = (state.heads_runtime(), state.encoder_runtime());
+    let name = first.name.clone();
+    let kept = HeadName::parse(&name).ok().and_then(|n| state.store.newest_for_encoder(&n, &exact.info.fingerprint));
+    let phases = |first_phase: GraphState, exact_phase: GraphState| {
+        vec![
+            GraphPhase { graph: heads_graph.info.file.clone(), phase: first_phase },
+            GraphPhase { graph: exact.info.file.clone(), phase: exact_phase },
+        ]
     };
-    let (mut served, mut other) = GraphChoice::settle(&heads_graph.info.file, head, &exact.info.file, exact_head);
-    save(&mut other);
-    save(&mut served);
-    Ok(served)
+    let compared = match kept {
+        Some(head) => Ok(head),
+        None => train_on(state, exact, &name),
+    }
+    .and_then(|exact_head| settle_graphs(&state.store, first, &heads_graph.info.file, exact_head, &exact.info.file));
+    match compared {
+        Ok(served) => {
+            let on_heads_graph = served.encoder.fingerprint == heads_graph.info.fingerprint;
+            state.heads.set_graph_phases(
+                &name,
+                if on_heads_graph {
+                    phases(GraphState::Served, GraphState::Kept)
+                } else {
+                    phases(GraphState::Kept, GraphState::Served)
+                },
+            );
+            state.heads.insert(Head::Logistic(served));
+        }
+        Err(e) => {
+            tracing::error!(head = %name, error = %format!("{e:#}"), "comparing the head on the exact graph failed; it stays served on the heads' graph");
+            state.heads.set_graph_phases(&name, phases(GraphState::Served, GraphState::Failed));
+        }
+    }
 }
 
 /// Head `name` trained from its settings on `runtime`'s graph, through its queue.

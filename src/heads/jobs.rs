@@ -27,14 +27,14 @@ use anyhow::anyhow;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::logistic::{EncoderStamp, GraphChoice, LabelCount, LogisticHead, UploadRecord};
+use super::logistic::{EncoderStamp, LabelCount, LogisticHead, UploadRecord};
 use super::multi_label::{train_multi_label, MultiLabelData};
 use super::scores::{MultiLabelScores, Scores};
 use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
 use super::store::{version_of, HeadStore};
-use super::training::{layer_options_of, poolings_of, save_head, selection_of};
+use super::training::{layer_options_of, poolings_of, save_head, selection_of, settle_graphs};
 use super::upload::{LabelSets, Prepared};
-use super::{Head, Heads};
+use super::{GraphPhase, GraphState, Head, Heads};
 use crate::config::HeadName;
 use crate::config::TrainingSettings;
 use crate::features::{extract, layers_to_extract, PooledFeatures, Progress, ProgressFn};
@@ -69,8 +69,9 @@ pub struct JobStatus {
     pub state: JobState,
     /// While training: `extracting` (features of every example), `searching`
     /// (cross-validation fits), `evaluating` (held-out part), `saving`. Where
-    /// the heads have a graph of their own (`classify.model_file`), the first
-    /// three run on it, then again on the exact graph, before `saving`.
+    /// the heads have a graph of their own (`classify.model_file`), these run
+    /// on it and the head is ready after them; its training on the exact
+    /// graph follows (`graphs` of `GET /heads/{name}` says where it stands).
     pub phase: Option<String>,
     /// Progress of the phase: texts or fits done, of `total`.
     pub done: usize,
@@ -348,7 +349,7 @@ fn run_job(trainer: &Trainer, statuses: &Statuses, job: Job) {
         s.started_unix = Some(unix_now());
     });
     tracing::info!(head = %job.name, request_id = %job.request_id, examples = job.prepared.examples(), "head training started");
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_job(trainer, statuses, &job)))
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_job(trainer, Some(statuses), &job)))
         .unwrap_or_else(|panic| Err(anyhow!("training panicked: {}", crate::telemetry::panic_message(&*panic))));
     let seconds = started.elapsed().as_secs_f64();
     match outcome {
@@ -364,7 +365,18 @@ fn run_job(trainer: &Trainer, statuses: &Statuses, job: Job) {
                 seconds = format!("{seconds:.1}"),
                 "head trained over the API is ready"
             );
-            trainer.heads.insert(Head::Logistic(head));
+            let (heads_graph, exact) = (trainer.runtimes.heads_encoder(), &trainer.runtimes.encoder);
+            let compare = heads_graph.info.fingerprint != exact.info.fingerprint;
+            if compare {
+                trainer.heads.set_graph_phases(
+                    job.name.as_str(),
+                    vec![
+                        GraphPhase { graph: heads_graph.info.file.clone(), phase: GraphState::Served },
+                        GraphPhase { graph: exact.info.file.clone(), phase: GraphState::Training },
+                    ],
+                );
+            }
+            trainer.heads.insert(Head::Logistic(head.clone()));
             trainer.metrics.record_training("ready", started.elapsed());
             update(statuses, &job.name, |s| {
                 s.state = JobState::Ready;
@@ -373,6 +385,9 @@ fn run_job(trainer: &Trainer, statuses: &Statuses, job: Job) {
                 s.seconds = Some(seconds);
                 s.version = Some(version);
             });
+            if compare {
+                compare_on_exact_graph(trainer, &job, head);
+            }
         }
         Err(e) => {
             // Shown on a public route: the heads folder by its setting's name, not its path.
@@ -394,32 +409,58 @@ fn search_threads(setting: usize) -> Option<usize> {
     (setting > 0).then_some(setting)
 }
 
-/// Extract, search, evaluate, save: the head, published and active on disk.
-/// Where the heads have a graph of their own (`classify.model_file`, e.g.
-/// int8), the head is trained on it and on the exact graph, as at startup, and
-/// [`GraphChoice`] picks the one served: both are saved, the served one last.
-fn train_job(trainer: &Trainer, statuses: &Statuses, job: &Job) -> anyhow::Result<LogisticHead> {
-    let (heads_graph, exact) = (trainer.runtimes.heads_encoder(), &trainer.runtimes.encoder);
-    let head = train_job_on(trainer, statuses, job, heads_graph)?;
-    let (mut served, other) = if heads_graph.info.fingerprint == exact.info.fingerprint {
-        (head, None)
-    } else {
-        let exact_head = train_job_on(trainer, statuses, job, exact)?;
-        let (served, other) = GraphChoice::settle(&heads_graph.info.file, head, &exact.info.file, exact_head);
-        (served, Some(other))
-    };
-    update(statuses, &job.name, |s| s.phase = Some("saving".into()));
-    if let Some(mut other) = other {
-        save_head(&mut other, &trainer.store)?;
+/// Extract, search, evaluate, save: the head, published and active on disk,
+/// trained on the heads' graph (`classify.model_file`, e.g. int8, where the
+/// heads have one). It is served from then on; the exact graph's comparison
+/// runs after ([`compare_on_exact_graph`]).
+fn train_job(trainer: &Trainer, statuses: Option<&Statuses>, job: &Job) -> anyhow::Result<LogisticHead> {
+    let mut head = train_job_on(trainer, statuses, job, trainer.runtimes.heads_encoder())?;
+    if let Some(statuses) = statuses {
+        update(statuses, &job.name, |s| s.phase = Some("saving".into()));
     }
-    save_head(&mut served, &trainer.store)?;
-    Ok(served)
+    save_head(&mut head, &trainer.store)?;
+    Ok(head)
+}
+
+/// `first`, served on the heads' graph, against the same upload trained on the
+/// exact graph ([`settle_graphs`]): the better is served, swapped in if it is
+/// the exact graph's, both kept; `GET /heads/{name}` says where each graph
+/// stands meanwhile. A failure leaves `first` served (logged).
+fn compare_on_exact_graph(trainer: &Trainer, job: &Job, first: LogisticHead) {
+    let (heads_graph, exact) = (trainer.runtimes.heads_encoder(), &trainer.runtimes.encoder);
+    let phases = |first_phase: GraphState, exact_phase: GraphState| {
+        vec![
+            GraphPhase { graph: heads_graph.info.file.clone(), phase: first_phase },
+            GraphPhase { graph: exact.info.file.clone(), phase: exact_phase },
+        ]
+    };
+    let compared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let exact_head = train_job_on(trainer, None, job, exact)?;
+        settle_graphs(&trainer.store, first, &heads_graph.info.file, exact_head, &exact.info.file)
+    }))
+    .unwrap_or_else(|panic| Err(anyhow!("training panicked: {}", crate::telemetry::panic_message(&*panic))));
+    match compared {
+        Ok(served) => {
+            let on_heads_graph = served.encoder.fingerprint == heads_graph.info.fingerprint;
+            let (first_phase, exact_phase) = if on_heads_graph {
+                (GraphState::Served, GraphState::Kept)
+            } else {
+                (GraphState::Kept, GraphState::Served)
+            };
+            trainer.heads.set_graph_phases(job.name.as_str(), phases(first_phase, exact_phase));
+            trainer.heads.insert(Head::Logistic(served));
+        }
+        Err(e) => {
+            tracing::error!(head = %job.name, error = %format!("{e:#}"), "comparing the head on the exact graph failed; it stays served on the heads' graph");
+            trainer.heads.set_graph_phases(job.name.as_str(), phases(GraphState::Served, GraphState::Failed));
+        }
+    }
 }
 
 /// The head trained on `encoder`'s features of the upload, with its test metrics.
 fn train_job_on(
     trainer: &Trainer,
-    statuses: &Statuses,
+    statuses: Option<&Statuses>,
     job: &Job,
     encoder: &Inference,
 ) -> anyhow::Result<LogisticHead> {
@@ -429,8 +470,10 @@ fn train_job_on(
     let seconds: (&[String], &[String]) = p.pairs.as_ref().map_or((&[], &[]), |(a, b)| (a, b));
     let texts: Vec<String> =
         p.train_texts.iter().chain(&p.test_texts).chain(seconds.0).chain(seconds.1).cloned().collect();
-    let progress =
-        Progress::new(format!("{}/upload", job.name)).observed(phase_reporter(statuses, &job.name, "extracting"));
+    let mut progress = Progress::new(format!("{}/upload", job.name));
+    if let Some(statuses) = statuses {
+        progress = progress.observed(phase_reporter(statuses, &job.name, "extracting"));
+    }
     let mut source = encoder.queued_encoder();
     let layer_options = layer_options_of(&job.name, &p.options.layers, &encoder.info)?;
     let layers = layers_to_extract(&layer_options, encoder.info.last_layer());
@@ -454,7 +497,7 @@ fn train_job_on(
         alphas: p.options.alphas.clone(),
         max_iterations: settings.max_iterations,
         selection: selection_of(p.options.cv_folds),
-        progress: Some(phase_reporter(statuses, &job.name, "searching")),
+        progress: statuses.map(|statuses| phase_reporter(statuses, &job.name, "searching")),
         threads: search_threads(settings.search_threads),
         class_weight: p.class_weight.clone(),
         time_budget: p.options.time_budget,
@@ -480,7 +523,9 @@ fn train_job_on(
             train_single_label_job(job, &config, train, test, &encoder.info)?
         }
     };
-    update(statuses, &job.name, |s| s.phase = Some("evaluating".into()));
+    if let Some(statuses) = statuses {
+        update(statuses, &job.name, |s| s.phase = Some("evaluating".into()));
+    }
     head.description = job.description.clone();
     head.min_probability = p.options.min_probability;
     head.training.upload = Some(UploadRecord {

@@ -8,7 +8,8 @@
 //!   and on reload;
 //! - `classify`: the `/classify` pipeline;
 //! - `logistic`: the head file, probabilities, explanations;
-//! - `search`: training (the search over feature sets and alphas);
+//! - `search`: training (the search over feature sets and alphas), its fits
+//!   by `solver`;
 //!   `multi_label`: one-vs-rest heads; `training`: from settings and a data
 //!   set to a saved head; `scores`: accuracy, F1, calibration, McNemar;
 //! - `store`: versions, rollback, delete, locks across replicas;
@@ -25,6 +26,7 @@ pub mod onnx;
 pub mod registry;
 pub mod scores;
 pub mod search;
+mod solver;
 pub mod store;
 pub mod training;
 pub mod upload;
@@ -35,7 +37,7 @@ use onnx::OnnxHead;
 
 pub use classify::{classify, classify_served, Classified, ClassifyInput, Explained};
 pub use loading::{load_configured, load_logistic, load_logistic_for_encoder, load_one, StartupHeads};
-pub use registry::{Heads, Lookup, SyncReport};
+pub use registry::{GraphPhase, GraphState, Heads, Lookup, SyncReport};
 
 pub enum Head {
     Logistic(LogisticHead),

@@ -19,6 +19,31 @@ pub enum Lookup {
     Failed(String),
 }
 
+/// Where one graph of the model stands for a head. Where the heads have a
+/// graph of their own (`classify.model_file`), a head is served on it as soon
+/// as it is trained there, then trained on the exact graph, and the better of
+/// the two by held-out accuracy is served (the heads' graph unless it is more
+/// than 0.5 points lower).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct GraphPhase {
+    /// The graph's file in the model's folder.
+    pub graph: String,
+    pub phase: GraphState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphState {
+    /// The head answers `/classify` on this graph.
+    Served,
+    /// The head is being trained on this graph, to be compared with the served one.
+    Training,
+    /// Trained and compared, kept in the folder's history, not served.
+    Kept,
+    /// Its training failed (logged); the served head stays.
+    Failed,
+}
+
 /// The heads being served.
 pub struct Heads {
     map: RwLock<BTreeMap<String, Arc<Head>>>,
@@ -31,6 +56,8 @@ pub struct Heads {
     failed: RwLock<BTreeMap<String, String>>,
     /// Why the last look at the heads folder failed (None: it worked).
     folder_error: std::sync::Mutex<Option<String>>,
+    /// Heads whose graphs are being compared on this replica, or were since it started.
+    graph_phases: std::sync::Mutex<BTreeMap<String, Vec<GraphPhase>>>,
 }
 
 impl Heads {
@@ -43,7 +70,18 @@ impl Heads {
             configured,
             failed: RwLock::new(BTreeMap::new()),
             folder_error: Default::default(),
+            graph_phases: Default::default(),
         }
+    }
+
+    /// Records where each graph stands for head `name` (see [`GraphPhase`]).
+    pub fn set_graph_phases(&self, name: &str, phases: Vec<GraphPhase>) {
+        self.graph_phases.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), phases);
+    }
+
+    /// Where each graph stands for head `name`, when a comparison ran on this replica.
+    pub fn graph_phases(&self, name: &str) -> Option<Vec<GraphPhase>> {
+        self.graph_phases.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
 
     // The lock policy of the whole crate: a panic while a lock was held leaves

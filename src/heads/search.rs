@@ -108,6 +108,7 @@ impl Scaler {
     }
 }
 
+#[derive(Debug, Clone)]
 pub(super) struct Fitted {
     pub(super) weights: Array2<f64>, // [features, classes]
     pub(super) intercept: Array1<f64>,
@@ -184,11 +185,32 @@ macro_rules! fit_in {
         }
     };
 }
-// The search's many fits: single precision halves the memory traffic of every
-// pass over the data, which is what a fit spends its time on (the default
-// head's search took 112 s instead of 153 s, with the same choice and test
-// accuracy).
-fit_in!(fit_f32, f32);
+/// A fit of the search (many per head): [`super::solver`]'s, in single
+/// precision, the rows converted once per call (the search's alpha paths
+/// convert them once per path with [`super::solver::Rows`] instead).
+pub(super) fn fit_f32(
+    x: &Array2<f64>,
+    y: &[usize],
+    classes: usize,
+    alpha: f64,
+    max_iterations: u64,
+    warm: Option<&Fitted>,
+) -> anyhow::Result<Fitted> {
+    search_fit(&super::solver::Rows::of(x), y, classes, alpha, max_iterations, warm)
+}
+
+/// One fit of the search on rows already converted, with linfa's stopping rule.
+pub(super) fn search_fit(
+    rows: &super::solver::Rows,
+    y: &[usize],
+    classes: usize,
+    alpha: f64,
+    max_iterations: u64,
+    warm: Option<&Fitted>,
+) -> anyhow::Result<Fitted> {
+    let tolerance = GRADIENT_TOLERANCE_PER_ROW * y.len().max(1) as f64;
+    super::solver::fit(rows, y, classes, alpha, max_iterations, tolerance, warm)
+}
 // The final fit: in single precision it failed on all-mpnet-base-v2's features
 // from a cold start (every prediction one class), in double it does not; it is one fit.
 fit_in!(fit_f64, f64);
@@ -376,7 +398,16 @@ pub fn train(
     let calibration = calibrate(&search, &scores, &best);
     let (set, weighting) = search.index_of(&best);
     let class_weights = search.weightings[weighting].clone();
-    let (fit, metrics) = fit_chosen(&search, set, labels, &best, class_weights.as_ref(), config)?;
+    let searched = started.elapsed();
+    let warm = folds_mean(&search, &scores, &best);
+    let (fit, metrics) = fit_chosen(&search, set, labels, &best, class_weights.as_ref(), config, &warm)?;
+    tracing::info!(
+        head = name,
+        feature_sets = search.sets.len(),
+        search_seconds = searched.as_secs_f64(),
+        final_fit_seconds = (started.elapsed() - searched).as_secs_f64(),
+        "head searched and fitted"
+    );
     let suspects = suspects(&search, &scores, &best, calibration.temperature, labels, &train, validation.as_ref());
 
     let training = TrainingRecord {
@@ -413,10 +444,11 @@ fn fit_chosen(
     best: &Candidate,
     class_weights: Option<&ClassWeights>,
     config: &TrainConfig,
+    warm: &Fitted,
 ) -> anyhow::Result<(FinalFit, HeadMetrics)> {
     let classes = labels.len();
     let (scaler, fitted, fit_pred) =
-        final_fit(&search.fit[set], &search.fit_labels, classes, best, class_weights, config)?;
+        final_fit(&search.fit[set], &search.fit_labels, classes, best, class_weights, config, warm)?;
     let validation = match (&search.score[set], &search.score_labels) {
         (Some(x), Some(y)) => Some(Scores::compute(labels, y, &score(&fitted, &scaler.apply(x), y).2)),
         _ => None,
@@ -524,9 +556,10 @@ pub(super) fn check_config(config: &TrainConfig) -> anyhow::Result<()> {
 /// One (layers, pooling) pair the search tries.
 pub(super) type FeatureSet = (Option<LayerSelection>, FeaturePooling);
 
-/// A fit's accuracy and log-loss on its held-out rows, and those rows' logits
-/// with their labels (what the temperature is fitted on, for the chosen one).
-type Scored = (f64, f64, Array2<f64>, Vec<usize>);
+/// A fit's accuracy and log-loss on its held-out rows, those rows' logits
+/// with their labels (what the temperature is fitted on, for the chosen one),
+/// and the fit itself (where the final fit starts from, for the chosen one).
+type Scored = (f64, f64, Array2<f64>, Vec<usize>, Fitted);
 
 /// Scores of each alpha path by (feature set, fold, weighting, alpha's bits).
 type PathScores = BTreeMap<(usize, usize, usize, u64), Scored>;
@@ -731,16 +764,16 @@ fn score_alpha_paths(search: &SearchData, config: &TrainConfig, classes: usize) 
             let (fit_x, fit_y, score_x, score_y) = search.split(set, fold);
             let (fit_x, fit_y) = weighed(fit_x, fit_y, search.weightings[w].as_ref());
             let scaler = Scaler::fit(&fit_x);
-            let (fit_x, scaled) = (scaler.apply(&fit_x), scaler.apply(&score_x));
+            let (fit_x, scaled) = (super::solver::Rows::of(&scaler.apply(&fit_x)), scaler.apply(&score_x));
             let mut previous: Option<Fitted> = None;
             let mut path = Vec::with_capacity(alphas_down.len());
             for &alpha in &alphas_down {
-                let fitted = fit_f32(&fit_x, &fit_y, classes, alpha, config.max_iterations, previous.as_ref())?;
+                let fitted = search_fit(&fit_x, &fit_y, classes, alpha, config.max_iterations, previous.as_ref())?;
                 let (accuracy, log_loss, _) = score(&fitted, &scaled, &score_y);
                 if let Some(progress) = &config.progress {
                     progress.call(fits_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, fits);
                 }
-                path.push((alpha, (accuracy, log_loss, fitted.logits(&scaled), score_y.clone())));
+                path.push((alpha, (accuracy, log_loss, fitted.logits(&scaled), score_y.clone(), fitted.clone())));
                 previous = Some(fitted);
             }
             Ok(path)
@@ -777,7 +810,7 @@ fn candidates(
                 let (mut accuracy, mut log_loss) = (0.0, 0.0);
                 let (mut truth, mut predicted) = (Vec::new(), Vec::new());
                 for fold in 0..search.folds {
-                    let (a, l, logits, y) = &scores[&(set, fold, w, alpha.to_bits())];
+                    let (a, l, logits, y, _) = &scores[&(set, fold, w, alpha.to_bits())];
                     accuracy += a / search.folds as f64;
                     log_loss += l / search.folds as f64;
                     truth.extend_from_slice(y);
@@ -826,16 +859,30 @@ fn complete(search: &SearchData, config: &TrainConfig, scores: &PathScores, set:
 fn calibrate(search: &SearchData, scores: &PathScores, best: &Candidate) -> Calibration {
     let (set, w) = search.index_of(best);
     let held: Vec<&Scored> = (0..search.folds).map(|fold| &scores[&(set, fold, w, best.alpha.to_bits())]).collect();
-    let logits = ndarray::concatenate(Axis(0), &held.iter().map(|(_, _, z, _)| z.view()).collect::<Vec<_>>())
+    let logits = ndarray::concatenate(Axis(0), &held.iter().map(|(_, _, z, _, _)| z.view()).collect::<Vec<_>>())
         .expect("same width");
-    let labels: Vec<usize> = held.iter().flat_map(|(_, _, _, y)| y.iter().copied()).collect();
+    let labels: Vec<usize> = held.iter().flat_map(|(_, _, _, y, _)| y.iter().copied()).collect();
     fit_temperature(&logits, &labels)
 }
 
-/// The chosen candidate fitted on every row it was searched on (in double
-/// precision), with its predictions on those rows. A fit far below what the
-/// candidate scored held out did not converge: refused rather than published
-/// as a head that answers one class.
+/// The chosen candidate's fits of every fold averaged: close to the final
+/// fit's solution (the same alpha on a superset of each fold's rows, scaled
+/// nearly alike), so the final fit starts there.
+fn folds_mean(search: &SearchData, scores: &PathScores, best: &Candidate) -> Fitted {
+    let (set, w) = search.index_of(best);
+    let fits: Vec<&Fitted> = (0..search.folds).map(|fold| &scores[&(set, fold, w, best.alpha.to_bits())].4).collect();
+    let n = fits.len() as f64;
+    Fitted {
+        weights: fits.iter().fold(Array2::zeros(fits[0].weights.dim()), |sum, f| sum + &f.weights) / n,
+        intercept: fits.iter().fold(Array1::zeros(fits[0].intercept.len()), |sum, f| sum + &f.intercept) / n,
+    }
+}
+
+/// The chosen candidate fitted by linfa on every row it was searched on (in
+/// double precision), from `warm` brought nearer by the search's solver, with
+/// its predictions on those rows. A fit
+/// far below what the candidate scored held out did not converge: refused
+/// rather than published as a head that answers one class.
 fn final_fit(
     x: &Array2<f64>,
     y: &[usize],
@@ -843,10 +890,17 @@ fn final_fit(
     best: &Candidate,
     weights: Option<&ClassWeights>,
     config: &TrainConfig,
+    warm: &Fitted,
 ) -> anyhow::Result<(Scaler, Fitted, Vec<usize>)> {
     let (fit_x, fit_y) = weighed(x.clone(), y.to_vec(), weights);
     let scaler = Scaler::fit(&fit_x);
-    let fitted = fit_f64(&scaler.apply(&fit_x), &fit_y, classes, best.alpha, config.max_iterations, None)?;
+    let scaled = scaler.apply(&fit_x);
+    // The search's solver takes the folds' mean to the optimum on every row
+    // (single precision, one pass an evaluation); linfa's fit, in double
+    // precision, then starts next to its own optimum and needs few iterations.
+    let start =
+        search_fit(&super::solver::Rows::of(&scaled), &fit_y, classes, best.alpha, config.max_iterations, Some(warm))?;
+    let fitted = fit_f64(&scaled, &fit_y, classes, best.alpha, config.max_iterations, Some(&start))?;
     let (fit_accuracy, _, predictions) = score(&fitted, &scaler.apply(x), y);
     if fit_accuracy + 0.05 < best.accuracy {
         bail!(
@@ -884,7 +938,7 @@ fn suspects(
     let t = temperature.unwrap_or(1.0);
     let mut doubtful = Vec::new();
     for fold in 0..search.folds {
-        let (_, _, logits, y) = &scores[&(set, fold, w, best.alpha.to_bits())];
+        let (_, _, logits, y, _) = &scores[&(set, fold, w, best.alpha.to_bits())];
         for ((row, z), &label) in search.held_rows(fold).into_iter().zip(logits.rows()).zip(y) {
             let p = softmax(&z.iter().map(|v| v / t).collect::<Vec<_>>());
             if p[label] < 0.5 {

@@ -65,6 +65,13 @@ pub struct VersionEntry {
     pub encoder: Option<String>,
 }
 
+/// How [`HeadStore::publish_as`] records a version.
+#[derive(Debug, Clone, Copy)]
+pub struct Publish<'a> {
+    pub activate: bool,
+    pub replacing: Option<&'a str>,
+}
+
 /// Why a rollback did not happen; in each case nothing was switched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RollbackError {
@@ -176,6 +183,14 @@ impl HeadStore {
     /// file, then the history, then the active file; readers only follow the
     /// active file. Returns the version.
     pub fn publish(&self, head: &LogisticHead) -> anyhow::Result<String> {
+        self.publish_as(head, Publish { activate: true, replacing: None })
+    }
+
+    /// [`HeadStore::publish`], with what `how` says: whether the version
+    /// becomes the active one (a head kept beside the served one does not),
+    /// and which earlier version it takes the place of in the history (a head
+    /// served before the comparison of graphs, republished with its outcome).
+    pub fn publish_as(&self, head: &LogisticHead, how: Publish<'_>) -> anyhow::Result<String> {
         let name = HeadName::parse(&head.name)?;
         let _history = self.lock_history(&name)?;
         let version = version_of(head);
@@ -186,7 +201,10 @@ impl HeadStore {
             write_atomic(&file, &bytes)?;
         }
         let mut history = self.history(&name)?;
-        history.versions.retain(|v| v.version != version);
+        let replaced = how.replacing.filter(|r| *r != version);
+        let mut pruned: Vec<VersionEntry> =
+            history.versions.iter().filter(|v| Some(v.version.as_str()) == replaced).cloned().collect();
+        history.versions.retain(|v| v.version != version && Some(v.version.as_str()) != replaced);
         history.versions.push(VersionEntry {
             version: version.clone(),
             created_unix: head.created_unix,
@@ -194,7 +212,6 @@ impl HeadStore {
         });
         // Oldest first beyond `keep`, except each encoder's newest version:
         // switching encoders back and forth finds its own head again.
-        let mut pruned = Vec::new();
         let mut excess = history.versions.len().saturating_sub(self.keep);
         let mut i = 0;
         while excess > 0 && i < history.versions.len() {
@@ -208,7 +225,9 @@ impl HeadStore {
             }
         }
         self.write_history(&name, &history)?;
-        write_atomic(&self.active_path(&name), &bytes)?;
+        if how.activate {
+            write_atomic(&self.active_path(&name), &bytes)?;
+        }
         for old in pruned {
             let _ = std::fs::remove_file(dir.join(format!("{}.json", old.version)));
         }

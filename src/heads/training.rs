@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Context};
 
-use super::logistic::{head_path, EncoderStamp, LogisticHead, Selection};
+use super::logistic::{head_path, EncoderStamp, GraphChoice, LogisticHead, Selection};
 use super::scores::Scores;
 use super::search::{train, ClassWeight, LabelledFeatures, TrainConfig, TrainingData};
-use super::store::HeadStore;
+use super::store::{version_of, HeadStore, Publish};
 use crate::config::{HeadSettings, LabelWeighting, LayerSpec, PoolingChoice};
 use crate::data::{Dataset, Split};
 use crate::encoder::Encoder;
@@ -187,4 +187,30 @@ pub fn save_head(head: &mut LogisticHead, store: &HeadStore) -> anyhow::Result<s
     let path = head_path(store.dir(), &head.name)?;
     tracing::info!(head = %head.name, version = %version, path = %path.display(), "head saved");
     Ok(path)
+}
+
+/// The second half of a training where the heads have a graph of their own
+/// (`classify.model_file`): `first`, trained on the heads' graph, published
+/// and already served, is compared with `exact`, the same head trained on the
+/// exact graph ([`GraphChoice`]). The one not served is kept in the history
+/// (not active); the served one, with the comparison recorded, takes the place
+/// of `first`'s version and becomes active. Returns the served head.
+pub fn settle_graphs(
+    store: &HeadStore,
+    first: LogisticHead,
+    heads_graph: &str,
+    exact: LogisticHead,
+    exact_graph: &str,
+) -> anyhow::Result<LogisticHead> {
+    let first_version = version_of(&first);
+    let (mut served, mut other) = GraphChoice::settle(heads_graph, first, exact_graph, exact);
+    other.seal();
+    served.seal();
+    let context = |head: &LogisticHead| format!("cannot save head {}", head.name);
+    store.publish_as(&other, Publish { activate: false, replacing: None }).with_context(|| context(&other))?;
+    let version = store
+        .publish_as(&served, Publish { activate: true, replacing: Some(&first_version) })
+        .with_context(|| context(&served))?;
+    tracing::info!(head = %served.name, version = %version, "head saved after the comparison of graphs");
+    Ok(served)
 }

@@ -16,7 +16,7 @@ use super::types::{HeadDetail, HeadSummary, HeadsResponse, SuspectsResponse, Ver
 use super::AppState;
 use crate::config::HeadName;
 use crate::heads::jobs::JobState;
-use crate::heads::{Head, Lookup};
+use crate::heads::{GraphPhase, GraphState, Head, Lookup};
 
 /// The served head `name` (the default when None), or the error that says why not.
 pub fn lookup(state: &AppState, name: Option<&str>) -> Result<Arc<Head>, ApiError> {
@@ -128,6 +128,31 @@ pub async fn list_heads(State(state): State<AppState>) -> Json<HeadsResponse> {
     })
 }
 
+/// Where each graph stands for `head`: as recorded while its graphs were
+/// compared on this replica, else from its file's comparison, else the graph it is served on.
+fn graphs_of(state: &AppState, head: &Head) -> Vec<GraphPhase> {
+    if let Some(phases) = state.heads.graph_phases(head.name()) {
+        return phases;
+    }
+    match head {
+        Head::Logistic(h) => match &h.training.graph_choice {
+            Some(choice) => {
+                let other =
+                    if choice.on_heads_graph() { choice.exact_graph.clone() } else { choice.heads_graph.clone() };
+                vec![
+                    GraphPhase { graph: choice.served_on.clone(), phase: GraphState::Served },
+                    GraphPhase { graph: other, phase: GraphState::Kept },
+                ]
+            }
+            None => vec![GraphPhase {
+                graph: state.runtimes.encoder_for(&h.encoder.fingerprint).info.file.clone(),
+                phase: GraphState::Served,
+            }],
+        },
+        Head::Onnx(h) => vec![GraphPhase { graph: h.inference.info.file.clone(), phase: GraphState::Served }],
+    }
+}
+
 fn versions_of(state: &AppState, name: &str, active: &str) -> Vec<VersionDescription> {
     HeadName::parse(name)
         .ok()
@@ -168,6 +193,7 @@ pub async fn get_head(State(state): State<AppState>, Path(name): Path<String>) -
                 versions: Vec::new(),
                 description: None,
                 job,
+                graphs: graphs_of(&state, &head),
             };
             if let Head::Logistic(h) = &*head {
                 detail.encoder_stamp = serde_json::to_value(&h.encoder).ok();
@@ -208,6 +234,7 @@ pub async fn get_head(State(state): State<AppState>, Path(name): Path<String>) -
                     .unwrap_or_default(),
                 versions: versions_of(&state, &name, ""),
                 description: None,
+                graphs: state.heads.graph_phases(&name).unwrap_or_default(),
                 job: Some(job),
             }
         }

@@ -491,6 +491,12 @@ pub struct HeadDetail {
     pub job: Option<crate::heads::jobs::JobStatus>,
     /// Versions kept in the heads folder, oldest first; `version` is the active one.
     pub versions: Vec<VersionDescription>,
+    /// Where each graph of the model stands for this head: `served` on one;
+    /// where the heads have a graph of their own (`classify.model_file`), the
+    /// other is `training` (the head is served on the first graph meanwhile),
+    /// then `kept` (compared, not served) or `failed`.
+    #[serde(default)]
+    pub graphs: Vec<crate::heads::GraphPhase>,
     /// Given when the head was created.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,

@@ -439,6 +439,24 @@ async fn classify_pos_neg(server: &TestServer, head: Option<&str>) -> Value {
     answer
 }
 
+/// `GET /heads/{name}` once the head's graphs are compared (the head is
+/// served on the heads' graph as soon as it is trained there; the exact
+/// graph's training and the comparison follow): each graph `served` or `kept`.
+async fn compared(server: &TestServer, name: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let detail: Value = server.get(&format!("/heads/{name}")).await.json().await.unwrap();
+        let phases: Vec<&str> =
+            detail["graphs"].as_array().expect("graphs").iter().filter_map(|g| g["phase"].as_str()).collect();
+        assert!(!phases.contains(&"failed"), "{detail}");
+        if phases.len() == 2 && phases.iter().all(|p| *p == "served" || *p == "kept") {
+            return detail;
+        }
+        assert!(std::time::Instant::now() < deadline, "graphs not compared in 2 minutes: {detail}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Head `name`'s entry in `GET /heads`.
 async fn served_head(server: &TestServer, name: &str) -> Value {
     let heads: Value = server.get("/heads").await.json().await.unwrap();
@@ -531,6 +549,13 @@ async fn a_head_that_loses_accuracy_on_the_heads_graph_is_served_on_the_exact_on
     wait_ready(&server).await;
     let embed = server.post_json("/embed", json!({"inputs": "good"})).await;
     let exact_fingerprint = embed.headers()["x-encoder-fingerprint"].to_str().unwrap().to_string();
+    // Ready with the head on the heads' graph; the comparison then swaps in the exact graph's.
+    let detail = compared(&server, "toy").await;
+    assert_eq!(
+        detail["graphs"],
+        json!([{"graph": "model.int8.onnx", "phase": "kept"}, {"graph": "model.onnx", "phase": "served"}]),
+        "{detail}"
+    );
 
     let toy = served_head(&server, "toy").await;
     assert_eq!(toy["graph"], "model.onnx", "{toy}");
@@ -622,7 +647,21 @@ async fn a_head_trained_over_the_api_is_served_on_the_graph_that_keeps_its_accur
         assert!(std::time::Instant::now() < deadline, "not trained in 2 minutes: {detail}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    assert_eq!(detail["versions"].as_array().map(|v| v.len()), Some(2), "{detail}");
+    // Ready with the head of the heads' graph (the version the job made); then
+    // compared with the exact graph's head, which is swapped in, and the first
+    // version gives way to the two compared ones.
+    let first_version = detail["job"]["version"].as_str().expect("the job's version").to_string();
+    let detail = compared(&server, "uploaded").await;
+    assert_eq!(
+        detail["graphs"],
+        json!([{"graph": "model.int8.onnx", "phase": "kept"}, {"graph": "model.onnx", "phase": "served"}]),
+        "{detail}"
+    );
+    assert_ne!(detail["version"], first_version.as_str(), "{detail}");
+    let versions: Vec<&str> =
+        detail["versions"].as_array().unwrap().iter().filter_map(|v| v["version"].as_str()).collect();
+    assert_eq!(versions.len(), 2, "{detail}");
+    assert!(!versions.contains(&first_version.as_str()), "{detail}");
     let head = served_head(&server, "uploaded").await;
     assert_eq!(head["graph"], "model.onnx", "{head}");
     let reason = head["graph_reason"].as_str().expect("a reason");
