@@ -551,15 +551,15 @@ impl Settings {
         if self.training.max_labels < 2 {
             return Err(ConfigError::Invalid { key: "training.max_labels", problem: "must be at least 2".into() });
         }
-        if !(self.training.test_fraction > 0.0 && self.training.test_fraction < 1.0) {
-            return Err(ConfigError::Invalid {
-                key: "training.test_fraction",
-                problem: format!("must be between 0 and 1 (exclusive), got {}", self.training.test_fraction),
-            });
-        }
-        if self.training.cv_folds < 2 {
-            return Err(ConfigError::Invalid { key: "training.cv_folds", problem: "must be at least 2".into() });
-        }
+        let bound = |key: &'static str, check: Result<(), String>| {
+            check.map_err(|problem| ConfigError::Invalid {
+                key,
+                problem: format!("(a default of POST /heads): {problem}"),
+            })
+        };
+        bound("training.test_fraction", training_bounds::test_fraction(self.training.test_fraction))?;
+        bound("training.cv_folds", training_bounds::cv_folds(self.training.cv_folds))?;
+        bound("training.alphas", training_bounds::alphas(&self.training.alphas))?;
         if self.training.min_examples_per_label < self.training.cv_folds + 1 {
             return Err(ConfigError::Invalid {
                 key: "training.min_examples_per_label",
@@ -567,12 +567,6 @@ impl Settings {
                     "must be more than training.cv_folds ({}): each label needs a held-out example and one per fold",
                     self.training.cv_folds
                 ),
-            });
-        }
-        if self.training.alphas.is_empty() || self.training.alphas.iter().any(|a| !a.is_finite() || *a < 0.0) {
-            return Err(ConfigError::Invalid {
-                key: "training.alphas",
-                problem: "must be a non-empty list of finite non-negative numbers".into(),
             });
         }
         if self.batching.queue_capacity_tokens < self.limits.max_request_tokens {
@@ -622,6 +616,11 @@ impl Settings {
                     problem: format!("heads.{name}.{field} is required for a head of kind {:?}", head.kind),
                 });
             }
+            // cv_folds 0: chosen on the validation split instead.
+            let folds = if head.cv_folds == 0 { Ok(()) } else { training_bounds::cv_folds(head.cv_folds) };
+            if let Err(problem) = folds.and_then(|()| training_bounds::alphas(&head.alphas)) {
+                return Err(ConfigError::Invalid { key: "heads", problem: format!("heads.{name}: {problem}") });
+            }
         }
         for origin in &self.security.cors_allowed_origins {
             if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
@@ -645,6 +644,48 @@ impl Settings {
                     self.batching.max_batch_tokens, self.model.max_tokens
                 ),
             });
+        }
+        Ok(())
+    }
+}
+
+/// The bounds of the training options, one table for every door: the
+/// `[training]` settings (the defaults of `POST /heads`, so checked at start:
+/// a default the API would refuse stops the service instead of failing every
+/// upload), `[heads.<name>]` and the options of `POST /heads`. Each check says
+/// what the bound is.
+pub mod training_bounds {
+    pub const MAX_ALPHAS: usize = 20;
+    pub const MIN_FOLDS: usize = 2;
+    pub const MAX_FOLDS: usize = 20;
+    /// At most half of an upload is held out for the test report.
+    pub const MAX_TEST_FRACTION: f64 = 0.5;
+
+    pub fn alphas(alphas: &[f64]) -> Result<(), String> {
+        if alphas.is_empty() || alphas.len() > MAX_ALPHAS || alphas.iter().any(|a| !a.is_finite() || *a < 0.0) {
+            return Err(format!("alphas must be 1 to {MAX_ALPHAS} finite non-negative numbers, got {alphas:?}"));
+        }
+        Ok(())
+    }
+
+    /// Alphas spread over a range (`alpha_grid`): 2 to [`MAX_ALPHAS`].
+    pub fn alpha_grid(n: usize) -> Result<(), String> {
+        if !(2..=MAX_ALPHAS).contains(&n) {
+            return Err(format!("alpha_grid must be 2 to {MAX_ALPHAS}, got {n}"));
+        }
+        Ok(())
+    }
+
+    pub fn cv_folds(folds: usize) -> Result<(), String> {
+        if !(MIN_FOLDS..=MAX_FOLDS).contains(&folds) {
+            return Err(format!("cv_folds must be {MIN_FOLDS} to {MAX_FOLDS}, got {folds}"));
+        }
+        Ok(())
+    }
+
+    pub fn test_fraction(fraction: f64) -> Result<(), String> {
+        if !(fraction > 0.0 && fraction <= MAX_TEST_FRACTION) {
+            return Err(format!("test_fraction must be more than 0 and at most {MAX_TEST_FRACTION}, got {fraction}"));
         }
         Ok(())
     }
@@ -829,6 +870,32 @@ mod tests {
         let env = env_of(&[("HEADS__EXTRA__KIND", "onnx")]);
         let err = Settings::load_with_env(None, &Overrides::default(), env).unwrap_err().to_string();
         assert!(err.contains("heads.extra.model_dir"), "{err}");
+    }
+
+    /// A `[training]` default that `POST /heads` would refuse stops the start,
+    /// naming the key and the bound, instead of failing every upload with 422.
+    #[test]
+    fn training_defaults_outside_the_uploads_bounds_are_refused_at_start() {
+        let cases = [
+            ("TRAINING__TEST_FRACTION", "0.6", "training.test_fraction", "at most 0.5"),
+            ("TRAINING__CV_FOLDS", "30", "training.cv_folds", "2 to 20"),
+            ("TRAINING__ALPHAS", &format!("[{}]", vec!["1.0"; 21].join(",")), "training.alphas", "1 to 20"),
+            ("HEADS__SENTIMENT__CV_FOLDS", "1", "heads.sentiment", "2 to 20"),
+        ];
+        for (variable, value, key, bound) in cases {
+            let err = Settings::load_with_env(None, &Overrides::default(), env_of(&[(variable, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(bound), "{variable}={value}: {err}");
+        }
+        // The bounds themselves: what uploads accept, the settings accept.
+        let env = env_of(&[
+            ("TRAINING__TEST_FRACTION", "0.5"),
+            ("TRAINING__CV_FOLDS", "20"),
+            ("TRAINING__MIN_EXAMPLES_PER_LABEL", "21"),
+        ]);
+        let s = Settings::load_with_env(None, &Overrides::default(), env).unwrap();
+        assert_eq!((s.training.test_fraction, s.training.cv_folds), (0.5, 20));
     }
 
     #[test]

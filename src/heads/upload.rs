@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::logistic::LabelCount;
 use super::search::{ClassWeight, MAX_WEIGHT_RATIO};
-use crate::config::{PoolingChoice, TrainingSettings};
+use crate::config::{training_bounds, PoolingChoice, TrainingSettings};
 
 /// One uploaded example.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,15 +154,12 @@ impl Prepared {
     }
 }
 
-const MAX_ALPHAS: usize = 20;
 const MAX_TIME_BUDGET_S: f64 = 3600.0;
 
 /// `n` alphas spaced evenly in log scale from the smallest positive to the
 /// largest of `configured` (`[training] alphas`).
 fn alpha_grid(configured: &[f64], n: usize) -> Result<Vec<f64>, UploadError> {
-    if !(2..=MAX_ALPHAS).contains(&n) {
-        return Err(invalid("invalid_option", format!("alpha_grid must be 2 to {MAX_ALPHAS}, got {n}")));
-    }
+    training_bounds::alpha_grid(n).map_err(|e| invalid("invalid_option", e))?;
     let positive = configured.iter().copied().filter(|a| *a > 0.0);
     let (lo, hi) = positive.fold((f64::INFINITY, 0.0f64), |(lo, hi), a| (lo.min(a), hi.max(a)));
     if !(lo.is_finite() && hi > lo) {
@@ -177,7 +174,6 @@ fn alpha_grid(configured: &[f64], n: usize) -> Result<Vec<f64>, UploadError> {
 
 /// The label `/classify` answers when the top probability is below `min_probability`.
 pub const ABSTAIN: &str = "abstain";
-const MAX_FOLDS: usize = 20;
 /// Most hidden-state options one training may search.
 const MAX_LAYER_OPTIONS: usize = 8;
 
@@ -190,12 +186,7 @@ fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, Upl
         (None, Some(n)) => alpha_grid(&limits.alphas, n)?,
         (None, None) => limits.alphas.clone(),
     };
-    if alphas.is_empty() || alphas.len() > MAX_ALPHAS || alphas.iter().any(|a| !a.is_finite() || *a < 0.0) {
-        return Err(invalid(
-            "invalid_option",
-            format!("alphas must be 1 to {MAX_ALPHAS} finite non-negative numbers, got {alphas:?}"),
-        ));
-    }
+    training_bounds::alphas(&alphas).map_err(|e| invalid("invalid_option", e))?;
     let layers = match &options.layers {
         None => limits.layers.clone(),
         Some(specs) => {
@@ -213,16 +204,9 @@ fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, Upl
         }
     };
     let cv_folds = options.cv_folds.unwrap_or(limits.cv_folds);
-    if !(2..=MAX_FOLDS).contains(&cv_folds) {
-        return Err(invalid("invalid_option", format!("cv_folds must be 2 to {MAX_FOLDS}, got {cv_folds}")));
-    }
+    training_bounds::cv_folds(cv_folds).map_err(|e| invalid("invalid_option", e))?;
     let test_fraction = options.test_fraction.unwrap_or(limits.test_fraction);
-    if !(test_fraction > 0.0 && test_fraction <= 0.5) {
-        return Err(invalid(
-            "invalid_option",
-            format!("test_fraction must be more than 0 and at most 0.5, got {test_fraction}"),
-        ));
-    }
+    training_bounds::test_fraction(test_fraction).map_err(|e| invalid("invalid_option", e))?;
     if let Some(p) = options.min_probability {
         if !(0.0..=1.0).contains(&p) {
             return Err(invalid("invalid_option", format!("min_probability must be between 0 and 1, got {p}")));
