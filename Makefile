@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: bench-train bench-classify-graphs bench-flops bench-classify-memory bench-heads-tasks bench-clients image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
+.PHONY: bench-train bench-first-start bench-classify-graphs bench-flops bench-classify-memory bench-heads-tasks bench-clients image container-test bench-container bench-heads attack worst-request bench-admission setup test-deps run test contract soak fuzz check-cuda fixtures latency parity bench bench-extraction openapi
 
 # MODEL=all-mpnet-base-v2 (or distilbert-base-shaped) sets that encoder up too.
 MODEL ?=
@@ -114,6 +114,12 @@ bench-classify-memory: setup
 bench-train: setup
 	$(CARGO) build --release
 	"$$(scripts/python-env.sh)" bench/train_speed.py --bin target/release/distilserve $(if $(FULL),--full)
+
+# A first start as a fresh clone has it (empty heads folder and feature cache):
+# seconds to ready, to the first /classify and to the comparison of graphs.
+bench-first-start: setup
+	$(CARGO) build --release
+	python3 bench/first_start.py --bin target/release/distilserve
 
 # A 3-class head trained over the API on 2,000 sentences of an unseen data set
 # while single sentences arrive at 10/s: upload to ready, their p50/p99 (bench/heads_api.py).

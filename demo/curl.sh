@@ -2,14 +2,14 @@
 # Every route of a running distilserve, with curl and readable output.
 #   make run            # in another terminal (or any deployment)
 #   demo/curl.sh [BASE_URL]        default http://localhost:8080
-# With an API key: DISTILSERVE_API_KEY=... demo/curl.sh
-# With the admin key (DISTILSERVE_ADMIN_KEY=..., the value the service was
+# With an API key: DISTILSERVE_SECURITY__API_KEY=... demo/curl.sh (the variables the service reads)
+# With the admin key (DISTILSERVE_SECURITY__ADMIN_KEY=..., the value the service was
 # started with) it also trains a head from a CSV, watches it, classifies with
 # it and deletes it.
 set -euo pipefail
 BASE="${1:-http://localhost:8080}"
 AUTH=()
-[ -n "${DISTILSERVE_API_KEY:-}" ] && AUTH=(-H "authorization: Bearer $DISTILSERVE_API_KEY")
+[ -n "${DISTILSERVE_SECURITY__API_KEY:-}" ] && AUTH=(-H "authorization: Bearer $DISTILSERVE_SECURITY__API_KEY")
 if command -v jq >/dev/null; then pretty() { jq "${1:-.}"; }; else pretty() { python3 -m json.tool; }; fi
 
 step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "$2"; }
@@ -32,8 +32,8 @@ step "why: each token's part of the answer" "curl $BASE/classify -d '{\"inputs\"
 post /classify '{"inputs": "a gripping, funny film", "explain": true}' \
   | pretty '.predictions[0] | {label: .label, exact: .explanation.exact, tokens: [.explanation.tokens[] | "\(.text) \(.parts | map_values(. * 100 | round / 100) | tostring)"]}' 2>/dev/null || true
 
-if [ -n "${DISTILSERVE_ADMIN_KEY:-}" ]; then
-  ADMIN=(-H "authorization: Bearer $DISTILSERVE_ADMIN_KEY")
+if [ -n "${DISTILSERVE_SECURITY__ADMIN_KEY:-}" ]; then
+  ADMIN=(-H "authorization: Bearer $DISTILSERVE_SECURITY__ADMIN_KEY")
   csv="$(mktemp)"
   # 300 labelled sentences: the first 150 of each label of the validation split.
   python3 - "$csv" <<'PY'

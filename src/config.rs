@@ -480,6 +480,7 @@ impl Settings {
 
     /// Defaults, then `file`, then the process environment, then `overrides`.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        check_variables(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()))?;
         Self::load_with_env(file, overrides, Env::prefixed(ENV_PREFIX))
     }
 
@@ -647,6 +648,88 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// `DISTILSERVE_` variables that are not settings (those are
+/// `DISTILSERVE_<SECTION>__<KEY>`): the command line's (`--config`, `extract
+/// --remote-api-key`), the set-up scripts' and the tests'.
+pub const OTHER_VARIABLES: &[&str] = &[
+    "CONFIG",
+    "REMOTE_API_KEY",
+    "CACHE",
+    "VENV",
+    "PYTHON",
+    "CLIENTS_PYTHON",
+    "BIN",
+    "IMAGE",
+    "SKIP_ROOT_TESTS",
+    "FAULT_PAUSE_BEFORE_RENAME_MS",
+];
+
+/// Refuses a `DISTILSERVE_` variable that is neither a setting's nor one of
+/// [`OTHER_VARIABLES`], naming the setting's variable it most likely meant: a
+/// `DISTILSERVE_ADMIN_KEY` would otherwise be ignored, and the service start
+/// without the key its operator set. (Unknown `SECTION__KEY` names are refused
+/// when the settings are read.)
+fn check_variables(names: impl Iterator<Item = String>) -> Result<(), ConfigError> {
+    for name in names {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        if rest.contains("__") || OTHER_VARIABLES.contains(&rest) {
+            continue;
+        }
+        return Err(ConfigError::Invalid {
+            key: "environment",
+            problem: format!(
+                "{name} is not a setting's variable (DISTILSERVE_<SECTION>__<KEY>, two underscores) nor one of \
+                 DISTILSERVE_{{{}}}; did you mean {}?",
+                OTHER_VARIABLES.join(","),
+                nearest_variable(rest)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The setting's variable nearest to `wrong` (a key of `config/default.toml`
+/// without its section, or misspelt): same key name first, else the fewest edits.
+fn nearest_variable(wrong: &str) -> String {
+    let defaults: serde_json::Value = Figment::from(Toml::string(DEFAULT_TOML)).extract().expect("the defaults parse");
+    let mut variables = Vec::new();
+    for (section, table) in defaults.as_object().into_iter().flatten() {
+        for (key, value) in table.as_object().into_iter().flatten() {
+            if !value.is_object() {
+                variables.push((
+                    key.to_uppercase(),
+                    format!("{ENV_PREFIX}{}__{}", section.to_uppercase(), key.to_uppercase()),
+                ));
+            }
+        }
+    }
+    let wrong = wrong.to_uppercase();
+    let distance = |(key, variable): &(String, String)| {
+        if *key == wrong {
+            0
+        } else {
+            1 + edits(&wrong, key).min(edits(&wrong, &variable[ENV_PREFIX.len()..]))
+        }
+    };
+    variables.iter().min_by_key(|v| distance(v)).map(|(_, v)| v.clone()).unwrap_or_default()
+}
+
+/// Levenshtein distance.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// The bounds of the training options, one table for every door: the
@@ -896,6 +979,22 @@ mod tests {
         ]);
         let s = Settings::load_with_env(None, &Overrides::default(), env).unwrap();
         assert_eq!((s.training.test_fraction, s.training.cv_folds), (0.5, 20));
+    }
+
+    /// A `DISTILSERVE_` variable the service does not read stops the start,
+    /// naming the variable it most likely meant; the others it knows pass.
+    #[test]
+    fn variables_that_are_no_setting_are_refused_with_the_nearest_setting() {
+        let refused = |name: &str| check_variables(std::iter::once(name.to_string())).unwrap_err().to_string();
+        let err = refused("DISTILSERVE_ADMIN_KEY");
+        assert!(
+            err.contains("DISTILSERVE_ADMIN_KEY") && err.contains("did you mean DISTILSERVE_SECURITY__ADMIN_KEY?"),
+            "{err}"
+        );
+        assert!(refused("DISTILSERVE_PORT").contains("DISTILSERVE_SERVER__PORT?"));
+        assert!(refused("DISTILSERVE_LOG_FORMAT").contains("DISTILSERVE_LOGGING__FORMAT?"));
+        let known = ["DISTILSERVE_CONFIG", "DISTILSERVE_CACHE", "DISTILSERVE_SERVER__PORT", "PATH", "DISTILSERVEX"];
+        assert!(check_variables(known.iter().map(|s| s.to_string())).is_ok());
     }
 
     #[test]

@@ -20,6 +20,48 @@ use crate::model::ModelInfo;
 use crate::pooling::{cls, mean, pair_features, FeaturePooling, Rows};
 use crate::runtimes::Runtimes;
 
+/// What a head answers when its top probability is below `min_probability`.
+pub const ABSTAIN: &str = "abstain";
+
+/// A head's decision on one text's probabilities: the one rule every route
+/// that classifies applies (`/classify`, TEI's predict routes), and what the
+/// predictions metric counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The most probable label.
+    pub best: usize,
+    /// Its probability was below `min_probability`: the answer is [`ABSTAIN`].
+    pub abstained: bool,
+    /// A multi-label head's labels at or over their thresholds, most probable first.
+    pub label_set: Option<Vec<usize>>,
+}
+
+impl Decision {
+    /// `min_probability`: the request's, else the head's own.
+    pub fn of(head: &Head, probabilities: &[f32], min_probability: Option<f32>) -> Decision {
+        let best = crate::pooling::argmax(probabilities.iter().copied());
+        let abstained = min_probability.or(head.min_probability()).is_some_and(|min| probabilities[best] < min);
+        let label_set = match head {
+            Head::Logistic(h) if h.multi_label.is_some() => {
+                let mut set = h.label_set(probabilities);
+                set.sort_by(|a, b| probabilities[*b].total_cmp(&probabilities[*a]));
+                Some(set)
+            }
+            _ => None,
+        };
+        Decision { best, abstained, label_set }
+    }
+
+    /// The label answered and counted: the most probable, or [`ABSTAIN`].
+    pub fn label<'a>(&self, labels: &'a [String]) -> &'a str {
+        if self.abstained {
+            ABSTAIN
+        } else {
+            &labels[self.best]
+        }
+    }
+}
+
 /// One `/classify` request, every option already checked.
 #[derive(Debug, Clone)]
 pub struct ClassifyInput {

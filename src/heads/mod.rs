@@ -35,7 +35,7 @@ use crate::config::HeadKind;
 use logistic::LogisticHead;
 use onnx::OnnxHead;
 
-pub use classify::{classify, classify_served, Classified, ClassifyInput, Explained};
+pub use classify::{classify, classify_served, Classified, ClassifyInput, Decision, Explained, ABSTAIN};
 pub use loading::{load_configured, load_logistic, load_logistic_for_encoder, load_one, StartupHeads};
 pub use registry::{GraphPhase, GraphState, Heads, Lookup, SyncReport};
 

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::logistic::LabelCount;
 use super::search::{ClassWeight, MAX_WEIGHT_RATIO};
+use super::ABSTAIN;
 use crate::config::{training_bounds, PoolingChoice, TrainingSettings};
 
 /// One uploaded example.
@@ -172,8 +173,6 @@ fn alpha_grid(configured: &[f64], n: usize) -> Result<Vec<f64>, UploadError> {
     Ok((0..n).map(|i| if i == n - 1 { hi } else { lo * (step * i as f64).exp() }).collect())
 }
 
-/// The label `/classify` answers when the top probability is below `min_probability`.
-pub const ABSTAIN: &str = "abstain";
 /// Most hidden-state options one training may search.
 const MAX_LAYER_OPTIONS: usize = 8;
 

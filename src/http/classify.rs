@@ -14,9 +14,7 @@ use super::types::{
 };
 use super::{timing_headers, AppState, ENCODER_FINGERPRINT, HEAD_VERSION};
 use crate::cost::CostLimits;
-use crate::heads::upload::ABSTAIN;
-use crate::heads::{classify_served, Classified, ClassifyInput, Explained, Head};
-use crate::pooling::argmax;
+use crate::heads::{classify_served, Classified, ClassifyInput, Decision, Explained, Head};
 use axum::http::HeaderValue;
 use axum::response::IntoResponse;
 use axum::response::Response;
@@ -98,7 +96,7 @@ pub async fn classify(
     let results: Vec<ClassifyResponse> = heads
         .iter()
         .zip(all)
-        .map(|(head, classified)| answer(&state, head, classified, request.min_probability.or(head.min_probability())))
+        .map(|(head, classified)| answer(&state, head, classified, request.min_probability))
         .collect();
     let versions = results.iter().map(|r| format!("{}={}", r.head, r.head_version)).collect::<Vec<_>>().join(",");
     let mut fingerprints_unique: Vec<&str> = Vec::new();
@@ -122,7 +120,7 @@ pub async fn classify(
 /// Most heads one `/classify` request may name in `heads`.
 const MAX_HEADS_PER_REQUEST: usize = 16;
 
-/// One head's part of an answer.
+/// One head's part of an answer; `min_probability` is the request's (else the head's own applies).
 fn answer(state: &AppState, head: &Head, classified: Classified, min_probability: Option<f32>) -> ClassifyResponse {
     let labels = head.labels();
     let mut explanations = classified.explanations.map(|e| e.into_iter());
@@ -130,19 +128,12 @@ fn answer(state: &AppState, head: &Head, classified: Classified, min_probability
         .probabilities
         .into_iter()
         .map(|p| {
-            let best = argmax(p.iter().copied());
-            let abstained = min_probability.is_some_and(|min| p[best] < min);
-            let label = if abstained { ABSTAIN.to_string() } else { labels[best].clone() };
+            let decision = Decision::of(head, &p, min_probability);
+            let label = decision.label(labels).to_string();
             state.metrics.record_prediction(head.name(), &label);
             let explanation = explanations.as_mut().and_then(Iterator::next).map(|e| explanation(head, labels, e));
-            let set = match head {
-                Head::Logistic(h) if h.multi_label.is_some() => {
-                    let mut set = h.label_set(&p);
-                    set.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
-                    Some(set.into_iter().map(|l| labels[l].clone()).collect())
-                }
-                _ => None,
-            };
+            let set = decision.label_set.as_ref().map(|set| set.iter().map(|&l| labels[l].clone()).collect());
+            let (best, abstained) = (decision.best, decision.abstained);
             Prediction {
                 label,
                 probability: p[best],

@@ -28,7 +28,7 @@ use super::types::{
 };
 use super::{timing_headers, AppState};
 use crate::cost::{AnswerFormat, CostLimits};
-use crate::heads::{classify_served, ClassifyInput, Head};
+use crate::heads::{classify_served, ClassifyInput, Decision, Head};
 use crate::inference::{EmbedOptions, Vectors};
 use crate::pooling::Pooling;
 use crate::tokenize::Truncation;
@@ -344,10 +344,13 @@ async fn labelled(
         .probabilities
         .into_iter()
         .map(|p| {
+            // TEI's answer has no abstention nor label sets: every label's
+            // score, most probable first; the metric counts the head's decision
+            // as /classify's does.
+            state.metrics.record_prediction(head.name(), Decision::of(head, &p, None).label(labels));
             let mut predictions: Vec<TeiPrediction> =
                 labels.iter().zip(p).map(|(label, score)| TeiPrediction { score, label: label.clone() }).collect();
             predictions.sort_by(|a, b| b.score.total_cmp(&a.score));
-            state.metrics.record_prediction(head.name(), &predictions[0].label);
             predictions
         })
         .collect())

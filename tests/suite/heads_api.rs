@@ -583,6 +583,32 @@ async fn calibration_is_reported_and_low_confidence_answers_abstain() {
         error_of(server.post_json("/classify", json!({"inputs": "x", "head": "cal", "min_probability": 1.5})).await)
             .await;
     assert_eq!(status, 422);
+
+    // Every route that classifies makes the head's decision: the same
+    // probabilities, and the predictions metric counts the same label (TEI's
+    // answer cannot say "abstain": it lists every label's score).
+    let counted = |metrics: &str, label: &str| -> u64 {
+        let line = format!("distilserve_head_predictions_total{{head=\"cal\",label=\"{label}\"}}");
+        metrics.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |v| v.trim().parse().unwrap())
+    };
+    let label = by_default["label"].as_str().unwrap().to_string();
+    assert_eq!(label == "abstain", top < 0.999, "{by_default}");
+    let before = counted(&server.get("/metrics").await.text().await.unwrap(), &label);
+    let tei_routes = [
+        ("/tei/heads/cal/predict", json!({"inputs": "chip and screen"})),
+        ("/tei/heads/cal", json!({"inputs": "chip and screen"})),
+    ];
+    for (route, body) in tei_routes {
+        let answer: Value = server.post_json(route, body).await.json().await.unwrap();
+        let scores = if answer.is_array() && answer[0].is_array() { answer[0].clone() } else { answer };
+        for entry in scores.as_array().expect("label scores") {
+            let ours = by_default["probabilities"][entry["label"].as_str().unwrap()].as_f64().unwrap();
+            assert!((entry["score"].as_f64().unwrap() - ours).abs() < 1e-6, "{route}: {entry} vs {by_default}");
+        }
+    }
+    let after = counted(&server.get("/metrics").await.text().await.unwrap(), &label);
+    assert_eq!(after - before, 2, "each TEI answer counted as {label:?}, as /classify counts it");
+
     let mut named_abstain = examples(10);
     for e in named_abstain.iter_mut().take(10) {
         e["label"] = json!("abstain");

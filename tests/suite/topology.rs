@@ -314,7 +314,7 @@ async fn remote_extraction_through_nginx_resumes_after_a_kill_and_equals_a_local
             .arg("--out")
             .arg(&remote_out)
             .args(["--remote", &format!("http://127.0.0.1:{nginx_port}")])
-            .env("DISTILSERVE_LOG_FORMAT", "text")
+            .env("DISTILSERVE_LOGGING__FORMAT", "text")
             .env("NO_COLOR", "1");
     };
     // Killed once about a third of its 375 shards are on disk.
