@@ -348,11 +348,17 @@ fn compare_on_exact_graph(state: &AppState, first: LogisticHead) {
             GraphPhase { graph: exact.info.file.clone(), phase: exact_phase },
         ]
     };
-    let compared = match kept {
+    let exact_head = match kept {
         Some(head) => Ok(head),
         None => train_on(state, exact, &name),
-    }
-    .and_then(|exact_head| settle_graphs(&state.store, first, &heads_graph.info.file, exact_head, &exact.info.file));
+    };
+    let compared = exact_head.map(|exact_head| {
+        let (served, saved) = settle_graphs(&state.store, first, &heads_graph.info.file, exact_head, &exact.info.file);
+        if let Err(e) = saved {
+            tracing::error!(head = %name, error = %format!("{e:#}"), "serving the compared head from memory only");
+        }
+        served
+    });
     match compared {
         Ok(served) => {
             let on_heads_graph = served.encoder.fingerprint == heads_graph.info.fingerprint;

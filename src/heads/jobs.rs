@@ -436,7 +436,12 @@ fn compare_on_exact_graph(trainer: &Trainer, job: &Job, first: LogisticHead) {
     };
     let compared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let exact_head = train_job_on(trainer, None, job, exact)?;
-        settle_graphs(&trainer.store, first, &heads_graph.info.file, exact_head, &exact.info.file)
+        let (served, saved) =
+            settle_graphs(&trainer.store, first, &heads_graph.info.file, exact_head, &exact.info.file);
+        if let Err(e) = saved {
+            tracing::error!(head = %job.name, error = %format!("{e:#}"), "serving the compared head from memory only");
+        }
+        anyhow::Ok(served)
     }))
     .unwrap_or_else(|panic| Err(anyhow!("training panicked: {}", crate::telemetry::panic_message(&*panic))));
     match compared {

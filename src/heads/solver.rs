@@ -280,7 +280,7 @@ fn axpy_f32(out: &mut [f32], scale: f32, x: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::heads::search::{fit_f64, Scaler};
+    use crate::heads::search::{fit_f64, penalised_loss, Scaler};
 
     /// Two or three noisy classes in 40 dimensions, standardised.
     fn problem(n: usize, classes: usize) -> (Array2<f64>, Vec<usize>) {
@@ -299,17 +299,6 @@ mod tests {
         (Scaler::fit(&x).apply(&x), y)
     }
 
-    fn loss(x: &Array2<f64>, y: &[usize], alpha: f64, f: &Fitted) -> f64 {
-        let z = x.dot(&f.weights) + &f.intercept;
-        let mut total = 0.0;
-        for (row, &label) in z.rows().into_iter().zip(y) {
-            let top = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let lse = top + row.iter().map(|v| (v - top).exp()).sum::<f64>().ln();
-            total += lse - row[label];
-        }
-        total + 0.5 * alpha * f.weights.iter().map(|w| w * w).sum::<f64>()
-    }
-
     #[test]
     fn reaches_linfas_optimum_from_cold_and_warm_starts() {
         for classes in [2, 3] {
@@ -320,7 +309,7 @@ mod tests {
             for alpha in [1000.0, 10.0, 1.0] {
                 let ours = fit(&rows, &y, classes, alpha, 300, tolerance, previous.as_ref()).unwrap();
                 let linfa = fit_f64(&x, &y, classes, alpha, 300, None).unwrap();
-                let (a, b) = (loss(&x, &y, alpha, &ours), loss(&x, &y, alpha, &linfa));
+                let (a, b) = (penalised_loss(&ours, &x, &y, alpha), penalised_loss(&linfa, &x, &y, alpha));
                 // Both stop at the same gradient norm, so the losses agree to
                 // about what that tolerance leaves (here 0.1%).
                 assert!(

@@ -194,23 +194,23 @@ pub fn save_head(head: &mut LogisticHead, store: &HeadStore) -> anyhow::Result<s
 /// and already served, is compared with `exact`, the same head trained on the
 /// exact graph ([`GraphChoice`]). The one not served is kept in the history
 /// (not active); the served one, with the comparison recorded, takes the place
-/// of `first`'s version and becomes active. Returns the served head.
+/// of `first`'s version and becomes active. Returns the served head, and
+/// whether it was saved (a head that cannot be written still serves from memory).
 pub fn settle_graphs(
     store: &HeadStore,
     first: LogisticHead,
     heads_graph: &str,
     exact: LogisticHead,
     exact_graph: &str,
-) -> anyhow::Result<LogisticHead> {
+) -> (LogisticHead, anyhow::Result<()>) {
     let first_version = version_of(&first);
     let (mut served, mut other) = GraphChoice::settle(heads_graph, first, exact_graph, exact);
     other.seal();
     served.seal();
-    let context = |head: &LogisticHead| format!("cannot save head {}", head.name);
-    store.publish_as(&other, Publish { activate: false, replacing: None }).with_context(|| context(&other))?;
-    let version = store
-        .publish_as(&served, Publish { activate: true, replacing: Some(&first_version) })
-        .with_context(|| context(&served))?;
-    tracing::info!(head = %served.name, version = %version, "head saved after the comparison of graphs");
-    Ok(served)
+    let saved = store
+        .publish_as(&other, Publish { activate: false, replacing: None })
+        .and_then(|_| store.publish_as(&served, Publish { activate: true, replacing: Some(&first_version) }))
+        .with_context(|| format!("cannot save head {}", served.name))
+        .map(|version| tracing::info!(head = %served.name, version = %version, "head saved after the comparison of graphs"));
+    (served, saved)
 }

@@ -1,6 +1,5 @@
 //! Routes about the service itself: `/health`, `/info`, the OpenAPI document.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -9,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 
 use super::types::{HealthResponse, InfoResponse, LimitsDescription, ModelDescription};
-use super::AppState;
+use super::{AppState, Readiness};
 use crate::metrics::{HeadLabels, CONTENT_TYPE};
 
 #[utoipa::path(
@@ -18,18 +17,13 @@ use crate::metrics::{HeadLabels, CONTENT_TYPE};
     tag = "service",
     responses(
         (status = 200, description = "Model and heads loaded, not draining: send traffic (also at `/health`)", body = HealthResponse),
-        (status = 503, description = "Heads still training or the model warming up at startup (`starting`), or shutting down (`draining`)", body = HealthResponse),
+        (status = 503, description = "Heads still training or the model warming up at startup (`starting`), shutting down (`draining`), or an inference worker dead (`worker_dead`; `/health/live` fails too)", body = HealthResponse),
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
-    // Never runs the model: a probe must stay cheap when the encoder is saturated.
-    if state.draining.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: "draining".into() }))
-    } else if !state.heads.ready() || state.warming.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: "starting".into() }))
-    } else {
-        (StatusCode::OK, Json(HealthResponse { status: "ok".into() }))
-    }
+    let readiness = state.readiness();
+    let code = if readiness == Readiness::Ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(HealthResponse { status: readiness.status().into() }))
 }
 
 #[utoipa::path(
@@ -79,9 +73,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         };
         metrics.head_info.get_or_create(&labels).set(1);
     }
-    let ready =
-        state.heads.ready() && !state.draining.load(Ordering::Relaxed) && !state.warming.load(Ordering::Relaxed);
-    metrics.ready.set(i64::from(ready));
+    metrics.ready.set(i64::from(state.readiness() == Readiness::Ready));
     let workers = state.runtimes.health();
     metrics.observe_process(workers.dead, workers.longest_call);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render())

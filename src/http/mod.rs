@@ -66,7 +66,45 @@ pub struct AppInner {
 #[derive(Clone)]
 pub struct AppState(Arc<AppInner>);
 
+/// Whether the service should get traffic: the one answer `/health/ready`,
+/// `/tei/health` and the `distilserve_ready` metric give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Heads still training at startup, or the model warming up.
+    Starting,
+    /// Shutting down: load balancers should stop sending.
+    Draining,
+    /// An inference worker died: requests to it would fail (liveness says restart).
+    WorkerDead,
+}
+
+impl Readiness {
+    /// The `status` the health routes answer.
+    pub fn status(self) -> &'static str {
+        match self {
+            Readiness::Ready => "ok",
+            Readiness::Starting => "starting",
+            Readiness::Draining => "draining",
+            Readiness::WorkerDead => "worker_dead",
+        }
+    }
+}
+
 impl AppState {
+    /// Never runs the model: a probe must stay cheap when the encoder is saturated.
+    pub fn readiness(&self) -> Readiness {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            Readiness::Draining
+        } else if !self.heads.ready() || self.warming.load(std::sync::atomic::Ordering::Relaxed) {
+            Readiness::Starting
+        } else if self.runtimes.health().dead > 0 {
+            Readiness::WorkerDead
+        } else {
+            Readiness::Ready
+        }
+    }
+
     pub fn new(runtimes: Arc<Runtimes>, heads: Heads, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let heads = Arc::new(heads);
         let store = HeadStore::of(&settings);

@@ -7,7 +7,6 @@
 //! their shapes; both run on the same encoder, queue and heads.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -532,11 +531,7 @@ pub async fn head_info(State(state): State<AppState>, Path(name): Path<String>) 
     )
 )]
 pub async fn health(State(state): State<AppState>) -> Result<StatusCode, TeiError> {
-    let ready = state.heads.ready()
-        && !state.draining.load(Ordering::Relaxed)
-        && !state.warming.load(Ordering::Relaxed)
-        && state.runtimes.health().dead == 0;
-    if ready {
+    if state.readiness() == super::Readiness::Ready {
         Ok(StatusCode::OK)
     } else {
         Err(TeiError(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "unhealthy")))

@@ -16,6 +16,15 @@ use common::{
 use distilserve::startup::Application;
 use serde_json::{json, Value};
 
+/// Readiness as `/tei/health` (status) and the `distilserve_ready` metric give
+/// it: one answer with `/health/ready`'s (`AppState::readiness`).
+async fn readiness_elsewhere(server: &TestServer) -> (u16, i64) {
+    let tei = server.get("/tei/health").await.status().as_u16();
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    let ready = metrics.lines().find_map(|l| l.strip_prefix("distilserve_ready ")).expect("distilserve_ready");
+    (tei, ready.trim().parse().unwrap())
+}
+
 #[tokio::test]
 async fn a_head_trained_at_startup_serves_and_is_loaded_after_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -28,6 +37,7 @@ async fn a_head_trained_at_startup_serves_and_is_loaded_after_a_restart() {
     let health = server.get("/health").await;
     assert_eq!(health.status(), 503);
     assert_eq!(health.json::<Value>().await.unwrap()["status"], "starting");
+    assert_eq!(readiness_elsewhere(&server).await, (503, 0), "/tei/health and distilserve_ready agree");
     assert_eq!(server.get("/health/live").await.status(), 200, "live while training");
     let (status, code, _) = error_of(server.post_json("/classify", json!({"inputs": "good"})).await).await;
     assert_eq!((status, code.as_str()), (503, "not_ready"));
@@ -36,6 +46,7 @@ async fn a_head_trained_at_startup_serves_and_is_loaded_after_a_restart() {
     assert_eq!(server.post_json("/embed", json!({"inputs": "good", "pooling": "cls"})).await.status(), 200);
 
     wait_ready(&server).await;
+    assert_eq!(readiness_elsewhere(&server).await, (200, 1), "/tei/health and distilserve_ready agree");
     let body: Value = server
         .post_json("/classify", json!({"inputs": ["good great fun", "bad dull boring"]}))
         .await
