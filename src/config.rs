@@ -652,7 +652,8 @@ impl Settings {
 
 /// `DISTILSERVE_` variables that are not settings (those are
 /// `DISTILSERVE_<SECTION>__<KEY>`): the command line's (`--config`, `extract
-/// --remote-api-key`), the set-up scripts' and the tests'.
+/// --remote-api-key`), the set-up scripts', `deploy/compose.yaml`'s (the
+/// image and the host's port) and the tests'.
 pub const OTHER_VARIABLES: &[&str] = &[
     "CONFIG",
     "REMOTE_API_KEY",
@@ -660,8 +661,9 @@ pub const OTHER_VARIABLES: &[&str] = &[
     "VENV",
     "PYTHON",
     "CLIENTS_PYTHON",
-    "BIN",
     "IMAGE",
+    "PORT",
+    "BIN",
     "SKIP_ROOT_TESTS",
     "FAULT_PAUSE_BEFORE_RENAME_MS",
 ];
@@ -674,7 +676,7 @@ pub const OTHER_VARIABLES: &[&str] = &[
 fn check_variables(names: impl Iterator<Item = String>) -> Result<(), ConfigError> {
     for name in names {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
-        if rest.contains("__") || OTHER_VARIABLES.contains(&rest) {
+        if rest.contains("__") || OTHER_VARIABLES.contains(&rest) || is_service_link(rest) {
             continue;
         }
         return Err(ConfigError::Invalid {
@@ -688,6 +690,28 @@ fn check_variables(names: impl Iterator<Item = String>) -> Result<(), ConfigErro
         });
     }
     Ok(())
+}
+
+/// Kubernetes gives a pod variables of every service in its namespace (unless
+/// `enableServiceLinks: false`): a service named `distilserve` (or
+/// `distilserve-...`) makes `DISTILSERVE_SERVICE_HOST`, `DISTILSERVE_SERVICE_PORT[_NAME]`,
+/// `DISTILSERVE_PORT` and `DISTILSERVE_PORT_8080_TCP[_PROTO|_PORT|_ADDR]`. `rest`
+/// is the name after the prefix.
+fn is_service_link(rest: &str) -> bool {
+    let parts: Vec<&str> = rest.split('_').collect();
+    let port_link = |p: &[&str]| match p {
+        ["PORT"] => true,
+        ["PORT", number, protocol, tail @ ..] => {
+            number.chars().all(|c| c.is_ascii_digit())
+                && ["TCP", "UDP", "SCTP"].contains(protocol)
+                && matches!(tail, [] | ["PROTO"] | ["PORT"] | ["ADDR"])
+        }
+        _ => false,
+    };
+    (0..parts.len()).any(|start| {
+        let p = &parts[start..];
+        matches!(p, ["SERVICE", "HOST"]) || p.starts_with(&["SERVICE", "PORT"]) || port_link(p)
+    })
 }
 
 /// The setting's variable nearest to `wrong` (a key of `config/default.toml`
@@ -991,10 +1015,24 @@ mod tests {
             err.contains("DISTILSERVE_ADMIN_KEY") && err.contains("did you mean DISTILSERVE_SECURITY__ADMIN_KEY?"),
             "{err}"
         );
-        assert!(refused("DISTILSERVE_PORT").contains("DISTILSERVE_SERVER__PORT?"));
+        assert!(refused("DISTILSERVE_HOST").contains("DISTILSERVE_SERVER__HOST?"));
         assert!(refused("DISTILSERVE_LOG_FORMAT").contains("DISTILSERVE_LOGGING__FORMAT?"));
         let known = ["DISTILSERVE_CONFIG", "DISTILSERVE_CACHE", "DISTILSERVE_SERVER__PORT", "PATH", "DISTILSERVEX"];
         assert!(check_variables(known.iter().map(|s| s.to_string())).is_ok());
+        // What Kubernetes gives a pod for a service named distilserve (or distilserve-private).
+        let links = [
+            "DISTILSERVE_SERVICE_HOST",
+            "DISTILSERVE_SERVICE_PORT",
+            "DISTILSERVE_SERVICE_PORT_HTTP",
+            "DISTILSERVE_PORT",
+            "DISTILSERVE_PORT_8080_TCP",
+            "DISTILSERVE_PORT_8080_TCP_PROTO",
+            "DISTILSERVE_PORT_8080_TCP_ADDR",
+            "DISTILSERVE_PRIVATE_SERVICE_HOST",
+            "DISTILSERVE_PRIVATE_PORT_9090_TCP_PORT",
+        ];
+        assert!(check_variables(links.iter().map(|s| s.to_string())).is_ok());
+        assert!(refused("DISTILSERVE_PORT_NUMBER").contains("did you mean"));
     }
 
     #[test]
