@@ -29,13 +29,11 @@ Prints one table; the ratio is ours / scikit-learn's (below 1: ours faster).
 """
 
 import argparse
-import io
 import json
 import os
 import random
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -57,22 +55,11 @@ def cpu_name() -> str:
 
 def amazon_three_labels(out: Path) -> Path:
     """A 3-label data set folder from the Amazon review snippets (80/10/10 per label, seed 0)."""
-    sdist = CACHE / "downloads" / "vaderSentiment-3.3.2.tar.gz"
-    if not sdist.is_file():
-        sys.exit(f"{sdist} is missing: run scripts/setup.sh (it fetches the data set from it)")
-    with tarfile.open(sdist) as outer:
-        inner = outer.extractfile("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz").read()
-    with tarfile.open(fileobj=io.BytesIO(inner)) as tar:
-        member = next(m for m in tar.getmembers() if m.name.endswith("amazonReviewSnippets_GroundTruth.txt"))
-        text = tar.extractfile(member).read().decode("utf-8", errors="replace")
+    from heads_api import reviews  # the snippets and their labels, as bench/heads_api.py reads them
     labels = ["negative", "neutral", "positive"]
     by_label = {l: [] for l in range(3)}
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) < 3 or not parts[2].strip():
-            continue
-        rating = float(parts[1])
-        by_label[0 if rating <= -1 else 2 if rating >= 1 else 1].append(parts[2].strip())
+    for text, label in reviews(str(CACHE)):
+        by_label[labels.index(label)].append(text)
     splits = {"train": [], "validation": [], "test": []}
     rng = random.Random(0)
     for label, texts in by_label.items():

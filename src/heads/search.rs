@@ -140,51 +140,46 @@ fn to_f64(x: &Array2<f32>) -> Array2<f64> {
 /// iterations against linfa's fixed 1e-4, see README for the figure with this.
 const GRADIENT_TOLERANCE_PER_ROW: f64 = 1e-4;
 
-/// One fit on `x` (standardised) in the given floating-point type (linfa's
-/// solver is generic, but over a trait of its own that it does not export);
-/// `warm` starts from an earlier solution of the same problem at another
-/// alpha, which converges in far fewer iterations.
-macro_rules! fit_in {
-    ($name:ident, $f:ty) => {
-        pub(super) fn $name(
-            x: &Array2<f64>,
-            y: &[usize],
-            classes: usize,
-            alpha: f64,
-            max_iterations: u64,
-            warm: Option<&Fitted>,
-        ) -> anyhow::Result<Fitted> {
-            let targets = Array1::from(y.to_vec());
-            let dataset = Dataset::new(x.mapv(<$f as linfa::Float>::cast), targets);
-            let mut params = MultiLogisticRegression::<$f>::default()
-                .alpha(<$f as linfa::Float>::cast(alpha))
-                .max_iterations(max_iterations)
-                .gradient_tolerance(<$f as linfa::Float>::cast(GRADIENT_TOLERANCE_PER_ROW * y.len().max(1) as f64));
-            if let Some(w) = warm {
-                // linfa's layout: one row per feature, then the intercept row.
-                let mut init = Array2::<$f>::zeros((x.ncols() + 1, classes));
-                init.slice_axis_mut(Axis(0), ndarray::Slice::from(..x.ncols()))
-                    .assign(&w.weights.mapv(<$f as linfa::Float>::cast));
-                init.row_mut(x.ncols()).assign(&w.intercept.mapv(<$f as linfa::Float>::cast));
-                params = params.initial_params(init);
-            }
-            let model = params.fit(&dataset).map_err(|e| anyhow!("logistic regression failed: {e}"))?;
-            // linfa orders columns by the classes it saw; put them in label order.
-            let seen: Vec<usize> = model.classes().to_vec();
-            if seen.len() != classes {
-                let missing: Vec<usize> = (0..classes).filter(|c| !seen.contains(c)).collect();
-                bail!("labels {missing:?} have no training examples");
-            }
-            let mut weights = Array2::zeros((x.ncols(), classes));
-            let mut intercept = Array1::zeros(classes);
-            for (col, &class) in seen.iter().enumerate() {
-                weights.column_mut(class).assign(&model.params().column(col).mapv(f64::from));
-                intercept[class] = f64::from(model.intercept()[col]);
-            }
-            Ok(Fitted { weights, intercept })
-        }
-    };
+/// linfa's fit on `x` (standardised), in double precision (in single, the
+/// final fit failed on all-mpnet-base-v2's features from a cold start: every
+/// prediction one class): a head's final fit; `warm` starts from a nearby
+/// solution of the same problem.
+pub(super) fn fit_f64(
+    x: &Array2<f64>,
+    y: &[usize],
+    classes: usize,
+    alpha: f64,
+    max_iterations: u64,
+    warm: Option<&Fitted>,
+) -> anyhow::Result<Fitted> {
+    let dataset = Dataset::new(x.clone(), Array1::from(y.to_vec()));
+    let mut params = MultiLogisticRegression::<f64>::default()
+        .alpha(alpha)
+        .max_iterations(max_iterations)
+        .gradient_tolerance(GRADIENT_TOLERANCE_PER_ROW * y.len().max(1) as f64);
+    if let Some(w) = warm {
+        // linfa's layout: one row per feature, then the intercept row.
+        let mut init = Array2::<f64>::zeros((x.ncols() + 1, classes));
+        init.slice_axis_mut(Axis(0), ndarray::Slice::from(..x.ncols())).assign(&w.weights);
+        init.row_mut(x.ncols()).assign(&w.intercept);
+        params = params.initial_params(init);
+    }
+    let model = params.fit(&dataset).map_err(|e| anyhow!("logistic regression failed: {e}"))?;
+    // linfa orders columns by the classes it saw; put them in label order.
+    let seen: Vec<usize> = model.classes().to_vec();
+    if seen.len() != classes {
+        let missing: Vec<usize> = (0..classes).filter(|c| !seen.contains(c)).collect();
+        bail!("labels {missing:?} have no training examples");
+    }
+    let mut weights = Array2::zeros((x.ncols(), classes));
+    let mut intercept = Array1::zeros(classes);
+    for (col, &class) in seen.iter().enumerate() {
+        weights.column_mut(class).assign(&model.params().column(col));
+        intercept[class] = model.intercept()[col];
+    }
+    Ok(Fitted { weights, intercept })
 }
+
 /// A fit of the search (many per head): [`super::solver`]'s, in single
 /// precision, the rows converted once per call (the search's alpha paths
 /// convert them once per path with [`super::solver::Rows`] instead).
@@ -211,9 +206,6 @@ pub(super) fn search_fit(
     let tolerance = GRADIENT_TOLERANCE_PER_ROW * y.len().max(1) as f64;
     super::solver::fit(rows, y, classes, alpha, max_iterations, tolerance, warm)
 }
-// The final fit: in single precision it failed on all-mpnet-base-v2's features
-// from a cold start (every prediction one class), in double it does not; it is one fit.
-fit_in!(fit_f64, f64);
 
 /// The objective every fit minimises: cross-entropy summed over the rows plus
 /// alpha/2 times the squared weights (linfa's).
