@@ -1,7 +1,7 @@
 //! The logistic-regression head as served and stored: its file format
 //! (`<heads_dir>/<name>.json`, checksummed, validated when read), the record
 //! of how it was trained, and class probabilities for one feature vector.
-//! How a head is trained is in `search.rs`.
+//! How a head is trained is in `search/`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
