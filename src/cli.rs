@@ -199,7 +199,7 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Server")]
     #[serde(rename = "server.write_timeout_ms")]
     pub write_timeout_ms: Option<u64>,
-    /// server.max_connections: connections served at once (more wait to be accepted).
+    /// server.max_connections: connections served at once (past it a new one is answered 503 overloaded and closed).
     #[arg(long, help_heading = "Server")]
     #[serde(rename = "server.max_connections")]
     pub max_connections: Option<usize>,

@@ -134,3 +134,79 @@ fn the_readme_layout_and_the_crate_map_name_every_source_file() {
     }
     assert!(missing.is_empty(), "not named: {missing:?}");
 }
+
+/// `docs/configuration.md` (written by `scripts/config-reference.py`) lists
+/// every key of `config/default.toml` (a `[heads.<name>]` key once) and no
+/// other, each with its environment variable and the flag `serve --help`
+/// gives it (or none).
+#[test]
+fn the_configuration_reference_lists_every_setting_with_its_variable_and_flag() {
+    use figment::providers::Format;
+    use std::collections::BTreeMap;
+    let defaults: serde_json::Value =
+        figment::Figment::from(figment::providers::Toml::string(distilserve::config::DEFAULT_TOML)).extract().unwrap();
+    let mut keys = Vec::new();
+    for (section, table) in defaults.as_object().unwrap() {
+        for (key, value) in table.as_object().unwrap() {
+            match (section.as_str(), value.as_object()) {
+                // [heads.sentiment]: the default file's example of a head's table.
+                ("heads", Some(head)) => keys.extend(head.keys().map(|k| format!("heads.<name>.{k}"))),
+                _ => keys.push(format!("{section}.{key}")),
+            }
+        }
+    }
+    keys.sort();
+    keys.dedup();
+
+    // `| `key` | default | `VARIABLE` | `--flag` or - | what |`
+    let reference = std::fs::read_to_string(common::repo_path("docs/configuration.md")).unwrap();
+    let rows: BTreeMap<String, (String, String)> = reference
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.strip_prefix("| `")?.splitn(5, " | ").collect();
+            if cells.len() < 5 {
+                return None; // another table (the other variables)
+            }
+            let key = cells[0].strip_suffix('`')?;
+            key.contains('.')
+                .then(|| (key.to_string(), (cells[2].trim_matches('`').into(), cells[3].trim_matches('`').into())))
+        })
+        .collect();
+    let listed: Vec<String> = rows.keys().cloned().collect();
+    let missing: Vec<&String> = keys.iter().filter(|k| !rows.contains_key(*k)).collect();
+    let unknown: Vec<&String> = listed.iter().filter(|k| !keys.contains(k)).collect();
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "missing from docs/configuration.md: {missing:?}; listed but not settings: {unknown:?} \
+         (python3 scripts/config-reference.py rewrites it)"
+    );
+
+    // Each key's flag as `serve --help` says it: the flag, then `section.key: ...` on its line or the next.
+    let help =
+        std::process::Command::new(env!("CARGO_BIN_EXE_distilserve")).args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let mut flags: BTreeMap<String, String> = BTreeMap::new();
+    let mut last: Option<String> = None;
+    for line in help.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let key_in =
+            |ws: &[&str]| ws.iter().find_map(|w| w.strip_suffix(':').filter(|k| k.contains('.')).map(String::from));
+        if let Some(flag) = words.iter().find(|w| w.starts_with("--")) {
+            last = Some(flag.to_string());
+            let after: Vec<&str> = words.iter().skip_while(|w| !w.starts_with("--")).skip(2).copied().collect();
+            if let Some(key) = key_in(&after[..after.len().min(1)]) {
+                flags.insert(key, flag.to_string());
+                last = None;
+            }
+        } else if let (Some(flag), Some(key)) = (last.take(), key_in(&words[..words.len().min(1)])) {
+            flags.insert(key, flag);
+        }
+    }
+    for (key, (variable, flag)) in &rows {
+        let want = format!("DISTILSERVE_{}", key.replace('.', "__").to_uppercase());
+        assert_eq!(variable, &want, "{key}");
+        let expected = flags.get(key).map(String::as_str).unwrap_or("-");
+        assert_eq!(flag, expected, "{key}: the reference says {flag}, serve --help {expected}");
+    }
+    assert!(flags.keys().all(|k| rows.contains_key(k)), "flags of keys the reference lacks: {flags:?}");
+}
