@@ -102,7 +102,7 @@ pub(in crate::heads) fn fit_f64(
     Ok(Fitted { weights, intercept })
 }
 
-/// A fit of the search (many per head): [`super::solver`]'s, in single
+/// A fit of the search (many per head): `heads/solver.rs`'s, in single
 /// precision, the rows converted once per call (the search's alpha paths
 /// convert them once per path with [`solver::Rows`] instead).
 pub(in crate::heads) fn fit_f32(
