@@ -53,8 +53,10 @@ disagree. A dash in the flag column: that key is set by file or environment only
 
 
 def flags_of(binary: str) -> dict:
-    """Each key's flag and help line, from the help text's `section.key: ...` lines."""
+    """Each key's flag and help line, from the help text's `section.key: ...` lines
+    (without the `[default: ...] [env: ...]` the binary appends)."""
     text = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True, check=True).stdout
+    text = re.sub(r" \[default: .*?\] \[env: [A-Z_]+\]", "", text)
     flags, last = {}, None
     for line in text.splitlines():
         m = re.match(r"\s+(?:-\w, )?(--[a-z0-9-]+)(?: <\w+>)?(?:\s+([a-z_]+\.[a-z_]+): (.*))?", line)

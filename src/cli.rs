@@ -1,5 +1,6 @@
-//! Command-line interface. Every setting of `config/default.toml` has a flag on
-//! `serve`; flags override environment variables, which override files.
+//! Command-line interface. Most settings of `config/default.toml` have a flag
+//! (docs/configuration.md lists which); flags override environment variables,
+//! which override files.
 
 use std::path::PathBuf;
 
@@ -7,6 +8,43 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{ConfigError, ExecutionProvider, LogFormat, OptimizationLevel, Overrides, PoolingChoice, Settings};
 use crate::pooling::FeaturePooling;
+
+impl Cli {
+    /// The command line of this process, each setting's flag's help ending
+    /// in its default and its environment variable ([`annotated`]).
+    pub fn from_args() -> Cli {
+        Self::parse_annotated(std::env::args_os())
+    }
+
+    pub fn parse_annotated<I: IntoIterator<Item = T>, T: Into<std::ffi::OsString> + Clone>(args: I) -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = annotated(Cli::command()).get_matches_from(args);
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// Each settings flag's help (`section.key: ...`, see [`SettingsArgs`]) with
+/// `[default: ...] [env: DISTILSERVE_SECTION__KEY]` appended, from the
+/// compiled-in defaults: `--help` then says all that docs/configuration.md says
+/// of a flag's setting.
+fn annotated(command: clap::Command) -> clap::Command {
+    let defaults = serde_json::to_value(Settings::defaults()).expect("settings serialise");
+    command.mut_subcommands(|sub| {
+        sub.mut_args(|arg| {
+            let Some(help) = arg.get_help().map(|h| h.to_string()) else { return arg };
+            let Some((key, _)) = help.split_once(": ").filter(|(k, _)| k.contains('.') && !k.contains(' ')) else {
+                return arg;
+            };
+            let default = key.split('.').try_fold(&defaults, |v, part| v.get(part)).map(|v| match v {
+                serde_json::Value::String(s) => format!("{s:?}"),
+                other => other.to_string(),
+            });
+            let env = format!("DISTILSERVE_{}", key.replace('.', "__").to_uppercase());
+            let default = default.map(|d| format!(" [default: {d}]")).unwrap_or_default();
+            arg.help(format!("{help}{default} [env: {env}]"))
+        })
+    })
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -418,6 +456,24 @@ mod tests {
             let (section, name) = key.split_once('.').unwrap_or_else(|| panic!("{key} is not section.key"));
             assert!(defaults[section].get(name).is_some(), "flag for {key}, which is not a setting");
         }
+    }
+
+    /// `--help` gives each setting's default and variable beside its flag.
+    #[test]
+    fn the_help_of_a_settings_flag_says_its_default_and_variable() {
+        use clap::CommandFactory;
+        let mut command = annotated(Cli::command());
+        let help = command.find_subcommand_mut("serve").unwrap().render_long_help().to_string();
+        assert!(
+            help.contains(
+                "server.port: port to listen on (0 picks a free one) [default: 8080] [env: DISTILSERVE_SERVER__PORT]"
+            ),
+            "{help}"
+        );
+        assert!(help.contains("[default: \"auto\"] [env: DISTILSERVE_LOGGING__FORMAT]"), "{help}");
+        // Not a setting: left as it was.
+        let config = help.lines().find(|l| l.contains("Extra TOML settings file")).unwrap();
+        assert!(!config.contains("[default:"), "{config}");
     }
 
     #[test]

@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use distilserve::cli::{Cli, Command, SettingsArgs, SpecFormat};
 use distilserve::commands;
 use distilserve::http::ApiDoc;
@@ -15,7 +14,7 @@ use utoipa::OpenApi;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_args();
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Extract(args) => batch_job(&args.settings, || commands::extract(&args)),
