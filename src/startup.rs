@@ -17,8 +17,8 @@ use crate::config::Settings;
 use crate::features::FeatureCache;
 use crate::heads::logistic::LogisticHead;
 use crate::heads::store::HeadStore;
-use crate::heads::training::{save_head, settle_graphs, train_head, Extraction};
-use crate::heads::{load_configured, GraphPhase, GraphState, Head, Heads};
+use crate::heads::training::{begin_comparison, compare_graphs, save_head, train_head, Extraction};
+use crate::heads::{load_configured, Head, Heads};
 use crate::http::{router, router_for, AppState, Routes};
 use crate::metrics::Metrics;
 use crate::model::Model;
@@ -277,17 +277,9 @@ fn train_missing_heads(state: &AppState, names: &[String]) {
         tracing::info!(head = %name, "head file missing: training it before reporting ready");
         match train_first(state, name) {
             Ok(head) => {
-                if state.heads_runtime().info.fingerprint != state.encoder_runtime().info.fingerprint {
-                    state.heads.set_graph_phases(
-                        name,
-                        vec![
-                            GraphPhase { graph: state.heads_runtime().info.file.clone(), phase: GraphState::Served },
-                            GraphPhase {
-                                graph: state.encoder_runtime().info.file.clone(),
-                                phase: GraphState::Training,
-                            },
-                        ],
-                    );
+                let (heads_graph, exact) = (&state.heads_runtime().info, &state.encoder_runtime().info);
+                if heads_graph.fingerprint != exact.fingerprint {
+                    begin_comparison(&state.heads, name, heads_graph, exact);
                     to_compare.push(head.clone());
                 }
                 state.heads.finish_pending(Head::Logistic(head));
@@ -335,48 +327,16 @@ fn train_first(state: &AppState, name: &str) -> anyhow::Result<LogisticHead> {
 }
 
 /// `first`, served on the heads' graph, against the same head on the exact
-/// graph (taken from the folder where one is kept, else trained): the better
-/// by [`GraphChoice`] is served, swapped in if it is the exact graph's, both
-/// kept. A failure here leaves `first` served (logged).
+/// graph, taken from the folder where one is kept, else trained ([`compare_graphs`]).
 fn compare_on_exact_graph(state: &AppState, first: LogisticHead) {
     let (heads_graph, exact) = (state.heads_runtime(), state.encoder_runtime());
+    let kept =
+        HeadName::parse(&first.name).ok().and_then(|n| state.store.newest_for_encoder(&n, &exact.info.fingerprint));
     let name = first.name.clone();
-    let kept = HeadName::parse(&name).ok().and_then(|n| state.store.newest_for_encoder(&n, &exact.info.fingerprint));
-    let phases = |first_phase: GraphState, exact_phase: GraphState| {
-        vec![
-            GraphPhase { graph: heads_graph.info.file.clone(), phase: first_phase },
-            GraphPhase { graph: exact.info.file.clone(), phase: exact_phase },
-        ]
-    };
-    let exact_head = match kept {
+    compare_graphs(&state.heads, &state.store, first, &heads_graph.info, &exact.info, || match kept {
         Some(head) => Ok(head),
         None => train_on(state, exact, &name),
-    };
-    let compared = exact_head.map(|exact_head| {
-        let (served, saved) = settle_graphs(&state.store, first, &heads_graph.info.file, exact_head, &exact.info.file);
-        if let Err(e) = saved {
-            tracing::error!(head = %name, error = %format!("{e:#}"), "serving the compared head from memory only");
-        }
-        served
     });
-    match compared {
-        Ok(served) => {
-            let on_heads_graph = served.encoder.fingerprint == heads_graph.info.fingerprint;
-            state.heads.set_graph_phases(
-                &name,
-                if on_heads_graph {
-                    phases(GraphState::Served, GraphState::Kept)
-                } else {
-                    phases(GraphState::Kept, GraphState::Served)
-                },
-            );
-            state.heads.insert(Head::Logistic(served));
-        }
-        Err(e) => {
-            tracing::error!(head = %name, error = %format!("{e:#}"), "comparing the head on the exact graph failed; it stays served on the heads' graph");
-            state.heads.set_graph_phases(&name, phases(GraphState::Served, GraphState::Failed));
-        }
-    }
 }
 
 /// Head `name` trained from its settings on `runtime`'s graph, through its queue.

@@ -32,9 +32,9 @@ use super::multi_label::{train_multi_label, MultiLabelData};
 use super::scores::{MultiLabelScores, Scores};
 use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
 use super::store::{version_of, HeadStore};
-use super::training::{layer_options_of, poolings_of, save_head, selection_of, settle_graphs};
+use super::training::{begin_comparison, compare_graphs, layer_options_of, poolings_of, save_head, selection_of};
 use super::upload::{LabelSets, Prepared};
-use super::{GraphPhase, GraphState, Head, Heads};
+use super::{Head, Heads};
 use crate::config::HeadName;
 use crate::config::TrainingSettings;
 use crate::features::{extract, layers_to_extract, PooledFeatures, Progress, ProgressFn};
@@ -365,16 +365,10 @@ fn run_job(trainer: &Trainer, statuses: &Statuses, job: Job) {
                 seconds = format!("{seconds:.1}"),
                 "head trained over the API is ready"
             );
-            let (heads_graph, exact) = (trainer.runtimes.heads_encoder(), &trainer.runtimes.encoder);
-            let compare = heads_graph.info.fingerprint != exact.info.fingerprint;
+            let (heads_graph, exact) = (&trainer.runtimes.heads_encoder().info, &trainer.runtimes.encoder.info);
+            let compare = heads_graph.fingerprint != exact.fingerprint;
             if compare {
-                trainer.heads.set_graph_phases(
-                    job.name.as_str(),
-                    vec![
-                        GraphPhase { graph: heads_graph.info.file.clone(), phase: GraphState::Served },
-                        GraphPhase { graph: exact.info.file.clone(), phase: GraphState::Training },
-                    ],
-                );
+                begin_comparison(&trainer.heads, job.name.as_str(), heads_graph, exact);
             }
             trainer.heads.insert(Head::Logistic(head.clone()));
             trainer.metrics.record_training("ready", started.elapsed());
@@ -423,43 +417,12 @@ fn train_job(trainer: &Trainer, statuses: Option<&Statuses>, job: &Job) -> anyho
 }
 
 /// `first`, served on the heads' graph, against the same upload trained on the
-/// exact graph ([`settle_graphs`]): the better is served, swapped in if it is
-/// the exact graph's, both kept; `GET /heads/{name}` says where each graph
-/// stands meanwhile. A failure leaves `first` served (logged).
+/// exact graph ([`compare_graphs`]).
 fn compare_on_exact_graph(trainer: &Trainer, job: &Job, first: LogisticHead) {
     let (heads_graph, exact) = (trainer.runtimes.heads_encoder(), &trainer.runtimes.encoder);
-    let phases = |first_phase: GraphState, exact_phase: GraphState| {
-        vec![
-            GraphPhase { graph: heads_graph.info.file.clone(), phase: first_phase },
-            GraphPhase { graph: exact.info.file.clone(), phase: exact_phase },
-        ]
-    };
-    let compared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let exact_head = train_job_on(trainer, None, job, exact)?;
-        let (served, saved) =
-            settle_graphs(&trainer.store, first, &heads_graph.info.file, exact_head, &exact.info.file);
-        if let Err(e) = saved {
-            tracing::error!(head = %job.name, error = %format!("{e:#}"), "serving the compared head from memory only");
-        }
-        anyhow::Ok(served)
-    }))
-    .unwrap_or_else(|panic| Err(anyhow!("training panicked: {}", crate::telemetry::panic_message(&*panic))));
-    match compared {
-        Ok(served) => {
-            let on_heads_graph = served.encoder.fingerprint == heads_graph.info.fingerprint;
-            let (first_phase, exact_phase) = if on_heads_graph {
-                (GraphState::Served, GraphState::Kept)
-            } else {
-                (GraphState::Kept, GraphState::Served)
-            };
-            trainer.heads.set_graph_phases(job.name.as_str(), phases(first_phase, exact_phase));
-            trainer.heads.insert(Head::Logistic(served));
-        }
-        Err(e) => {
-            tracing::error!(head = %job.name, error = %format!("{e:#}"), "comparing the head on the exact graph failed; it stays served on the heads' graph");
-            trainer.heads.set_graph_phases(job.name.as_str(), phases(GraphState::Served, GraphState::Failed));
-        }
-    }
+    compare_graphs(&trainer.heads, &trainer.store, first, &heads_graph.info, &exact.info, || {
+        train_job_on(trainer, None, job, exact)
+    });
 }
 
 /// The head trained on `encoder`'s features of the upload, with its test metrics.

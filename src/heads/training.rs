@@ -11,6 +11,7 @@ use super::logistic::{head_path, EncoderStamp, GraphChoice, LogisticHead, Select
 use super::scores::Scores;
 use super::search::{train, ClassWeight, LabelledFeatures, TrainConfig, TrainingData};
 use super::store::{version_of, HeadStore, Publish};
+use super::{GraphPhase, GraphState, Head, Heads};
 use crate::config::{HeadSettings, LabelWeighting, LayerSpec, PoolingChoice};
 use crate::data::{Dataset, Split};
 use crate::encoder::Encoder;
@@ -189,28 +190,68 @@ pub fn save_head(head: &mut LogisticHead, store: &HeadStore) -> anyhow::Result<s
     Ok(path)
 }
 
-/// The second half of a training where the heads have a graph of their own
-/// (`classify.model_file`): `first`, trained on the heads' graph, published
-/// and already served, is compared with `exact`, the same head trained on the
-/// exact graph ([`GraphChoice`]). The one not served is kept in the history
-/// (not active); the served one, with the comparison recorded, takes the place
-/// of `first`'s version and becomes active. Returns the served head, and
-/// whether it was saved (a head that cannot be written still serves from memory).
-pub fn settle_graphs(
+/// Where the heads have a graph of their own (`classify.model_file`): head
+/// `name`, served on the heads' graph, waits for the exact graph's head.
+pub fn begin_comparison(heads: &Heads, name: &str, heads_graph: &ModelInfo, exact: &ModelInfo) {
+    heads.set_graph_phases(name, phases(heads_graph, GraphState::Served, exact, GraphState::Training));
+}
+
+/// The second half of such a training, at startup and over the API alike:
+/// `first`, trained on the heads' graph, published and already served, is
+/// compared with `exact_head()`, the same head on the exact graph
+/// ([`GraphChoice`]). The one not served is kept in the history (not active);
+/// the served one, with the comparison recorded, takes the place of `first`'s
+/// version, becomes active and is swapped in. A failure (or a panic) leaves
+/// `first` served; a head that cannot be written still serves from memory
+/// (both logged).
+pub fn compare_graphs(
+    heads: &Heads,
     store: &HeadStore,
     first: LogisticHead,
-    heads_graph: &str,
-    exact: LogisticHead,
-    exact_graph: &str,
-) -> (LogisticHead, anyhow::Result<()>) {
-    let first_version = version_of(&first);
-    let (mut served, mut other) = GraphChoice::settle(heads_graph, first, exact_graph, exact);
-    other.seal();
-    served.seal();
-    let saved = store
-        .publish_as(&other, Publish { activate: false, replacing: None })
-        .and_then(|_| store.publish_as(&served, Publish { activate: true, replacing: Some(&first_version) }))
-        .with_context(|| format!("cannot save head {}", served.name))
-        .map(|version| tracing::info!(head = %served.name, version = %version, "head saved after the comparison of graphs"));
-    (served, saved)
+    heads_graph: &ModelInfo,
+    exact: &ModelInfo,
+    exact_head: impl FnOnce() -> anyhow::Result<LogisticHead>,
+) {
+    let name = first.name.clone();
+    let compared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let first_version = version_of(&first);
+        let (mut served, mut other) = GraphChoice::settle(&heads_graph.file, first, &exact.file, exact_head()?);
+        other.seal();
+        served.seal();
+        let saved = store
+            .publish_as(&other, Publish { activate: false, replacing: None })
+            .and_then(|_| store.publish_as(&served, Publish { activate: true, replacing: Some(&first_version) }));
+        match saved {
+            Ok(version) => {
+                tracing::info!(head = %name, version = %version, "head saved after the comparison of graphs")
+            }
+            Err(e) => {
+                tracing::error!(head = %name, error = %format!("{e:#}"), "serving the compared head from memory only")
+            }
+        }
+        anyhow::Ok(served)
+    }))
+    .unwrap_or_else(|panic| Err(anyhow!("training panicked: {}", crate::telemetry::panic_message(&*panic))));
+    match compared {
+        Ok(served) => {
+            let (first_phase, exact_phase) = if served.encoder.fingerprint == heads_graph.fingerprint {
+                (GraphState::Served, GraphState::Kept)
+            } else {
+                (GraphState::Kept, GraphState::Served)
+            };
+            heads.set_graph_phases(&name, phases(heads_graph, first_phase, exact, exact_phase));
+            heads.insert(Head::Logistic(served));
+        }
+        Err(e) => {
+            tracing::error!(head = %name, error = %format!("{e:#}"), "comparing the head on the exact graph failed; it stays served on the heads' graph");
+            heads.set_graph_phases(&name, phases(heads_graph, GraphState::Served, exact, GraphState::Failed));
+        }
+    }
+}
+
+fn phases(heads_graph: &ModelInfo, first: GraphState, exact: &ModelInfo, second: GraphState) -> Vec<GraphPhase> {
+    vec![
+        GraphPhase { graph: heads_graph.file.clone(), phase: first },
+        GraphPhase { graph: exact.file.clone(), phase: second },
+    ]
 }
