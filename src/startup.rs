@@ -278,11 +278,14 @@ fn train_missing_heads(state: &AppState, names: &[String]) {
         match train_first(state, name) {
             Ok(head) => {
                 let (heads_graph, exact) = (&state.heads_runtime().info, &state.encoder_runtime().info);
-                if heads_graph.fingerprint != exact.fingerprint {
-                    begin_comparison(&state.heads, name, heads_graph, exact);
+                let compare = heads_graph.fingerprint != exact.fingerprint;
+                if compare {
                     to_compare.push(head.clone());
                 }
                 state.heads.finish_pending(Head::Logistic(head));
+                if compare {
+                    begin_comparison(&state.heads, name, heads_graph, exact);
+                }
             }
             Err(e) => {
                 let reason = format!("{e:#}");

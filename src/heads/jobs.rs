@@ -367,10 +367,10 @@ fn run_job(trainer: &Trainer, statuses: &Statuses, job: Job) {
             );
             let (heads_graph, exact) = (&trainer.runtimes.heads_encoder().info, &trainer.runtimes.encoder.info);
             let compare = heads_graph.fingerprint != exact.fingerprint;
+            trainer.heads.insert(Head::Logistic(head.clone()));
             if compare {
                 begin_comparison(&trainer.heads, job.name.as_str(), heads_graph, exact);
             }
-            trainer.heads.insert(Head::Logistic(head.clone()));
             trainer.metrics.record_training("ready", started.elapsed());
             update(statuses, &job.name, |s| {
                 s.state = JobState::Ready;

@@ -56,7 +56,7 @@ pub struct Heads {
     failed: RwLock<BTreeMap<String, String>>,
     /// Why the last look at the heads folder failed (None: it worked).
     folder_error: std::sync::Mutex<Option<String>>,
-    /// Heads whose graphs are being compared on this replica, or were since it started.
+    /// Heads whose graphs are being compared on this replica (or whose comparison failed).
     graph_phases: std::sync::Mutex<BTreeMap<String, Vec<GraphPhase>>>,
 }
 
@@ -110,7 +110,10 @@ impl Heads {
         &self.default
     }
 
+    /// Serves `head`; where its graphs stand is then its own file's to say
+    /// (a comparison recorded for the head it replaces is forgotten).
     pub fn insert(&self, head: Head) {
+        self.graph_phases.lock().unwrap_or_else(|p| p.into_inner()).remove(head.name());
         self.write_map().insert(head.name().to_string(), Arc::new(head));
     }
 

@@ -191,7 +191,7 @@ pub fn save_head(head: &mut LogisticHead, store: &HeadStore) -> anyhow::Result<s
 }
 
 /// Where the heads have a graph of their own (`classify.model_file`): head
-/// `name`, served on the heads' graph, waits for the exact graph's head.
+/// `name`, just served on the heads' graph, waits for the exact graph's head.
 pub fn begin_comparison(heads: &Heads, name: &str, heads_graph: &ModelInfo, exact: &ModelInfo) {
     heads.set_graph_phases(name, phases(heads_graph, GraphState::Served, exact, GraphState::Training));
 }
@@ -233,15 +233,8 @@ pub fn compare_graphs(
     }))
     .unwrap_or_else(|panic| Err(anyhow!("training panicked: {}", crate::telemetry::panic_message(&*panic))));
     match compared {
-        Ok(served) => {
-            let (first_phase, exact_phase) = if served.encoder.fingerprint == heads_graph.fingerprint {
-                (GraphState::Served, GraphState::Kept)
-            } else {
-                (GraphState::Kept, GraphState::Served)
-            };
-            heads.set_graph_phases(&name, phases(heads_graph, first_phase, exact, exact_phase));
-            heads.insert(Head::Logistic(served));
-        }
+        // Its comparison recorded in the head (GET /heads/{name} reads `graphs` from it).
+        Ok(served) => heads.insert(Head::Logistic(served)),
         Err(e) => {
             tracing::error!(head = %name, error = %format!("{e:#}"), "comparing the head on the exact graph failed; it stays served on the heads' graph");
             heads.set_graph_phases(&name, phases(heads_graph, GraphState::Served, exact, GraphState::Failed));

@@ -128,8 +128,9 @@ pub async fn list_heads(State(state): State<AppState>) -> Json<HeadsResponse> {
     })
 }
 
-/// Where each graph stands for `head`: as recorded while its graphs were
-/// compared on this replica, else from its file's comparison, else the graph it is served on.
+/// Where each graph stands for `head` (the heads' graph first): as recorded
+/// while its graphs are compared on this replica (or after that failed), else
+/// from its file's comparison, else the graph it is served on.
 fn graphs_of(state: &AppState, head: &Head) -> Vec<GraphPhase> {
     if let Some(phases) = state.heads.graph_phases(head.name()) {
         return phases;
@@ -137,11 +138,14 @@ fn graphs_of(state: &AppState, head: &Head) -> Vec<GraphPhase> {
     match head {
         Head::Logistic(h) => match &h.training.graph_choice {
             Some(choice) => {
-                let other =
-                    if choice.on_heads_graph() { choice.exact_graph.clone() } else { choice.heads_graph.clone() };
+                let (heads_graph, exact) = if choice.on_heads_graph() {
+                    (GraphState::Served, GraphState::Kept)
+                } else {
+                    (GraphState::Kept, GraphState::Served)
+                };
                 vec![
-                    GraphPhase { graph: choice.served_on.clone(), phase: GraphState::Served },
-                    GraphPhase { graph: other, phase: GraphState::Kept },
+                    GraphPhase { graph: choice.heads_graph.clone(), phase: heads_graph },
+                    GraphPhase { graph: choice.exact_graph.clone(), phase: exact },
                 ]
             }
             None => vec![GraphPhase {
