@@ -37,10 +37,11 @@ RUN need=""; \
     fi
 # Caches (cargo's registry and target, set-up downloads) persist between builds
 # on the same machine and are never part of an image.
-# With the model baked in, the default head is trained here on the graph the
-# image ships (model.onnx alone, scripts/stage-runtime.sh): one in the build
-# context may be a host's, trained on the int8 graph its heads run on by
-# default (classify.model_file = "auto"), and would not load here.
+# With the model baked in, the default head is trained here as `make run`
+# trains it: on the heads' graph (classify.model_file = "auto": the int8 export,
+# which the image ships beside model.onnx, scripts/stage-runtime.sh), compared
+# with the exact graph, the better kept. One in the build context may come
+# from another host's graphs and is not used.
 RUN --mount=type=secret,id=ca \
     --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
@@ -55,7 +56,7 @@ RUN --mount=type=secret,id=ca \
     cargo build --release --locked ${FEATURES:-}; \
     if [ "$BAKE_MODEL" = 1 ]; then \
       rm -f models/heads/*.json; \
-      target/release/distilserve train --head sentiment --classify-model-file ""; \
+      target/release/distilserve train --head sentiment; \
       scripts/stage-runtime.sh /stage; \
     else \
       scripts/stage-runtime.sh /stage --without-model; \

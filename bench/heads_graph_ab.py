@@ -8,7 +8,8 @@ on is closed just after ready, and its memory goes back over a few seconds).
       --heads-dir /tmp/ab-heads --setting "" --setting auto --setting auto:1 \\
       [--route /classify] [--seconds 15] [--rounds 2] [--rss-after 0,2,10,30]
 
-Each --setting is `classify.model_file[:classify.model_sessions]`. Runs them
+Each --setting is `classify.model_file[:classify.model_sessions]`, then any
+` NAME=VALUE` environment for the service (`"auto MIMALLOC_PURGE_DELAY=0"`). Runs them
 in order, --rounds times, the sentiment head as default; one JSON line each.
 """
 import argparse, json, os, shutil, sys, time
@@ -40,12 +41,17 @@ def main():
     print(f"CPU: {cpu_name()}; {a.route}, {a.clients} clients, {a.seconds:.0f} s", flush=True)
     for _ in range(a.rounds):
         for setting in a.setting:
-            graph, _, sessions = setting.partition(":")
+            graph_sessions, *variables = setting.split(" ")
+            graph, _, sessions = graph_sessions.partition(":")
             env = {"DISTILSERVE_CLASSIFY__MODEL_SESSIONS": sessions or "0"}
+            env.update(v.split("=", 1) for v in variables)
+            saved = dict(os.environ)
             os.environ.update(env)
             started = time.time()
             proc, port = start(a.bin, a.model_dir, "--heads-dir", a.heads_dir, "--classify-model-file", graph,
                                heads="sentiment", log_name="heads-graph-ab", ready_s=1800)
+            os.environ.clear()
+            os.environ.update(saved)
             try:
                 row = {"setting": setting, "ready_s": round(time.time() - started, 1)}
                 ready = time.time()

@@ -5,8 +5,10 @@
 #   DEST/distilserve, DEST/libonnxruntime.so*   (the library beside the binary)
 #   DEST/config/, DEST/vendor/swagger-ui/, DEST/data/rotten_tomatoes/
 #   DEST/models/all-minilm-l6-v2/, DEST/models/heads/   (unless --without-model)
-# Only the graph config/default.toml serves (model.file) is copied, and the
-# binary's debug line tables are stripped (99 -> 19 MB; backtraces keep names).
+# Only the graphs config/default.toml serves are copied (model.file, and the
+# heads' graph classify.model_file: "auto" is model.int8.onnx where the export
+# wrote one), and the binary's debug line tables are stripped (99 -> 19 MB;
+# backtraces keep names).
 #
 #   scripts/stage-runtime.sh DEST [--without-model] [--bin PATH] [--keep-debug]
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -37,10 +39,17 @@ if [ "$with_model" = 1 ]; then
   model="$REPO_ROOT/models/all-minilm-l6-v2"
   "$REPO_ROOT/scripts/verify-model.sh" "$model" >/dev/null || die "default model missing or damaged (scripts/setup.sh)"
   mkdir -p "$dest/models/all-minilm-l6-v2"
-  # The graph the configuration serves (model.file); the others (model.opt.onnx,
-  # model.int8.onnx) are left out: mount a models folder to serve them.
-  graph="$(sed -n 's/^file *= *"\(.*\)"/\1/p' "$REPO_ROOT/config/default.toml" | head -n1)"
-  for f in manifest.json config.json tokenizer.json "${graph:-model.onnx}"; do
+  # The graphs the configuration serves: model.file for /embed, and the heads'
+  # own (classify.model_file), so that the image answers /classify as `make run`
+  # does; the others (model.opt.onnx) are left out: mount a models folder to serve them.
+  config="$REPO_ROOT/config/default.toml"
+  graph="$(sed -n '/^\[model\]/,/^\[/s/^file *= *"\(.*\)"/\1/p' "$config" | head -n1)"
+  heads_graph="$(sed -n '/^\[classify\]/,/^\[/s/^model_file *= *"\(.*\)"/\1/p' "$config" | head -n1)"
+  if [ "$heads_graph" = auto ]; then
+    heads_graph=""
+    [ -f "$model/model.int8.onnx" ] && heads_graph=model.int8.onnx
+  fi
+  for f in manifest.json config.json tokenizer.json "${graph:-model.onnx}" $heads_graph; do
     cp "$model/$f" "$dest/models/all-minilm-l6-v2/"
   done
   if ls "$REPO_ROOT"/models/heads/*.json >/dev/null 2>&1; then

@@ -12,6 +12,8 @@
 //! - `cost`: what a request's answer and working memory will take, priced
 //!   before any work (`limits.max_response_bytes`, `max_request_memory_bytes`).
 //! - `encoder`: the [`encoder::Encoder`] trait, the seam in front of the runtime.
+//! - `weights`: one copy of each weight tensor that several sessions use
+//!   (read from the graph files' initializer tables).
 //! - `model`: ONNX Runtime, model folders, the forward pass (`OrtEncoder`).
 //! - `batching`: the queue and worker threads, generic over `Encoder`.
 //! - `inference`: tokenize, queue, pool: text to vectors for every route.
@@ -67,3 +69,4 @@ pub mod startup;
 pub mod svg;
 pub mod telemetry;
 pub mod tokenize;
+pub mod weights;

@@ -20,6 +20,7 @@ use crate::encoder::Encoder;
 use crate::layers::LayerMask;
 use crate::pooling::Rows;
 use crate::tokenize::{TextTokenizer, Tokenized};
+use crate::weights::SharedWeights;
 
 /// `manifest.json` as written by `scripts/export_model.py`.
 #[derive(Debug, Clone, Deserialize)]
@@ -191,7 +192,7 @@ pub fn onnxruntime_library_path(configured: &str) -> PathBuf {
     vendored
 }
 
-fn ort_environment(configured: &str) -> anyhow::Result<&'static ort::environment::Environment> {
+pub fn ort_environment(configured: &str) -> anyhow::Result<&'static ort::environment::Environment> {
     let result = ORT_ENV.get_or_init(|| {
         let path = onnxruntime_library_path(configured);
         if !path.exists() {
@@ -311,19 +312,38 @@ fn max_positions_from_config(dir: &Path) -> Option<usize> {
 }
 
 impl Model {
-    /// Loads the model folder and builds `sessions` sessions. Errors are one
-    /// clear sentence naming the file or setting and the fix.
+    /// Loads the model folder and builds `sessions` sessions, sharing their
+    /// weights when there are several on the CPU. Errors are one clear
+    /// sentence naming the file or setting and the fix.
     pub fn load(settings: &ModelSettings, sessions: usize) -> anyhow::Result<Model> {
-        Self::load_graph(settings, sessions, None)
+        let path = settings.dir.join(&settings.file);
+        let shared = if sessions > 1 && settings.execution_provider == ExecutionProvider::Cpu && path.is_file() {
+            ort_environment(&settings.onnxruntime_library)?;
+            SharedWeights::plan(&[(path, sessions)])?
+        } else {
+            SharedWeights::none()
+        };
+        Self::load_with(settings, sessions, None, &shared)
     }
 
-    /// As [`Model::load`], for a caller that has already read the file through
-    /// [`has_dynamic_quantisation`] (to choose `sessions`): not read again.
-    pub fn load_scanned(settings: &ModelSettings, sessions: usize, quantises_per_call: bool) -> anyhow::Result<Model> {
-        Self::load_graph(settings, sessions, Some(quantises_per_call))
+    /// As [`Model::load`], with the weights `shared` planned for this graph
+    /// and others, for a caller that may already have read the file through
+    /// [`has_dynamic_quantisation`] (`scanned`: not read again).
+    pub fn load_with(
+        settings: &ModelSettings,
+        sessions: usize,
+        scanned: Option<bool>,
+        shared: &SharedWeights,
+    ) -> anyhow::Result<Model> {
+        Self::load_graph(settings, sessions, scanned, shared)
     }
 
-    fn load_graph(settings: &ModelSettings, sessions: usize, scanned: Option<bool>) -> anyhow::Result<Model> {
+    fn load_graph(
+        settings: &ModelSettings,
+        sessions: usize,
+        scanned: Option<bool>,
+        shared: &SharedWeights,
+    ) -> anyhow::Result<Model> {
         let dir = &settings.dir;
         if !dir.is_dir() {
             bail!("model folder {} does not exist: run scripts/setup.sh, or set model.dir", dir.display());
@@ -338,7 +358,7 @@ impl Model {
         let mut built = Vec::with_capacity(sessions);
         let mut provider = settings.execution_provider.as_str().to_string();
         for _ in 0..sessions {
-            let (session, used) = build_session(env, &model_path, settings)?;
+            let (session, used) = build_session(env, &model_path, settings, shared)?;
             provider = used;
             built.push(session);
         }
@@ -454,11 +474,12 @@ fn build_session(
     env: &ort::environment::Environment,
     path: &Path,
     settings: &ModelSettings,
+    shared: &SharedWeights,
 ) -> anyhow::Result<(Session, String)> {
-    let cpu = || -> Result<Session, String> { session_with(env, path, settings, false) };
+    let cpu = || -> Result<Session, String> { session_with(env, path, settings, Device::Cpu(shared)) };
     match settings.execution_provider {
         ExecutionProvider::Cpu => Ok((cpu().map_err(|e| anyhow!(e))?, "cpu".into())),
-        ExecutionProvider::Cuda => match session_with(env, path, settings, true) {
+        ExecutionProvider::Cuda => match session_with(env, path, settings, Device::Cuda) {
             Ok(session) => Ok((session, "cuda".into())),
             Err(e) if settings.allow_cpu_fallback => {
                 tracing::error!(
@@ -474,11 +495,17 @@ fn build_session(
     }
 }
 
+/// Where a session runs; on the CPU, with the weights it shares with others.
+enum Device<'a> {
+    Cpu(&'a SharedWeights),
+    Cuda,
+}
+
 fn session_with(
     env: &ort::environment::Environment,
     path: &Path,
     s: &ModelSettings,
-    cuda: bool,
+    device: Device<'_>,
 ) -> Result<Session, String> {
     let threads = if s.intra_threads == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -495,11 +522,19 @@ fn session_with(
         .map_err(|e| e.to_string())?
         .with_optimization_level(optimization(s.optimization_level))
         .map_err(|e| e.to_string())?;
-    let mut builder = if cuda {
-        with_cuda(builder, s.cuda_device_id, s.cuda_reduced_precision)?
-    } else {
-        let cpu = ort::ep::CPU::default().with_arena_allocator(s.cpu_memory_arena).build();
-        builder.with_execution_providers([cpu]).map_err(|e| e.to_string())?
+    let mut builder = match device {
+        Device::Cuda => with_cuda(builder, s.cuda_device_id, s.cuda_reduced_precision)?,
+        Device::Cpu(shared) => {
+            let cpu = ort::ep::CPU::default().with_arena_allocator(s.cpu_memory_arena).build();
+            let mut builder = builder.with_execution_providers([cpu]).map_err(|e| e.to_string())?;
+            if let Some(prepacked) = shared.prepacked() {
+                builder = builder.with_prepacked_weights(prepacked).map_err(|e| e.to_string())?;
+            }
+            for (name, value) in shared.of(path) {
+                builder = builder.with_initializer(name, value.clone()).map_err(|e| e.to_string())?;
+            }
+            builder
+        }
     };
     builder.commit_from_file(path).map_err(|e| format!("cannot load model {}: {e}", path.display()))
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::batching::BatcherConfig;
 use crate::config::HeadName;
-use crate::config::Settings;
+use crate::config::{ExecutionProvider, ModelSettings, Settings};
 use crate::features::FeatureCache;
 use crate::heads::logistic::LogisticHead;
 use crate::heads::store::HeadStore;
@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::runtimes::Runtimes;
 use crate::server::{self, ConnectionLimits};
+use crate::weights::SharedWeights;
 
 pub struct Application {
     listener: TcpListener,
@@ -38,11 +39,15 @@ impl Application {
     /// Loads the model and binds the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let started = Instant::now();
-        let model_settings = settings.model.clone();
         let sessions = settings.batching.sessions;
-        let model = tokio::task::spawn_blocking(move || Model::load(&model_settings, sessions))
-            .await
-            .context("model loading task failed")??;
+        let heads_graph = heads_graph_plan(&settings)?;
+        let shared = share_weights(&settings, heads_graph.as_ref()).await?;
+        let model_settings = settings.model.clone();
+        let encoder_shared = shared.clone();
+        let model =
+            tokio::task::spawn_blocking(move || Model::load_with(&model_settings, sessions, None, &encoder_shared))
+                .await
+                .context("model loading task failed")??;
         tracing::info!(
             model = %model.info.name,
             file = %model.info.dir.join(&model.info.file).display(),
@@ -61,7 +66,7 @@ impl Application {
                 model.info.max_tokens
             );
         }
-        let heads_model = load_heads_graph(&settings, &model).await?;
+        let heads_model = load_heads_graph(heads_graph, &model, shared).await?;
         let metrics = Arc::new(Metrics::new());
         let runtimes = Arc::new(Runtimes::start(
             model,
@@ -200,19 +205,68 @@ impl Application {
 }
 
 /// The logistic heads' own graph of the model (`classify.model_file`), where
-/// it is another file than `model.file`: loaded with the same settings, its
-/// own sessions ([`heads_graph_parallelism`]), and refused unless it has the
-/// model's widths.
-async fn load_heads_graph(settings: &Settings, model: &Model) -> anyhow::Result<Option<Model>> {
+/// it is another file than `model.file`: its settings (those of the model,
+/// with the file and threads of its own) and its sessions
+/// ([`heads_graph_parallelism`]).
+struct HeadsGraph {
+    settings: ModelSettings,
+    sessions: usize,
+    one_sequence_per_call: bool,
+}
+
+fn heads_graph_plan(settings: &Settings) -> anyhow::Result<Option<HeadsGraph>> {
     let Some(mut heads_settings) = settings.heads_model() else { return Ok(None) };
     let per_call = crate::model::has_dynamic_quantisation(&heads_settings.dir.join(&heads_settings.file))
         .context("classify.model_file: the heads' graph")?;
     let (sessions, intra_threads) = heads_graph_parallelism(settings, per_call);
     heads_settings.intra_threads = intra_threads;
-    let loaded = tokio::task::spawn_blocking(move || Model::load_scanned(&heads_settings, sessions, per_call))
+    Ok(Some(HeadsGraph { settings: heads_settings, sessions, one_sequence_per_call: per_call }))
+}
+
+/// One copy of each weight that more than one session of the two graphs
+/// holds ([`SharedWeights`]): on the CPU, where the sessions would each keep
+/// their own.
+async fn share_weights(settings: &Settings, heads_graph: Option<&HeadsGraph>) -> anyhow::Result<Arc<SharedWeights>> {
+    let model = &settings.model;
+    let path = model.dir.join(&model.file);
+    if model.execution_provider != ExecutionProvider::Cpu || !path.is_file() {
+        return Ok(Arc::new(SharedWeights::none()));
+    }
+    let mut graphs = vec![(path, settings.batching.sessions)];
+    if let Some(heads) = heads_graph {
+        graphs.push((heads.settings.dir.join(&heads.settings.file), heads.sessions));
+    }
+    crate::model::ort_environment(&model.onnxruntime_library)?;
+    let started = Instant::now();
+    let shared = tokio::task::spawn_blocking(move || SharedWeights::plan(&graphs))
         .await
         .context("model loading task failed")?
-        .context("classify.model_file: the heads' graph")?;
+        .context("reading the graphs' weights")?;
+    tracing::info!(
+        shared_mib = shared.bytes >> 20,
+        instead_of_mib = shared.bytes_unshared >> 20,
+        plan_ms = started.elapsed().as_millis() as u64,
+        "weights that several sessions hold are loaded once"
+    );
+    Ok(Arc::new(shared))
+}
+
+/// Loads the heads' graph, sharing `shared`, and refuses it unless it has the
+/// model's widths.
+async fn load_heads_graph(
+    heads_graph: Option<HeadsGraph>,
+    model: &Model,
+    shared: Arc<SharedWeights>,
+) -> anyhow::Result<Option<Model>> {
+    let Some(HeadsGraph { settings: heads_settings, sessions, one_sequence_per_call: per_call }) = heads_graph else {
+        return Ok(None);
+    };
+    let intra_threads = heads_settings.intra_threads;
+    let loaded =
+        tokio::task::spawn_blocking(move || Model::load_with(&heads_settings, sessions, Some(per_call), &shared))
+            .await
+            .context("model loading task failed")?
+            .context("classify.model_file: the heads' graph")?;
     let (ours, theirs) = (&loaded.info, &model.info);
     if ours.hidden_size != theirs.hidden_size || ours.max_tokens != theirs.max_tokens || ours.layers != theirs.layers {
         anyhow::bail!(

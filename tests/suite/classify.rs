@@ -437,6 +437,50 @@ async fn a_dynamically_quantised_graph_answers_each_text_as_if_alone() {
     server.stop().await;
 }
 
+/// The default model's int8 graph runs in several single-threaded sessions
+/// beside the exact graph: each weight they share is held once
+/// (`weights::SharedWeights`). The word embeddings, fp32 in both graphs, are
+/// one tensor for all three sessions; every int8 weight one for its two; the
+/// exact graph's own weights, used by one session, are left to ONNX Runtime.
+/// And the sessions answer as they did with copies of their own, bit for bit.
+#[test]
+fn the_sessions_of_both_graphs_hold_one_copy_of_the_weights_they_share() {
+    use distilserve::encoder::Encoder;
+    use distilserve::model::{ort_environment, Model};
+    use distilserve::weights::{initializers, SharedWeights, MIN_SHARED_BYTES};
+    let dir = common::default_model_dir();
+    let (exact, int8) = (dir.join("model.onnx"), dir.join("model.int8.onnx"));
+    let settings = common::settings_for(&dir);
+    ort_environment(&settings.model.onnxruntime_library).unwrap();
+    let plan = SharedWeights::plan(&[(exact.clone(), 1), (int8.clone(), 2)]).unwrap();
+
+    let embeddings = |path: &std::path::Path| {
+        plan.of(path).iter().find(|(name, _)| name.ends_with("word_embeddings.weight")).map(|(_, v)| v.clone())
+    };
+    let (in_exact, in_int8) = (embeddings(&exact).expect("exact: shared"), embeddings(&int8).expect("int8: shared"));
+    assert!(std::sync::Arc::ptr_eq(&in_exact, &in_int8), "one tensor for both graphs");
+    for (name, value) in plan.of(&exact) {
+        let twin = plan.of(&int8).iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        assert!(twin.is_some_and(|t| std::sync::Arc::ptr_eq(t, value)), "{name}: shared with one session only");
+    }
+    assert!(plan.of(&exact).len() <= 3, "the exact graph shares its embeddings alone: {}", plan.of(&exact).len());
+    let large = initializers(&int8).unwrap().into_iter().filter(|t| t.raw_len >= MIN_SHARED_BYTES).count();
+    assert_eq!(plan.of(&int8).len(), large, "every large int8-graph tensor is shared by its sessions");
+    let (shared_mb, instead_mb) = (plan.bytes >> 20, plan.bytes_unshared >> 20);
+    assert!((50..70).contains(&shared_mb) && instead_mb > 2 * shared_mb, "{shared_mb} MiB instead of {instead_mb}");
+
+    let mut heads_graph = settings.model.clone();
+    heads_graph.file = "model.int8.onnx".into();
+    heads_graph.intra_threads = 1;
+    let mut sharing = Model::load_with(&heads_graph, 2, None, &plan).unwrap();
+    let mut alone = Model::load_with(&heads_graph, 1, None, &SharedWeights::none()).unwrap();
+    let text = sharing.tokenizer.encode(0, "a gripping, funny and moving film", true).unwrap();
+    let expected = alone.encoders[0].encode(&[&text]).unwrap();
+    for session in &mut sharing.encoders {
+        assert_eq!(session.encode(&[&text]).unwrap(), expected, "a sharing session answers as one alone");
+    }
+}
+
 /// `/classify` of a clearly positive and a clearly negative text by `head`
 /// (else the default), its labels checked: the answer.
 async fn classify_pos_neg(server: &TestServer, head: Option<&str>) -> Value {

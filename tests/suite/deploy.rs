@@ -49,6 +49,12 @@ async fn the_staged_runtime_layout_serves_and_passes_its_healthcheck() {
     {
         assert!(app.path().join(file).exists(), "{file} not staged");
     }
+    // The heads' graph (classify.model_file = "auto") ships too: the image
+    // answers /classify as `make run` does.
+    if default_model_dir().join("model.int8.onnx").exists() {
+        assert!(app.path().join("models/all-minilm-l6-v2/model.int8.onnx").exists(), "the heads' graph not staged");
+    }
+    assert!(!app.path().join("models/all-minilm-l6-v2/model.opt.onnx").exists(), "a graph nothing serves staged");
 
     let port = free_port();
     // Nothing listens yet: the healthcheck fails, saying so.
