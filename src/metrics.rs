@@ -358,7 +358,7 @@ impl Metrics {
     }
 }
 
-fn resident_memory_bytes() -> Option<u64> {
+pub fn resident_memory_bytes() -> Option<u64> {
     // In kB whatever the page size.
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
@@ -368,7 +368,7 @@ fn resident_memory_bytes() -> Option<u64> {
 
 /// The memory limit of the cgroup this process runs in (v2, then v1); None
 /// when there is none ("max", or v1's near-2^63 "unlimited").
-fn memory_limit_bytes() -> Option<u64> {
+pub fn memory_limit_bytes() -> Option<u64> {
     ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
         .iter()
         .find_map(|path| std::fs::read_to_string(path).ok())

@@ -75,7 +75,11 @@ impl Application {
             metrics.clone(),
         ));
         // Past this point the model's worker threads run: every failure stops them, here.
-        match Self::assemble(settings, runtimes.clone(), metrics).await {
+        let assembled = Self::assemble(settings, runtimes.clone(), metrics).await.and_then(|app| {
+            check_memory_fits(&app.state.settings, crate::metrics::memory_limit_bytes(), resident_bytes())?;
+            Ok(app)
+        });
+        match assembled {
             Ok(app) => Ok(app),
             Err(e) => {
                 stop_runtimes(runtimes).await;
@@ -204,6 +208,49 @@ impl Application {
     }
 }
 
+fn resident_bytes() -> u64 {
+    crate::metrics::resident_memory_bytes().unwrap_or(0)
+}
+
+/// Refuses to start where the process, once its models and heads are loaded
+/// (`resident` bytes), plus the largest request its limits admit (its working
+/// memory, `limits.max_request_memory_bytes`, and its answer,
+/// `limits.max_response_bytes`) would not fit the container's memory `limit`:
+/// said at start, with the figures and what to change, instead of an OOM kill
+/// under the first large request. (all-MiniLM-L6-v2 with both graphs: about
+/// 230 MiB loaded + 160 MiB; the worst admitted request measured 397 MiB at
+/// its peak, `make worst-request`.)
+fn check_memory_fits(settings: &Settings, limit: Option<u64>, resident: u64) -> anyhow::Result<()> {
+    let Some(limit) = limit else { return Ok(()) };
+    let limits = &settings.limits;
+    let request = limits.max_request_memory_bytes + limits.max_response_bytes;
+    let mib = |bytes: u64| bytes >> 20;
+    if resident + request <= limit {
+        tracing::info!(
+            resident_mib = mib(resident),
+            largest_request_mib = mib(request),
+            limit_mib = mib(limit),
+            "memory: the loaded models and the largest admitted request fit the container's limit"
+        );
+        return Ok(());
+    }
+    let graphs = if settings.heads_model().is_some() {
+        ", or serve the heads on model.file (classify.model_file = \"\", one graph)"
+    } else {
+        ""
+    };
+    anyhow::bail!(
+        "memory: {} MiB once the models are loaded plus {} MiB for the largest request the limits admit \
+         (limits.max_request_memory_bytes {} MiB + limits.max_response_bytes {} MiB) exceed the container's \
+         limit of {} MiB: raise the limit, or lower those limits{graphs}",
+        mib(resident),
+        mib(request),
+        mib(limits.max_request_memory_bytes),
+        mib(limits.max_response_bytes),
+        mib(limit)
+    )
+}
+
 /// The logistic heads' own graph of the model (`classify.model_file`), where
 /// it is another file than `model.file`: its settings (those of the model,
 /// with the file and threads of its own) and its sessions
@@ -216,9 +263,15 @@ struct HeadsGraph {
 
 fn heads_graph_plan(settings: &Settings) -> anyhow::Result<Option<HeadsGraph>> {
     let Some(mut heads_settings) = settings.heads_model() else { return Ok(None) };
-    let per_call = crate::model::has_dynamic_quantisation(&heads_settings.dir.join(&heads_settings.file))
-        .context("classify.model_file: the heads' graph")?;
-    let (sessions, intra_threads) = heads_graph_parallelism(settings, per_call);
+    let path = heads_settings.dir.join(&heads_settings.file);
+    let per_call = crate::model::has_dynamic_quantisation(&path).context("classify.model_file: the heads' graph")?;
+    let quantised = if per_call {
+        let tables = crate::weights::initializers(&path).context("classify.model_file: the heads' graph")?;
+        tables.iter().filter(|t| matches!(t.data_type, 2 | 3)).map(|t| t.raw_len).sum()
+    } else {
+        0
+    };
+    let (sessions, intra_threads) = heads_graph_parallelism(settings, per_call, quantised);
     heads_settings.intra_threads = intra_threads;
     Ok(Some(HeadsGraph { settings: heads_settings, sessions, one_sequence_per_call: per_call }))
 }
@@ -298,16 +351,30 @@ async fn load_heads_graph(
 /// cores shared out): on 2 vCPUs two such sessions answered `/classify` at
 /// 1.2-1.9x one session of two threads (BENCHMARKS.md "Heads on the int8 graph");
 /// otherwise the encoder's `batching.sessions` and `model.intra_threads`.
-fn heads_graph_parallelism(settings: &Settings, one_sequence_per_call: bool) -> (usize, usize) {
+///
+/// Parallel sessions share one copy of the weights, but ONNX Runtime then
+/// keeps both a shared weight and its pre-packed form, where one session
+/// alone frees the original once packed: the quantised weights are held
+/// twice. So a graph with more than [`PARALLEL_SESSIONS_MAX_QUANTISED_BYTES`]
+/// of them runs as one session on every core (all-mpnet-base-v2, 85 MB:
+/// +85 MiB over fp32 instead of +185, at 0.81-0.89x the speed in-process;
+/// MiniLM, 11 MB: parallel sessions at 1.43-1.48x for 11 MB).
+fn heads_graph_parallelism(settings: &Settings, one_sequence_per_call: bool, quantised_bytes: u64) -> (usize, usize) {
     let configured = settings.classify.model_sessions;
     if !one_sequence_per_call || configured > 0 {
         let sessions = if configured > 0 { configured } else { settings.batching.sessions };
         return (sessions, settings.model.intra_threads);
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if quantised_bytes > PARALLEL_SESSIONS_MAX_QUANTISED_BYTES {
+        return (1, cores);
+    }
     let sessions = cores.min(4);
     (sessions, cores / sessions)
 }
+
+/// See [`heads_graph_parallelism`].
+pub const PARALLEL_SESSIONS_MAX_QUANTISED_BYTES: u64 = 32 << 20;
 
 fn default_head(settings: &Settings) -> String {
     if settings.classify.default_head.is_empty() {
@@ -443,4 +510,41 @@ async fn watch_heads_folder(state: AppState) {
 /// Drains every model runtime (on a blocking thread: it joins worker threads).
 async fn stop_runtimes(runtimes: Arc<Runtimes>) {
     tokio::task::spawn_blocking(move || runtimes.shutdown()).await.ok();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_that_cannot_fit_its_memory_limit_says_so_with_the_figures() {
+        let mut settings = Settings::defaults();
+        let mib = 1 << 20;
+        settings.limits.max_request_memory_bytes = 96 * mib;
+        settings.limits.max_response_bytes = 64 * mib;
+        assert!(check_memory_fits(&settings, None, 900 * mib).is_ok(), "no limit: nothing to check");
+        assert!(check_memory_fits(&settings, Some(512 * mib), 230 * mib).is_ok(), "230 + 160 <= 512");
+        let refused = check_memory_fits(&settings, Some(350 * mib), 230 * mib).unwrap_err().to_string();
+        for figure in
+            ["230 MiB once the models are loaded plus 160 MiB", "limit of 350 MiB", "limits.max_response_bytes"]
+        {
+            assert!(refused.contains(figure), "{figure:?} not in {refused}");
+        }
+        settings.limits.max_response_bytes = 16 * mib;
+        assert!(check_memory_fits(&settings, Some(350 * mib), 230 * mib).is_ok(), "lowered as it says: fits");
+    }
+
+    #[test]
+    fn a_per_call_graph_runs_parallel_sessions_only_where_its_quantised_weights_are_small() {
+        let mut settings = Settings::defaults();
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let (minilm, mpnet) = (11 << 20, 85 << 20);
+        assert_eq!(heads_graph_parallelism(&settings, true, minilm), (cores.min(4), cores / cores.min(4)));
+        assert_eq!(heads_graph_parallelism(&settings, true, mpnet), (1, cores), "held twice: one session");
+        settings.classify.model_sessions = 3;
+        assert_eq!(heads_graph_parallelism(&settings, true, mpnet).0, 3, "the setting decides where set");
+        settings.classify.model_sessions = 0;
+        let batched = heads_graph_parallelism(&settings, false, 0);
+        assert_eq!(batched, (settings.batching.sessions, settings.model.intra_threads), "a batched graph");
+    }
 }
