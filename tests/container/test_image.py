@@ -6,7 +6,9 @@ deploy/nginx/proxy.conf (deploy/local/topology.sh nginx). Checks, in order:
 
   startup     run -> ready with the baked head; non-root; HEALTHCHECK passes;
               the root file system refuses writes
-  serving     /embed and /classify through nginx; every replica answers
+  serving     /embed and /classify through nginx; every replica answers; the
+              baked head is served on the int8 graph the image ships, as
+              `make run` serves it
   heads       POST /heads trained on replica 1 (admin key, private port) is
               served by all three (the shared volume), with equal predictions
   drain       `stop` of one replica under load: requests sent / answered / failed
@@ -16,6 +18,9 @@ deploy/nginx/proxy.conf (deploy/local/topology.sh nginx). Checks, in order:
               tokens concatenated as .npy; the worst of bench/worst_request.py),
               found by bisection on one replica: it is answered, the replica
               is not OOM-killed, its peak RSS (VmHWM) is printed against 512 MiB
+  too-small   the image under `--memory 320m`: the service refuses to start,
+              saying that its models plus the largest admitted request exceed
+              the limit (exit 1), instead of an OOM kill under that request
   compose     deploy/compose.yaml brought up with podman-compose (three
               replicas, nginx from Debian's package in its own image with
               deploy/nginx/compose-static.conf): /classify through its nginx
@@ -263,8 +268,12 @@ def main():
         st2, _, body2 = request(a.port, "POST", "/classify", {"inputs": "a gripping, funny film"})
         label = json.loads(body2)["predictions"][0]["label"] if st2 == 200 else None
         per_replica = [request(p, "POST", "/classify", {"inputs": "a gripping, funny film"})[0] for p in reps.ports]
-        check("serving", st == 200 and dims and st2 == 200 and label == "pos" and per_replica == [200] * a.replicas,
-              embed_status=st, embed_dims=dims, classify_label=label, replicas_answering=per_replica)
+        sentiment = json.loads(request(reps.ports[0], "GET", "/heads/sentiment")[2])
+        graphs = {g["graph"]: g["phase"] for g in sentiment.get("graphs", [])}
+        check("serving", st == 200 and dims and st2 == 200 and label == "pos" and per_replica == [200] * a.replicas
+              and sentiment.get("graph") == "model.int8.onnx" and "model.int8.onnx" in graphs,
+              embed_status=st, embed_dims=dims, classify_label=label, replicas_answering=per_replica,
+              head_graph=sentiment.get("graph"), graphs=graphs)
 
         # --- a head trained over the API on replica 1, served by all
         t = time.time()
@@ -342,6 +351,23 @@ def main():
               and limit == 512 * 2**20,
               texts=best + 1, limit_seen_by_service=limit, answer_mb=round(len(payload) / 2**20, 1), status=s, peak_rss_mb=hwm, limit_mb=512,
               oom_killed=st["OOMKilled"], container_status=st["Status"])
+
+        # --- a limit the models and the largest request cannot fit: said at start
+        small = f"{PREFIX}-small"
+        subprocess.run([ENGINE, "rm", "-f", small], capture_output=True)
+        sh("run", "-d", "--name", small, "--memory", "320m", "--memory-swap", "320m", "--cpus", "2",
+           "--read-only", *NO_TMPFS, "-e", "DISTILSERVE_MODEL__INTRA_THREADS=2", a.image)
+        deadline = time.time() + 120
+        while time.time() < deadline and json.loads(sh("inspect", "--format", "{{json .State}}", small))["Status"] \
+                in ("running", "created", "configured", "initialized"):
+            time.sleep(0.5)
+        st = json.loads(sh("inspect", "--format", "{{json .State}}", small))
+        logs = subprocess.run([ENGINE, "logs", small], capture_output=True, text=True)
+        said = logs.stdout + logs.stderr   # the refusal is the process's last line, on stderr
+        subprocess.run([ENGINE, "rm", "-f", small], capture_output=True)
+        line = next((l for l in said.splitlines() if "exceed the container's limit" in l), "")
+        check("too-small", st["ExitCode"] == 1 and not st["OOMKilled"] and "limit of 320 MiB" in line,
+              exit_code=st["ExitCode"], oom_killed=st["OOMKilled"], said=line[-400:])
 
         # --- compose, as written, with podman-compose
         if not a.skip_compose:
