@@ -319,7 +319,8 @@ impl Model {
         let path = settings.dir.join(&settings.file);
         let shared = if sessions > 1 && settings.execution_provider == ExecutionProvider::Cpu && path.is_file() {
             ort_environment(&settings.onnxruntime_library)?;
-            SharedWeights::plan(&[(path, sessions)])?
+            // A file this reader cannot follow is left to the loading, which names the problem.
+            SharedWeights::plan(&[(path, sessions)]).unwrap_or_else(|_| SharedWeights::none())
         } else {
             SharedWeights::none()
         };

@@ -291,10 +291,17 @@ async fn share_weights(settings: &Settings, heads_graph: Option<&HeadsGraph>) ->
     }
     crate::model::ort_environment(&model.onnxruntime_library)?;
     let started = Instant::now();
-    let shared = tokio::task::spawn_blocking(move || SharedWeights::plan(&graphs))
-        .await
-        .context("model loading task failed")?
-        .context("reading the graphs' weights")?;
+    let planned =
+        tokio::task::spawn_blocking(move || SharedWeights::plan(&graphs)).await.context("model loading task failed")?;
+    // A file this reader cannot follow is left to the loading, whose checks
+    // (the manifest's size and sha256, ONNX Runtime's parser) name the problem.
+    let shared = match planned {
+        Ok(shared) => shared,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "weights not shared: each session loads its own");
+            return Ok(Arc::new(SharedWeights::none()));
+        }
+    };
     tracing::info!(
         shared_mib = shared.bytes >> 20,
         instead_of_mib = shared.bytes_unshared >> 20,
