@@ -4,6 +4,7 @@
 //!
 //! Module map, bottom (depends on nothing of ours) to top:
 //! - `config`: typed settings (file, environment, flags). Imports no other module.
+//! - `error_code`: every error code with its status, TEI type and `Retry-After`.
 //! - leaves: `tokenize` (text to ids), `pooling` (rows to vectors, softmax,
 //!   argmax), `npy`, `atomic_file`, `data` (labelled data sets), `metrics`
 //!   (the Prometheus registry), `telemetry` (logs), `layers` (which hidden
@@ -52,6 +53,7 @@ pub mod config;
 pub mod cost;
 pub mod data;
 pub mod encoder;
+pub mod error_code;
 pub mod features;
 pub mod heads;
 pub mod http;

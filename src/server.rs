@@ -11,6 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 
 use crate::config::ServerSettings;
+use crate::error_code::ErrorCode;
 
 /// What one client connection may cost: see `serve_connections`.
 #[derive(Debug, Clone)]
@@ -57,15 +58,18 @@ async fn refuse_over_capacity(
     let body = axum::body::Body::new(request.into_body());
     let _ = tokio::time::timeout(REFUSED_BODY_WAIT, axum::body::to_bytes(body, REFUSED_BODY_BYTES)).await;
     let message = "the server has server.max_connections connections open: retry later";
+    let code = ErrorCode::Overloaded;
     let (status, json) = if tei {
-        (429, serde_json::json!({"error": message, "error_type": "Overloaded", "code": "overloaded"}))
+        let (error_type, status) = code.tei();
+        (status, serde_json::json!({"error": message, "error_type": error_type, "code": code.as_str()}))
     } else {
-        (503, serde_json::json!({"error": {"code": "overloaded", "message": message}}))
+        (code.status(), serde_json::json!({"error": {"code": code.as_str(), "message": message}}))
     };
+    let retry_after = code.retry_after_seconds().unwrap_or(1);
     Ok(hyper::Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .header("retry-after", "1")
+        .header("retry-after", retry_after)
         .body(axum::body::Body::from(json.to_string()))
         .expect("a valid response"))
 }

@@ -16,6 +16,7 @@ use super::logistic::LabelCount;
 use super::search::{ClassWeight, MAX_WEIGHT_RATIO};
 use super::ABSTAIN;
 use crate::config::{training_bounds, PoolingChoice, TrainingSettings};
+use crate::error_code::ErrorCode;
 
 /// One uploaded example.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,7 +79,7 @@ impl std::str::FromStr for ClassWeightOption {
                 .map(ClassWeightOption::PerLabel)
                 .map_err(|()| {
                     invalid(
-                        "invalid_option",
+                        ErrorCode::InvalidOption,
                         format!(
                             "class_weight is none, balanced, auto or label:weight pairs separated by ';', got {s:?}"
                         ),
@@ -106,14 +107,13 @@ pub struct Resolved {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
 pub struct UploadError {
-    pub code: &'static str,
+    /// Its status says whether too much of something (413) or something wrong (422).
+    pub code: ErrorCode,
     pub message: String,
-    /// Too much of something (413) rather than something wrong (422).
-    pub too_large: bool,
 }
 
-fn invalid(code: &'static str, message: String) -> UploadError {
-    UploadError { code, message, too_large: false }
+fn invalid(code: ErrorCode, message: String) -> UploadError {
+    UploadError { code, message }
 }
 
 /// Examples ready for training: texts and label indices of both parts.
@@ -160,12 +160,12 @@ const MAX_TIME_BUDGET_S: f64 = 3600.0;
 /// `n` alphas spaced evenly in log scale from the smallest positive to the
 /// largest of `configured` (`[training] alphas`).
 fn alpha_grid(configured: &[f64], n: usize) -> Result<Vec<f64>, UploadError> {
-    training_bounds::alpha_grid(n).map_err(|e| invalid("invalid_option", e))?;
+    training_bounds::alpha_grid(n).map_err(|e| invalid(ErrorCode::InvalidOption, e))?;
     let positive = configured.iter().copied().filter(|a| *a > 0.0);
     let (lo, hi) = positive.fold((f64::INFINITY, 0.0f64), |(lo, hi), a| (lo.min(a), hi.max(a)));
     if !(lo.is_finite() && hi > lo) {
         return Err(invalid(
-            "invalid_option",
+            ErrorCode::InvalidOption,
             format!("alpha_grid needs [training] alphas to span a range, they are {configured:?}"),
         ));
     }
@@ -179,19 +179,19 @@ const MAX_LAYER_OPTIONS: usize = 8;
 fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, UploadError> {
     let alphas = match (&options.alphas, options.alpha_grid) {
         (Some(_), Some(_)) => {
-            return Err(invalid("invalid_option", "send alphas or alpha_grid, not both".into()));
+            return Err(invalid(ErrorCode::InvalidOption, "send alphas or alpha_grid, not both".into()));
         }
         (Some(alphas), None) => alphas.clone(),
         (None, Some(n)) => alpha_grid(&limits.alphas, n)?,
         (None, None) => limits.alphas.clone(),
     };
-    training_bounds::alphas(&alphas).map_err(|e| invalid("invalid_option", e))?;
+    training_bounds::alphas(&alphas).map_err(|e| invalid(ErrorCode::InvalidOption, e))?;
     let layers = match &options.layers {
         None => limits.layers.clone(),
         Some(specs) => {
             if specs.is_empty() || specs.len() > MAX_LAYER_OPTIONS {
                 return Err(invalid(
-                    "invalid_option",
+                    ErrorCode::InvalidOption,
                     format!("layers lists 1 to {MAX_LAYER_OPTIONS} options, got {}", specs.len()),
                 ));
             }
@@ -199,16 +199,16 @@ fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, Upl
                 .iter()
                 .map(|spec| crate::config::LayerSpec::try_from(spec.clone()))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| invalid("invalid_option", format!("layers: {e}")))?
+                .map_err(|e| invalid(ErrorCode::InvalidOption, format!("layers: {e}")))?
         }
     };
     let cv_folds = options.cv_folds.unwrap_or(limits.cv_folds);
-    training_bounds::cv_folds(cv_folds).map_err(|e| invalid("invalid_option", e))?;
+    training_bounds::cv_folds(cv_folds).map_err(|e| invalid(ErrorCode::InvalidOption, e))?;
     let test_fraction = options.test_fraction.unwrap_or(limits.test_fraction);
-    training_bounds::test_fraction(test_fraction).map_err(|e| invalid("invalid_option", e))?;
+    training_bounds::test_fraction(test_fraction).map_err(|e| invalid(ErrorCode::InvalidOption, e))?;
     if let Some(p) = options.min_probability {
         if !(0.0..=1.0).contains(&p) {
-            return Err(invalid("invalid_option", format!("min_probability must be between 0 and 1, got {p}")));
+            return Err(invalid(ErrorCode::InvalidOption, format!("min_probability must be between 0 and 1, got {p}")));
         }
     }
     Ok(Resolved {
@@ -227,7 +227,7 @@ fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, Upl
             }
             Some(s) => {
                 return Err(invalid(
-                    "invalid_option",
+                    ErrorCode::InvalidOption,
                     format!("time_budget_s must be more than 0 and at most {MAX_TIME_BUDGET_S}, got {s}"),
                 ))
             }
@@ -241,20 +241,19 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
     let options = resolve(options, limits)?;
     if examples.len() > limits.max_examples {
         return Err(UploadError {
-            code: "too_many_examples",
+            code: ErrorCode::TooManyExamples,
             message: format!("{} examples, more than training.max_examples ({})", examples.len(), limits.max_examples),
-            too_large: true,
         });
     }
     let mut hasher = Sha256::new();
     let mut test_marked = Vec::with_capacity(examples.len());
     for (i, e) in examples.iter().enumerate() {
         if e.text.trim().is_empty() {
-            return Err(invalid("empty_text", format!("example {i} has an empty text")));
+            return Err(invalid(ErrorCode::EmptyText, format!("example {i} has an empty text")));
         }
         if e.text.len() > limits.max_text_bytes {
             return Err(invalid(
-                "text_too_long",
+                ErrorCode::TextTooLong,
                 format!(
                     "example {i} has {} bytes of text, more than training.max_text_bytes ({})",
                     e.text.len(),
@@ -263,14 +262,13 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
             ));
         }
         if e.labels.iter().any(|l| l.trim().is_empty() || l.len() > 200 || l == ABSTAIN) {
-            return Err(invalid(
-                "invalid_label",
+            return Err(invalid(ErrorCode::InvalidLabel,
                 format!("example {i} has an empty label, one over 200 bytes, or {ABSTAIN:?} (what /classify answers below min_probability)"),
             ));
         }
         if e.text_pair.is_some() != examples[0].text_pair.is_some() {
             return Err(invalid(
-                "invalid_pair",
+                ErrorCode::InvalidPair,
                 format!(
                     "example {i} and example 0 differ in having a text_pair: a pair head needs one on every example"
                 ),
@@ -279,14 +277,14 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
         if let Some(pair) = &e.text_pair {
             if pair.trim().is_empty() || pair.len() > limits.max_text_bytes {
                 return Err(invalid(
-                    "invalid_pair",
+                    ErrorCode::InvalidPair,
                     format!("example {i} has an empty text_pair or one over training.max_text_bytes"),
                 ));
             }
         }
         if !options.multi_label && e.labels.len() != 1 {
             return Err(invalid(
-                "invalid_label",
+                ErrorCode::InvalidLabel,
                 format!(
                     "example {i} has {} labels; one per example, or set options.multi_label (multi_label=true)",
                     e.labels.len()
@@ -298,7 +296,7 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
             Some("test") => true,
             Some(other) => {
                 return Err(invalid(
-                    "invalid_split",
+                    ErrorCode::InvalidSplit,
                     format!("example {i} has split {other:?}; use \"train\" or \"test\" (or leave it out)"),
                 ))
             }
@@ -315,7 +313,7 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
     }
     let paired = examples.first().is_some_and(|e| e.text_pair.is_some());
     if paired && options.multi_label {
-        return Err(invalid("invalid_option", "a pair head takes one label per pair, not multi_label".into()));
+        return Err(invalid(ErrorCode::InvalidOption, "a pair head takes one label per pair, not multi_label".into()));
     }
     let fingerprint = format!("{:x}", hasher.finalize());
     if options.multi_label {
@@ -327,15 +325,14 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
     }
     if by_label.len() < 2 {
         return Err(invalid(
-            "too_few_labels",
+            ErrorCode::TooFewLabels,
             format!("a classifier needs at least 2 labels, the examples have {}", by_label.len()),
         ));
     }
     if by_label.len() > limits.max_labels {
         return Err(UploadError {
-            code: "too_many_labels",
+            code: ErrorCode::TooManyLabels,
             message: format!("{} labels, more than training.max_labels ({})", by_label.len(), limits.max_labels),
-            too_large: true,
         });
     }
     let minimum = limits.min_examples_per_label.max(options.cv_folds + 1);
@@ -346,7 +343,7 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
         .collect();
     if !scarce.is_empty() {
         return Err(invalid(
-            "too_few_examples",
+            ErrorCode::TooFewExamples,
             format!("each label needs at least {minimum} examples; these have fewer: {}", scarce.join(", ")),
         ));
     }
@@ -369,7 +366,7 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
         };
         if train.len() < options.cv_folds {
             return Err(invalid(
-                "too_few_examples",
+                ErrorCode::TooFewExamples,
                 format!(
                     "label {label:?} has {} examples outside the test split; cv_folds needs {}",
                     train.len(),
@@ -382,7 +379,7 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
         test_rows.extend(test.into_iter().map(|i| (i, index)));
     }
     if any_marked && test_rows.is_empty() {
-        return Err(invalid("invalid_split", "no example is in the test split".into()));
+        return Err(invalid(ErrorCode::InvalidSplit, "no example is in the test split".into()));
     }
     let test_source = if any_marked {
         "upload".to_string()
@@ -441,22 +438,24 @@ fn prepare_multi_label(
     fingerprint: String,
 ) -> Result<Prepared, UploadError> {
     if options.class_weight != ClassWeightOption::None || options.time_budget.is_some() {
-        return Err(invalid("invalid_option", "class_weight and time_budget_s apply to single-label heads".into()));
+        return Err(invalid(
+            ErrorCode::InvalidOption,
+            "class_weight and time_budget_s apply to single-label heads".into(),
+        ));
     }
     let names: std::collections::BTreeSet<&str> =
         examples.iter().flat_map(|e| e.labels.iter().map(String::as_str)).collect();
     let labels: Vec<String> = names.iter().map(|l| l.to_string()).collect();
     if labels.len() < 2 {
         return Err(invalid(
-            "too_few_labels",
+            ErrorCode::TooFewLabels,
             format!("a multi-label head needs at least 2 labels, the examples have {}", labels.len()),
         ));
     }
     if labels.len() > limits.max_labels {
         return Err(UploadError {
-            code: "too_many_labels",
+            code: ErrorCode::TooManyLabels,
             message: format!("{} labels, more than training.max_labels ({})", labels.len(), limits.max_labels),
-            too_large: true,
         });
     }
     let sets: Vec<Vec<usize>> = examples
@@ -475,7 +474,7 @@ fn prepare_multi_label(
         (0..labels.len()).filter(|&l| count(l) < minimum).map(|l| format!("{:?} ({})", labels[l], count(l))).collect();
     if !scarce.is_empty() {
         return Err(invalid(
-            "too_few_examples",
+            ErrorCode::TooFewExamples,
             format!(
                 "each label needs at least {minimum} examples that carry it; these have fewer: {}",
                 scarce.join(", ")
@@ -495,7 +494,7 @@ fn prepare_multi_label(
     };
     if train.len() < options.cv_folds || test.is_empty() {
         return Err(invalid(
-            "invalid_split",
+            ErrorCode::InvalidSplit,
             format!("{} examples to train on and {} held out", train.len(), test.len()),
         ));
     }
@@ -560,7 +559,7 @@ fn class_weight_of(option: &ClassWeightOption, labels: &[String]) -> Result<Clas
         ClassWeightOption::PerLabel(given) => {
             if let Some(unknown) = given.keys().find(|l| !labels.contains(l)) {
                 return Err(invalid(
-                    "invalid_option",
+                    ErrorCode::InvalidOption,
                     format!("class_weight names label {unknown:?}, which no example has (labels: {labels:?})"),
                 ));
             }
@@ -569,7 +568,7 @@ fn class_weight_of(option: &ClassWeightOption, labels: &[String]) -> Result<Clas
                 weights.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &w| (lo.min(w), hi.max(w)));
             if weights.iter().any(|w| !w.is_finite() || *w <= 0.0) || heaviest / lightest > MAX_WEIGHT_RATIO {
                 return Err(invalid(
-                    "invalid_option",
+                    ErrorCode::InvalidOption,
                     format!(
                         "class_weight: weights must be positive numbers within {MAX_WEIGHT_RATIO}x of each other \
                          (labels left out weigh 1), got {given:?}"
@@ -633,7 +632,9 @@ mod tests {
 
     #[test]
     fn every_refusal_names_its_problem() {
-        let code = |examples: Vec<Example>, options: Options| prepare(examples, &options, &limits()).unwrap_err().code;
+        let code = |examples: Vec<Example>, options: Options| {
+            prepare(examples, &options, &limits()).unwrap_err().code.as_str()
+        };
         assert_eq!(code(examples(&[("a", 10)]), Options::default()), "too_few_labels");
         assert_eq!(code(examples(&[("a", 10), ("b", 3)]), Options::default()), "too_few_examples");
         let mut blank = examples(&[("a", 10), ("b", 10)]);
@@ -647,10 +648,10 @@ mod tests {
         let mut small = limits();
         small.max_examples = 5;
         let err = prepare(examples(&[("a", 10), ("b", 10)]), &Options::default(), &small).unwrap_err();
-        assert_eq!((err.code, err.too_large), ("too_many_examples", true));
+        assert_eq!((err.code, err.code.status().as_u16()), (ErrorCode::TooManyExamples, 413));
         small = limits();
         small.max_labels = 2;
         let err = prepare(examples(&[("a", 10), ("b", 10), ("c", 10)]), &Options::default(), &small).unwrap_err();
-        assert_eq!(err.code, "too_many_labels");
+        assert_eq!(err.code, ErrorCode::TooManyLabels);
     }
 }

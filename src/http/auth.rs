@@ -3,13 +3,14 @@
 //! that change what the service serves (off, 403, until one is configured).
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::AppState;
+use crate::error_code::ErrorCode;
 
 /// Equal digests, compared without an early exit: the time taken does not
 /// depend on where a guess first differs, nor on the key's length.
@@ -28,7 +29,7 @@ fn bearer(request: &Request) -> Option<&str> {
 }
 
 fn unauthorized(message: &'static str) -> Response {
-    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    let mut response = ApiError::new(ErrorCode::Unauthorized, message).into_response();
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
@@ -50,8 +51,7 @@ pub async fn require_admin_key(State(state): State<AppState>, request: Request, 
     let expected = &state.settings.security.admin_key;
     if expected.is_empty() {
         return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "admin_disabled",
+            ErrorCode::AdminDisabled,
             "this route changes what the service serves and is off: set security.admin_key \
              (DISTILSERVE_SECURITY__ADMIN_KEY) and send `Authorization: Bearer <admin key>`",
         )

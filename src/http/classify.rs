@@ -7,6 +7,7 @@ use super::embed::validate_inputs;
 use super::error::refusals::{DeadlinePassed, MalformedJson, NotJson, OverLimits};
 use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::heads::lookup;
+use crate::error_code::ErrorCode;
 use std::collections::BTreeMap;
 
 use super::types::{
@@ -43,17 +44,20 @@ pub async fn classify(
     let several = request.heads.is_some();
     let names: Vec<Option<String>> = match (request.head, request.heads) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::invalid("invalid_request", "send either `head` or `heads`, not both"));
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "send either `head` or `heads`, not both"));
         }
         (None, Some(heads)) => {
             if heads.is_empty() || heads.len() > MAX_HEADS_PER_REQUEST {
-                return Err(ApiError::invalid(
-                    "invalid_request",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
                     format!("`heads` lists 1 to {MAX_HEADS_PER_REQUEST} heads, got {}", heads.len()),
                 ));
             }
             if let Some(twice) = heads.iter().enumerate().find(|(i, h)| heads[..*i].contains(h)).map(|(_, h)| h) {
-                return Err(ApiError::invalid("invalid_request", format!("head {twice:?} is listed twice in `heads`")));
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("head {twice:?} is listed twice in `heads`"),
+                ));
             }
             heads.into_iter().map(Some).collect()
         }
@@ -65,19 +69,19 @@ pub async fn classify(
         request.text_pair.map(|p| validate_inputs(p.into_vec(), state.settings.limits.max_inputs)).transpose()?;
     super::heads::check_pairs(&heads, pairs.as_deref(), texts.len(), state.settings.limits.max_inputs)?;
     if pairs.is_some() && (request.windows || request.explain) {
-        return Err(ApiError::invalid("invalid_request", "text pairs are classified without windows or explain"));
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "text pairs are classified without windows or explain"));
     }
     if request.windows && request.explain {
-        return Err(ApiError::invalid(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             "explain works on one window: send windows or explain, not both",
         ));
     }
     // Every option is checked before the model runs.
     if let Some(p) = request.min_probability {
         if !(0.0..=1.0).contains(&p) {
-            return Err(ApiError::invalid(
-                "invalid_request",
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
                 format!("min_probability must be between 0 and 1, got {p}"),
             ));
         }

@@ -1,7 +1,7 @@
 //! `POST /embed`: last hidden states, per token or pooled, as JSON or `.npy`.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::error::refusals::{DeadlinePassed, MalformedJson, NotJson, OverLimits, Overloaded};
@@ -9,6 +9,7 @@ use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::types::{EmbedRequest, EmbedResponse};
 use super::{timing_headers, AppState};
 use crate::cost::CostLimits;
+use crate::error_code::ErrorCode;
 use crate::inference::{EmbedOptions, Embedded, Vectors};
 use crate::layers::LayerSelection;
 use crate::npy;
@@ -78,8 +79,7 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
         return Ok(Format::Json);
     }
     Err(ApiError::new(
-        StatusCode::NOT_ACCEPTABLE,
-        "not_acceptable",
+        ErrorCode::NotAcceptable,
         format!("cannot answer with {accept:?}: accept application/json or {NPY_MEDIA_TYPE}"),
     ))
 }
@@ -94,18 +94,17 @@ pub fn validate_inputs(texts: Vec<String>, max_inputs: usize) -> Result<Vec<Stri
 /// inputs whose first empty text (if any) is at `first_empty`.
 pub fn check_inputs(field: &str, count: usize, first_empty: Option<usize>, max_inputs: usize) -> Result<(), ApiError> {
     if count == 0 {
-        return Err(ApiError::invalid("empty_input", format!("{field} is an empty list: send at least one text")));
+        return Err(ApiError::new(ErrorCode::EmptyInput, format!("{field} is an empty list: send at least one text")));
     }
     if count > max_inputs {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_inputs",
+            ErrorCode::TooManyInputs,
             format!("{count} inputs in one request; the limit is {max_inputs}"),
         ));
     }
     // Only "" is refused (as the schema's minLength says); whitespace is text like any other.
     if let Some(i) = first_empty {
-        return Err(ApiError::invalid("empty_input", format!("input {i} is empty")));
+        return Err(ApiError::new(ErrorCode::EmptyInput, format!("input {i} is empty")));
     }
     Ok(())
 }
@@ -136,8 +135,8 @@ pub async fn embed(
     let format = negotiate(&headers)?;
     let texts = validate_inputs(request.inputs.into_vec(), state.settings.limits.max_inputs)?;
     if request.windows && (request.pooling.features().is_none() || request.return_tokens) {
-        return Err(ApiError::invalid(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             "windows pools a long text's windows together: use pooling cls or mean, without return_tokens",
         ));
     }
@@ -145,7 +144,7 @@ pub async fn embed(
     let info = &state.encoder_runtime().info;
     let requested = request.layers.as_deref().unwrap_or(&[-1]);
     let layers = LayerSelection::resolve(requested, request.layer_combine, info.layers)
-        .map_err(|e| ApiError::invalid("invalid_layers", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::InvalidLayers, e.to_string()))?;
     let used = layers.indices.clone();
     let options = EmbedOptions {
         pooling: request.pooling,
@@ -204,9 +203,8 @@ pub async fn embed(
             };
             // About 12 bytes per number ("-0.12345678,"): sized once instead of doubling.
             let mut json = Vec::with_capacity(floats * 12 + 1024);
-            serde_json::to_writer(&mut json, &body).map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("cannot write the answer: {e}"))
-            })?;
+            serde_json::to_writer(&mut json, &body)
+                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot write the answer: {e}")))?;
             let headers = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
             Ok((timing, fingerprint_header(&state), headers, json).into_response())
         }

@@ -1,5 +1,6 @@
-//! The one place where errors become HTTP answers: a status, a stable code and
-//! a message, always as `{"error": {"code", "message"}}`.
+//! The one place where errors become HTTP answers: a code (its status, TEI
+//! type and `Retry-After` are the code's, `crate::error_code`) and a message,
+//! always as `{"error": {"code", "message"}}`.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
@@ -11,14 +12,14 @@ use utoipa::ToSchema;
 
 use crate::batching::BatchError;
 use crate::cost::CostError;
+pub use crate::error_code::ErrorCode;
 use crate::heads::upload::UploadError;
 use crate::inference::InferenceError;
 use crate::tokenize::TokenizeError;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -37,16 +38,16 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
-    }
-
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into() }
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
     }
 }
 
@@ -54,13 +55,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // Refusals (503 overloaded, starting, draining) are intended answers, counted in
         // /metrics and warned about once per interval by the queue, not logged one by one.
-        if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!(code = self.code, message = %self.message, "request failed");
+        let status = self.status();
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
         }
+        let retry_after = self.code.retry_after_seconds();
         let body = ErrorResponse { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
-        let mut response = (self.status, Json(body)).into_response();
-        if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -68,66 +71,63 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        let (status, code) = match &rejection {
-            JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
-            JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-            JsonRejection::MissingJsonContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
-            }
-            _ => (rejection.status(), "invalid_request"),
+        let code = match &rejection {
+            JsonRejection::JsonSyntaxError(_) => ErrorCode::InvalidJson,
+            JsonRejection::JsonDataError(_) => ErrorCode::InvalidRequest,
+            JsonRejection::MissingJsonContentType(_) => ErrorCode::UnsupportedMediaType,
+            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+            // The body could not be read (the client went away mid-body): nobody reads the answer.
+            _ => ErrorCode::InvalidRequest,
         };
-        ApiError::new(status, code, rejection.body_text())
+        ApiError::new(code, rejection.body_text())
     }
 }
 
 impl From<TokenizeError> for ApiError {
     fn from(e: TokenizeError) -> Self {
         let code = match e {
-            TokenizeError::TooLong { .. } => "input_too_long",
-            TokenizeError::Failed { .. } => "invalid_input",
+            TokenizeError::TooLong { .. } => ErrorCode::InputTooLong,
+            TokenizeError::Failed { .. } => ErrorCode::InvalidInput,
         };
-        ApiError::invalid(code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }
 
 impl From<BatchError> for ApiError {
     fn from(e: BatchError) -> Self {
-        let (status, code) = match e {
+        let code = match e {
             BatchError::QueueFull { .. } | BatchError::QueueFullTokens { .. } | BatchError::QueueWait { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+                ErrorCode::Overloaded
             }
-            BatchError::TooManyTokens { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_tokens"),
-            BatchError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            BatchError::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
-            BatchError::WorkerPanicked => (StatusCode::INTERNAL_SERVER_ERROR, "worker_panicked"),
+            BatchError::TooManyTokens { .. } => ErrorCode::TooManyTokens,
+            BatchError::ShuttingDown => ErrorCode::ShuttingDown,
+            BatchError::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+            BatchError::WorkerPanicked => ErrorCode::WorkerPanicked,
             // ONNX Runtime's own text stays in the log (with the worker's error line).
             BatchError::Inference(_) => {
                 return ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "inference_failed",
+                    ErrorCode::InferenceFailed,
                     "the model call failed; the details are in the service log",
                 )
             }
         };
-        ApiError::new(status, code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }
 
 impl From<UploadError> for ApiError {
     fn from(e: UploadError) -> Self {
-        let status = if e.too_large { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::UNPROCESSABLE_ENTITY };
-        ApiError::new(status, e.code, e.message)
+        ApiError::new(e.code, e.message)
     }
 }
 
 impl From<CostError> for ApiError {
     fn from(e: CostError) -> Self {
         let code = match e {
-            CostError::Answer { .. } => "response_too_large",
-            CostError::Memory { .. } => "request_too_costly",
+            CostError::Answer { .. } => ErrorCode::ResponseTooLarge,
+            CostError::Memory { .. } => ErrorCode::RequestTooCostly,
         };
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }
 
@@ -137,9 +137,7 @@ impl From<InferenceError> for ApiError {
             InferenceError::Tokenize(e) => e.into(),
             InferenceError::Batch(e) => e.into(),
             InferenceError::Cost(e) => e.into(),
-            e @ InferenceError::TooMuchWork { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_much_work", e.to_string())
-            }
+            e @ InferenceError::TooMuchWork { .. } => ApiError::new(ErrorCode::TooMuchWork, e.to_string()),
         }
     }
 }

@@ -23,6 +23,7 @@ use super::upload::{Upload, UploadBody};
 use super::AppState;
 use crate::cost::CostLimits;
 use crate::data::LabelledRow;
+use crate::error_code::ErrorCode;
 use crate::heads::scores::{expected_calibration_error, McNemar, Scores};
 use crate::heads::{classify_served, ClassifyInput, Head};
 use crate::pooling::argmax;
@@ -43,7 +44,7 @@ fn wants_svg(format: Option<&str>) -> Result<bool, ApiError> {
     match format {
         None | Some("json") => Ok(false),
         Some("svg") => Ok(true),
-        Some(other) => Err(ApiError::invalid("invalid_option", format!("format is json or svg, got {other:?}"))),
+        Some(other) => Err(ApiError::new(ErrorCode::InvalidOption, format!("format is json or svg, got {other:?}"))),
     }
 }
 
@@ -133,7 +134,7 @@ pub async fn evaluate(
     let head = lookup(&state, Some(&name))?;
     let labels = head.labels().to_vec();
     if rows.is_empty() {
-        return Err(ApiError::invalid("empty_input", "no labelled texts to evaluate on"));
+        return Err(ApiError::new(ErrorCode::EmptyInput, "no labelled texts to evaluate on"));
     }
     let heads = heads_to_run(&state, head, &compare)?;
     super::heads::check_pairs(&heads, None, rows.len(), state.settings.limits.max_inputs)?;
@@ -142,8 +143,8 @@ pub async fn evaluate(
         .enumerate()
         .map(|(i, r)| {
             label_index(&labels, &r.label).ok_or_else(|| {
-                ApiError::invalid(
-                    "unknown_label",
+                ApiError::new(
+                    ErrorCode::UnknownLabel,
                     format!("example {i} has label {:?}; head {name:?} has {labels:?} (names or indices)", r.label),
                 )
             })
@@ -231,8 +232,8 @@ pub async fn evaluate(
 /// the same set of labels.
 fn heads_to_run(state: &AppState, head: Arc<Head>, compare: &[String]) -> Result<Vec<Arc<Head>>, ApiError> {
     if compare.len() > MAX_COMPARED {
-        return Err(ApiError::invalid(
-            "invalid_option",
+        return Err(ApiError::new(
+            ErrorCode::InvalidOption,
             format!("compare lists at most {MAX_COMPARED} heads, got {}", compare.len()),
         ));
     }
@@ -241,22 +242,21 @@ fn heads_to_run(state: &AppState, head: Arc<Head>, compare: &[String]) -> Result
     wanted.sort();
     for other in compare {
         if heads.iter().any(|h| h.name() == other) {
-            return Err(ApiError::invalid("invalid_option", format!("head {other:?} is listed twice")));
+            return Err(ApiError::new(ErrorCode::InvalidOption, format!("head {other:?} is listed twice")));
         }
         let h = lookup(state, Some(other))?;
         let mut theirs: Vec<String> = h.labels().to_vec();
         theirs.sort();
         if theirs != wanted {
-            return Err(ApiError::invalid(
-                "labels_differ",
+            return Err(ApiError::new(
+                ErrorCode::LabelsDiffer,
                 format!("head {other:?} has labels {:?}, not {:?}", h.labels(), heads[0].labels()),
             ));
         }
         heads.push(h);
     }
     if let Some(h) = heads.iter().find(|h| matches!(&***h, Head::Logistic(l) if l.multi_label.is_some())) {
-        return Err(ApiError::invalid(
-            "invalid_request",
+        return Err(ApiError::new(ErrorCode::InvalidRequest,
             format!(
                 "head {:?} is multi-label: evaluate compares single-label heads (its held-out figures are in GET /heads/{})",
                 h.name(),
@@ -276,14 +276,14 @@ fn prediction_columns(
 ) -> Result<Vec<(String, Vec<usize>)>, ApiError> {
     let names: Vec<String> = rows[0].predictions.keys().cloned().collect();
     if names.len() > MAX_COMPARED {
-        return Err(ApiError::invalid(
-            "invalid_option",
+        return Err(ApiError::new(
+            ErrorCode::InvalidOption,
             format!("at most {MAX_COMPARED} prediction columns, got {}: {names:?}", names.len()),
         ));
     }
     if let Some(clash) = names.iter().find(|n| heads.iter().any(|h| h.name() == n.as_str())) {
-        return Err(ApiError::invalid(
-            "invalid_option",
+        return Err(ApiError::new(
+            ErrorCode::InvalidOption,
             format!("prediction column {clash:?} has the name of a head being evaluated; rename it"),
         ));
     }
@@ -291,8 +291,7 @@ fn prediction_columns(
         names.iter().map(|n| (n.clone(), Vec::with_capacity(rows.len()))).collect();
     for (i, row) in rows.iter().enumerate() {
         if row.predictions.len() != names.len() || !names.iter().all(|n| row.predictions.contains_key(n)) {
-            return Err(ApiError::invalid(
-                "invalid_request",
+            return Err(ApiError::new(ErrorCode::InvalidRequest,
                 format!(
                     "example {i} has predictions of {:?}; the first has {names:?} (every example names the same classifiers)",
                     row.predictions.keys().collect::<Vec<_>>()
@@ -302,8 +301,8 @@ fn prediction_columns(
         for (name, column) in &mut columns {
             let written = &row.predictions[name.as_str()];
             column.push(label_index(labels, written).ok_or_else(|| {
-                ApiError::invalid(
-                    "unknown_label",
+                ApiError::new(
+                    ErrorCode::UnknownLabel,
                     format!("example {i}: {name} predicted {written:?}, not one of {labels:?} (names or indices)"),
                 )
             })?);

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -15,6 +15,7 @@ use super::error::{ApiError, ErrorResponse};
 use super::types::{HeadDetail, HeadSummary, HeadsResponse, SuspectsResponse, VersionDescription};
 use super::AppState;
 use crate::config::HeadName;
+use crate::error_code::ErrorCode;
 use crate::heads::jobs::JobState;
 use crate::heads::{GraphPhase, GraphState, Head, Lookup};
 
@@ -25,29 +26,24 @@ pub fn lookup(state: &AppState, name: Option<&str>) -> Result<Arc<Head>, ApiErro
         match e {
             Lookup::NotFound => match state.jobs.status(name).map(|s| s.state) {
                 Some(JobState::Queued | JobState::Training) => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_ready",
+                    ErrorCode::NotReady,
                     format!("head {name:?} is still training; see GET /heads/{name}"),
                 ),
                 // Trained by another replica and not picked up here yet (within
                 // classify.watch_interval_ms): 503, which a load balancer retries elsewhere.
                 Some(JobState::Ready) if HeadName::parse(name).is_ok_and(|n| state.store.has_head(&n)) => {
                     ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not_ready",
+                        ErrorCode::NotReady,
                         format!("head {name:?} is ready in the heads folder and is being loaded here; retry shortly"),
                     )
                 }
                 _ => ApiError::not_found(format!("no head named {name:?}; see GET /heads")),
             },
-            Lookup::NotReady => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                format!("head {name:?} is still training; retry shortly"),
-            ),
+            Lookup::NotReady => {
+                ApiError::new(ErrorCode::NotReady, format!("head {name:?} is still training; retry shortly"))
+            }
             Lookup::Failed(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "head_failed",
+                ErrorCode::HeadFailed,
                 format!("head {name:?} failed to train at startup and is not served; see GET /heads and the log"),
             ),
         }
@@ -315,29 +311,28 @@ pub fn check_pairs(
     let is_pair = |h: &Head| matches!(h, Head::Logistic(l) if l.pair);
     match pairs {
         None => match heads.iter().find(|h| is_pair(h)) {
-            Some(h) => Err(ApiError::invalid(
-                "invalid_request",
+            Some(h) => Err(ApiError::new(
+                ErrorCode::InvalidRequest,
                 format!("head {:?} classifies text pairs: send text_pair, one second text per input", h.name()),
             )),
             None => Ok(()),
         },
         Some(pairs) => {
             if let Some(h) = heads.iter().find(|h| !is_pair(h)) {
-                return Err(ApiError::invalid(
-                    "invalid_request",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
                     format!("text_pair is for pair heads; head {:?} classifies single texts", h.name()),
                 ));
             }
             if pairs.len() != texts {
-                return Err(ApiError::invalid(
-                    "invalid_request",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
                     format!("{} inputs and {} text_pair texts: one second text per input", texts, pairs.len()),
                 ));
             }
             if 2 * texts > max_inputs {
                 return Err(ApiError::new(
-                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_many_inputs",
+                    ErrorCode::TooManyInputs,
                     format!("{texts} pairs are {} texts, more than limits.max_inputs ({max_inputs})", 2 * texts),
                 ));
             }

@@ -16,6 +16,7 @@ use super::upload::{Creation, Upload};
 use super::AppState;
 use crate::config::HeadKind;
 use crate::config::HeadName;
+use crate::error_code::ErrorCode;
 use crate::heads::jobs::{Job, SubmitError};
 use crate::heads::store::{HeadLock, LockError, RollbackError};
 use crate::heads::upload::prepare;
@@ -57,14 +58,16 @@ pub async fn create_head(
 ) -> Result<Response, ApiError> {
     let name = creation.name;
     if creation.description.as_ref().is_some_and(|d| d.len() > MAX_DESCRIPTION_BYTES) {
-        return Err(ApiError::invalid("invalid_request", format!("description is over {MAX_DESCRIPTION_BYTES} bytes")));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("description is over {MAX_DESCRIPTION_BYTES} bytes"),
+        ));
     }
     let existing = state.heads.get(Some(name.as_str()));
     if let Ok(head) = &existing {
         if head.kind() == HeadKind::Onnx {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "not_stored",
+                ErrorCode::NotStored,
                 format!("head {name:?} is an ONNX classifier configured in the settings; choose another name"),
             ));
         }
@@ -73,8 +76,7 @@ pub async fn create_head(
         existing.is_ok() || state.store.has_head(&name) || state.heads.configured().iter().any(|c| c == name.as_str());
     if taken && !creation.replace {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "head_exists",
+            ErrorCode::HeadExists,
             format!("head {name:?} exists; send \"replace\": true (or ?replace=true) to train a new version of it"),
         ));
     }
@@ -85,8 +87,8 @@ pub async fn create_head(
     // Every option checked before anything is queued: hidden states the encoder can give.
     let info = &state.heads_runtime().info;
     crate::heads::training::layer_options_of(&name, &prepared.options.layers, info).map_err(|_| {
-        ApiError::invalid(
-            "invalid_option",
+        ApiError::new(
+            ErrorCode::InvalidOption,
             format!("layers: no option fits the encoder {} (hidden states 0 to {})", info.name, info.last_layer()),
         )
     })?;
@@ -95,9 +97,9 @@ pub async fn create_head(
     let job =
         Job { name: name.clone(), lock, prepared, description: creation.description, request_id: request_id.clone() };
     let status = state.jobs.submit(job, &state.metrics).map_err(|e| match e {
-        SubmitError::InProgress(_) => ApiError::new(StatusCode::CONFLICT, "training_in_progress", e.to_string()),
-        SubmitError::QueueFull(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "training_queue_full", e.to_string()),
-        SubmitError::Closed => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string()),
+        SubmitError::InProgress(_) => ApiError::new(ErrorCode::TrainingInProgress, e.to_string()),
+        SubmitError::QueueFull(_) => ApiError::new(ErrorCode::TrainingQueueFull, e.to_string()),
+        SubmitError::Closed => ApiError::new(ErrorCode::ShuttingDown, e.to_string()),
     })?;
     tracing::info!(head = %name, request_id = %request_id, examples = status.examples, labels = status.label_counts.len(), replace = taken, "head training queued");
     let location = format!("/heads/{name}");
@@ -119,8 +121,7 @@ fn stored_only(state: &AppState, name: &str) -> Result<HeadName, ApiError> {
     if let Ok(head) = state.heads.get(Some(name)) {
         if head.kind() == HeadKind::Onnx {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "not_stored",
+                ErrorCode::NotStored,
                 format!("head {name:?} is an ONNX classifier configured in the settings, not a stored head"),
             ));
         }
@@ -137,8 +138,7 @@ async fn lock_head(state: &AppState, name: &HeadName) -> Result<Option<HeadLock>
     match tokio::task::spawn_blocking(move || store.try_lock(&wanted)).await.map_err(internal)? {
         Ok(lock) => Ok(Some(lock)),
         Err(LockError::Held) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "training_in_progress",
+            ErrorCode::TrainingInProgress,
             format!(
                 "head {name:?} is being trained, rolled back or deleted (here or by another replica sharing \
                  the heads folder); see GET /heads/{name} and retry when it is done"
@@ -152,7 +152,7 @@ async fn lock_head(state: &AppState, name: &HeadName) -> Result<Option<HeadLock>
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{e}"))
+    ApiError::new(ErrorCode::Internal, format!("{e}"))
 }
 
 #[utoipa::path(
@@ -183,16 +183,16 @@ pub async fn rollback_head(
     let (store, info, wanted) = (state.store.clone(), state.heads_runtime().info.clone(), name.clone());
     let rolled = tokio::task::spawn_blocking(move || store.rollback(&wanted, &info)).await.map_err(internal)?;
     let (version, head) = rolled.map_err(|e| {
-        let (status, code) = match &e {
-            RollbackError::NoActive => (StatusCode::NOT_FOUND, "not_found"),
-            RollbackError::NoPrevious { .. } => (StatusCode::CONFLICT, "no_previous_version"),
-            RollbackError::NotInHistory { .. } => (StatusCode::CONFLICT, "history_mismatch"),
-            RollbackError::Damaged { .. } => (StatusCode::CONFLICT, "version_damaged"),
-            RollbackError::OtherEncoder(_) => (StatusCode::CONFLICT, "encoder_mismatch"),
-            RollbackError::Folder(_) => (StatusCode::SERVICE_UNAVAILABLE, "heads_folder_unavailable"),
+        let code = match &e {
+            RollbackError::NoActive => ErrorCode::NotFound,
+            RollbackError::NoPrevious { .. } => ErrorCode::NoPreviousVersion,
+            RollbackError::NotInHistory { .. } => ErrorCode::HistoryMismatch,
+            RollbackError::Damaged { .. } => ErrorCode::VersionDamaged,
+            RollbackError::OtherEncoder(_) => ErrorCode::EncoderMismatch,
+            RollbackError::Folder(_) => ErrorCode::HeadsFolderUnavailable,
         };
         let heads_dir = state.settings.classify.heads_dir.display().to_string();
-        ApiError::new(status, code, format!("head {name:?}: {e}").replace(&heads_dir, "<heads_dir>"))
+        ApiError::new(code, format!("head {name:?}: {e}").replace(&heads_dir, "<heads_dir>"))
     })?;
     let head = Head::Logistic(head);
     let summary = summary(&state, &head);
@@ -219,15 +219,13 @@ pub async fn delete_head(State(state): State<AppState>, Path(name): Path<String>
     let name = stored_only(&state, &name)?;
     if name.as_str() == state.heads.default_name() {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "default_head",
+            ErrorCode::DefaultHead,
             format!("head {name:?} is the default head (classify.default_head); make another the default first"),
         ));
     }
     if state.heads.is_configured(&name) {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "head_in_settings",
+            ErrorCode::HeadInSettings,
             format!(
                 "head {name:?} is named in the settings (classify.serve): every start needs it; \
                  remove it there first"
@@ -236,8 +234,7 @@ pub async fn delete_head(State(state): State<AppState>, Path(name): Path<String>
     }
     if state.jobs.in_progress().contains(&name) {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "training_in_progress",
+            ErrorCode::TrainingInProgress,
             format!("head {name:?} is training; delete it when it is done"),
         ));
     }
@@ -268,7 +265,7 @@ pub async fn delete_head(State(state): State<AppState>, Path(name): Path<String>
         NoAdminKey,
         AdminOff,
         (status = 404, description = "Not a served head", body = ErrorResponse),
-        (status = 409, description = "Head still training at startup", body = ErrorResponse),
+        (status = 409, description = "Head still training at startup (`training_in_progress`)", body = ErrorResponse),
         (status = 422, description = "The file is missing, damaged, or for another encoder: the previous head keeps serving", body = ErrorResponse),
     ),
     security(("admin_key" = []))
@@ -285,7 +282,7 @@ pub async fn reload_head(
     }
     let _one_at_a_time = state.admin_lock.lock().await;
     if matches!(state.heads.get(Some(&name)), Err(Lookup::NotReady)) {
-        return Err(ApiError::new(StatusCode::CONFLICT, "not_ready", format!("head {name:?} is still training")));
+        return Err(ApiError::new(ErrorCode::TrainingInProgress, format!("head {name:?} is still training")));
     }
     let (settings, runtimes, wanted) = (state.settings.clone(), state.runtimes.clone(), name.clone());
     let loaded = tokio::task::spawn_blocking(move || crate::heads::load_one(&settings, &wanted, &runtimes, false))
@@ -296,7 +293,7 @@ pub async fn reload_head(
         // The log has the paths; the answer names the folder by its setting.
         let heads_dir = state.settings.classify.heads_dir.display().to_string();
         let message = if heads_dir.is_empty() { message } else { message.replace(&heads_dir, "<heads_dir>") };
-        ApiError::invalid("invalid_head_file", format!("{message}; the previous head keeps serving"))
+        ApiError::new(ErrorCode::InvalidHeadFile, format!("{message}; the previous head keeps serving"))
     };
     match loaded {
         Ok(Some(head)) => {

@@ -9,6 +9,7 @@ use axum::Json;
 
 use super::types::{HealthResponse, InfoResponse, LimitsDescription, ModelDescription};
 use super::{AppState, Readiness};
+use crate::error_code::ErrorCode;
 use crate::metrics::{HeadLabels, CONTENT_TYPE};
 
 #[utoipa::path(
@@ -132,8 +133,7 @@ pub async fn playground() -> axum::response::Html<&'static str> {
 pub async fn docs(State(state): State<AppState>) -> axum::response::Response {
     if !state.settings.server.docs_dir.join("swagger-ui-bundle.js").is_file() {
         return crate::http::error::ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "docs_unavailable",
+            ErrorCode::DocsUnavailable,
             format!(
                 "Swagger UI assets are not installed in {}: run scripts/setup.sh (the spec is at /openapi.json)",
                 state.settings.server.docs_dir.display()

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, State};
-use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,6 +34,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi;
 
 use crate::config::Settings;
+use crate::error_code::ErrorCode;
 use crate::heads::jobs::{Trainer, TrainingJobs};
 use crate::heads::store::HeadStore;
 use crate::heads::Heads;
@@ -290,16 +291,14 @@ async fn read_body_within(state: &AppState, request: Request<Body>, next: Next, 
         Ok(Ok(bytes)) => bytes,
         Ok(Err(_too_large_or_broken)) => {
             return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 format!("the request body is larger than the limit of {limit} bytes, or was cut off"),
             )
             .into_response()
         }
         Err(_elapsed) => {
             return ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
+                ErrorCode::BodyTimeout,
                 format!("the request body did not arrive within {} ms", deadline.as_millis()),
             )
             .into_response()
@@ -470,7 +469,7 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
     served
         .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+            ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
         })
         .layer(cors(&state.settings.security.cors_allowed_origins))
         // read_body_with_deadline enforces the limit; this lifts axum's own 2 MiB
@@ -484,8 +483,7 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
             let message = crate::telemetry::panic_message(&*panic);
             tracing::error!(panic = %message, "handler panicked");
             axum::response::IntoResponse::into_response(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "internal error; the details are in the service log",
             ))
         }))

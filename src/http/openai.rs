@@ -16,6 +16,7 @@ use super::types::{
 use super::{timing_headers, AppState};
 use crate::config::SentencePooling;
 use crate::cost::CostLimits;
+use crate::error_code::ErrorCode;
 use crate::inference::{CorpusBounds, CorpusItem, Pooled};
 use crate::pooling::{normalize, Pooling};
 use crate::tokenize::Truncation;
@@ -59,7 +60,7 @@ pub async fn embeddings(
     // The schema cannot know the model's width: more than it gives the whole vector.
     let dimensions = match request.dimensions {
         None => hidden,
-        Some(0) => return Err(ApiError::invalid("invalid_dimensions", "dimensions must be at least 1")),
+        Some(0) => return Err(ApiError::new(ErrorCode::InvalidDimensions, "dimensions must be at least 1")),
         Some(d) => d.min(hidden),
     };
     // OpenAI's endpoint truncates long inputs rather than refusing them.

@@ -27,6 +27,7 @@ use super::types::{
 };
 use super::{timing_headers, AppState};
 use crate::cost::{AnswerFormat, CostLimits};
+use crate::error_code::ErrorCode;
 use crate::heads::{classify_served, ClassifyInput, Decision, Head};
 use crate::inference::{EmbedOptions, Vectors};
 use crate::pooling::Pooling;
@@ -44,37 +45,18 @@ impl<E: Into<ApiError>> From<E> for TeiError {
     }
 }
 
-impl TeiError {
-    /// TEI's error type and status for one of our errors.
-    fn kind(&self) -> (&'static str, StatusCode) {
-        let e = &self.0;
-        match e.code {
-            "overloaded" => ("Overloaded", StatusCode::TOO_MANY_REQUESTS),
-            "shutting_down" | "not_ready" | "head_failed" => ("Unhealthy", StatusCode::SERVICE_UNAVAILABLE),
-            "too_many_inputs" | "too_many_tokens" | "payload_too_large" | "response_too_large"
-            | "request_too_costly" | "too_much_work" | "input_too_long" => {
-                ("Validation", StatusCode::PAYLOAD_TOO_LARGE)
-            }
-            "invalid_input" => ("Tokenizer", StatusCode::UNPROCESSABLE_ENTITY),
-            "empty_input" => ("Empty", StatusCode::BAD_REQUEST),
-            "worker_panicked" | "inference_failed" => ("Backend", StatusCode::FAILED_DEPENDENCY),
-            _ if e.status.is_server_error() && e.status != StatusCode::SERVICE_UNAVAILABLE => ("Backend", e.status),
-            _ => ("Validation", e.status),
-        }
-    }
-}
-
 impl IntoResponse for TeiError {
     fn into_response(self) -> Response {
-        let (error_type, status) = self.kind();
-        let ApiError { code, message, status: ours } = self.0;
+        let ApiError { code, message } = self.0;
+        let (error_type, status) = code.tei();
+        let ours = code.status();
         if ours.is_server_error() && ours != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!(code, message = %message, "request failed");
+            tracing::error!(code = code.as_str(), message = %message, "request failed");
         }
-        let body = TeiErrorResponse { error: message, error_type: error_type.into(), code: code.into() };
+        let body = TeiErrorResponse { error: message, error_type: error_type.into(), code: code.to_string() };
         let mut response = (status, Json(body)).into_response();
-        if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(seconds) = code.retry_after_seconds() {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -129,7 +111,7 @@ pub enum TeiRefusals {
 }
 
 fn unsupported(message: impl Into<String>) -> TeiError {
-    TeiError(ApiError::invalid("unsupported", message))
+    TeiError(ApiError::new(ErrorCode::Unsupported, message))
 }
 
 /// TEI's `prompt_name`: prompts are not configured for the served model.
@@ -179,7 +161,7 @@ pub async fn embed(
     no_prompt(&request.prompt_name)?;
     let hidden = state.encoder_runtime().info.hidden_size;
     let dimensions = match request.dimensions {
-        Some(0) => return Err(TeiError(ApiError::invalid("invalid_dimensions", "dimensions must be at least 1"))),
+        Some(0) => return Err(TeiError(ApiError::new(ErrorCode::InvalidDimensions, "dimensions must be at least 1"))),
         d => d.unwrap_or(hidden).min(hidden),
     };
     let pooled =
@@ -381,7 +363,7 @@ pub async fn head_classify(
         }
     }
     if parameters.top_k == Some(0) {
-        return Err(TeiError(ApiError::invalid("invalid_request", "top_k must be at least 1")));
+        return Err(TeiError(ApiError::new(ErrorCode::InvalidRequest, "top_k must be at least 1")));
     }
     // Truncated, as the Inference API's pipelines do.
     let mut predictions = labelled(&state, &head, request.inputs.into_vec(), None, true).await?;
@@ -449,8 +431,7 @@ pub async fn decode(
     let max = state.settings.limits.max_pooled_inputs;
     if sequences.len() > max {
         return Err(TeiError(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_inputs",
+            ErrorCode::TooManyInputs,
             format!("{} sequences in one request; the limit is {max}", sequences.len()),
         )));
     }
@@ -534,6 +515,6 @@ pub async fn health(State(state): State<AppState>) -> Result<StatusCode, TeiErro
     if state.readiness() == super::Readiness::Ready {
         Ok(StatusCode::OK)
     } else {
-        Err(TeiError(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "unhealthy")))
+        Err(TeiError(ApiError::new(ErrorCode::NotReady, "unhealthy")))
     }
 }

@@ -12,6 +12,7 @@ use super::types::{ClassWeightInput, CreateHeadQuery, CreateHeadRequest, Example
 use super::AppState;
 use crate::config::{HeadName, PoolingChoice};
 use crate::data::{parse_rows, LabelledRow, RowFormat, RowsError};
+use crate::error_code::ErrorCode;
 use crate::heads::upload::{ClassWeightOption, Example, Options};
 
 /// A pooling option as `PoolingChoice` spells it (its serde names).
@@ -19,7 +20,10 @@ fn parse_pooling(value: Option<&str>) -> Result<Option<PoolingChoice>, ApiError>
     value
         .map(|p| {
             serde_json::from_value(serde_json::Value::String(p.to_string())).map_err(|_| {
-                ApiError::invalid("invalid_option", format!("pooling {p:?} is not one of auto, cls, mean, cls_mean"))
+                ApiError::new(
+                    ErrorCode::InvalidOption,
+                    format!("pooling {p:?} is not one of auto, cls, mean, cls_mean"),
+                )
             })
         })
         .transpose()
@@ -29,10 +33,10 @@ fn parse_pooling(value: Option<&str>) -> Result<Option<PoolingChoice>, ApiError>
 fn separator_of(multi_label: Option<bool>, separator: Option<String>) -> Result<Option<String>, ApiError> {
     match (multi_label.unwrap_or(false), separator) {
         (true, Some(sep)) if sep.is_empty() => {
-            Err(ApiError::invalid("invalid_option", "label_separator must not be empty"))
+            Err(ApiError::new(ErrorCode::InvalidOption, "label_separator must not be empty"))
         }
         (true, sep) => Ok(Some(sep.unwrap_or_else(|| "|".into()))),
-        (false, Some(_)) => Err(ApiError::invalid("invalid_option", "label_separator needs multi_label: true")),
+        (false, Some(_)) => Err(ApiError::new(ErrorCode::InvalidOption, "label_separator needs multi_label: true")),
         (false, None) => Ok(None),
     }
 }
@@ -42,8 +46,8 @@ fn class_weight_option(input: ClassWeightInput) -> Result<ClassWeightOption, Api
     Ok(match input {
         ClassWeightInput::Name(name) if !name.contains(':') => name.parse()?,
         ClassWeightInput::Name(name) => {
-            return Err(ApiError::invalid(
-                "invalid_option",
+            return Err(ApiError::new(
+                ErrorCode::InvalidOption,
                 format!(
                     "class_weight is \"none\", \"balanced\", \"auto\" or an object of weights by label, got {name:?}"
                 ),
@@ -71,13 +75,13 @@ impl<T: UploadBody> FromRequest<AppState> for Upload<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let Query(query) = Query::<T::Query>::try_from_uri(req.uri())
-            .map_err(|e| ApiError::invalid("invalid_request", format!("bad query string: {}", e.body_text())))?;
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("bad query string: {}", e.body_text())))?;
         let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         let format = match mime.as_str() {
             "application/json" => {
                 if let Some(reason) = T::query_with_json(&query) {
-                    return Err(ApiError::invalid("invalid_request", reason));
+                    return Err(ApiError::new(ErrorCode::InvalidRequest, reason));
                 }
                 None
             }
@@ -85,38 +89,43 @@ impl<T: UploadBody> FromRequest<AppState> for Upload<T> {
             "application/jsonl" | "application/x-ndjson" | "application/jsonlines" => Some(RowFormat::Jsonl),
             _ => {
                 return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
+                    ErrorCode::UnsupportedMediaType,
                     "send the examples as application/json, text/csv or application/jsonl",
                 ))
             }
         };
         let body = Bytes::from_request(req, state).await.map_err(|e| {
-            let code =
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "invalid_request" };
-            ApiError::new(e.status(), code, e.body_text())
+            let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ErrorCode::PayloadTooLarge
+            } else {
+                ErrorCode::InvalidRequest
+            };
+            ApiError::new(code, e.body_text())
         })?;
         // One upload is decoded at a time, on a blocking thread: a body of many
         // tiny rows costs the rows kept (at most training.max_examples), once.
-        let _one_upload = state.uploads.acquire().await.map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("upload queue closed: {e}"))
-        })?;
+        let _one_upload = state
+            .uploads
+            .acquire()
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("upload queue closed: {e}")))?;
         let max_examples = state.settings.training.max_examples;
         let decoded = tokio::task::spawn_blocking(move || match format {
             None => T::from_json(&body, query, max_examples),
             Some(format) => T::from_rows(parse_upload_rows(&body, format, max_examples)?, query),
         })
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("decoding failed: {e}")))??;
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("decoding failed: {e}")))??;
         Ok(Upload(decoded))
     }
 }
 
 fn parse_upload_rows(body: &[u8], format: RowFormat, max_examples: usize) -> Result<Vec<LabelledRow>, ApiError> {
-    let text = std::str::from_utf8(body).map_err(|_| ApiError::invalid("invalid_request", "the body is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "the body is not UTF-8"))?;
     parse_rows(text, format, max_examples).map_err(|e| match e {
         RowsError::TooMany(max) => too_many_examples(max),
-        RowsError::Invalid(e) => ApiError::invalid("invalid_request", format!("{e:#}")),
+        RowsError::Invalid(e) => ApiError::new(ErrorCode::InvalidRequest, format!("{e:#}")),
     })
 }
 
@@ -133,9 +142,9 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
         if e.to_string().starts_with(super::types::TOO_MANY_EXAMPLES) {
             too_many_examples(max_examples)
         } else if e.is_syntax() || e.is_eof() {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
+            ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON: {e}"))
         } else {
-            ApiError::invalid("invalid_request", format!("the body is not {what}: {e}"))
+            ApiError::new(ErrorCode::InvalidRequest, format!("the body is not {what}: {e}"))
         }
     })
 }
@@ -150,13 +159,12 @@ pub struct Creation {
 }
 
 fn head_name(name: &str) -> Result<HeadName, ApiError> {
-    HeadName::parse(name).map_err(|e| ApiError::invalid("invalid_head_name", e.to_string()))
+    HeadName::parse(name).map_err(|e| ApiError::new(ErrorCode::InvalidHeadName, e.to_string()))
 }
 
 fn too_many_examples(max: usize) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too_many_examples",
+        ErrorCode::TooManyExamples,
         format!("more than training.max_examples ({max}) examples; reading stopped there"),
     )
 }
@@ -225,13 +233,16 @@ fn creation_from_json(request: CreateHeadRequest) -> Result<Creation, ApiError> 
 fn creation_from_rows(rows: Vec<LabelledRow>, query: CreateHeadQuery) -> Result<Creation, ApiError> {
     let separator = separator_of(query.multi_label, query.label_separator.clone())?;
     let name = query.name.ok_or_else(|| {
-        ApiError::invalid("invalid_request", "with a CSV or JSONL body the head's name goes in the query: ?name=...")
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "with a CSV or JSONL body the head's name goes in the query: ?name=...",
+        )
     })?;
     let alphas = query
         .alphas
         .map(|a| a.split(',').map(|v| v.trim().parse::<f64>()).collect::<Result<Vec<_>, _>>())
         .transpose()
-        .map_err(|_| ApiError::invalid("invalid_option", "alphas must be comma-separated numbers"))?;
+        .map_err(|_| ApiError::new(ErrorCode::InvalidOption, "alphas must be comma-separated numbers"))?;
     Ok(Creation {
         name: head_name(&name)?,
         examples: rows

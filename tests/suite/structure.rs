@@ -15,57 +15,26 @@ fn modules_import_no_cycle_and_config_imports_nothing() {
     assert!(text.lines().any(|l| l.starts_with("pooling") && l.ends_with("-> (nothing)")), "{text}");
 }
 
-/// Every error code the code can answer with, collected from the source:
-/// `ApiError::invalid("code", ...)`, `(StatusCode::X, "code")` and the
-/// `=> "code"` arms of `src/http/error.rs`.
-fn error_codes_in_source() -> std::collections::BTreeSet<String> {
-    fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()) {
-            if entry.is_dir() {
-                rust_files(&entry, out);
-            } else if entry.extension().is_some_and(|e| e == "rs") {
-                out.push(entry);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    rust_files(&common::repo_path("src"), &mut files);
-    let mut codes = std::collections::BTreeSet::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
-        let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        let mut markers = vec!["ApiError::invalid(\""];
-        if file.ends_with("error.rs") {
-            markers.push("=> \"");
-        }
-        let mut rest = flat.as_str();
-        while let Some(i) = rest.find("StatusCode::") {
-            rest = &rest[i + "StatusCode::".len()..];
-            let name_end = rest.find(|c: char| !(c.is_ascii_uppercase() || c == '_')).unwrap_or(rest.len());
-            if let Some(after) = rest[name_end..].strip_prefix(", \"") {
-                codes.insert(after[..after.find('"').unwrap()].to_string());
-            }
-        }
-        for marker in markers {
-            for (i, _) in flat.match_indices(marker) {
-                let after = &flat[i + marker.len()..];
-                let code = &after[..after.find('"').unwrap()];
-                if !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-                    codes.insert(code.to_string());
-                }
-            }
-        }
-    }
-    codes
-}
-
+/// Every error code the service can answer with is in the README's error
+/// tables, with its status: the codes come from `ErrorCode::ALL`, the one
+/// table of codes, statuses, TEI types and `Retry-After`.
 #[test]
-fn the_readme_lists_every_error_code_the_code_can_return() {
-    let codes = error_codes_in_source();
-    assert!(codes.len() >= 15 && codes.contains("too_many_tokens") && codes.contains("admin_disabled"), "{codes:?}");
+fn the_readme_lists_every_error_code_with_its_status() {
+    use distilserve::error_code::ErrorCode;
     let readme = std::fs::read_to_string(common::repo_path("README.md")).unwrap();
-    let missing: Vec<&String> = codes.iter().filter(|c| !readme.contains(&format!("`{c}`"))).collect();
-    assert!(missing.is_empty(), "error codes missing from README.md: {missing:?}");
+    let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| ")).collect();
+    let mut missing = Vec::new();
+    for code in ErrorCode::ALL {
+        let (name, status) = (format!("`{}`", code.as_str()), code.status().as_u16().to_string());
+        let listed = rows.iter().any(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            cells.iter().any(|c| c.split(", ").any(|part| part == name)) && cells.contains(&status.as_str())
+        });
+        if !listed {
+            missing.push(format!("{status} {name}"));
+        }
+    }
+    assert!(missing.is_empty(), "error codes missing from README.md's error tables (status, code): {missing:?}");
 }
 
 /// The section of README.md under `heading`, up to the next `## `.
