@@ -23,6 +23,7 @@ pub mod loading;
 pub mod logistic;
 pub mod multi_label;
 pub mod onnx;
+pub mod record;
 pub mod registry;
 pub mod scores;
 pub mod search;
