@@ -400,6 +400,7 @@ pub fn head_path(dir: &Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn a_head_stays_on_the_heads_graph_unless_it_loses_more_than_half_a_point() {
