@@ -238,7 +238,7 @@ impl Inference {
     /// Starts the model's workers (one per session) behind one queue;
     /// `metrics` labels what `/metrics` shows of it.
     pub fn start(model: Model, config: BatcherConfig, metrics: RuntimeMetrics) -> Inference {
-        // A real model's workers time two call shapes first (batching.rs, `calibrate`).
+        // A real model's workers time two call shapes first (batching/cost.rs, `calibrate`).
         let config = BatcherConfig { calibrate: true, ..config };
         Self::with_encoders(model.info, model.tokenizer, model.encoders, config, metrics)
     }

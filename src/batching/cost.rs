@@ -1,0 +1,148 @@
+//! What a model call costs: a per-call and a per-token cost fitted on the
+//! workers' own calls (and two calibration calls at start), which queue-time
+//! admission prices waiting work with.
+
+use super::*;
+
+/// A worker's model time per call, fitted as `per_call + per_token x padded
+/// tokens` by least squares over its calls, recent ones weighing most. Fitted
+/// on one shape alone (a quiet spell of single sentences), the two parts
+/// cannot be told apart, and their sum per token overstated what full batches
+/// cost per token about twice (a burst after a quiet spell was half refused):
+/// so calls of a new shape carry their full weight, and the calibration calls
+/// at start (two shapes) stay in the fit with a small fixed weight.
+#[derive(Debug, Default)]
+pub(super) struct CallCost {
+    calls: u64,
+    /// Decayed sums over calls: weight, padded tokens (x), seconds (y), x², xy,
+    /// and real tokens (for the padding ratio).
+    sums: [f64; 6],
+    /// The calibration calls' sums, never decayed.
+    prior: [f64; 6],
+}
+
+/// What [`CallCost`] has learned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct CostModel {
+    pub(super) per_call: f64,
+    pub(super) per_token: f64,
+    /// Padded tokens per real token in a call.
+    pub(super) padding: f64,
+}
+
+impl CallCost {
+    const DECAY: f64 = 0.95;
+    /// Weight of the calibration calls against the decayed sums (at most 20).
+    const PRIOR_WEIGHT: f64 = 2.0;
+
+    fn point(padded: usize, real: usize, took: Duration) -> [f64; 6] {
+        let (x, y) = (padded as f64, took.as_secs_f64());
+        [1.0, x, y, x * x, x * y, real as f64]
+    }
+
+    /// Counts one call of `padded` tokens (`real` without padding) that took `took`.
+    pub(super) fn record(&mut self, padded: usize, real: usize, took: Duration) {
+        self.calls += 1;
+        if self.calls == 1 && self.prior[0] == 0.0 {
+            return; // a worker's first call pays one-time costs
+        }
+        let p = Self::point(padded, real, took);
+        for (s, v) in self.sums.iter_mut().zip(p) {
+            *s = *s * Self::DECAY + v;
+        }
+    }
+
+    /// Records a calibration call: kept in every later fit.
+    pub(super) fn calibrated(&mut self, padded: usize, took: Duration) {
+        let p = Self::point(padded, padded, took);
+        for (s, v) in self.prior.iter_mut().zip(p) {
+            *s += Self::PRIOR_WEIGHT * v;
+        }
+    }
+
+    pub(super) fn model(&self) -> Option<CostModel> {
+        let [w, x, y, xx, xy, real]: [f64; 6] = std::array::from_fn(|i| self.sums[i] + self.prior[i]);
+        if w <= 0.0 || x <= 0.0 || y <= 0.0 {
+            return None;
+        }
+        let padding = if real > 0.0 { (x / real).max(1.0) } else { 1.0 };
+        let variance = xx / w - (x / w).powi(2);
+        let (mean_x, mean_y) = (x / w, y / w);
+        // One shape only (or nearly): all of it per token, as a rate.
+        if variance <= (0.05 * mean_x).powi(2) {
+            return Some(CostModel { per_call: 0.0, per_token: y / x, padding });
+        }
+        let slope = (xy / w - mean_x * mean_y) / variance;
+        let intercept = mean_y - slope * mean_x;
+        let model = match (intercept >= 0.0, slope >= 0.0) {
+            (true, true) => CostModel { per_call: intercept, per_token: slope, padding },
+            (false, _) => CostModel { per_call: 0.0, per_token: y / x, padding },
+            (true, false) => CostModel { per_call: mean_y, per_token: 0.0, padding },
+        };
+        Some(model)
+    }
+}
+
+/// Two calls of different shapes through a new worker's encoder (after one
+/// that pays first-call costs): a small fixed weight in its cost fit. No call
+/// holds more than `max_batch_size` sequences, as in serving.
+pub(super) fn calibrate<E: Encoder>(encoder: &mut E, cost: &mut CallCost, max_batch_size: usize) {
+    let seq = |len: usize| Tokenized {
+        ids: vec![1000; len],
+        type_ids: vec![0; len],
+        tokens: Vec::new(),
+        offsets: Vec::new(),
+        special: vec![false; len],
+        layers: crate::layers::LayerMask::LAST,
+    };
+    let shapes = [(1usize, 16usize), (1, 16), (16.min(max_batch_size), 64)];
+    for (i, (size, len)) in shapes.into_iter().enumerate() {
+        let batch: Vec<Tokenized> = (0..size).map(|_| seq(len)).collect();
+        let refs: Vec<&Tokenized> = batch.iter().collect();
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encoder.encode(&refs)));
+        if !matches!(result, Ok(Ok(_))) {
+            tracing::warn!("calibration call failed; the queue-time estimate learns from traffic alone");
+            return;
+        }
+        if i > 0 {
+            cost.calibrated(size * len, started.elapsed());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_cost_separates_the_fixed_cost_from_the_cost_per_token() {
+        // Calls of 5 ms + 0.1 ms per padded token.
+        let took = |padded: usize| Duration::from_secs_f64(0.005 + 0.0001 * padded as f64);
+        let mut cost = CallCost::default();
+        cost.record(10, 10, Duration::from_secs(1));
+        assert_eq!(cost.model(), None, "the first call pays one-time costs");
+        // One shape alone: all of it per token (a rate), as before.
+        for _ in 0..20 {
+            cost.record(10, 10, took(10));
+        }
+        let one = cost.model().unwrap();
+        assert!(one.per_call == 0.0 && (one.per_token - 0.0006).abs() < 1e-9, "{one:?}");
+        // With calibration calls of two shapes, single sentences no longer
+        // overstate what a full batch costs per token.
+        let mut calibrated = CallCost::default();
+        calibrated.calibrated(16, took(16));
+        calibrated.calibrated(1024, took(1024));
+        for _ in 0..20 {
+            calibrated.record(10, 10, took(10));
+        }
+        let fit = calibrated.model().unwrap();
+        assert!((fit.per_call - 0.005).abs() < 1e-6 && (fit.per_token - 0.0001).abs() < 1e-8, "{fit:?}");
+        // 40 requests of 8 sentences of 12 tokens: 5 calls of 64 sequences.
+        let estimate = 5.0 * fit.per_call + 40.0 * 8.0 * 12.0 * fit.per_token;
+        assert!((estimate - (5.0 * 0.005 + 3840.0 * 0.0001)).abs() < 1e-6);
+        // Padding is learned per call.
+        calibrated.record(200, 100, took(200));
+        assert!(calibrated.model().unwrap().padding > 1.0);
+    }
+}

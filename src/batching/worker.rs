@@ -1,0 +1,132 @@
+//! The workers: each takes the next batch off the queue (fair order, within
+//! the planner's window), runs it on its encoder and hands each caller its rows.
+
+use super::cost::calibrate;
+use super::*;
+
+/// How many batches' worth of the oldest queued sequences the planner looks at.
+const PLAN_WINDOW_BATCHES: usize = 4;
+
+/// Sequences of one job per round of the fair order.
+const FAIR_QUANTUM: usize = 4;
+
+pub(super) fn worker_loop<E: Encoder>(shared: &Shared, worker: usize, mut encoder: E) {
+    let m = &shared.metrics;
+    let mut cost = CallCost::default();
+    if shared.config.calibrate {
+        calibrate(&mut encoder, &mut cost, shared.config.max_batch_size);
+        *shared.call_cost[worker].lock().unwrap_or_else(|p| p.into_inner()) = cost.model();
+    }
+    while let Some(batch) = next_batch(shared) {
+        let now = Instant::now();
+        let (live, dead): (Vec<Item>, Vec<Item>) = batch.into_iter().partition(|item| item.job.is_wanted(now));
+        m.skipped.inc_by(dead.len() as u64);
+        for item in dead {
+            // The caller is gone or its deadline passed: answer (if anyone listens) without computing.
+            item.job.fail(BatchError::DeadlineExceeded);
+        }
+        if live.is_empty() {
+            continue;
+        }
+        let seqs: Vec<&Tokenized> = live.iter().map(|item| &item.job.seqs[item.index]).collect();
+        let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+        m.batches.inc();
+        m.sequences.inc_by(seqs.len() as u64);
+        m.tokens.inc_by(tokens as u64);
+        m.padded_tokens.inc_by((longest * seqs.len()) as u64);
+        m.batch_size.observe(seqs.len() as f64);
+        m.batch_tokens.observe((longest * seqs.len()) as f64);
+        let batch_start = Instant::now();
+        for item in &live {
+            m.queue_wait.observe(batch_start.saturating_duration_since(item.job.queued_at).as_secs_f64());
+        }
+        shared.busy_since_ms[worker].store(shared.started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+        // A panic in the encoder fails this batch only: its callers get 500
+        // `worker_panicked`, the panic is counted, and the loop goes on.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encoder.encode(&seqs)));
+        shared.busy_since_ms[worker].store(0, Ordering::Relaxed);
+        let took = batch_start.elapsed();
+        m.inference.observe(took.as_secs_f64());
+        let result = match result {
+            Ok(result) => result,
+            Err(panic) => {
+                m.worker_panics.inc();
+                let message = crate::telemetry::panic_message(&*panic);
+                tracing::error!(panic = %message, batch = live.len(), "inference worker panicked; batch dropped");
+                live.iter().for_each(|item| item.job.fail(BatchError::WorkerPanicked));
+                continue;
+            }
+        };
+        match result {
+            Ok(rows) if rows.len() == live.len() => {
+                cost.record(longest * seqs.len(), tokens, took);
+                *shared.call_cost[worker].lock().unwrap_or_else(|p| p.into_inner()) = cost.model();
+                for (item, rows) in live.iter().zip(rows) {
+                    item.job.complete(item.index, rows, batch_start);
+                }
+            }
+            Ok(rows) => {
+                let message = format!("the encoder returned {} results for {} sequences", rows.len(), live.len());
+                tracing::error!(error = %message, "inference failed");
+                live.iter().for_each(|item| item.job.fail(BatchError::Inference(message.clone())));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = live.len(), "inference failed");
+                for item in &live {
+                    item.job.fail(BatchError::Inference(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// Blocks until there is work (or the queue is closed and empty), then takes
+/// the sequences [`plan_batch`] picks, sorted by length.
+pub(super) fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
+    let config = &shared.config;
+    let mut queue = shared.queue();
+    while queue.items.is_empty() {
+        if queue.closed {
+            return None;
+        }
+        queue = shared.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
+    }
+    if !config.max_wait.is_zero() {
+        // Give concurrent requests a moment to join a batch that is not full yet.
+        let until = Instant::now() + config.max_wait;
+        while queue.items.len() < config.max_batch_size && !queue.closed {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            queue = shared.wake.wait_timeout(queue, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+    // Fair order: each job's sequences in rounds of FAIR_QUANTUM, round by round,
+    // jobs by arrival within a round. A single sentence that arrives while a
+    // large request is being computed goes into the next call instead of
+    // waiting for the whole request (measured in RELIABILITY.md). Batch work
+    // (head training) comes after every live sequence.
+    let key = |item: &Item| (item.job.background, item.index / FAIR_QUANTUM, item.job.number, item.index);
+    let window = queue.items.len().min(config.max_batch_size.saturating_mul(PLAN_WINDOW_BATCHES));
+    let mut order: Vec<usize> = (0..queue.items.len()).collect();
+    if order.len() > window {
+        order.select_nth_unstable_by_key(window - 1, |&i| key(&queue.items[i]));
+        order.truncate(window);
+    }
+    order.sort_unstable_by_key(|&i| key(&queue.items[i]));
+    let lengths: Vec<usize> = order.iter().map(|&i| queue.items[i].len()).collect();
+    let mut picked: Vec<usize> = plan_batch(&lengths, config).into_iter().map(|p| order[p]).collect();
+    // Remove from the back so that earlier positions stay valid.
+    picked.sort_unstable_by(|a, b| b.cmp(a));
+    let mut batch: Vec<Item> =
+        picked.into_iter().map(|pos| queue.items.remove(pos).expect("planned position")).collect();
+    queue.tokens -= batch.iter().map(Item::len).sum::<usize>();
+    queue.live_tokens -= batch.iter().filter(|item| !item.job.background).map(Item::len).sum::<usize>();
+    queue.live_items -= batch.iter().filter(|item| !item.job.background).count();
+    shared.metrics.queue_depth.set(queue.items.len() as i64);
+    drop(queue);
+    batch.sort_by_key(Item::len);
+    Some(batch)
+}
