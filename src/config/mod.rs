@@ -2,6 +2,9 @@
 //! (`--config` / `DISTILSERVE_CONFIG`), then `DISTILSERVE_<SECTION>__<KEY>`
 //! environment variables, then command-line flags. Errors name the key.
 //! The bottom of the module graph: nothing here imports another module of the crate.
+//! The names and choices settings are made of are in `domain.rs`, the
+//! environment's other variables in `variables.rs`, the training options'
+//! bounds in `training_bounds.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,8 +14,16 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// The defaults, identical to `config/default.toml` in the repository.
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 pub const ENV_PREFIX: &str = "DISTILSERVE_";
+
+mod domain;
+pub mod training_bounds;
+mod variables;
+
+pub use domain::*;
+use variables::check_variables;
+pub use variables::OTHER_VARIABLES;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -100,104 +111,6 @@ pub struct ClassifySettings {
     /// Sessions of the heads' graph's runtime; 0: chosen by the graph
     /// (`startup::heads_graph_parallelism`).
     pub model_sessions: usize,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum HeadKind {
-    /// Logistic regression on pooled hidden states, trained by distilserve.
-    Logistic,
-    /// A pre-trained ONNX sequence classifier (logits output).
-    Onnx,
-}
-
-/// Pooling of a logistic head as a setting: one of `pooling::FeaturePooling`,
-/// or `auto` to let the search choose among them.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum PoolingChoice {
-    Auto,
-    Cls,
-    Mean,
-    #[value(name = "cls_mean")]
-    ClsMean,
-}
-
-/// How several hidden states become one vector per token (`layers::LayerSelection`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum LayerCombine {
-    /// Element-wise mean: the hidden size stays the same.
-    #[default]
-    Mean,
-    /// Side by side, in the order asked: hidden size x number of layers.
-    Concat,
-}
-
-impl LayerCombine {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LayerCombine::Mean => "mean",
-            LayerCombine::Concat => "concat",
-        }
-    }
-}
-
-/// One layer option of a head's search, written `"-1"`, `"mean(-4,-3,-2,-1)"`
-/// or `"concat(-2,-1)"`: hidden-state indices (0 the embeddings, negative from
-/// the end) and how several combine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct LayerSpec {
-    pub indices: Vec<i64>,
-    pub combine: LayerCombine,
-}
-
-impl TryFrom<String> for LayerSpec {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        let t = text.trim();
-        let (combine, list) = if let Some(rest) = t.strip_prefix("mean(") {
-            (LayerCombine::Mean, rest.strip_suffix(')'))
-        } else if let Some(rest) = t.strip_prefix("concat(") {
-            (LayerCombine::Concat, rest.strip_suffix(')'))
-        } else {
-            (LayerCombine::Mean, Some(t))
-        };
-        let bad = || format!("layer option {text:?}: write \"-1\", \"mean(-4,-3,-2,-1)\" or \"concat(-2,-1)\"");
-        let indices = list
-            .ok_or_else(bad)?
-            .split(',')
-            .map(|i| i.trim().parse::<i64>().map_err(|_| bad()))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(LayerSpec { indices, combine })
-    }
-}
-
-impl From<LayerSpec> for String {
-    fn from(spec: LayerSpec) -> String {
-        spec.to_string()
-    }
-}
-
-impl std::fmt::Display for LayerSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let list: Vec<String> = self.indices.iter().map(i64::to_string).collect();
-        match list.as_slice() {
-            [one] => f.write_str(one),
-            _ => write!(f, "{}({})", self.combine.as_str(), list.join(",")),
-        }
-    }
-}
-
-/// The layer options every logistic head's search tries unless told otherwise.
-pub fn default_layer_options() -> Vec<LayerSpec> {
-    ["-1", "mean(-4,-3,-2,-1)", "concat(-2,-1)"]
-        .into_iter()
-        .map(|s| LayerSpec::try_from(s.to_string()).expect("valid"))
-        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -650,237 +563,9 @@ impl Settings {
     }
 }
 
-/// `DISTILSERVE_` variables that are not settings (those are
-/// `DISTILSERVE_<SECTION>__<KEY>`): the command line's (`--config`, `extract
-/// --remote-api-key`), the set-up scripts', `deploy/compose.yaml`'s (the
-/// image and the host's port) and the tests'.
-pub const OTHER_VARIABLES: &[&str] = &[
-    "CONFIG",
-    "REMOTE_API_KEY",
-    "CACHE",
-    "VENV",
-    "PYTHON",
-    "CLIENTS_PYTHON",
-    "IMAGE",
-    "PORT",
-    "BIN",
-    "SKIP_ROOT_TESTS",
-    "FAULT_PAUSE_BEFORE_RENAME_MS",
-];
-
-/// Refuses a `DISTILSERVE_` variable that is neither a setting's nor one of
-/// [`OTHER_VARIABLES`], naming the setting's variable it most likely meant: a
-/// `DISTILSERVE_ADMIN_KEY` would otherwise be ignored, and the service start
-/// without the key its operator set. (Unknown `SECTION__KEY` names are refused
-/// when the settings are read.)
-fn check_variables(names: impl Iterator<Item = String>) -> Result<(), ConfigError> {
-    for name in names {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
-        if rest.contains("__") || OTHER_VARIABLES.contains(&rest) || is_service_link(rest) {
-            continue;
-        }
-        return Err(ConfigError::Invalid {
-            key: "environment",
-            problem: format!(
-                "{name} is not a setting's variable (DISTILSERVE_<SECTION>__<KEY>, two underscores) nor one of \
-                 DISTILSERVE_{{{}}}; did you mean {}?",
-                OTHER_VARIABLES.join(","),
-                nearest_variable(rest)
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Kubernetes gives a pod variables of every service in its namespace (unless
-/// `enableServiceLinks: false`): a service named `distilserve` (or
-/// `distilserve-...`) makes `DISTILSERVE_SERVICE_HOST`, `DISTILSERVE_SERVICE_PORT[_NAME]`,
-/// `DISTILSERVE_PORT` and `DISTILSERVE_PORT_8080_TCP[_PROTO|_PORT|_ADDR]`. `rest`
-/// is the name after the prefix.
-fn is_service_link(rest: &str) -> bool {
-    let parts: Vec<&str> = rest.split('_').collect();
-    let port_link = |p: &[&str]| match p {
-        ["PORT"] => true,
-        ["PORT", number, protocol, tail @ ..] => {
-            number.chars().all(|c| c.is_ascii_digit())
-                && ["TCP", "UDP", "SCTP"].contains(protocol)
-                && matches!(tail, [] | ["PROTO"] | ["PORT"] | ["ADDR"])
-        }
-        _ => false,
-    };
-    (0..parts.len()).any(|start| {
-        let p = &parts[start..];
-        matches!(p, ["SERVICE", "HOST"]) || p.starts_with(&["SERVICE", "PORT"]) || port_link(p)
-    })
-}
-
-/// The setting's variable nearest to `wrong` (a key of `config/default.toml`
-/// without its section, or misspelt): same key name first, else the fewest edits.
-fn nearest_variable(wrong: &str) -> String {
-    let defaults: serde_json::Value = Figment::from(Toml::string(DEFAULT_TOML)).extract().expect("the defaults parse");
-    let mut variables = Vec::new();
-    for (section, table) in defaults.as_object().into_iter().flatten() {
-        for (key, value) in table.as_object().into_iter().flatten() {
-            if !value.is_object() {
-                variables.push((
-                    key.to_uppercase(),
-                    format!("{ENV_PREFIX}{}__{}", section.to_uppercase(), key.to_uppercase()),
-                ));
-            }
-        }
-    }
-    let wrong = wrong.to_uppercase();
-    let distance = |(key, variable): &(String, String)| {
-        if *key == wrong {
-            0
-        } else {
-            1 + edits(&wrong, key).min(edits(&wrong, &variable[ENV_PREFIX.len()..]))
-        }
-    };
-    variables.iter().min_by_key(|v| distance(v)).map(|(_, v)| v.clone()).unwrap_or_default()
-}
-
-/// Levenshtein distance.
-fn edits(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let next = (diagonal + usize::from(ca != cb)).min(row[j] + 1).min(row[j + 1] + 1);
-            diagonal = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
-}
-
-/// The bounds of the training options, one table for every door: the
-/// `[training]` settings (the defaults of `POST /heads`, so checked at start:
-/// a default the API would refuse stops the service instead of failing every
-/// upload), `[heads.<name>]` and the options of `POST /heads`. Each check says
-/// what the bound is.
-pub mod training_bounds {
-    pub const MAX_ALPHAS: usize = 20;
-    pub const MIN_FOLDS: usize = 2;
-    pub const MAX_FOLDS: usize = 20;
-    /// At most half of an upload is held out for the test report.
-    pub const MAX_TEST_FRACTION: f64 = 0.5;
-
-    pub fn alphas(alphas: &[f64]) -> Result<(), String> {
-        if alphas.is_empty() || alphas.len() > MAX_ALPHAS || alphas.iter().any(|a| !a.is_finite() || *a < 0.0) {
-            return Err(format!("alphas must be 1 to {MAX_ALPHAS} finite non-negative numbers, got {alphas:?}"));
-        }
-        Ok(())
-    }
-
-    /// Alphas spread over a range (`alpha_grid`): 2 to [`MAX_ALPHAS`].
-    pub fn alpha_grid(n: usize) -> Result<(), String> {
-        if !(2..=MAX_ALPHAS).contains(&n) {
-            return Err(format!("alpha_grid must be 2 to {MAX_ALPHAS}, got {n}"));
-        }
-        Ok(())
-    }
-
-    pub fn cv_folds(folds: usize) -> Result<(), String> {
-        if !(MIN_FOLDS..=MAX_FOLDS).contains(&folds) {
-            return Err(format!("cv_folds must be {MIN_FOLDS} to {MAX_FOLDS}, got {folds}"));
-        }
-        Ok(())
-    }
-
-    pub fn test_fraction(fraction: f64) -> Result<(), String> {
-        if !(fraction > 0.0 && fraction <= MAX_TEST_FRACTION) {
-            return Err(format!("test_fraction must be more than 0 and at most {MAX_TEST_FRACTION}, got {fraction}"));
-        }
-        Ok(())
-    }
-}
-
-/// A head's name, checked by one rule wherever one comes in (settings,
-/// `POST /heads`, rollback and delete, the heads folder's listing, the files
-/// of a head): 1-64 ASCII letters, digits, '_' or '-', not starting with '-'.
-/// It names files in the heads folder, a URL segment and a metrics label; the
-/// paths of a head's files are made from it only ([`HeadName::file_in`]), so
-/// none can leave its folder. The heads folder ([`crate::heads::store::HeadStore`])
-/// and trainings take only `HeadName`s; maps keyed by it are looked up by `&str`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct HeadName(String);
-
-impl std::ops::Deref for HeadName {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-/// As the string (messages write `{name:?}`).
-impl std::fmt::Debug for HeadName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&self.0, f)
-    }
-}
-
-impl std::borrow::Borrow<str> for HeadName {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for HeadName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The one wording of the rule, for every place that refuses a name.
-#[derive(Debug, thiserror::Error)]
-#[error("head name {0:?} must be 1-64 letters, digits, '_' or '-', not starting with '-'")]
-pub struct InvalidHeadName(pub String);
-
-impl HeadName {
-    pub fn parse(name: &str) -> Result<HeadName, InvalidHeadName> {
-        let valid = !name.is_empty()
-            && name.len() <= 64
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            && !name.starts_with('-');
-        if valid {
-            Ok(HeadName(name.to_string()))
-        } else {
-            Err(InvalidHeadName(name.to_string()))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// `<dir>/<name><suffix>`.
-    pub fn file_in(&self, dir: &Path, suffix: &str) -> PathBuf {
-        dir.join(format!("{}{suffix}", self.0))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn head_names_are_parsed_once_with_one_rule() {
-        for good in ["sentiment", "a", "topics_v2", "x-y", &"n".repeat(64)] {
-            let name = HeadName::parse(good).unwrap();
-            assert_eq!(name.as_str(), good);
-            assert_eq!(name.file_in(Path::new("/heads"), ".json"), PathBuf::from(format!("/heads/{good}.json")));
-        }
-        for bad in ["", "-x", "../etc", "a/b", "a.b", "é", "a b", &"n".repeat(65)] {
-            let refused = HeadName::parse(bad).unwrap_err();
-            assert_eq!(
-                refused.to_string(),
-                format!("head name {bad:?} must be 1-64 letters, digits, '_' or '-', not starting with '-'")
-            );
-        }
-    }
 
     fn env_of(vars: &[(&str, &str)]) -> Env {
         // figment's Env reads the real environment; tests use a unique prefix so
@@ -1003,36 +688,6 @@ mod tests {
         ]);
         let s = Settings::load_with_env(None, &Overrides::default(), env).unwrap();
         assert_eq!((s.training.test_fraction, s.training.cv_folds), (0.5, 20));
-    }
-
-    /// A `DISTILSERVE_` variable the service does not read stops the start,
-    /// naming the variable it most likely meant; the others it knows pass.
-    #[test]
-    fn variables_that_are_no_setting_are_refused_with_the_nearest_setting() {
-        let refused = |name: &str| check_variables(std::iter::once(name.to_string())).unwrap_err().to_string();
-        let err = refused("DISTILSERVE_ADMIN_KEY");
-        assert!(
-            err.contains("DISTILSERVE_ADMIN_KEY") && err.contains("did you mean DISTILSERVE_SECURITY__ADMIN_KEY?"),
-            "{err}"
-        );
-        assert!(refused("DISTILSERVE_HOST").contains("DISTILSERVE_SERVER__HOST?"));
-        assert!(refused("DISTILSERVE_LOG_FORMAT").contains("DISTILSERVE_LOGGING__FORMAT?"));
-        let known = ["DISTILSERVE_CONFIG", "DISTILSERVE_CACHE", "DISTILSERVE_SERVER__PORT", "PATH", "DISTILSERVEX"];
-        assert!(check_variables(known.iter().map(|s| s.to_string())).is_ok());
-        // What Kubernetes gives a pod for a service named distilserve (or distilserve-private).
-        let links = [
-            "DISTILSERVE_SERVICE_HOST",
-            "DISTILSERVE_SERVICE_PORT",
-            "DISTILSERVE_SERVICE_PORT_HTTP",
-            "DISTILSERVE_PORT",
-            "DISTILSERVE_PORT_8080_TCP",
-            "DISTILSERVE_PORT_8080_TCP_PROTO",
-            "DISTILSERVE_PORT_8080_TCP_ADDR",
-            "DISTILSERVE_PRIVATE_SERVICE_HOST",
-            "DISTILSERVE_PRIVATE_PORT_9090_TCP_PORT",
-        ];
-        assert!(check_variables(links.iter().map(|s| s.to_string())).is_ok());
-        assert!(refused("DISTILSERVE_PORT_NUMBER").contains("did you mean"));
     }
 
     #[test]
