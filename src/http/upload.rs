@@ -130,23 +130,59 @@ fn parse_upload_rows(body: &[u8], format: RowFormat, max_examples: usize) -> Res
 }
 
 /// A JSON body of at most `max_examples` examples; `what` names it in errors.
+/// The examples are counted first, none kept ([`ExampleCount`]): a body of
+/// many tiny examples never becomes more than `max_examples` of them in memory.
 pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
     body: &[u8],
     max_examples: usize,
     what: &str,
 ) -> Result<T, ApiError> {
-    super::types::MAX_EXAMPLES.with(|m| m.set(max_examples));
-    let parsed = serde_json::from_slice::<T>(body);
-    super::types::MAX_EXAMPLES.with(|m| m.set(usize::MAX));
-    parsed.map_err(|e| {
-        if e.to_string().starts_with(super::types::TOO_MANY_EXAMPLES) {
-            too_many_examples(max_examples)
-        } else if e.is_syntax() || e.is_eof() {
-            ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON: {e}"))
+    let not_json =
+        |e: serde_json::Error| ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON: {e}"));
+    match serde_json::from_slice::<ExampleCount>(body) {
+        Ok(ExampleCount { examples: Count(n) }) if n > max_examples => return Err(too_many_examples(max_examples)),
+        Err(e) if e.is_syntax() || e.is_eof() => return Err(not_json(e)),
+        // Within bounds, or a shape the full parse below names.
+        _ => {}
+    }
+    serde_json::from_slice::<T>(body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            not_json(e)
         } else {
             ApiError::new(ErrorCode::InvalidRequest, format!("the body is not {what}: {e}"))
         }
     })
+}
+
+/// The `examples` list of a JSON body, counted without keeping any; every
+/// other field skipped.
+#[derive(serde::Deserialize)]
+struct ExampleCount {
+    #[serde(default)]
+    examples: Count,
+}
+
+#[derive(Default)]
+struct Count(usize);
+
+impl<'de> serde::Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Counter;
+        impl<'de> serde::de::Visitor<'de> for Counter {
+            type Value = usize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of examples")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(n)
+            }
+        }
+        deserializer.deserialize_seq(Counter).map(Count)
+    }
 }
 
 /// The request, whatever the body's format: name, examples, options.
@@ -271,4 +307,30 @@ fn creation_from_rows(rows: Vec<LabelledRow>, query: CreateHeadQuery) -> Result<
             time_budget_s: query.time_budget_s,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_body_is_refused_past_its_examples_before_any_is_kept() {
+        let body = |n: usize| {
+            let examples = vec![serde_json::json!({"text": "t", "label": "a"}); n];
+            serde_json::to_vec(&serde_json::json!({"name": "x", "examples": examples})).unwrap()
+        };
+        let parsed: CreateHeadRequest = parse_json(&body(5), 5, "a head").unwrap();
+        assert_eq!(parsed.examples.len(), 5);
+        let refused = parse_json::<CreateHeadRequest>(&body(6), 5, "a head").unwrap_err();
+        assert_eq!((refused.code, refused.status().as_u16()), (ErrorCode::TooManyExamples, 413));
+        // Counted whatever they hold: six of anything are six too many.
+        let odd = br#"{"name": "x", "examples": [1, 2, "3", null, {}, []]}"#;
+        assert_eq!(parse_json::<CreateHeadRequest>(odd, 5, "a head").unwrap_err().code, ErrorCode::TooManyExamples);
+        let cut = &body(3)[..20];
+        assert_eq!(parse_json::<CreateHeadRequest>(cut, 5, "a head").unwrap_err().code, ErrorCode::InvalidJson);
+        let not_a_list = br#"{"name": "x", "examples": "many"}"#;
+        let wrong = parse_json::<CreateHeadRequest>(not_a_list, 5, "a head").unwrap_err();
+        assert_eq!(wrong.code, ErrorCode::InvalidRequest, "{}", wrong.message);
+        assert!(wrong.message.starts_with("the body is not a head"), "{}", wrong.message);
+    }
 }

@@ -219,8 +219,7 @@ pub struct CreateHeadRequest {
     /// 1-64 letters, digits, `_` or `-`.
     #[schema(example = "topic")]
     pub name: String,
-    /// Read one at a time, stopped at the first past `training.max_examples` (413).
-    #[serde(deserialize_with = "bounded_examples")]
+    /// At most `training.max_examples` (413 past it, counted before any is kept).
     pub examples: Vec<ExampleInput>,
     /// Train a new version of an existing head (it keeps serving until the new one is ready).
     #[serde(default)]
@@ -229,40 +228,6 @@ pub struct CreateHeadRequest {
     pub description: Option<String>,
     #[serde(default)]
     pub options: TrainingOptions,
-}
-
-thread_local! {
-    /// Most examples [`bounded_examples`] reads on this thread: set by the
-    /// upload's parser for the one call it makes (serde has no other way to
-    /// hand a runtime limit to a field's deserializer).
-    pub static MAX_EXAMPLES: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
-}
-
-/// Error message of an examples list over [`MAX_EXAMPLES`].
-pub const TOO_MANY_EXAMPLES: &str = "too many examples";
-
-/// The examples of a JSON upload, one at a time: a body of many tiny examples
-/// never becomes more than `training.max_examples` of them in memory.
-fn bounded_examples<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    struct Bounded<T>(std::marker::PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
-        type Value = Vec<T>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a list of examples")
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let max = MAX_EXAMPLES.with(std::cell::Cell::get);
-            let mut examples = Vec::new();
-            while let Some(example) = seq.next_element::<T>()? {
-                if examples.len() == max {
-                    return Err(serde::de::Error::custom(TOO_MANY_EXAMPLES));
-                }
-                examples.push(example);
-            }
-            Ok(examples)
-        }
-    }
-    d.deserialize_seq(Bounded(std::marker::PhantomData))
 }
 
 /// Query of `POST /heads` when the body is CSV or JSONL.
@@ -299,7 +264,6 @@ pub struct CreateHeadQuery {
 #[serde(deny_unknown_fields)]
 pub struct EvaluateRequest {
     /// Labelled texts, at most `training.max_examples`.
-    #[serde(deserialize_with = "bounded_examples")]
     pub examples: Vec<EvaluationExample>,
     /// Other served heads with the same labels, evaluated on the same texts (at most 8).
     #[serde(default)]
