@@ -55,6 +55,34 @@ pub async fn live(State(state): State<AppState>) -> (StatusCode, Json<HealthResp
     (StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: status.into() }))
 }
 
+/// `GET /health`: readiness, as `/health/ready` (the path TEI and many load
+/// balancers probe).
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "service",
+    operation_id = "health",
+    responses(
+        (status = 200, description = "As GET /health/ready", body = HealthResponse),
+        (status = 503, description = "As GET /health/ready", body = HealthResponse),
+    )
+)]
+pub async fn health(state: State<AppState>) -> (StatusCode, Json<HealthResponse>) {
+    ready(state).await
+}
+
+/// `GET /tei/metrics`: `/metrics`, where TEI serves it.
+#[utoipa::path(
+    get,
+    path = "/tei/metrics",
+    tag = "tei",
+    operation_id = "tei_metrics",
+    responses((status = 200, description = "As GET /metrics", content_type = "application/openmetrics-text"))
+)]
+pub async fn tei_metrics(state: State<AppState>) -> impl IntoResponse {
+    metrics(state).await
+}
+
 #[utoipa::path(
     get,
     path = "/metrics",

@@ -193,6 +193,8 @@ impl Deref for AppState {
         tokenize::tokenize,
         openai::embeddings,
         openai::embeddings_alias,
+        openai::tei_embeddings,
+        openai::tei_v1_embeddings,
         tei::root,
         tei::embed,
         tei::embed_all,
@@ -205,8 +207,10 @@ impl Deref for AppState {
         tei::info,
         tei::health,
         meta::ready,
+        meta::health,
         meta::live,
         meta::metrics,
+        meta::tei_metrics,
         meta::info
     ),
     components(schemas(error::ErrorResponse)),
@@ -420,8 +424,8 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
         .route("/tei/tokenize", post(tei::tokenize))
         .route("/tei/decode", post(tei::decode))
         .route("/tei/info", get(tei::info))
-        .route("/tei/embeddings", post(openai::embeddings))
-        .route("/tei/v1/embeddings", post(openai::embeddings))
+        .route("/tei/embeddings", post(openai::tei_embeddings))
+        .route("/tei/v1/embeddings", post(openai::tei_v1_embeddings))
         .route("/tei/heads/{name}", post(tei::head_classify))
         .route("/tei/heads/{name}/", post(tei::head_classify))
         .route("/tei/heads/{name}/predict", post(tei::head_predict))
@@ -432,13 +436,13 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
         .route_layer(read_body.clone())
         .route_layer(require_key.clone());
     let health = Router::new()
-        .route("/health", get(meta::ready))
+        .route("/health", get(meta::health))
         .route("/health/ready", get(meta::ready))
         .route("/health/live", get(meta::live))
         .route("/tei/health", get(tei::health));
     let mut operator = Router::new()
         .route("/metrics", get(meta::metrics))
-        .route("/tei/metrics", get(meta::metrics))
+        .route("/tei/metrics", get(meta::tei_metrics))
         .route("/info", get(meta::info));
     let mut operational = Router::new()
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))

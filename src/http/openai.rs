@@ -115,6 +115,52 @@ pub async fn embeddings_alias(
     embeddings(state, request).await
 }
 
+/// `POST /tei/embeddings`: the same, where TEI serves OpenAI's format.
+#[utoipa::path(
+    post,
+    path = "/tei/embeddings",
+    tag = "tei",
+    operation_id = "tei_openai_embeddings",
+    request_body = OpenAiEmbeddingRequest,
+    responses(
+        (status = 200, description = "As POST /v1/embeddings", body = OpenAiEmbeddingResponse),
+        CorpusRefusals,
+        MalformedJson,
+        NotJson,
+        Overloaded,
+        DeadlinePassed,
+    )
+)]
+pub async fn tei_embeddings(
+    state: State<AppState>,
+    request: ApiJson<OpenAiEmbeddingRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    embeddings(state, request).await
+}
+
+/// `POST /tei/v1/embeddings`: the same, for clients whose TEI base URL ends in `/v1`.
+#[utoipa::path(
+    post,
+    path = "/tei/v1/embeddings",
+    tag = "tei",
+    operation_id = "tei_openai_v1_embeddings",
+    request_body = OpenAiEmbeddingRequest,
+    responses(
+        (status = 200, description = "As POST /v1/embeddings", body = OpenAiEmbeddingResponse),
+        CorpusRefusals,
+        MalformedJson,
+        NotJson,
+        Overloaded,
+        DeadlinePassed,
+    )
+)]
+pub async fn tei_v1_embeddings(
+    state: State<AppState>,
+    request: ApiJson<OpenAiEmbeddingRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    embeddings(state, request).await
+}
+
 /// Keeps a vector's first `dimensions` values, then scales it to unit length
 /// when asked (after the cut, as OpenAI and TEI do).
 pub fn cut(mut v: Vec<f32>, dimensions: usize, normalized: bool) -> Vec<f32> {
