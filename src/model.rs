@@ -317,7 +317,11 @@ impl Model {
     /// sentence naming the file or setting and the fix.
     pub fn load(settings: &ModelSettings, sessions: usize) -> anyhow::Result<Model> {
         let path = settings.dir.join(&settings.file);
-        let shared = if sessions > 1 && settings.execution_provider == ExecutionProvider::Cpu && path.is_file() {
+        let shared = if settings.share_weights
+            && sessions > 1
+            && settings.execution_provider == ExecutionProvider::Cpu
+            && path.is_file()
+        {
             ort_environment(&settings.onnxruntime_library)?;
             // A file this reader cannot follow is left to the loading, which names the problem.
             SharedWeights::plan(&[(path, sessions)]).unwrap_or_else(|_| SharedWeights::none())

@@ -282,7 +282,7 @@ fn heads_graph_plan(settings: &Settings) -> anyhow::Result<Option<HeadsGraph>> {
 async fn share_weights(settings: &Settings, heads_graph: Option<&HeadsGraph>) -> anyhow::Result<Arc<SharedWeights>> {
     let model = &settings.model;
     let path = model.dir.join(&model.file);
-    if model.execution_provider != ExecutionProvider::Cpu || !path.is_file() {
+    if !model.share_weights || model.execution_provider != ExecutionProvider::Cpu || !path.is_file() {
         return Ok(Arc::new(SharedWeights::none()));
     }
     let mut graphs = vec![(path, settings.batching.sessions)];

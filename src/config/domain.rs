@@ -167,6 +167,12 @@ impl HeadName {
     }
 }
 
+/// `classify.model_file = "auto"`: [`QUANTISED_GRAPH`] where exported and the
+/// model runs on the CPU.
+pub const AUTO_HEADS_GRAPH: &str = "auto";
+/// The int8 graph `scripts/export_model.py` writes beside `model.onnx`.
+pub const QUANTISED_GRAPH: &str = "model.int8.onnx";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -231,6 +231,7 @@ pub struct ModelSettings {
     pub max_tokens: usize,
     pub verify_checksums: bool,
     pub cpu_memory_arena: bool,
+    pub share_weights: bool,
     pub warm_up: bool,
 }
 
@@ -364,12 +365,6 @@ impl Overrides {
         self
     }
 }
-
-/// `classify.model_file = "auto"`: [`QUANTISED_GRAPH`] where exported and the
-/// model runs on the CPU.
-pub const AUTO_HEADS_GRAPH: &str = "auto";
-/// The int8 graph `scripts/export_model.py` writes beside `model.onnx`.
-pub const QUANTISED_GRAPH: &str = "model.int8.onnx";
 
 impl Settings {
     /// The graph the logistic heads run on (`classify.model_file`), when it is
