@@ -340,15 +340,6 @@ impl Model {
         scanned: Option<bool>,
         shared: &SharedWeights,
     ) -> anyhow::Result<Model> {
-        Self::load_graph(settings, sessions, scanned, shared)
-    }
-
-    fn load_graph(
-        settings: &ModelSettings,
-        sessions: usize,
-        scanned: Option<bool>,
-        shared: &SharedWeights,
-    ) -> anyhow::Result<Model> {
         let dir = &settings.dir;
         if !dir.is_dir() {
             bail!("model folder {} does not exist: run scripts/setup.sh, or set model.dir", dir.display());

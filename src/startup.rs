@@ -76,7 +76,8 @@ impl Application {
         ));
         // Past this point the model's worker threads run: every failure stops them, here.
         let assembled = Self::assemble(settings, runtimes.clone(), metrics).await.and_then(|app| {
-            check_memory_fits(&app.state.settings, crate::metrics::memory_limit_bytes(), resident_bytes())?;
+            let resident = crate::metrics::resident_memory_bytes().unwrap_or(0);
+            check_memory_fits(&app.state.settings, crate::metrics::memory_limit_bytes(), resident)?;
             Ok(app)
         });
         match assembled {
@@ -208,10 +209,6 @@ impl Application {
     }
 }
 
-fn resident_bytes() -> u64 {
-    crate::metrics::resident_memory_bytes().unwrap_or(0)
-}
-
 /// Refuses to start where the process, once its models and heads are loaded
 /// (`resident` bytes), plus the largest request its limits admit (its working
 /// memory, `limits.max_request_memory_bytes`, and its answer,
@@ -267,7 +264,7 @@ fn heads_graph_plan(settings: &Settings) -> anyhow::Result<Option<HeadsGraph>> {
     let per_call = crate::model::has_dynamic_quantisation(&path).context("classify.model_file: the heads' graph")?;
     let quantised = if per_call {
         let tables = crate::weights::initializers(&path).context("classify.model_file: the heads' graph")?;
-        tables.iter().filter(|t| matches!(t.data_type, 2 | 3)).map(|t| t.raw_len).sum()
+        tables.iter().filter(|t| t.is_quantised()).map(|t| t.raw_len).sum()
     } else {
         0
     };

@@ -136,6 +136,13 @@ struct Key {
     digest: Option<[u8; 32]>,
 }
 
+/// ONNX `TensorProto.DataType` values of the tensors shared.
+const FLOAT: i32 = 1;
+const UINT8: i32 = 2;
+const INT8: i32 = 3;
+const INT32: i32 = 6;
+const INT64: i32 = 7;
+
 /// Where one initializer's bytes lie in the graph file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Initializer {
@@ -147,6 +154,23 @@ pub struct Initializer {
     /// in typed fields or in an external file, and are not shared).
     pub raw_offset: u64,
     pub raw_len: u64,
+}
+
+impl Initializer {
+    /// Bytes per element of a type this module shares; `None` for another.
+    fn element_bytes(&self) -> Option<u64> {
+        match self.data_type {
+            FLOAT | INT32 => Some(4),
+            UINT8 | INT8 => Some(1),
+            INT64 => Some(8),
+            _ => None,
+        }
+    }
+
+    /// A quantised weight (8-bit integers).
+    pub fn is_quantised(&self) -> bool {
+        matches!(self.data_type, UINT8 | INT8)
+    }
 }
 
 fn digest_of(file: &mut BufReader<File>, t: &Initializer) -> std::io::Result<[u8; 32]> {
@@ -166,12 +190,7 @@ fn digest_of(file: &mut BufReader<File>, t: &Initializer) -> std::io::Result<[u8
 /// The initializer as an ONNX Runtime tensor; `None` for an element type not
 /// shared (it stays in the graph, loaded by each session).
 fn tensor_of(file: &mut BufReader<File>, t: &Initializer) -> anyhow::Result<Option<Arc<DynValue>>> {
-    let width = match t.data_type {
-        1 | 6 => 4,
-        2 | 3 => 1,
-        7 => 8,
-        _ => return Ok(None),
-    };
+    let Some(width) = t.element_bytes() else { return Ok(None) };
     let elements: i64 = t.dims.iter().product();
     if t.dims.iter().any(|&d| d < 0) || elements as u64 * width != t.raw_len {
         bail!("initializer {} holds {} bytes for shape {:?}", t.name, t.raw_len, t.dims);
@@ -179,10 +198,10 @@ fn tensor_of(file: &mut BufReader<File>, t: &Initializer) -> anyhow::Result<Opti
     file.seek(SeekFrom::Start(t.raw_offset))?;
     let shape = t.dims.clone();
     let value: DynValue = match t.data_type {
-        1 => Tensor::from_array((shape, read_words(file, t.raw_len, f32::from_le_bytes)?))?.into_dyn(),
-        6 => Tensor::from_array((shape, read_words(file, t.raw_len, i32::from_le_bytes)?))?.into_dyn(),
-        7 => Tensor::from_array((shape, read_words(file, t.raw_len, i64::from_le_bytes)?))?.into_dyn(),
-        2 => Tensor::from_array((shape, read_words(file, t.raw_len, u8::from_le_bytes)?))?.into_dyn(),
+        FLOAT => Tensor::from_array((shape, read_words(file, t.raw_len, f32::from_le_bytes)?))?.into_dyn(),
+        INT32 => Tensor::from_array((shape, read_words(file, t.raw_len, i32::from_le_bytes)?))?.into_dyn(),
+        INT64 => Tensor::from_array((shape, read_words(file, t.raw_len, i64::from_le_bytes)?))?.into_dyn(),
+        UINT8 => Tensor::from_array((shape, read_words(file, t.raw_len, u8::from_le_bytes)?))?.into_dyn(),
         _ => Tensor::from_array((shape, read_words(file, t.raw_len, i8::from_le_bytes)?))?.into_dyn(),
     };
     Ok(Some(Arc::new(value)))
@@ -457,11 +476,7 @@ mod tests {
         assert!(found.len() > 10, "{} initializers", found.len());
         let len = std::fs::metadata(&path).unwrap().len();
         for t in found.iter().filter(|t| t.raw_len > 0) {
-            let width = match t.data_type {
-                1 | 6 => 4,
-                7 => 8,
-                _ => 1,
-            };
+            let width = t.element_bytes().expect("the fixture's types are shared ones");
             assert_eq!(t.dims.iter().product::<i64>() as u64 * width, t.raw_len, "{}", t.name);
             assert!(t.raw_offset + t.raw_len <= len);
         }

@@ -53,20 +53,28 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        // Refusals (503 overloaded, starting, draining) are intended answers, counted in
-        // /metrics and warned about once per interval by the queue, not logged one by one.
-        let status = self.status();
-        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
-        }
-        let retry_after = self.code.retry_after_seconds();
+        log_failure(self.code, &self.message);
         let body = ErrorResponse { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
-        let mut response = (status, Json(body)).into_response();
-        if let Some(seconds) = retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
+        with_retry_after(self.code, (self.code.status(), Json(body)).into_response())
     }
+}
+
+/// Logs an error that is a failure of ours; refusals (503 overloaded,
+/// starting, draining) are intended answers, counted in /metrics and warned
+/// about once per interval by the queue, not logged one by one.
+pub(super) fn log_failure(code: ErrorCode, message: &str) {
+    let status = code.status();
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        tracing::error!(code = code.as_str(), message = %message, "request failed");
+    }
+}
+
+/// Adds the code's `Retry-After`, where it has one, to an error answer in any form.
+pub(super) fn with_retry_after(code: ErrorCode, mut response: Response) -> Response {
+    if let Some(seconds) = code.retry_after_seconds() {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 impl From<JsonRejection> for ApiError {

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::embed::validate_inputs;
-use super::error::{ApiError, ApiJson};
+use super::error::{log_failure, with_retry_after, ApiError, ApiJson};
 use super::heads::lookup;
 use super::openai::{cut, embed_corpus};
 use super::tokenize::tokens_of;
@@ -48,17 +48,10 @@ impl<E: Into<ApiError>> From<E> for TeiError {
 impl IntoResponse for TeiError {
     fn into_response(self) -> Response {
         let ApiError { code, message } = self.0;
+        log_failure(code, &message);
         let (error_type, status) = code.tei();
-        let ours = code.status();
-        if ours.is_server_error() && ours != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!(code = code.as_str(), message = %message, "request failed");
-        }
         let body = TeiErrorResponse { error: message, error_type: error_type.into(), code: code.to_string() };
-        let mut response = (status, Json(body)).into_response();
-        if let Some(seconds) = code.retry_after_seconds() {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
+        with_retry_after(code, (status, Json(body)).into_response())
     }
 }
 
