@@ -92,6 +92,19 @@ bench-admission: setup ## queue-time admission: burst, steady load, overload
 	$(CARGO) build --release
 	python3 bench/admission.py --bin target/release/distilserve --model-dir $(MODEL_DIR) --markdown
 
+# Past capacity (bench/throughput/overload.rs; BENCHMARKS.md "Overload"): clients
+# retrying a refusal at once, open-loop arrivals at 2x, 5x and 10x the capacity,
+# a burst after idle; answered/s against the 64-client capacity, p99, CPU per
+# refusal. MiniLM on /embed and /classify (up to 1,024 clients), then
+# all-mpnet-base-v2 on /embed where it is set up (make setup MODEL=all-mpnet-base-v2).
+# About 12 minutes with both.
+bench-overload: setup ## past capacity: retrying clients, open loop to 10x, CPU per refusal
+	$(CARGO) build --release
+	$(CARGO) bench --bench throughput -- --overload --model-dirs models/all-minilm-l6-v2 \
+		--routes /embed,/classify --overload-clients 64,256,1024 --seconds 15
+	$(if $(wildcard models/all-mpnet-base-v2/model.onnx),$(CARGO) bench --bench throughput -- --overload \
+		--model-dirs models/all-mpnet-base-v2 --routes /embed --overload-clients 64,128,256 --seconds 15)
+
 # Operations per token, tokens/s of the fp32, fused and int8 graphs, and the
 # CPU's measured peak in ONNX Runtime's own kernels (bench/flops.py).
 bench-flops: setup ## operations per token and the share of the CPU's peak

@@ -532,7 +532,35 @@ fn session_with(
             builder
         }
     };
+    let _named = ThreadsNamed::as_("onnxruntime");
     builder.commit_from_file(path).map_err(|e| format!("cannot load model {}: {e}", path.display()))
+}
+
+/// While it lives, threads started by this one are named `name`: a thread
+/// takes its name from the thread that starts it, so ONNX Runtime's pool,
+/// started while a session is created (on one of tokio's blocking threads),
+/// was named as tokio's workers, and `top -H` (or the overload benchmark)
+/// could not tell the model's CPU from the HTTP side's. Linux only (through
+/// /proc, no unsafe code); elsewhere nothing changes.
+struct ThreadsNamed {
+    previous: Option<String>,
+}
+
+impl ThreadsNamed {
+    const COMM: &'static str = "/proc/thread-self/comm";
+
+    fn as_(name: &str) -> ThreadsNamed {
+        let previous = std::fs::read_to_string(Self::COMM).ok().filter(|_| std::fs::write(Self::COMM, name).is_ok());
+        ThreadsNamed { previous }
+    }
+}
+
+impl Drop for ThreadsNamed {
+    fn drop(&mut self) {
+        if let Some(previous) = &self.previous {
+            let _ = std::fs::write(Self::COMM, previous.trim_end());
+        }
+    }
 }
 
 #[cfg(feature = "cuda")]

@@ -21,7 +21,8 @@
 //! sweep), `servers.rs` (the binary and the Python peers as child processes),
 //! `load.rs` (closed-loop load, percentiles), `report.rs` (Markdown and JSON),
 //! `profile.rs` (perf), `open_loop.rs` (offered rate against goodput, SVG),
-//! `soak.rs` (minutes of mixed traffic); this file parses the flags and runs them.
+//! `soak.rs` (minutes of mixed traffic), `overload.rs` (past capacity: retrying
+//! clients, open-loop arrivals, a burst); this file parses the flags and runs them.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,7 @@ use serde_json::json;
 mod ceiling;
 mod load;
 mod open_loop;
+mod overload;
 mod profile;
 mod report;
 mod servers;
@@ -51,6 +53,7 @@ mod soak;
 use ceiling::*;
 use load::*;
 use open_loop::*;
+use overload::*;
 use profile::*;
 use report::*;
 use servers::*;
@@ -101,6 +104,15 @@ pub(crate) struct Args {
     /// per rate, drawn to bench/results/open-loop-<time>.svg.
     #[arg(long, value_delimiter = ',')]
     pub(crate) open_loop: Vec<f64>,
+    /// Instead of the benchmark: overload on each model of --model-dirs and
+    /// each of --routes (bench/throughput/overload.rs, `make bench-overload`):
+    /// closed-loop clients retrying a refusal at once, open-loop arrivals at
+    /// 2x, 5x and 10x the capacity, a burst after idle.
+    #[arg(long)]
+    pub(crate) overload: bool,
+    /// Closed-loop client counts of --overload; the first is the capacity.
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256")]
+    pub(crate) overload_clients: Vec<usize>,
     /// Instead of the benchmark: profile the whole machine with `perf record -a`
     /// for this many seconds while 32 clients load /embed on the first model,
     /// and print where the CPU time went (model, tokenizing, HTTP, JSON, the
@@ -134,6 +146,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(seconds) = args.profile {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         return rt.block_on(profile(&args, &report.machine, &texts, seconds));
+    }
+    if args.overload {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return rt.block_on(overload(&args, &report.machine, &texts, &settings));
     }
     if !args.open_loop.is_empty() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

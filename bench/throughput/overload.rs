@@ -1,0 +1,567 @@
+//! Overload: what a replica answers past its capacity (`make bench-overload`).
+//!
+//! Per model and route, against one server started for it:
+//! - the in-process ceiling (sorted batches of 32, the same sentences);
+//! - closed-loop clients that retry a refusal at once (as `wrk`, scripts and a
+//!   load balancer's retries do), at each of `--overload-clients`; the first
+//!   (64) is the capacity the others are compared with;
+//! - open-loop arrivals at 2x, 5x and 10x that capacity (no retries);
+//! - a burst after idle: 5 s of nothing, then 512 requests at once.
+//!
+//! Per point: answered/s and its ratio to the capacity, refusals/s, p50/p99 of
+//! the answered (each attempt timed alone), and the CPU the server's HTTP
+//! threads spent per refusal: their CPU time less what the answered requests
+//! cost them at capacity (where nothing is refused), over the refusals.
+//!
+//! The client is a few lines of raw HTTP/1.1 over keep-alive connections, so
+//! that the load generator takes as little of the shared CPU as `wrk` does.
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use super::*;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct OverloadPoint {
+    pub(crate) model: String,
+    pub(crate) route: String,
+    /// "closed 256", "open 10x", "burst 512".
+    pub(crate) load: String,
+    pub(crate) seconds: f64,
+    pub(crate) answered: usize,
+    pub(crate) refused: usize,
+    pub(crate) failed: usize,
+    pub(crate) answered_per_s: f64,
+    /// Answered/s over the 64-client answered/s of the same run.
+    pub(crate) of_capacity: f64,
+    pub(crate) refused_per_s: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    /// Queue time less the admission's estimate of it, p99 of the answered.
+    pub(crate) late_p99_ms: f64,
+    /// The slowest refusal's answer, p99.
+    pub(crate) refused_p99_ms: f64,
+    /// CPU seconds of the server's HTTP threads (tokio) and model threads.
+    pub(crate) http_cpu_s: f64,
+    pub(crate) model_cpu_s: f64,
+    /// HTTP-thread CPU per refusal, µs (NaN without refusals or a capacity point).
+    pub(crate) cpu_per_refusal_us: f64,
+    /// The load generator's own CPU seconds.
+    pub(crate) client_cpu_s: f64,
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    stream: BufReader<TcpStream>,
+    line: Vec<u8>,
+    body: Vec<u8>,
+}
+
+/// Per answer since the last point: its queue time less the estimate it was
+/// admitted on, ms (warm-up included).
+static LATE_MS: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
+
+impl Conn {
+    async fn open(port: u16) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn { stream: BufReader::new(stream), line: Vec::new(), body: Vec::new() })
+    }
+
+    /// Sends `request` (whole, with its headers) and reads the answer: its
+    /// status and whether the server keeps the connection open. Keeps the
+    /// queue time the server reports beyond its estimate at admission.
+    async fn send(&mut self, request: &[u8]) -> std::io::Result<(u16, bool)> {
+        self.stream.get_mut().write_all(request).await?;
+        let mut status = 0u16;
+        let (mut queue_ms, mut estimate_ms) = (None::<f64>, None::<f64>);
+        let (mut length, mut chunked, mut keep) = (0usize, false, true);
+        loop {
+            self.line.clear();
+            if self.stream.read_until(b'\n', &mut self.line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let line = std::str::from_utf8(&self.line).unwrap_or("").trim_end();
+            if status == 0 {
+                status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                continue;
+            }
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.trim();
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.parse().unwrap_or(0),
+                "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+                "connection" => keep = !value.eq_ignore_ascii_case("close"),
+                "x-queue-time-ms" => queue_ms = value.parse().ok(),
+                "x-queue-estimate-ms" => estimate_ms = value.parse().ok(),
+                _ => {}
+            }
+        }
+        if chunked {
+            loop {
+                self.line.clear();
+                self.stream.read_until(b'\n', &mut self.line).await?;
+                let size = std::str::from_utf8(&self.line).unwrap_or("").trim();
+                let size = usize::from_str_radix(size.split(';').next().unwrap_or(""), 16).unwrap_or(0);
+                self.body.resize(size + 2, 0);
+                self.stream.read_exact(&mut self.body).await?;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            self.body.resize(length, 0);
+            self.stream.read_exact(&mut self.body).await?;
+        }
+        if let (Some(queue), Some(estimate)) = (queue_ms, estimate_ms) {
+            LATE_MS.lock().unwrap().push(queue - estimate);
+        }
+        Ok((status, keep))
+    }
+}
+
+fn requests_for(route: &str, texts: &[String]) -> Arc<Vec<Vec<u8>>> {
+    let pooled = route == "/embed";
+    Arc::new(
+        texts
+            .iter()
+            .map(|t| {
+                let body = if pooled { json!({"inputs": t, "pooling": "mean"}) } else { json!({"inputs": t}) };
+                let body = body.to_string();
+                format!(
+                    "POST {route} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes()
+            })
+            .collect(),
+    )
+}
+
+/// (ms, status) of each attempt in the measured window; status 0: no answer.
+type Seen = Vec<(f64, u16)>;
+
+/// `clients` connections sending one sentence each, back to back; a refused
+/// sentence is sent again at once.
+async fn closed_loop_retrying(
+    port: u16,
+    requests: Arc<Vec<Vec<u8>>>,
+    clients: usize,
+    warm: Duration,
+    seconds: f64,
+) -> Seen {
+    let next = Arc::new(AtomicUsize::new(0));
+    let warm_until = Instant::now() + warm;
+    let end = warm_until + Duration::from_secs_f64(seconds);
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (requests, next) = (requests.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut conn = None;
+                let mut i = next.fetch_add(1, Ordering::Relaxed);
+                while Instant::now() < end {
+                    if conn.is_none() {
+                        conn = Conn::open(port).await.ok();
+                        if conn.is_none() {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    }
+                    let sent = Instant::now();
+                    let (status, keep) = match conn.as_mut().unwrap().send(&requests[i % requests.len()]).await {
+                        Ok(answer) => answer,
+                        Err(_) => (0, false),
+                    };
+                    if !keep {
+                        conn = None;
+                    }
+                    let done = Instant::now();
+                    if done >= warm_until && done <= end {
+                        seen.push((done.duration_since(sent).as_secs_f64() * 1000.0, status));
+                    }
+                    if status == 200 {
+                        i = next.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.extend(t.await.expect("client task"));
+    }
+    seen
+}
+
+/// Requests sent at i / rate whatever the answers' pace (no retries), each on
+/// an idle connection of a shared pool or a new one; latency from the
+/// scheduled time. Counted: those answered in the measured window (after the
+/// warm-up, before the last arrival), as in the closed loop.
+async fn open_loop_arrivals(port: u16, requests: Arc<Vec<Vec<u8>>>, rate: f64, warm: Duration, seconds: f64) -> Seen {
+    let pool: Arc<std::sync::Mutex<Vec<Conn>>> = Arc::default();
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let total = warm.as_secs_f64() + seconds;
+    let n = (rate * total) as usize;
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(at).await;
+        let (pool, requests) = (pool.clone(), requests.clone());
+        let window = (start + warm, start + warm + Duration::from_secs_f64(seconds));
+        let counted = move |at: tokio::time::Instant| at >= window.0 && at <= window.1;
+        tasks.push(tokio::spawn(async move {
+            let idle = pool.lock().unwrap().pop();
+            let conn = match idle {
+                Some(c) => Some(c),
+                None => Conn::open(port).await.ok(),
+            };
+            let Some(mut conn) = conn else {
+                return (counted(tokio::time::Instant::now()), at.elapsed().as_secs_f64() * 1000.0, 0);
+            };
+            let status = match conn.send(&requests[i % requests.len()]).await {
+                Ok((status, keep)) => {
+                    if keep {
+                        pool.lock().unwrap().push(conn);
+                    }
+                    status
+                }
+                Err(_) => 0,
+            };
+            (counted(tokio::time::Instant::now()), at.elapsed().as_secs_f64() * 1000.0, status)
+        }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        let (counted, ms, status) = t.await.expect("arrival task");
+        if counted {
+            seen.push((ms, status));
+        }
+    }
+    seen
+}
+
+/// `n` requests at once on fresh connections, after `idle` of nothing.
+async fn burst(port: u16, requests: Arc<Vec<Vec<u8>>>, n: usize, idle: Duration) -> Seen {
+    tokio::time::sleep(idle).await;
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        conns.push(Conn::open(port).await);
+    }
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, conn)| {
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                let status = match conn {
+                    Ok(mut c) => c.send(&requests[i % requests.len()]).await.map(|a| a.0).unwrap_or(0),
+                    Err(_) => 0,
+                };
+                (sent.elapsed().as_secs_f64() * 1000.0, status)
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.expect("burst task"));
+    }
+    seen
+}
+
+/// CPU seconds so far of a process's threads, by whether tokio runs them (HTTP,
+/// tokenizing, JSON) or not (the model's workers and ONNX Runtime's threads).
+fn thread_cpu(pid: u32) -> (f64, f64) {
+    let tick = 100.0; // USER_HZ on Linux
+    let (mut http, mut model) = (0.0, 0.0);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return (f64::NAN, f64::NAN) };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the comm.
+        let ticks: f64 =
+            fields.get(11..13).map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()).unwrap_or(0.0);
+        // ONNX Runtime's threads are named `onnxruntime` (model.rs), the
+        // queue's workers after their runtime.
+        if comm.starts_with("tokio") {
+            http += ticks / tick;
+        } else if comm.starts_with("onnxruntime") || comm.starts_with("encoder-") || comm.starts_with("classifier-") {
+            model += ticks / tick;
+        }
+    }
+    (http, model)
+}
+
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let close = stat.rfind(')').unwrap_or(0);
+    let fields: Vec<&str> = stat.get(close + 2..).unwrap_or("").split(' ').collect();
+    fields.get(11..13).map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum::<f64>() / 100.0).unwrap_or(f64::NAN)
+}
+
+struct Measured {
+    seen: Seen,
+    seconds: f64,
+    http_cpu: f64,
+    model_cpu: f64,
+    client_cpu: f64,
+}
+
+async fn measure<F: std::future::Future<Output = Seen>>(pid: u32, seconds: f64, load: F) -> Measured {
+    // The counters cover warm-up too: scale them to the measured window.
+    let ((h0, m0), c0, t0) = (thread_cpu(pid), own_cpu(), Instant::now());
+    let seen = load.await;
+    let ((h1, m1), c1) = (thread_cpu(pid), own_cpu());
+    let share = seconds / t0.elapsed().as_secs_f64();
+    Measured { seen, seconds, http_cpu: (h1 - h0) * share, model_cpu: (m1 - m0) * share, client_cpu: (c1 - c0) * share }
+}
+
+fn point(model: &str, route: &str, load: String, m: &Measured, capacity: Option<(f64, f64)>) -> OverloadPoint {
+    let mut ok: Vec<f64> = m.seen.iter().filter(|s| s.1 == 200).map(|s| s.0).collect();
+    let mut refused: Vec<f64> = m.seen.iter().filter(|s| s.1 == 503 || s.1 == 429).map(|s| s.0).collect();
+    let failed = m.seen.len() - ok.len() - refused.len();
+    let answered_per_s = ok.len() as f64 / m.seconds;
+    let (of_capacity, cpu_per_refusal_us) = match capacity {
+        Some((per_s, http_cpu_per_answer)) if !refused.is_empty() => {
+            (answered_per_s / per_s, (m.http_cpu - ok.len() as f64 * http_cpu_per_answer) / refused.len() as f64 * 1e6)
+        }
+        Some((per_s, _)) => (answered_per_s / per_s, f64::NAN),
+        None => (f64::NAN, f64::NAN),
+    };
+    let p = OverloadPoint {
+        model: model.into(),
+        route: route.into(),
+        load,
+        seconds: m.seconds,
+        answered: ok.len(),
+        refused: refused.len(),
+        failed,
+        answered_per_s,
+        of_capacity,
+        refused_per_s: refused.len() as f64 / m.seconds,
+        p50_ms: percentile(&mut ok, 0.5),
+        p99_ms: percentile(&mut ok, 0.99),
+        late_p99_ms: percentile(&mut std::mem::take(&mut *LATE_MS.lock().unwrap()), 0.99),
+        refused_p99_ms: percentile(&mut refused, 0.99),
+        http_cpu_s: m.http_cpu,
+        model_cpu_s: m.model_cpu,
+        cpu_per_refusal_us,
+        client_cpu_s: m.client_cpu,
+    };
+    eprintln!(
+        "  {route} {}: {:.1} answered/s ({:.2}x capacity), {:.0} refused/s, {} failed, p50 {:.0} ms, p99 {:.0} ms, \
+         queued past estimate p99 {:.0} ms, refusal p99 {:.0} ms, CPU http {:.1} s model {:.1} s client {:.1} s, {:.1} µs per refusal",
+        p.load,
+        p.answered_per_s,
+        p.of_capacity,
+        p.refused_per_s,
+        p.failed,
+        p.p50_ms,
+        p.p99_ms,
+        p.late_p99_ms,
+        p.refused_p99_ms,
+        p.http_cpu_s,
+        p.model_cpu_s,
+        p.client_cpu_s,
+        p.cpu_per_refusal_us
+    );
+    p
+}
+
+/// The whole benchmark: see the module's comment.
+pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], settings: &Settings) -> anyhow::Result<()> {
+    let model_dirs =
+        if args.model_dirs.is_empty() { vec![settings.model.dir.clone()] } else { args.model_dirs.clone() };
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let warm = Duration::from_secs_f64(args.seconds / 5.0);
+    let mut points = Vec::new();
+    let mut ceilings = Vec::new();
+    for dir in &model_dirs {
+        let model = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut model_settings = settings.model.clone();
+        model_settings.intra_threads = threads;
+        model_settings.dir = dir.clone();
+        eprintln!("== {model}: ceiling, in-process, sorted batches of 32");
+        let ceiling = ceiling(&model_settings, texts, 1)?;
+        ceilings.push((model.clone(), ceiling.sentences_per_s));
+        for route in &args.routes {
+            let mut flags = args.serve_flags.clone();
+            flags.extend(["--model-dir".to_string(), dir.display().to_string()]);
+            let server = Server::distilserve(args, &flags)?;
+            let (port, pid) = (server.port, server.child.id());
+            let requests = requests_for(route, texts);
+            let mut capacity: Option<(f64, f64)> = None;
+            for &clients in &args.overload_clients {
+                let m = measure(
+                    pid,
+                    args.seconds,
+                    closed_loop_retrying(port, requests.clone(), clients, warm, args.seconds),
+                )
+                .await;
+                let mut p = point(&model, route, format!("closed {clients}"), &m, capacity);
+                if capacity.is_none() {
+                    capacity = Some((p.answered_per_s, m.http_cpu / p.answered.max(1) as f64));
+                    p.of_capacity = 1.0;
+                }
+                points.push(p);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            let (per_s, _) = capacity.context("--overload-clients is empty")?;
+            for times in [2.0, 5.0, 10.0] {
+                let m = measure(
+                    pid,
+                    args.seconds,
+                    open_loop_arrivals(port, requests.clone(), per_s * times, warm, args.seconds),
+                )
+                .await;
+                points.push(point(&model, route, format!("open {times:.0}x"), &m, capacity));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            // A burst has no rate: its answered/s is 512 over the time to the last answer.
+            let t = Instant::now();
+            let seen = burst(port, requests.clone(), 512, Duration::from_secs(5)).await;
+            let m = Measured {
+                seconds: t.elapsed().as_secs_f64() - 5.0,
+                seen,
+                http_cpu: f64::NAN,
+                model_cpu: f64::NAN,
+                client_cpu: f64::NAN,
+            };
+            points.push(point(&model, route, "burst 512".into(), &m, None));
+            let problems = server.log_problems()?;
+            if !problems.is_empty() {
+                eprintln!("  server log problems: {problems:?}");
+            }
+        }
+    }
+    let mut md = format!(
+        "Overload, one sentence per request, {} s per point after {:.0} s of warm-up ({machine}, {threads} threads)\n\n",
+        args.seconds,
+        warm.as_secs_f64()
+    );
+    for (model, per_s) in &ceilings {
+        md.push_str(&format!("- {model}: in-process ceiling {per_s:.1} sentences/s\n"));
+    }
+    md.push_str(
+        "\n| model | route | load | answered/s | x capacity | refused/s | failed | p50 | p99 | refusal p99 | CPU/refusal |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for p in &points {
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.1} | {:.2} | {:.0} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} µs |\n",
+            p.model,
+            p.route,
+            p.load,
+            p.answered_per_s,
+            p.of_capacity,
+            p.refused_per_s,
+            p.failed,
+            p.p50_ms,
+            p.p99_ms,
+            p.refused_p99_ms,
+            p.cpu_per_refusal_us
+        ));
+    }
+    println!("{md}");
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    std::fs::write(args.out.join(format!("overload-{stamp}.md")), &md)?;
+    let json = json!({"machine": machine, "ceilings": ceilings, "points": points});
+    std::fs::write(args.out.join(format!("overload-{stamp}.json")), serde_json::to_string_pretty(&json)?)?;
+    let title = format!("distilserve past capacity: answered/s against offered load ({machine})");
+    std::fs::write(args.out.join(format!("overload-{stamp}.svg")), goodput_svg(&title, &points))?;
+    eprintln!("written to {}/overload-{stamp}.{{md,json,svg}}", args.out.display());
+    Ok(())
+}
+
+/// Answered/s over the offered load, both in multiples of the capacity (the
+/// 64-client figure), one line per model and route: open-loop points, with
+/// the capacity as 1x. The diagonal up to 1x is "everything offered answered".
+pub(crate) fn goodput_svg(title: &str, points: &[OverloadPoint]) -> String {
+    let (w, h, left, top, plot_w, plot_h) = (720.0, 420.0, 70.0, 50.0, 600.0, 300.0);
+    let max_x = 10.0;
+    let max_y = 1.2;
+    let x = |v: f64| left + v / max_x * plot_w;
+    let y = |v: f64| top + plot_h - v.min(max_y) / max_y * plot_h;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"24\" font-size=\"14\">{}</text>\n\
+         <rect x=\"{left}\" y=\"{top}\" width=\"{plot_w}\" height=\"{plot_h}\" fill=\"none\" stroke=\"#999\"/>\n\
+         <line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#bbb\" stroke-dasharray=\"3 3\"/>\n\
+         <line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#bbb\" stroke-dasharray=\"3 3\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">offered load, x capacity (open loop)</text>\n\
+         <text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">answered/s, x capacity</text>\n",
+        title.replace('&', "&amp;").replace('<', "&lt;"),
+        x(0.0),
+        y(0.0),
+        x(1.0),
+        y(1.0),
+        x(1.0),
+        y(1.0),
+        x(max_x),
+        y(1.0),
+        left + plot_w / 2.0,
+        top + plot_h + 36.0,
+        top + plot_h / 2.0,
+        top + plot_h / 2.0,
+    );
+    for v in [0.0, 1.0, 2.0, 5.0, 10.0] {
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{v:.0}</text>\n",
+            x(v),
+            top + plot_h + 16.0
+        ));
+    }
+    for v in [0.0, 0.25, 0.5, 0.75, 0.9, 1.0] {
+        svg.push_str(&format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{v}</text>\n",
+            left + plot_w,
+            y(v),
+            y(v),
+            left - 6.0,
+            y(v) + 4.0
+        ));
+    }
+    let colors = ["#1f6fb2", "#c2571a", "#2e8b57", "#7b3fa0"];
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for p in points {
+        let offered = if p.load.starts_with("closed") && p.of_capacity == 1.0 {
+            1.0
+        } else if let Some(times) =
+            p.load.strip_prefix("open ").and_then(|t| t.trim_end_matches('x').parse::<f64>().ok())
+        {
+            times
+        } else {
+            continue;
+        };
+        let name = format!("{} {}", p.model, p.route);
+        match series.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, line)) => line.push((offered, p.of_capacity)),
+            None => series.push((name, vec![(offered, p.of_capacity)])),
+        }
+    }
+    for (i, (name, line)) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let path: Vec<String> = line.iter().map(|&(a, b)| format!("{:.1},{:.1}", x(a), y(b))).collect();
+        svg.push_str(&format!(
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>\n",
+            path.join(" ")
+        ));
+        for &(a, b) in line {
+            svg.push_str(&format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>\n", x(a), y(b)));
+        }
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>\n",
+            left + 10.0 + (i % 2) as f64 * 300.0,
+            h - 30.0 + (i / 2) as f64 * 14.0
+        ));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
