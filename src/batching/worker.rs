@@ -7,6 +7,12 @@ use super::*;
 /// How many batches' worth of the oldest queued sequences the planner looks at.
 const PLAN_WINDOW_BATCHES: usize = 4;
 
+/// How much newer than the oldest live sequence a sequence may be to join
+/// its batch: a tenth of `max_queue_wait` (None when that is 0: no bound).
+fn overtaking_bound(config: &BatcherConfig) -> Option<Duration> {
+    (!config.max_queue_wait.is_zero()).then(|| config.max_queue_wait / 10)
+}
+
 /// Sequences of one job per round of the fair order.
 const FAIR_QUANTUM: usize = 4;
 
@@ -110,7 +116,29 @@ pub(super) fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     // (head training) comes after every live sequence.
     let key = |item: &Item| (item.job.background, item.index / FAIR_QUANTUM, item.job.number, item.index);
     let window = queue.items.len().min(config.max_batch_size.saturating_mul(PLAN_WINDOW_BATCHES));
-    let mut order: Vec<usize> = (0..queue.items.len()).collect();
+    // Grouping by length lets newer sequences overtake older ones of other
+    // lengths. Over the whole window, under overload each batch also took
+    // the newest of its length, and a sequence waited about twice what
+    // admission had estimated (the work queued ahead of it): p99 twice
+    // `max_queue_wait`. Only sequences that arrived within a tenth of that
+    // bound after the oldest may join its batch, so that a sequence is
+    // overtaken by at most that much newer work.
+    let mut order: Vec<usize> = match overtaking_bound(config) {
+        Some(bound) => {
+            let oldest = queue.items.iter().filter(|item| !item.job.background).map(|item| item.job.queued_at).min();
+            match oldest {
+                Some(oldest) => (0..queue.items.len())
+                    .filter(|&i| {
+                        let job = &queue.items[i].job;
+                        job.background || job.queued_at.saturating_duration_since(oldest) <= bound
+                    })
+                    .collect(),
+                None => (0..queue.items.len()).collect(),
+            }
+        }
+        None => (0..queue.items.len()).collect(),
+    };
+    let window = window.min(order.len());
     if order.len() > window {
         order.select_nth_unstable_by_key(window - 1, |&i| key(&queue.items[i]));
         order.truncate(window);
