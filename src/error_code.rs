@@ -121,7 +121,9 @@ error_codes! {
 
 impl ErrorCode {
     /// `Retry-After` in seconds: refusals a client should retry (a full queue,
-    /// a draining or starting service, the training queue).
+    /// a draining or starting service, the training queue). The default: an
+    /// error that knows better gives its own (`ApiError::retry_after`; an
+    /// overloaded queue, its estimated work).
     pub fn retry_after_seconds(self) -> Option<u32> {
         matches!(self.status(), StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS).then_some(1)
     }

@@ -258,6 +258,11 @@ impl Inference {
         Inference { info, tokenizer, batcher, metrics }
     }
 
+    /// See [`Batcher::refusal_for_any`].
+    pub fn refusal_for_any(&self, deadline: std::time::Instant) -> Result<(), BatchError> {
+        self.batcher.refusal_for_any(deadline)
+    }
+
     pub fn queue_depth(&self) -> usize {
         self.batcher.queue_depth()
     }

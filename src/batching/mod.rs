@@ -53,6 +53,17 @@ pub enum BatchError {
     Inference(String),
 }
 
+impl BatchError {
+    /// When a refused request may find room: the estimated time to compute
+    /// the live work queued now (at least a second), where the refusal knows it.
+    pub fn retry_after_seconds(&self) -> Option<u32> {
+        match self {
+            BatchError::QueueWait { waiting_ms, .. } => Some(waiting_ms.div_ceil(1000).clamp(1, 3600) as u32),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BatcherConfig {
     pub max_batch_size: usize,
@@ -480,6 +491,23 @@ impl Batcher {
             self.enqueue(&mut queue, &job);
         }
         rx.blocking_recv().unwrap_or(Err(BatchError::ShuttingDown))
+    }
+
+    /// The refusal any request would get now, whatever its size: the queue
+    /// full, or holding more live work than a request due at `deadline` may
+    /// wait behind. Asked before a request's body is read or parsed, so that a
+    /// refusal under overload costs no parsing, tokenizing or pricing
+    /// (`http::overload`); a request that passes is admitted or refused by its
+    /// own price at [`Batcher::run`]. Counted as a refusal. A closed queue
+    /// passes: the handler answers `shutting_down`.
+    pub fn refusal_for_any(&self, deadline: Instant) -> Result<(), BatchError> {
+        let queue = self.shared.queue();
+        if queue.closed {
+            return Ok(());
+        }
+        self.admit(&queue, 1)?;
+        self.admit_tokens(&queue, 1)?;
+        self.admit_wait(&queue, deadline).map(|_| ())
     }
 
     /// Fails the way [`Batcher::run`] would if `n` sequences were queued now;

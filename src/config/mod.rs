@@ -288,6 +288,9 @@ pub struct LimitSettings {
     pub max_response_bytes: u64,
     /// Most bytes of hidden states and answer one request may hold at its peak.
     pub max_request_memory_bytes: u64,
+    /// Overload refusals answered at once per second; past it each waits its
+    /// turn, up to a second (`http::overload`). 0: all at once.
+    pub immediate_refusals_per_second: u32,
 }
 
 impl LimitSettings {

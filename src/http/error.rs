@@ -21,6 +21,9 @@ use crate::tokenize::TokenizeError;
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// `Retry-After` where the refusal knows better than its code's default
+    /// (an overloaded queue: its estimated work).
+    pub retry_after_seconds: Option<u32>,
 }
 
 /// Body of every error response.
@@ -39,7 +42,7 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), retry_after_seconds: None }
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -49,13 +52,19 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.code.status()
     }
+
+    /// Its `Retry-After` in seconds, if its code has one.
+    pub fn retry_after(&self) -> Option<u32> {
+        self.code.retry_after_seconds().map(|default| self.retry_after_seconds.unwrap_or(default))
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         log_failure(self.code, &self.message);
+        let retry_after = self.retry_after();
         let body = ErrorResponse { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
-        with_retry_after(self.code, (self.code.status(), Json(body)).into_response())
+        with_retry_after(retry_after, (self.code.status(), Json(body)).into_response())
     }
 }
 
@@ -69,9 +78,9 @@ pub(super) fn log_failure(code: ErrorCode, message: &str) {
     }
 }
 
-/// Adds the code's `Retry-After`, where it has one, to an error answer in any form.
-pub(super) fn with_retry_after(code: ErrorCode, mut response: Response) -> Response {
-    if let Some(seconds) = code.retry_after_seconds() {
+/// Adds a `Retry-After` ([`ApiError::retry_after`]), where there is one, to an error answer in any form.
+pub(super) fn with_retry_after(seconds: Option<u32>, mut response: Response) -> Response {
+    if let Some(seconds) = seconds {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
@@ -119,7 +128,7 @@ impl From<BatchError> for ApiError {
                 )
             }
         };
-        ApiError::new(code, e.to_string())
+        ApiError { retry_after_seconds: e.retry_after_seconds(), ..ApiError::new(code, e.to_string()) }
     }
 }
 

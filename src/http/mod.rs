@@ -10,6 +10,7 @@ pub mod heads;
 pub mod heads_admin;
 pub mod meta;
 pub mod openai;
+pub mod overload;
 pub mod tei;
 pub mod tokenize;
 pub mod types;
@@ -61,6 +62,8 @@ pub struct AppInner {
     pub admin_lock: tokio::sync::Mutex<()>,
     /// Uploads to `POST /heads` are decoded one at a time (their memory is bounded).
     pub uploads: tokio::sync::Semaphore,
+    /// Spaces out refusals past `limits.immediate_refusals_per_second`.
+    pub refusals: overload::RefusalPacer,
 }
 
 /// Cheap to clone; handed to every handler.
@@ -121,12 +124,13 @@ impl AppState {
             heads,
             store,
             jobs,
-            settings,
             draining: AtomicBool::new(false),
             warming: AtomicBool::new(false),
             metrics,
             admin_lock: tokio::sync::Mutex::new(()),
             uploads: tokio::sync::Semaphore::new(1),
+            refusals: overload::RefusalPacer::new(settings.limits.immediate_refusals_per_second),
+            settings,
         }))
     }
 
@@ -397,6 +401,8 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
     // service read, buffer or wait for a body.
     let read_body = axum::middleware::from_fn_with_state(state.clone(), read_body_with_deadline);
     let read_upload = axum::middleware::from_fn_with_state(state.clone(), read_upload_with_deadline);
+    // Past capacity, inference requests are refused before their body is read.
+    let refuse_when_full = axum::middleware::from_fn_with_state(state.clone(), overload::refuse_when_full);
     let upload = Router::new()
         .route("/heads", post(heads_admin::create_head))
         .route("/heads/{name}/evaluate", post(evaluate::evaluate))
@@ -434,6 +440,7 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
         .route("/heads/{name}", get(heads::get_head))
         .route("/heads/{name}/confusion.svg", get(heads::confusion_svg))
         .route_layer(read_body.clone())
+        .route_layer(refuse_when_full)
         .route_layer(require_key.clone());
     let health = Router::new()
         .route("/health", get(meta::health))
@@ -508,7 +515,17 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
                 })
                 // One access-log line per request; refusals (503) are answers, not
                 // failures, and real 500s are logged where they happen (ApiError).
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                // Overload refusals are logged at debug: at thousands a second
+                // the line was 40% of a refusal's CPU, and /metrics counts them.
+                .on_response(|response: &Response, latency: Duration, span: &tracing::Span| {
+                    use tower_http::trace::OnResponse;
+                    let level = if response.extensions().get::<overload::Refusal>().is_some() {
+                        tracing::Level::DEBUG
+                    } else {
+                        tracing::Level::INFO
+                    };
+                    DefaultOnResponse::new().level(level).on_response(response, latency, span)
+                })
                 .on_failure(()),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))

@@ -47,11 +47,12 @@ impl<E: Into<ApiError>> From<E> for TeiError {
 
 impl IntoResponse for TeiError {
     fn into_response(self) -> Response {
-        let ApiError { code, message } = self.0;
+        let retry_after = self.0.retry_after();
+        let ApiError { code, message, .. } = self.0;
         log_failure(code, &message);
         let (error_type, status) = code.tei();
         let body = TeiErrorResponse { error: message, error_type: error_type.into(), code: code.to_string() };
-        with_retry_after(code, (status, Json(body)).into_response())
+        with_retry_after(retry_after, (status, Json(body)).into_response())
     }
 }
 

@@ -4,7 +4,8 @@
 //! callers, refusals (queue full, queue time over the bound or the deadline),
 //! batch jobs' own lane (after live requests), drain on shutdown, failures and
 //! panics confined to their batch, worker health; the queue-time refusal as the
-//! HTTP application answers it. Behind a real server on the tiny DistilBERT
+//! HTTP application answers it (before the body is read, Retry-After from the
+//! queued work, paced past `limits.immediate_refusals_per_second`). Behind a real server on the tiny DistilBERT
 //! graph: 503 with Retry-After when full, 504 past the deadline, a client that
 //! hangs up is not computed.
 
@@ -580,12 +581,64 @@ async fn more_queued_work_than_a_request_may_wait_for_is_a_json_503_with_retry_a
     let response = embed(vec!["good"]).await.unwrap();
     assert!(started.elapsed() < std::time::Duration::from_millis(500), "refused at once");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(response.headers()["retry-after"], "1");
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
     let answer: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(answer["error"]["code"], "overloaded", "{answer}");
-    assert!(answer["error"]["message"].as_str().unwrap().contains("300 ms"), "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("300 ms"), "{answer}");
+    // Retry-After is the queued work's estimated time (over a second here), not a constant.
+    let waiting_ms: u64 = message.split("about ").nth(1).and_then(|m| m.split(' ').next()).unwrap().parse().unwrap();
+    assert!(waiting_ms > 1000, "{message}");
+    assert_eq!(retry_after, waiting_ms.div_ceil(1000), "{message}");
+    // Refused before its body is read: a body that is not even JSON gets the
+    // same 503, not a 400 (no parsing, tokenizing or pricing is spent on it),
+    // and TEI's routes answer in their form (429 Overloaded).
+    let garbage = Request::builder().method("POST").uri("/embed").header("content-type", "application/json");
+    let response = app.clone().oneshot(garbage.body(Body::from("{not json")).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let tei = Request::builder().method("POST").uri("/tei/embed").header("content-type", "application/json");
+    let response = app.clone().oneshot(tei.body(Body::from("{not json")).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap()["error_type"], "Overloaded");
     // What was admitted is answered.
+    assert_eq!(busy.await.unwrap().unwrap().status(), 200);
+    assert_eq!(queued.await.unwrap().unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_past_the_budget_wait_their_turn_and_admitted_work_is_answered() {
+    // Two refusals a second go at once; the others wait their turn.
+    let app = router(state_over("slow", SlowPerToken, |s| {
+        s.batching.max_queue_wait_ms = 300;
+        s.limits.immediate_refusals_per_second = 2;
+    }));
+    let embed = |texts: Vec<&str>| {
+        let body = json!({"inputs": texts, "pooling": "mean"}).to_string();
+        let request = Request::builder().method("POST").uri("/embed").header("content-type", "application/json");
+        app.clone().oneshot(request.body(Body::from(body)).unwrap())
+    };
+    for _ in 0..3 {
+        assert_eq!(embed(vec!["good"]).await.unwrap().status(), 200);
+    }
+    let busy = tokio::spawn(embed(vec!["a fine film"; 64]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued = tokio::spawn(embed(vec!["a fine film"; 64]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Four refusals at once: slots 0, 0.5, 1 and 1 s (the longest hold) away.
+    let started = Instant::now();
+    let refusals: Vec<_> = (0..4).map(|_| tokio::spawn(embed(vec!["good"]))).collect();
+    let mut took = Vec::new();
+    for refusal in refusals {
+        let response = refusal.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        took.push(started.elapsed());
+    }
+    took.sort();
+    assert!(took[3] >= Duration::from_millis(900), "the last refusal waited its turn: {took:?}");
+    assert!(took[3] < Duration::from_millis(1500), "no refusal waits past the longest hold: {took:?}");
     assert_eq!(busy.await.unwrap().unwrap().status(), 200);
     assert_eq!(queued.await.unwrap().unwrap().status(), 200);
 }
