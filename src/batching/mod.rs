@@ -265,6 +265,9 @@ struct Shared {
     jobs: AtomicU64,
     /// Per worker: when its current model call started (ms since `started`, + 1), 0 when idle.
     busy_since_ms: Vec<AtomicU64>,
+    /// Per worker: when its current model call is expected to end by its cost
+    /// fit (ms since `started`), 0 when idle or without a fit.
+    busy_until_ms: Vec<AtomicU64>,
     /// Per worker: its fitted cost of a model call (see [`CallCost`]), for the
     /// queue-time estimate; None until it has one.
     call_cost: Vec<Mutex<Option<CostModel>>>,
@@ -332,6 +335,7 @@ impl Batcher {
             last_refusal_warning: AtomicU64::new(0),
             jobs: AtomicU64::new(0),
             busy_since_ms: (0..encoders.len()).map(|_| AtomicU64::new(0)).collect(),
+            busy_until_ms: (0..encoders.len()).map(|_| AtomicU64::new(0)).collect(),
             call_cost: (0..encoders.len()).map(|_| Mutex::new(None)).collect(),
         });
         let workers = encoders
@@ -549,7 +553,10 @@ impl Batcher {
     /// Returns the estimate (None: none yet).
     fn admit_wait(&self, queue: &Queue, deadline: Instant) -> Result<Option<Duration>, BatchError> {
         let s = &self.shared;
-        let Some(waiting) = self.queued_work_time(queue.live_items, queue.live_tokens) else { return Ok(None) };
+        let Some(queued) = self.queued_work_time(queue.live_items, queue.live_tokens) else { return Ok(None) };
+        // The calls in progress finish first: a request arriving at the start
+        // of one (all-mpnet-base-v2: 0.8 s for a full batch) waits for it too.
+        let waiting = queued + self.calls_in_progress_left();
         let left = deadline.saturating_duration_since(Instant::now());
         let limit = if s.config.max_queue_wait.is_zero() { left } else { s.config.max_queue_wait.min(left) };
         if waiting <= limit {
@@ -566,6 +573,15 @@ impl Batcher {
             )
         });
         Err(BatchError::QueueWait { waiting_ms, limit_ms })
+    }
+
+    /// What the model calls in progress have left by their workers' cost fits,
+    /// shared out over the workers.
+    fn calls_in_progress_left(&self) -> Duration {
+        let s = &self.shared;
+        let now = s.started.elapsed().as_millis() as u64;
+        let left_ms: u64 = s.busy_until_ms.iter().map(|until| until.load(Ordering::Relaxed).saturating_sub(now)).sum();
+        Duration::from_millis(left_ms / s.busy_until_ms.len().max(1) as u64)
     }
 
     /// Estimated model time of `items` live sequences of `tokens` real tokens

@@ -47,11 +47,17 @@ pub(super) fn worker_loop<E: Encoder>(shared: &Shared, worker: usize, mut encode
         for item in &live {
             m.queue_wait.observe(batch_start.saturating_duration_since(item.job.queued_at).as_secs_f64());
         }
-        shared.busy_since_ms[worker].store(shared.started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+        let started_ms = shared.started.elapsed().as_millis() as u64;
+        shared.busy_since_ms[worker].store(started_ms + 1, Ordering::Relaxed);
+        if let Some(fit) = cost.model() {
+            let expected = fit.per_call + (longest * seqs.len()) as f64 * fit.per_token;
+            shared.busy_until_ms[worker].store(started_ms + (expected * 1000.0) as u64, Ordering::Relaxed);
+        }
         // A panic in the encoder fails this batch only: its callers get 500
         // `worker_panicked`, the panic is counted, and the loop goes on.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encoder.encode(&seqs)));
         shared.busy_since_ms[worker].store(0, Ordering::Relaxed);
+        shared.busy_until_ms[worker].store(0, Ordering::Relaxed);
         let took = batch_start.elapsed();
         m.inference.observe(took.as_secs_f64());
         let result = match result {
