@@ -1,5 +1,6 @@
 //! What an operator watches: Prometheus metrics that move as requests are
-//! served, request ids kept or made, made-up methods and request ids kept out of
+//! served, one readiness whatever the door (health routes, TEI's, the metric),
+//! request ids kept or made, made-up methods and request ids kept out of
 //! metrics and logs, request spans exported over OTLP/HTTP into the caller's
 //! trace, and the dashboard and alert rules (deploy/grafana, deploy/prometheus)
 //! naming only metrics the service exports. Tiny DistilBERT fixture over a socket.
@@ -298,4 +299,41 @@ async fn request_spans_reach_an_otlp_receiver_under_the_callers_trace() {
     for text in [&b"request"[..], b"/embed", b"distilserve"] {
         assert!(contains(&traced.1, text), "{} missing from the export", String::from_utf8_lossy(text));
     }
+}
+
+/// `/health/ready`, `/health`, `/tei/health` and the `distilserve_ready`
+/// metric: one readiness (`AppState::readiness`), whatever the door.
+#[tokio::test]
+async fn every_door_gives_one_readiness_ready_starting_and_draining() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use std::sync::atomic::Ordering;
+    use tower::ServiceExt;
+
+    let state = common::fakes::state_over("constant", common::fakes::Constant, |_| {});
+    let app = distilserve::http::router(state.clone());
+    let doors = || async {
+        let mut seen = Vec::new();
+        for path in ["/health/ready", "/health", "/tei/health"] {
+            let response = app.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+            seen.push(response.status().as_u16());
+        }
+        let response = app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+        let text = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (seen, sample(std::str::from_utf8(&text).unwrap(), "distilserve_ready"))
+    };
+    let status = || async {
+        let response = app.clone().oneshot(Request::get("/health/ready").body(Body::empty()).unwrap()).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["status"].as_str().unwrap().to_string()
+    };
+    assert_eq!(doors().await, (vec![200, 200, 200], 1.0));
+    assert_eq!(status().await, "ok");
+    state.warming.store(true, Ordering::Relaxed);
+    assert_eq!(doors().await, (vec![503, 503, 503], 0.0));
+    assert_eq!(status().await, "starting");
+    state.warming.store(false, Ordering::Relaxed);
+    state.draining.store(true, Ordering::Relaxed);
+    assert_eq!(doors().await, (vec![503, 503, 503], 0.0));
+    assert_eq!(status().await, "draining");
 }
