@@ -208,14 +208,21 @@ async fn open_loop_arrivals(port: u16, requests: Arc<Vec<Vec<u8>>>, rate: f64, w
     let total = warm.as_secs_f64() + seconds;
     let n = (rate * total) as usize;
     let mut tasks = Vec::with_capacity(n);
+    // The driver wakes once a millisecond and sends what is due (a timer per
+    // arrival cost the generator more CPU than the server spent refusing).
+    let mut tick = tokio::time::interval_at(start, Duration::from_millis(1));
+    let mut now = start;
     for i in 0..n {
         let at = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(at).await;
+        while now < at {
+            now = tick.tick().await.max(tokio::time::Instant::now());
+        }
         let (pool, requests) = (pool.clone(), requests.clone());
         let window = (start + warm, start + warm + Duration::from_secs_f64(seconds));
         let counted = move |at: tokio::time::Instant| at >= window.0 && at <= window.1;
         tasks.push(tokio::spawn(async move {
             let idle = pool.lock().unwrap().pop();
+            let reused = idle.is_some();
             let conn = match idle {
                 Some(c) => Some(c),
                 None => Conn::open(port).await.ok(),
@@ -223,7 +230,16 @@ async fn open_loop_arrivals(port: u16, requests: Arc<Vec<Vec<u8>>>, rate: f64, w
             let Some(mut conn) = conn else {
                 return (counted(tokio::time::Instant::now()), at.elapsed().as_secs_f64() * 1000.0, 0);
             };
-            let status = match conn.send(&requests[i % requests.len()]).await {
+            let request = &requests[i % requests.len()];
+            let mut answer = conn.send(request).await;
+            if answer.is_err() && reused {
+                // The server closed it while idle (its header timeout): a fresh one, as any pool does.
+                if let Ok(fresh) = Conn::open(port).await {
+                    conn = fresh;
+                    answer = conn.send(request).await;
+                }
+            }
+            let status = match answer {
                 Ok((status, keep)) => {
                     if keep {
                         pool.lock().unwrap().push(conn);
@@ -333,6 +349,8 @@ fn point(model: &str, route: &str, load: String, m: &Measured, capacity: Option<
             (answered_per_s / per_s, (m.http_cpu - ok.len() as f64 * http_cpu_per_answer) / refused.len() as f64 * 1e6)
         }
         Some((per_s, _)) => (answered_per_s / per_s, f64::NAN),
+        // The first closed-loop point is the capacity; a burst has no rate to compare.
+        None if load.starts_with("closed") => (1.0, f64::NAN),
         None => (f64::NAN, f64::NAN),
     };
     let p = OverloadPoint {
@@ -405,10 +423,9 @@ pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], setti
                     closed_loop_retrying(port, requests.clone(), clients, warm, args.seconds),
                 )
                 .await;
-                let mut p = point(&model, route, format!("closed {clients}"), &m, capacity);
+                let p = point(&model, route, format!("closed {clients}"), &m, capacity);
                 if capacity.is_none() {
                     capacity = Some((p.answered_per_s, m.http_cpu / p.answered.max(1) as f64));
-                    p.of_capacity = 1.0;
                 }
                 points.push(p);
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -474,7 +491,8 @@ pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], setti
     std::fs::write(args.out.join(format!("overload-{stamp}.md")), &md)?;
     let json = json!({"machine": machine, "ceilings": ceilings, "points": points});
     std::fs::write(args.out.join(format!("overload-{stamp}.json")), serde_json::to_string_pretty(&json)?)?;
-    let title = format!("distilserve past capacity: answered/s against offered load ({machine})");
+    let cpu = machine.split(',').next().unwrap_or(machine);
+    let title = format!("Past capacity: answered/s against offered load ({cpu}, {threads} threads)");
     std::fs::write(args.out.join(format!("overload-{stamp}.svg")), goodput_svg(&title, &points))?;
     eprintln!("written to {}/overload-{stamp}.{{md,json,svg}}", args.out.display());
     Ok(())
@@ -484,9 +502,9 @@ pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], setti
 /// 64-client figure), one line per model and route: open-loop points, with
 /// the capacity as 1x. The diagonal up to 1x is "everything offered answered".
 pub(crate) fn goodput_svg(title: &str, points: &[OverloadPoint]) -> String {
-    let (w, h, left, top, plot_w, plot_h) = (720.0, 420.0, 70.0, 50.0, 600.0, 300.0);
+    let (w, h, left, top, plot_w, plot_h) = (720.0, 470.0, 70.0, 50.0, 600.0, 300.0);
     let max_x = 10.0;
-    let max_y = 1.2;
+    let max_y = 1.4;
     let x = |v: f64| left + v / max_x * plot_w;
     let y = |v: f64| top + plot_h - v.min(max_y) / max_y * plot_h;
     let mut svg = format!(
@@ -518,7 +536,7 @@ pub(crate) fn goodput_svg(title: &str, points: &[OverloadPoint]) -> String {
             top + plot_h + 16.0
         ));
     }
-    for v in [0.0, 0.25, 0.5, 0.75, 0.9, 1.0] {
+    for v in [0.0, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25] {
         svg.push_str(&format!(
             "<line x1=\"{left}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{v}</text>\n",
             left + plot_w,
@@ -559,7 +577,7 @@ pub(crate) fn goodput_svg(title: &str, points: &[OverloadPoint]) -> String {
         svg.push_str(&format!(
             "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>\n",
             left + 10.0 + (i % 2) as f64 * 300.0,
-            h - 30.0 + (i / 2) as f64 * 14.0
+            top + plot_h + 62.0 + (i / 2) as f64 * 16.0
         ));
     }
     svg.push_str("</svg>\n");
