@@ -129,22 +129,14 @@ pub(super) fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     // `max_queue_wait`. Only sequences that arrived within a tenth of that
     // bound after the oldest may join its batch, so that a sequence is
     // overtaken by at most that much newer work.
-    let mut order: Vec<usize> = match overtaking_bound(config) {
-        Some(bound) => {
-            let oldest = queue.items.iter().filter(|item| !item.job.background).map(|item| item.job.queued_at).min();
-            match oldest {
-                Some(oldest) => (0..queue.items.len())
-                    .filter(|&i| {
-                        let job = &queue.items[i].job;
-                        job.background || job.queued_at.saturating_duration_since(oldest) <= bound
-                    })
-                    .collect(),
-                None => (0..queue.items.len()).collect(),
-            }
+    let oldest_live = queue.items.iter().filter(|item| !item.job.background).map(|item| item.job.queued_at).min();
+    let may_join = |item: &Item| match (overtaking_bound(config), oldest_live) {
+        (Some(bound), Some(oldest)) => {
+            item.job.background || item.job.queued_at.saturating_duration_since(oldest) <= bound
         }
-        None => (0..queue.items.len()).collect(),
+        _ => true,
     };
-    let window = window.min(order.len());
+    let mut order: Vec<usize> = (0..queue.items.len()).filter(|&i| may_join(&queue.items[i])).collect();
     if order.len() > window {
         order.select_nth_unstable_by_key(window - 1, |&i| key(&queue.items[i]));
         order.truncate(window);

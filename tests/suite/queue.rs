@@ -558,18 +558,31 @@ async fn a_client_that_disconnects_is_not_computed() {
     server.stop().await;
 }
 
+/// `POST /embed` of `texts`, mean-pooled, to `app`.
+fn post_embed(
+    app: &axum::Router,
+    texts: Vec<&str>,
+) -> impl std::future::Future<Output = Result<axum::response::Response, std::convert::Infallible>> {
+    let body = json!({"inputs": texts, "pooling": "mean"}).to_string();
+    let request = Request::builder().method("POST").uri("/embed").header("content-type", "application/json");
+    app.clone().oneshot(request.body(Body::from(body)).unwrap())
+}
+
+/// The application over `SlowPerToken` (5 ms per token) with `configure`d
+/// settings, after three requests have taught its queue the pace (the first
+/// call is left out of the estimate).
+async fn slow_app_that_knows_its_pace(configure: impl FnOnce(&mut distilserve::config::Settings)) -> axum::Router {
+    let app = router(state_over("slow", SlowPerToken, configure));
+    for _ in 0..3 {
+        assert_eq!(post_embed(&app, vec!["good"]).await.unwrap().status(), 200);
+    }
+    app
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_queued_work_than_a_request_may_wait_for_is_a_json_503_with_retry_after() {
-    let app = router(state_over("slow", SlowPerToken, |s| s.batching.max_queue_wait_ms = 300));
-    let embed = |texts: Vec<&str>| {
-        let body = json!({"inputs": texts, "pooling": "mean"}).to_string();
-        let request = Request::builder().method("POST").uri("/embed").header("content-type", "application/json");
-        app.clone().oneshot(request.body(Body::from(body)).unwrap())
-    };
-    // The queue learns the pace (its first call is left out of the estimate).
-    for _ in 0..3 {
-        assert_eq!(embed(vec!["good"]).await.unwrap().status(), 200);
-    }
+    let app = slow_app_that_knows_its_pace(|s| s.batching.max_queue_wait_ms = 300).await;
+    let embed = |texts: Vec<&str>| post_embed(&app, texts);
     // One request keeps the worker busy (64 texts at 5 ms per token: 1.6 s);
     // 300 ms in, its call has about 1.3 s left, which a request arriving now
     // waits for too: over the bound, whatever the request, however small.
@@ -609,18 +622,12 @@ async fn more_queued_work_than_a_request_may_wait_for_is_a_json_503_with_retry_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_past_the_budget_wait_their_turn_and_admitted_work_is_answered() {
     // Two refusals a second go at once; the others wait their turn.
-    let app = router(state_over("slow", SlowPerToken, |s| {
+    let app = slow_app_that_knows_its_pace(|s| {
         s.batching.max_queue_wait_ms = 300;
         s.limits.immediate_refusals_per_second = 2;
-    }));
-    let embed = |texts: Vec<&str>| {
-        let body = json!({"inputs": texts, "pooling": "mean"}).to_string();
-        let request = Request::builder().method("POST").uri("/embed").header("content-type", "application/json");
-        app.clone().oneshot(request.body(Body::from(body)).unwrap())
-    };
-    for _ in 0..3 {
-        assert_eq!(embed(vec!["good"]).await.unwrap().status(), 200);
-    }
+    })
+    .await;
+    let embed = |texts: Vec<&str>| post_embed(&app, texts);
     // The busy call (1.6 s) has more left than the 300 ms bound for a while.
     let busy = tokio::spawn(embed(vec!["a fine film"; 64]));
     tokio::time::sleep(Duration::from_millis(200)).await;
