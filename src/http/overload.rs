@@ -102,7 +102,10 @@ enum Family {
     Tei,
 }
 
-/// Which queue a route's requests go to, and its error form.
+/// Which queue a route's requests go to, and its error form. By path, as the
+/// router names them: a layer on each route would run after the body is read
+/// (route layers wrap it), which is the work this check spares. A new
+/// inference route is added here too.
 fn queue_of<'a>(state: &'a AppState, path: &str) -> Option<(&'a Inference, Family)> {
     // Classifying routes use the logistic heads' graph; an ONNX classifier
     // head has its own queue, which its request meets when it is admitted.
