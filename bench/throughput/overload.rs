@@ -304,7 +304,7 @@ fn thread_cpu(pid: u32) -> (f64, f64) {
         // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the comm.
         let ticks: f64 =
             fields.get(11..13).map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()).unwrap_or(0.0);
-        // ONNX Runtime's threads are named `onnxruntime` (model.rs), the
+        // ONNX Runtime's threads are named `onnxruntime` (src/model/mod.rs), the
         // queue's workers after their runtime.
         if comm.starts_with("tokio") {
             http += ticks / tick;

@@ -1,12 +1,16 @@
 //! The model runtime: the ONNX Runtime library, a model folder (manifest,
 //! tokenizer, graph), sessions on the configured execution provider, and the
 //! forward pass that pads a batch and returns each sequence's real-token rows
-//! ([`OrtEncoder`], the [`Encoder`] the batching queue drives).
+//! ([`OrtEncoder`], the [`Encoder`] the batching queue drives). Loading the
+//! library itself is in [`library`].
+
+mod library;
+pub use library::{onnxruntime_library_path, ort_environment};
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use ort::session::builder::GraphOptimizationLevel;
@@ -165,60 +169,6 @@ impl OrtEncoder {
 impl Encoder for OrtEncoder {
     fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
         forward(&mut self.session, &self.info, &self.default_outputs, batch)
-    }
-}
-
-/// The process-wide ONNX Runtime environment (ONNX Runtime allows one).
-static ORT_ENV: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> = OnceLock::new();
-
-/// Where to load ONNX Runtime from: the setting, `$ORT_DYLIB_PATH`, the copy the
-/// set-up script installs, or a copy beside the executable.
-pub fn onnxruntime_library_path(configured: &str) -> PathBuf {
-    if !configured.is_empty() {
-        return PathBuf::from(configured);
-    }
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let vendored = PathBuf::from("vendor/onnxruntime/libonnxruntime.so");
-    if vendored.exists() {
-        return vendored;
-    }
-    if let Some(beside) = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("libonnxruntime.so"))) {
-        if beside.exists() {
-            return beside;
-        }
-    }
-    vendored
-}
-
-pub fn ort_environment(configured: &str) -> anyhow::Result<&'static ort::environment::Environment> {
-    let result = ORT_ENV.get_or_init(|| {
-        let path = onnxruntime_library_path(configured);
-        if !path.exists() {
-            return Err(format!(
-                "ONNX Runtime library not found at {}: run scripts/setup.sh, or point model.onnxruntime_library \
-                 (or ORT_DYLIB_PATH) at libonnxruntime.so",
-                path.display()
-            ));
-        }
-        let builder = ort::init_from(&path).map_err(|e| {
-            format!(
-                "cannot load ONNX Runtime from {}: {e} (is it the ONNX Runtime 1.31 shared library for this platform? \
-                 run scripts/setup.sh, or point model.onnxruntime_library at one)",
-                path.display()
-            )
-        })?;
-        let env = builder
-            .with_name("distilserve")
-            .with_telemetry(false)
-            .build()
-            .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))?;
-        Ok((env, path))
-    });
-    match result {
-        Ok((env, _)) => Ok(env),
-        Err(message) => Err(anyhow!(message.clone())),
     }
 }
 
@@ -437,11 +387,7 @@ impl Model {
             execution_provider: provider,
             labels: manifest.as_ref().and_then(|m| m.labels.clone()),
             fingerprint,
-            onnxruntime_library: ORT_ENV
-                .get()
-                .and_then(|r| r.as_ref().ok())
-                .map(|(_, p)| p.clone())
-                .unwrap_or_default(),
+            onnxruntime_library: library::loaded_from().unwrap_or_default(),
             quantises_per_call: match scanned {
                 Some(found) => found,
                 None => has_dynamic_quantisation(&model_path)?,
