@@ -316,10 +316,20 @@ impl LogisticHead {
         self.layers.as_ref().map_or_else(|| "-1".to_string(), |l| l.describe(self.encoder.last_layer()))
     }
 
+    /// Features the head reads from an encoder of `hidden` width: the pooled
+    /// vector, or for a pair head four of them ([`crate::pooling::pair_features`]).
+    pub fn feature_width(&self, hidden: usize) -> usize {
+        let pooled = self.pooling.width(self.row_width(hidden));
+        if self.pair {
+            4 * pooled
+        } else {
+            pooled
+        }
+    }
+
     fn validate_shape(&self) -> anyhow::Result<()> {
         let k = self.labels.len();
-        let pooled = self.pooling.width(self.row_width(self.encoder.hidden_size));
-        let width = if self.pair { 4 * pooled } else { pooled };
+        let width = self.feature_width(self.encoder.hidden_size);
         if let Some(layers) = &self.layers {
             let last = self.encoder.last_layer();
             if layers.indices.is_empty() || layers.indices.iter().any(|&i| i > last) {
@@ -372,7 +382,7 @@ impl LogisticHead {
                 running_fp: info.fingerprint.chars().take(12).collect(),
             });
         }
-        let width = self.pooling.width(self.row_width(info.hidden_size));
+        let width = self.feature_width(info.hidden_size);
         let layers_fit = self.layers.as_ref().is_none_or(|l| l.indices.iter().all(|&i| i <= info.last_layer()));
         if self.encoder.hidden_size != info.hidden_size || self.features() != width || !layers_fit {
             return Err(HeadFileError::Corrupt {

@@ -169,9 +169,16 @@ impl Heads {
                 tracing::warn!(head = %name, holds = %head.name, "head file holds another head; not loaded");
                 continue;
             }
-            if let Err(e) = super::loading::check_served(&head, path, runtimes) {
-                tracing::info!(head = %name, reason = %e, "head file in the heads folder is for another encoder; not served");
-                continue;
+            match super::loading::check_served(&head, path, runtimes) {
+                Ok(()) => {}
+                Err(e @ super::logistic::HeadFileError::WrongEncoder { .. }) => {
+                    tracing::info!(head = %name, reason = %e, "head file in the heads folder is for another encoder; not served");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(head = %name, error = %e, "head file in the heads folder not loaded");
+                    continue;
+                }
             }
             let version = store::version_of(&head);
             let current = self.read_map().get(name.as_str()).map(|h| h.version());

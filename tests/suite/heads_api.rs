@@ -1313,3 +1313,222 @@ async fn heads_reading_several_layers_answer_as_their_file_on_embed_vectors() {
     }
     server.stop().await;
 }
+
+/// `(label, score)` of a TEI answer for one text, in the answer's order.
+fn tei_scores(answer: &Value) -> Vec<(String, f64)> {
+    answer
+        .as_array()
+        .expect("label scores")
+        .iter()
+        .map(|e| (e["label"].as_str().unwrap().to_string(), e["score"].as_f64().unwrap()))
+        .collect()
+}
+
+/// `distilserve_head_predictions_total` of `head` by label.
+async fn predictions_counted(server: &TestServer, head: &str) -> std::collections::BTreeMap<String, u64> {
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    let prefix = format!("distilserve_head_predictions_total{{head=\"{head}\",label=\"");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix)?.split_once("\"} "))
+        .map(|(label, n)| (label.to_string(), n.trim().parse().unwrap()))
+        .collect()
+}
+
+/// One answer per operation, whatever the door: for a single-label head with
+/// its own `min_probability`, a multi-label head and a pair head, every route
+/// that classifies (`/classify`, `/tei/predict` for the default head,
+/// `/tei/heads/{name}/predict`, `/tei/heads/{name}`, evaluate) gives the same
+/// probabilities (1e-6), the same decision wherever its format can say it (TEI's
+/// and evaluate's cannot say "abstain" nor a label set: they give every label's
+/// score, and evaluate scores the most probable label), and `/metrics` counts
+/// each answer as the head decided it, on every route alike.
+#[tokio::test]
+async fn every_route_that_classifies_gives_the_heads_probabilities_and_decision() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    let texts = ["chip and screen", "goal team and soup bread", "cheese taste and code battery", "number 7"];
+    let options = json!({"pooling": "mean", "alphas": [1.0], "cv_folds": 2, "layers": ["-1"]});
+
+    // The threshold falls between the texts' top probabilities, so that some
+    // abstain and some do not: found on a twin without it (the same examples
+    // and options train the same head, checked below).
+    assert_eq!(
+        create(&server, json!({"name": "twin", "examples": examples(10), "options": options})).await.status(),
+        202
+    );
+    wait_for(&server, "twin", "ready").await;
+    let twin: Value =
+        server.post_json("/classify", json!({"inputs": texts, "head": "twin"})).await.json().await.unwrap();
+    let mut tops: Vec<f64> =
+        twin["predictions"].as_array().unwrap().iter().map(|p| p["probability"].as_f64().unwrap()).collect();
+    tops.sort_by(f64::total_cmp);
+    assert!(tops[0] + 1e-3 < tops[3], "the texts' top probabilities differ: {tops:?}");
+    let threshold = (tops[0] + tops[3]) / 2.0;
+    let mut single_options = options.clone();
+    single_options["min_probability"] = json!(threshold);
+    let single = json!({"name": "single", "examples": examples(10), "options": single_options});
+    assert_eq!(create(&server, single).await.status(), 202);
+    let rows = multi_labelled(60);
+    let uploaded: Vec<Value> = rows.iter().map(|(t, l)| json!({"text": t, "label": l})).collect();
+    let mut multi_options = options.clone();
+    multi_options["multi_label"] = json!(true);
+    multi_options["cv_folds"] = json!(3);
+    let multi = json!({"name": "topics", "examples": uploaded, "options": multi_options});
+    assert_eq!(create(&server, multi).await.status(), 202);
+    let labelled = examples(10);
+    let pairs: Vec<Value> = (0..60)
+        .map(|i| {
+            let (a, b) = (&labelled[i % 30], &labelled[(i * 7 + 3) % 30]);
+            let label = if a["label"] == b["label"] { "same" } else { "different" };
+            json!({"text": a["text"], "text_pair": b["text"], "label": label})
+        })
+        .collect();
+    let mut pair_options = options.clone();
+    pair_options["cv_folds"] = json!(3);
+    assert_eq!(
+        create(&server, json!({"name": "pair", "examples": pairs, "options": pair_options})).await.status(),
+        202
+    );
+    for name in ["single", "topics", "pair"] {
+        wait_for(&server, name, "ready").await;
+    }
+    server.stop().await;
+
+    // Again from the folder, with `single` as the default head (/tei/predict's).
+    let mut again = settings(folder.path());
+    // Loaded from the folder, never trained at start (no data set needed).
+    let configured = distilserve::config::HeadSettings::logistic(folder.path().join("no-data"));
+    again.heads.insert("single".into(), configured);
+    again.classify.serve = vec!["single".into()];
+    again.classify.default_head = "single".into();
+    let server = TestServer::start(again).await;
+    // The heads created over the API are picked up from the folder by its watch.
+    let started = Instant::now();
+    loop {
+        let listed: Value = server.get("/heads").await.json().await.unwrap();
+        let names: Vec<&str> = listed["heads"].as_array().unwrap().iter().filter_map(|h| h["name"].as_str()).collect();
+        if ["single", "topics", "pair"].iter().all(|n| names.contains(n)) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "not all served after the restart: {listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The single-label head.
+    let before = predictions_counted(&server, "single").await;
+    let ours: Value =
+        server.post_json("/classify", json!({"inputs": texts, "head": "single"})).await.json().await.unwrap();
+    let ours = ours["predictions"].as_array().unwrap().clone();
+    for (p, t) in ours.iter().zip(&twin["predictions"].as_array().unwrap()[..]) {
+        for (label, probability) in p["probabilities"].as_object().unwrap() {
+            let twin_p = t["probabilities"][label].as_f64().unwrap();
+            assert!((probability.as_f64().unwrap() - twin_p).abs() < 1e-6, "the twin is the same head: {p} vs {t}");
+        }
+    }
+    let decided: Vec<&str> = ours.iter().map(|p| p["label"].as_str().unwrap()).collect();
+    assert!(decided.contains(&"abstain") && decided.iter().any(|l| *l != "abstain"), "{decided:?}");
+    let batch: Vec<Value> = texts.iter().map(|t| json!([t])).collect();
+    let mut tei_answers: Vec<(&str, Vec<Value>)> = Vec::new();
+    for route in ["/tei/predict", "/tei/heads/single/predict"] {
+        let answer: Value = server.post_json(route, json!({"inputs": batch})).await.json().await.unwrap();
+        tei_answers.push((route, answer.as_array().unwrap().clone()));
+    }
+    let mut one_by_one = Vec::new();
+    for text in texts {
+        let answer: Value = server.post_json("/tei/heads/single", json!({"inputs": text})).await.json().await.unwrap();
+        one_by_one.push(answer[0].clone());
+    }
+    tei_answers.push(("/tei/heads/single", one_by_one));
+    for (route, answers) in &tei_answers {
+        for (answer, p) in answers.iter().zip(&ours) {
+            let scores = tei_scores(answer);
+            assert_eq!(scores.len(), 3, "{route}: every label's score: {answer}");
+            assert!(scores.windows(2).all(|w| w[0].1 >= w[1].1), "{route}: most probable first: {answer}");
+            for (label, score) in &scores {
+                let want = p["probabilities"][label].as_f64().unwrap();
+                assert!((score - want).abs() < 1e-6, "{route}: {label} {score} vs /classify {want}");
+            }
+        }
+    }
+    let after = predictions_counted(&server, "single").await;
+    for label in ["abstain", "food", "sport", "tech"] {
+        let answered = decided.iter().filter(|l| **l == label).count() as u64;
+        let counted = after.get(label).copied().unwrap_or(0) - before.get(label).copied().unwrap_or(0);
+        assert_eq!(counted, 4 * answered, "{label}: /classify and three TEI routes each count the head's decision");
+    }
+    // Evaluate: the same texts, each labelled with its most probable label, so
+    // that the head's evaluation is right on every one (its format scores the
+    // most probable label; abstentions are /classify's).
+    let most_probable = |p: &Value| {
+        let probabilities = p["probabilities"].as_object().unwrap();
+        probabilities.iter().max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap())).unwrap().0.clone()
+    };
+    let labelled_texts: Vec<Value> =
+        texts.iter().zip(&ours).map(|(t, p)| json!({"text": t, "label": most_probable(p)})).collect();
+    let evaluated: Value = server
+        .client
+        .post(server.url("/heads/single/evaluate"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"examples": labelled_texts}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(evaluated["systems"][0]["scores"]["accuracy"], 1.0, "{evaluated}");
+    assert_eq!(predictions_counted(&server, "single").await, after, "an evaluation is not a served prediction");
+
+    // The multi-label head: TEI's routes give every label's score, /classify the set.
+    let before = predictions_counted(&server, "topics").await;
+    let ours: Value =
+        server.post_json("/classify", json!({"inputs": texts, "head": "topics"})).await.json().await.unwrap();
+    let ours = ours["predictions"].as_array().unwrap().clone();
+    assert!(ours.iter().all(|p| p["labels"].is_array()), "{ours:?}");
+    let answer: Value =
+        server.post_json("/tei/heads/topics/predict", json!({"inputs": batch})).await.json().await.unwrap();
+    for (answer, p) in answer.as_array().unwrap().iter().zip(&ours) {
+        for (label, score) in tei_scores(answer) {
+            assert!((score - p["probabilities"][&label].as_f64().unwrap()).abs() < 1e-6, "{answer} vs {p}");
+        }
+    }
+    for (text, p) in texts.iter().zip(&ours) {
+        let answer: Value = server.post_json("/tei/heads/topics", json!({"inputs": text})).await.json().await.unwrap();
+        for (label, score) in tei_scores(&answer[0]) {
+            assert!((score - p["probabilities"][&label].as_f64().unwrap()).abs() < 1e-6, "{answer} vs {p}");
+        }
+    }
+    let after = predictions_counted(&server, "topics").await;
+    for p in &ours {
+        let label = p["label"].as_str().unwrap();
+        let answered = ours.iter().filter(|q| q["label"] == label).count() as u64;
+        let counted = after.get(label).copied().unwrap_or(0) - before.get(label).copied().unwrap_or(0);
+        assert_eq!(counted, 3 * answered, "{label}: each route counts the head's decision");
+    }
+
+    // The pair head: /classify with text_pair and TEI's [[text, text_pair]].
+    let (firsts, seconds) = (["goal team and score", "chip code"], ["soup bread cheese", "screen battery"]);
+    let before = predictions_counted(&server, "pair").await;
+    let ours: Value = server
+        .post_json("/classify", json!({"inputs": firsts, "text_pair": seconds, "head": "pair"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ours = ours["predictions"].as_array().unwrap_or_else(|| panic!("{ours}")).clone();
+    let tei_pairs: Vec<Value> = firsts.iter().zip(seconds).map(|(a, b)| json!([a, b])).collect();
+    let answer: Value =
+        server.post_json("/tei/heads/pair/predict", json!({"inputs": tei_pairs})).await.json().await.unwrap();
+    for (answer, p) in answer.as_array().unwrap().iter().zip(&ours) {
+        let scores = tei_scores(answer);
+        assert_eq!(scores[0].0, p["label"].as_str().unwrap(), "the same decision: {answer} vs {p}");
+        for (label, score) in scores {
+            assert!((score - p["probabilities"][&label].as_f64().unwrap()).abs() < 1e-6, "{answer} vs {p}");
+        }
+    }
+    let after = predictions_counted(&server, "pair").await;
+    let total = |m: &std::collections::BTreeMap<String, u64>| m.values().sum::<u64>();
+    assert_eq!(total(&after) - total(&before), 4, "two pairs, two routes");
+    server.stop().await;
+}
