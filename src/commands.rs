@@ -46,7 +46,7 @@ fn with_extraction<T>(
     let info = model.info.clone();
     let tokenizer = model.tokenizer.clone();
     let mut extraction = Extraction {
-        source: &mut model.encoders[0],
+        source: &mut model.sessions[0],
         info: &info,
         tokenizer: &tokenizer,
         cache: &cache,
@@ -506,7 +506,7 @@ fn evaluate_onnx(
     let mut predicted = vec![0usize; texts.len()];
     let progress = Progress::new(format!("{name} (onnx)"));
     crate::features::run_sorted_batches(
-        &mut model.encoders[0],
+        &mut model.sessions[0],
         &tokenizer,
         texts,
         crate::layers::LayerMask::LAST,

@@ -1,5 +1,5 @@
 //! Feature extraction as a batch job (the `extract`, `train` and `evaluate`
-//! commands, and heads trained at startup): texts through an [`Encoder`] in
+//! commands, and heads trained at startup): texts through an [`ForwardPass`] in
 //! batches sorted by length, pooled to `[CLS]` and mean vectors, cached on
 //! disk by model and data so that a restart does not extract again. Not on
 //! the request path: requests pool in `pooling.rs`.
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::atomic_file::write_atomic;
-use crate::encoder::Encoder;
+use crate::forward::ForwardPass;
 use crate::layers::{LayerCombine, LayerMask, LayerSelection};
 use crate::model::ModelInfo;
 use crate::npy;
@@ -154,7 +154,7 @@ impl Progress {
 /// side by side) with its input index.
 #[allow(clippy::too_many_arguments)]
 pub fn run_sorted_batches(
-    source: &mut dyn Encoder,
+    source: &mut dyn ForwardPass,
     tokenizer: &TextTokenizer,
     texts: &[String],
     layers: LayerMask,
@@ -206,7 +206,7 @@ pub fn layers_to_extract(selections: &[Option<LayerSelection>], last: usize) -> 
 /// hidden state in `layers` (ascending, the last, `info.last_layer()`, included).
 #[allow(clippy::too_many_arguments)]
 pub fn extract(
-    source: &mut dyn Encoder,
+    source: &mut dyn ForwardPass,
     tokenizer: &TextTokenizer,
     info: &ModelInfo,
     layers: &[usize],

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use crate::batching::{BatchError, Batched, Batcher, BatcherConfig, BatcherStats, Reduce, Submitted};
 use crate::cost::{json_strings_bytes, AnswerFormat, Cost, CostError, CostLimits, EmbedShape};
-use crate::encoder::Encoder;
+use crate::forward::ForwardPass;
 use crate::layers::{LayerMask, LayerSelection};
 use crate::metrics::RuntimeMetrics;
 use crate::model::{Model, ModelInfo};
@@ -240,12 +240,12 @@ impl Inference {
     pub fn start(model: Model, config: BatcherConfig, metrics: RuntimeMetrics) -> Inference {
         // A real model's workers time two call shapes first (batching/cost.rs, `calibrate`).
         let config = BatcherConfig { calibrate: true, ..config };
-        Self::with_encoders(model.info, model.tokenizer, model.encoders, config, metrics)
+        Self::with_forward_passes(model.info, model.tokenizer, model.sessions, config, metrics)
     }
 
     /// A runtime over any encoders that `info` describes: what tests and the
     /// fuzz targets use to drive the whole HTTP stack without ONNX Runtime.
-    pub fn with_encoders<E: Encoder + 'static>(
+    pub fn with_forward_passes<E: ForwardPass + 'static>(
         info: Arc<ModelInfo>,
         tokenizer: Arc<TextTokenizer>,
         encoders: Vec<E>,
@@ -588,20 +588,20 @@ impl Inference {
         Ok(calls)
     }
 
-    /// An [`Encoder`] that feeds batch jobs (training at startup) through this
+    /// An [`ForwardPass`] that feeds batch jobs (training at startup) through this
     /// queue, so that they share the model sessions with live requests. Use
     /// from a blocking thread.
-    pub fn queued_encoder(&self) -> QueuedEncoder<'_> {
-        QueuedEncoder { inference: self }
+    pub fn queued_forward_pass(&self) -> QueuedForwardPass<'_> {
+        QueuedForwardPass { inference: self }
     }
 }
 
-/// See [`Inference::queued_encoder`].
-pub struct QueuedEncoder<'a> {
+/// See [`Inference::queued_forward_pass`].
+pub struct QueuedForwardPass<'a> {
     inference: &'a Inference,
 }
 
-impl Encoder for QueuedEncoder<'_> {
+impl ForwardPass for QueuedForwardPass<'_> {
     fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
         let seqs = batch.iter().map(|&t| t.clone()).collect();
         Ok(self.inference.batcher.run_blocking(seqs)?.rows)

@@ -12,11 +12,12 @@
 //!   (the confusion-matrix picture of the API and of `evaluate`).
 //! - `cost`: what a request's answer and working memory will take, priced
 //!   before any work (`limits.max_response_bytes`, `max_request_memory_bytes`).
-//! - `encoder`: the [`encoder::Encoder`] trait, the seam in front of the runtime.
+//! - `forward`: the [`forward::ForwardPass`] trait (one model call: a batch of
+//!   tokenized texts to each text's rows), the seam in front of the runtime.
 //! - `weights`: one copy of each weight tensor that several sessions use
 //!   (read from the graph files' initializer tables).
-//! - `model`: ONNX Runtime, model folders, the forward pass (`OrtEncoder`).
-//! - `batching`: the queue and worker threads, generic over `Encoder`.
+//! - `model`: ONNX Runtime, model folders, the forward pass (`OrtSession`).
+//! - `batching`: the queue and worker threads, generic over `ForwardPass`.
 //! - `inference`: tokenize, queue, pool: text to vectors for every route.
 //! - `runtimes`: owns every model runtime (encoder, the heads' own graph where
 //!   `classify.model_file` names one, ONNX heads); drains them.
@@ -52,9 +53,9 @@ pub mod commands;
 pub mod config;
 pub mod cost;
 pub mod data;
-pub mod encoder;
 pub mod error_code;
 pub mod features;
+pub mod forward;
 pub mod heads;
 pub mod http;
 pub mod inference;

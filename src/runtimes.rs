@@ -1,8 +1,10 @@
-//! Every model runtime the service runs, owned in one place: the encoder, the
-//! logistic heads' own graph of it where `classify.model_file` names one, and
-//! the ONNX classifier heads, each an [`Inference`] (sessions, queue, worker
-//! threads). Each is labelled in `/metrics` (`runtime="encoder"`,
-//! `runtime="heads_encoder"`, `runtime="head:<name>"`) and drained by
+//! Every model runtime the service runs, owned in one place: the encoder's
+//! graph (`model.file`, `/embed`'s), the graph new logistic heads are trained
+//! on where `classify.model_file` names another file, and the ONNX classifier
+//! heads, each an [`Inference`] (sessions, queue, worker threads). A logistic
+//! head reaches the graph it was trained on by that graph's fingerprint
+//! ([`Runtimes::graph`]). Each is labelled in `/metrics` (`runtime="encoder"`,
+//! `runtime="heads_graph"`, `runtime="head:<name>"`) and drained by
 //! [`Runtimes::shutdown`].
 
 use std::collections::BTreeMap;
@@ -15,16 +17,16 @@ use crate::metrics::{Metrics, ModelLabels};
 use crate::model::{Model, ModelInfo};
 
 pub const ENCODER: &str = "encoder";
-pub const HEADS_ENCODER: &str = "heads_encoder";
+pub const HEADS_GRAPH: &str = "heads_graph";
 
 pub struct Runtimes {
     pub encoder: Inference,
-    /// The graph the logistic heads run on, when it is another file than the
-    /// encoder's (`classify.model_file`).
-    heads_encoder: Option<Inference>,
+    /// The graph new logistic heads are trained on, when it is another file
+    /// than the encoder's (`classify.model_file`).
+    heads_graph: Option<Inference>,
     /// Set when the heads' graph was closed, no head being served on it
-    /// ([`Runtimes::close_heads_graph_if_all_fell_back`]): the encoder stands in.
-    heads_encoder_closed: AtomicBool,
+    /// ([`Runtimes::close_unused_heads_graph`]): the encoder stands in.
+    heads_graph_closed: AtomicBool,
     classifiers: Mutex<Classifiers>,
     batching: BatcherConfig,
     metrics: Arc<Metrics>,
@@ -44,75 +46,80 @@ impl Runtimes {
     /// Starts the encoder's workers, and those of the heads' graph when given.
     pub fn start(
         encoder: Model,
-        heads_encoder: Option<Model>,
+        heads_graph: Option<Model>,
         batching: BatcherConfig,
         metrics: Arc<Metrics>,
     ) -> Runtimes {
         let inference = Inference::start(encoder, batching.clone(), metrics.runtime(ENCODER));
         let mut runtimes = Self::with_encoder(inference, batching, metrics);
-        if let Some(model) = heads_encoder {
-            runtimes.set_model_info(HEADS_ENCODER, &model.info);
+        if let Some(model) = heads_graph {
+            runtimes.set_model_info(HEADS_GRAPH, &model.info);
             let batching = runtimes.batching.clone();
-            runtimes.heads_encoder = Some(Inference::start(model, batching, runtimes.metrics.runtime(HEADS_ENCODER)));
+            runtimes.heads_graph = Some(Inference::start(model, batching, runtimes.metrics.runtime(HEADS_GRAPH)));
         }
         runtimes
     }
 
-    /// The runtime the logistic heads are trained, evaluated and served on:
-    /// the heads' own graph where configured, else the encoder.
-    pub fn heads_encoder(&self) -> &Inference {
-        self.open_heads_encoder().unwrap_or(&self.encoder)
+    /// The graph new logistic heads are trained on (at startup, over the API):
+    /// the heads' own graph while it is open, else the encoder's.
+    pub fn training_graph(&self) -> &Inference {
+        self.open_heads_graph().unwrap_or(&self.encoder)
     }
 
-    fn open_heads_encoder(&self) -> Option<&Inference> {
-        self.heads_encoder.as_ref().filter(|_| !self.heads_encoder_closed.load(Ordering::Acquire))
+    fn open_heads_graph(&self) -> Option<&Inference> {
+        self.heads_graph.as_ref().filter(|_| !self.heads_graph_closed.load(Ordering::Acquire))
+    }
+
+    /// The open graph whose fingerprint is `fingerprint` (a logistic head's
+    /// `encoder.fingerprint`: the graph it was trained on).
+    pub fn graph(&self, fingerprint: &str) -> Option<&Inference> {
+        self.graphs().map(|(_, runtime)| runtime).find(|runtime| runtime.info.fingerprint == fingerprint)
+    }
+
+    /// The runtime a logistic head trained on the graph `fingerprint` is
+    /// served on. Loading admits only heads of an open graph
+    /// ([`crate::heads::check_served`]), so the training graph standing in for
+    /// an unknown one is never reached by a served head.
+    pub fn graph_for(&self, fingerprint: &str) -> &Inference {
+        self.graph(fingerprint).unwrap_or_else(|| self.training_graph())
+    }
+
+    /// Every open graph with its metric label: the encoder's, then the heads'
+    /// own if any.
+    pub fn graphs(&self) -> impl Iterator<Item = (&'static str, &Inference)> {
+        std::iter::once((ENCODER, &self.encoder)).chain(self.open_heads_graph().map(|r| (HEADS_GRAPH, r)))
     }
 
     /// Closes the heads' own graph (its sessions and their memory) when
-    /// `served`, the encoder fingerprints of the logistic heads being served,
-    /// has some and none is its: every head fell back to the exact graph, so
-    /// the runtime would sit idle (all-mpnet-base-v2's int8 graph: 415 MiB).
-    /// Heads trained later then use the encoder. With no head served yet it
-    /// stays open, for heads trained over the API. Returns the closed file.
-    pub fn close_heads_graph_if_all_fell_back<'a>(&self, served: impl Iterator<Item = &'a str>) -> Option<String> {
-        let runtime = self.open_heads_encoder()?;
+    /// `served`, the graph fingerprints of the logistic heads being served,
+    /// has some and none is its: every head's comparison chose the exact
+    /// graph, so the runtime would sit idle (all-mpnet-base-v2's int8 graph:
+    /// 85 MiB). Heads trained later then use the encoder's. With no head
+    /// served yet it stays open, for heads trained over the API. Returns the
+    /// closed file.
+    pub fn close_unused_heads_graph<'a>(&self, served: impl Iterator<Item = &'a str>) -> Option<String> {
+        let runtime = self.open_heads_graph()?;
         let served: Vec<&str> = served.collect();
         if served.is_empty() || served.contains(&runtime.info.fingerprint.as_str()) {
             return None;
         }
         // Routed to the encoder from here on; what was queued is finished.
-        self.heads_encoder_closed.store(true, Ordering::Release);
+        self.heads_graph_closed.store(true, Ordering::Release);
         runtime.shutdown();
-        let labels = self.model_labels.lock().unwrap_or_else(|p| p.into_inner()).remove(HEADS_ENCODER);
+        let labels = self.model_labels.lock().unwrap_or_else(|p| p.into_inner()).remove(HEADS_GRAPH);
         if let Some(labels) = labels {
             self.metrics.model_info.remove(&labels);
         }
         Some(runtime.info.file.clone())
     }
 
-    /// The runtime serving a logistic head trained on the graph `fingerprint`:
-    /// the encoder for a head that fell back to the exact graph, else the
-    /// heads' graph.
-    pub fn encoder_for(&self, fingerprint: &str) -> &Inference {
-        if fingerprint == self.encoder.info.fingerprint {
-            &self.encoder
-        } else {
-            self.heads_encoder()
-        }
-    }
-
-    /// Every encoder runtime: the encoder, then the heads' own graph if any.
-    pub fn encoders(&self) -> impl Iterator<Item = (&'static str, &Inference)> {
-        std::iter::once((ENCODER, &self.encoder)).chain(self.open_heads_encoder().map(|r| (HEADS_ENCODER, r)))
-    }
-
     /// Around an encoder runtime already started (tests and fuzzing use one
-    /// over a fake [`crate::encoder::Encoder`]).
+    /// over a fake [`crate::forward::ForwardPass`]).
     pub fn with_encoder(inference: Inference, batching: BatcherConfig, metrics: Arc<Metrics>) -> Runtimes {
         let runtimes = Runtimes {
             encoder: inference,
-            heads_encoder: None,
-            heads_encoder_closed: AtomicBool::new(false),
+            heads_graph: None,
+            heads_graph_closed: AtomicBool::new(false),
             classifiers: Mutex::default(),
             batching,
             metrics,
@@ -152,7 +159,7 @@ impl Runtimes {
             c.active.iter().map(|(name, r)| (format!("head:{name}"), r.clone())).collect()
         };
         for (name, runtime) in
-            self.encoders().map(|(n, r)| (n.to_string(), r)).chain(classifiers.iter().map(|(n, r)| (n.clone(), &**r)))
+            self.graphs().map(|(n, r)| (n.to_string(), r)).chain(classifiers.iter().map(|(n, r)| (n.clone(), &**r)))
         {
             match runtime.warm_up() {
                 Ok(calls) => {
@@ -163,10 +170,10 @@ impl Runtimes {
         }
     }
 
-    /// The encoders' workers together (liveness): dead ones, and the longest
+    /// The graphs' workers together (liveness): dead ones, and the longest
     /// call in progress.
     pub fn health(&self) -> crate::batching::WorkerHealth {
-        self.encoders().map(|(_, r)| r.health()).fold(
+        self.graphs().map(|(_, r)| r.health()).fold(
             crate::batching::WorkerHealth { dead: 0, longest_call: std::time::Duration::ZERO },
             |a, b| crate::batching::WorkerHealth {
                 dead: a.dead + b.dead,
@@ -177,7 +184,7 @@ impl Runtimes {
 
     /// Closes every queue and waits until the work already queued is done.
     pub fn shutdown(&self) {
-        for (_, encoder) in self.encoders() {
+        for (_, encoder) in self.graphs() {
             encoder.shutdown();
         }
         let classifiers = self.classifiers.lock().unwrap_or_else(|p| p.into_inner());

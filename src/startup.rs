@@ -162,7 +162,7 @@ impl Application {
         let (trainer, names) = (state.clone(), self.to_train);
         tokio::task::spawn_blocking(move || {
             train_missing_heads(&trainer, &names);
-            close_heads_graph_if_all_fell_back(&trainer);
+            close_unused_heads_graph(&trainer);
         });
         let watcher = tokio::spawn(watch_heads_folder(state.clone()));
         let signal = {
@@ -402,7 +402,7 @@ fn train_missing_heads(state: &AppState, names: &[String]) {
         tracing::info!(head = %name, "head file missing: training it before reporting ready");
         match train_first(state, name) {
             Ok(head) => {
-                let (heads_graph, exact) = (&state.heads_runtime().info, &state.encoder_runtime().info);
+                let (heads_graph, exact) = (&state.training_graph().info, &state.encoder_runtime().info);
                 let compare = heads_graph.fingerprint != exact.fingerprint;
                 if compare {
                     to_compare.push(head.clone());
@@ -427,18 +427,18 @@ fn train_missing_heads(state: &AppState, names: &[String]) {
     }
 }
 /// Once the startup heads are trained or loaded: the heads' own graph is
-/// closed if every head served fell back from it (see
-/// [`Runtimes::close_heads_graph_if_all_fell_back`]).
-fn close_heads_graph_if_all_fell_back(state: &AppState) {
+/// closed if no head served uses it (see
+/// [`Runtimes::close_unused_heads_graph`]).
+fn close_unused_heads_graph(state: &AppState) {
     let heads = state.heads.all();
     let served = heads.iter().filter_map(|h| match &**h {
         Head::Logistic(l) => Some(l.encoder.fingerprint.as_str()),
         Head::Onnx(_) => None,
     });
-    if let Some(file) = state.runtimes.close_heads_graph_if_all_fell_back(served) {
+    if let Some(file) = state.runtimes.close_unused_heads_graph(served) {
         tracing::info!(
             file = %file,
-            "every head fell back from the heads' graph: its runtime is closed; heads trained from now on use model.file"
+            "every head's comparison chose model.file: the heads' graph is closed; heads trained from now on use model.file"
         );
     }
 }
@@ -447,7 +447,7 @@ fn close_heads_graph_if_all_fell_back(state: &AppState) {
 /// written (read-only folder, full disk) still serves from memory; it is
 /// trained again at the next start.
 fn train_first(state: &AppState, name: &str) -> anyhow::Result<LogisticHead> {
-    let mut head = train_on(state, state.heads_runtime(), name)?;
+    let mut head = train_on(state, state.training_graph(), name)?;
     if let Err(e) = save_head(&mut head, &state.store) {
         tracing::error!(head = %head.name, error = %format!("{e:#}"), "serving the trained head from memory only");
     }
@@ -457,7 +457,7 @@ fn train_first(state: &AppState, name: &str) -> anyhow::Result<LogisticHead> {
 /// `first`, served on the heads' graph, against the same head on the exact
 /// graph, taken from the folder where one is kept, else trained ([`compare_graphs`]).
 fn compare_on_exact_graph(state: &AppState, first: LogisticHead) {
-    let (heads_graph, exact) = (state.heads_runtime(), state.encoder_runtime());
+    let (heads_graph, exact) = (state.training_graph(), state.encoder_runtime());
     let kept =
         HeadName::parse(&first.name).ok().and_then(|n| state.store.newest_for_encoder(&n, &exact.info.fingerprint));
     let name = first.name.clone();
@@ -471,7 +471,7 @@ fn compare_on_exact_graph(state: &AppState, first: LogisticHead) {
 fn train_on(state: &AppState, runtime: &crate::inference::Inference, name: &str) -> anyhow::Result<LogisticHead> {
     let settings = &state.settings;
     let cache = FeatureCache::new(&settings.classify.feature_cache_dir);
-    let mut source = runtime.queued_encoder();
+    let mut source = runtime.queued_forward_pass();
     let mut extraction = Extraction {
         source: &mut source,
         info: &runtime.info,

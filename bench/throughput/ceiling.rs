@@ -23,7 +23,7 @@ pub(crate) fn ceiling(model_settings: &ModelSettings, texts: &[String], sessions
     order.sort_by_key(|s| s.len());
     let batches: Vec<Vec<&Tokenized>> = order.chunks(32).map(|c| c.to_vec()).collect();
     for batch in batches.iter().step_by(8) {
-        model.encoders[0].encode(batch)?; // warm-up: buffers for every length
+        model.sessions[0].encode(batch)?; // warm-up: buffers for every length
     }
     let mut best = f64::MAX;
     for _ in 0..2 {
@@ -31,7 +31,7 @@ pub(crate) fn ceiling(model_settings: &ModelSettings, texts: &[String], sessions
         let next = AtomicUsize::new(0);
         std::thread::scope(|scope| -> anyhow::Result<()> {
             let workers: Vec<_> = model
-                .encoders
+                .sessions
                 .iter_mut()
                 .map(|encoder| {
                     let (next, batches) = (&next, &batches);
@@ -54,7 +54,7 @@ pub(crate) fn ceiling(model_settings: &ModelSettings, texts: &[String], sessions
     for text in texts.iter().step_by(5).take(200) {
         let started = Instant::now();
         let seq = model.tokenizer.encode_all(&[text], true)?;
-        model.encoders[0].encode(&[&seq[0]])?;
+        model.sessions[0].encode(&[&seq[0]])?;
         single.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     let c =
@@ -103,7 +103,7 @@ pub(crate) fn in_flight_bound(
             let mut picked = plan_batch(&lengths, planner);
             picked.sort_unstable_by(|a, b| b.cmp(a));
             let batch: Vec<&Tokenized> = picked.iter().map(|&p| queue.remove(p)).collect();
-            model.encoders[0].encode(&batch)?;
+            model.sessions[0].encode(&batch)?;
             done += batch.len();
             queue.append(&mut returning);
             returning.extend(arrivals.by_ref().take(batch.len()));

@@ -36,7 +36,7 @@ use clap::Parser;
 use distilserve::batching::{plan_batch, BatcherConfig};
 use distilserve::config::{ModelSettings, OptimizationLevel, Settings};
 use distilserve::data::Dataset;
-use distilserve::encoder::Encoder;
+use distilserve::forward::ForwardPass;
 use distilserve::model::Model;
 use distilserve::tokenize::Tokenized;
 use serde_json::json;

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use axum::body::Body;
 use axum::http::Request;
 use distilserve::config::Settings;
-use distilserve::encoder::Encoder;
+use distilserve::forward::ForwardPass;
 use distilserve::http::types::{ClassifyRequest, EmbedRequest, OpenAiEmbeddingRequest, TokenizeRequest};
 use distilserve::http::{router, AppState};
 use distilserve::model::ModelInfo;
@@ -20,7 +20,7 @@ use tower::ServiceExt;
 
 struct Constant;
 
-impl Encoder for Constant {
+impl ForwardPass for Constant {
     fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
         Ok(batch.iter().map(|t| Rows { rows: t.len(), cols: 4, data: vec![0.5; 4 * t.len()] }).collect())
     }
@@ -41,7 +41,7 @@ fn app() -> &'static App {
         settings.classify.default_head.clear();
         let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), 64).expect("fixture tokenizer");
         let info = ModelInfo::synthetic("constant", 4, 64);
-        let router = router(AppState::with_encoders(info, tokenizer, vec![Constant], settings));
+        let router = router(AppState::with_forward_passes(info, tokenizer, vec![Constant], settings));
         App { runtime, router }
     })
 }

@@ -86,7 +86,7 @@ impl CallCost {
 /// Two calls of different shapes through a new worker's encoder (after one
 /// that pays first-call costs): a small fixed weight in its cost fit. No call
 /// holds more than `max_batch_size` sequences, as in serving.
-pub(super) fn calibrate<E: Encoder>(encoder: &mut E, cost: &mut CallCost, max_batch_size: usize) {
+pub(super) fn calibrate<E: ForwardPass>(encoder: &mut E, cost: &mut CallCost, max_batch_size: usize) {
     let seq = |len: usize| Tokenized {
         ids: vec![1000; len],
         type_ids: vec![0; len],

@@ -1,5 +1,5 @@
 //! Dynamic batching. Requests put their tokenized sequences on one bounded queue;
-//! worker threads (one per [`Encoder`], i.e. per model session) take as many as
+//! worker threads (one per [`ForwardPass`], i.e. per model session) take as many as
 //! fit a token budget and a batch size, run them in one call and hand each
 //! caller its rows. A full queue refuses work at once; expired or abandoned
 //! work is not computed. Generic over the encoder, so its behaviour is tested
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::config::{BatchingSettings, LimitSettings};
-use crate::encoder::Encoder;
+use crate::forward::ForwardPass;
 use crate::metrics::RuntimeMetrics;
 use crate::pooling::Rows;
 use crate::tokenize::Tokenized;
@@ -314,7 +314,7 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts one worker thread per encoder (one per model session).
-    pub fn start<E: Encoder + 'static>(
+    pub fn start<E: ForwardPass + 'static>(
         encoders: Vec<E>,
         config: BatcherConfig,
         metrics: RuntimeMetrics,

@@ -16,7 +16,7 @@ fn overtaking_bound(config: &BatcherConfig) -> Option<Duration> {
 /// Sequences of one job per round of the fair order.
 const FAIR_QUANTUM: usize = 4;
 
-pub(super) fn worker_loop<E: Encoder>(shared: &Shared, worker: usize, mut encoder: E) {
+pub(super) fn worker_loop<E: ForwardPass>(shared: &Shared, worker: usize, mut encoder: E) {
     let m = &shared.metrics;
     let mut cost = CallCost::default();
     if shared.config.calibrate {

@@ -14,6 +14,16 @@ pub enum HeadKind {
     Onnx,
 }
 
+impl HeadKind {
+    /// Its name in settings and answers (`logistic`, `onnx`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeadKind::Logistic => "logistic",
+            HeadKind::Onnx => "onnx",
+        }
+    }
+}
+
 /// Pooling of a logistic head as a setting: one of `pooling::FeaturePooling`,
 /// or `auto` to let the search choose among them.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -176,6 +186,13 @@ pub const QUANTISED_GRAPH: &str = "model.int8.onnx";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_kinds_name_in_answers_is_its_name_in_settings() {
+        for kind in [HeadKind::Logistic, HeadKind::Onnx] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), serde_json::json!(kind.as_str()));
+        }
+    }
 
     #[test]
     fn head_names_are_parsed_once_with_one_rule() {

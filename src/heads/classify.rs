@@ -97,37 +97,43 @@ pub struct Explained {
 }
 
 /// Every head's answer for the input's texts, in the order of `heads`, each
-/// logistic head on the graph it was trained on: the heads' graph
-/// (`classify.model_file`), or the exact one for a head whose comparison of
-/// the two chose it. One encoder pass per graph in use.
+/// logistic head on the graph it was trained on, found by that graph's
+/// fingerprint (the heads' graph, `classify.model_file`, or the exact one where
+/// its comparison of the two chose it). One encoder pass per graph in use, the
+/// graphs' passes concurrent.
 pub async fn classify_served(
     runtimes: &Runtimes,
     heads: &[Arc<Head>],
     input: ClassifyInput,
 ) -> Result<Vec<Classified>, InferenceError> {
-    let (on_heads_graph, exact) = (runtimes.heads_encoder(), &runtimes.encoder);
-    let fell_back = |h: &Head| match h {
-        Head::Logistic(l) => !std::ptr::eq(runtimes.encoder_for(&l.encoder.fingerprint), on_heads_graph),
-        Head::Onnx(_) => false,
-    };
-    if !heads.iter().any(|h| fell_back(h)) {
-        return classify(heads, on_heads_graph, input).await;
-    }
-    let (back, own): (Vec<usize>, Vec<usize>) = (0..heads.len()).partition(|&i| fell_back(&heads[i]));
-    let pick = |indices: &[usize]| indices.iter().map(|&i| heads[i].clone()).collect::<Vec<_>>();
-    let (back_heads, own_heads) = (pick(&back), pick(&own));
-    let (on_exact, on_own) = tokio::join!(classify(&back_heads, exact, input.clone()), async {
-        if own_heads.is_empty() {
-            Ok(Vec::new())
-        } else {
-            classify(&own_heads, on_heads_graph, input.clone()).await
+    // ONNX heads need no encoder pass: they go with the training graph's group.
+    let mut groups: Vec<(&Inference, Vec<usize>)> = Vec::new();
+    for (i, head) in heads.iter().enumerate() {
+        let graph = match &**head {
+            Head::Logistic(l) => runtimes.graph_for(&l.encoder.fingerprint),
+            Head::Onnx(_) => runtimes.training_graph(),
+        };
+        match groups.iter_mut().find(|(g, _)| std::ptr::eq(*g, graph)) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((graph, vec![i])),
         }
-    });
-    let mut answers: Vec<Option<Classified>> = (0..heads.len()).map(|_| None).collect();
-    for (i, answer) in back.into_iter().zip(on_exact?).chain(own.into_iter().zip(on_own?)) {
-        answers[i] = Some(answer);
     }
-    Ok(answers.into_iter().map(|a| a.expect("one answer per head")).collect())
+    if let [(graph, _)] = groups.as_slice() {
+        return classify(heads, graph, input).await;
+    }
+    let answers = futures_util::future::try_join_all(groups.iter().map(|(graph, members)| {
+        let group: Vec<Arc<Head>> = members.iter().map(|&i| heads[i].clone()).collect();
+        let input = input.clone();
+        async move { classify(&group, graph, input).await }
+    }))
+    .await?;
+    let mut ordered: Vec<Option<Classified>> = (0..heads.len()).map(|_| None).collect();
+    for ((_, members), answers) in groups.iter().zip(answers) {
+        for (&i, answer) in members.iter().zip(answers) {
+            ordered[i] = Some(answer);
+        }
+    }
+    Ok(ordered.into_iter().map(|a| a.expect("one answer per head")).collect())
 }
 
 /// Every head's answer for the input's texts, in the order of `heads`.

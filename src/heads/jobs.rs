@@ -365,7 +365,7 @@ fn run_job(trainer: &Trainer, statuses: &Statuses, job: Job) {
                 seconds = format!("{seconds:.1}"),
                 "head trained over the API is ready"
             );
-            let (heads_graph, exact) = (&trainer.runtimes.heads_encoder().info, &trainer.runtimes.encoder.info);
+            let (heads_graph, exact) = (&trainer.runtimes.training_graph().info, &trainer.runtimes.encoder.info);
             let compare = heads_graph.fingerprint != exact.fingerprint;
             trainer.heads.insert(Head::Logistic(head.clone()));
             if compare {
@@ -408,7 +408,7 @@ fn search_threads(setting: usize) -> Option<usize> {
 /// heads have one). It is served from then on; the exact graph's comparison
 /// runs after ([`compare_on_exact_graph`]).
 fn train_job(trainer: &Trainer, statuses: Option<&Statuses>, job: &Job) -> anyhow::Result<LogisticHead> {
-    let mut head = train_job_on(trainer, statuses, job, trainer.runtimes.heads_encoder())?;
+    let mut head = train_job_on(trainer, statuses, job, trainer.runtimes.training_graph())?;
     if let Some(statuses) = statuses {
         update(statuses, &job.name, |s| s.phase = Some("saving".into()));
     }
@@ -419,7 +419,7 @@ fn train_job(trainer: &Trainer, statuses: Option<&Statuses>, job: &Job) -> anyho
 /// `first`, served on the heads' graph, against the same upload trained on the
 /// exact graph ([`compare_graphs`]).
 fn compare_on_exact_graph(trainer: &Trainer, job: &Job, first: LogisticHead) {
-    let (heads_graph, exact) = (trainer.runtimes.heads_encoder(), &trainer.runtimes.encoder);
+    let (heads_graph, exact) = (trainer.runtimes.training_graph(), &trainer.runtimes.encoder);
     compare_graphs(&trainer.heads, &trainer.store, first, &heads_graph.info, &exact.info, || {
         train_job_on(trainer, None, job, exact)
     });
@@ -442,7 +442,7 @@ fn train_job_on(
     if let Some(statuses) = statuses {
         progress = progress.observed(phase_reporter(statuses, &job.name, "extracting"));
     }
-    let mut source = encoder.queued_encoder();
+    let mut source = encoder.queued_forward_pass();
     let layer_options = layer_options_of(&job.name, &p.options.layers, &encoder.info)?;
     let layers = layers_to_extract(&layer_options, encoder.info.last_layer());
     let all = extract(

@@ -41,14 +41,14 @@ pub fn load_logistic_for_encoder(
     load_logistic_as(settings, name, info, true)
 }
 
-/// Whether a head file may serve here: made for the graph the heads run on,
-/// or for the exact graph (`model.file`) when its comparison of the two
-/// graphs chose the exact one ([`logistic::GraphChoice`]).
+/// Whether a head file may serve here: made for the graph new heads are
+/// trained on, or for the exact graph (`model.file`) when its comparison of
+/// the two graphs chose the exact one ([`logistic::GraphChoice`]).
 pub fn check_served(head: &LogisticHead, path: &Path, runtimes: &Runtimes) -> Result<(), logistic::HeadFileError> {
-    match head.check_encoder(path, &runtimes.heads_encoder().info) {
+    match head.check_encoder(path, &runtimes.training_graph().info) {
         Err(e @ logistic::HeadFileError::WrongEncoder { .. }) => {
-            let fell_back = head.training.graph_choice.as_ref().is_some_and(|c| !c.on_heads_graph());
-            if fell_back && head.check_encoder(path, &runtimes.encoder.info).is_ok() {
+            let chose_exact = head.training.graph_choice.as_ref().is_some_and(|c| !c.on_heads_graph());
+            if chose_exact && head.check_encoder(path, &runtimes.encoder.info).is_ok() {
                 Ok(())
             } else {
                 Err(e)
@@ -69,14 +69,14 @@ fn load_logistic_as(
 
 /// As [`load_logistic_as`] for the service's heads: the active file is
 /// accepted where [`check_served`] accepts it (its own graph, or the exact
-/// graph it fell back to).
+/// graph its comparison chose).
 fn load_logistic_served(
     settings: &Settings,
     name: &str,
     runtimes: &Runtimes,
     per_encoder: bool,
 ) -> anyhow::Result<Option<LogisticHead>> {
-    let info = &runtimes.heads_encoder().info;
+    let info = &runtimes.training_graph().info;
     load_checked(settings, name, info, per_encoder, |h, path| check_served(h, path, runtimes))
 }
 

@@ -14,8 +14,8 @@ use super::store::{version_of, HeadStore, Publish};
 use super::{GraphPhase, GraphState, Head, Heads};
 use crate::config::{HeadSettings, LabelWeighting, LayerSpec, PoolingChoice};
 use crate::data::{Dataset, Split};
-use crate::encoder::Encoder;
 use crate::features::{extract, layers_to_extract, FeatureCache, PooledFeatures, Progress};
+use crate::forward::ForwardPass;
 use crate::layers::LayerSelection;
 use crate::model::ModelInfo;
 use crate::pooling::FeaturePooling;
@@ -23,7 +23,7 @@ use crate::tokenize::TextTokenizer;
 
 /// What feature extraction needs besides the texts.
 pub struct Extraction<'a> {
-    pub source: &'a mut dyn Encoder,
+    pub source: &'a mut dyn ForwardPass,
     pub info: &'a ModelInfo,
     pub tokenizer: &'a TextTokenizer,
     pub cache: &'a FeatureCache,

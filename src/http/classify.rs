@@ -91,7 +91,7 @@ pub async fn classify(
         truncate: request.truncate,
         deadline: state.deadline(),
         explain: request.explain,
-        windows: request.windows.then(|| state.settings.limits.window_stride(state.heads_runtime().info.max_tokens)),
+        windows: request.windows.then(|| state.settings.limits.window_stride(state.training_graph().info.max_tokens)),
         limits: CostLimits::of(&state.settings.limits),
         pairs,
     };

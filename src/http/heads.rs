@@ -54,7 +54,7 @@ pub(super) fn summary(state: &AppState, head: &Head) -> HeadSummary {
     let mut s = HeadSummary {
         name: head.name().to_string(),
         version: head.version(),
-        kind: format!("{:?}", head.kind()).to_lowercase(),
+        kind: head.kind().as_str().to_string(),
         labels: head.labels().to_vec(),
         default: head.name() == state.heads.default_name(),
         pooling: None,
@@ -64,7 +64,7 @@ pub(super) fn summary(state: &AppState, head: &Head) -> HeadSummary {
             Head::Onnx(h) => h.inference.info.name.clone(),
         }),
         graph: Some(match head {
-            Head::Logistic(h) => state.runtimes.encoder_for(&h.encoder.fingerprint).info.file.clone(),
+            Head::Logistic(h) => state.runtimes.graph_for(&h.encoder.fingerprint).info.file.clone(),
             Head::Onnx(h) => h.inference.info.file.clone(),
         }),
         graph_reason: match head {
@@ -145,7 +145,7 @@ fn graphs_of(state: &AppState, head: &Head) -> Vec<GraphPhase> {
                 ]
             }
             None => vec![GraphPhase {
-                graph: state.runtimes.encoder_for(&h.encoder.fingerprint).info.file.clone(),
+                graph: state.runtimes.graph_for(&h.encoder.fingerprint).info.file.clone(),
                 phase: GraphState::Served,
             }],
         },
@@ -215,8 +215,8 @@ pub async fn get_head(State(state): State<AppState>, Path(name): Path<String>) -
                     default: false,
                     pooling: None,
                     layers: None,
-                    encoder: Some(state.heads_runtime().info.name.clone()),
-                    graph: Some(state.heads_runtime().info.file.clone()),
+                    encoder: Some(state.training_graph().info.name.clone()),
+                    graph: Some(state.training_graph().info.file.clone()),
                     graph_reason: None,
                     validation_accuracy: None,
                     test_accuracy: None,

@@ -85,7 +85,7 @@ pub async fn create_head(
     let prepared = prepared?;
     let warnings = prepared.warnings.clone();
     // Every option checked before anything is queued: hidden states the encoder can give.
-    let info = &state.heads_runtime().info;
+    let info = &state.training_graph().info;
     crate::heads::training::layer_options_of(&name, &prepared.options.layers, info).map_err(|_| {
         ApiError::new(
             ErrorCode::InvalidOption,
@@ -180,7 +180,7 @@ pub async fn rollback_head(
         return Err(ApiError::not_found(format!("no head named {name:?} in the heads folder")));
     }
     let _held = lock_head(&state, &name).await?;
-    let (store, info, wanted) = (state.store.clone(), state.heads_runtime().info.clone(), name.clone());
+    let (store, info, wanted) = (state.store.clone(), state.training_graph().info.clone(), name.clone());
     let rolled = tokio::task::spawn_blocking(move || store.rollback(&wanted, &info)).await.map_err(internal)?;
     let (version, head) = rolled.map_err(|e| {
         let code = match &e {

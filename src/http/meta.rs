@@ -96,7 +96,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     for head in state.heads.all() {
         let labels = HeadLabels {
             name: head.name().to_string(),
-            kind: format!("{:?}", head.kind()).to_lowercase(),
+            kind: head.kind().as_str().to_string(),
             labels: head.labels().join(","),
             version: head.version(),
         };

@@ -137,7 +137,7 @@ impl AppState {
     /// State over any encoders that `info` describes, and no heads:
     /// `router(state)` is then the whole HTTP application without ONNX Runtime
     /// (tests drive it with `tower::ServiceExt::oneshot`, the fuzz target too).
-    pub fn with_encoders<E: crate::encoder::Encoder + 'static>(
+    pub fn with_forward_passes<E: crate::forward::ForwardPass + 'static>(
         info: crate::model::ModelInfo,
         tokenizer: crate::tokenize::TextTokenizer,
         encoders: Vec<E>,
@@ -146,24 +146,27 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         let batching = crate::batching::BatcherConfig::new(&settings.batching, &settings.limits);
         let runtime_metrics = metrics.runtime(crate::runtimes::ENCODER);
-        let encoder =
-            Inference::with_encoders(Arc::new(info), Arc::new(tokenizer), encoders, batching.clone(), runtime_metrics);
+        let encoder = Inference::with_forward_passes(
+            Arc::new(info),
+            Arc::new(tokenizer),
+            encoders,
+            batching.clone(),
+            runtime_metrics,
+        );
         let runtimes = Arc::new(Runtimes::with_encoder(encoder, batching, metrics.clone()));
         AppState::new(runtimes, Heads::new(String::new(), Vec::new()), settings, metrics)
     }
 
-    /// The encoder's runtime (tokenizer, queue, workers: an [`Inference`]),
-    /// what `/embed`, `/tokenize` and logistic heads use; not to be confused
-    /// with the [`crate::encoder::Encoder`] trait, one forward pass, which its
-    /// workers call (`OrtEncoder` in production).
+    /// The encoder's runtime (`model.file`: tokenizer, queue, workers), what
+    /// `/embed` and `/tokenize` use.
     pub fn encoder_runtime(&self) -> &Inference {
         &self.runtimes.encoder
     }
 
-    /// The runtime logistic heads are trained, evaluated and served on
-    /// (`classify.model_file`; the encoder's when that is not set).
-    pub fn heads_runtime(&self) -> &Inference {
-        self.runtimes.heads_encoder()
+    /// The graph new logistic heads are trained on (`classify.model_file`;
+    /// the encoder's when that is not set): [`Runtimes::training_graph`].
+    pub fn training_graph(&self) -> &Inference {
+        self.runtimes.training_graph()
     }
 
     /// When a request arriving now must be answered by.
@@ -223,7 +226,7 @@ impl Deref for AppState {
         (name = "inference", description = "Model passes"),
         (name = "heads", description = "Classification heads: list, inspect; with the admin key create from labelled examples, roll back, delete"),
         (name = "service", description = "Health and description"),
-        (name = "tei", description = "Text Embeddings Inference's API under /tei (README \"Moving from TEI\"); /tei/embeddings and /tei/v1/embeddings are the OpenAI routes, /tei/metrics is /metrics")
+        (name = "tei", description = "Text Embeddings Inference's API under /tei (docs/api.md, \"Moving from TEI\"); /tei/embeddings and /tei/v1/embeddings are the OpenAI routes, /tei/metrics is /metrics")
     )
 )]
 pub struct ApiDoc;

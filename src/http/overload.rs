@@ -109,7 +109,7 @@ enum Family {
 fn queue_of<'a>(state: &'a AppState, path: &str) -> Option<(&'a Inference, Family)> {
     // Classifying routes use the logistic heads' graph; an ONNX classifier
     // head has its own queue, which its request meets when it is admitted.
-    let (encoder, heads) = (state.encoder_runtime(), state.heads_runtime());
+    let (encoder, heads) = (state.encoder_runtime(), state.training_graph());
     match path {
         "/embed" | "/v1/embeddings" | "/embeddings" | "/tei/embeddings" | "/tei/v1/embeddings" => {
             Some((encoder, Family::Native))

@@ -1,7 +1,7 @@
 //! The model runtime: the ONNX Runtime library, a model folder (manifest,
 //! tokenizer, graph), sessions on the configured execution provider, and the
 //! forward pass that pads a batch and returns each sequence's real-token rows
-//! ([`OrtEncoder`], the [`Encoder`] the batching queue drives). Loading the
+//! ([`OrtSession`], the [`ForwardPass`] the batching queue drives). Loading the
 //! library itself is in [`library`].
 
 mod library;
@@ -20,7 +20,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{ExecutionProvider, ModelSettings, OptimizationLevel};
-use crate::encoder::Encoder;
+use crate::forward::ForwardPass;
 use crate::layers::LayerMask;
 use crate::pooling::Rows;
 use crate::tokenize::{TextTokenizer, Tokenized};
@@ -147,11 +147,11 @@ impl ModelInfo {
 pub struct Model {
     pub info: Arc<ModelInfo>,
     pub tokenizer: Arc<TextTokenizer>,
-    pub encoders: Vec<OrtEncoder>,
+    pub sessions: Vec<OrtSession>,
 }
 
 /// One ONNX Runtime session of a model: runs padded batches.
-pub struct OrtEncoder {
+pub struct OrtSession {
     session: Session,
     info: Arc<ModelInfo>,
     /// Asks for the default output alone (a graph with layer outputs would
@@ -159,14 +159,14 @@ pub struct OrtEncoder {
     default_outputs: RunOptions<HasSelectedOutputs>,
 }
 
-impl OrtEncoder {
-    fn new(session: Session, info: Arc<ModelInfo>) -> ort::Result<OrtEncoder> {
+impl OrtSession {
+    fn new(session: Session, info: Arc<ModelInfo>) -> ort::Result<OrtSession> {
         let default_outputs = RunOptions::new()?.with_outputs(OutputSelector::no_default().with(info.output.clone()));
-        Ok(OrtEncoder { session, info, default_outputs })
+        Ok(OrtSession { session, info, default_outputs })
     }
 }
 
-impl Encoder for OrtEncoder {
+impl ForwardPass for OrtSession {
     fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
         forward(&mut self.session, &self.info, &self.default_outputs, batch)
     }
@@ -396,9 +396,9 @@ impl Model {
         let info = Arc::new(info);
         let mut encoders = Vec::with_capacity(built.len());
         for session in built {
-            encoders.push(OrtEncoder::new(session, info.clone()).map_err(|e| anyhow!("{e}"))?);
+            encoders.push(OrtSession::new(session, info.clone()).map_err(|e| anyhow!("{e}"))?);
         }
-        Ok(Model { info, tokenizer: Arc::new(tokenizer), encoders })
+        Ok(Model { info, tokenizer: Arc::new(tokenizer), sessions: encoders })
     }
 }
 

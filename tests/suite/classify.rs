@@ -292,7 +292,7 @@ async fn default_sentiment_head_trains_at_startup_and_classifies() {
     );
     assert_eq!(detail["labels"], json!(["neg", "pos"]));
     // Measured 0.7730 with the committed search; a plain LogisticRegression()
-    // on raw [CLS] features reaches 0.72 (README, "Accuracy").
+    // on raw [CLS] features reaches 0.72 (docs/heads.md, "Results on Rotten Tomatoes").
     assert!(test_accuracy >= 0.77, "test accuracy {test_accuracy}");
     assert_eq!(detail["metrics"]["test"]["examples"], 1031);
 
@@ -445,7 +445,7 @@ async fn a_dynamically_quantised_graph_answers_each_text_as_if_alone() {
 /// And the sessions answer as they did with copies of their own, bit for bit.
 #[test]
 fn the_sessions_of_both_graphs_hold_one_copy_of_the_weights_they_share() {
-    use distilserve::encoder::Encoder;
+    use distilserve::forward::ForwardPass;
     use distilserve::model::{ort_environment, Model};
     use distilserve::weights::{initializers, SharedWeights, MIN_SHARED_BYTES};
     let dir = common::default_model_dir();
@@ -475,8 +475,8 @@ fn the_sessions_of_both_graphs_hold_one_copy_of_the_weights_they_share() {
     let mut sharing = Model::load_with(&heads_graph, 2, None, &plan).unwrap();
     let mut alone = Model::load_with(&heads_graph, 1, None, &SharedWeights::none()).unwrap();
     let text = sharing.tokenizer.encode(0, "a gripping, funny and moving film", true).unwrap();
-    let expected = alone.encoders[0].encode(&[&text]).unwrap();
-    for session in &mut sharing.encoders {
+    let expected = alone.sessions[0].encode(&[&text]).unwrap();
+    for session in &mut sharing.sessions {
         assert_eq!(session.encode(&[&text]).unwrap(), expected, "a sharing session answers as one alone");
     }
 }
@@ -567,8 +567,8 @@ async fn heads_run_on_their_own_graph_while_embed_keeps_the_exact_one() {
             .to_string()
     };
     assert!(info_of("encoder").contains("file=\"model.onnx\""));
-    let heads_encoder = info_of("heads_encoder");
-    assert!(heads_encoder.contains("file=\"model.int8.onnx\"") && heads_encoder.contains(&head_fingerprint));
+    let heads_graph = info_of("heads_graph");
+    assert!(heads_graph.contains("file=\"model.int8.onnx\"") && heads_graph.contains(&head_fingerprint));
     server.stop().await;
 
     // A graph that does not exist stops startup, naming the setting.
@@ -629,7 +629,7 @@ async fn a_head_that_loses_accuracy_on_the_heads_graph_is_served_on_the_exact_on
         let runtimes: Vec<String> =
             metrics.lines().filter(|l| l.starts_with("distilserve_model_info")).map(String::from).collect();
         assert!(runtimes.iter().any(|l| l.contains("runtime=\"encoder\"")), "{runtimes:?}");
-        if !runtimes.iter().any(|l| l.contains("runtime=\"heads_encoder\"")) {
+        if !runtimes.iter().any(|l| l.contains("runtime=\"heads_graph\"")) {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the unused heads' graph is still open: {runtimes:?}");

@@ -8,7 +8,7 @@
 use crate::common;
 
 use common::{default_model_dir, fixture, max_abs_diff, reference, settings_for, TestServer};
-use distilserve::encoder::Encoder;
+use distilserve::forward::ForwardPass;
 use distilserve::model::Model;
 use serde_json::{json, Value};
 
@@ -24,7 +24,7 @@ fn check_against_reference(name: &str) -> Model {
     }
     // One padded batch of all texts, lengths 3..64: padding must not leak.
     let refs: Vec<_> = seqs.iter().collect();
-    let rows = model.encoders[0].encode(&refs).expect("forward");
+    let rows = model.sessions[0].encode(&refs).expect("forward");
     for (rows, item) in rows.iter().zip(&reference.items) {
         match (&item.last_hidden_state, &item.logits) {
             (Some(expected), _) => {
@@ -104,7 +104,7 @@ fn layer_outputs_match_python_onnxruntime_in_mixed_batches() {
             seq.layers = *mask;
         }
         let refs: Vec<_> = seqs.iter().collect();
-        let rows = model.encoders[0].encode(&refs).expect("forward");
+        let rows = model.sessions[0].encode(&refs).expect("forward");
         for ((rows, item), mask) in rows.iter().zip(&reference.items).zip(masks.iter().cycle()) {
             let wanted = mask.indices(2);
             assert_eq!(rows.cols, 32 * wanted.len(), "{name}: width for {mask:?}");

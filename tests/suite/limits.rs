@@ -17,7 +17,7 @@ use axum::http::{Request, StatusCode};
 use common::fakes::{state_over, SlowPerToken};
 use common::{default_model_dir, error_of, settings_for, tiny_distilbert, TestServer};
 use distilserve::config::Settings;
-use distilserve::encoder::Encoder;
+use distilserve::forward::ForwardPass;
 use distilserve::http::{router, AppState};
 use distilserve::model::ModelInfo;
 use distilserve::pooling::Rows;
@@ -31,7 +31,7 @@ const HIDDEN: usize = 8;
 /// the sequences it computes.
 struct Counting(Arc<AtomicUsize>);
 
-impl Encoder for Counting {
+impl ForwardPass for Counting {
     fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
         self.0.fetch_add(batch.len(), Ordering::SeqCst);
         Ok(batch
@@ -64,7 +64,7 @@ impl App {
         let dir = crate::common::fixture("tiny-distilbert");
         let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), 64).unwrap();
         let info = ModelInfo::synthetic("counting", HIDDEN, 64);
-        let app = router(AppState::with_encoders(info, tokenizer, vec![Counting(self.calls.clone())], settings));
+        let app = router(AppState::with_forward_passes(info, tokenizer, vec![Counting(self.calls.clone())], settings));
         let request = Request::builder()
             .method("POST")
             .uri("/embed")
@@ -152,7 +152,7 @@ async fn working_memory_over_its_limit_is_refused_with_both_figures() {
     let dir = crate::common::fixture("tiny-distilbert");
     let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), 64).unwrap();
     let info = ModelInfo::synthetic("counting", HIDDEN, 64);
-    let router = router(AppState::with_encoders(info, tokenizer, vec![Counting(app.calls.clone())], settings));
+    let router = router(AppState::with_forward_passes(info, tokenizer, vec![Counting(app.calls.clone())], settings));
     let body = json!({"inputs": vec!["a text of a few words"; 20], "pooling": "mean"});
     let request = Request::builder()
         .method("POST")

@@ -19,7 +19,7 @@ use axum::http::{Request, StatusCode};
 use common::fakes::{state_over, SlowPerToken};
 use common::{error_of, fixture, settings_for, TestServer};
 use distilserve::batching::{BatchError, Batcher, BatcherConfig};
-use distilserve::encoder::Encoder;
+use distilserve::forward::ForwardPass;
 use distilserve::http::router;
 use distilserve::metrics::RuntimeMetrics;
 use distilserve::pooling::Rows;
@@ -65,7 +65,7 @@ impl Fake {
     }
 }
 
-impl Encoder for Fake {
+impl ForwardPass for Fake {
     fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
         self.calls.lock().unwrap().push(batch.iter().map(|t| (t.ids[0], t.len())).collect());
         std::thread::sleep(self.delay);
@@ -450,7 +450,7 @@ async fn a_large_request_does_not_hold_back_a_later_small_one() {
 async fn a_panic_in_the_encoder_fails_its_batch_and_the_worker_goes_on() {
     #[derive(Clone)]
     struct Panicky;
-    impl Encoder for Panicky {
+    impl ForwardPass for Panicky {
         fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
             if batch.iter().any(|t| t.len() == 13) {
                 panic!("a bug in the runtime");

@@ -59,7 +59,7 @@ pub(super) fn to_f64(x: &Array2<f32>) -> Array2<f64> {
 /// a fixed tolerance would ask more of larger data sets; 1e-4 per row is
 /// scikit-learn's `tol` on its averaged loss. Measured on the default head's
 /// search (MiniLM, 45 candidates, 2 cores): 298 s when every fit ran its 300
-/// iterations against linfa's fixed 1e-4, see README for the figure with this.
+/// iterations against linfa's fixed 1e-4, docs/performance.md has the figures.
 pub(super) const GRADIENT_TOLERANCE_PER_ROW: f64 = 1e-4;
 
 /// linfa's fit on `x` (standardised), in double precision (in single, the

@@ -105,7 +105,7 @@ impl LabelledFeatures<'_> {
 }
 
 /// The selection protocol, fixed before any head was scored with layer
-/// options (README, "Choosing a head"): the best mean held-out accuracy (or
+/// options (docs/heads.md, "Choosing a head"): the best mean held-out accuracy (or
 /// macro-F1, when labels are weighted) wins, except that every candidate
 /// within one standard error of it, sqrt(m (1 - m) / n) over the `held_out`
 /// predictions, counts as tied, and a tie goes to the simpler candidate:

@@ -4,7 +4,7 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use distilserve::encoder::Encoder;
+use distilserve::forward::ForwardPass;
 use distilserve::http::{router, AppState};
 use distilserve::model::ModelInfo;
 use distilserve::pooling::Rows;
@@ -15,7 +15,7 @@ use tower::ServiceExt;
 /// Every token's vector is [1, 2, 3, 4].
 pub struct Constant;
 
-impl Encoder for Constant {
+impl ForwardPass for Constant {
     fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
         Ok(batch.iter().map(|t| Rows { rows: t.len(), cols: 4, data: [1.0, 2.0, 3.0, 4.0].repeat(t.len()) }).collect())
     }
@@ -24,7 +24,7 @@ impl Encoder for Constant {
 /// Takes 5 ms per token: a model whose pace the queue can measure.
 pub struct SlowPerToken;
 
-impl Encoder for SlowPerToken {
+impl ForwardPass for SlowPerToken {
     fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Rows>> {
         let tokens: usize = batch.iter().map(|t| t.len()).sum();
         std::thread::sleep(std::time::Duration::from_millis(5 * tokens as u64));
@@ -34,7 +34,7 @@ impl Encoder for SlowPerToken {
 
 /// The application state over `encoder` (width 4, 64 tokens, the tiny fixture's
 /// tokenizer) with the tiny fixture's settings changed by `configure`.
-pub fn state_over<E: Encoder + 'static>(
+pub fn state_over<E: ForwardPass + 'static>(
     name: &str,
     encoder: E,
     configure: impl FnOnce(&mut distilserve::config::Settings),
@@ -43,7 +43,7 @@ pub fn state_over<E: Encoder + 'static>(
     let mut settings = super::settings_for(&dir);
     configure(&mut settings);
     let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), 64).unwrap();
-    AppState::with_encoders(ModelInfo::synthetic(name, 4, 64), tokenizer, vec![encoder], settings)
+    AppState::with_forward_passes(ModelInfo::synthetic(name, 4, 64), tokenizer, vec![encoder], settings)
 }
 
 /// One request to the application over `Constant`: status and JSON body

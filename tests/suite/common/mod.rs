@@ -259,7 +259,7 @@ pub fn train_toy_head(
     let tokenizer = model.tokenizer.clone();
     let cache = FeatureCache::new(cache);
     let mut extraction = Extraction {
-        source: &mut model.encoders[0],
+        source: &mut model.sessions[0],
         info: &info,
         tokenizer: &tokenizer,
         cache: &cache,
