@@ -17,7 +17,7 @@
 # cargo use it; it is not kept in any layer):
 #   docker build --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt .
 #
-# See README.md (Deploy) and deploy/ for compose and Kubernetes.
+# See docs/deploy.md and deploy/ for compose and Kubernetes.
 ARG BUILD_BASE=rust:1.95-bookworm
 ARG RUNTIME_BASE=debian:bookworm-slim
 

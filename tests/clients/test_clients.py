@@ -1,6 +1,6 @@
 """The client libraries people already have, against the real service.
 
-Runs every README snippet marked `<!-- client: NAME -->` as it is written (the
+Runs every README and docs/clients.md snippet marked `<!-- client: NAME -->` as it is written (the
 base URL replaced by the test server's), then checks what it produced: vectors
 equal to `/embed`'s pooled ones (cosine > 0.9999), labels equal to
 `/classify`'s. Then the wire details the snippets do not show: `/embeddings`
@@ -39,10 +39,14 @@ def post(url, body):
         return json.loads(response.read())
 
 
-def snippets(readme):
-    """(name, language, code) of each README block marked `<!-- client: NAME -->`."""
-    found = re.findall(r"<!-- client: ([\w-]+) -->\n```(python|js)\n(.*?)```", readme, re.S)
-    assert len(found) >= 7, f"README has {len(found)} client snippets"
+def snippets(*pages):
+    """(name, language, code) of each block marked `<!-- client: NAME -->` in the pages."""
+    found = [
+        snippet
+        for page in pages
+        for snippet in re.findall(r"<!-- client: ([\w-]+) -->\n```(python|js)\n(.*?)```", page.read_text(), re.S)
+    ]
+    assert len(found) >= 8, f"the README and docs/clients.md have {len(found)} client snippets"
     return found
 
 
@@ -87,13 +91,13 @@ def check_vectors(name, got, texts, reference):
 
 def run_snippets(url, reference):
     texts = ["a gripping, funny film", "dull"]
-    for name, language, code in snippets((REPO / "README.md").read_text()):
+    for name, language, code in snippets(REPO / "README.md", REPO / "docs/clients.md"):
         scope = {}
         started = time.perf_counter()
         if language == "js":
             scope = run_js(name, code.replace(README_URL, url))
         else:
-            exec(compile(code.replace(README_URL, url), f"README:{name}", "exec"), scope)
+            exec(compile(code.replace(README_URL, url), f"snippet:{name}", "exec"), scope)
         took = (time.perf_counter() - started) * 1000
         checked = []
         if "vectors" in scope:
@@ -109,7 +113,13 @@ def run_snippets(url, reference):
             assert abs(top.score - want["probability"]) < 1e-6, f"{name}: {top.score} vs {want['probability']}"
             assert {l.label for l in scope["labels"]} == set(want["probabilities"]), name
             checked.append(f"label {top.label}")
-        assert checked, f"{name}: the snippet defines none of vectors, vector, labels"
+        if "prediction" in scope:
+            want = reference.label(texts[0], "sentiment")
+            got = scope["prediction"]
+            assert got["label"] == want["label"], f"{name}: {got['label']} vs /classify {want['label']}"
+            assert abs(got["probability"] - want["probability"]) < 1e-6, f"{name}: {got} vs {want}"
+            checked.append(f"prediction {got['label']}")
+        assert checked, f"{name}: the snippet defines none of vectors, vector, labels, prediction"
         print(f"client {name}: {', '.join(checked)} ({took:.0f} ms)")
 
 

@@ -1,8 +1,8 @@
 //! The client libraries people already have (openai, langchain-openai,
 //! huggingface_hub, Haystack's and LlamaIndex's embedders; pinned in
 //! tests/clients/requirements.txt, installed by scripts/clients-env.sh) against
-//! the real service on the default model: every README "Use it from your code"
-//! snippet run as written, the wire details, and corpus-sized requests in the
+//! the real service on the default model: every client snippet of the README and
+//! docs/clients.md run as written, the wire details, and corpus-sized requests in the
 //! clients' default chunks (tests/clients/test_clients.py).
 
 use crate::common;
@@ -25,7 +25,7 @@ fn clients_python() -> String {
 async fn the_clients_people_use_work_unchanged() {
     let root = tempfile::tempdir().unwrap();
     let mut settings = settings_for(&default_model_dir());
-    // A head named as the README's (the default model's real head takes minutes to train).
+    // A head named as the snippets' (the default model's real head takes minutes to train).
     let data = root.path().join("data");
     synthetic_dataset(&data);
     let mut head = distilserve::config::HeadSettings::logistic(data);

@@ -1,7 +1,7 @@
 //! The integration suite: one test binary (linking the crate once) with a module
 //! per concern. Each test starts what it needs: a real server on a loopback port
 //! (`common::TestServer`), the release-like binary (`CARGO_BIN_EXE_distilserve`),
-//! nginx or headless Chromium. Which module covers what: README, "Tests".
+//! nginx or headless Chromium. Which module covers what: CONTRIBUTING.md, "Tests".
 
 mod common;
 

@@ -15,14 +15,15 @@ fn modules_import_no_cycle_and_config_imports_nothing() {
     assert!(text.lines().any(|l| l.starts_with("pooling") && l.ends_with("-> (nothing)")), "{text}");
 }
 
-/// Every error code the service can answer with is in the README's error
-/// tables, with its status: the codes come from `ErrorCode::ALL`, the one
+/// Every error code the service can answer with is in docs/api.md's error
+/// table, with its status: the codes come from `ErrorCode::ALL`, the one
 /// table of codes, statuses, TEI types and `Retry-After`.
 #[test]
-fn the_readme_lists_every_error_code_with_its_status() {
+fn the_api_page_lists_every_error_code_with_its_status() {
     use distilserve::error_code::ErrorCode;
-    let readme = std::fs::read_to_string(common::repo_path("README.md")).unwrap();
-    let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| ")).collect();
+    let api = std::fs::read_to_string(common::repo_path("docs/api.md")).unwrap();
+    let errors = &api[api.find("\n## Errors").expect("docs/api.md has ## Errors")..];
+    let rows: Vec<&str> = errors.lines().filter(|l| l.starts_with("| ")).collect();
     let mut missing = Vec::new();
     for code in ErrorCode::ALL {
         let (name, status) = (format!("`{}`", code.as_str()), code.status().as_u16().to_string());
@@ -34,19 +35,19 @@ fn the_readme_lists_every_error_code_with_its_status() {
             missing.push(format!("{status} {name}"));
         }
     }
-    assert!(missing.is_empty(), "error codes missing from README.md's error tables (status, code): {missing:?}");
+    assert!(missing.is_empty(), "error codes missing from docs/api.md's error table (status, code): {missing:?}");
 }
 
-/// The section of README.md under `heading`, up to the next `## `.
-fn readme_section(heading: &str) -> String {
-    let readme = std::fs::read_to_string(common::repo_path("README.md")).unwrap();
-    let start = readme.find(heading).unwrap_or_else(|| panic!("README.md has no {heading}"));
-    let rest = &readme[start + heading.len()..];
+/// The section of CONTRIBUTING.md under `heading`, up to the next `## `.
+fn contributing_section(heading: &str) -> String {
+    let text = std::fs::read_to_string(common::repo_path("CONTRIBUTING.md")).unwrap();
+    let start = text.find(heading).unwrap_or_else(|| panic!("CONTRIBUTING.md has no {heading}"));
+    let rest = &text[start + heading.len()..];
     rest[..rest.find("\n## ").unwrap_or(rest.len())].to_string()
 }
 
 #[test]
-fn the_readme_tests_table_names_exactly_the_suites_modules() {
+fn the_contributing_tests_table_names_exactly_the_suites_modules() {
     let main = std::fs::read_to_string(common::repo_path("tests/suite/main.rs")).unwrap();
     let modules: std::collections::BTreeSet<String> = main
         .lines()
@@ -54,16 +55,16 @@ fn the_readme_tests_table_names_exactly_the_suites_modules() {
         .filter(|m| *m != "common")
         .map(String::from)
         .collect();
-    let tests = readme_section("## Tests");
+    let tests = contributing_section("## Tests");
     let rows: std::collections::BTreeSet<String> = tests
         .lines()
         .filter_map(|l| l.strip_prefix("| `tests/suite/")?.split_once(".rs`").map(|(m, _)| m.to_string()))
         .collect();
-    assert_eq!(rows, modules, "README's tests table and tests/suite/main.rs differ");
+    assert_eq!(rows, modules, "CONTRIBUTING.md's tests table and tests/suite/main.rs differ");
 }
 
 #[test]
-fn the_readme_layout_and_the_crate_map_name_every_source_file() {
+fn the_contributing_layout_and_the_crate_map_name_every_source_file() {
     fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -77,7 +78,7 @@ fn the_readme_layout_and_the_crate_map_name_every_source_file() {
     let src = common::repo_path("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
-    let layout = readme_section("## Layout");
+    let layout = contributing_section("## Layout");
     let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
     let map: String = lib.lines().filter(|l| l.starts_with("//!")).collect::<Vec<_>>().join("\n");
     let mut missing = Vec::new();
@@ -92,7 +93,7 @@ fn the_readme_layout_and_the_crate_map_name_every_source_file() {
             layout.contains(&format!("src/{folder}/")) && layout.contains(&format!("`{name}`"))
         };
         if !named {
-            missing.push(format!("README Layout: src/{}", relative.display()));
+            missing.push(format!("CONTRIBUTING.md Layout: src/{}", relative.display()));
         }
         if relative.components().count() == 1 && name != "lib.rs" && name != "main.rs" {
             let module = name.trim_end_matches(".rs");
@@ -178,4 +179,72 @@ fn the_configuration_reference_lists_every_setting_with_its_variable_and_flag() 
         assert_eq!(flag, expected, "{key}: the reference says {flag}, serve --help {expected}");
     }
     assert!(flags.keys().all(|k| rows.contains_key(k)), "flags of keys the reference lacks: {flags:?}");
+}
+
+/// Every relative link in the front page, CONTRIBUTING.md and `docs/` names a
+/// file that exists (and, with `#anchor`, a heading of that page): pages were
+/// split and moved, and a link left behind fails here, not in a reader's hands.
+#[test]
+fn every_relative_link_in_the_docs_resolves() {
+    fn anchors(markdown: &str) -> Vec<String> {
+        let mut fenced = false;
+        let mut out = Vec::new();
+        for line in markdown.lines() {
+            if line.starts_with("```") {
+                fenced = !fenced;
+            }
+            if let (false, Some(title)) = (fenced, line.trim_start_matches('#').strip_prefix(' ')) {
+                if line.starts_with('#') {
+                    // GitHub's rule: lower case, spaces to '-', other punctuation dropped.
+                    let slug: String = title
+                        .to_lowercase()
+                        .chars()
+                        .filter_map(|c| match c {
+                            ' ' => Some('-'),
+                            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                            _ => None,
+                        })
+                        .collect();
+                    out.push(slug);
+                }
+            }
+        }
+        out
+    }
+    let root = common::repo_path("");
+    let mut pages = vec![root.join("README.md"), root.join("CONTRIBUTING.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            pages.push(path);
+        }
+    }
+    assert!(pages.len() >= 10, "README, CONTRIBUTING and at least 8 pages in docs/: {pages:?}");
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        // `[text](target)`: what follows each "](" up to ")" or a space.
+        let targets = text.split("](").skip(1).filter_map(|rest| {
+            let end = rest.find([')', ' ', '\n'])?;
+            rest[end..].starts_with(')').then(|| &rest[..end])
+        });
+        for target in targets {
+            if target.starts_with("http://") || target.starts_with("https://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').map_or((target, None), |(f, a)| (f, Some(a)));
+            let resolved = if file.is_empty() { page.clone() } else { page.parent().unwrap().join(file) };
+            if !resolved.exists() {
+                broken.push(format!("{}: {target} (no such file)", page.display()));
+                continue;
+            }
+            if let Some(anchor) = anchor {
+                let linked = std::fs::read_to_string(&resolved).unwrap_or_default();
+                if !anchors(&linked).iter().any(|a| a == anchor) {
+                    broken.push(format!("{}: {target} (no such heading)", page.display()));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links: {broken:#?}");
 }
