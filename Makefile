@@ -3,6 +3,10 @@
 #   make test   set up and run the whole test suite
 # Set-up is idempotent and cached (~/.cache/distilserve); see scripts/setup.sh.
 
+# Every target is a command, not a file: without this, `make fuzz` (no
+# prerequisites) found the folder fuzz/ "up to date" and ran nothing.
+.PHONY: help setup test-deps run test contract fuzz check-cuda fixtures latency parity bench soak attack worst-request bench-admission bench-overload bench-flops bench-classify-graphs bench-classify-memory bench-train bench-first-start bench-heads bench-heads-tasks bench-extraction image container-test bench-container openapi bench-clients
+
 CARGO ?= cargo
 ARGS ?=
 
