@@ -33,7 +33,7 @@ use super::scores::{MultiLabelScores, Scores};
 use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
 use super::store::{version_of, HeadStore};
 use super::training::{begin_comparison, compare_graphs, layer_options_of, poolings_of, save_head, selection_of};
-use super::upload::{LabelSets, Prepared};
+use super::upload::{LabelSets, TrainingSet};
 use super::{Head, Heads};
 use crate::config::HeadName;
 use crate::config::TrainingSettings;
@@ -48,7 +48,7 @@ pub struct Job {
     pub name: HeadName,
     /// The head's lock in the heads folder, released when the job ends.
     pub lock: Option<super::store::HeadLock>,
-    pub prepared: Prepared,
+    pub prepared: TrainingSet,
     pub description: Option<String>,
     /// `x-request-id` of the upload: in every log line of the job.
     pub request_id: String,

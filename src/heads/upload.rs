@@ -118,7 +118,7 @@ fn invalid(code: ErrorCode, message: String) -> UploadError {
 
 /// Examples ready for training: texts and label indices of both parts.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Prepared {
+pub struct TrainingSet {
     /// Sorted label names; a label's index is its position.
     pub labels: Vec<String>,
     pub train_texts: Vec<String>,
@@ -149,7 +149,7 @@ pub struct LabelSets {
     pub test: Vec<Vec<usize>>,
 }
 
-impl Prepared {
+impl TrainingSet {
     pub fn examples(&self) -> usize {
         self.train_texts.len() + self.test_texts.len()
     }
@@ -237,7 +237,11 @@ fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, Upl
 
 /// Checks `examples` against `limits` and splits them; every refusal is an
 /// [`UploadError`] naming what to change.
-pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSettings) -> Result<Prepared, UploadError> {
+pub fn prepare(
+    examples: Vec<Example>,
+    options: &Options,
+    limits: &TrainingSettings,
+) -> Result<TrainingSet, UploadError> {
     let options = resolve(options, limits)?;
     if examples.len() > limits.max_examples {
         return Err(UploadError {
@@ -390,7 +394,7 @@ pub fn prepare(examples: Vec<Example>, options: &Options, limits: &TrainingSetti
     let warnings = label_count_warnings(&label_counts);
     let (train_texts, train_labels) = train_rows.iter().map(|&(i, l)| (examples[i].text.clone(), l)).unzip();
     let (test_texts, test_labels) = test_rows.iter().map(|&(i, l)| (examples[i].text.clone(), l)).unzip();
-    Ok(Prepared {
+    Ok(TrainingSet {
         labels,
         train_texts,
         train_labels,
@@ -436,7 +440,7 @@ fn prepare_multi_label(
     options: Resolved,
     limits: &TrainingSettings,
     fingerprint: String,
-) -> Result<Prepared, UploadError> {
+) -> Result<TrainingSet, UploadError> {
     if options.class_weight != ClassWeightOption::None || options.time_budget.is_some() {
         return Err(invalid(
             ErrorCode::InvalidOption,
@@ -510,7 +514,7 @@ fn prepare_multi_label(
     } else {
         format!("{} of the examples, by sha256 of the text", options.test_fraction)
     };
-    Ok(Prepared {
+    Ok(TrainingSet {
         warnings: label_count_warnings(&label_counts),
         train_texts: train.iter().map(|&i| examples[i].text.clone()).collect(),
         test_texts: test.iter().map(|&i| examples[i].text.clone()).collect(),

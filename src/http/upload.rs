@@ -223,20 +223,7 @@ impl UploadBody for Creation {
 }
 
 fn creation_from_json(request: CreateHeadRequest) -> Result<Creation, ApiError> {
-    let TrainingOptions {
-        pooling,
-        layers,
-        alphas,
-        cv_folds,
-        test_fraction,
-        min_probability,
-        class_weight,
-        multi_label,
-        label_separator,
-        alpha_grid,
-        time_budget_s,
-    } = request.options;
-    let separator = separator_of(multi_label, label_separator)?;
+    let (options, separator) = options_of(request.options)?;
     Ok(Creation {
         name: head_name(&request.name)?,
         examples: request
@@ -251,34 +238,82 @@ fn creation_from_json(request: CreateHeadRequest) -> Result<Creation, ApiError> 
             .collect(),
         replace: request.replace,
         description: request.description,
-        options: Options {
-            pooling: parse_pooling(pooling.as_deref())?,
-            layers,
-            alphas,
-            cv_folds,
-            test_fraction,
-            min_probability,
-            class_weight: class_weight.map(class_weight_option).transpose()?,
-            multi_label,
-            alpha_grid,
-            time_budget_s,
-        },
+        options,
+    })
+}
+
+/// The training options of either door (a JSON body's `options`, or a CSV or
+/// JSONL upload's query read by [`query_options`]) as the search takes them,
+/// and the multi-label separator. One conversion: the doors differ only in
+/// how they spell lists.
+fn options_of(options: TrainingOptions) -> Result<(Options, Option<String>), ApiError> {
+    let TrainingOptions {
+        pooling,
+        layers,
+        alphas,
+        cv_folds,
+        test_fraction,
+        min_probability,
+        class_weight,
+        multi_label,
+        label_separator,
+        alpha_grid,
+        time_budget_s,
+    } = options;
+    let separator = separator_of(multi_label, label_separator)?;
+    let options = Options {
+        pooling: parse_pooling(pooling.as_deref())?,
+        layers,
+        alphas,
+        cv_folds,
+        test_fraction,
+        min_probability,
+        class_weight: class_weight.map(class_weight_option).transpose()?,
+        multi_label,
+        alpha_grid,
+        time_budget_s,
+    };
+    Ok((options, separator))
+}
+
+/// A CSV or JSONL upload's query in the JSON body's form: `layers` written
+/// `-1;concat(-2,-1)`, `alphas` `1,10,100`, `class_weight` a name or
+/// `label:weight` pairs separated by `;`.
+fn query_options(query: &CreateHeadQuery) -> Result<TrainingOptions, ApiError> {
+    let alphas = query
+        .alphas
+        .as_deref()
+        .map(|a| a.split(',').map(|v| v.trim().parse::<f64>()).collect::<Result<Vec<_>, _>>())
+        .transpose()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidOption, "alphas must be comma-separated numbers"))?;
+    let class_weight = match query.class_weight.as_deref().map(str::parse::<ClassWeightOption>).transpose()? {
+        Some(ClassWeightOption::PerLabel(weights)) => Some(ClassWeightInput::PerLabel(weights)),
+        Some(_) => query.class_weight.clone().map(ClassWeightInput::Name),
+        None => None,
+    };
+    Ok(TrainingOptions {
+        pooling: query.pooling.clone(),
+        layers: query.layers.as_deref().map(|l| l.split(';').map(|s| s.trim().to_string()).collect()),
+        alphas,
+        cv_folds: query.cv_folds,
+        test_fraction: query.test_fraction,
+        min_probability: query.min_probability,
+        class_weight,
+        multi_label: query.multi_label,
+        label_separator: query.label_separator.clone(),
+        alpha_grid: query.alpha_grid,
+        time_budget_s: query.time_budget_s,
     })
 }
 
 fn creation_from_rows(rows: Vec<LabelledRow>, query: CreateHeadQuery) -> Result<Creation, ApiError> {
-    let separator = separator_of(query.multi_label, query.label_separator.clone())?;
+    let (options, separator) = options_of(query_options(&query)?)?;
     let name = query.name.ok_or_else(|| {
         ApiError::new(
             ErrorCode::InvalidRequest,
             "with a CSV or JSONL body the head's name goes in the query: ?name=...",
         )
     })?;
-    let alphas = query
-        .alphas
-        .map(|a| a.split(',').map(|v| v.trim().parse::<f64>()).collect::<Result<Vec<_>, _>>())
-        .transpose()
-        .map_err(|_| ApiError::new(ErrorCode::InvalidOption, "alphas must be comma-separated numbers"))?;
     Ok(Creation {
         name: head_name(&name)?,
         examples: rows
@@ -294,24 +329,47 @@ fn creation_from_rows(rows: Vec<LabelledRow>, query: CreateHeadQuery) -> Result<
             .collect(),
         replace: query.replace.unwrap_or(false),
         description: query.description,
-        options: Options {
-            pooling: parse_pooling(query.pooling.as_deref())?,
-            layers: query.layers.map(|l| l.split(';').map(|s| s.trim().to_string()).collect()),
-            alphas,
-            cv_folds: query.cv_folds,
-            test_fraction: query.test_fraction,
-            min_probability: query.min_probability,
-            class_weight: query.class_weight.as_deref().map(str::parse).transpose()?,
-            multi_label: query.multi_label,
-            alpha_grid: query.alpha_grid,
-            time_budget_s: query.time_budget_s,
-        },
+        options,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_query_of_a_csv_upload_and_a_json_body_give_the_same_options() {
+        let query = CreateHeadQuery {
+            name: Some("x".into()),
+            pooling: Some("mean".into()),
+            layers: Some("-1; concat(-2,-1)".into()),
+            alphas: Some("1, 10,100".into()),
+            cv_folds: Some(3),
+            test_fraction: Some(0.25),
+            min_probability: Some(0.6),
+            class_weight: Some("spam:5;ham:1".into()),
+            multi_label: Some(true),
+            label_separator: Some(";".into()),
+            time_budget_s: Some(60.0),
+            ..Default::default()
+        };
+        let body: TrainingOptions = serde_json::from_value(serde_json::json!({
+            "pooling": "mean", "layers": ["-1", "concat(-2,-1)"], "alphas": [1, 10, 100], "cv_folds": 3,
+            "test_fraction": 0.25, "min_probability": 0.6, "class_weight": {"spam": 5, "ham": 1},
+            "multi_label": true, "label_separator": ";", "time_budget_s": 60
+        }))
+        .unwrap();
+        let from_query = options_of(query_options(&query).unwrap()).unwrap();
+        assert_eq!(from_query, options_of(body).unwrap());
+        assert_eq!(from_query.1.as_deref(), Some(";"));
+        let named =
+            CreateHeadQuery { class_weight: Some("balanced".into()), alpha_grid: Some(5), ..Default::default() };
+        let body: TrainingOptions =
+            serde_json::from_value(serde_json::json!({"class_weight": "balanced", "alpha_grid": 5})).unwrap();
+        assert_eq!(options_of(query_options(&named).unwrap()).unwrap(), options_of(body).unwrap());
+        let bad = CreateHeadQuery { alphas: Some("1,x".into()), ..Default::default() };
+        assert_eq!(query_options(&bad).unwrap_err().code, ErrorCode::InvalidOption);
+    }
 
     #[test]
     fn a_json_body_is_refused_past_its_examples_before_any_is_kept() {

@@ -1039,19 +1039,25 @@ fn head_probabilities(head: &Value, x: &[f64]) -> Vec<f64> {
     z.iter().map(|v| (v - top).exp() / total).collect()
 }
 
-#[tokio::test]
-async fn pair_heads_read_both_texts_as_sentence_bert_does() {
-    let folder = tempfile::tempdir().unwrap();
-    let server = TestServer::start(settings(folder.path())).await;
-    // Same topic or not: the label is about the pair, not either text.
+/// 60 pairs of `examples(10)`'s texts labelled `same` or `different`: the
+/// label is about the pair (same topic or not), not either text.
+fn same_topic_pairs() -> Vec<Value> {
     let texts = examples(10);
-    let pairs: Vec<Value> = (0..60)
+    (0..60)
         .map(|i| {
             let (a, b) = (&texts[i % 30], &texts[(i * 7 + 3) % 30]);
             let label = if a["label"] == b["label"] { "same" } else { "different" };
             json!({"text": a["text"], "text_pair": b["text"], "label": label})
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn pair_heads_read_both_texts_as_sentence_bert_does() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = TestServer::start(settings(folder.path())).await;
+    let texts = examples(10);
+    let pairs = same_topic_pairs();
     let options = json!({"pooling": "mean", "alphas": [1.0], "cv_folds": 3, "layers": ["-1"]});
     assert_eq!(
         create(&server, json!({"name": "same-topic", "examples": pairs, "options": options})).await.status(),
@@ -1376,14 +1382,7 @@ async fn every_route_that_classifies_gives_the_heads_probabilities_and_decision(
     multi_options["cv_folds"] = json!(3);
     let multi = json!({"name": "topics", "examples": uploaded, "options": multi_options});
     assert_eq!(create(&server, multi).await.status(), 202);
-    let labelled = examples(10);
-    let pairs: Vec<Value> = (0..60)
-        .map(|i| {
-            let (a, b) = (&labelled[i % 30], &labelled[(i * 7 + 3) % 30]);
-            let label = if a["label"] == b["label"] { "same" } else { "different" };
-            json!({"text": a["text"], "text_pair": b["text"], "label": label})
-        })
-        .collect();
+    let pairs = same_topic_pairs();
     let mut pair_options = options.clone();
     pair_options["cv_folds"] = json!(3);
     assert_eq!(
