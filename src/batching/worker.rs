@@ -129,13 +129,12 @@ pub(super) fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     // `max_queue_wait`. Only sequences that arrived within a tenth of that
     // bound after the oldest may join its batch, so that a sequence is
     // overtaken by at most that much newer work.
-    let oldest_live = queue.items.iter().filter(|item| !item.job.background).map(|item| item.job.queued_at).min();
-    let may_join = |item: &Item| match (overtaking_bound(config), oldest_live) {
-        (Some(bound), Some(oldest)) => {
-            item.job.background || item.job.queued_at.saturating_duration_since(oldest) <= bound
-        }
-        _ => true,
-    };
+    let join_by = overtaking_bound(config).and_then(|bound| {
+        let oldest_live =
+            queue.items.iter().filter(|item| !item.job.background).map(|item| item.job.queued_at).min()?;
+        Some(oldest_live + bound)
+    });
+    let may_join = |item: &Item| item.job.background || join_by.is_none_or(|by| item.job.queued_at <= by);
     let mut order: Vec<usize> = (0..queue.items.len()).filter(|&i| may_join(&queue.items[i])).collect();
     if order.len() > window {
         order.select_nth_unstable_by_key(window - 1, |&i| key(&queue.items[i]));

@@ -107,8 +107,11 @@ enum Family {
 /// (route layers wrap it), which is the work this check spares. A new
 /// inference route is added here too.
 fn queue_of<'a>(state: &'a AppState, path: &str) -> Option<(&'a Inference, Family)> {
-    // Classifying routes use the logistic heads' graph; an ONNX classifier
-    // head has its own queue, which its request meets when it is admitted.
+    // Classifying routes are checked against the graph new heads are trained
+    // on, which serves the heads (where every head's comparison chose the
+    // exact graph it is closed, and this is the encoder's). Which head a request names is
+    // in its body, not read yet: a head on another graph, or an ONNX head with
+    // its own queue, meets that queue when it is admitted.
     let (encoder, heads) = (state.encoder_runtime(), state.training_graph());
     match path {
         "/embed" | "/v1/embeddings" | "/embeddings" | "/tei/embeddings" | "/tei/v1/embeddings" => {
