@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ConfigError, ExecutionProvider, LogFormat, OptimizationLevel, Overrides, PoolingChoice, Settings};
+use crate::config::{
+    ConfigError, ExecutionProvider, LogFormat, OptimizationLevel, Overrides, PoolingChoice, Settings, TrainingOptions,
+};
 use crate::pooling::FeaturePooling;
 
 impl Cli {
@@ -162,6 +164,19 @@ pub struct TrainArgs {
     pub cv_folds: Option<usize>,
     #[command(flatten)]
     pub settings: SettingsArgs,
+}
+
+impl TrainArgs {
+    /// The flags given, as training options: each goes over the head's table.
+    pub fn training_options(&self) -> TrainingOptions {
+        TrainingOptions {
+            pooling: self.pooling,
+            alphas: self.alphas.clone(),
+            max_iterations: self.max_iterations,
+            cv_folds: self.cv_folds,
+            ..TrainingOptions::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 
 use crate::atomic_file::write_atomic;
 use crate::cli::{EvaluateArgs, ExtractArgs, HealthcheckArgs, TrainArgs};
-use crate::config::{HeadKind, HeadSettings, Settings};
+use crate::config::{Examples, HeadKind, HeadSettings, ResolvedOptions, Settings};
 use crate::data::Dataset;
 use crate::features::{layers_to_extract, FeatureCache, PooledFeatures, Progress};
 use crate::heads::logistic::{head_path, GraphChoice, LogisticHead};
@@ -106,34 +106,27 @@ pub fn extract(args: &ExtractArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The head's settings: its config table, or a logistic head on `--data`, with flags on top.
-fn head_settings(settings: &Settings, args: &TrainArgs) -> anyhow::Result<HeadSettings> {
-    let mut head = match (settings.heads.get(&args.head), &args.data) {
+/// What `distilserve train` trains on and how: the head's `[heads.<name>]`
+/// table (or a logistic head on `--data`) with the flags over it, resolved
+/// and bounded as the service resolves a table.
+fn training_plan(settings: &Settings, args: &TrainArgs) -> anyhow::Result<(Option<PathBuf>, ResolvedOptions)> {
+    let table = match (settings.heads.get(&args.head), &args.data) {
         (Some(h), _) => h.clone(),
         (None, Some(data)) => HeadSettings::logistic(data.clone()),
-        (None, None) => {
-            bail!("head {:?} is not configured ([heads.{}]); give --data to train it", args.head, args.head)
-        }
+        (None, None) => match &args.features {
+            Some(_) => HeadSettings::logistic(PathBuf::new()),
+            None => bail!("head {:?} is not configured ([heads.{}]); give --data to train it", args.head, args.head),
+        },
     };
-    if head.kind != HeadKind::Logistic {
-        bail!("head {:?} is of kind {:?}: only logistic heads are trained", args.head, head.kind);
+    if table.kind != HeadKind::Logistic {
+        bail!("head {:?} is of kind {:?}: only logistic heads are trained", args.head, table.kind);
     }
-    if let Some(d) = &args.data {
-        head.data = Some(d.clone());
-    }
-    if let Some(p) = args.pooling {
-        head.pooling = p;
-    }
-    if let Some(a) = &args.alphas {
-        head.alphas = a.clone();
-    }
-    if let Some(m) = args.max_iterations {
-        head.max_iterations = m;
-    }
-    if let Some(k) = args.cv_folds {
-        head.cv_folds = k;
-    }
-    Ok(head)
+    let options = args
+        .training_options()
+        .over(table.training_options())
+        .resolve(&settings.training, Examples::DataSet)
+        .map_err(|e| anyhow!("head {}: {e}", args.head))?;
+    Ok((args.data.clone().or(table.data), options))
 }
 
 pub fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
@@ -168,9 +161,10 @@ pub fn train_command(args: &TrainArgs) -> anyhow::Result<()> {
 /// graph too and compared as the service does ([`GraphChoice`]): the other one
 /// is saved here, the served one (returned) by the caller, last.
 fn train_for_serving(settings: &Settings, args: &TrainArgs, store: &HeadStore) -> anyhow::Result<LogisticHead> {
-    let head_settings = head_settings(settings, args)?;
+    let (data, options) = training_plan(settings, args)?;
+    let data = data.ok_or_else(|| anyhow!("heads.{}.data is not set; give --data", args.head))?;
     let train = |model: &mut Model| {
-        with_extraction(settings, model, |extraction| train_head(&args.head, &head_settings, extraction))
+        with_extraction(settings, model, |extraction| train_head(&args.head, &data, &options, extraction))
     };
     let mut heads_graph = load_heads_model(settings)?;
     let head = train(&mut heads_graph)?;
@@ -258,7 +252,8 @@ fn features_split(
 /// `train --features DIR`: a head searched (alpha, as configured) on arrays
 /// `extract` wrote, for the encoder they came from, without running a model.
 fn train_on_features(settings: &Settings, args: &TrainArgs, dir: &std::path::Path) -> anyhow::Result<LogisticHead> {
-    use crate::heads::search::{train, ClassWeight, LabelledFeatures, TrainConfig, TrainingData};
+    use crate::heads::search::{train, LabelledFeatures, TrainConfig, TrainingData};
+    use crate::heads::upload::class_weight_of;
     let meta_path = dir.join("meta.json");
     let meta: FeaturesMeta = serde_json::from_str(
         &std::fs::read_to_string(&meta_path)
@@ -275,18 +270,11 @@ fn train_on_features(settings: &Settings, args: &TrainArgs, dir: &std::path::Pat
     let validation = features_split(dir, "validation", &meta, hidden)?;
     let selection = (meta.layers.indices != [-1])
         .then(|| crate::layers::LayerSelection { indices: meta.layer_indices.clone(), combine: meta.layers.combine });
-    let defaults = settings.heads.get(&args.head).cloned().unwrap_or_else(|| HeadSettings::logistic(meta.data.clone()));
-    let config = TrainConfig {
-        poolings: vec![meta.pooling],
-        layer_options: vec![selection],
-        alphas: args.alphas.clone().unwrap_or(defaults.alphas),
-        max_iterations: args.max_iterations.unwrap_or(defaults.max_iterations),
-        progress: None,
-        threads: None,
-        class_weight: ClassWeight::None,
-        time_budget: None,
-        selection: crate::heads::training::selection_of(args.cv_folds.unwrap_or(defaults.cv_folds)),
-    };
+    let (_, options) = training_plan(settings, args)?;
+    let class_weight = class_weight_of(&options.class_weight, &meta.labels)?;
+    // The features fix the pooling and the hidden states; the search chooses alpha.
+    let config =
+        TrainConfig { poolings: vec![meta.pooling], ..TrainConfig::of(&options, vec![selection], class_weight) };
     let encoder = crate::heads::logistic::EncoderStamp {
         name: meta.model.clone(),
         fingerprint: meta.model_fingerprint.clone(),

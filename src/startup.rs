@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::batching::BatcherConfig;
 use crate::config::HeadName;
-use crate::config::{ExecutionProvider, ModelSettings, Settings};
+use crate::config::{Examples, ExecutionProvider, ModelSettings, Settings};
 use crate::features::FeatureCache;
 use crate::heads::logistic::LogisticHead;
 use crate::heads::store::HeadStore;
@@ -480,7 +480,13 @@ fn train_on(state: &AppState, runtime: &crate::inference::Inference, name: &str)
         max_batch_size: settings.batching.max_batch_size,
         max_batch_tokens: settings.batching.max_batch_tokens,
     };
-    train_head(name, &settings.heads[name], &mut extraction)
+    let head = &settings.heads[name];
+    let data = head.data.as_deref().ok_or_else(|| anyhow::anyhow!("heads.{name}.data is not set"))?;
+    let options = head
+        .training_options()
+        .resolve(&settings.training, Examples::DataSet)
+        .map_err(|e| anyhow::anyhow!("heads.{name}.{}: {e}", e.option))?;
+    train_head(name, data, &options, &mut extraction)
 }
 
 /// Every `classify.watch_interval_ms`, brings the served heads in line with

@@ -3,8 +3,8 @@
 //! environment variables, then command-line flags. Errors name the key.
 //! The bottom of the module graph: nothing here imports another module of the crate.
 //! The names and choices settings are made of are in `domain.rs`, the
-//! environment's other variables in `variables.rs`, the training options'
-//! bounds in `training_bounds.rs`.
+//! environment's other variables in `variables.rs`, a head's training
+//! options, whatever the door, and their bounds in `training_options.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,10 +18,11 @@ pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 pub const ENV_PREFIX: &str = "DISTILSERVE_";
 
 mod domain;
-pub mod training_bounds;
+mod training_options;
 mod variables;
 
 pub use domain::*;
+pub use training_options::*;
 use variables::check_variables;
 pub use variables::OTHER_VARIABLES;
 
@@ -148,17 +149,6 @@ pub struct HeadSettings {
     pub label_map: BTreeMap<String, String>,
 }
 
-/// A head's label weights as a setting: `none`, `balanced` (label c weighs
-/// n / (labels x n_c)) or `auto` (both tried; chosen by held-out macro-F1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LabelWeighting {
-    #[default]
-    None,
-    Balanced,
-    Auto,
-}
-
 fn default_pooling_choice() -> PoolingChoice {
     PoolingChoice::Auto
 }
@@ -177,6 +167,19 @@ fn default_model_file() -> String {
 
 impl HeadSettings {
     /// A logistic head on `data` with the default search.
+    /// The table's training options, each one given (`distilserve train`'s flags go over them).
+    pub fn training_options(&self) -> TrainingOptions {
+        TrainingOptions {
+            pooling: Some(self.pooling),
+            layers: Some(self.layers.clone()),
+            alphas: Some(self.alphas.clone()),
+            cv_folds: Some(self.cv_folds),
+            max_iterations: Some(self.max_iterations),
+            class_weight: Some(self.class_weight.into()),
+            ..TrainingOptions::default()
+        }
+    }
+
     pub fn logistic(data: PathBuf) -> Self {
         HeadSettings {
             kind: HeadKind::Logistic,
@@ -328,7 +331,7 @@ pub enum ConfigError {
     #[error("configuration: {0}")]
     Parse(String),
     #[error("configuration: `{key}` {problem}")]
-    Invalid { key: &'static str, problem: String },
+    Invalid { key: String, problem: String },
 }
 
 impl From<figment::Error> for ConfigError {
@@ -421,7 +424,7 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         fn positive(key: &'static str, v: usize) -> Result<(), ConfigError> {
             if v == 0 {
-                return Err(ConfigError::Invalid { key, problem: "must be at least 1".into() });
+                return Err(ConfigError::Invalid { key: key.into(), problem: "must be at least 1".into() });
             }
             Ok(())
         }
@@ -435,7 +438,7 @@ impl Settings {
             && self.server.private_address.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(ConfigError::Invalid {
-                key: "server.private_address",
+                key: "server.private_address".into(),
                 problem: format!(
                     "{:?} is not an address with a port, e.g. \"127.0.0.1:9090\" (or empty: no second listener)",
                     self.server.private_address
@@ -461,20 +464,19 @@ impl Settings {
         positive("training.batch_tokens", self.training.batch_tokens)?;
         positive("training.keep_versions", self.training.keep_versions)?;
         if self.training.max_labels < 2 {
-            return Err(ConfigError::Invalid { key: "training.max_labels", problem: "must be at least 2".into() });
+            return Err(ConfigError::Invalid {
+                key: "training.max_labels".into(),
+                problem: "must be at least 2".into(),
+            });
         }
-        let bound = |key: &'static str, check: Result<(), String>| {
-            check.map_err(|problem| ConfigError::Invalid {
-                key,
-                problem: format!("(a default of POST /heads): {problem}"),
-            })
-        };
-        bound("training.test_fraction", training_bounds::test_fraction(self.training.test_fraction))?;
-        bound("training.cv_folds", training_bounds::cv_folds(self.training.cv_folds))?;
-        bound("training.alphas", training_bounds::alphas(&self.training.alphas))?;
+        // The defaults of `POST /heads`: resolved as an upload without options is.
+        TrainingOptions::default().resolve(&self.training, Examples::Upload).map_err(|e| ConfigError::Invalid {
+            key: format!("training.{}", e.option),
+            problem: format!("(a default of POST /heads): {}", e.problem),
+        })?;
         if self.training.min_examples_per_label < self.training.cv_folds + 1 {
             return Err(ConfigError::Invalid {
-                key: "training.min_examples_per_label",
+                key: "training.min_examples_per_label".into(),
                 problem: format!(
                     "must be more than training.cv_folds ({}): each label needs a held-out example and one per fold",
                     self.training.cv_folds
@@ -483,7 +485,7 @@ impl Settings {
         }
         if self.batching.queue_capacity_tokens < self.limits.max_request_tokens {
             return Err(ConfigError::Invalid {
-                key: "batching.queue_capacity_tokens",
+                key: "batching.queue_capacity_tokens".into(),
                 problem: format!(
                     "({}) must be at least limits.max_request_tokens ({}): a request that passes the limit must fit the queue",
                     self.batching.queue_capacity_tokens, self.limits.max_request_tokens
@@ -492,21 +494,21 @@ impl Settings {
         }
         if self.model.file.contains('/') || self.model.file.contains("..") {
             return Err(ConfigError::Invalid {
-                key: "model.file",
+                key: "model.file".into(),
                 problem: format!("must be a file name inside model.dir, got {:?}", self.model.file),
             });
         }
         for name in &self.classify.serve {
             if !self.heads.contains_key(name) {
                 return Err(ConfigError::Invalid {
-                    key: "classify.serve",
+                    key: "classify.serve".into(),
                     problem: format!("names head {name:?}, which has no [heads.{name}] table"),
                 });
             }
         }
         if !self.classify.default_head.is_empty() && !self.classify.serve.contains(&self.classify.default_head) {
             return Err(ConfigError::Invalid {
-                key: "classify.default_head",
+                key: "classify.default_head".into(),
                 problem: format!(
                     "{:?} is not one of classify.serve {:?}",
                     self.classify.default_head, self.classify.serve
@@ -515,7 +517,7 @@ impl Settings {
         }
         for (name, head) in &self.heads {
             if let Err(invalid) = HeadName::parse(name) {
-                return Err(ConfigError::Invalid { key: "heads", problem: invalid.to_string() });
+                return Err(ConfigError::Invalid { key: "heads".into(), problem: invalid.to_string() });
             }
             let missing = match head.kind {
                 HeadKind::Logistic if head.data.is_none() => Some("data"),
@@ -524,33 +526,31 @@ impl Settings {
             };
             if let Some(field) = missing {
                 return Err(ConfigError::Invalid {
-                    key: "heads",
+                    key: "heads".into(),
                     problem: format!("heads.{name}.{field} is required for a head of kind {:?}", head.kind),
                 });
             }
-            // cv_folds 0: chosen on the validation split instead.
-            let folds = if head.cv_folds == 0 { Ok(()) } else { training_bounds::cv_folds(head.cv_folds) };
-            if let Err(problem) = folds.and_then(|()| training_bounds::alphas(&head.alphas)) {
-                return Err(ConfigError::Invalid { key: "heads", problem: format!("heads.{name}: {problem}") });
+            if let Err(e) = head.training_options().resolve(&self.training, Examples::DataSet) {
+                return Err(ConfigError::Invalid { key: format!("heads.{name}.{}", e.option), problem: e.problem });
             }
         }
         for origin in &self.security.cors_allowed_origins {
             if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
                 return Err(ConfigError::Invalid {
-                    key: "security.cors_allowed_origins",
+                    key: "security.cors_allowed_origins".into(),
                     problem: format!("{origin:?} is not a valid origin"),
                 });
             }
         }
         if self.model.max_tokens != 0 && self.model.max_tokens < 2 {
             return Err(ConfigError::Invalid {
-                key: "model.max_tokens",
+                key: "model.max_tokens".into(),
                 problem: "must be 0 (the model's maximum) or at least 2".into(),
             });
         }
         if self.model.max_tokens > self.batching.max_batch_tokens {
             return Err(ConfigError::Invalid {
-                key: "batching.max_batch_tokens",
+                key: "batching.max_batch_tokens".into(),
                 problem: format!(
                     "({}) must be at least model.max_tokens ({})",
                     self.batching.max_batch_tokens, self.model.max_tokens
@@ -670,7 +670,7 @@ mod tests {
             ("TRAINING__TEST_FRACTION", "0.6", "training.test_fraction", "at most 0.5"),
             ("TRAINING__CV_FOLDS", "30", "training.cv_folds", "2 to 20"),
             ("TRAINING__ALPHAS", &format!("[{}]", vec!["1.0"; 21].join(",")), "training.alphas", "1 to 20"),
-            ("HEADS__SENTIMENT__CV_FOLDS", "1", "heads.sentiment", "2 to 20"),
+            ("HEADS__SENTIMENT__CV_FOLDS", "1", "heads.sentiment.cv_folds", "2 to 20"),
         ];
         for (variable, value, key, bound) in cases {
             let err = Settings::load_with_env(None, &Overrides::default(), env_of(&[(variable, value)]))

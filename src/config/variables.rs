@@ -36,7 +36,7 @@ pub(super) fn check_variables(names: impl Iterator<Item = String>) -> Result<(),
             continue;
         }
         return Err(ConfigError::Invalid {
-            key: "environment",
+            key: "environment".into(),
             problem: format!(
                 "{name} is not a setting's variable (DISTILSERVE_<SECTION>__<KEY>, two underscores) nor one of \
                  DISTILSERVE_{{{}}}; did you mean {}?",

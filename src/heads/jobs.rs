@@ -32,7 +32,7 @@ use super::multi_label::{train_multi_label, MultiLabelData};
 use super::scores::{MultiLabelScores, Scores};
 use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
 use super::store::{version_of, HeadStore};
-use super::training::{begin_comparison, compare_graphs, layer_options_of, poolings_of, save_head, selection_of};
+use super::training::{begin_comparison, compare_graphs, layer_options_of, save_head};
 use super::upload::{LabelSets, TrainingSet};
 use super::{Head, Heads};
 use crate::config::HeadName;
@@ -460,15 +460,9 @@ fn train_job_on(
     let second_features =
         p.pairs.as_ref().map(|_| (all.slice_rows(n, n + n_train), all.slice_rows(n + n_train, 2 * n)));
     let config = TrainConfig {
-        poolings: poolings_of(p.options.pooling),
-        layer_options,
-        alphas: p.options.alphas.clone(),
-        max_iterations: settings.max_iterations,
-        selection: selection_of(p.options.cv_folds),
         progress: statuses.map(|statuses| phase_reporter(statuses, &job.name, "searching")),
         threads: search_threads(settings.search_threads),
-        class_weight: p.class_weight.clone(),
-        time_budget: p.options.time_budget,
+        ..TrainConfig::of(&p.options, layer_options, p.class_weight.clone())
     };
     let mut head = match &p.label_sets {
         Some(sets) => train_multi_label_job(job, &config, &train_features, &test_features, sets, &encoder.info)?,

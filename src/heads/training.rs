@@ -7,18 +7,18 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Context};
 
-use super::logistic::{head_path, EncoderStamp, GraphChoice, LogisticHead, Selection};
+use super::logistic::{head_path, EncoderStamp, GraphChoice, LogisticHead};
 use super::scores::Scores;
-use super::search::{train, ClassWeight, LabelledFeatures, TrainConfig, TrainingData};
+use super::search::{train, LabelledFeatures, TrainConfig, TrainingData};
 use super::store::{version_of, HeadStore, Publish};
+use super::upload::class_weight_of;
 use super::{GraphPhase, GraphState, Head, Heads};
-use crate::config::{HeadSettings, LabelWeighting, LayerSpec, PoolingChoice};
+use crate::config::{LayerSpec, ResolvedOptions};
 use crate::data::{Dataset, Split};
 use crate::features::{extract, layers_to_extract, FeatureCache, PooledFeatures, Progress};
 use crate::forward::ForwardPass;
 use crate::layers::LayerSelection;
 use crate::model::ModelInfo;
-use crate::pooling::FeaturePooling;
 use crate::tokenize::TextTokenizer;
 
 /// What feature extraction needs besides the texts.
@@ -58,23 +58,6 @@ impl Extraction<'_> {
     }
 }
 
-pub fn selection_of(cv_folds: usize) -> Selection {
-    if cv_folds == 0 {
-        Selection::Validation
-    } else {
-        Selection::CrossValidation { folds: cv_folds }
-    }
-}
-
-pub fn poolings_of(choice: PoolingChoice) -> Vec<FeaturePooling> {
-    match choice {
-        PoolingChoice::Auto => FeaturePooling::ALL.to_vec(),
-        PoolingChoice::Cls => vec![FeaturePooling::Cls],
-        PoolingChoice::Mean => vec![FeaturePooling::Mean],
-        PoolingChoice::ClsMean => vec![FeaturePooling::ClsMean],
-    }
-}
-
 /// The layer options of a head's settings (`layers`, e.g. `["-1",
 /// "mean(-4,-3,-2,-1)"]`) resolved for the running encoder (`None`: the last).
 /// Options the encoder cannot give (an export without layer outputs, or
@@ -100,20 +83,22 @@ pub fn layer_options_of(
     Ok(options)
 }
 
-/// Trains head `name` from `settings` (the caller saves it: [`save_head`]).
+/// Trains head `name` on the data set folder `data_dir` with `options`
+/// (a `[heads.<name>]` table's, flags over them for `distilserve train`);
+/// the caller saves it: [`save_head`].
 pub fn train_head(
     name: &str,
-    settings: &HeadSettings,
+    data_dir: &std::path::Path,
+    options: &ResolvedOptions,
     extraction: &mut Extraction<'_>,
 ) -> anyhow::Result<LogisticHead> {
-    let data_dir = settings.data.as_ref().ok_or_else(|| anyhow!("heads.{name}.data is not set"))?;
     let dataset = Dataset::open(data_dir)?;
     let data_name = data_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let train_split = dataset.split("train")?;
     let validation_split = if dataset.has_split("validation") { Some(dataset.split("validation")?) } else { None };
     let test_split = if dataset.has_split("test") { Some(dataset.split("test")?) } else { None };
 
-    let layer_options = layer_options_of(name, &settings.layers, extraction.info)?;
+    let layer_options = layer_options_of(name, &options.layers, extraction.info)?;
     let layers = layers_to_extract(&layer_options, extraction.info.last_layer());
     let train_features = extraction.features(&data_name, &train_split, &layers)?;
     let validation_features = match &validation_split {
@@ -124,21 +109,9 @@ pub fn train_head(
     for s in [Some(&train_split), validation_split.as_ref(), test_split.as_ref()].into_iter().flatten() {
         fingerprints.insert(s.name.clone(), s.fingerprint.clone());
     }
-    let config = TrainConfig {
-        poolings: poolings_of(settings.pooling),
-        layer_options,
-        alphas: settings.alphas.clone(),
-        max_iterations: settings.max_iterations,
-        progress: None,
-        threads: None,
-        class_weight: match settings.class_weight {
-            LabelWeighting::None => ClassWeight::None,
-            LabelWeighting::Balanced => ClassWeight::Balanced,
-            LabelWeighting::Auto => ClassWeight::Auto,
-        },
-        time_budget: None,
-        selection: selection_of(settings.cv_folds),
-    };
+    let class_weight =
+        class_weight_of(&options.class_weight, &dataset.labels).map_err(|e| anyhow!("heads.{name}: {e}"))?;
+    let config = TrainConfig::of(options, layer_options, class_weight);
     let data = TrainingData {
         labels: &dataset.labels,
         train: LabelledFeatures {

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::logistic::LabelCount;
 use super::search::{ClassWeight, MAX_WEIGHT_RATIO};
 use super::ABSTAIN;
-use crate::config::{training_bounds, PoolingChoice, TrainingSettings};
+use crate::config::{ClassWeightOption, Examples, ResolvedOptions, TrainingOptions, TrainingSettings};
 use crate::error_code::ErrorCode;
 
 /// One uploaded example.
@@ -28,79 +28,6 @@ pub struct Example {
     pub text_pair: Option<String>,
     /// `train` (also `validation`), `test`, or none.
     pub split: Option<String>,
-}
-
-/// Training options a request may set; the rest come from `[training]`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Options {
-    pub pooling: Option<PoolingChoice>,
-    /// Hidden states tried, as in `[training] layers` ("-1", "mean(-4,-3,-2,-1)", "concat(-2,-1)").
-    pub layers: Option<Vec<String>>,
-    pub alphas: Option<Vec<f64>>,
-    pub cv_folds: Option<usize>,
-    pub test_fraction: Option<f64>,
-    pub min_probability: Option<f32>,
-    pub class_weight: Option<ClassWeightOption>,
-    /// Several labels per example, one logistic regression per label.
-    pub multi_label: Option<bool>,
-    /// This many alphas, log-spaced over the range of `[training] alphas` (instead of `alphas`).
-    pub alpha_grid: Option<usize>,
-    /// Seconds the search may take (see `TrainConfig::time_budget`).
-    pub time_budget_s: Option<f64>,
-}
-
-/// `options.class_weight` as sent: by name, or a weight per label (labels
-/// left out weigh 1).
-#[derive(Debug, Clone, PartialEq)]
-pub enum ClassWeightOption {
-    None,
-    Balanced,
-    Auto,
-    PerLabel(BTreeMap<String, f64>),
-}
-
-impl std::str::FromStr for ClassWeightOption {
-    type Err = UploadError;
-
-    /// `none`, `balanced`, `auto`, or `label:weight` pairs separated by `;`
-    /// (the query form of a CSV or JSONL upload).
-    fn from_str(s: &str) -> Result<Self, UploadError> {
-        match s.trim() {
-            "none" => Ok(ClassWeightOption::None),
-            "balanced" => Ok(ClassWeightOption::Balanced),
-            "auto" => Ok(ClassWeightOption::Auto),
-            pairs => pairs
-                .split(';')
-                .map(|pair| {
-                    let (label, weight) = pair.rsplit_once(':').ok_or(())?;
-                    Ok((label.trim().to_string(), weight.trim().parse::<f64>().map_err(|_| ())?))
-                })
-                .collect::<Result<BTreeMap<_, _>, ()>>()
-                .map(ClassWeightOption::PerLabel)
-                .map_err(|()| {
-                    invalid(
-                        ErrorCode::InvalidOption,
-                        format!(
-                            "class_weight is none, balanced, auto or label:weight pairs separated by ';', got {s:?}"
-                        ),
-                    )
-                }),
-        }
-    }
-}
-
-/// Options with every default filled in.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Resolved {
-    pub pooling: PoolingChoice,
-    pub layers: Vec<crate::config::LayerSpec>,
-    pub alphas: Vec<f64>,
-    pub cv_folds: usize,
-    pub test_fraction: f64,
-    pub min_probability: Option<f32>,
-    pub class_weight: ClassWeightOption,
-    pub multi_label: bool,
-    pub time_budget: Option<std::time::Duration>,
 }
 
 /// Why an upload is refused: a stable code and a message naming the problem.
@@ -127,7 +54,7 @@ pub struct TrainingSet {
     pub test_labels: Vec<usize>,
     pub label_counts: Vec<LabelCount>,
     pub test_source: String,
-    pub options: Resolved,
+    pub options: ResolvedOptions,
     /// sha256 of every example, label and split: recorded in the head file.
     pub fingerprint: String,
     /// `options.class_weight` by label index.
@@ -155,94 +82,15 @@ impl TrainingSet {
     }
 }
 
-const MAX_TIME_BUDGET_S: f64 = 3600.0;
-
-/// `n` alphas spaced evenly in log scale from the smallest positive to the
-/// largest of `configured` (`[training] alphas`).
-fn alpha_grid(configured: &[f64], n: usize) -> Result<Vec<f64>, UploadError> {
-    training_bounds::alpha_grid(n).map_err(|e| invalid(ErrorCode::InvalidOption, e))?;
-    let positive = configured.iter().copied().filter(|a| *a > 0.0);
-    let (lo, hi) = positive.fold((f64::INFINITY, 0.0f64), |(lo, hi), a| (lo.min(a), hi.max(a)));
-    if !(lo.is_finite() && hi > lo) {
-        return Err(invalid(
-            ErrorCode::InvalidOption,
-            format!("alpha_grid needs [training] alphas to span a range, they are {configured:?}"),
-        ));
-    }
-    let step = (hi / lo).ln() / (n - 1) as f64;
-    Ok((0..n).map(|i| if i == n - 1 { hi } else { lo * (step * i as f64).exp() }).collect())
-}
-
-/// Most hidden-state options one training may search.
-const MAX_LAYER_OPTIONS: usize = 8;
-
-fn resolve(options: &Options, limits: &TrainingSettings) -> Result<Resolved, UploadError> {
-    let alphas = match (&options.alphas, options.alpha_grid) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(ErrorCode::InvalidOption, "send alphas or alpha_grid, not both".into()));
-        }
-        (Some(alphas), None) => alphas.clone(),
-        (None, Some(n)) => alpha_grid(&limits.alphas, n)?,
-        (None, None) => limits.alphas.clone(),
-    };
-    training_bounds::alphas(&alphas).map_err(|e| invalid(ErrorCode::InvalidOption, e))?;
-    let layers = match &options.layers {
-        None => limits.layers.clone(),
-        Some(specs) => {
-            if specs.is_empty() || specs.len() > MAX_LAYER_OPTIONS {
-                return Err(invalid(
-                    ErrorCode::InvalidOption,
-                    format!("layers lists 1 to {MAX_LAYER_OPTIONS} options, got {}", specs.len()),
-                ));
-            }
-            specs
-                .iter()
-                .map(|spec| crate::config::LayerSpec::try_from(spec.clone()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| invalid(ErrorCode::InvalidOption, format!("layers: {e}")))?
-        }
-    };
-    let cv_folds = options.cv_folds.unwrap_or(limits.cv_folds);
-    training_bounds::cv_folds(cv_folds).map_err(|e| invalid(ErrorCode::InvalidOption, e))?;
-    let test_fraction = options.test_fraction.unwrap_or(limits.test_fraction);
-    training_bounds::test_fraction(test_fraction).map_err(|e| invalid(ErrorCode::InvalidOption, e))?;
-    if let Some(p) = options.min_probability {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(invalid(ErrorCode::InvalidOption, format!("min_probability must be between 0 and 1, got {p}")));
-        }
-    }
-    Ok(Resolved {
-        pooling: options.pooling.unwrap_or(PoolingChoice::Auto),
-        layers,
-        alphas,
-        cv_folds,
-        test_fraction,
-        min_probability: options.min_probability,
-        class_weight: options.class_weight.clone().unwrap_or(ClassWeightOption::None),
-        multi_label: options.multi_label.unwrap_or(false),
-        time_budget: match options.time_budget_s {
-            None => None,
-            Some(s) if s.is_finite() && s > 0.0 && s <= MAX_TIME_BUDGET_S => {
-                Some(std::time::Duration::from_secs_f64(s))
-            }
-            Some(s) => {
-                return Err(invalid(
-                    ErrorCode::InvalidOption,
-                    format!("time_budget_s must be more than 0 and at most {MAX_TIME_BUDGET_S}, got {s}"),
-                ))
-            }
-        },
-    })
-}
-
 /// Checks `examples` against `limits` and splits them; every refusal is an
 /// [`UploadError`] naming what to change.
 pub fn prepare(
     examples: Vec<Example>,
-    options: &Options,
+    options: &TrainingOptions,
     limits: &TrainingSettings,
 ) -> Result<TrainingSet, UploadError> {
-    let options = resolve(options, limits)?;
+    let options =
+        options.resolve(limits, Examples::Upload).map_err(|e| invalid(ErrorCode::InvalidOption, e.problem))?;
     if examples.len() > limits.max_examples {
         return Err(UploadError {
             code: ErrorCode::TooManyExamples,
@@ -437,7 +285,7 @@ fn split_key(e: &Example) -> [u8; 32] {
 fn prepare_multi_label(
     examples: Vec<Example>,
     test_marked: &[bool],
-    options: Resolved,
+    options: ResolvedOptions,
     limits: &TrainingSettings,
     fingerprint: String,
 ) -> Result<TrainingSet, UploadError> {
@@ -555,7 +403,8 @@ fn label_count_warnings(counts: &[LabelCount]) -> Vec<String> {
 
 /// The weights `option` asks for, by label index: per-label weights must
 /// name labels of the upload and be positive, within [`MAX_WEIGHT_RATIO`] of each other.
-fn class_weight_of(option: &ClassWeightOption, labels: &[String]) -> Result<ClassWeight, UploadError> {
+/// `class_weight` by label index, the labels it names checked.
+pub fn class_weight_of(option: &ClassWeightOption, labels: &[String]) -> Result<ClassWeight, UploadError> {
     Ok(match option {
         ClassWeightOption::None => ClassWeight::None,
         ClassWeightOption::Balanced => ClassWeight::Balanced,
@@ -610,14 +459,14 @@ mod tests {
     #[test]
     fn stratified_split_independent_of_order_with_label_ordered_training_rows() {
         let all = examples(&[("a", 20), ("b", 10), ("c", 30)]);
-        let p = prepare(all.clone(), &Options::default(), &limits()).unwrap();
+        let p = prepare(all.clone(), &TrainingOptions::default(), &limits()).unwrap();
         assert_eq!(p.labels, vec!["a", "b", "c"]);
         let counts: Vec<(usize, usize)> = p.label_counts.iter().map(|c| (c.train, c.test)).collect();
         assert_eq!(counts, vec![(16, 4), (8, 2), (24, 6)]);
         assert!(p.train_labels.windows(2).all(|w| w[0] <= w[1]), "training rows ordered by label");
         let mut reversed = all;
         reversed.reverse();
-        let q = prepare(reversed, &Options::default(), &limits()).unwrap();
+        let q = prepare(reversed, &TrainingOptions::default(), &limits()).unwrap();
         let set = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
         assert_eq!(set(&p.test_texts), set(&q.test_texts));
         assert!(p.test_source.contains("stratified"));
@@ -628,7 +477,7 @@ mod tests {
         let mut all = examples(&[("a", 10), ("b", 10)]);
         all[0].split = Some("test".into());
         all[15].split = Some("test".into());
-        let p = prepare(all, &Options::default(), &limits()).unwrap();
+        let p = prepare(all, &TrainingOptions::default(), &limits()).unwrap();
         assert_eq!(p.test_texts, vec!["a text 0", "b text 5"]);
         assert_eq!(p.train_texts.len(), 18);
         assert_eq!(p.test_source, "upload");
@@ -636,26 +485,27 @@ mod tests {
 
     #[test]
     fn every_refusal_names_its_problem() {
-        let code = |examples: Vec<Example>, options: Options| {
+        let code = |examples: Vec<Example>, options: TrainingOptions| {
             prepare(examples, &options, &limits()).unwrap_err().code.as_str()
         };
-        assert_eq!(code(examples(&[("a", 10)]), Options::default()), "too_few_labels");
-        assert_eq!(code(examples(&[("a", 10), ("b", 3)]), Options::default()), "too_few_examples");
+        assert_eq!(code(examples(&[("a", 10)]), TrainingOptions::default()), "too_few_labels");
+        assert_eq!(code(examples(&[("a", 10), ("b", 3)]), TrainingOptions::default()), "too_few_examples");
         let mut blank = examples(&[("a", 10), ("b", 10)]);
         blank[3].text = "  ".into();
-        assert_eq!(code(blank, Options::default()), "empty_text");
+        assert_eq!(code(blank, TrainingOptions::default()), "empty_text");
         let mut odd = examples(&[("a", 10), ("b", 10)]);
         odd[1].split = Some("dev".into());
-        assert_eq!(code(odd, Options::default()), "invalid_split");
-        let bad_alpha = Options { alphas: Some(vec![f64::NAN]), ..Options::default() };
+        assert_eq!(code(odd, TrainingOptions::default()), "invalid_split");
+        let bad_alpha = TrainingOptions { alphas: Some(vec![f64::NAN]), ..TrainingOptions::default() };
         assert_eq!(code(examples(&[("a", 10), ("b", 10)]), bad_alpha), "invalid_option");
         let mut small = limits();
         small.max_examples = 5;
-        let err = prepare(examples(&[("a", 10), ("b", 10)]), &Options::default(), &small).unwrap_err();
+        let err = prepare(examples(&[("a", 10), ("b", 10)]), &TrainingOptions::default(), &small).unwrap_err();
         assert_eq!((err.code, err.code.status().as_u16()), (ErrorCode::TooManyExamples, 413));
         small = limits();
         small.max_labels = 2;
-        let err = prepare(examples(&[("a", 10), ("b", 10), ("c", 10)]), &Options::default(), &small).unwrap_err();
+        let err =
+            prepare(examples(&[("a", 10), ("b", 10), ("c", 10)]), &TrainingOptions::default(), &small).unwrap_err();
         assert_eq!(err.code, ErrorCode::TooManyLabels);
     }
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::batching::BatchError;
+use crate::config::OptionError;
 use crate::cost::CostError;
 pub use crate::error_code::ErrorCode;
 use crate::heads::upload::UploadError;
@@ -135,6 +136,13 @@ impl From<BatchError> for ApiError {
 impl From<UploadError> for ApiError {
     fn from(e: UploadError) -> Self {
         ApiError::new(e.code, e.message)
+    }
+}
+
+/// A training option out of its bounds (`config::TrainingOptions::resolve`).
+impl From<OptionError> for ApiError {
+    fn from(e: OptionError) -> Self {
+        ApiError::new(ErrorCode::InvalidOption, e.problem)
     }
 }
 

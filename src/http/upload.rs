@@ -8,12 +8,15 @@ use axum::extract::{FromRequest, Query, Request};
 use axum::http::{header, StatusCode};
 
 use super::error::ApiError;
-use super::types::{ClassWeightInput, CreateHeadQuery, CreateHeadRequest, ExampleInput, LabelValue, TrainingOptions};
+use super::types::{
+    ClassWeightInput, CreateHeadQuery, CreateHeadRequest, ExampleInput, LabelValue, TrainingOptionsInput,
+};
 use super::AppState;
+use crate::config::{ClassWeightOption, LayerSpec, TrainingOptions};
 use crate::config::{HeadName, PoolingChoice};
 use crate::data::{parse_rows, LabelledRow, RowFormat, RowsError};
 use crate::error_code::ErrorCode;
-use crate::heads::upload::{ClassWeightOption, Example, Options};
+use crate::heads::upload::Example;
 
 /// A pooling option as `PoolingChoice` spells it (its serde names).
 fn parse_pooling(value: Option<&str>) -> Result<Option<PoolingChoice>, ApiError> {
@@ -191,7 +194,7 @@ pub struct Creation {
     pub examples: Vec<Example>,
     pub replace: bool,
     pub description: Option<String>,
-    pub options: Options,
+    pub options: TrainingOptions,
 }
 
 fn head_name(name: &str) -> Result<HeadName, ApiError> {
@@ -246,8 +249,8 @@ fn creation_from_json(request: CreateHeadRequest) -> Result<Creation, ApiError> 
 /// JSONL upload's query read by [`query_options`]) as the search takes them,
 /// and the multi-label separator. One conversion: the doors differ only in
 /// how they spell lists.
-fn options_of(options: TrainingOptions) -> Result<(Options, Option<String>), ApiError> {
-    let TrainingOptions {
+fn options_of(options: TrainingOptionsInput) -> Result<(TrainingOptions, Option<String>), ApiError> {
+    let TrainingOptionsInput {
         pooling,
         layers,
         alphas,
@@ -261,7 +264,11 @@ fn options_of(options: TrainingOptions) -> Result<(Options, Option<String>), Api
         time_budget_s,
     } = options;
     let separator = separator_of(multi_label, label_separator)?;
-    let options = Options {
+    let layers = layers
+        .map(|specs| specs.into_iter().map(LayerSpec::try_from).collect::<Result<Vec<_>, _>>())
+        .transpose()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidOption, format!("layers: {e}")))?;
+    let options = TrainingOptions {
         pooling: parse_pooling(pooling.as_deref())?,
         layers,
         alphas,
@@ -272,6 +279,7 @@ fn options_of(options: TrainingOptions) -> Result<(Options, Option<String>), Api
         multi_label,
         alpha_grid,
         time_budget_s,
+        max_iterations: None,
     };
     Ok((options, separator))
 }
@@ -279,7 +287,7 @@ fn options_of(options: TrainingOptions) -> Result<(Options, Option<String>), Api
 /// A CSV or JSONL upload's query in the JSON body's form: `layers` written
 /// `-1;concat(-2,-1)`, `alphas` `1,10,100`, `class_weight` a name or
 /// `label:weight` pairs separated by `;`.
-fn query_options(query: &CreateHeadQuery) -> Result<TrainingOptions, ApiError> {
+fn query_options(query: &CreateHeadQuery) -> Result<TrainingOptionsInput, ApiError> {
     let alphas = query
         .alphas
         .as_deref()
@@ -291,7 +299,7 @@ fn query_options(query: &CreateHeadQuery) -> Result<TrainingOptions, ApiError> {
         Some(_) => query.class_weight.clone().map(ClassWeightInput::Name),
         None => None,
     };
-    Ok(TrainingOptions {
+    Ok(TrainingOptionsInput {
         pooling: query.pooling.clone(),
         layers: query.layers.as_deref().map(|l| l.split(';').map(|s| s.trim().to_string()).collect()),
         alphas,
@@ -353,7 +361,7 @@ mod tests {
             time_budget_s: Some(60.0),
             ..Default::default()
         };
-        let body: TrainingOptions = serde_json::from_value(serde_json::json!({
+        let body: TrainingOptionsInput = serde_json::from_value(serde_json::json!({
             "pooling": "mean", "layers": ["-1", "concat(-2,-1)"], "alphas": [1, 10, 100], "cv_folds": 3,
             "test_fraction": 0.25, "min_probability": 0.6, "class_weight": {"spam": 5, "ham": 1},
             "multi_label": true, "label_separator": ";", "time_budget_s": 60
@@ -364,7 +372,7 @@ mod tests {
         assert_eq!(from_query.1.as_deref(), Some(";"));
         let named =
             CreateHeadQuery { class_weight: Some("balanced".into()), alpha_grid: Some(5), ..Default::default() };
-        let body: TrainingOptions =
+        let body: TrainingOptionsInput =
             serde_json::from_value(serde_json::json!({"class_weight": "balanced", "alpha_grid": 5})).unwrap();
         assert_eq!(options_of(query_options(&named).unwrap()).unwrap(), options_of(body).unwrap());
         let bad = CreateHeadQuery { alphas: Some("1,x".into()), ..Default::default() };

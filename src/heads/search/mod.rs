@@ -28,6 +28,7 @@ use super::logistic::{
     Suspect, TrainingRecord, WeightingEffect, FORMAT_VERSION,
 };
 use super::scores::{macro_f1, Scores};
+use crate::config::{PoolingChoice, ResolvedOptions};
 use crate::features::PooledFeatures;
 use crate::layers::LayerSelection;
 use crate::pooling::{argmax, softmax, FeaturePooling};
@@ -49,6 +50,37 @@ pub struct TrainConfig {
     /// The search stops starting fits after this long: feature sets are then
     /// searched narrowest first, and those not finished are left out.
     pub time_budget: Option<std::time::Duration>,
+}
+
+impl TrainConfig {
+    /// The search that `options` ask for, over `layer_options` (resolved for
+    /// the encoder): one conversion whatever the door. Progress and threads
+    /// are the caller's.
+    pub fn of(
+        options: &ResolvedOptions,
+        layer_options: Vec<Option<LayerSelection>>,
+        class_weight: ClassWeight,
+    ) -> Self {
+        TrainConfig {
+            poolings: match options.pooling {
+                PoolingChoice::Auto => FeaturePooling::ALL.to_vec(),
+                PoolingChoice::Cls => vec![FeaturePooling::Cls],
+                PoolingChoice::Mean => vec![FeaturePooling::Mean],
+                PoolingChoice::ClsMean => vec![FeaturePooling::ClsMean],
+            },
+            layer_options,
+            alphas: options.alphas.clone(),
+            max_iterations: options.max_iterations,
+            selection: match options.cv_folds {
+                0 => Selection::Validation,
+                folds => Selection::CrossValidation { folds },
+            },
+            progress: None,
+            threads: None,
+            class_weight,
+            time_budget: options.time_budget,
+        }
+    }
 }
 
 /// `options.class_weight`: how the training rows' labels are weighted.

@@ -152,9 +152,11 @@ pub struct ExampleInput {
 }
 
 /// Training options of `POST /heads`; each defaults to its `[training]` setting.
+// Read into `config::TrainingOptions`, as every door is.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TrainingOptions {
+#[schema(as = TrainingOptions)]
+pub struct TrainingOptionsInput {
     /// `auto` (chosen by cross-validation, the default), `cls`, `mean` or `cls_mean`.
     #[serde(default)]
     pub pooling: Option<String>,
@@ -227,7 +229,7 @@ pub struct CreateHeadRequest {
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
-    pub options: TrainingOptions,
+    pub options: TrainingOptionsInput,
 }
 
 /// Query of `POST /heads` when the body is CSV or JSONL.

@@ -266,7 +266,12 @@ pub fn train_toy_head(
         max_batch_size: 16,
         max_batch_tokens: 1024,
     };
-    let mut head = train_head("toy", settings, &mut extraction).expect("training succeeds");
+    let options = settings
+        .training_options()
+        .resolve(&distilserve::config::Settings::defaults().training, distilserve::config::Examples::DataSet)
+        .expect("options within bounds");
+    let data = settings.data.as_deref().expect("a data set");
+    let mut head = train_head("toy", data, &options, &mut extraction).expect("training succeeds");
     save_head(&mut head, &distilserve::heads::store::HeadStore::new(heads, 5)).expect("head saved");
     head
 }
