@@ -87,8 +87,10 @@ impl CallCost {
 /// that pays first-call costs): a small fixed weight in its cost fit. No call
 /// holds more than `max_batch_size` sequences, as in serving.
 pub(super) fn calibrate<E: ForwardPass>(encoder: &mut E, cost: &mut CallCost, max_batch_size: usize) {
+    // Any id the vocabulary has (a tiny test vocabulary's too: 1000 was past
+    // one and the call failed); a call's time does not depend on which.
     let seq = |len: usize| Tokenized {
-        ids: vec![1000; len],
+        ids: vec![5; len],
         type_ids: vec![0; len],
         tokens: Vec::new(),
         offsets: Vec::new(),
@@ -101,8 +103,13 @@ pub(super) fn calibrate<E: ForwardPass>(encoder: &mut E, cost: &mut CallCost, ma
         let refs: Vec<&Tokenized> = batch.iter().collect();
         let started = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encoder.encode(&refs)));
-        if !matches!(result, Ok(Ok(_))) {
-            tracing::warn!("calibration call failed; the queue-time estimate learns from traffic alone");
+        let problem = match result {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(panic) => Some(crate::telemetry::panic_message(&*panic)),
+        };
+        if let Some(error) = problem {
+            tracing::warn!(%error, "calibration call failed; the queue-time estimate learns from traffic alone");
             return;
         }
         if i > 0 {
@@ -144,5 +151,27 @@ mod tests {
         // Padding is learned per call.
         calibrated.record(200, 100, took(200));
         assert!(calibrated.model().unwrap().padding > 1.0);
+    }
+
+    /// An encoder that refuses ids past the smallest test vocabulary (174).
+    struct SmallVocabulary(usize);
+
+    impl ForwardPass for SmallVocabulary {
+        fn encode(&mut self, batch: &[&Tokenized]) -> anyhow::Result<Vec<crate::pooling::Rows>> {
+            self.0 += 1;
+            anyhow::ensure!(batch.iter().all(|t| t.ids.iter().all(|&id| id < 174)), "id past the vocabulary");
+            Ok(batch
+                .iter()
+                .map(|t| crate::pooling::Rows { rows: t.len(), cols: 1, data: vec![0.0; t.len()] })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn calibration_runs_on_any_vocabulary() {
+        let (mut encoder, mut cost) = (SmallVocabulary(0), CallCost::default());
+        calibrate(&mut encoder, &mut cost, 32);
+        assert_eq!(encoder.0, 3, "every calibration call made");
+        assert!(cost.prior[0] > 0.0, "the calibration calls are in the fit");
     }
 }
