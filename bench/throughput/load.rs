@@ -163,16 +163,20 @@ pub(crate) async fn load(
     r
 }
 
-/// distilserve's batches, sequences, tokens and padded tokens so far (None for other servers).
+/// distilserve's batches, sequences, tokens, padded tokens and model seconds so far (None for other servers).
 pub(crate) async fn batch_counters(server: &Server) -> Option<[f64; 5]> {
     if server.name != "distilserve" {
         return None;
     }
     let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", server.port)).await.ok()?.text().await.ok()?;
+    // Summed over the model runtimes (the encoder's, the heads' graph's).
     let value = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        let samples: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .collect();
+        (!samples.is_empty()).then(|| samples.iter().sum::<f64>())
     };
     Some([
         value("distilserve_batches_total")?,

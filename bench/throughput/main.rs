@@ -113,6 +113,9 @@ pub(crate) struct Args {
     /// Closed-loop client counts of --overload; the first is the capacity.
     #[arg(long, value_delimiter = ',', default_value = "64,128,256")]
     pub(crate) overload_clients: Vec<usize>,
+    /// Open-loop arrival rates of --overload, as multiples of the capacity.
+    #[arg(long, value_delimiter = ',', default_value = "2,5,10")]
+    pub(crate) overload_open: Vec<f64>,
     /// Instead of the benchmark: profile the whole machine with `perf record -a`
     /// for this many seconds while 32 clients load /embed on the first model,
     /// and print where the CPU time went (model, tokenizing, HTTP, JSON, the

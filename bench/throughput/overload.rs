@@ -48,6 +48,11 @@ pub(crate) struct OverloadPoint {
     pub(crate) cpu_per_refusal_us: f64,
     /// The load generator's own CPU seconds.
     pub(crate) client_cpu_s: f64,
+    /// The server's model calls over the point (/metrics): sequences per call,
+    /// padded tokens per real token, and model milliseconds per sequence.
+    pub(crate) sequences_per_call: f64,
+    pub(crate) padding: f64,
+    pub(crate) model_ms_per_sequence: f64,
 }
 
 /// One keep-alive HTTP/1.1 connection.
@@ -328,15 +333,30 @@ struct Measured {
     http_cpu: f64,
     model_cpu: f64,
     client_cpu: f64,
+    /// Differences of [`batch_counters`] over the point (warm-up included).
+    batches: Option<[f64; 5]>,
 }
 
-async fn measure<F: std::future::Future<Output = Seen>>(pid: u32, seconds: f64, load: F) -> Measured {
+async fn measure<F: std::future::Future<Output = Seen>>(server: &Server, seconds: f64, load: F) -> Measured {
     // The counters cover warm-up too: scale them to the measured window.
+    let pid = server.child.id();
+    let before = batch_counters(server).await;
     let ((h0, m0), c0, t0) = (thread_cpu(pid), own_cpu(), Instant::now());
     let seen = load.await;
     let ((h1, m1), c1) = (thread_cpu(pid), own_cpu());
     let share = seconds / t0.elapsed().as_secs_f64();
-    Measured { seen, seconds, http_cpu: (h1 - h0) * share, model_cpu: (m1 - m0) * share, client_cpu: (c1 - c0) * share }
+    let batches = match (before, batch_counters(server).await) {
+        (Some(b), Some(a)) => Some(std::array::from_fn(|i| a[i] - b[i])),
+        _ => None,
+    };
+    Measured {
+        seen,
+        seconds,
+        http_cpu: (h1 - h0) * share,
+        model_cpu: (m1 - m0) * share,
+        client_cpu: (c1 - c0) * share,
+        batches,
+    }
 }
 
 fn point(model: &str, route: &str, load: String, m: &Measured, capacity: Option<(f64, f64)>) -> OverloadPoint {
@@ -372,10 +392,14 @@ fn point(model: &str, route: &str, load: String, m: &Measured, capacity: Option<
         model_cpu_s: m.model_cpu,
         cpu_per_refusal_us,
         client_cpu_s: m.client_cpu,
+        sequences_per_call: m.batches.map_or(f64::NAN, |b| b[1] / b[0]),
+        padding: m.batches.map_or(f64::NAN, |b| b[3] / b[2]),
+        model_ms_per_sequence: m.batches.map_or(f64::NAN, |b| b[4] * 1e3 / b[1]),
     };
     eprintln!(
         "  {route} {}: {:.1} answered/s ({:.2}x capacity), {:.0} refused/s, {} failed, p50 {:.0} ms, p99 {:.0} ms, \
-         queued past estimate p99 {:.0} ms, refusal p99 {:.0} ms, CPU http {:.1} s model {:.1} s client {:.1} s, {:.1} µs per refusal",
+         queued past estimate p99 {:.0} ms, refusal p99 {:.0} ms, CPU http {:.1} s model {:.1} s client {:.1} s, {:.1} µs per refusal; \
+         {:.1} sequences per call, padding {:.2}, model {:.1} ms per sequence",
         p.load,
         p.answered_per_s,
         p.of_capacity,
@@ -388,7 +412,10 @@ fn point(model: &str, route: &str, load: String, m: &Measured, capacity: Option<
         p.http_cpu_s,
         p.model_cpu_s,
         p.client_cpu_s,
-        p.cpu_per_refusal_us
+        p.cpu_per_refusal_us,
+        p.sequences_per_call,
+        p.padding,
+        p.model_ms_per_sequence
     );
     p
 }
@@ -413,12 +440,12 @@ pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], setti
             let mut flags = args.serve_flags.clone();
             flags.extend(["--model-dir".to_string(), dir.display().to_string()]);
             let server = Server::distilserve(args, &flags)?;
-            let (port, pid) = (server.port, server.child.id());
+            let port = server.port;
             let requests = requests_for(route, texts);
             let mut capacity: Option<(f64, f64)> = None;
             for &clients in &args.overload_clients {
                 let m = measure(
-                    pid,
+                    &server,
                     args.seconds,
                     closed_loop_retrying(port, requests.clone(), clients, warm, args.seconds),
                 )
@@ -431,9 +458,9 @@ pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], setti
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
             let (per_s, _) = capacity.context("--overload-clients is empty")?;
-            for times in [2.0, 5.0, 10.0] {
+            for &times in &args.overload_open {
                 let m = measure(
-                    pid,
+                    &server,
                     args.seconds,
                     open_loop_arrivals(port, requests.clone(), per_s * times, warm, args.seconds),
                 )
@@ -450,6 +477,7 @@ pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], setti
                 http_cpu: f64::NAN,
                 model_cpu: f64::NAN,
                 client_cpu: f64::NAN,
+                batches: None,
             };
             points.push(point(&model, route, "burst 512".into(), &m, None));
             let problems = server.log_problems()?;
