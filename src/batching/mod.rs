@@ -23,7 +23,7 @@ mod cost;
 mod planner;
 mod worker;
 
-use cost::{CallCost, CostModel};
+use cost::{BacklogCallSize, CallCost, CostModel};
 pub use planner::plan_batch;
 use planner::tokens_of;
 use worker::worker_loop;
@@ -271,6 +271,8 @@ struct Shared {
     /// Per worker: its fitted cost of a model call (see [`CallCost`]), for the
     /// queue-time estimate; None until it has one.
     call_cost: Vec<Mutex<Option<CostModel>>>,
+    /// Live sequences per model call while more were queued.
+    backlog_call_size: BacklogCallSize,
 }
 
 impl Shared {
@@ -337,6 +339,7 @@ impl Batcher {
             busy_since_ms: (0..encoders.len()).map(|_| AtomicU64::new(0)).collect(),
             busy_until_ms: (0..encoders.len()).map(|_| AtomicU64::new(0)).collect(),
             call_cost: (0..encoders.len()).map(|_| Mutex::new(None)).collect(),
+            backlog_call_size: BacklogCallSize::default(),
         });
         let workers = encoders
             .into_iter()
@@ -473,7 +476,9 @@ impl Batcher {
     /// Estimated model time of `items` sequences of `tokens` tokens on an
     /// empty queue (None: no fit yet).
     pub fn estimate(&self, items: usize, tokens: usize) -> Option<Duration> {
-        self.queued_work_time(items, tokens)
+        // One request on its own: its sequences arrived together, and the
+        // planner may put up to the batch size in a call.
+        self.queued_work_time(items, tokens, self.shared.config.max_batch_size as f64)
     }
 
     /// For batch jobs on a plain thread (head training): their own lane past
@@ -545,7 +550,8 @@ impl Batcher {
     /// its answer late (a 504 at the deadline, or an answer its client gave up
     /// on) while the queue holds it; refused, a load balancer can send it to
     /// another replica now. The estimate is what the queued work costs at the
-    /// batch sizes it will run at: the calls it needs (by batch size and token
+    /// batch sizes it will run at: the calls it needs (in calls of the size
+    /// calls have had with a backlog, [`BacklogCallSize`], or by the token
     /// budget) times a call's fixed cost, plus its padded tokens times the cost
     /// per token, both fitted on the workers' calls ([`CallCost`]), shared out
     /// over the workers. A refusal is counted. Until a worker has a fit, only
@@ -553,7 +559,11 @@ impl Batcher {
     /// Returns the estimate (None: none yet).
     fn admit_wait(&self, queue: &Queue, deadline: Instant) -> Result<Option<Duration>, BatchError> {
         let s = &self.shared;
-        let Some(queued) = self.queued_work_time(queue.live_items, queue.live_tokens) else { return Ok(None) };
+        // Queued requests run in calls of the size calls have had with a backlog.
+        let call_size = s.backlog_call_size.get().unwrap_or(s.config.max_batch_size as f64);
+        let Some(queued) = self.queued_work_time(queue.live_items, queue.live_tokens, call_size) else {
+            return Ok(None);
+        };
         // The calls in progress finish first: a request arriving at the start
         // of one (all-mpnet-base-v2: 0.8 s for a full batch) waits for it too.
         let waiting = queued + self.calls_in_progress_left();
@@ -585,8 +595,9 @@ impl Batcher {
     }
 
     /// Estimated model time of `items` live sequences of `tokens` real tokens
-    /// queued now (None: no worker has measured its calls yet).
-    fn queued_work_time(&self, items: usize, tokens: usize) -> Option<Duration> {
+    /// queued now, in calls of `call_size` sequences or the token budget
+    /// (None: no worker has measured its calls yet).
+    fn queued_work_time(&self, items: usize, tokens: usize, call_size: f64) -> Option<Duration> {
         let s = &self.shared;
         if tokens == 0 {
             return Some(Duration::ZERO);
@@ -600,7 +611,7 @@ impl Batcher {
         let mean = |f: fn(&CostModel) -> f64| fits.iter().map(f).sum::<f64>() / workers;
         let (per_call, per_token, padding) = (mean(|c| c.per_call), mean(|c| c.per_token), mean(|c| c.padding));
         let padded = tokens as f64 * padding;
-        let calls = (items as f64 / s.config.max_batch_size as f64)
+        let calls = (items as f64 / call_size.clamp(1.0, s.config.max_batch_size.max(1) as f64))
             .ceil()
             .max((padded / s.config.max_batch_tokens as f64).ceil())
             .max(1.0);

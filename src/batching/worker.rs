@@ -149,7 +149,11 @@ pub(super) fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
         picked.into_iter().map(|pos| queue.items.remove(pos).expect("planned position")).collect();
     queue.tokens -= batch.iter().map(Item::len).sum::<usize>();
     queue.live_tokens -= batch.iter().filter(|item| !item.job.background).map(Item::len).sum::<usize>();
-    queue.live_items -= batch.iter().filter(|item| !item.job.background).count();
+    let live = batch.iter().filter(|item| !item.job.background).count();
+    queue.live_items -= live;
+    if live > 0 && queue.live_items > 0 {
+        shared.backlog_call_size.record(live);
+    }
     shared.metrics.queue_depth.set(queue.items.len() as i64);
     drop(queue);
     batch.sort_by_key(Item::len);
