@@ -166,7 +166,6 @@ fn default_model_file() -> String {
 }
 
 impl HeadSettings {
-    /// A logistic head on `data` with the default search.
     /// The table's training options, each one given (`distilserve train`'s flags go over them).
     pub fn training_options(&self) -> TrainingOptions {
         TrainingOptions {
@@ -180,6 +179,7 @@ impl HeadSettings {
         }
     }
 
+    /// A logistic head on `data` with the default search.
     pub fn logistic(data: PathBuf) -> Self {
         HeadSettings {
             kind: HeadKind::Logistic,

@@ -403,7 +403,6 @@ fn label_count_warnings(counts: &[LabelCount]) -> Vec<String> {
 
 /// The weights `option` asks for, by label index: per-label weights must
 /// name labels of the upload and be positive, within [`MAX_WEIGHT_RATIO`] of each other.
-/// `class_weight` by label index, the labels it names checked.
 pub fn class_weight_of(option: &ClassWeightOption, labels: &[String]) -> Result<ClassWeight, UploadError> {
     Ok(match option {
         ClassWeightOption::None => ClassWeight::None,
