@@ -124,12 +124,14 @@ fn soon() -> Instant {
 }
 
 /// Holds the worker inside a call on a blocker sequence (id -1), so that what
-/// is queued next is planned together once released.
+/// is queued next is planned together once released (`fake.release()`).
 async fn hold_worker(batcher: &Arc<Batcher>, fake: &Fake) -> tokio::task::JoinHandle<Result<Vec<Rows>, BatchError>> {
+    *fake.gate.0.lock().unwrap() = true;
+    let made = fake.calls().len();
     let b = batcher.clone();
     let blocker = tokio::spawn(async move { b.run(vec![seq(-1, 1)], soon()).await.map(|r| r.rows) });
     let f = fake.clone();
-    tokio::task::spawn_blocking(move || f.wait_for_calls(1)).await.unwrap();
+    tokio::task::spawn_blocking(move || f.wait_for_calls(made + 1)).await.unwrap();
     blocker
 }
 
@@ -372,19 +374,8 @@ async fn queued_work_is_priced_at_the_calls_a_backlog_runs_in() {
             })
             .collect::<Vec<_>>()
     };
-    // Holds the worker in a call (the blocker's, the worker's `made`-th).
-    let hold = |made: usize| {
-        *fake.gate.0.lock().unwrap() = true;
-        let b = batcher.clone();
-        let blocker = tokio::spawn(async move { b.run(vec![seq(-1, 1)], soon()).await });
-        let f = fake.clone();
-        async move {
-            tokio::task::spawn_blocking(move || f.wait_for_calls(made)).await.unwrap();
-            blocker
-        }
-    };
     // A backlog of 16, computed one per call.
-    let blocker = hold(1).await;
+    let blocker = hold_worker(&batcher, &fake).await;
     let first = submit(0, 16);
     until_queued(&batcher, 16).await;
     fake.release();
@@ -395,7 +386,7 @@ async fn queued_work_is_priced_at_the_calls_a_backlog_runs_in() {
     assert!(fake.calls().iter().skip(1).all(|call| call.len() == 1), "one per call: {:?}", fake.calls());
     // Sixty more like them behind a held call: at 20 ms a call, about fifty
     // fit within the 1 s bound. At 8 per call (max_batch_size) all sixty did.
-    let blocker = hold(fake.calls().len() + 1).await;
+    let blocker = hold_worker(&batcher, &fake).await;
     let second = submit(100, 60);
     let started = Instant::now();
     while batcher.queue_depth() + (batcher.stats().refused as usize) < 60 {
