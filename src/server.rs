@@ -13,6 +13,32 @@ use tokio::net::TcpListener;
 use crate::config::ServerSettings;
 use crate::error_code::ErrorCode;
 
+/// What a listener serves: the HTTP application (`http::service_for`, or a
+/// bare `axum::Router`).
+pub trait Application:
+    tower::Service<
+        axum::http::Request<axum::body::Body>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Application for S where
+    S: tower::Service<
+            axum::http::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// What one client connection may cost: see `serve_connections`.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
@@ -85,15 +111,14 @@ async fn refuse_over_capacity(
 /// counted and logged (at most every 10 s). Waiting in the kernel's backlog
 /// instead would hide the overload from the queue's admission and from the
 /// load balancer, and let clients wait past any bound.
-pub async fn serve_connections(
+pub async fn serve_connections<App: Application>(
     listener: TcpListener,
-    app: axum::Router,
+    app: App,
     shutdown: impl Future<Output = ()>,
     limits: ConnectionLimits,
     drain: Duration,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
-    use tower::Service;
 
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
@@ -141,7 +166,7 @@ pub async fn serve_connections(
                 };
                 let app = app.clone();
                 let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    app.clone().call(request.map(axum::body::Body::new))
+                    tower::Service::call(&mut app.clone(), request.map(axum::body::Body::new))
                 });
                 let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
                 let connection = graceful.watch(builder.serve_connection(io, service));
@@ -238,8 +263,8 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S
 /// Serves every (listener, application) pair until `shutdown` completes, then
 /// stops accepting on all of them and gives their open connections `drain`
 /// to finish (see [`serve_connections`]).
-pub async fn serve(
-    listeners: Vec<(TcpListener, axum::Router)>,
+pub async fn serve<App: Application>(
+    listeners: Vec<(TcpListener, App)>,
     shutdown: impl Future<Output = ()>,
     limits: ConnectionLimits,
     drain: Duration,

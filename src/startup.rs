@@ -19,7 +19,7 @@ use crate::heads::logistic::LogisticHead;
 use crate::heads::store::HeadStore;
 use crate::heads::training::{begin_comparison, compare_graphs, save_head, train_head, Extraction};
 use crate::heads::{load_configured, Head, Heads};
-use crate::http::{router, router_for, AppState, Routes};
+use crate::http::{service_for, AppState, Routes};
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::runtimes::Runtimes;
@@ -181,11 +181,11 @@ impl Application {
         tracing::info!(address = %self.listener.local_addr()?, "listening");
         let mut listeners = Vec::new();
         match self.private {
-            None => listeners.push((self.listener, router(state.clone()))),
+            None => listeners.push((self.listener, service_for(state.clone(), Routes::All))),
             Some(private) => {
                 tracing::info!(address = %private.local_addr()?, "listening for operators (/metrics, /info, admin routes)");
-                listeners.push((self.listener, router_for(state.clone(), Routes::Public)));
-                listeners.push((private, router_for(state.clone(), Routes::Private)));
+                listeners.push((self.listener, service_for(state.clone(), Routes::Public)));
+                listeners.push((private, service_for(state.clone(), Routes::Private)));
             }
         }
         server::serve(

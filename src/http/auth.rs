@@ -3,7 +3,7 @@
 //! that change what the service serves (off, 403, until one is configured).
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -19,9 +19,8 @@ fn same_key(given: &str, expected: &str) -> bool {
     a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn bearer(request: &Request) -> Option<&str> {
-    request
-        .headers()
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
@@ -34,14 +33,17 @@ fn unauthorized(message: &'static str) -> Response {
     response
 }
 
-pub async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Whether a request may use the inference routes: no API key is set, or it sends it.
+pub fn has_api_key(state: &AppState, headers: &HeaderMap) -> bool {
     let expected = &state.settings.security.api_key;
-    if expected.is_empty() {
-        return next.run(request).await;
-    }
-    match bearer(&request) {
-        Some(key) if same_key(key, expected) => next.run(request).await,
-        _ => unauthorized("a valid API key is required: send `Authorization: Bearer <key>`"),
+    expected.is_empty() || bearer(headers).is_some_and(|key| same_key(key, expected))
+}
+
+pub async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if has_api_key(&state, request.headers()) {
+        next.run(request).await
+    } else {
+        unauthorized("a valid API key is required: send `Authorization: Bearer <key>`")
     }
 }
 
@@ -57,7 +59,7 @@ pub async fn require_admin_key(State(state): State<AppState>, request: Request, 
         )
         .into_response();
     }
-    match bearer(&request) {
+    match bearer(request.headers()) {
         Some(key) if same_key(key, expected) => next.run(request).await,
         _ => unauthorized("the admin key is required: send `Authorization: Bearer <admin key>`"),
     }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, State};
-use axum::http::{HeaderName, HeaderValue, Request};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -336,15 +336,19 @@ async fn track_metrics(State(state): State<AppState>, request: Request<Body>, ne
 /// A client's `x-request-id` is kept only when short and plain (it goes into
 /// logs and back into the response); otherwise a UUID replaces it.
 async fn keep_plain_request_ids(mut request: Request<Body>) -> Request<Body> {
-    let plain = |v: &HeaderValue| {
-        (1..=MAX_REQUEST_ID_LEN).contains(&v.len())
-            && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(b))
-    };
-    let values: Vec<&HeaderValue> = request.headers().get_all(&REQUEST_ID).iter().collect();
-    if !(values.len() == 1 && plain(values[0])) && !values.is_empty() {
+    if client_request_id(request.headers()).is_none() {
         request.headers_mut().remove(&REQUEST_ID);
     }
     request
+}
+
+/// The client's `x-request-id` where it is kept: one value, short and plain.
+fn client_request_id(headers: &HeaderMap) -> Option<&HeaderValue> {
+    let mut values = headers.get_all(&REQUEST_ID).iter();
+    let (first, second) = (values.next()?, values.next());
+    let plain = (1..=MAX_REQUEST_ID_LEN).contains(&first.len())
+        && first.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(b));
+    (second.is_none() && plain).then_some(first)
 }
 
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -391,6 +395,14 @@ pub enum Routes {
 /// The whole HTTP application; tests drive it with `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
     router_for(state, Routes::All)
+}
+
+/// The application as served over a socket on one listener: [`router_for`],
+/// behind the refusal past capacity that comes before routing where the
+/// listener serves inference ([`overload::RefuseBeforeRouting`]).
+pub fn service_for(state: AppState, routes: Routes) -> overload::RefuseBeforeRouting {
+    let serves_inference = routes != Routes::Private;
+    overload::RefuseBeforeRouting::new(state.clone(), router_for(state, routes), serves_inference)
 }
 
 /// The application as served on one listener: see [`Routes`].

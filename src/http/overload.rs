@@ -4,10 +4,17 @@
 //! reading, parsing, tokenizing and pricing the request, the refusals take
 //! the CPU the model needs, and a replica past its capacity answers less
 //! than one at it (BENCHMARKS.md, "Overload"). So:
-//! - [`refuse_when_full`] asks the route's queue, before the body is read,
-//!   whether it could admit any request now ([`Inference::refusal_for_any`]);
-//!   if not, 503 `overloaded` at once (TEI's routes: 429), with a
-//!   `Retry-After` of the queue's estimated work;
+//! - [`RefuseBeforeRouting`], the application as served over a socket, asks
+//!   the route's queue, before routing and before the body is read, whether
+//!   it could admit any request now ([`Inference::refusal_for_any`]); if not,
+//!   503 `overloaded` at once (TEI's routes: 429), with a `Retry-After` of the
+//!   queue's estimated work. It spares a refusal the layers an answered
+//!   request goes through (span, request id, metrics, CORS, routing), and
+//!   does their part itself: the request id, the request counter, a debug line;
+//! - [`refuse_when_full`], the same decision as a route layer, refuses what
+//!   that check passed on (a browser's cross-origin request, whose answer
+//!   needs the CORS layer) and serves the application driven without a
+//!   socket (`oneshot` in tests);
 //! - [`RefusalPacer`]: refusals past `limits.immediate_refusals_per_second`
 //!   each wait their turn (at most [`MAX_HOLD`], at most [`MAX_HELD`] waiting)
 //!   before they are sent, so that a client retrying at once loops no faster
@@ -16,15 +23,23 @@
 //! A request that passes is still admitted or refused by its own price when
 //! it queues; this only spares the work of requests that could not be admitted.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::Request;
+use axum::http::{HeaderValue, Method, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::Router;
+use futures_util::future::Either;
+use tower::Service;
+use tower_http::request_id::{MakeRequestId, MakeRequestUuid};
 
 use super::error::ApiError;
 use super::tei::TeiError;
@@ -114,50 +129,165 @@ impl Drop for HeldRefusal<'_> {
 pub struct Refusal;
 
 /// The form a route's errors take.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Family {
     Native,
     Tei,
 }
 
-/// Which queue a route's requests go to, and its error form. By path, as the
-/// router names them: a layer on each route would run after the body is read
-/// (route layers wrap it), which is the work this check spares. A new
-/// inference route is added here too.
-fn queue_of<'a>(state: &'a AppState, path: &str) -> Option<(&'a Inference, Family)> {
-    // Classifying routes are checked against the graph new heads are trained
-    // on, which serves the heads (where every head's comparison chose the
-    // exact graph it is closed, and this is the encoder's). Which head a request names is
-    // in its body, not read yet: a head on another graph, or an ONNX head with
-    // its own queue, meets that queue when it is admitted.
-    let (encoder, heads) = (state.encoder_runtime(), state.training_graph());
-    match path {
-        "/embed" | "/v1/embeddings" | "/embeddings" | "/tei/embeddings" | "/tei/v1/embeddings" => {
-            Some((encoder, Family::Native))
+/// The queue a route's requests go to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Queue {
+    Encoder,
+    /// The graph new heads are trained on, which serves the heads (where
+    /// every head's comparison chose the exact graph it is closed, and this is
+    /// the encoder's). Which head a request names is in its body, not read
+    /// yet: a head on another graph, or an ONNX head with its own queue, meets
+    /// that queue when it is admitted.
+    Heads,
+}
+
+/// The inference routes as the router names them (the request counter's
+/// label), with their queue and error form. By path: a layer on each route
+/// would run after the body is read (route layers wrap it), which is the
+/// work this check spares. A new inference route is added here too.
+const INFERENCE_ROUTES: [(&str, Queue, Family); 14] = [
+    ("/embed", Queue::Encoder, Family::Native),
+    ("/v1/embeddings", Queue::Encoder, Family::Native),
+    ("/embeddings", Queue::Encoder, Family::Native),
+    ("/tei/embeddings", Queue::Encoder, Family::Native),
+    ("/tei/v1/embeddings", Queue::Encoder, Family::Native),
+    ("/classify", Queue::Heads, Family::Native),
+    ("/tei", Queue::Encoder, Family::Tei),
+    ("/tei/", Queue::Encoder, Family::Tei),
+    ("/tei/embed", Queue::Encoder, Family::Tei),
+    ("/tei/embed_all", Queue::Encoder, Family::Tei),
+    ("/tei/predict", Queue::Heads, Family::Tei),
+    ("/tei/heads/{name}", Queue::Heads, Family::Tei),
+    ("/tei/heads/{name}/", Queue::Heads, Family::Tei),
+    ("/tei/heads/{name}/predict", Queue::Heads, Family::Tei),
+];
+
+/// The inference route a POST to `path` reaches, if any: see [`INFERENCE_ROUTES`].
+fn route_of(path: &str) -> Option<(&'static str, Queue, Family)> {
+    let route = match path.strip_prefix("/tei/heads/") {
+        None => path,
+        Some(rest) => {
+            let (name, tail) = rest.split_once('/').map_or((rest, None), |(name, tail)| (name, Some(tail)));
+            match tail {
+                _ if name.is_empty() => return None,
+                None => "/tei/heads/{name}",
+                Some("") => "/tei/heads/{name}/",
+                Some("predict") => "/tei/heads/{name}/predict",
+                Some(_) => return None,
+            }
         }
-        "/classify" => Some((heads, Family::Native)),
-        "/tei" | "/tei/" | "/tei/embed" | "/tei/embed_all" => Some((encoder, Family::Tei)),
-        "/tei/predict" => Some((heads, Family::Tei)),
-        _ if path.starts_with("/tei/heads/") => Some((heads, Family::Tei)),
-        _ => None,
-    }
+    };
+    INFERENCE_ROUTES.iter().find(|(known, ..)| *known == route).copied()
+}
+
+fn queue_of<'a>(state: &'a AppState, path: &str) -> Option<(&'a Inference, Family, &'static str)> {
+    let (route, queue, family) = route_of(path)?;
+    let queue = match queue {
+        Queue::Encoder => state.encoder_runtime(),
+        Queue::Heads => state.training_graph(),
+    };
+    Some((queue, family, route))
+}
+
+/// The refusal of a request its queue could not admit now, if it is one.
+fn refusal(state: &AppState, queue: &Inference, family: Family) -> Option<Response> {
+    let refused = queue.refusal_for_any(state.deadline()).err()?;
+    let mut refusal = match family {
+        Family::Native => ApiError::from(refused).into_response(),
+        Family::Tei => TeiError(ApiError::from(refused)).into_response(),
+    };
+    refusal.extensions_mut().insert(Refusal);
+    Some(refusal)
 }
 
 /// Refuses a POST that its queue could not admit, before its body is read.
 pub async fn refuse_when_full(State(state): State<AppState>, request: Request<Body>, next: Next) -> Response {
-    if request.method() == axum::http::Method::POST {
-        if let Some((queue, family)) = queue_of(&state, request.uri().path()) {
-            if let Err(refused) = queue.refusal_for_any(state.deadline()) {
-                let mut refusal = match family {
-                    Family::Native => ApiError::from(refused).into_response(),
-                    Family::Tei => TeiError(ApiError::from(refused)).into_response(),
-                };
-                refusal.extensions_mut().insert(Refusal);
-                return state.refusals.send(refusal).await;
+    if request.method() == Method::POST {
+        if let Some((queue, family, _)) = queue_of(&state, request.uri().path()) {
+            if let Some(refused) = refusal(&state, queue, family) {
+                return state.refusals.send(refused).await;
             }
         }
     }
     next.run(request).await
+}
+
+/// The application behind a refusal past capacity made before routing: see
+/// the module's comment. Requests it does not refuse go to `router` as they
+/// came.
+#[derive(Clone)]
+pub struct RefuseBeforeRouting {
+    state: AppState,
+    router: Router,
+    /// Whether the listener serves the inference routes (not the private one).
+    serves_inference: bool,
+}
+
+type Refused = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl RefuseBeforeRouting {
+    pub fn new(state: AppState, router: Router, serves_inference: bool) -> Self {
+        RefuseBeforeRouting { state, router, serves_inference }
+    }
+
+    /// The refusal, if `request` is a POST to an inference route, would pass
+    /// the route's own checks (the API key; a cross-origin request is left to
+    /// the route layer, after CORS), and its queue could admit nothing now;
+    /// with the route's name.
+    fn refuse(&self, request: &Request<Body>) -> Option<(Response, &'static str)> {
+        if !self.serves_inference || request.method() != Method::POST {
+            return None;
+        }
+        let state = &self.state;
+        let (queue, family, route) = queue_of(state, request.uri().path())?;
+        let headers = request.headers();
+        let cross_origin = !state.settings.security.cors_allowed_origins.is_empty()
+            && headers.contains_key(axum::http::header::ORIGIN);
+        if cross_origin || !super::auth::has_api_key(state, headers) {
+            return None;
+        }
+        let mut refused = refusal(state, queue, family)?;
+        let id = match super::client_request_id(headers) {
+            Some(id) => id.clone(),
+            None => MakeRequestUuid
+                .make_request_id(request)
+                .map(|id| id.header_value().clone())
+                .unwrap_or(HeaderValue::from_static("-")),
+        };
+        tracing::debug!(path = request.uri().path(), request_id = ?id, status = refused.status().as_u16(), "refused before routing: overloaded");
+        refused.headers_mut().insert(super::REQUEST_ID, id);
+        Some((refused, route))
+    }
+}
+
+impl Service<Request<Body>> for RefuseBeforeRouting {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Refused, <Router as Service<Request<Body>>>::Future>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        match self.refuse(&request) {
+            Some((refused, route)) => {
+                let (state, started) = (self.state.clone(), Instant::now());
+                Either::Left(Box::pin(async move {
+                    let refused = state.refusals.send(refused).await;
+                    state.metrics.record_request("POST", route, refused.status().as_u16(), started.elapsed());
+                    Ok(refused)
+                }))
+            }
+            None => Either::Right(self.router.call(request)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -196,6 +326,32 @@ mod tests {
         // Each waits at least its slot: the budget is kept.
         for (i, release) in releases.iter().enumerate() {
             assert!(*release >= now + Duration::from_millis(2 * i as u64), "{i}: {release:?}");
+        }
+    }
+
+    #[test]
+    fn inference_routes_are_named_as_the_router_names_them() {
+        let route = |path: &str| route_of(path).map(|(route, ..)| route);
+        for (known, ..) in INFERENCE_ROUTES {
+            if !known.contains('{') {
+                assert_eq!(route(known), Some(known));
+            }
+        }
+        assert_eq!(route("/tei/heads/sentiment"), Some("/tei/heads/{name}"));
+        assert_eq!(route("/tei/heads/sentiment/"), Some("/tei/heads/{name}/"));
+        assert_eq!(route("/tei/heads/sentiment/predict"), Some("/tei/heads/{name}/predict"));
+        assert_eq!(
+            route_of("/classify").map(|(_, queue, family)| (queue, family)),
+            Some((Queue::Heads, Family::Native))
+        );
+        assert_eq!(
+            route_of("/tei/embed").map(|(_, queue, family)| (queue, family)),
+            Some((Queue::Encoder, Family::Tei))
+        );
+        for other in
+            ["/tei/heads/", "/tei/heads//predict", "/tei/heads/x/info", "/tei/heads/x/y", "/tokenize", "/embed/"]
+        {
+            assert_eq!(route(other), None, "{other}");
         }
     }
 

@@ -20,6 +20,7 @@ use common::fakes::{state_over, SlowPerToken};
 use common::{error_of, fixture, settings_for, TestServer};
 use distilserve::batching::{BatchError, Batcher, BatcherConfig};
 use distilserve::forward::ForwardPass;
+use distilserve::http::overload::RefuseBeforeRouting;
 use distilserve::http::router;
 use distilserve::metrics::RuntimeMetrics;
 use distilserve::pooling::Rows;
@@ -700,4 +701,77 @@ async fn refusals_past_the_budget_wait_their_turn_and_admitted_work_is_answered(
     assert!(took[3] >= Duration::from_millis(900), "the last refusal waited its turn: {took:?}");
     assert!(took[3] < Duration::from_millis(1500), "no refusal waits past the longest hold: {took:?}");
     assert_eq!(busy.await.unwrap().unwrap().status(), 200);
+}
+
+/// A request to `service` (the application as served over a socket, or a part of it).
+async fn call<S>(service: &S, method: &str, uri: &str, headers: &[(&str, &str)]) -> axum::response::Response
+where
+    S: tower::Service<Request<Body>, Response = axum::response::Response, Error = std::convert::Infallible> + Clone,
+{
+    let mut request = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    service.clone().oneshot(request.body(Body::from("{not json")).unwrap()).await.unwrap()
+}
+
+#[tokio::test]
+async fn past_capacity_a_request_is_refused_before_routing_unless_the_routes_own_checks_come_first() {
+    // A queue that admits nothing: every inference request could be refused.
+    let state = state_over("constant", common::fakes::Constant, |s| {
+        s.batching.queue_capacity = 0;
+        s.security.api_key = "k3y".into();
+        s.security.cors_allowed_origins = vec!["https://app.example".into()];
+    });
+    // A router that only says it was reached.
+    let reached = axum::Router::new().fallback(|| async { (StatusCode::IM_A_TEAPOT, "reached the router") });
+    let service = RefuseBeforeRouting::new(state.clone(), reached.clone(), true);
+    let key = ("authorization", "Bearer k3y");
+    for (uri, status) in [
+        ("/embed", 503),
+        ("/v1/embeddings", 503),
+        ("/classify", 503),
+        ("/tei/embed", 429),
+        ("/tei/heads/sentiment/predict", 429),
+    ] {
+        let response = call(&service, "POST", uri, &[key, ("x-request-id", "client-7")]).await;
+        assert_eq!(response.status().as_u16(), status, "{uri}");
+        assert_eq!(response.headers()["x-request-id"], "client-7", "the client's id is kept");
+        assert_eq!(response.headers()["retry-after"], "1");
+    }
+    // Not refused here: without the key (the router answers 401), a browser's
+    // cross-origin request (its answer needs the CORS layer), a GET, a route
+    // that does not queue, and the private listener.
+    let teapot = |response: axum::response::Response| response.status() == StatusCode::IM_A_TEAPOT;
+    assert!(teapot(call(&service, "POST", "/embed", &[]).await));
+    assert!(teapot(call(&service, "POST", "/embed", &[("authorization", "Bearer nope")]).await));
+    assert!(teapot(call(&service, "POST", "/embed", &[key, ("origin", "https://app.example")]).await));
+    assert!(teapot(call(&service, "GET", "/embed", &[key]).await));
+    assert!(teapot(call(&service, "POST", "/tokenize", &[key]).await));
+    assert!(teapot(call(&service, "POST", "/tei/heads/x/info", &[key]).await));
+    let private = RefuseBeforeRouting::new(state.clone(), reached, false);
+    assert!(teapot(call(&private, "POST", "/embed", &[key]).await));
+
+    // The whole application: a fresh id where the client sent none (or a
+    // bad one), the request counted under the route as the router names it,
+    // and what the router would answer where the check passes it on.
+    let app = distilserve::http::service_for(state.clone(), distilserve::http::Routes::All);
+    let response = call(&app, "POST", "/embed", &[key, ("x-request-id", "bad id with spaces")]).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(id.len() == 36 && id != "bad id with spaces", "{id}");
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap()["error"]["code"], "overloaded");
+    assert_eq!(call(&app, "POST", "/embed", &[]).await.status(), StatusCode::UNAUTHORIZED);
+    let cross_origin = call(&app, "POST", "/embed", &[key, ("origin", "https://app.example")]).await;
+    assert_eq!(cross_origin.status(), StatusCode::SERVICE_UNAVAILABLE, "refused by the route layer");
+    assert_eq!(cross_origin.headers()["access-control-allow-origin"], "https://app.example");
+    let metrics = state.metrics.render();
+    for series in [
+        r#"distilserve_http_requests_total{method="POST",route="/embed",status="503"} 3"#,
+        r#"distilserve_http_requests_total{method="POST",route="/tei/heads/{name}/predict",status="429"} 1"#,
+        r#"distilserve_http_requests_total{method="POST",route="/embed",status="401"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} in\n{metrics}");
+    }
 }
