@@ -186,14 +186,20 @@ fn route_of(path: &str) -> Option<(&'static str, Queue, Family)> {
     INFERENCE_ROUTES.iter().find(|(known, ..)| *known == route).copied()
 }
 
-fn queue_of<'a>(state: &'a AppState, path: &str) -> Option<(&'a Inference, Family, &'static str)> {
+/// [`route_of`], with the route's queue itself.
+fn queue_of<'a>(state: &'a AppState, path: &str) -> Option<(&'static str, &'a Inference, Family)> {
     let (route, queue, family) = route_of(path)?;
     let queue = match queue {
         Queue::Encoder => state.encoder_runtime(),
         Queue::Heads => state.training_graph(),
     };
-    Some((queue, family, route))
+    Some((route, queue, family))
 }
+
+/// Marks a request whose queue [`RefuseBeforeRouting`] asked and that it
+/// passed on: the route layer does not lock the queue to ask again.
+#[derive(Clone, Copy)]
+struct AskedBeforeRouting;
 
 /// The refusal of a request its queue could not admit now, if it is one.
 fn refusal(state: &AppState, queue: &Inference, family: Family) -> Option<Response> {
@@ -206,10 +212,11 @@ fn refusal(state: &AppState, queue: &Inference, family: Family) -> Option<Respon
     Some(refusal)
 }
 
-/// Refuses a POST that its queue could not admit, before its body is read.
+/// Refuses a POST that its queue could not admit, before its body is read
+/// (unless [`RefuseBeforeRouting`] has just asked).
 pub async fn refuse_when_full(State(state): State<AppState>, request: Request<Body>, next: Next) -> Response {
-    if request.method() == Method::POST {
-        if let Some((queue, family, _)) = queue_of(&state, request.uri().path()) {
+    if request.method() == Method::POST && request.extensions().get::<AskedBeforeRouting>().is_none() {
+        if let Some((_, queue, family)) = queue_of(&state, request.uri().path()) {
             if let Some(refused) = refusal(&state, queue, family) {
                 return state.refusals.send(refused).await;
             }
@@ -239,20 +246,25 @@ impl RefuseBeforeRouting {
     /// The refusal, if `request` is a POST to an inference route, would pass
     /// the route's own checks (the API key; a cross-origin request is left to
     /// the route layer, after CORS), and its queue could admit nothing now;
-    /// with the route's name.
-    fn refuse(&self, request: &Request<Body>) -> Option<(Response, &'static str)> {
+    /// with the route's name. A request whose queue it asked and that it
+    /// passes on is marked [`AskedBeforeRouting`].
+    fn refuse(&self, request: &mut Request<Body>) -> Option<(Response, &'static str)> {
         if !self.serves_inference || request.method() != Method::POST {
             return None;
         }
         let state = &self.state;
-        let (queue, family, route) = queue_of(state, request.uri().path())?;
+        let (route, queue, family) = queue_of(state, request.uri().path())?;
         let headers = request.headers();
         let cross_origin = !state.settings.security.cors_allowed_origins.is_empty()
             && headers.contains_key(axum::http::header::ORIGIN);
         if cross_origin || !super::auth::has_api_key(state, headers) {
             return None;
         }
-        let mut refused = refusal(state, queue, family)?;
+        let Some(mut refused) = refusal(state, queue, family) else {
+            request.extensions_mut().insert(AskedBeforeRouting);
+            return None;
+        };
+        let headers = request.headers();
         let id = match super::client_request_id(headers) {
             Some(id) => id.clone(),
             None => MakeRequestUuid
@@ -275,8 +287,8 @@ impl Service<Request<Body>> for RefuseBeforeRouting {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        match self.refuse(&request) {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        match self.refuse(&mut request) {
             Some((refused, route)) => {
                 let (state, started) = (self.state.clone(), Instant::now());
                 Either::Left(Box::pin(async move {
