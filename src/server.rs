@@ -1,7 +1,8 @@
 //! Transport: the accept loop over hyper, apart from the application it
 //! serves. Limits per connection (header read timeout, write deadline, a cap
 //! on open connections), one shutdown signal for every listener, and a
-//! graceful drain. `startup` assembles the application and hands it here.
+//! graceful drain; the runtime whose threads serve it. `startup` assembles
+//! the application and hands it here.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -258,6 +259,20 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// The runtime that serves HTTP. With `server.http_threads_yield_to_model`
+/// its threads register in [`crate::threads::HTTP_THREADS`]: past capacity
+/// they do not preempt the model's when they wake.
+pub fn runtime(settings: &ServerSettings) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if settings.http_threads_yield_to_model {
+        builder
+            .on_thread_start(|| crate::threads::HTTP_THREADS.register())
+            .on_thread_stop(|| crate::threads::HTTP_THREADS.unregister());
+    }
+    builder.build()
 }
 
 /// Serves every (listener, application) pair until `shutdown` completes, then

@@ -348,7 +348,11 @@ impl Batcher {
                 let shared = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("{name}-{i}"))
-                    .spawn(move || worker_loop(&shared, i, encoder))
+                    .spawn(move || {
+                        // Started from an HTTP thread (a head loaded at run time) it would yield.
+                        let _scheduled = crate::threads::AsModelThread::new();
+                        worker_loop(&shared, i, encoder)
+                    })
                     .expect("spawn inference worker")
             })
             .collect();
@@ -470,6 +474,7 @@ impl Batcher {
         let estimate = self.admit_wait(&queue, deadline)?;
         let (job, rx) = self.new_job(seqs, deadline, false, estimate, reduce);
         self.enqueue(&mut queue, &job);
+        crate::threads::HTTP_THREADS.admitted();
         Ok(Submitted { rx: Some(rx), deadline })
     }
 
@@ -644,6 +649,7 @@ impl Batcher {
     fn warn_refusing(&self, warn: impl FnOnce(u64)) {
         let s = &self.shared;
         s.metrics.refused.inc();
+        crate::threads::HTTP_THREADS.refused();
         let now = s.started.elapsed().as_secs();
         let last = s.last_refusal_warning.load(Ordering::Relaxed);
         if (last == 0 || now >= last + REFUSAL_WARNING_INTERVAL_S)

@@ -479,6 +479,8 @@ fn session_with(
         }
     };
     let _named = ThreadsNamed::as_("onnxruntime");
+    // The pool is scheduled as the model, not as the (tokio) thread creating it.
+    let _scheduled = crate::threads::AsModelThread::new();
     builder.commit_from_file(path).map_err(|e| format!("cannot load model {}: {e}", path.display()))
 }
 

@@ -13,10 +13,6 @@ use std::time::{Duration, Instant};
 use common::{default_model_dir, repo_path};
 use serde_json::json;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn healthcheck(app: &Path, port: u16) -> std::process::Output {
     Command::new(app.join("distilserve"))
         .current_dir(app)
@@ -56,7 +52,7 @@ async fn the_staged_runtime_layout_serves_and_passes_its_healthcheck() {
     }
     assert!(!app.path().join("models/all-minilm-l6-v2/model.opt.onnx").exists(), "a graph nothing serves staged");
 
-    let port = free_port();
+    let port = common::free_port();
     // Nothing listens yet: the healthcheck fails, saying so.
     let down = healthcheck(app.path(), port);
     assert!(!down.status.success());

@@ -250,10 +250,6 @@ async fn a_second_replica_cannot_train_roll_back_or_delete_a_head_another_is_tra
     b.stop().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// The real binary serving heads created over the API from `root/heads`,
 /// which every replica started on `root` shares.
 fn replica(root: &Path, port: u16, pause_writes_ms: u64) -> Child {
@@ -301,7 +297,7 @@ async fn until_ready(client: &reqwest::Client, port: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_training_leaves_nothing_stuck() {
     let root = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_port(), free_port());
+    let (pa, pb) = (common::free_port(), common::free_port());
     let (mut a, mut b) = (replica(root.path(), pa, 1000), replica(root.path(), pb, 0));
     let client = reqwest::Client::new();
     until_ready(&client, pa).await;

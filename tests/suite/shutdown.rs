@@ -21,12 +21,8 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 async fn start(extra: &[&str]) -> Server {
-    let port = free_port();
+    let port = common::free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_distilserve"))
         .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--log-format", "text"])
         .args(["--model-dir", fixture("tiny-distilbert").to_str().unwrap(), "--heads", "", "--default-head", ""])

@@ -143,3 +143,81 @@ fn a_file_that_is_not_an_onnx_model() {
     assert_eq!(code, 1);
     assert!(error_line(&stderr).contains("model.onnx"), "{stderr}");
 }
+
+/// Each thread of a process: (name, scheduling policy as /proc gives it:
+/// 0 SCHED_OTHER, 3 SCHED_BATCH).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let name = std::fs::read_to_string(task.path().join("comm")).ok()?.trim_end().to_string();
+            let sched = std::fs::read_to_string(task.path().join("sched")).ok()?;
+            let policy = sched.lines().find(|l| l.starts_with("policy"))?.rsplit(' ').next()?.parse().ok()?;
+            Some((name, policy))
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn past_capacity_http_threads_yield_to_the_models_unless_told_not_to() {
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    // A queue of one sequence: a request of two is refused.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[classify]\nserve = []\ndefault_head = \"\"\n[batching]\nqueue_capacity = 1\n")
+        .unwrap();
+    let client = reqwest::Client::new();
+    for (setting, past_capacity) in [("true", 3), ("false", 0)] {
+        let port = common::free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_distilserve"))
+            .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--intra-threads", "2", "--config"])
+            .arg(config.path())
+            .arg("--model-dir")
+            .arg(fixture("tiny-distilbert"))
+            .env("DISTILSERVE_SERVER__HTTP_THREADS_YIELD_TO_MODEL", setting)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let child = Killed(child);
+        let base = format!("http://127.0.0.1:{port}");
+        let started = std::time::Instant::now();
+        while client.get(format!("{base}/health/ready")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "not ready");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let embed = |inputs: serde_json::Value| {
+            client.post(format!("{base}/embed")).json(&serde_json::json!({"inputs": inputs})).send()
+        };
+        // (HTTP threads' policies, the model's threads' policies.)
+        let policies = || {
+            let threads = thread_policies(child.0.id());
+            let of = |prefixes: &[&str]| -> Vec<u32> {
+                threads.iter().filter(|(n, _)| prefixes.iter().any(|p| n.starts_with(p))).map(|t| t.1).collect()
+            };
+            let (http, model) = (of(&["tokio"]), of(&["onnxruntime", "encoder-"]));
+            assert!(!http.is_empty() && model.len() >= 2, "{threads:?}");
+            (http, model)
+        };
+        let (http, model) = policies();
+        assert!(http.iter().chain(&model).all(|&p| p == 0), "{setting}, below capacity: {http:?} {model:?}");
+
+        assert_eq!(embed(serde_json::json!(["one", "two"])).await.unwrap().status(), 503);
+        let (http, model) = policies();
+        assert!(http.iter().all(|&p| p == past_capacity), "{setting}, past capacity: {http:?}");
+        assert!(model.iter().all(|&p| p == 0), "{setting}, the model's threads: {model:?}");
+
+        assert_eq!(embed(serde_json::json!("one")).await.unwrap().status(), 200);
+        assert!(policies().0.iter().all(|&p| p == past_capacity), "{setting}: within the calm after a refusal");
+        tokio::time::sleep(distilserve::threads::CALM).await;
+        assert_eq!(embed(serde_json::json!("one")).await.unwrap().status(), 200);
+        assert!(policies().0.iter().all(|&p| p == 0), "{setting}: admitted after the calm");
+    }
+}

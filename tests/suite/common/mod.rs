@@ -27,6 +27,11 @@ pub fn python() -> String {
     })
 }
 
+/// A port nothing listens on now (for a binary told to listen on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     repo_path("tests/fixtures").join(name)
 }
