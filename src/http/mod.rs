@@ -129,7 +129,10 @@ impl AppState {
             metrics,
             admin_lock: tokio::sync::Mutex::new(()),
             uploads: tokio::sync::Semaphore::new(1),
-            refusals: overload::RefusalPacer::new(settings.limits.immediate_refusals_per_second),
+            refusals: overload::RefusalPacer::new(
+                settings.limits.immediate_refusals_per_second,
+                settings.server.max_connections,
+            ),
             settings,
         }))
     }

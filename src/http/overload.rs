@@ -16,8 +16,8 @@
 //!   needs the CORS layer) and serves the application driven without a
 //!   socket (`oneshot` in tests);
 //! - [`RefusalPacer`]: refusals past `limits.immediate_refusals_per_second`
-//!   each wait their turn (at most [`MAX_HOLD`], at most [`MAX_HELD`] waiting)
-//!   before they are sent, so that a client retrying at once loops no faster
+//!   each wait their turn (at most [`MAX_HOLD`], at most one per connection
+//!   the server may hold open waiting) before they are sent, so that a client retrying at once loops no faster
 //!   than the budget allows; below it, and when it is 0, a refusal goes at once.
 //!
 //! A request that passes is still admitted or refused by its own price when
@@ -49,10 +49,6 @@ use crate::inference::Inference;
 /// Longest a refusal is held back.
 pub const MAX_HOLD: Duration = Duration::from_secs(1);
 
-/// Most refusals held back at once; past it they go at once (an open-loop
-/// flood would otherwise hold a connection per refusal for a second).
-pub const MAX_HELD: usize = 256;
-
 /// Held refusals are released on ticks of this length, several per wake-up:
 /// on a replica whose model threads keep every core busy, each wake-up of an
 /// HTTP thread preempts one of them and stalls the model's parallel operator
@@ -67,15 +63,21 @@ pub struct RefusalPacer {
     /// When the next refusal may go at once.
     next_slot: Mutex<Instant>,
     held: AtomicUsize,
+    /// Most refusals held at once; past it they go at once. A held refusal
+    /// holds its connection, so `server.max_connections`: fewer (256 once)
+    /// let the clients past it retry at once, which took the model's CPU, so
+    /// the queue admitted fewer, so more were refused at once (a storm of
+    /// 4,000-30,000 refusals a second at 1,024 clients on MiniLM).
+    max_held: usize,
     /// What release ticks count from.
     epoch: Instant,
 }
 
 impl RefusalPacer {
-    pub fn new(per_second: u32) -> RefusalPacer {
+    pub fn new(per_second: u32, max_held: usize) -> RefusalPacer {
         let interval = if per_second == 0 { Duration::ZERO } else { Duration::from_secs(1) / per_second };
         let now = Instant::now();
-        RefusalPacer { interval, next_slot: Mutex::new(now), held: AtomicUsize::new(0), epoch: now }
+        RefusalPacer { interval, next_slot: Mutex::new(now), held: AtomicUsize::new(0), max_held, epoch: now }
     }
 
     /// How long a refusal made now waits before it is sent; takes its slot.
@@ -105,7 +107,7 @@ impl RefusalPacer {
         if wait.is_zero() {
             return refusal;
         }
-        if self.held.fetch_add(1, Ordering::AcqRel) >= MAX_HELD {
+        if self.held.fetch_add(1, Ordering::AcqRel) >= self.max_held {
             self.held.fetch_sub(1, Ordering::AcqRel);
             return refusal;
         }
@@ -308,7 +310,7 @@ mod tests {
 
     #[test]
     fn refusals_past_the_budget_wait_their_turn_up_to_the_longest_hold() {
-        let pacer = RefusalPacer::new(10);
+        let pacer = RefusalPacer::new(10, 256);
         let now = pacer.epoch;
         assert_eq!(pacer.hold(now), Duration::ZERO, "the first goes at once");
         assert_eq!(pacer.hold(now), Duration::from_millis(100));
@@ -324,7 +326,7 @@ mod tests {
     #[test]
     fn held_refusals_go_together_on_release_ticks() {
         // 500 a second: a slot every 2 ms, released five at a time.
-        let pacer = RefusalPacer::new(500);
+        let pacer = RefusalPacer::new(500, 256);
         let now = pacer.epoch + Duration::from_millis(3);
         let releases: Vec<Instant> = (0..11).map(|_| now + pacer.hold(now)).collect();
         assert_eq!(releases[0], now, "the first goes at once");
@@ -367,9 +369,21 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn past_the_most_held_a_refusal_goes_at_once() {
+        let pacer = RefusalPacer::new(10, 2);
+        let mut sends: Vec<_> = (0..4).map(|_| Box::pin(pacer.send(Response::new(Body::empty())))).collect();
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let sent: Vec<bool> = sends.iter_mut().map(|send| send.as_mut().poll(&mut cx).is_ready()).collect();
+        assert_eq!(sent, [true, false, false, true], "the first in budget, two held, the fourth past the most held");
+        assert_eq!(pacer.held.load(Ordering::Acquire), 2);
+        drop(sends);
+        assert_eq!(pacer.held.load(Ordering::Acquire), 0, "a client gone is no longer held");
+    }
+
     #[test]
     fn without_a_budget_every_refusal_goes_at_once() {
-        let pacer = RefusalPacer::new(0);
+        let pacer = RefusalPacer::new(0, 256);
         let now = Instant::now();
         assert!((0..1000).all(|_| pacer.hold(now).is_zero()));
     }
