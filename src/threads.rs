@@ -86,11 +86,6 @@ impl HttpThreads {
         }
     }
 
-    /// Whether the threads yield now.
-    pub fn yielding(&self) -> bool {
-        self.yielding.load(Ordering::Relaxed)
-    }
-
     fn switch(&self, yielding: bool) {
         let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         if self.yielding.load(Ordering::Relaxed) == yielding {
@@ -153,7 +148,7 @@ impl Drop for AsModelThread {
 
 /// The two policies used here.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Policy {
+enum Policy {
     /// `SCHED_OTHER`: the default.
     Any,
     /// `SCHED_BATCH`: does not preempt on waking.
@@ -162,7 +157,7 @@ pub enum Policy {
 
 /// The policy of thread `id` (0: the calling thread), if one of the two.
 #[cfg(target_os = "linux")]
-pub fn policy_of(id: i32) -> Option<Policy> {
+fn policy_of(id: i32) -> Option<Policy> {
     // SAFETY: no argument but a thread id.
     match unsafe { libc::sched_getscheduler(id) } {
         libc::SCHED_OTHER => Some(Policy::Any),
@@ -172,19 +167,19 @@ pub fn policy_of(id: i32) -> Option<Policy> {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn policy_of(_id: i32) -> Option<Policy> {
+fn policy_of(_id: i32) -> Option<Policy> {
     None
 }
 
 /// The calling thread's kernel id.
 #[cfg(target_os = "linux")]
-pub fn current_id() -> i32 {
+fn current_id() -> i32 {
     // SAFETY: no argument.
     unsafe { libc::gettid() }
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn current_id() -> i32 {
+fn current_id() -> i32 {
     0
 }
 
@@ -236,13 +231,13 @@ mod tests {
         http.admitted();
         assert_eq!(policy(), Some(Policy::Any), "admitted below capacity: nothing changes");
         http.refused();
-        assert!(http.yielding());
+        assert!(http.yielding.load(Ordering::Relaxed));
         assert_eq!(policy(), Some(Policy::Yielding));
         http.admitted();
         assert_eq!(policy(), Some(Policy::Yielding), "within the calm, it goes on yielding");
         http.refused();
         http.admitted_at(Instant::now() + CALM);
-        assert!(!http.yielding());
+        assert!(!http.yielding.load(Ordering::Relaxed));
         assert_eq!(policy(), Some(Policy::Any), "a calm after the last refusal, it stops");
         ask.send(()).unwrap();
         assert_eq!(told.recv().unwrap().1, Some(Policy::Any), "as the thread itself sees it");
