@@ -4,9 +4,9 @@
 //! Under Linux's `SCHED_BATCH` a waking thread does not preempt a running
 //! one: it runs when a core frees or at the scheduler's next tick, with the
 //! same share of the CPU. Past capacity, where a backlog keeps the model busy
-//! whatever the HTTP side's delay, a refusal then costs 15-20% less CPU;
-//! below it the delay would be the requests' own (BENCHMARKS.md, "Overload:
-//! HTTP threads that yield to the model past capacity"). So the HTTP threads
+//! whatever the HTTP side's delay, a refusal then costs less CPU; below it
+//! the delay would be the requests' own (BENCHMARKS.md, "Overload: HTTP
+//! threads that yield to the model past capacity"). So the HTTP threads
 //! (tokio's, which register here when `server.http_threads_yield_to_model`
 //! is on) yield from a queue's refusal until [`CALM`] has passed without one
 //! and a request is admitted ([`HttpThreads`]). The model's threads stay
