@@ -261,18 +261,30 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S
     }
 }
 
-/// The runtime that serves HTTP. With `server.http_threads_yield_to_model`
-/// its threads register in [`crate::threads::HTTP_THREADS`]: past capacity
-/// they do not preempt the model's when they wake.
+/// The runtime that serves HTTP, on [`http_threads`] threads. With
+/// `server.http_threads_yield_to_model` they register in
+/// [`crate::threads::HTTP_THREADS`]: past capacity they do not preempt the
+/// model's when they wake (and one alone wakes at most once a tick).
 pub fn runtime(settings: &ServerSettings) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = http_threads(settings);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
+    builder.enable_all().worker_threads(threads);
     if settings.http_threads_yield_to_model {
-        builder
-            .on_thread_start(|| crate::threads::HTTP_THREADS.register())
-            .on_thread_stop(|| crate::threads::HTTP_THREADS.unregister());
+        crate::threads::HTTP_THREADS.hook(&mut builder, threads == 1);
     }
     builder.build()
+}
+
+/// `server.http_threads`, 0 read as half the available cores, at least one:
+/// on a CPU replica the model's threads take every core, and HTTP work (a
+/// few percent of the CPU) on as many threads again only preempts them. On
+/// 2 vCPUs one thread answered one sentence sooner and refused for less CPU
+/// past capacity than two (BENCHMARKS.md, "Overload: one HTTP thread").
+pub fn http_threads(settings: &ServerSettings) -> usize {
+    match settings.http_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+        n => n,
+    }
 }
 
 /// Serves every (listener, application) pair until `shutdown` completes, then
@@ -325,6 +337,20 @@ pub async fn shutdown_signal() {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn http_threads_is_the_runtimes_worker_count_and_0_half_the_cores() {
+        let mut settings = crate::config::Settings::load(None, &Default::default()).unwrap().server;
+        settings.http_threads_yield_to_model = false;
+        let workers = |settings: &ServerSettings| runtime(settings).unwrap().metrics().num_workers();
+        settings.http_threads = 1;
+        assert_eq!(workers(&settings), 1);
+        settings.http_threads = 3;
+        assert_eq!(workers(&settings), 3);
+        settings.http_threads = 0;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        assert_eq!(workers(&settings), (cores / 2).max(1));
+    }
 
     #[tokio::test]
     async fn a_peer_that_takes_no_bytes_fails_the_write_after_the_deadline() {

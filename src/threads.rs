@@ -1,18 +1,28 @@
 //! Past capacity, HTTP threads that do not preempt the model's. With ONNX
 //! Runtime's threads on every core, an HTTP thread that wakes for a request
 //! preempts one of them and stalls the parallel operator it was part of.
-//! Under Linux's `SCHED_BATCH` a waking thread does not preempt a running
-//! one: it runs when a core frees or at the scheduler's next tick, with the
-//! same share of the CPU. Past capacity, where a backlog keeps the model busy
-//! whatever the HTTP side's delay, a refusal then costs less CPU; below it
-//! the delay would be the requests' own (BENCHMARKS.md, "Overload: HTTP
-//! threads that yield to the model past capacity"). So the HTTP threads
-//! (tokio's, which register here when `server.http_threads_yield_to_model`
-//! is on) yield from a queue's refusal until [`CALM`] has passed without one
-//! and a request is admitted ([`HttpThreads`]). The model's threads stay
-//! `SCHED_OTHER` ([`AsModelThread`]): ONNX Runtime's pool threads take the
-//! policy of the thread that creates their session. Linux only; elsewhere
-//! nothing changes.
+//! Past capacity, where a backlog keeps the model busy whatever the HTTP
+//! side's delay, the HTTP threads therefore yield (BENCHMARKS.md, "Overload:
+//! HTTP threads that yield to the model past capacity"); below it the delay
+//! would be the requests' own. Yielding is two things:
+//! - Linux's `SCHED_BATCH`: a waking thread does not preempt a running one;
+//!   it runs when a core frees or at the scheduler's next tick, with the same
+//!   share of the CPU;
+//! - where one thread serves HTTP (`server.http_threads`; the default on 2
+//!   vCPUs), wake-ups a [`WAKE_TICK`] apart: the thread, once woken, waits
+//!   that long before it runs what woke it, so that the requests (mostly
+//!   refusals) and answers of the next tick are read and written in the same
+//!   wake-up, not one each (as a network card moderates its interrupts): a
+//!   lone refusal's wake-up cost more than the refusal (BENCHMARKS.md,
+//!   "Overload: one HTTP thread, woken once a tick").
+//!
+//! So the HTTP threads (tokio's, which register here when
+//! `server.http_threads_yield_to_model` is on: [`HttpThreads::hook`]) yield
+//! from a queue's refusal until [`CALM`] has passed without one and a request
+//! is admitted ([`HttpThreads`]). The model's threads stay `SCHED_OTHER`
+//! ([`AsModelThread`]): ONNX Runtime's pool threads take the policy of the
+//! thread that creates their session. The policy is Linux only; elsewhere
+//! only the tick applies.
 //!
 //! The crate's one module with unsafe code: `sched_setscheduler`,
 //! `sched_getscheduler` and `gettid`, which take no pointer but a parameter
@@ -25,6 +35,12 @@ use std::time::{Duration, Instant};
 
 /// How long after the last refusal the HTTP threads go on yielding.
 pub const CALM: Duration = Duration::from_secs(1);
+
+/// While yielding, how long an HTTP thread that has woken waits before it
+/// runs what woke it: the refusal pacer's release tick too
+/// (`http::overload::RELEASE_TICK`), so that held refusals and new requests
+/// share wake-ups. Against a queue bound of seconds, 10 ms more is nothing.
+pub const WAKE_TICK: Duration = Duration::from_millis(10);
 
 /// The process's HTTP threads: `server::runtime` registers tokio's threads,
 /// the queues report refusals and admissions. Process-wide, as scheduling is.
@@ -63,6 +79,27 @@ impl HttpThreads {
     pub fn unregister(&self) {
         let id = current_id();
         self.threads.lock().unwrap_or_else(|p| p.into_inner()).retain(|&t| t != id);
+    }
+
+    /// Makes `runtime`'s threads these: they register as they start and,
+    /// with `tick` (a runtime of one thread), while yielding wait a
+    /// [`WAKE_TICK`] each time they wake. With several, what one thread's wait
+    /// leaves is taken by another, which then waits in turn: on 2 vCPUs two
+    /// threads refused for no less CPU with the tick than without.
+    pub fn hook(&'static self, runtime: &mut tokio::runtime::Builder, tick: bool) {
+        runtime.on_thread_start(move || self.register()).on_thread_stop(move || self.unregister());
+        if tick {
+            runtime.on_thread_unpark(move || self.woke());
+        }
+    }
+
+    /// A thread woke to run tasks (tokio's unpark hook: after it has left its
+    /// park, so that a task woken meanwhile is still found). While yielding,
+    /// it waits a tick first: what arrives meanwhile is taken in this wake-up.
+    pub fn woke(&self) {
+        if self.yielding.load(Ordering::Relaxed) {
+            std::thread::sleep(WAKE_TICK);
+        }
     }
 
     /// A queue refused a request: past capacity, the threads yield.
@@ -243,6 +280,44 @@ mod tests {
         assert_eq!(told.recv().unwrap().1, Some(Policy::Any), "as the thread itself sees it");
         drop(ask);
         thread.join().unwrap();
+    }
+
+    #[test]
+    fn while_yielding_a_runtime_wakes_at_most_once_a_tick_and_runs_every_task() {
+        static HTTP: HttpThreads = HttpThreads::new();
+        static WAKES: AtomicU64 = AtomicU64::new(0);
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(1).enable_all();
+        HTTP.hook(&mut builder, true);
+        builder.on_thread_unpark(|| {
+            WAKES.fetch_add(1, Ordering::Relaxed);
+            HTTP.woke();
+        });
+        let runtime = builder.build().unwrap();
+        // Wakes the runtime from this thread every half millisecond, as
+        // requests arriving one by one do; returns how many tasks ran.
+        let wake_one_by_one = |n: u64| {
+            let ran = std::sync::Arc::new(AtomicU64::new(0));
+            let started = Instant::now();
+            for _ in 0..n {
+                let ran = ran.clone();
+                runtime.spawn(async move { ran.fetch_add(1, Ordering::Relaxed) });
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            let drained = Instant::now() + Duration::from_secs(10);
+            while ran.load(Ordering::Relaxed) < n && Instant::now() < drained {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (ran.load(Ordering::Relaxed), started.elapsed())
+        };
+        HTTP.refused();
+        WAKES.store(0, Ordering::Relaxed);
+        let (ran, took) = wake_one_by_one(100);
+        assert_eq!(ran, 100, "every task ran");
+        let wakes = WAKES.load(Ordering::Relaxed);
+        let most = took.as_millis() as u64 / WAKE_TICK.as_millis() as u64 + 2;
+        // Without the tick each task would wake it (about 100 in 50 ms).
+        assert!(wakes <= most, "{wakes} wake-ups in {took:?}: at most one a tick ({most})");
     }
 
     #[test]

@@ -214,6 +214,7 @@ pub struct ServerSettings {
     pub write_timeout_ms: u64,
     pub max_connections: usize,
     pub private_address: String,
+    pub http_threads: usize,
     pub http_threads_yield_to_model: bool,
 }
 
