@@ -116,6 +116,13 @@ pub(crate) struct Args {
     /// Open-loop arrival rates of --overload, as multiples of the capacity.
     #[arg(long, value_delimiter = ',', default_value = "2,5,10")]
     pub(crate) overload_open: Vec<f64>,
+    /// Let --overload's load generator preempt the server's threads when it
+    /// wakes (as `wrk` on the same machine does). By default it runs
+    /// `SCHED_BATCH`, standing in for clients on other machines: it still takes
+    /// its share of the CPU, but its thousands of wake-ups a second do not
+    /// stall the model's parallel operators (overload.rs).
+    #[arg(long)]
+    pub(crate) overload_clients_preempt: bool,
     /// Instead of the benchmark: profile the whole machine with `perf record -a`
     /// for this many seconds while 32 clients load /embed on the first model,
     /// and print where the CPU time went (model, tokenizing, HTTP, JSON, the

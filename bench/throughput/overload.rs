@@ -15,6 +15,12 @@
 //!
 //! The client is a few lines of raw HTTP/1.1 over keep-alive connections, so
 //! that the load generator takes as little of the shared CPU as `wrk` does.
+//! Its thread runs `SCHED_BATCH` while it loads a server (unless
+//! `--overload-clients-preempt`): clients on other machines cost a replica
+//! their packets, not thousands of wake-ups a second that each preempt one
+//! of the model's threads and stall the operator the other was running (on
+//! 2 vCPUs that slowed MiniLM's model calls by half at open loop 10x;
+//! BENCHMARKS.md, "Overload: the load generator's wake-ups").
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -440,6 +446,8 @@ pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], setti
             let mut flags = args.serve_flags.clone();
             flags.extend(["--model-dir".to_string(), dir.display().to_string()]);
             let server = Server::distilserve(args, &flags)?;
+            // After the server is started, which would inherit the policy.
+            let _clients = (!args.overload_clients_preempt).then(ClientsYield::new);
             let port = server.port;
             let requests = requests_for(route, texts);
             let mut capacity: Option<(f64, f64)> = None;
@@ -487,9 +495,11 @@ pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], setti
         }
     }
     let mut md = format!(
-        "Overload, one sentence per request, {} s per point after {:.0} s of warm-up ({machine}, {threads} threads)\n\n",
+        "Overload, one sentence per request, {} s per point after {:.0} s of warm-up ({machine}, {threads} threads; \
+         the load generator {})\n\n",
         args.seconds,
-        warm.as_secs_f64()
+        warm.as_secs_f64(),
+        if args.overload_clients_preempt { "preempting the server's threads" } else { "SCHED_BATCH" }
     );
     for (model, per_s) in &ceilings {
         md.push_str(&format!("- {model}: in-process ceiling {per_s:.1} sentences/s\n"));
@@ -517,13 +527,44 @@ pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], setti
     println!("{md}");
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     std::fs::write(args.out.join(format!("overload-{stamp}.md")), &md)?;
-    let json = json!({"machine": machine, "ceilings": ceilings, "points": points});
+    let json = json!({
+        "machine": machine,
+        "clients_preempt": args.overload_clients_preempt,
+        "ceilings": ceilings,
+        "points": points
+    });
     std::fs::write(args.out.join(format!("overload-{stamp}.json")), serde_json::to_string_pretty(&json)?)?;
     let cpu = machine.split(',').next().unwrap_or(machine);
     let title = format!("Past capacity: answered/s against offered load ({cpu}, {threads} threads)");
     std::fs::write(args.out.join(format!("overload-{stamp}.svg")), goodput_svg(&title, &points))?;
     eprintln!("written to {}/overload-{stamp}.{{md,json,svg}}", args.out.display());
     Ok(())
+}
+
+/// While it lives, the calling thread (the load generator's, a current-thread
+/// runtime) runs `SCHED_BATCH`: it does not preempt a running thread when it
+/// wakes. See the module's comment.
+struct ClientsYield;
+
+impl ClientsYield {
+    fn new() -> ClientsYield {
+        set_policy(libc::SCHED_BATCH);
+        ClientsYield
+    }
+}
+
+impl Drop for ClientsYield {
+    fn drop(&mut self) {
+        set_policy(libc::SCHED_OTHER);
+    }
+}
+
+fn set_policy(policy: libc::c_int) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` lives across the call, which only reads it.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        eprintln!("  cannot set the load generator's scheduling policy: {}", std::io::Error::last_os_error());
+    }
 }
 
 /// Answered/s over the offered load, both in multiples of the capacity (the
