@@ -90,7 +90,7 @@ fn batch_job(args: &SettingsArgs, job: impl FnOnce() -> anyhow::Result<()>) -> a
 fn serve(args: &SettingsArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
     let telemetry = distilserve::telemetry::init(&settings.logging);
-    let runtime = distilserve::server::runtime(&settings.server)?;
+    let runtime = distilserve::server::runtime(&settings)?;
     let result = runtime.block_on(async {
         let app = allocator::purging_at_once(Application::build(settings)).await?;
         app.run_until(shutdown_signal()).await

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 
-use crate::config::ServerSettings;
+use crate::config::{ExecutionProvider, ServerSettings, Settings};
 use crate::error_code::ErrorCode;
 
 /// What a listener serves: the HTTP application (`http::service_for`, or a
@@ -265,25 +265,28 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S
 /// `server.http_threads_yield_to_model` they register in
 /// [`crate::threads::HTTP_THREADS`]: past capacity they do not preempt the
 /// model's when they wake (and one alone wakes at most once a tick).
-pub fn runtime(settings: &ServerSettings) -> std::io::Result<tokio::runtime::Runtime> {
+pub fn runtime(settings: &Settings) -> std::io::Result<tokio::runtime::Runtime> {
     let threads = http_threads(settings);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all().worker_threads(threads);
-    if settings.http_threads_yield_to_model {
+    if settings.server.http_threads_yield_to_model {
         crate::threads::HTTP_THREADS.hook(&mut builder, threads == 1);
     }
     builder.build()
 }
 
-/// `server.http_threads`, 0 read as half the available cores, at least one:
-/// on a CPU replica the model's threads take every core, and HTTP work (a
-/// few percent of the CPU) on as many threads again only preempts them. On
-/// 2 vCPUs one thread answered one sentence sooner and refused for less CPU
-/// past capacity than two (BENCHMARKS.md, "Overload: one HTTP thread").
-pub fn http_threads(settings: &ServerSettings) -> usize {
-    match settings.http_threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
-        n => n,
+/// `server.http_threads`; 0: on the CPU provider half the available cores,
+/// at least one, on CUDA every core. On a CPU replica the model's threads take
+/// every core, and HTTP work (a few percent of the CPU) on as many threads
+/// again only preempts them: on 2 vCPUs one thread answered one sentence
+/// sooner and refused for less CPU past capacity than two (BENCHMARKS.md,
+/// "Overload: one HTTP thread"). On a GPU the cores are the HTTP side's.
+pub fn http_threads(settings: &Settings) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match (settings.server.http_threads, settings.model.execution_provider) {
+        (0, ExecutionProvider::Cpu) => (cores / 2).max(1),
+        (0, ExecutionProvider::Cuda) => cores,
+        (n, _) => n,
     }
 }
 
@@ -339,17 +342,20 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     #[test]
-    fn http_threads_is_the_runtimes_worker_count_and_0_half_the_cores() {
-        let mut settings = crate::config::Settings::load(None, &Default::default()).unwrap().server;
-        settings.http_threads_yield_to_model = false;
-        let workers = |settings: &ServerSettings| runtime(settings).unwrap().metrics().num_workers();
-        settings.http_threads = 1;
+    fn http_threads_is_the_runtimes_worker_count_and_0_half_the_cores_on_the_cpu() {
+        let mut settings = Settings::load(None, &Default::default()).unwrap();
+        settings.server.http_threads_yield_to_model = false;
+        let workers = |settings: &Settings| runtime(settings).unwrap().metrics().num_workers();
+        settings.server.http_threads = 1;
         assert_eq!(workers(&settings), 1);
-        settings.http_threads = 3;
+        settings.server.http_threads = 3;
         assert_eq!(workers(&settings), 3);
-        settings.http_threads = 0;
+        settings.server.http_threads = 0;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        settings.model.execution_provider = ExecutionProvider::Cpu;
         assert_eq!(workers(&settings), (cores / 2).max(1));
+        settings.model.execution_provider = ExecutionProvider::Cuda;
+        assert_eq!(workers(&settings), cores, "on a GPU the cores are the HTTP side's");
     }
 
     #[tokio::test]
