@@ -36,10 +36,9 @@ use std::time::{Duration, Instant};
 /// How long after the last refusal the HTTP threads go on yielding.
 pub const CALM: Duration = Duration::from_secs(1);
 
-/// While yielding, how long an HTTP thread that has woken waits before it
-/// runs what woke it: the refusal pacer's release tick too
-/// (`http::overload::RELEASE_TICK`), so that held refusals and new requests
-/// share wake-ups. Against a queue bound of seconds, 10 ms more is nothing.
+/// While yielding, how long a lone HTTP thread that has woken waits before
+/// it runs what woke it. Against a queue bound of seconds, 10 ms more is
+/// nothing.
 pub const WAKE_TICK: Duration = Duration::from_millis(10);
 
 /// The process's HTTP threads: `server::runtime` registers tokio's threads,
@@ -96,7 +95,7 @@ impl HttpThreads {
     /// A thread woke to run tasks (tokio's unpark hook: after it has left its
     /// park, so that a task woken meanwhile is still found). While yielding,
     /// it waits a tick first: what arrives meanwhile is taken in this wake-up.
-    pub fn woke(&self) {
+    fn woke(&self) {
         if self.yielding.load(Ordering::Relaxed) {
             std::thread::sleep(WAKE_TICK);
         }

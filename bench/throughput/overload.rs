@@ -19,8 +19,8 @@
 //! `--overload-clients-preempt`): clients on other machines cost a replica
 //! their packets, not thousands of wake-ups a second that each preempt one
 //! of the model's threads and stall the operator the other was running (on
-//! 2 vCPUs that slowed MiniLM's model calls by half at open loop 10x;
-//! BENCHMARKS.md, "Overload: the load generator's wake-ups").
+//! 2 vCPUs that slowed MiniLM's model calls by a quarter at open loop 10x;
+//! BENCHMARKS.md, "Overload: ... the load generator's wake-ups").
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
