@@ -168,7 +168,20 @@ pub(crate) async fn batch_counters(server: &Server) -> Option<[f64; 5]> {
     if server.name != "distilserve" {
         return None;
     }
-    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", server.port)).await.ok()?.text().await.ok()?;
+    // At `server.max_connections` (overload's 1,024 clients) a new connection is
+    // answered 503 at once: try again as connections free, for up to a second.
+    let url = format!("http://127.0.0.1:{}/metrics", server.port);
+    let mut text = None;
+    for _ in 0..50 {
+        match reqwest::get(&url).await {
+            Ok(r) if r.status().is_success() => {
+                text = r.text().await.ok();
+                break;
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    let text = text?;
     // Summed over the model runtimes (the encoder's, the heads' graph's).
     let value = |name: &str| {
         let samples: Vec<f64> = text

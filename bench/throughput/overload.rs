@@ -68,9 +68,32 @@ struct Conn {
     body: Vec<u8>,
 }
 
-/// Per answer since the last point: its queue time less the estimate it was
-/// admitted on, ms (warm-up included).
-static LATE_MS: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
+/// Per answer since the last point: when it came and its queue time less the
+/// estimate it was admitted on, ms.
+static LATE_MS: std::sync::Mutex<Vec<(Instant, f64)>> = std::sync::Mutex::new(Vec::new());
+
+/// The measured part of a point, after its warm-up: what is counted, and
+/// what the server's and the generator's CPU and model calls are read over.
+/// Read over the whole point instead, the CPU of the warm-up's refusals and
+/// of the seconds the last answers take after the load stops was scaled into
+/// the window, which understated the CPU per refusal by about a fifth.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+impl Window {
+    /// A window of `seconds` that starts `warm` after the load does (now).
+    fn after(warm: Duration, seconds: f64) -> Window {
+        let start = Instant::now() + warm;
+        Window { start, end: start + Duration::from_secs_f64(seconds) }
+    }
+
+    fn contains(&self, at: Instant) -> bool {
+        at >= self.start && at <= self.end
+    }
+}
 
 impl Conn {
     async fn open(port: u16) -> std::io::Result<Conn> {
@@ -128,7 +151,7 @@ impl Conn {
             self.stream.read_exact(&mut self.body).await?;
         }
         if let (Some(queue), Some(estimate)) = (queue_ms, estimate_ms) {
-            LATE_MS.lock().unwrap().push(queue - estimate);
+            LATE_MS.lock().unwrap().push((Instant::now(), queue - estimate));
         }
         Ok((status, keep))
     }
@@ -157,16 +180,9 @@ type Seen = Vec<(f64, u16)>;
 
 /// `clients` connections sending one sentence each, back to back; a refused
 /// sentence is sent again at once.
-async fn closed_loop_retrying(
-    port: u16,
-    requests: Arc<Vec<Vec<u8>>>,
-    clients: usize,
-    warm: Duration,
-    seconds: f64,
-) -> Seen {
+async fn closed_loop_retrying(port: u16, requests: Arc<Vec<Vec<u8>>>, clients: usize, window: Window) -> Seen {
     let next = Arc::new(AtomicUsize::new(0));
-    let warm_until = Instant::now() + warm;
-    let end = warm_until + Duration::from_secs_f64(seconds);
+    let end = window.end;
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let (requests, next) = (requests.clone(), next.clone());
@@ -191,7 +207,7 @@ async fn closed_loop_retrying(
                         conn = None;
                     }
                     let done = Instant::now();
-                    if done >= warm_until && done <= end {
+                    if window.contains(done) {
                         seen.push((done.duration_since(sent).as_secs_f64() * 1000.0, status));
                     }
                     if status == 200 {
@@ -213,11 +229,10 @@ async fn closed_loop_retrying(
 /// an idle connection of a shared pool or a new one; latency from the
 /// scheduled time. Counted: those answered in the measured window (after the
 /// warm-up, before the last arrival), as in the closed loop.
-async fn open_loop_arrivals(port: u16, requests: Arc<Vec<Vec<u8>>>, rate: f64, warm: Duration, seconds: f64) -> Seen {
+async fn open_loop_arrivals(port: u16, requests: Arc<Vec<Vec<u8>>>, rate: f64, warm: Duration, window: Window) -> Seen {
     let pool: Arc<std::sync::Mutex<Vec<Conn>>> = Arc::default();
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let total = warm.as_secs_f64() + seconds;
-    let n = (rate * total) as usize;
+    let start = tokio::time::Instant::from_std(window.start - warm);
+    let n = (rate * (window.end - start.into_std()).as_secs_f64()) as usize;
     let mut tasks = Vec::with_capacity(n);
     // The driver wakes once a millisecond and sends what is due (a timer per
     // arrival cost the generator more CPU than the server spent refusing).
@@ -229,8 +244,7 @@ async fn open_loop_arrivals(port: u16, requests: Arc<Vec<Vec<u8>>>, rate: f64, w
             now = tick.tick().await.max(tokio::time::Instant::now());
         }
         let (pool, requests) = (pool.clone(), requests.clone());
-        let window = (start + warm, start + warm + Duration::from_secs_f64(seconds));
-        let counted = move |at: tokio::time::Instant| at >= window.0 && at <= window.1;
+        let counted = move |at: tokio::time::Instant| window.contains(at.into_std());
         tasks.push(tokio::spawn(async move {
             let idle = pool.lock().unwrap().pop();
             let reused = idle.is_some();
@@ -339,29 +353,36 @@ struct Measured {
     http_cpu: f64,
     model_cpu: f64,
     client_cpu: f64,
-    /// Differences of [`batch_counters`] over the point (warm-up included).
+    /// Differences of [`batch_counters`] over the window.
     batches: Option<[f64; 5]>,
+    /// Queue time less estimate, ms, of the answers that came in the window.
+    late: Vec<f64>,
 }
 
-async fn measure<F: std::future::Future<Output = Seen>>(server: &Server, seconds: f64, load: F) -> Measured {
-    // The counters cover warm-up too: scale them to the measured window.
+/// Runs `load` and reads the CPU and model counters at `window`'s start and end.
+async fn measure<F: std::future::Future<Output = Seen>>(server: &Server, window: Window, load: F) -> Measured {
     let pid = server.child.id();
-    let before = batch_counters(server).await;
-    let ((h0, m0), c0, t0) = (thread_cpu(pid), own_cpu(), Instant::now());
-    let seen = load.await;
-    let ((h1, m1), c1) = (thread_cpu(pid), own_cpu());
-    let share = seconds / t0.elapsed().as_secs_f64();
-    let batches = match (before, batch_counters(server).await) {
+    let read = || async { (thread_cpu(pid), own_cpu(), batch_counters(server).await) };
+    let at_edges = async {
+        tokio::time::sleep_until(window.start.into()).await;
+        let start = read().await;
+        tokio::time::sleep_until(window.end.into()).await;
+        (start, read().await)
+    };
+    let (seen, (((h0, m0), c0, before), ((h1, m1), c1, after))) = tokio::join!(load, at_edges);
+    let batches = match (before, after) {
         (Some(b), Some(a)) => Some(std::array::from_fn(|i| a[i] - b[i])),
         _ => None,
     };
+    let late = std::mem::take(&mut *LATE_MS.lock().unwrap());
     Measured {
         seen,
-        seconds,
-        http_cpu: (h1 - h0) * share,
-        model_cpu: (m1 - m0) * share,
-        client_cpu: (c1 - c0) * share,
+        seconds: (window.end - window.start).as_secs_f64(),
+        http_cpu: h1 - h0,
+        model_cpu: m1 - m0,
+        client_cpu: c1 - c0,
         batches,
+        late: late.into_iter().filter(|(at, _)| window.contains(*at)).map(|(_, ms)| ms).collect(),
     }
 }
 
@@ -392,7 +413,7 @@ fn point(model: &str, route: &str, load: String, m: &Measured, capacity: Option<
         refused_per_s: refused.len() as f64 / m.seconds,
         p50_ms: percentile(&mut ok, 0.5),
         p99_ms: percentile(&mut ok, 0.99),
-        late_p99_ms: percentile(&mut std::mem::take(&mut *LATE_MS.lock().unwrap()), 0.99),
+        late_p99_ms: percentile(&mut m.late.clone(), 0.99),
         refused_p99_ms: percentile(&mut refused, 0.99),
         http_cpu_s: m.http_cpu,
         model_cpu_s: m.model_cpu,
@@ -452,12 +473,8 @@ pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], setti
             let requests = requests_for(route, texts);
             let mut capacity: Option<(f64, f64)> = None;
             for &clients in &args.overload_clients {
-                let m = measure(
-                    &server,
-                    args.seconds,
-                    closed_loop_retrying(port, requests.clone(), clients, warm, args.seconds),
-                )
-                .await;
+                let window = Window::after(warm, args.seconds);
+                let m = measure(&server, window, closed_loop_retrying(port, requests.clone(), clients, window)).await;
                 let p = point(&model, route, format!("closed {clients}"), &m, capacity);
                 if capacity.is_none() {
                     capacity = Some((p.answered_per_s, m.http_cpu / p.answered.max(1) as f64));
@@ -467,12 +484,9 @@ pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], setti
             }
             let (per_s, _) = capacity.context("--overload-clients is empty")?;
             for &times in &args.overload_open {
-                let m = measure(
-                    &server,
-                    args.seconds,
-                    open_loop_arrivals(port, requests.clone(), per_s * times, warm, args.seconds),
-                )
-                .await;
+                let window = Window::after(warm, args.seconds);
+                let rate = per_s * times;
+                let m = measure(&server, window, open_loop_arrivals(port, requests.clone(), rate, warm, window)).await;
                 points.push(point(&model, route, format!("open {times:.0}x"), &m, capacity));
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
@@ -486,6 +500,7 @@ pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], setti
                 model_cpu: f64::NAN,
                 client_cpu: f64::NAN,
                 batches: None,
+                late: std::mem::take(&mut *LATE_MS.lock().unwrap()).into_iter().map(|(_, ms)| ms).collect(),
             };
             points.push(point(&model, route, "burst 512".into(), &m, None));
             let problems = server.log_problems()?;
