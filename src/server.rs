@@ -282,7 +282,7 @@ pub fn runtime(settings: &Settings) -> std::io::Result<tokio::runtime::Runtime> 
 /// sooner and refused for less CPU past capacity than two (BENCHMARKS.md,
 /// "Overload: one HTTP thread"). On a GPU the cores are the HTTP side's.
 pub fn http_threads(settings: &Settings) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::threads::cores();
     match (settings.server.http_threads, settings.model.execution_provider) {
         (0, ExecutionProvider::Cpu) => (cores / 2).max(1),
         (0, ExecutionProvider::Cuda) => cores,
@@ -351,7 +351,7 @@ mod tests {
         settings.server.http_threads = 3;
         assert_eq!(workers(&settings), 3);
         settings.server.http_threads = 0;
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = crate::threads::cores();
         settings.model.execution_provider = ExecutionProvider::Cpu;
         assert_eq!(workers(&settings), (cores / 2).max(1));
         settings.model.execution_provider = ExecutionProvider::Cuda;

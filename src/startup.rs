@@ -369,7 +369,7 @@ fn heads_graph_parallelism(settings: &Settings, one_sequence_per_call: bool, qua
         let sessions = if configured > 0 { configured } else { settings.batching.sessions };
         return (sessions, settings.model.intra_threads);
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = crate::threads::cores();
     if quantised_bytes > PARALLEL_SESSIONS_MAX_QUANTISED_BYTES {
         return (1, cores);
     }
@@ -547,7 +547,7 @@ mod tests {
     #[test]
     fn a_per_call_graph_runs_parallel_sessions_only_where_its_quantised_weights_are_small() {
         let mut settings = Settings::defaults();
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = crate::threads::cores();
         let (minilm, mpnet) = (11 << 20, 85 << 20);
         assert_eq!(heads_graph_parallelism(&settings, true, minilm), (cores.min(4), cores / cores.min(4)));
         assert_eq!(heads_graph_parallelism(&settings, true, mpnet), (1, cores), "held twice: one session");

@@ -33,6 +33,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// The cores this process may run on (its affinity mask and cgroup quota, as
+/// the standard library reads them), at least one: what thread counts of 0
+/// (`model.intra_threads`, `server.http_threads`) are derived from.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// How long after the last refusal the HTTP threads go on yielding.
 pub const CALM: Duration = Duration::from_secs(1);
 

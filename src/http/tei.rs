@@ -453,7 +453,7 @@ fn info_of(state: &AppState, model_type: serde_json::Value) -> TeiInfo {
         max_batch_requests: Some(s.batching.max_batch_size),
         max_client_batch_size: s.limits.max_pooled_inputs,
         auto_truncate: false,
-        tokenization_workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        tokenization_workers: crate::threads::cores(),
         version: env!("CARGO_PKG_VERSION").into(),
         sha: None,
         docker_label: None,

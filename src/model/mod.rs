@@ -449,11 +449,7 @@ fn session_with(
     s: &ModelSettings,
     device: Device<'_>,
 ) -> Result<Session, String> {
-    let threads = if s.intra_threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    } else {
-        s.intra_threads
-    };
+    let threads = if s.intra_threads == 0 { crate::threads::cores() } else { s.intra_threads };
     let builder = Session::builder(env).map_err(|e| e.to_string())?;
     let builder = builder
         .with_intra_threads(threads)

@@ -219,8 +219,7 @@ pub(in crate::heads) fn parallel_map_until<T: Sync, R: Send>(
     deadline: Option<Instant>,
     f: impl Fn(&T) -> R + Sync,
 ) -> Vec<Option<R>> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let threads = threads.unwrap_or(cores).min(items.len()).max(1);
+    let threads = threads.unwrap_or_else(crate::threads::cores).min(items.len()).max(1);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<std::sync::Mutex<Option<R>>> = items.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|scope| {
