@@ -83,6 +83,50 @@ impl CallCost {
     }
 }
 
+/// What queued live work costs the workers, from their fits (averaged: the
+/// queue is shared out over them).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct QueuedWork {
+    per_call: f64,
+    per_token: f64,
+    padding: f64,
+    workers: f64,
+    max_batch_size: usize,
+    max_batch_tokens: usize,
+}
+
+impl QueuedWork {
+    /// None without a fit.
+    pub(super) fn of(fits: &[CostModel], config: &BatcherConfig) -> Option<QueuedWork> {
+        if fits.is_empty() {
+            return None;
+        }
+        let workers = fits.len() as f64;
+        let mean = |f: fn(&CostModel) -> f64| fits.iter().map(f).sum::<f64>() / workers;
+        Some(QueuedWork {
+            per_call: mean(|c| c.per_call),
+            per_token: mean(|c| c.per_token),
+            padding: mean(|c| c.padding),
+            workers,
+            max_batch_size: config.max_batch_size.max(1),
+            max_batch_tokens: config.max_batch_tokens,
+        })
+    }
+
+    /// Model time of `items` sequences of `tokens` real tokens, in calls of
+    /// `call_size` sequences or the token budget.
+    pub(super) fn time(&self, items: usize, tokens: usize, call_size: f64) -> Duration {
+        let padded = tokens as f64 * self.padding;
+        let calls = (items as f64 / call_size.clamp(1.0, self.max_batch_size as f64))
+            .ceil()
+            .max((padded / self.max_batch_tokens as f64).ceil())
+            .max(1.0);
+        // A wait too long for a Duration is a wait past any bound.
+        Duration::try_from_secs_f64((calls * self.per_call + padded * self.per_token) / self.workers)
+            .unwrap_or(Duration::MAX)
+    }
+}
+
 /// How many live sequences a model call takes while more are queued behind
 /// it: what the queue's work is divided into calls by. The planner groups by
 /// length among the sequences that arrived within the overtaking bound of the

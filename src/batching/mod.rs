@@ -23,7 +23,7 @@ mod cost;
 mod planner;
 mod worker;
 
-use cost::{BacklogCallSize, CallCost, CostModel};
+use cost::{BacklogCallSize, CallCost, CostModel, QueuedWork};
 pub use planner::plan_batch;
 use planner::tokens_of;
 use worker::worker_loop;
@@ -281,6 +281,23 @@ impl Shared {
         // turn every later request into a 500.
         self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// What queued live work costs by the workers' fits (None: no worker has
+    /// measured its calls yet).
+    fn queued_work(&self) -> Option<QueuedWork> {
+        let fits: Vec<CostModel> =
+            self.call_cost.iter().filter_map(|c| *c.lock().unwrap_or_else(|p| p.into_inner())).collect();
+        QueuedWork::of(&fits, &self.config)
+    }
+
+    /// Estimated model time of `items` live sequences of `tokens` real tokens
+    /// queued now, in calls of `call_size` sequences (see [`QueuedWork::time`]).
+    fn queued_work_time(&self, items: usize, tokens: usize, call_size: f64) -> Option<Duration> {
+        if tokens == 0 {
+            return Some(Duration::ZERO);
+        }
+        Some(self.queued_work()?.time(items, tokens, call_size))
+    }
 }
 
 /// Totals since start, for metrics and tests.
@@ -483,7 +500,7 @@ impl Batcher {
     pub fn estimate(&self, items: usize, tokens: usize) -> Option<Duration> {
         // One request on its own: its sequences arrived together, and the
         // planner may put up to the batch size in a call.
-        self.queued_work_time(items, tokens, self.shared.config.max_batch_size as f64)
+        self.shared.queued_work_time(items, tokens, self.shared.config.max_batch_size as f64)
     }
 
     /// For batch jobs on a plain thread (head training): their own lane past
@@ -566,7 +583,7 @@ impl Batcher {
         let s = &self.shared;
         // Queued requests run in calls of the size calls have had with a backlog.
         let call_size = s.backlog_call_size.get().unwrap_or(s.config.max_batch_size as f64);
-        let Some(queued) = self.queued_work_time(queue.live_items, queue.live_tokens, call_size) else {
+        let Some(queued) = s.queued_work_time(queue.live_items, queue.live_tokens, call_size) else {
             return Ok(None);
         };
         // The calls in progress finish first: a request arriving at the start
@@ -597,31 +614,6 @@ impl Batcher {
         let now = s.started.elapsed().as_millis() as u64;
         let left_ms: u64 = s.busy_until_ms.iter().map(|until| until.load(Ordering::Relaxed).saturating_sub(now)).sum();
         Duration::from_millis(left_ms / s.busy_until_ms.len().max(1) as u64)
-    }
-
-    /// Estimated model time of `items` live sequences of `tokens` real tokens
-    /// queued now, in calls of `call_size` sequences or the token budget
-    /// (None: no worker has measured its calls yet).
-    fn queued_work_time(&self, items: usize, tokens: usize, call_size: f64) -> Option<Duration> {
-        let s = &self.shared;
-        if tokens == 0 {
-            return Some(Duration::ZERO);
-        }
-        let fits: Vec<CostModel> =
-            s.call_cost.iter().filter_map(|c| *c.lock().unwrap_or_else(|p| p.into_inner())).collect();
-        if fits.is_empty() {
-            return None;
-        }
-        let workers = fits.len() as f64;
-        let mean = |f: fn(&CostModel) -> f64| fits.iter().map(f).sum::<f64>() / workers;
-        let (per_call, per_token, padding) = (mean(|c| c.per_call), mean(|c| c.per_token), mean(|c| c.padding));
-        let padded = tokens as f64 * padding;
-        let calls = (items as f64 / call_size.clamp(1.0, s.config.max_batch_size.max(1) as f64))
-            .ceil()
-            .max((padded / s.config.max_batch_tokens as f64).ceil())
-            .max(1.0);
-        // A wait too long for a Duration is a wait past any bound.
-        Some(Duration::try_from_secs_f64((calls * per_call + padded * per_token) / workers).unwrap_or(Duration::MAX))
     }
 
     /// Whether `queue` can take `n` more sequences; a refusal is counted.

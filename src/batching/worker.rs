@@ -7,10 +7,33 @@ use super::*;
 /// How many batches' worth of the oldest queued sequences the planner looks at.
 const PLAN_WINDOW_BATCHES: usize = 4;
 
-/// How much newer than the oldest live sequence a sequence may be to join
-/// its batch: a tenth of `max_queue_wait` (None when that is 0: no bound).
+/// How much newer work may overtake a live sequence by joining an older
+/// one's batch: a tenth of `max_queue_wait` (None when that is 0: no bound).
 fn overtaking_bound(config: &BatcherConfig) -> Option<Duration> {
     (!config.max_queue_wait.is_zero()).then(|| config.max_queue_wait / 10)
+}
+
+/// The latest arrival that may join the oldest live sequence's batch: one
+/// that came within `bound` of it and behind at most `bound` of queued work
+/// (by the workers' fits, with the sequence whose work crosses it; None when
+/// nothing live is queued). By arrival time alone, a burst (or open-loop
+/// arrivals at ten times the capacity) put many bounds of work within it,
+/// and a sequence admitted on an empty queue's estimate waited seconds past it.
+fn join_by(shared: &Shared, queue: &Queue, bound: Duration) -> Option<Instant> {
+    let mut arrivals: Vec<(Instant, usize)> =
+        queue.items.iter().filter(|item| !item.job.background).map(|item| (item.job.queued_at, item.len())).collect();
+    arrivals.sort_unstable_by_key(|&(at, _)| at);
+    let by = arrivals.first()?.0 + bound;
+    let Some(work) = shared.queued_work() else { return Some(by) };
+    let call_size = shared.backlog_call_size.get().unwrap_or(shared.config.max_batch_size as f64);
+    let mut tokens = 0;
+    for (n, &(at, len)) in arrivals.iter().enumerate().take_while(|(_, (at, _))| *at <= by) {
+        tokens += len;
+        if work.time(n + 1, tokens, call_size) > bound {
+            return Some(at);
+        }
+    }
+    Some(by)
 }
 
 /// Sequences of one job per round of the fair order.
@@ -126,14 +149,10 @@ pub(super) fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     // lengths. Over the whole window, under overload each batch also took
     // the newest of its length, and a sequence waited about twice what
     // admission had estimated (the work queued ahead of it): p99 twice
-    // `max_queue_wait`. Only sequences that arrived within a tenth of that
-    // bound after the oldest may join its batch, so that a sequence is
-    // overtaken by at most that much newer work.
-    let join_by = overtaking_bound(config).and_then(|bound| {
-        let oldest_live =
-            queue.items.iter().filter(|item| !item.job.background).map(|item| item.job.queued_at).min()?;
-        Some(oldest_live + bound)
-    });
+    // `max_queue_wait`. Only sequences within a tenth of that bound after the
+    // oldest may join its batch, so that a sequence is overtaken by at most
+    // that much newer work.
+    let join_by = overtaking_bound(config).and_then(|bound| join_by(shared, &queue, bound));
     let may_join = |item: &Item| item.job.background || join_by.is_none_or(|by| item.job.queued_at <= by);
     let mut order: Vec<usize> = (0..queue.items.len()).filter(|&i| may_join(&queue.items[i])).collect();
     if order.len() > window {
