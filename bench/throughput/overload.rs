@@ -315,36 +315,38 @@ async fn burst(port: u16, requests: Arc<Vec<Vec<u8>>>, n: usize, idle: Duration)
     seen
 }
 
-/// CPU seconds so far of a process's threads, by whether tokio runs them (HTTP,
-/// tokenizing, JSON) or not (the model's workers and ONNX Runtime's threads).
+/// CPU seconds so far of a process: the model's (its workers' and ONNX
+/// Runtime's threads, which live as long as it) and the rest (tokio's threads:
+/// HTTP, tokenizing, JSON). The rest is the process's total, which keeps the
+/// CPU of threads that have exited, less the model's: tokio's blocking
+/// threads (tokenizing) exit after 10 s idle, and a sum over live threads
+/// lost their CPU (an HTTP CPU of -17 s over a point).
 fn thread_cpu(pid: u32) -> (f64, f64) {
-    let tick = 100.0; // USER_HZ on Linux
-    let (mut http, mut model) = (0.0, 0.0);
+    let total = stat_cpu(&format!("/proc/{pid}/stat"));
+    let mut model = 0.0;
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return (f64::NAN, f64::NAN) };
     for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let comm = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the comm.
-        let ticks: f64 =
-            fields.get(11..13).map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()).unwrap_or(0.0);
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         // ONNX Runtime's threads are named `onnxruntime` (src/model/mod.rs), the
         // queue's workers after their runtime.
-        if comm.starts_with("tokio") {
-            http += ticks / tick;
-        } else if comm.starts_with("onnxruntime") || comm.starts_with("encoder-") || comm.starts_with("classifier-") {
-            model += ticks / tick;
+        if comm.starts_with("onnxruntime") || comm.starts_with("encoder-") || comm.starts_with("classifier-") {
+            model += stat_cpu(&task.path().join("stat").to_string_lossy());
         }
     }
-    (http, model)
+    (total - model, model)
 }
 
-fn own_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// utime + stime of a /proc stat file, seconds (fields 14 and 15, 11 and 12
+/// after the command's name, which may hold spaces).
+fn stat_cpu(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let close = stat.rfind(')').unwrap_or(0);
     let fields: Vec<&str> = stat.get(close + 2..).unwrap_or("").split(' ').collect();
     fields.get(11..13).map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum::<f64>() / 100.0).unwrap_or(f64::NAN)
+}
+
+fn own_cpu() -> f64 {
+    stat_cpu("/proc/self/stat")
 }
 
 struct Measured {

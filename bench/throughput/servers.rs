@@ -25,7 +25,37 @@ impl Server {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .with_context(|| format!("cannot start {} (build it: cargo build --release)", args.bin.display()))?;
-        Server { child, port, log, name: "distilserve" }.ready("/health/ready")
+        Server { child, port, log, name: "distilserve" }.ready("/health/ready")?.settled()
+    }
+
+    /// Waits until no head is training on a second graph. Ready once a new
+    /// head is trained on the heads' graph, the service then trains it on the
+    /// exact graph to compare the two (`graphs` of GET /heads/{name}): on a
+    /// fresh start with no head file, two minutes of extraction and fitting
+    /// that took half the model's CPU from whatever point was measured then.
+    fn settled(self) -> anyhow::Result<Server> {
+        let started = Instant::now();
+        let training = |server: &Server| -> anyhow::Result<bool> {
+            let list = get_json(server.port, "/heads")?;
+            let names = list["heads"].as_array().into_iter().flatten().filter_map(|h| h["name"].as_str());
+            for name in names {
+                let head = get_json(server.port, &format!("/heads/{name}"))?;
+                if head["graphs"].as_array().into_iter().flatten().any(|g| g["phase"] == "training") {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        while training(&self)? {
+            if started.elapsed() > Duration::from_secs(900) {
+                bail!("a head still training on a second graph after 900 s; log: {}", self.log.display());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        if started.elapsed() > Duration::from_secs(1) {
+            eprintln!("  heads compared on both graphs after {:.1} s more", started.elapsed().as_secs_f64());
+        }
+        Ok(self)
     }
 
     pub(crate) fn infinity(model_dir: &Path, hf_model: &Path, threads: usize) -> anyhow::Result<Server> {
@@ -106,4 +136,19 @@ impl Drop for Server {
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// GET `path` on 127.0.0.1:`port` (one request, `connection: close`), its JSON body.
+fn get_json(port: u16, path: &str) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(serde_json::from_str(body)?)
 }
