@@ -10,8 +10,9 @@
 //!
 //! Per point: answered/s and its ratio to the capacity, refusals/s, p50/p99 of
 //! the answered (each attempt timed alone), and the CPU the server's HTTP
-//! threads spent per refusal: their CPU time less what the answered requests
-//! cost them at capacity (where nothing is refused), over the refusals.
+//! side spent per refusal: the process's CPU outside the model's threads less
+//! what the answered requests cost it at capacity (where nothing is refused),
+//! over the refusals.
 //!
 //! The client is a few lines of raw HTTP/1.1 over keep-alive connections, so
 //! that the load generator takes as little of the shared CPU as `wrk` does.
