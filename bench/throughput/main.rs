@@ -145,7 +145,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = Settings::load(None, &Default::default())?;
     let texts = Dataset::open(&args.data)?.split("test")?.texts;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = distilserve::threads::cores();
     std::fs::create_dir_all(&args.out)?;
     let mut report = Report::new(&args, threads, texts.len());
 

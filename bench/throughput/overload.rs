@@ -454,7 +454,7 @@ fn point(model: &str, route: &str, load: String, m: &Measured, capacity: Option<
 pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], settings: &Settings) -> anyhow::Result<()> {
     let model_dirs =
         if args.model_dirs.is_empty() { vec![settings.model.dir.clone()] } else { args.model_dirs.clone() };
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = distilserve::threads::cores();
     let warm = Duration::from_secs_f64(args.seconds / 5.0);
     let mut points = Vec::new();
     let mut ceilings = Vec::new();

@@ -95,9 +95,8 @@ impl Server {
             if let Some(status) = self.child.try_wait()? {
                 bail!("{} exited with {status}; log: {}", self.name, self.log.display());
             }
-            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                use std::io::{Read, Write};
-                let _ = write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            if let Ok(mut stream) = send_get(self.port, path) {
+                use std::io::Read;
                 let mut head = [0u8; 12];
                 if stream.read_exact(&mut head).is_ok() && &head[9..12] == b"200" {
                     eprintln!("  {} ready on :{} after {:.1} s", self.name, self.port, started.elapsed().as_secs_f64());
@@ -138,11 +137,18 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// GET `path` on 127.0.0.1:`port` (one request, `connection: close`), its JSON body.
-fn get_json(port: u16, path: &str) -> anyhow::Result<serde_json::Value> {
-    use std::io::{Read, Write};
+/// Sends GET `path` to 127.0.0.1:`port` (one request, `connection: close`).
+fn send_get(port: u16, path: &str) -> std::io::Result<std::net::TcpStream> {
+    use std::io::Write;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+    Ok(stream)
+}
+
+/// GET `path` on 127.0.0.1:`port`, its JSON body.
+fn get_json(port: u16, path: &str) -> anyhow::Result<serde_json::Value> {
+    use std::io::Read;
+    let mut stream = send_get(port, path)?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response);
