@@ -1,4 +1,5 @@
-//! The in-process ceiling: the ONNX session called directly, the in-flight bound, the runtime-settings sweep.
+//! The in-process ceiling: the ONNX session called directly, the in-flight bound and its sweep over
+//! in-flight counts and call overheads, the runtime-settings sweep.
 
 use super::*;
 
@@ -81,8 +82,22 @@ pub(crate) fn in_flight_bound(
     planner: &BatcherConfig,
     texts: &[String],
 ) -> anyhow::Result<InFlightBound> {
-    const IN_FLIGHT: usize = 32;
     let mut model = Model::load(settings, 1)?;
+    let mut run = in_flight_runner(&mut model, planner, texts, 32)?;
+    run(false)?; // warm-up
+    let bound = InFlightBound { all_queued: run(false)?.0, lagged: run(true)?.0 };
+    eprintln!("  all queued: {:.0} sentences/s; replacements one call late: {:.0}/s", bound.all_queued, bound.lagged);
+    Ok(bound)
+}
+
+/// One pass of the test set through `plan_batch` with `in_flight` sequences in
+/// flight: sentences/s, mean sequences per call, padded over real tokens.
+pub(crate) fn in_flight_runner<'a>(
+    model: &'a mut Model,
+    planner: &'a BatcherConfig,
+    texts: &[String],
+    in_flight: usize,
+) -> anyhow::Result<impl FnMut(bool) -> anyhow::Result<(f64, f64, f64)> + 'a> {
     let seqs = model.tokenizer.encode_all(texts, true)?;
     // A fixed shuffle (xorshift), so that every run and model sees the same arrivals.
     let mut order: Vec<usize> = (0..seqs.len()).collect();
@@ -93,11 +108,11 @@ pub(crate) fn in_flight_bound(
         x ^= x << 17;
         order.swap(i, (x % (i as u64 + 1)) as usize);
     }
-    let mut run = |lagged: bool| -> anyhow::Result<f64> {
+    Ok(move |lagged: bool| -> anyhow::Result<(f64, f64, f64)> {
         let mut arrivals = order.iter().cycle().map(|&i| &seqs[i]);
-        let mut queue: Vec<&Tokenized> = arrivals.by_ref().take(IN_FLIGHT).collect();
+        let mut queue: Vec<&Tokenized> = arrivals.by_ref().take(in_flight).collect();
         let mut returning: Vec<&Tokenized> = Vec::new();
-        let (started, mut done) = (Instant::now(), 0);
+        let (started, mut done, mut calls, mut real, mut padded) = (Instant::now(), 0, 0, 0, 0);
         while done < seqs.len() {
             let lengths: Vec<usize> = queue.iter().map(|s| s.len()).collect();
             let mut picked = plan_batch(&lengths, planner);
@@ -105,18 +120,49 @@ pub(crate) fn in_flight_bound(
             let batch: Vec<&Tokenized> = picked.iter().map(|&p| queue.remove(p)).collect();
             model.sessions[0].encode(&batch)?;
             done += batch.len();
+            calls += 1;
+            real += batch.iter().map(|s| s.len()).sum::<usize>();
+            padded += batch.len() * batch.iter().map(|s| s.len()).max().unwrap_or(0);
             queue.append(&mut returning);
             returning.extend(arrivals.by_ref().take(batch.len()));
             if !lagged {
                 queue.append(&mut returning);
             }
         }
-        Ok(done as f64 / started.elapsed().as_secs_f64())
-    };
-    run(false)?; // warm-up
-    let bound = InFlightBound { all_queued: run(false)?, lagged: run(true)? };
-    eprintln!("  all queued: {:.0} sentences/s; replacements one call late: {:.0}/s", bound.all_queued, bound.lagged);
-    Ok(bound)
+        Ok((done as f64 / started.elapsed().as_secs_f64(), done as f64 / calls as f64, padded as f64 / real as f64))
+    })
+}
+
+pub(crate) fn planner_sweep(
+    model_settings: &ModelSettings,
+    settings: &Settings,
+    texts: &[String],
+    in_flight: &[usize],
+    overheads: &[usize],
+) -> anyhow::Result<()> {
+    let before = ceiling(model_settings, texts, 1)?.sentences_per_s;
+    let mut model = Model::load(model_settings, 1)?;
+    let mut rows = Vec::new();
+    for &overhead in overheads {
+        let mut planner = BatcherConfig::new(&settings.batching, &settings.limits);
+        planner.call_overhead_tokens = overhead;
+        for &n in in_flight {
+            let mut run = in_flight_runner(&mut model, &planner, texts, n)?;
+            let (per_s, size, padding) = run(true)?;
+            eprintln!(
+                "  in flight {n}, call overhead {overhead}: {per_s:.1}/s, {size:.1} a call, padding {padding:.2}"
+            );
+            rows.push((n, overhead, per_s, size, padding));
+        }
+    }
+    let after = ceiling(model_settings, texts, 1)?.sentences_per_s;
+    let mean = (before + after) / 2.0;
+    println!("ceiling {before:.1} / {after:.1} sentences/s");
+    println!("| in flight | call overhead | sentences/s | x ceiling | a call | padding |\n|---|---|---|---|---|---|");
+    for (n, overhead, per_s, size, padding) in rows {
+        println!("| {n} | {overhead} | {per_s:.1} | {:.2} | {size:.1} | {padding:.2} |", per_s / mean);
+    }
+    Ok(())
 }
 
 pub(crate) fn sweep(settings: &Settings, texts: &[String], threads: usize) -> anyhow::Result<Vec<Ceiling>> {

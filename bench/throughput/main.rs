@@ -136,6 +136,15 @@ pub(crate) struct Args {
     /// Extra flags for `distilserve serve` (e.g. --model-file model.int8.onnx).
     #[arg(long, allow_hyphen_values = true, num_args = 1..)]
     pub(crate) serve_flags: Vec<String>,
+    /// Instead of the benchmark: in-process, the first model fed by the
+    /// service's planner with this many sequences in flight (replacements one
+    /// call late), for each of --planner-overheads; sentences/s against the
+    /// sorted ceiling, sequences per call, padding.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) planner_sweep: Vec<usize>,
+    /// `call_overhead_tokens` values of --planner-sweep.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64")]
+    pub(crate) planner_overheads: Vec<usize>,
     // `cargo bench` passes --bench to every bench target.
     #[arg(long, hide = true)]
     pub(crate) bench: bool,
@@ -167,6 +176,12 @@ fn main() -> anyhow::Result<()> {
     }
     let model_dirs =
         if args.model_dirs.is_empty() { vec![settings.model.dir.clone()] } else { args.model_dirs.clone() };
+    if !args.planner_sweep.is_empty() {
+        let mut model_settings = settings.model.clone();
+        model_settings.intra_threads = threads;
+        model_settings.dir = model_dirs[0].clone();
+        return planner_sweep(&model_settings, &settings, &texts, &args.planner_sweep, &args.planner_overheads);
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let planner = BatcherConfig::new(&settings.batching, &settings.limits);
     for (m, dir) in model_dirs.iter().enumerate() {
