@@ -8,28 +8,58 @@ use super::*;
 const PLAN_WINDOW_BATCHES: usize = 4;
 
 /// How much newer work may overtake a live sequence by joining an older
-/// one's batch: a tenth of `max_queue_wait` (None when that is 0: no bound).
+/// one's batch when the queue leaves no room for more: a tenth of
+/// `max_queue_wait` (None when that is 0: no bound). See [`join_by`].
 fn overtaking_bound(config: &BatcherConfig) -> Option<Duration> {
     (!config.max_queue_wait.is_zero()).then(|| config.max_queue_wait / 10)
 }
 
-/// The latest arrival that may join the oldest live sequence's batch: one
-/// that came within `bound` of it and behind at most `bound` of queued work
-/// (by the workers' fits, with the sequence whose work crosses it; None when
-/// nothing live is queued). By arrival time alone, a burst (or open-loop
-/// arrivals at ten times the capacity) put many bounds of work within it,
-/// and a sequence admitted on an empty queue's estimate waited seconds past it.
-fn join_by(shared: &Shared, queue: &Queue, bound: Duration) -> Option<Instant> {
-    let mut arrivals: Vec<(Instant, usize)> =
-        queue.items.iter().filter(|item| !item.job.background).map(|item| (item.job.queued_at, item.len())).collect();
+/// The latest arrival that may join the oldest live sequence's batch.
+///
+/// Reordering delays only the sequences it passes over, all of them in the
+/// pool of the oldest queued work (by arrival) that the batch is chosen from.
+/// While the whole pool would be computed before the oldest is due
+/// (`max_queue_wait` after it was queued, or its deadline), every sequence in it still finishes
+/// in time whatever the order, so the pool is as much work as that allows:
+/// longer runs of one length, fuller calls (all-mpnet-base-v2, in-process:
+/// 128 sequences in flight ran 1.15x the sentences/s of 24, BENCHMARKS.md).
+/// Past that (a queue held at the bound by admission), the pool is the work
+/// within `floor` of the oldest, by arrival and by the workers' fits, with the
+/// sequence whose work crosses it: newer work overtakes by at most that. By
+/// arrival time alone, a burst (or open-loop arrivals at ten times the
+/// capacity) put many bounds of work within it, and a sequence admitted on an
+/// empty queue's estimate waited seconds past it. None when nothing live is queued.
+fn join_by(shared: &Shared, queue: &Queue, floor: Duration, now: Instant) -> Option<Instant> {
+    let live = || queue.items.iter().filter(|item| !item.job.background);
+    let mut arrivals: Vec<(Instant, usize)> = live().map(|item| (item.job.queued_at, item.len())).collect();
     arrivals.sort_unstable_by_key(|&(at, _)| at);
-    let by = arrivals.first()?.0 + bound;
-    let Some(work) = shared.queued_work() else { return Some(by) };
+    // When the oldest is due: its bound, or an earlier deadline of any (a
+    // request timeout shorter than the bound).
+    let due = live().map(|item| item.job.deadline).min()?.min(arrivals.first()?.0 + shared.config.max_queue_wait);
+    let work = shared.queued_work();
     let call_size = shared.backlog_call_size.get().unwrap_or(shared.config.max_batch_size as f64);
+    let price = work.as_ref().map(|work| move |items, tokens| work.time(items, tokens, call_size));
+    latest_joiner(&arrivals, now, due, floor, price)
+}
+
+/// [`join_by`] over the queued live sequences' (arrival, tokens), oldest
+/// first, the oldest `due` then, with `price` the model time of the first `n`
+/// holding `tokens` (None: no fit yet; then by arrival time alone).
+fn latest_joiner(
+    arrivals: &[(Instant, usize)],
+    now: Instant,
+    due: Instant,
+    floor: Duration,
+    price: Option<impl Fn(usize, usize) -> Duration>,
+) -> Option<Instant> {
+    let oldest = arrivals.first()?.0;
+    let allowance = floor.max(due.saturating_duration_since(now));
+    let by = oldest + allowance;
+    let Some(price) = price else { return Some(by) };
     let mut tokens = 0;
     for (n, &(at, len)) in arrivals.iter().enumerate().take_while(|(_, (at, _))| *at <= by) {
         tokens += len;
-        if work.time(n + 1, tokens, call_size) > bound {
+        if price(n + 1, tokens) > allowance {
             return Some(at);
         }
     }
@@ -146,13 +176,8 @@ pub(super) fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     let key = |item: &Item| (item.job.background, item.index / FAIR_QUANTUM, item.job.number, item.index);
     let window = queue.items.len().min(config.max_batch_size.saturating_mul(PLAN_WINDOW_BATCHES));
     // Grouping by length lets newer sequences overtake older ones of other
-    // lengths. Over the whole window, under overload each batch also took
-    // the newest of its length, and a sequence waited about twice what
-    // admission had estimated (the work queued ahead of it): p99 twice
-    // `max_queue_wait`. Only sequences within a tenth of that bound after the
-    // oldest may join its batch, so that a sequence is overtaken by at most
-    // that much newer work.
-    let join_by = overtaking_bound(config).and_then(|bound| join_by(shared, &queue, bound));
+    // lengths: only as far as keeps the pool within the bound (`join_by`).
+    let join_by = overtaking_bound(config).and_then(|floor| join_by(shared, &queue, floor, Instant::now()));
     let may_join = |item: &Item| item.job.background || join_by.is_none_or(|by| item.job.queued_at <= by);
     let mut order: Vec<usize> = (0..queue.items.len()).filter(|&i| may_join(&queue.items[i])).collect();
     if order.len() > window {
@@ -177,4 +202,58 @@ pub(super) fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     drop(queue);
     batch.sort_by_key(Item::len);
     Some(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUND: Duration = Duration::from_secs(5);
+    const FLOOR: Duration = Duration::from_millis(500);
+
+    /// 10 ms a token.
+    fn price() -> Option<impl Fn(usize, usize) -> Duration> {
+        Some(|_items, tokens: usize| Duration::from_millis(10 * tokens as u64))
+    }
+
+    /// Sequences of 10 tokens (100 ms) arriving every `gap_ms` from `start`.
+    fn arrivals(start: Instant, n: usize, gap_ms: u64) -> Vec<(Instant, usize)> {
+        (0..n).map(|i| (start + Duration::from_millis(gap_ms * i as u64), 10)).collect()
+    }
+
+    #[test]
+    fn with_room_before_the_oldest_is_due_the_whole_pool_may_be_reordered() {
+        let start = Instant::now();
+        // 30 x 100 ms queued, the oldest waited 1 s: 3 s of work fits in the 4 s it has left.
+        let queued = arrivals(start, 30, 10);
+        let by = latest_joiner(&queued, start + Duration::from_secs(1), start + BOUND, FLOOR, price());
+        assert!(by.unwrap() >= queued[29].0, "{:?}", by.map(|b| b - start));
+    }
+
+    #[test]
+    fn without_room_newer_work_joins_within_the_floor_only() {
+        let start = Instant::now();
+        let queued = arrivals(start, 30, 10);
+        // The oldest waited 4.8 s: 200 ms left, under the floor of 500 ms of work:
+        // the sixth sequence's work crosses it, and is the latest that may join.
+        let by = latest_joiner(&queued, start + Duration::from_millis(4800), start + BOUND, FLOOR, price());
+        assert_eq!(by, Some(queued[5].0));
+        // 1.2 s left: twelve sequences.
+        let by = latest_joiner(&queued, start + Duration::from_millis(3800), start + BOUND, FLOOR, price());
+        assert_eq!(by, Some(queued[12].0));
+    }
+
+    #[test]
+    fn newer_arrivals_join_within_the_allowance_by_time_too() {
+        let start = Instant::now();
+        // One sequence a second: the oldest waited 4.8 s, so only what arrived
+        // within the floor after it may join, whatever its work.
+        let queued = arrivals(start, 5, 1000);
+        let by = latest_joiner(&queued, start + Duration::from_millis(4800), start + BOUND, FLOOR, price());
+        assert_eq!(by, Some(start + FLOOR));
+        // Without a fit, by time alone.
+        let none: Option<fn(usize, usize) -> Duration> = None;
+        assert_eq!(latest_joiner(&queued, start, start + BOUND, FLOOR, none), Some(start + BOUND));
+        assert_eq!(latest_joiner(&[], start, start + BOUND, FLOOR, price()), None);
+    }
 }

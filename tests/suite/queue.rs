@@ -411,17 +411,18 @@ async fn queued_work_is_priced_at_the_calls_a_backlog_runs_in() {
     assert_eq!(answered, admitted, "what was admitted is computed");
 }
 
-/// A sequence is overtaken by at most a tenth of `max_queue_wait` of newer
-/// work, however fast that work arrived. By arrival time alone, a burst came
-/// within the tenth at once and every length of it joined an older
-/// sequence's batch: answered requests waited seconds past their estimate
-/// (issue 40: 2.6-3.9 s past at p99 on all-mpnet-base-v2, 256 clients).
+/// While everything queued would still be computed before the oldest is
+/// due, the planner may reorder it freely: newer sequences go with older ones
+/// of their length (fuller calls, less padding) and nobody waits past the
+/// bound. When the queue leaves no room, newer work overtakes by at most a
+/// tenth of the bound (`batching::worker` unit tests: by arrival time alone a
+/// burst overtook by seconds, issue 40).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn newer_work_overtakes_a_sequence_by_at_most_a_tenth_of_the_bound() {
-    // 0.5 ms a token, as the fit learns from calls of three shapes. A bound
-    // of 2 s: 200 ms of work (400 tokens) may overtake, arriving within 200 ms.
+async fn with_room_newer_work_joins_older_batches_and_all_finish_within_the_bound() {
+    // 0.5 ms a token, as the fit learns from calls of three shapes; a bound of 2 s.
     let fake = Fake { per_token: Duration::from_micros(500), ..Fake::default() };
-    let batcher = start(&fake, BatcherConfig { max_queue_wait: Duration::from_secs(2), ..config() });
+    let bound = Duration::from_secs(2);
+    let batcher = start(&fake, BatcherConfig { max_queue_wait: bound, ..config() });
     for (i, len) in [10, 50, 100, 10].into_iter().enumerate() {
         batcher.run(vec![seq(100 + i as i64, len)], soon()).await.unwrap();
     }
@@ -433,11 +434,13 @@ async fn newer_work_overtakes_a_sequence_by_at_most_a_tenth_of_the_bound() {
     let mut answers = Vec::new();
     let mut submit = |id: i64, len: usize| {
         let b = batcher.clone();
-        answers.push(tokio::spawn(async move { b.run(vec![seq(id, len)], soon()).await }));
+        let queued = Instant::now();
+        answers.push(tokio::spawn(async move { b.run(vec![seq(id, len)], soon()).await.map(|_| queued.elapsed()) }));
     };
     // Three older sequences of lengths a call would not mix (135 tokens), then
-    // X (1,000 tokens: the work ahead of it and its own cross the bound), then
-    // seven newer sequences of each older one's length.
+    // X (1,000 tokens: more than a tenth of the bound), then seven newer
+    // sequences of each older one's length: 1.04 s of work in all, within the
+    // 1.8 s the oldest has left, so the planner may reorder all of it.
     let lengths = [10, 45, 80];
     for (id, len) in lengths.into_iter().enumerate() {
         submit(id as i64, len);
@@ -450,15 +453,14 @@ async fn newer_work_overtakes_a_sequence_by_at_most_a_tenth_of_the_bound() {
     }
     running.await.unwrap().unwrap();
     for answer in answers {
-        answer.await.unwrap().unwrap();
+        let waited = answer.await.unwrap().unwrap();
+        assert!(waited <= bound, "an answer took {waited:?}, past the bound of {bound:?}");
     }
     let calls = fake.calls();
     let x = calls.iter().position(|call| call.iter().any(|&(id, _)| id == 10)).expect("X was computed");
-    let newer_first: Vec<(i64, usize)> =
-        calls[..x].iter().flatten().copied().filter(|&(id, _)| (20..100).contains(&id)).collect();
-    assert!(newer_first.is_empty(), "newer sequences went before X: {newer_first:?} (calls {calls:?})");
-    // The newer ones still go together by length.
-    assert!(calls[x + 1..].iter().any(|call| call.len() >= 3), "{calls:?}");
+    // The newer ones went with the older ones of their length, ahead of X.
+    let newer_first = calls[..x].iter().flatten().filter(|&&(id, _)| (20..100).contains(&id)).count();
+    assert!(newer_first >= 14, "{newer_first} newer sequences went before X (calls {calls:?})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
