@@ -10,6 +10,12 @@ pub(crate) struct Ceiling {
     pub(crate) single_p50_ms: f64,
 }
 
+/// The service's model settings (config/default.toml) for the model in `dir`,
+/// all `threads` cores to one session: what the in-process figures run on.
+pub(crate) fn in_process_settings(settings: &Settings, dir: &Path, threads: usize) -> ModelSettings {
+    ModelSettings { intra_threads: threads, dir: dir.to_path_buf(), ..settings.model.clone() }
+}
+
 /// Sorted batches of 32 through `sessions` sessions (best of two passes), and
 /// one-sentence latency (tokenizing included) on the first session.
 pub(crate) fn ceiling(model_settings: &ModelSettings, texts: &[String], sessions: usize) -> anyhow::Result<Ceiling> {

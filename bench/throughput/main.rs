@@ -177,18 +177,13 @@ fn main() -> anyhow::Result<()> {
     let model_dirs =
         if args.model_dirs.is_empty() { vec![settings.model.dir.clone()] } else { args.model_dirs.clone() };
     if !args.planner_sweep.is_empty() {
-        let mut model_settings = settings.model.clone();
-        model_settings.intra_threads = threads;
-        model_settings.dir = model_dirs[0].clone();
+        let model_settings = in_process_settings(&settings, &model_dirs[0], threads);
         return planner_sweep(&model_settings, &settings, &texts, &args.planner_sweep, &args.planner_overheads);
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let planner = BatcherConfig::new(&settings.batching, &settings.limits);
     for (m, dir) in model_dirs.iter().enumerate() {
-        // The service's model settings (config/default.toml), all cores to one session.
-        let mut model_settings = settings.model.clone();
-        model_settings.intra_threads = threads;
-        model_settings.dir = dir.clone();
+        let model_settings = in_process_settings(&settings, dir, threads);
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         report.models.push((name.clone(), Vec::new()));
         eprintln!("== {name}: ceiling, in-process, sorted batches of 32");

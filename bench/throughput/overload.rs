@@ -460,9 +460,7 @@ pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], setti
     let mut ceilings = Vec::new();
     for dir in &model_dirs {
         let model = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let mut model_settings = settings.model.clone();
-        model_settings.intra_threads = threads;
-        model_settings.dir = dir.clone();
+        let model_settings = in_process_settings(settings, dir, threads);
         eprintln!("== {model}: ceiling, in-process, sorted batches of 32");
         let ceiling = ceiling(&model_settings, texts, 1)?;
         ceilings.push((model.clone(), ceiling.sentences_per_s));

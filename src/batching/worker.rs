@@ -30,12 +30,16 @@ fn overtaking_bound(config: &BatcherConfig) -> Option<Duration> {
 /// capacity) put many bounds of work within it, and a sequence admitted on an
 /// empty queue's estimate waited seconds past it. None when nothing live is queued.
 fn join_by(shared: &Shared, queue: &Queue, floor: Duration, now: Instant) -> Option<Instant> {
-    let live = || queue.items.iter().filter(|item| !item.job.background);
-    let mut arrivals: Vec<(Instant, usize)> = live().map(|item| (item.job.queued_at, item.len())).collect();
-    arrivals.sort_unstable_by_key(|&(at, _)| at);
+    let mut arrivals: Vec<(Instant, usize)> = Vec::with_capacity(queue.live_items);
     // When the oldest is due: its bound, or an earlier deadline of any (a
     // request timeout shorter than the bound).
-    let due = live().map(|item| item.job.deadline).min()?.min(arrivals.first()?.0 + shared.config.max_queue_wait);
+    let mut due: Option<Instant> = None;
+    for item in queue.items.iter().filter(|item| !item.job.background) {
+        arrivals.push((item.job.queued_at, item.len()));
+        due = Some(due.map_or(item.job.deadline, |d| d.min(item.job.deadline)));
+    }
+    arrivals.sort_unstable_by_key(|&(at, _)| at);
+    let due = due?.min(arrivals[0].0 + shared.config.max_queue_wait);
     let work = shared.queued_work();
     let call_size = shared.backlog_call_size.get().unwrap_or(shared.config.max_batch_size as f64);
     let price = work.as_ref().map(|work| move |items, tokens| work.time(items, tokens, call_size));
