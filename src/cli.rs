@@ -362,7 +362,7 @@ pub struct SettingsArgs {
     #[arg(long, help_heading = "Batching")]
     #[serde(rename = "batching.call_overhead_tokens")]
     pub call_overhead_tokens: Option<usize>,
-    /// batching.max_queue_wait_ms: most estimated queue time a request is admitted behind (503 beyond).
+    /// batching.max_queue_wait_ms: most queue time a request is to wait; admitted behind 3/4 to 9/10 of it (503 beyond).
     #[arg(long, help_heading = "Batching")]
     #[serde(rename = "batching.max_queue_wait_ms")]
     pub max_queue_wait_ms: Option<u64>,

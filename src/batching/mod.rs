@@ -13,16 +13,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::config::{BatchingSettings, LimitSettings};
 use crate::forward::ForwardPass;
 use crate::metrics::RuntimeMetrics;
 use crate::pooling::Rows;
 use crate::tokenize::Tokenized;
 
+mod config;
 mod cost;
 mod planner;
 mod worker;
 
+pub use config::BatcherConfig;
 use cost::{BacklogCallSize, CallCost, CostModel, QueuedWork};
 pub use planner::plan_batch;
 use planner::tokens_of;
@@ -60,45 +61,6 @@ impl BatchError {
         match self {
             BatchError::QueueWait { waiting_ms, .. } => Some(waiting_ms.div_ceil(1000).clamp(1, 3600) as u32),
             _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct BatcherConfig {
-    pub max_batch_size: usize,
-    pub max_batch_tokens: usize,
-    /// Most batch size x longest² per call (attention memory grows with the square).
-    pub max_batch_attention_cells: usize,
-    pub max_wait: Duration,
-    pub queue_capacity: usize,
-    pub queue_capacity_tokens: usize,
-    /// Most tokens one request may queue (413 beyond).
-    pub max_request_tokens: usize,
-    /// Estimated cost of one more model call, in tokens; 0 turns length grouping off.
-    pub call_overhead_tokens: usize,
-    /// Most estimated queue time a live request is admitted behind (zero: only
-    /// its own deadline bounds it).
-    pub max_queue_wait: Duration,
-    /// Time two model calls of different shapes when a worker starts, so that
-    /// the queue-time estimate knows a call's fixed cost apart from its cost
-    /// per token before traffic teaches it (real models; fakes in tests skip it).
-    pub calibrate: bool,
-}
-
-impl BatcherConfig {
-    pub fn new(batching: &BatchingSettings, limits: &LimitSettings) -> Self {
-        BatcherConfig {
-            max_batch_size: batching.max_batch_size,
-            max_batch_tokens: batching.max_batch_tokens,
-            max_batch_attention_cells: batching.max_batch_attention_cells,
-            max_wait: Duration::from_millis(batching.max_wait_ms),
-            queue_capacity: batching.queue_capacity,
-            queue_capacity_tokens: batching.queue_capacity_tokens,
-            max_request_tokens: limits.max_request_tokens,
-            call_overhead_tokens: batching.call_overhead_tokens,
-            max_queue_wait: Duration::from_millis(batching.max_queue_wait_ms),
-            calibrate: false,
         }
     }
 }
@@ -288,6 +250,29 @@ impl Shared {
         let fits: Vec<CostModel> =
             self.call_cost.iter().filter_map(|c| *c.lock().unwrap_or_else(|p| p.into_inner())).collect();
         QueuedWork::of(&fits, &self.config)
+    }
+
+    /// The room admission leaves free for reordering now
+    /// ([`BatcherConfig::reorder_room`]): a pool of sequences as long on
+    /// average as the live ones queued, priced by the fits in calls of
+    /// `call_size`.
+    fn reorder_room(&self, queue: &Queue, call_size: f64) -> Duration {
+        self.config.reorder_room(self.reorder_pool_time(queue, call_size))
+    }
+
+    /// Most estimated queue time a live request is admitted behind now
+    /// ([`BatcherConfig::admission_bound`]).
+    fn admission_bound(&self, queue: &Queue, call_size: f64) -> Option<Duration> {
+        self.config.admission_bound(self.reorder_pool_time(queue, call_size))
+    }
+
+    fn reorder_pool_time(&self, queue: &Queue, call_size: f64) -> Option<Duration> {
+        if queue.live_items == 0 {
+            return None;
+        }
+        let pool = self.config.reorder_pool();
+        let tokens = queue.live_tokens * pool / queue.live_items;
+        Some(self.queued_work()?.time(pool, tokens, call_size))
     }
 
     /// Estimated model time of `items` live sequences of `tokens` real tokens
@@ -567,8 +552,9 @@ impl Batcher {
     }
 
     /// Whether a live request due at `deadline` can wait behind the queued live
-    /// work: refused at once when that work would take longer than
-    /// `max_queue_wait` or than the request has left. Waiting longer only makes
+    /// work: refused at once when that work would take longer than the
+    /// admission bound ([`BatcherConfig::admission_bound`]: `max_queue_wait`
+    /// less the room left to reorder) or than the request has left. Waiting longer only makes
     /// its answer late (a 504 at the deadline, or an answer its client gave up
     /// on) while the queue holds it; refused, a load balancer can send it to
     /// another replica now. The estimate is what the queued work costs at the
@@ -590,7 +576,7 @@ impl Batcher {
         // of one (all-mpnet-base-v2: 0.8 s for a full batch) waits for it too.
         let waiting = queued + self.calls_in_progress_left();
         let left = deadline.saturating_duration_since(Instant::now());
-        let limit = if s.config.max_queue_wait.is_zero() { left } else { s.config.max_queue_wait.min(left) };
+        let limit = s.admission_bound(queue, call_size).map_or(left, |bound| bound.min(left));
         if waiting <= limit {
             return Ok(Some(waiting));
         }

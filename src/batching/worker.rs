@@ -7,29 +7,27 @@ use super::*;
 /// How many batches' worth of the oldest queued sequences the planner looks at.
 const PLAN_WINDOW_BATCHES: usize = 4;
 
-/// How much newer work may overtake a live sequence by joining an older
-/// one's batch when the queue leaves no room for more: a tenth of
-/// `max_queue_wait` (None when that is 0: no bound). See [`join_by`].
-fn overtaking_bound(config: &BatcherConfig) -> Option<Duration> {
-    (!config.max_queue_wait.is_zero()).then(|| config.max_queue_wait / 10)
-}
-
 /// The latest arrival that may join the oldest live sequence's batch.
 ///
 /// Reordering delays only the sequences it passes over, all of them in the
 /// pool of the oldest queued work (by arrival) that the batch is chosen from.
 /// While the whole pool would be computed before the oldest is due
-/// (`max_queue_wait` after it was queued, or its deadline), every sequence in it still finishes
-/// in time whatever the order, so the pool is as much work as that allows:
-/// longer runs of one length, fuller calls (all-mpnet-base-v2, in-process:
-/// 128 sequences in flight ran 1.15x the sentences/s of 24, BENCHMARKS.md).
-/// Past that (a queue held at the bound by admission), the pool is the work
-/// within `floor` of the oldest, by arrival and by the workers' fits, with the
-/// sequence whose work crosses it: newer work overtakes by at most that. By
-/// arrival time alone, a burst (or open-loop arrivals at ten times the
-/// capacity) put many bounds of work within it, and a sequence admitted on an
-/// empty queue's estimate waited seconds past it. None when nothing live is queued.
-fn join_by(shared: &Shared, queue: &Queue, floor: Duration, now: Instant) -> Option<Instant> {
+/// (`max_queue_wait` after it was queued, or its deadline), every sequence in
+/// it still finishes in time whatever the order, so the pool is as much work
+/// as that allows: longer runs of one length, fuller calls (all-mpnet-base-v2,
+/// in-process: 128 sequences in flight ran 1.15x the sentences/s of 24,
+/// BENCHMARKS.md). Past that (a queue held full by admission), the pool is the
+/// work within the room admission leaves free ([`BatcherConfig::reorder_room`])
+/// of the oldest, by arrival and by the workers' fits, with the sequence whose
+/// work crosses it: newer work overtakes by at most that. By arrival time
+/// alone, a burst (or open-loop arrivals at ten times the capacity) put many
+/// bounds of work within it, and a sequence admitted on an empty queue's
+/// estimate waited seconds past it. None when nothing live is queued, or
+/// without a bound (`max_queue_wait` 0).
+fn join_by(shared: &Shared, queue: &Queue, now: Instant) -> Option<Instant> {
+    if shared.config.max_queue_wait.is_zero() {
+        return None;
+    }
     let mut arrivals: Vec<(Instant, usize)> = Vec::with_capacity(queue.live_items);
     // When the oldest is due: its bound, or an earlier deadline of any (a
     // request timeout shorter than the bound).
@@ -42,6 +40,7 @@ fn join_by(shared: &Shared, queue: &Queue, floor: Duration, now: Instant) -> Opt
     let due = due?.min(arrivals[0].0 + shared.config.max_queue_wait);
     let work = shared.queued_work();
     let call_size = shared.backlog_call_size.get().unwrap_or(shared.config.max_batch_size as f64);
+    let floor = shared.reorder_room(queue, call_size);
     let price = work.as_ref().map(|work| move |items, tokens| work.time(items, tokens, call_size));
     latest_joiner(&arrivals, now, due, floor, price)
 }
@@ -181,7 +180,7 @@ pub(super) fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     let window = queue.items.len().min(config.max_batch_size.saturating_mul(PLAN_WINDOW_BATCHES));
     // Grouping by length lets newer sequences overtake older ones of other
     // lengths: only as far as keeps the pool within the bound (`join_by`).
-    let join_by = overtaking_bound(config).and_then(|floor| join_by(shared, &queue, floor, Instant::now()));
+    let join_by = join_by(shared, &queue, Instant::now());
     let may_join = |item: &Item| item.job.background || join_by.is_none_or(|by| item.job.queued_at <= by);
     let mut order: Vec<usize> = (0..queue.items.len()).filter(|&i| may_join(&queue.items[i])).collect();
     if order.len() > window {

@@ -332,14 +332,16 @@ async fn a_request_is_refused_at_once_behind_more_queue_time_than_the_bound() {
     let b = batcher.clone();
     let first = tokio::spawn(async move { b.run((0..60).map(|i| seq(i, 10)).collect(), soon()).await });
     until_queued(&batcher, 60).await;
-    // 600 tokens ahead at <= 500 tokens/s: >= 1.2 s of queue time, over the 1 s bound.
+    // 600 tokens ahead at <= 500 tokens/s: >= 1.2 s of queue time, over the
+    // 1 s bound less the room admission leaves the batcher to reorder (a
+    // tenth to a quarter of it: `batching::config` unit tests).
     let started = Instant::now();
     let refused = batcher.run(vec![seq(200, 3)], soon()).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(500), "refused at once, not after waiting");
     match refused {
         BatchError::QueueWait { waiting_ms, limit_ms } => {
             assert!(waiting_ms >= 1200, "estimated {waiting_ms} ms");
-            assert_eq!(limit_ms, 1000);
+            assert!((750..=900).contains(&limit_ms), "limit {limit_ms} ms");
         }
         other => panic!("expected a queue-time refusal, got {other:?}"),
     }
@@ -387,8 +389,9 @@ async fn queued_work_is_priced_at_the_calls_a_backlog_runs_in() {
         answer.await.unwrap().unwrap();
     }
     assert!(fake.calls().iter().skip(1).all(|call| call.len() == 1), "one per call: {:?}", fake.calls());
-    // Sixty more like them behind a held call: at 20 ms a call, about fifty
-    // fit within the 1 s bound. At 8 per call (max_batch_size) all sixty did.
+    // Sixty more like them behind a held call: at 20 ms a call, 37-45 fit
+    // within the 750-900 ms of the 1 s bound that admission fills. At 8 per
+    // call (max_batch_size) all sixty did.
     let blocker = hold_worker(&batcher, &fake).await;
     let second = submit(100, 60);
     let started = Instant::now();
@@ -404,7 +407,7 @@ async fn queued_work_is_priced_at_the_calls_a_backlog_runs_in() {
     for answer in second {
         match answer.await.unwrap() {
             Ok(_) => answered += 1,
-            Err(BatchError::QueueWait { limit_ms, .. }) => assert_eq!(limit_ms, 1000),
+            Err(BatchError::QueueWait { limit_ms, .. }) => assert!((750..=900).contains(&limit_ms), "{limit_ms}"),
             Err(other) => panic!("expected an answer or a queue-time refusal, got {other:?}"),
         }
     }
@@ -414,9 +417,9 @@ async fn queued_work_is_priced_at_the_calls_a_backlog_runs_in() {
 /// While everything queued would still be computed before the oldest is
 /// due, the planner may reorder it freely: newer sequences go with older ones
 /// of their length (fuller calls, less padding) and nobody waits past the
-/// bound. When the queue leaves no room, newer work overtakes by at most a
-/// tenth of the bound (`batching::worker` unit tests: by arrival time alone a
-/// burst overtook by seconds, issue 40).
+/// bound. When the queue leaves no more room, newer work overtakes by at most
+/// the quarter of the bound admission leaves free (`batching::worker` unit
+/// tests: by arrival time alone a burst overtook by seconds, issue 40).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_room_newer_work_joins_older_batches_and_all_finish_within_the_bound() {
     // 0.5 ms a token, as the fit learns from calls of three shapes; a bound of 2 s.
@@ -438,7 +441,7 @@ async fn with_room_newer_work_joins_older_batches_and_all_finish_within_the_boun
         answers.push(tokio::spawn(async move { b.run(vec![seq(id, len)], soon()).await.map(|_| queued.elapsed()) }));
     };
     // Three older sequences of lengths a call would not mix (135 tokens), then
-    // X (1,000 tokens: more than a tenth of the bound), then seven newer
+    // X (1,000 tokens: 0.5 s, a quarter of the bound), then seven newer
     // sequences of each older one's length: 1.04 s of work in all, within the
     // 1.8 s the oldest has left, so the planner may reorder all of it.
     let lengths = [10, 45, 80];
@@ -709,7 +712,10 @@ async fn more_queued_work_than_a_request_may_wait_for_is_a_json_503_with_retry_a
     let answer: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(answer["error"]["code"], "overloaded", "{answer}");
     let message = answer["error"]["message"].as_str().unwrap();
-    assert!(message.contains("300 ms"), "{answer}");
+    // The limit: the 300 ms bound less the room left free to reorder (a
+    // tenth to a quarter of it).
+    let limit_ms: u64 = message.split(" (").nth(1).and_then(|m| m.split(' ').next()).unwrap().parse().unwrap();
+    assert!((225..=270).contains(&limit_ms), "{message}");
     // Retry-After is the queued work's estimated time (over a second here), not a constant.
     let waiting_ms: u64 = message.split("about ").nth(1).and_then(|m| m.split(' ').next()).unwrap().parse().unwrap();
     assert!(waiting_ms > 1000, "{message}");
