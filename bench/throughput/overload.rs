@@ -12,7 +12,9 @@
 //! the answered (each attempt timed alone), and the CPU the server's HTTP
 //! side spent per refusal: the process's CPU outside the model's threads less
 //! what the answered requests cost it at capacity (where nothing is refused),
-//! over the refusals.
+//! over the refusals. Per route, a line fitted over its points with refusals
+//! parts that into what one more refusal costs and what being past capacity
+//! costs a second (`overload_report`).
 //!
 //! The client is a few lines of raw HTTP/1.1 over keep-alive connections, so
 //! that the load generator takes as little of the shared CPU as `wrk` does.
@@ -51,7 +53,10 @@ pub(crate) struct OverloadPoint {
     /// CPU seconds of the server's HTTP threads (tokio) and model threads.
     pub(crate) http_cpu_s: f64,
     pub(crate) model_cpu_s: f64,
-    /// HTTP-thread CPU per refusal, µs (NaN without refusals or a capacity point).
+    /// HTTP-side CPU seconds beyond what the answered requests cost at
+    /// capacity (NaN without a capacity point): what refusing cost.
+    pub(crate) refusing_cpu_s: f64,
+    /// That over the refusals, µs (NaN without refusals or a capacity point).
     pub(crate) cpu_per_refusal_us: f64,
     /// The load generator's own CPU seconds.
     pub(crate) client_cpu_s: f64,
@@ -394,9 +399,10 @@ fn point(model: &str, route: &str, load: String, m: &Measured, capacity: Option<
     let mut refused: Vec<f64> = m.seen.iter().filter(|s| s.1 == 503 || s.1 == 429).map(|s| s.0).collect();
     let failed = m.seen.len() - ok.len() - refused.len();
     let answered_per_s = ok.len() as f64 / m.seconds;
+    let refusing_cpu_s = capacity.map_or(f64::NAN, |(_, per_answer)| m.http_cpu - ok.len() as f64 * per_answer);
     let (of_capacity, cpu_per_refusal_us) = match capacity {
-        Some((per_s, http_cpu_per_answer)) if !refused.is_empty() => {
-            (answered_per_s / per_s, (m.http_cpu - ok.len() as f64 * http_cpu_per_answer) / refused.len() as f64 * 1e6)
+        Some((per_s, _)) if !refused.is_empty() => {
+            (answered_per_s / per_s, refusing_cpu_s / refused.len() as f64 * 1e6)
         }
         Some((per_s, _)) => (answered_per_s / per_s, f64::NAN),
         // The first closed-loop point is the capacity; a burst has no rate to compare.
@@ -420,6 +426,7 @@ fn point(model: &str, route: &str, load: String, m: &Measured, capacity: Option<
         refused_p99_ms: percentile(&mut refused, 0.99),
         http_cpu_s: m.http_cpu,
         model_cpu_s: m.model_cpu,
+        refusing_cpu_s,
         cpu_per_refusal_us,
         client_cpu_s: m.client_cpu,
         sequences_per_call: m.batches.map_or(f64::NAN, |b| b[1] / b[0]),
@@ -510,51 +517,7 @@ pub(crate) async fn overload(args: &Args, machine: &str, texts: &[String], setti
             }
         }
     }
-    let mut md = format!(
-        "Overload, one sentence per request, {} s per point after {:.0} s of warm-up ({machine}, {threads} threads; \
-         the load generator {})\n\n",
-        args.seconds,
-        warm.as_secs_f64(),
-        if args.overload_clients_preempt { "preempting the server's threads" } else { "SCHED_BATCH" }
-    );
-    for (model, per_s) in &ceilings {
-        md.push_str(&format!("- {model}: in-process ceiling {per_s:.1} sentences/s\n"));
-    }
-    md.push_str(
-        "\n| model | route | load | answered/s | x capacity | refused/s | failed | p50 | p99 | refusal p99 | CPU/refusal |\n\
-         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
-    for p in &points {
-        md.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.2} | {:.0} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} µs |\n",
-            p.model,
-            p.route,
-            p.load,
-            p.answered_per_s,
-            p.of_capacity,
-            p.refused_per_s,
-            p.failed,
-            p.p50_ms,
-            p.p99_ms,
-            p.refused_p99_ms,
-            p.cpu_per_refusal_us
-        ));
-    }
-    println!("{md}");
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    std::fs::write(args.out.join(format!("overload-{stamp}.md")), &md)?;
-    let json = json!({
-        "machine": machine,
-        "clients_preempt": args.overload_clients_preempt,
-        "ceilings": ceilings,
-        "points": points
-    });
-    std::fs::write(args.out.join(format!("overload-{stamp}.json")), serde_json::to_string_pretty(&json)?)?;
-    let cpu = machine.split(',').next().unwrap_or(machine);
-    let title = format!("Past capacity: answered/s against offered load ({cpu}, {threads} threads)");
-    std::fs::write(args.out.join(format!("overload-{stamp}.svg")), goodput_svg(&title, &points))?;
-    eprintln!("written to {}/overload-{stamp}.{{md,json,svg}}", args.out.display());
-    Ok(())
+    write_overload_report(args, machine, threads, warm, &ceilings, &points)
 }
 
 /// While it lives, the calling thread (the load generator's, a current-thread
@@ -581,90 +544,4 @@ fn set_policy(policy: libc::c_int) {
     if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
         eprintln!("  cannot set the load generator's scheduling policy: {}", std::io::Error::last_os_error());
     }
-}
-
-/// Answered/s over the offered load, both in multiples of the capacity (the
-/// 64-client figure), one line per model and route: open-loop points, with
-/// the capacity as 1x. The diagonal up to 1x is "everything offered answered".
-pub(crate) fn goodput_svg(title: &str, points: &[OverloadPoint]) -> String {
-    let (w, h, left, top, plot_w, plot_h) = (720.0, 470.0, 70.0, 50.0, 600.0, 300.0);
-    let max_x = 10.0;
-    let max_y = 1.4;
-    let x = |v: f64| left + v / max_x * plot_w;
-    let y = |v: f64| top + plot_h - v.min(max_y) / max_y * plot_h;
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"24\" font-size=\"14\">{}</text>\n\
-         <rect x=\"{left}\" y=\"{top}\" width=\"{plot_w}\" height=\"{plot_h}\" fill=\"none\" stroke=\"#999\"/>\n\
-         <line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#bbb\" stroke-dasharray=\"3 3\"/>\n\
-         <line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#bbb\" stroke-dasharray=\"3 3\"/>\n\
-         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">offered load, x capacity (open loop)</text>\n\
-         <text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">answered/s, x capacity</text>\n",
-        title.replace('&', "&amp;").replace('<', "&lt;"),
-        x(0.0),
-        y(0.0),
-        x(1.0),
-        y(1.0),
-        x(1.0),
-        y(1.0),
-        x(max_x),
-        y(1.0),
-        left + plot_w / 2.0,
-        top + plot_h + 36.0,
-        top + plot_h / 2.0,
-        top + plot_h / 2.0,
-    );
-    for v in [0.0, 1.0, 2.0, 5.0, 10.0] {
-        svg.push_str(&format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{v:.0}</text>\n",
-            x(v),
-            top + plot_h + 16.0
-        ));
-    }
-    for v in [0.0, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25] {
-        svg.push_str(&format!(
-            "<line x1=\"{left}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{v}</text>\n",
-            left + plot_w,
-            y(v),
-            y(v),
-            left - 6.0,
-            y(v) + 4.0
-        ));
-    }
-    let colors = ["#1f6fb2", "#c2571a", "#2e8b57", "#7b3fa0"];
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for p in points {
-        let offered = if p.load.starts_with("closed") && p.of_capacity == 1.0 {
-            1.0
-        } else if let Some(times) =
-            p.load.strip_prefix("open ").and_then(|t| t.trim_end_matches('x').parse::<f64>().ok())
-        {
-            times
-        } else {
-            continue;
-        };
-        let name = format!("{} {}", p.model, p.route);
-        match series.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, line)) => line.push((offered, p.of_capacity)),
-            None => series.push((name, vec![(offered, p.of_capacity)])),
-        }
-    }
-    for (i, (name, line)) in series.iter().enumerate() {
-        let color = colors[i % colors.len()];
-        let path: Vec<String> = line.iter().map(|&(a, b)| format!("{:.1},{:.1}", x(a), y(b))).collect();
-        svg.push_str(&format!(
-            "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>\n",
-            path.join(" ")
-        ));
-        for &(a, b) in line {
-            svg.push_str(&format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>\n", x(a), y(b)));
-        }
-        svg.push_str(&format!(
-            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>\n",
-            left + 10.0 + (i % 2) as f64 * 300.0,
-            top + plot_h + 62.0 + (i / 2) as f64 * 16.0
-        ));
-    }
-    svg.push_str("</svg>\n");
-    svg
 }
