@@ -168,9 +168,9 @@ pub(crate) async fn batch_counters(server: &Server) -> Option<[f64; 5]> {
     if server.name != "distilserve" {
         return None;
     }
-    // At `server.max_connections` (overload's 1,024 clients) a new connection is
-    // answered 503 at once: try again as connections free, for up to a second.
-    let url = format!("http://127.0.0.1:{}/metrics", server.port);
+    // On the private listener (`Server::metrics_port`); should it be busy, try
+    // again for up to a second.
+    let url = format!("http://127.0.0.1:{}/metrics", server.metrics_port);
     let mut text = None;
     for _ in 0..50 {
         match reqwest::get(&url).await {

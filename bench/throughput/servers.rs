@@ -5,13 +5,18 @@ use super::*;
 pub(crate) struct Server {
     pub(crate) child: Child,
     pub(crate) port: u16,
+    /// Where /metrics answers: distilserve's private listener
+    /// (`server.private_address`), whose connections are its own, so that it
+    /// answers while the load holds the public port at `server.max_connections`
+    /// (1,024 clients, open loops past capacity); the others' port.
+    pub(crate) metrics_port: u16,
     pub(crate) log: PathBuf,
     pub(crate) name: &'static str,
 }
 
 impl Server {
     pub(crate) fn distilserve(args: &Args, flags: &[String]) -> anyhow::Result<Server> {
-        let port = free_port()?;
+        let (port, metrics_port) = (free_port()?, free_port()?);
         let log = args.out.join(format!("distilserve-{port}.log"));
         let mut command = Command::new(&args.bin);
         if !args.routes.iter().any(|r| r == "/classify") {
@@ -20,12 +25,13 @@ impl Server {
         }
         let child = command
             .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--log-format", "json"])
+            .args(["--private-address", &format!("127.0.0.1:{metrics_port}")])
             .args(flags)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .with_context(|| format!("cannot start {} (build it: cargo build --release)", args.bin.display()))?;
-        Server { child, port, log, name: "distilserve" }.ready("/health/ready")?.settled()
+        Server { child, port, metrics_port, log, name: "distilserve" }.ready("/health/ready")?.settled()
     }
 
     /// Waits until no head is training on a second graph. Ready once a new
@@ -69,7 +75,7 @@ impl Server {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("cannot start bench/infinity_peer.sh")?;
-        Server { child, port, log, name: "infinity" }.ready("/health")
+        Server { child, port, metrics_port: port, log, name: "infinity" }.ready("/health")
     }
 
     pub(crate) fn notebook(python: &Path, hf_model: &Path, data: &Path, threads: usize) -> anyhow::Result<Server> {
@@ -86,7 +92,7 @@ impl Server {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("cannot start bench/notebook_server.py")?;
-        Server { child, port, log, name: "python" }.ready("/health")
+        Server { child, port, metrics_port: port, log, name: "python" }.ready("/health")
     }
 
     pub(crate) fn ready(mut self, path: &str) -> anyhow::Result<Server> {
