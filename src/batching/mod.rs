@@ -252,27 +252,18 @@ impl Shared {
         QueuedWork::of(&fits, &self.config)
     }
 
-    /// The room admission leaves free for reordering now
-    /// ([`BatcherConfig::reorder_room`]): a pool of sequences as long on
-    /// average as the live ones queued, priced by the fits in calls of
-    /// `call_size`.
-    fn reorder_room(&self, queue: &Queue, call_size: f64) -> Duration {
-        self.config.reorder_room(self.reorder_pool_time(queue, call_size))
-    }
-
-    /// Most estimated queue time a live request is admitted behind now
-    /// ([`BatcherConfig::admission_bound`]).
-    fn admission_bound(&self, queue: &Queue, call_size: f64) -> Option<Duration> {
-        self.config.admission_bound(self.reorder_pool_time(queue, call_size))
-    }
-
-    fn reorder_pool_time(&self, queue: &Queue, call_size: f64) -> Option<Duration> {
+    /// The model time of a [`BatcherConfig::reorder_pool`] of sequences as
+    /// long on average as the live ones queued, by `work` in calls of
+    /// `call_size` (None: nothing live queued, or no fit yet): what the room
+    /// admission leaves for reordering is made of
+    /// ([`BatcherConfig::reorder_room`]).
+    fn reorder_pool_time(&self, queue: &Queue, work: Option<&QueuedWork>, call_size: f64) -> Option<Duration> {
         if queue.live_items == 0 {
             return None;
         }
         let pool = self.config.reorder_pool();
         let tokens = queue.live_tokens * pool / queue.live_items;
-        Some(self.queued_work()?.time(pool, tokens, call_size))
+        Some(work?.time(pool, tokens, call_size))
     }
 
     /// Estimated model time of `items` live sequences of `tokens` real tokens
@@ -569,14 +560,19 @@ impl Batcher {
         let s = &self.shared;
         // Queued requests run in calls of the size calls have had with a backlog.
         let call_size = s.backlog_call_size.get().unwrap_or(s.config.max_batch_size as f64);
-        let Some(queued) = s.queued_work_time(queue.live_items, queue.live_tokens, call_size) else {
-            return Ok(None);
+        // The workers' fits, read once for the estimate and the room.
+        let work = s.queued_work();
+        let queued = match &work {
+            _ if queue.live_tokens == 0 => Duration::ZERO,
+            Some(work) => work.time(queue.live_items, queue.live_tokens, call_size),
+            None => return Ok(None),
         };
         // The calls in progress finish first: a request arriving at the start
         // of one (all-mpnet-base-v2: 0.8 s for a full batch) waits for it too.
         let waiting = queued + self.calls_in_progress_left();
         let left = deadline.saturating_duration_since(Instant::now());
-        let limit = s.admission_bound(queue, call_size).map_or(left, |bound| bound.min(left));
+        let pool_time = s.reorder_pool_time(queue, work.as_ref(), call_size);
+        let limit = s.config.admission_bound(pool_time).map_or(left, |bound| bound.min(left));
         if waiting <= limit {
             return Ok(Some(waiting));
         }

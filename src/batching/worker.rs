@@ -40,7 +40,7 @@ fn join_by(shared: &Shared, queue: &Queue, now: Instant) -> Option<Instant> {
     let due = due?.min(arrivals[0].0 + shared.config.max_queue_wait);
     let work = shared.queued_work();
     let call_size = shared.backlog_call_size.get().unwrap_or(shared.config.max_batch_size as f64);
-    let floor = shared.reorder_room(queue, call_size);
+    let floor = shared.config.reorder_room(shared.reorder_pool_time(queue, work.as_ref(), call_size));
     let price = work.as_ref().map(|work| move |items, tokens| work.time(items, tokens, call_size));
     latest_joiner(&arrivals, now, due, floor, price)
 }
